@@ -1,0 +1,147 @@
+"""A thin async client for one Ollama server's HTTP API (the "wire client").
+
+Shared by the balancer's poller and the operator's executor.  It owns no
+session: callers pass the process-wide :class:`aiohttp.ClientSession`.
+Errors are raised as :class:`OllamaError` carrying Ollama's status and message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+__all__ = ["OllamaClient", "OllamaError", "OllamaUnreachable"]
+
+
+class OllamaError(Exception):
+    """Ollama answered with an error (HTTP status >= 400, or an in-stream ``error`` line)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class OllamaUnreachable(OllamaError):
+    """No HTTP answer at all: refused, reset, DNS failure or timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message)
+
+
+def _message(body: bytes) -> str:
+    # Ollama answers JSON errors, except plain-text 404/405 for unknown routes
+    # and empty 403s from its Host/CORS guard.
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return str(doc["error"])
+    return body.decode("utf-8", "replace").strip()
+
+
+@dataclass(frozen=True)
+class OllamaClient:
+    """Client for the Ollama server at ``base_url`` (e.g. ``http://10.0.0.7:11434``)."""
+
+    session: aiohttp.ClientSession
+    base_url: str
+    timeout: float = 5.0
+
+    def _url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    async def _json(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        t = aiohttp.ClientTimeout(total=timeout if timeout is not None else self.timeout)
+        try:
+            async with self.session.request(method, self._url(path), json=body, timeout=t) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise OllamaError(resp.status, _message(raw))
+                return json.loads(raw) if raw.strip() else None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise OllamaUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:  # malformed JSON from the server
+            raise OllamaError(502, f"invalid JSON from {self.base_url}{path}: {exc}") from exc
+
+    async def version(self) -> str:
+        doc = await self._json("GET", "/api/version")
+        return str(doc.get("version", "")) if isinstance(doc, dict) else ""
+
+    async def tags(self) -> list[dict[str, Any]]:
+        """``/api/tags`` models (installed on disk)."""
+        doc = await self._json("GET", "/api/tags")
+        return list((doc or {}).get("models") or [])
+
+    async def ps(self) -> list[dict[str, Any]]:
+        """``/api/ps`` models (resident in memory)."""
+        doc = await self._json("GET", "/api/ps")
+        return list((doc or {}).get("models") or [])
+
+    async def pull(
+        self, model: str, *, idle_timeout: float = 300.0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream ``/api/pull`` progress objects to the end; raise on an error line."""
+        t = aiohttp.ClientTimeout(total=None, sock_read=idle_timeout, sock_connect=self.timeout)
+        try:
+            async with self.session.post(
+                self._url("/api/pull"), json={"model": model, "stream": True}, timeout=t
+            ) as resp:
+                if resp.status >= 400:
+                    raise OllamaError(resp.status, _message(await resp.read()))
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    doc = json.loads(line)
+                    if "error" in doc:
+                        raise OllamaError(500, str(doc["error"]))
+                    yield doc
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise OllamaUnreachable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def load(
+        self,
+        model: str,
+        *,
+        keep_alive: str | float | None = None,
+        options: Mapping[str, Any] | None = None,
+        embedding: bool = False,
+        timeout: float = 600.0,
+    ) -> dict[str, Any]:
+        """Load ``model`` without generating (empty prompt), optionally pinning it.
+
+        Completion models are loaded with ``/api/generate``; embedding models
+        with ``/api/embed`` (they lack the ``completion`` capability).
+        """
+        body: dict[str, Any] = {"model": model}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        if options:
+            body["options"] = dict(options)
+        if embedding:
+            return dict(await self._json("POST", "/api/embed", body, timeout=timeout) or {})
+        body["stream"] = False
+        return dict(await self._json("POST", "/api/generate", body, timeout=timeout) or {})
+
+    async def unload(self, model: str, *, embedding: bool = False) -> None:
+        """Ask Ollama to unload ``model`` once idle (``keep_alive: 0``)."""
+        if embedding:
+            await self._json("POST", "/api/embed", {"model": model, "keep_alive": 0})
+        else:
+            await self._json(
+                "POST", "/api/generate", {"model": model, "keep_alive": 0, "stream": False}
+            )
+
+    async def delete(self, model: str) -> None:
+        await self._json("DELETE", "/api/delete", {"model": model})

@@ -1,0 +1,1 @@
+"""Shared fixtures.  Fakes are real loopback servers; nothing here mocks aiohttp."""
