@@ -1,0 +1,243 @@
+"""The fleet snapshot: what every backend had installed and resident at its last poll (pure).
+
+Pollers build a new :class:`FleetSnapshot` from poll results with
+:func:`apply_poll`; routing reads snapshots and never mutates them.  Model
+identity is the canonical name (:func:`names.canonical`); aliases that share
+weights are matched through the manifest digest, as Ollama's scheduler keys
+runners by blob, not by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from .backends import Backend
+from .names import InvalidModelName, canonical
+
+__all__ = [
+    "BackendState",
+    "FleetSnapshot",
+    "InstalledModel",
+    "PollResult",
+    "ResidentModel",
+    "apply_poll",
+    "parse_installed",
+    "parse_resident",
+]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledModel:
+    """One ``/api/tags`` entry."""
+
+    key: str  # canonical name
+    name: str  # DisplayShortest as the backend printed it
+    size: int
+    digest: str
+    modified_at: str
+    embedding: bool
+    raw: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ResidentModel:
+    """One ``/api/ps`` entry."""
+
+    key: str
+    name: str
+    size: int
+    size_vram: int
+    digest: str
+    expires_at: str
+    context_length: int
+    raw: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """What one poll of one backend returned (``error`` set when it failed)."""
+
+    backend: str
+    at: float
+    installed: tuple[InstalledModel, ...] = ()
+    resident: tuple[ResidentModel, ...] = ()
+    version: str = ""
+    error: str = ""
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    backend: Backend
+    installed: Mapping[str, InstalledModel] = field(default_factory=lambda: _EMPTY)
+    resident: Mapping[str, ResidentModel] = field(default_factory=lambda: _EMPTY)
+    version: str = ""
+    last_ok: float | None = None  # monotonic time of the last good poll
+    last_poll: float | None = None
+    failures: int = 0  # failed polls in a row
+    last_error: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def routable(self, now: float, fail_threshold: int, stale_after: float) -> bool:
+        """Answering recently enough to trust; a never-polled backend is not routable."""
+        if self.last_ok is None or self.failures >= fail_threshold:
+            return False
+        return now - self.last_ok <= stale_after
+
+    def has_installed(self, key: str) -> bool:
+        return key in self.installed
+
+    def resident_model(self, key: str) -> ResidentModel | None:
+        """The runner serving ``key``: by name, else by the installed copy's digest."""
+        found = self.resident.get(key)
+        if found is not None:
+            return found
+        inst = self.installed.get(key)
+        if inst is None or not inst.digest:
+            return None
+        for res in self.resident.values():
+            if res.digest == inst.digest:
+                return res
+        return None
+
+    @property
+    def vram_used(self) -> int:
+        return sum(r.size_vram or r.size for r in self.resident.values())
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSnapshot:
+    """All backends, in discovery order; immutable."""
+
+    backends: tuple[BackendState, ...] = ()
+    taken_at: float = 0.0
+
+    def get(self, name: str) -> BackendState | None:
+        for state in self.backends:
+            if state.name == name:
+                return state
+        return None
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.backends]
+
+    def with_backends(self, backends: Sequence[Backend], now: float) -> FleetSnapshot:
+        """Adopt a new backend set, keeping what is known about backends that stay."""
+        old = {s.name: s for s in self.backends}
+        states = []
+        for b in backends:
+            prev = old.get(b.name)
+            states.append(replace(prev, backend=b) if prev else BackendState(backend=b))
+        return FleetSnapshot(backends=tuple(states), taken_at=now)
+
+
+def _key(name: object) -> str | None:
+    try:
+        return canonical(str(name))
+    except InvalidModelName:
+        return None
+
+
+def parse_installed(models: Iterable[Mapping[str, Any]]) -> tuple[InstalledModel, ...]:
+    out = []
+    for m in models:
+        key = _key(m.get("model") or m.get("name"))
+        if key is None:
+            continue
+        caps = m.get("capabilities") or []
+        details = m.get("details") or {}
+        embedding = "embedding" in caps or (
+            not caps and "bert" in str(details.get("family", "")).lower()
+        )
+        out.append(
+            InstalledModel(
+                key=key,
+                name=str(m.get("name") or m.get("model")),
+                size=int(m.get("size") or 0),
+                digest=str(m.get("digest") or ""),
+                modified_at=str(m.get("modified_at") or ""),
+                embedding=bool(embedding),
+                raw=MappingProxyType(dict(m)),
+            )
+        )
+    return tuple(out)
+
+
+def parse_resident(models: Iterable[Mapping[str, Any]]) -> tuple[ResidentModel, ...]:
+    out = []
+    for m in models:
+        key = _key(m.get("model") or m.get("name"))
+        if key is None:
+            continue
+        out.append(
+            ResidentModel(
+                key=key,
+                name=str(m.get("name") or m.get("model")),
+                size=int(m.get("size") or 0),
+                size_vram=int(m.get("size_vram") or 0),
+                digest=str(m.get("digest") or ""),
+                expires_at=str(m.get("expires_at") or ""),
+                context_length=int(m.get("context_length") or 0),
+                raw=MappingProxyType(dict(m)),
+            )
+        )
+    return tuple(out)
+
+
+def apply_poll(snapshot: FleetSnapshot, result: PollResult) -> FleetSnapshot:
+    """Fold one backend's poll result into a new snapshot (unknown backends are ignored)."""
+    states = []
+    for state in snapshot.backends:
+        if state.name != result.backend:
+            states.append(state)
+        elif result.error:
+            states.append(
+                replace(
+                    state,
+                    failures=state.failures + 1,
+                    last_error=result.error,
+                    last_poll=result.at,
+                )
+            )
+        else:
+            states.append(
+                replace(
+                    state,
+                    installed=MappingProxyType({m.key: m for m in result.installed}),
+                    resident=MappingProxyType({m.key: m for m in result.resident}),
+                    version=result.version or state.version,
+                    last_ok=result.at,
+                    last_poll=result.at,
+                    failures=0,
+                    last_error="",
+                )
+            )
+    return FleetSnapshot(backends=tuple(states), taken_at=max(snapshot.taken_at, result.at))
+
+
+def parse_time(text: str) -> datetime | None:
+    """RFC 3339 with nanoseconds (Go) → datetime, tolerant of 9 fractional digits."""
+    if not text:
+        return None
+    t = text.replace("Z", "+00:00")
+    if "." in t:
+        head, _, rest = t.partition(".")
+        digits = ""
+        i = 0
+        while i < len(rest) and rest[i].isdigit():
+            digits += rest[i]
+            i += 1
+        t = f"{head}.{digits[:6].ljust(6, '0')}{rest[i:]}"
+    try:
+        return datetime.fromisoformat(t)
+    except ValueError:
+        return None

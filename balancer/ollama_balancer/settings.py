@@ -1,0 +1,291 @@
+"""Balancer settings: one typed, frozen record, read once at start-up.
+
+Every field carries its own documentation, units and environment name, and the
+command-line flags are generated from the same table, so ``--help``, the
+README and the code cannot disagree.  Precedence, lowest to highest::
+
+    built-in default < YAML file (--config) < OLLAMA_FLEET_* environment < flags
+
+``environ`` is always passed in (starlette-style), never read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .backends import Backend
+
+__all__ = ["ENV_PREFIX", "BalancerSettings", "SettingsError", "add_arguments", "load_settings"]
+
+ENV_PREFIX = "OLLAMA_FLEET_"
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names it."""
+
+
+def _f(default: Any, doc: str, group: str = "balancer") -> Any:
+    return field(default=default, metadata={"doc": doc, "group": group})
+
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    # --- listening
+    host: str = _f("127.0.0.1", "address to listen on (0.0.0.0 in a container)", "listen")
+    port: int = _f(11434, "port to listen on (Ollama's, so clients need no change)", "listen")
+    # --- backends
+    discovery: str = _f("static", "how backends are found: static | dns | kubernetes", "discovery")
+    backends: tuple[str, ...] = _f(
+        (), "static backends: URL or NAME=URL, comma-separated in env/flags", "discovery"
+    )
+    default_slots: int = _f(
+        1, "parallel slots per loaded model on a backend (its OLLAMA_NUM_PARALLEL)", "discovery"
+    )
+    dns_name: str = _f("", "dns discovery: headless Service name to resolve", "discovery")
+    dns_port: int = _f(11434, "dns discovery: Ollama port on every address", "discovery")
+    kube_namespaces: tuple[str, ...] = _f(
+        (), "kubernetes discovery: namespaces to watch (empty = the pod's own)", "discovery"
+    )
+    kube_selector: str = _f(
+        "app.kubernetes.io/name=ollama", "kubernetes discovery: pod label selector", "discovery"
+    )
+    kube_port: int = _f(
+        11434, "kubernetes discovery: port when no container port is named 'http'", "discovery"
+    )
+    kubeconfig: str = _f(
+        "", "kubeconfig path (empty = in-cluster, then ~/.kube/config)", "discovery"
+    )
+    # --- polling
+    poll_interval: float = _f(2.0, "seconds between polls of /api/ps and /api/tags", "polling")
+    poll_jitter: float = _f(0.2, "random extra fraction of poll_interval per poll", "polling")
+    poll_timeout: float = _f(2.0, "seconds allowed for one backend poll call", "polling")
+    fail_threshold: int = _f(
+        3, "failed polls in a row before a backend leaves the routing set", "polling"
+    )
+    stale_after: float = _f(
+        15.0, "seconds after which a backend's last good poll is no longer trusted", "polling"
+    )
+    # --- routing
+    default_load_seconds: float = _f(
+        20.0, "assumed cold-load time of a model until one is measured", "routing"
+    )
+    default_service_seconds: float = _f(
+        5.0, "assumed request duration of a model until one is measured", "routing"
+    )
+    affinity: bool = _f(
+        True, "send requests of one conversation/session to the same pod", "routing"
+    )
+    affinity_bound: float = _f(
+        1.25, "affinity is ignored when its pod is loaded above this × the mean", "routing"
+    )
+    auto_pull: bool = _f(False, "pull a model that no pod has, instead of answering 404", "routing")
+    penalty_seconds: float = _f(
+        10.0, "cool-down for a backend that failed fast (refused, 5xx)", "routing"
+    )
+    # --- proxying
+    max_body_bytes: int = _f(
+        128 * 1024 * 1024, "largest request body accepted (base64 images)", "proxy"
+    )
+    connect_timeout: float = _f(3.0, "seconds to connect to a backend", "proxy")
+    first_byte_timeout: float = _f(
+        300.0, "seconds to wait for a backend's first byte (covers a cold load)", "proxy"
+    )
+    idle_timeout: float = _f(120.0, "longest silence allowed between two streamed chunks", "proxy")
+    max_attempts: int = _f(3, "backends tried per request before giving up", "proxy")
+    retry_budget: float = _f(
+        30.0, "seconds after which no further backend is tried for a request", "proxy"
+    )
+    admin: str = _f(
+        "deny", "admin endpoints (pull/delete/...): deny | fanout (pull/delete to pods)", "proxy"
+    )
+    # --- process
+    log_format: str = _f("auto", "log rendering: auto | json | console", "process")
+    log_level: str = _f("info", "log level: debug | info | warning | error", "process")
+    drain_delay: float = _f(
+        0.0, "SIGTERM: seconds to keep accepting while endpoints update", "process"
+    )
+    drain_grace: float = _f(30.0, "SIGTERM: seconds in-flight requests get to finish", "process")
+
+    def static_backends(self) -> list[Backend]:
+        """Parse ``backends`` (``URL`` or ``NAME=URL``) into :class:`Backend` values."""
+        out: list[Backend] = []
+        for item in self.backends:
+            name, sep, url = item.partition("=")
+            if not sep:
+                name, url = "", item
+            url = url.strip().rstrip("/")
+            if "://" not in url:
+                url = "http://" + url
+            if not name:
+                name = url.split("://", 1)[1]
+            out.append(Backend(name=name.strip(), url=url, slots=self.default_slots))
+        names = [b.name for b in out]
+        if len(set(names)) != len(names):
+            raise SettingsError(f"backends: duplicate backend names in {names}")
+        return out
+
+
+_CHOICES = {
+    "discovery": ("static", "dns", "kubernetes"),
+    "admin": ("deny", "fanout"),
+    "log_format": ("auto", "json", "console"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
+def _fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(BalancerSettings))
+
+
+def _convert(name: str, kind: Any, raw: Any) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if kind in (int, "int"):
+            if isinstance(raw, bool):
+                raise ValueError("not an integer")
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in ("tuple[str, ...]",):
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            if isinstance(raw, Sequence):
+                return tuple(_item_to_str(x) for x in raw)
+            raise ValueError("expected a list")
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{name}: {exc}") from exc
+
+
+def _item_to_str(item: Any) -> str:
+    # YAML lists of backends may be mappings: {name: a, url: http://...}
+    if isinstance(item, Mapping):
+        url = str(item.get("url", ""))
+        return f"{item['name']}={url}" if item.get("name") else url
+    return str(item)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare one flag per setting (defaults shown as None: precedence is resolved later)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    defaults = BalancerSettings()
+    for f in _fields():
+        group = groups.setdefault(
+            f.metadata["group"], parser.add_argument_group(f.metadata["group"])
+        )
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        default = getattr(defaults, f.name)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        help_text = f"{f.metadata['doc']} [env {env}; default: {shown!s}]"
+        if f.type in (bool, "bool"):
+            group.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        elif f.type == "tuple[str, ...]":
+            group.add_argument(
+                flag, dest=f.name, default=None, action="append", metavar="VALUE", help=help_text
+            )
+        else:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                metavar=f.name.upper(),
+                choices=_CHOICES.get(f.name),
+                help=help_text,
+            )
+
+
+def load_settings(
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    yaml_text: str | None = None,
+) -> BalancerSettings:
+    """Resolve settings from (lowest first) defaults, YAML, environment and flags."""
+    environ = environ or {}
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in _fields()}
+    config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    if yaml_text is None and config_path:
+        try:
+            yaml_text = Path(config_path).read_text()
+        except OSError as exc:
+            raise SettingsError(f"config: cannot read {config_path}: {exc}") from exc
+    if yaml_text:
+        try:
+            doc = yaml.safe_load(yaml_text) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config: invalid YAML: {exc}") from exc
+        if not isinstance(doc, Mapping):
+            raise SettingsError("config: the YAML document must be a mapping")
+        for key, raw in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise SettingsError(f"config: unknown setting {key!r}")
+            values[name] = _convert(name, known[name].type, raw)
+    for name, f in known.items():
+        env = ENV_PREFIX + name.upper()
+        if env in environ:
+            values[name] = _convert(env, f.type, environ[env])
+    if args is not None:
+        for name, f in known.items():
+            raw = getattr(args, name, None)
+            if raw is None:
+                continue
+            if f.type == "tuple[str, ...]":
+                raw = ",".join(raw)
+            values[name] = _convert("--" + name.replace("_", "-"), f.type, raw)
+    for name, allowed in _CHOICES.items():
+        if name in values and values[name] not in allowed:
+            raise SettingsError(f"{name}: must be one of {', '.join(allowed)}")
+    settings = BalancerSettings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: BalancerSettings) -> None:
+    positive = (
+        "poll_interval",
+        "poll_timeout",
+        "connect_timeout",
+        "first_byte_timeout",
+        "idle_timeout",
+        "default_load_seconds",
+        "default_service_seconds",
+    )
+    for name in positive:
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name}: must be > 0")
+    if s.default_slots < 1:
+        raise SettingsError("default_slots: must be >= 1")
+    if s.max_attempts < 1:
+        raise SettingsError("max_attempts: must be >= 1")
+    if s.fail_threshold < 1:
+        raise SettingsError("fail_threshold: must be >= 1")
+    if s.affinity_bound < 1:
+        raise SettingsError("affinity_bound: must be >= 1")
+    if s.discovery == "static":
+        s.static_backends()
+    if s.discovery == "dns" and not s.dns_name:
+        raise SettingsError("dns_name: required with discovery=dns")
