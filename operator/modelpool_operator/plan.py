@@ -1,0 +1,372 @@
+"""Reconcile plan: Observation + spec + ledgers -> actions (pure, table-tested).
+
+Shaped like KubeAI's ``calculatePodPlan``: nothing here talks to a server, so
+every placement rule is a row in ``tests/operator/test_plan.py``.
+
+Placement rules, in the order they apply:
+
+1. **Stable.** A replica this pool already pinned, on a pod that still answers
+   and still has the model resident, stays where it is.  Surplus replicas are
+   released from the most crowded node first.
+2. **Spread, then reuse.** New replicas go to the Kubernetes node holding the
+   fewest copies so far; among equals, a pod that already has the model
+   resident beats one where this pool pinned it before (evicted since), which
+   beats one with it on disk, which beats a pull; then most free VRAM; then name.
+3. **Fit.** Only *pinned* memory counts as used: residents with a forever
+   ``expires_at``, and anything any pool claims on that pod (resident or about
+   to be reloaded).  Transient residents loaded by clients are Ollama's to evict
+   (it picks the shortest keep-alive first, ollama-api.md §4.4), so they never
+   block a placement.  A replica that does not fit is *not* placed: the pool
+   reports Degraded instead of evicting anything, so there is nothing to thrash.
+4. **Two pools.** Other pools' claims are occupied memory and untouchable; the
+   desired set on a pod is the union of all pools' claims.  A pool only
+   unloads or deletes what its own ledger says it put there, and never while
+   another pool claims the same model on the same pod.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from .spec import ModelSpec, PoolSpec
+from .state import Action, ActionKind, Observation, Owned, PodState, Problem
+
+__all__ = ["Plan", "format_bytes", "model_size", "plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...]
+    #: the ledger as it will be once every action succeeded
+    ledger: tuple[Owned, ...]
+    #: model key -> pods chosen to keep it loaded (placed or pending)
+    targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: model key -> replicas wanted right now (``all`` resolved)
+    desired: Mapping[str, int] = field(default_factory=dict)
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+
+def format_bytes(n: float) -> str:
+    if math.isinf(n):
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def model_size(obs: Observation, key: str) -> int | None:
+    """Best known memory footprint of ``key``.
+
+    A resident copy's ``/api/ps`` size includes the KV cache, so it beats the
+    file size from ``/api/tags``; using the larger keeps placements honest (a
+    plan that under-counts would have Ollama evict a pinned model, and the
+    next resync would reload it: thrash).
+    """
+    sizes = [p.resident[key].size for p in obs.pods if key in p.resident]
+    sizes += [p.installed[key].size for p in obs.pods if key in p.installed]
+    sizes = [s for s in sizes if s > 0]
+    return max(sizes) if sizes else None
+
+
+def _is_embedding(m: ModelSpec, obs: Observation) -> bool:
+    if m.embedding is not None:
+        return m.embedding
+    for p in obs.pods:
+        inst = p.installed.get(m.key)
+        if inst is not None and inst.capabilities:
+            return "embedding" in inst.capabilities and "completion" not in inst.capabilities
+    return False
+
+
+class _Planner:
+    def __init__(
+        self,
+        spec: PoolSpec,
+        obs: Observation,
+        ledger: Iterable[Owned],
+        others: Mapping[tuple[str, str], Owned],
+    ) -> None:
+        self.spec = spec
+        self.obs = obs
+        self.others = others
+        # Claims on pods that no longer exist are forgotten: the pod took its memory with it.
+        self.prev: dict[tuple[str, str], Owned] = {
+            (o.pod, o.model): o for o in ledger if o.pod in obs.existing
+        }
+        self.mine: dict[tuple[str, str], Owned] = dict(self.prev)
+        self.avail = [p for p in obs.pods if p.available]
+        self.actions: list[Action] = []
+        self.problems: list[Problem] = []
+        self.used = {p.name: self._pinned_bytes(p) for p in self.avail}
+
+    # -- memory accounting ------------------------------------------------
+    def _capacity(self, p: PodState) -> float:
+        cap = p.vram_bytes if p.vram_bytes is not None else self.spec.default_vram_bytes
+        return math.inf if cap is None else float(cap)
+
+    def _claimed(self, pod: str, key: str, *, by_me: bool = True) -> bool:
+        other = self.others.get((pod, key))
+        if other is not None and other.loaded:
+            return True
+        mine = self.prev.get((pod, key))
+        return by_me and mine is not None and mine.loaded
+
+    def _pinned_bytes(self, p: PodState) -> int:
+        total = sum(r.size for k, r in p.resident.items() if r.pinned or self._claimed(p.name, k))
+        # Another pool's claim that Ollama evicted will be reloaded by that pool:
+        # keep its room free rather than race it.
+        for (pod, key), o in self.others.items():
+            if pod == p.name and o.loaded and key not in p.resident:
+                total += model_size(self.obs, key) or 0
+        return total
+
+    def _counted(self, p: PodState, key: str) -> bool:
+        r = p.resident.get(key)
+        return r is not None and (r.pinned or self._claimed(p.name, key))
+
+    def free(self, p: PodState) -> float:
+        return self._capacity(p) - self.used[p.name]
+
+    # -- ledger and actions -------------------------------------------------
+    def _set(
+        self,
+        pod: str,
+        m_key: str,
+        name: str,
+        *,
+        loaded: bool | None = None,
+        pulled: bool | None = None,
+        embedding: bool | None = None,
+    ) -> None:
+        cur = self.mine.get((pod, m_key)) or Owned(pod=pod, model=m_key, name=name)
+        new = replace(
+            cur,
+            loaded=cur.loaded if loaded is None else loaded,
+            pulled=cur.pulled if pulled is None else pulled,
+            embedding=cur.embedding if embedding is None else embedding,
+        )
+        if new.empty:
+            self.mine.pop((pod, m_key), None)
+        else:
+            self.mine[(pod, m_key)] = new
+
+    def _act(
+        self,
+        kind: ActionKind,
+        p: PodState,
+        key: str,
+        name: str,
+        reason: str,
+        *,
+        load: ModelSpec | None = None,
+        embedding: bool = False,
+    ) -> None:
+        self.actions.append(
+            Action(
+                kind=kind,
+                pod=p.name,
+                url=p.url,
+                model=key,
+                name=name,
+                reason=reason,
+                keep_alive=load.keep_alive_wire if load else None,
+                options=load.options if load else (),
+                embedding=embedding,
+            )
+        )
+
+    def _pod(self, name: str) -> PodState | None:
+        for p in self.avail:
+            if p.name == name:
+                return p
+        return None
+
+    # -- phases ---------------------------------------------------------------
+    def release_unlisted(self) -> None:
+        for (pod_name, key), o in sorted(self.prev.items()):
+            if key in self.spec.keys:
+                continue
+            if not self.spec.prune:
+                self.mine.pop((pod_name, key), None)  # disown: leave it where it is
+                continue
+            p = self._pod(pod_name)
+            if p is None:
+                continue  # pod exists but does not answer: prune once it is back
+            other = self.others.get((pod_name, key))
+            if o.loaded:
+                if key in p.resident and not (other and other.loaded):
+                    self._unload(p, key, o.name, o.embedding, "prune")
+                self._set(pod_name, key, o.name, loaded=False)
+            if o.pulled:
+                if key in p.installed and not (other and (other.loaded or other.pulled)):
+                    self._act(ActionKind.DELETE, p, key, o.name, "prune")
+                self._set(pod_name, key, o.name, pulled=False)
+
+    def _other_loaded(self, pod: str, key: str) -> bool:
+        other = self.others.get((pod, key))
+        return other is not None and other.loaded
+
+    def _unload(self, p: PodState, key: str, name: str, embedding: bool, reason: str) -> None:
+        if self._counted(p, key) and not self._other_loaded(p.name, key):
+            self.used[p.name] -= p.resident[key].size
+        self._act(ActionKind.UNLOAD, p, key, name, reason, embedding=embedding)
+
+    def place(self, m: ModelSpec) -> tuple[list[str], int]:
+        n = len(self.avail) if m.replicas is None else m.replicas
+        embedding = _is_embedding(m, self.obs)
+        size = model_size(self.obs, m.key)
+        forever = math.isinf(m.keep_alive)
+
+        kept = [
+            p
+            for p in self.avail
+            if (o := self.prev.get((p.name, m.key))) is not None
+            and o.loaded
+            and m.key in p.resident
+        ]
+        nodes: Counter[str] = Counter()
+        chosen: list[PodState] = []
+        # Keep up to n of them, greedily spreading across nodes; release the rest.
+        spare = sorted(kept, key=lambda q: q.name)
+        while spare and len(chosen) < n:
+            p = min(spare, key=lambda q: (nodes[q.spread_key], q.name))
+            spare.remove(p)
+            chosen.append(p)
+            nodes[p.spread_key] += 1
+        for p in spare:
+            if not self._other_loaded(p.name, m.key):
+                self._unload(p, m.key, m.name, embedding, "scale-down")
+            self._set(p.name, m.key, m.name, loaded=False)
+        for p in chosen:
+            if forever and not p.resident[m.key].pinned:
+                # A client's own keep_alive replaced the pin (last writer wins).
+                self._act(ActionKind.LOAD, p, m.key, m.name, "re-pin", load=m, embedding=embedding)
+        # Claims whose model Ollama evicted are candidates again, not guarantees.
+        for p in self.avail:
+            o = self.prev.get((p.name, m.key))
+            if o is not None and o.loaded and all(p.name != k.name for k in kept):
+                self._set(p.name, m.key, m.name, loaded=False)
+
+        pending_pull = 0
+        while len(chosen) < n:
+            best: tuple[tuple[float, ...], PodState] | None = None
+            for p in self.avail:
+                if p in chosen:
+                    continue
+                resident = m.key in p.resident
+                need = (
+                    0
+                    if self._counted(p, m.key)
+                    else (p.resident[m.key].size if resident else (size or 0))
+                )
+                if size is not None and need > self.free(p):
+                    continue
+                prev = self.prev.get((p.name, m.key))
+                cls = (
+                    0
+                    if resident
+                    else 1
+                    if prev is not None and prev.loaded
+                    else 2
+                    if m.key in p.installed
+                    else 3
+                )
+                rank = (nodes[p.spread_key], cls, -self.free(p))
+                if best is None or (rank, p.name) < (best[0], best[1].name):
+                    best = (rank, p)
+            if best is None:
+                break
+            p = best[1]
+            chosen.append(p)
+            nodes[p.spread_key] += 1
+            resident = m.key in p.resident
+            if not resident and m.key not in p.installed:
+                self._act(ActionKind.PULL, p, m.key, m.name, "pull for load")
+                self._set(p.name, m.key, m.name, pulled=True)
+                if size is None:
+                    # Size unknown until the pull lands: load on the next round.
+                    pending_pull += 1
+                    continue
+            if not self._counted(p, m.key):
+                self.used[p.name] += p.resident[m.key].size if resident else (size or 0)
+            prev = self.prev.get((p.name, m.key))
+            reason = "reload after eviction" if prev is not None and prev.loaded else "load"
+            # Already pinned (by anyone): loading again could only shorten someone's pin.
+            if not (resident and p.resident[m.key].pinned):
+                self._act(ActionKind.LOAD, p, m.key, m.name, reason, load=m, embedding=embedding)
+            self._set(p.name, m.key, m.name, loaded=True, embedding=embedding)
+
+        if len(chosen) < n:
+            if n > len(self.avail):
+                self.problems.append(
+                    Problem(
+                        "NotEnoughPods",
+                        f"{m.name}: wants {n} replicas, {len(self.avail)} selected pods answer",
+                        m.key,
+                    )
+                )
+            else:
+                frees = ", ".join(
+                    f"{p.name} {format_bytes(max(self.free(p), 0))}"
+                    for p in self.avail
+                    if p not in chosen
+                )
+                self.problems.append(
+                    Problem(
+                        "InsufficientVRAM",
+                        f"{m.name}: {len(chosen)}/{n} replicas placed; needs "
+                        f"{format_bytes(size or 0)} of VRAM, free: {frees}",
+                        m.key,
+                    )
+                )
+
+        if m.pull == "all":
+            pulling = {
+                a.pod for a in self.actions if a.kind is ActionKind.PULL and a.model == m.key
+            }
+            for p in self.avail:
+                if m.key not in p.installed and m.key not in p.resident and p.name not in pulling:
+                    self._act(ActionKind.PULL, p, m.key, m.name, "pull: all")
+                    self._set(p.name, m.key, m.name, pulled=True)
+        return [p.name for p in chosen], n
+
+
+def plan(
+    spec: PoolSpec,
+    obs: Observation,
+    ledger: Iterable[Owned] = (),
+    others: Mapping[tuple[str, str], Owned] | None = None,
+) -> Plan:
+    """Decide what to pull, load, unload and delete so the pods match ``spec``.
+
+    ``ledger`` is this pool's ownership from its last status; ``others`` is the
+    union of every other pool's ledger in the namespace (see
+    :func:`state.merge_claims`).
+    """
+    planner = _Planner(spec, obs, ledger, others or {})
+    for p in obs.pods:
+        if not p.available:
+            planner.problems.append(Problem("PodUnreachable", f"pod {p.name}: {p.error}"))
+    planner.release_unlisted()
+    targets: dict[str, tuple[str, ...]] = {}
+    desired: dict[str, int] = {}
+    for m in spec.models:
+        chosen, n = planner.place(m)
+        targets[m.key] = tuple(sorted(chosen))
+        desired[m.key] = n
+    return Plan(
+        actions=tuple(planner.actions),
+        ledger=tuple(sorted(planner.mine.values())),
+        targets=targets,
+        desired=desired,
+        problems=tuple(planner.problems),
+    )

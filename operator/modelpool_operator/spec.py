@@ -1,0 +1,268 @@
+"""The ModelPool spec, parsed once into frozen values (pure).
+
+The CRD's OpenAPI schema (``manifests/crds/modelpools.ollamafleet.io.yaml``)
+already rejects most bad input with a 422 at ``kubectl apply`` time; this module
+re-checks what a schema cannot express (Ollama's exact name grammar, duplicate
+models under different spellings such as ``llama3`` and ``llama3:latest``) and
+turns the raw mapping into values the planner can trust.  Everything here is
+pure: no I/O, no clocks, no kopf.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from ollama_balancer.durations import FOREVER, KeepAliveError, parse_keep_alive
+from ollama_balancer.names import InvalidModelName, parse
+
+__all__ = [
+    "ALL",
+    "VRAM_ANNOTATION",
+    "LabelSelector",
+    "ModelSpec",
+    "PoolSpec",
+    "SpecError",
+    "parse_pool_spec",
+    "parse_quantity",
+]
+
+#: ``replicas: all`` — keep the model loaded on every selected pod.
+ALL: Literal["all"] = "all"
+
+#: Pod annotation holding the pod's usable VRAM (a Kubernetes quantity such as ``24Gi``).
+VRAM_ANNOTATION = "ollamafleet.io/vram-bytes"
+
+PullPolicy = Literal["all", "loaded"]
+
+
+class SpecError(ValueError):
+    """The spec is well-formed YAML but not a usable ModelPool; ``str()`` says where."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A ``metav1.LabelSelector``: matchLabels AND every matchExpression."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    #: (key, operator, values) with operator In, NotIn, Exists or DoesNotExist
+    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels):
+            return False
+        for key, op, values in self.match_expressions:
+            present = key in labels
+            if op == "In" and not (present and labels[key] in values):
+                return False
+            if op == "NotIn" and present and labels[key] in values:
+                return False
+            if op == "Exists" and not present:
+                return False
+            if op == "DoesNotExist" and present:
+                return False
+        return True
+
+    @property
+    def empty(self) -> bool:
+        return not self.match_labels and not self.match_expressions
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One entry of ``spec.models``."""
+
+    #: as the user wrote it; what we send to Ollama (``/api/pull`` accepts any spelling)
+    name: str
+    #: canonical key (names.canonical): identity for every comparison
+    key: str
+    #: pinned copies wanted; None means "all selected pods"
+    replicas: int | None = 1
+    pull: PullPolicy = "all"
+    #: seconds; math.inf = forever (Ollama's negative keep_alive)
+    keep_alive: float = FOREVER
+    #: runner options for the warm load; they must match what clients send,
+    #: or Ollama reloads the model on the first request (ollama-api.md §4.4)
+    options: tuple[tuple[str, Any], ...] = ()
+    #: True/False when declared; None = decide from /api/tags capabilities
+    embedding: bool | None = None
+
+    @property
+    def keep_alive_wire(self) -> float | int:
+        """``keep_alive`` for the load request, as JSON seconds.
+
+        A negative *number* means forever to Ollama, but the *string* ``"-1"``
+        is a 400 (``missing unit``), so numbers are always sent.
+        """
+        if math.isinf(self.keep_alive):
+            return -1
+        return int(self.keep_alive) if self.keep_alive.is_integer() else self.keep_alive
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    selector: LabelSelector
+    models: tuple[ModelSpec, ...]
+    prune: bool = False
+    #: VRAM of a selected pod that has no ``ollamafleet.io/vram-bytes`` annotation (None = unknown)
+    default_vram_bytes: int | None = None
+    keys: frozenset[str] = field(default=frozenset(), compare=False)
+
+    def model(self, key: str) -> ModelSpec | None:
+        for m in self.models:
+            if m.key == key:
+                return m
+        return None
+
+
+_QUANTITY = re.compile(
+    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E|m)?$"
+)
+_SUFFIX = {
+    None: Decimal(1),
+    "m": Decimal("0.001"),
+    "k": Decimal(10) ** 3,
+    "K": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+
+
+def parse_quantity(value: object) -> int:
+    """A Kubernetes quantity (``24Gi``, ``80G``, ``1e9``, ``1024``) as whole bytes."""
+    if isinstance(value, bool):
+        raise SpecError(f"not a quantity: {value!r}")
+    if isinstance(value, int):
+        number = Decimal(value)
+    else:
+        match = _QUANTITY.match(str(value).strip())
+        if not match:
+            raise SpecError(f"not a quantity: {value!r}")
+        try:
+            number = Decimal(match.group(1)) * _SUFFIX[match.group(2)]
+        except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
+            raise SpecError(f"not a quantity: {value!r}") from exc
+    if number < 0:
+        raise SpecError(f"negative quantity: {value!r}")
+    return int(number)
+
+
+def _selector(raw: object) -> LabelSelector:
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.selector: must be a label selector object")
+    labels = raw.get("matchLabels") or {}
+    exprs = raw.get("matchExpressions") or []
+    if not isinstance(labels, Mapping) or not isinstance(exprs, Sequence):
+        raise SpecError("spec.selector: matchLabels must be a map, matchExpressions a list")
+    parsed: list[tuple[str, str, tuple[str, ...]]] = []
+    for i, e in enumerate(exprs):
+        op = e.get("operator") if isinstance(e, Mapping) else None
+        key = e.get("key") if isinstance(e, Mapping) else None
+        values = tuple(str(v) for v in (e.get("values") or ())) if isinstance(e, Mapping) else ()
+        if op not in ("In", "NotIn", "Exists", "DoesNotExist") or not key:
+            raise SpecError(f"spec.selector.matchExpressions[{i}]: bad key or operator")
+        if op in ("In", "NotIn") and not values:
+            raise SpecError(f"spec.selector.matchExpressions[{i}]: {op} needs values")
+        parsed.append((str(key), str(op), values))
+    selector = LabelSelector(
+        match_labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+        match_expressions=tuple(parsed),
+    )
+    # An empty selector would claim every pod of the namespace: almost surely a typo.
+    if selector.empty:
+        raise SpecError("spec.selector: must select something (matchLabels or matchExpressions)")
+    return selector
+
+
+def _replicas(raw: object, where: str) -> int | None:
+    if raw is None:
+        return 1
+    if raw == ALL:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise SpecError(f"{where}.replicas: must be an integer >= 0 or 'all', got {raw!r}")
+    return raw
+
+
+def _model(raw: object, i: int) -> ModelSpec:
+    where = f"spec.models[{i}]"
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{where}: must be an object")
+    name = raw.get("name")
+    try:
+        key = parse(name if isinstance(name, str) else "").canonical
+    except InvalidModelName as exc:
+        raise SpecError(f"{where}.name: {exc}") from exc
+    assert isinstance(name, str)
+    pull = raw.get("pull", "all")
+    if pull not in ("all", "loaded"):
+        raise SpecError(f"{where}.pull: must be 'all' or 'loaded', got {pull!r}")
+    keep_alive_raw = raw.get("keepAlive", -1)
+    try:
+        # "-1" is what people write for forever (OLLAMA_KEEP_ALIVE accepts it);
+        # as a JSON string Ollama would refuse it, so it is translated here.
+        if isinstance(keep_alive_raw, str) and re.fullmatch(r"-?\d+", keep_alive_raw):
+            keep_alive_raw = int(keep_alive_raw)
+        keep_alive = parse_keep_alive(keep_alive_raw)
+    except KeepAliveError as exc:
+        raise SpecError(f"{where}.keepAlive: {exc}") from exc
+    if keep_alive is None or keep_alive == 0:
+        raise SpecError(f"{where}.keepAlive: 0 would unload right after loading; use replicas: 0")
+    options = raw.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise SpecError(f"{where}.options: must be an object")
+    embedding = raw.get("embedding")
+    if embedding is not None and not isinstance(embedding, bool):
+        raise SpecError(f"{where}.embedding: must be a boolean")
+    return ModelSpec(
+        name=name,
+        key=key,
+        replicas=_replicas(raw.get("replicas"), where),
+        pull="loaded" if pull == "loaded" else "all",
+        keep_alive=keep_alive,
+        options=tuple(sorted((str(k), v) for k, v in options.items())),
+        embedding=embedding,
+    )
+
+
+def parse_pool_spec(raw: Mapping[str, Any]) -> PoolSpec:
+    """Validate ``ModelPool.spec``; raise :class:`SpecError` naming the bad field."""
+    selector = _selector(raw.get("selector"))
+    models_raw = raw.get("models") or []
+    if not isinstance(models_raw, Sequence) or isinstance(models_raw, str):
+        raise SpecError("spec.models: must be a list")
+    models = tuple(_model(m, i) for i, m in enumerate(models_raw))
+    seen: dict[str, str] = {}
+    for m in models:
+        if m.key in seen:
+            raise SpecError(f"spec.models: {m.name!r} and {seen[m.key]!r} are the same model")
+        seen[m.key] = m.name
+    prune = raw.get("prune", False)
+    if not isinstance(prune, bool):
+        raise SpecError("spec.prune: must be a boolean")
+    vram_raw = raw.get("defaultVramBytes")
+    vram = None if vram_raw is None else parse_quantity(vram_raw)
+    return PoolSpec(
+        selector=selector,
+        models=models,
+        prune=prune,
+        default_vram_bytes=vram,
+        keys=frozenset(seen),
+    )

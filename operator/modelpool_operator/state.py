@@ -1,0 +1,198 @@
+"""Immutable values shared by observe, plan, execute and status (pure).
+
+An :class:`Observation` is what the operator saw on the selected pods in one
+pass; :class:`Owned` entries are the pool's ownership ledger, persisted in
+``status.owned`` so that prune only ever removes what this pool put there and
+two pools selecting the same pods can see each other's claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "Action",
+    "ActionKind",
+    "Installed",
+    "Observation",
+    "Owned",
+    "PodState",
+    "Problem",
+    "Resident",
+    "ledger_from_status",
+    "ledger_to_status",
+    "merge_claims",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """A model on a pod's disk (``/api/tags``)."""
+
+    name: str
+    size: int
+    digest: str = ""
+    capabilities: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """A model in a pod's memory (``/api/ps``)."""
+
+    name: str
+    size: int
+    #: expires_at lies decades ahead: someone loaded it with a negative keep_alive
+    pinned: bool = False
+    context_length: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PodState:
+    """One selected, Ready pod and what its Ollama server reported."""
+
+    name: str
+    url: str
+    #: Kubernetes node (``spec.nodeName``); replicas are spread across these
+    node: str = ""
+    #: from the ``ollamafleet.io/vram-bytes`` annotation; None = use the pool default
+    vram_bytes: int | None = None
+    installed: Mapping[str, Installed] = field(default_factory=dict)
+    resident: Mapping[str, Resident] = field(default_factory=dict)
+    #: set when the pod is Ready in Kubernetes but its Ollama API did not answer
+    error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.error is None
+
+    @property
+    def spread_key(self) -> str:
+        # An unscheduled pod (no nodeName) counts as its own failure domain.
+        return self.node or f"pod/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """The selected pods at one instant."""
+
+    #: Ready pods with an IP, sorted by name (available or not answering)
+    pods: tuple[PodState, ...] = ()
+    #: every selected pod that exists, Ready or not; claims on others are forgotten
+    existing: frozenset[str] = frozenset()
+
+    def pod(self, name: str) -> PodState | None:
+        for p in self.pods:
+            if p.name == name:
+                return p
+        return None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Owned:
+    """Ledger entry: this pool pinned (``loaded``) and/or pulled ``model`` on ``pod``.
+
+    ``pulled`` is only set when the pool itself pulled the model, so prune
+    never deletes a model that was on the disk before the pool came along.
+    """
+
+    pod: str
+    model: str  # canonical key
+    name: str  # spelling used on the wire, reused for unload/delete
+    loaded: bool = False
+    pulled: bool = False
+    embedding: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.loaded and not self.pulled
+
+
+class ActionKind(StrEnum):
+    PULL = "pull"
+    LOAD = "load"
+    UNLOAD = "unload"
+    DELETE = "delete"
+
+
+#: Execution order on one pod: free memory and disk before filling them.
+ACTION_ORDER = {ActionKind.UNLOAD: 0, ActionKind.DELETE: 1, ActionKind.PULL: 2, ActionKind.LOAD: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: ActionKind
+    pod: str
+    url: str
+    model: str  # canonical key
+    name: str  # wire name
+    reason: str
+    keep_alive: float | int | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+    embedding: bool = False
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name} on {self.pod} ({self.reason})"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why the pool cannot be Ready; becomes the Degraded condition."""
+
+    reason: str  # CamelCase, Kubernetes condition style
+    message: str
+    model: str | None = None
+
+
+def merge_claims(ledgers: Iterable[Iterable[Owned]]) -> dict[tuple[str, str], Owned]:
+    """Union of other pools' ledgers, keyed by (pod, model key)."""
+    out: dict[tuple[str, str], Owned] = {}
+    for ledger in ledgers:
+        for o in ledger:
+            k = (o.pod, o.model)
+            prev = out.get(k)
+            out[k] = (
+                o
+                if prev is None
+                else replace(prev, loaded=prev.loaded or o.loaded, pulled=prev.pulled or o.pulled)
+            )
+    return out
+
+
+def ledger_to_status(ledger: Iterable[Owned]) -> list[dict[str, Any]]:
+    return [
+        {
+            "pod": o.pod,
+            "model": o.model,
+            "name": o.name,
+            "loaded": o.loaded,
+            "pulled": o.pulled,
+            "embedding": o.embedding,
+        }
+        for o in sorted(ledger)
+        if not o.empty
+    ]
+
+
+def ledger_from_status(status: Mapping[str, Any] | None) -> tuple[Owned, ...]:
+    """Read ``status.owned`` back, skipping malformed entries (status is user-writable)."""
+    out: list[Owned] = []
+    for item in (status or {}).get("owned") or ():
+        if not isinstance(item, Mapping):
+            continue
+        pod, model, name = item.get("pod"), item.get("model"), item.get("name")
+        if not (isinstance(pod, str) and isinstance(model, str) and isinstance(name, str)):
+            continue
+        o = Owned(
+            pod=pod,
+            model=model,
+            name=name,
+            loaded=bool(item.get("loaded")),
+            pulled=bool(item.get("pulled")),
+            embedding=bool(item.get("embedding")),
+        )
+        if not o.empty:
+            out.append(o)
+    return tuple(sorted(out))
