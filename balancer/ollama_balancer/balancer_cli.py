@@ -1,0 +1,83 @@
+"""``ollama-fleet balancer``: run the load balancer until SIGTERM, then drain."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Mapping
+
+from .app import BALANCER, create_app, serve
+from .backends import Discovery
+from .settings import BalancerSettings, SettingsError, add_arguments, load_settings
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Model-aware reverse proxy for a fleet of Ollama servers. Every setting can come "
+        "from a flag, an OLLAMA_FLEET_* environment variable or the --config YAML file "
+        "(flags win, then environment, then the file)."
+    )
+    add_arguments(parser)
+
+
+def build_discovery(settings: BalancerSettings) -> Discovery | None:
+    """The discovery loop for ``settings.discovery`` (None for a static list)."""
+    if settings.discovery == "static":
+        return None
+    from . import discovery  # imported lazily: pulls in the kubernetes client
+
+    return discovery.build(settings)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    try:
+        settings = load_settings(args, environ)
+    except SettingsError as exc:
+        print(f"ollama-fleet balancer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if settings.discovery == "static" and not settings.backends:
+        print(
+            "ollama-fleet balancer: no backends: pass --backends URL[,URL...] "
+            "(or OLLAMA_FLEET_BACKENDS), or choose --discovery dns|kubernetes",
+            file=sys.stderr,
+        )
+        return 2
+    from .telemetry import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(_main(settings))
+
+
+async def _main(settings: BalancerSettings) -> int:
+    app = create_app(settings, discovery=build_discovery(settings))
+    runner, port = await serve(
+        app, settings.host, settings.port, shutdown_timeout=settings.drain_grace
+    )
+    bal = app[BALANCER]
+    print(f"ollama-fleet balancer listening on http://{settings.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await drain(bal, runner, settings)
+    return 0
+
+
+async def drain(bal: object, runner: object, settings: BalancerSettings) -> None:
+    """SIGTERM: unready at once, keep accepting for drain_delay, then let in-flight finish."""
+    from aiohttp import web
+
+    from .app import Balancer
+
+    assert isinstance(bal, Balancer) and isinstance(runner, web.AppRunner)
+    bal.draining = True
+    if settings.drain_delay > 0:
+        await asyncio.sleep(settings.drain_delay)
+    # cleanup() stops listening, waits up to shutdown_timeout (drain_grace) for
+    # in-flight handlers, then cancels the rest and closes upstream connections.
+    await runner.cleanup()

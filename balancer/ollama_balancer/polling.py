@@ -1,0 +1,172 @@
+"""Polling: every backend's ``/api/ps`` and ``/api/tags``, concurrently, into the snapshot.
+
+:class:`FleetView` is the one mutable cell holding the current immutable
+:class:`FleetSnapshot`; discovery replaces the backend set, the poller folds
+results in, everyone else reads ``view.snapshot``.  Changes (a pod joined or
+left, a model loaded or unloaded somewhere) are reported to listeners so logs
+and metrics are emitted by the caller, not here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from .backends import Backend
+from .fleet import FleetSnapshot, PollResult, apply_poll, parse_installed, parse_resident
+from .ollama import OllamaClient, OllamaError
+
+__all__ = ["FleetChange", "FleetView", "Poller", "poll_backend"]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetChange:
+    """``kind``: joined | left | up | down | loaded | unloaded."""
+
+    kind: str
+    backend: str
+    model: str = ""
+    detail: str = ""
+
+
+Listener = Callable[[FleetChange], None]
+
+
+class FleetView:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.snapshot = FleetSnapshot()
+        self._clock = clock
+        self._listeners: list[Listener] = []
+        self.changed = asyncio.Event()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _emit(self, change: FleetChange) -> None:
+        for listener in self._listeners:
+            listener(change)
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        before = set(self.snapshot.names())
+        self.snapshot = self.snapshot.with_backends(backends, self._clock())
+        after = set(self.snapshot.names())
+        for name in sorted(after - before):
+            self._emit(FleetChange("joined", name))
+        for name in sorted(before - after):
+            self._emit(FleetChange("left", name))
+        self.changed.set()
+
+    def apply(self, result: PollResult, fail_threshold: int) -> None:
+        old = self.snapshot.get(result.backend)
+        if old is None:
+            return  # the backend left while it was being polled
+        self.snapshot = apply_poll(self.snapshot, result)
+        new = self.snapshot.get(result.backend)
+        assert new is not None
+        if result.error:
+            if old.failures < fail_threshold <= new.failures:
+                self._emit(FleetChange("down", result.backend, detail=result.error))
+            return
+        if old.last_ok is None or old.failures >= fail_threshold:
+            self._emit(FleetChange("up", result.backend))
+        for key in sorted(new.resident.keys() - old.resident.keys()):
+            self._emit(FleetChange("loaded", result.backend, new.resident[key].name))
+        for key in sorted(old.resident.keys() - new.resident.keys()):
+            self._emit(FleetChange("unloaded", result.backend, old.resident[key].name))
+        self.changed.set()
+
+
+async def poll_backend(
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    timeout: float,
+    clock: Callable[[], float] = time.monotonic,
+    want_version: bool = False,
+) -> PollResult:
+    """Poll one backend; never raises (errors become ``PollResult.error``)."""
+    client = OllamaClient(session, backend.url, timeout=timeout)
+    started = clock()
+    try:
+        ps, tags = await asyncio.gather(client.ps(), client.tags())
+        version = await client.version() if want_version else ""
+        return PollResult(
+            backend=backend.name,
+            at=started,
+            installed=parse_installed(tags),
+            resident=parse_resident(ps),
+            version=version,
+            duration=clock() - started,
+        )
+    except OllamaError as exc:
+        return PollResult(backend.name, started, error=str(exc), duration=clock() - started)
+    except (ValueError, TypeError, AttributeError) as exc:  # malformed documents
+        return PollResult(
+            backend.name, started, error=f"malformed answer: {exc}", duration=clock() - started
+        )
+
+
+class Poller:
+    """Polls every backend of ``view`` every ``interval`` (+ jitter) seconds."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        view: FleetView,
+        *,
+        interval: float,
+        jitter: float,
+        timeout: float,
+        fail_threshold: int,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_result: Callable[[PollResult], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.view = view
+        self.interval = interval
+        self.jitter = jitter
+        self.timeout = timeout
+        self.fail_threshold = fail_threshold
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.on_result = on_result
+        self.rounds = 0
+
+    async def poll_all(self) -> None:
+        backends = [s.backend for s in self.view.snapshot.backends]
+        states = {s.name: s for s in self.view.snapshot.backends}
+
+        async def one(b: Backend) -> None:
+            state = states.get(b.name)
+            want_version = state is None or not state.version or state.failures > 0
+            result = await poll_backend(self.session, b, self.timeout, self.clock, want_version)
+            self.view.apply(result, self.fail_threshold)
+            if self.on_result is not None:
+                self.on_result(result)
+
+        await asyncio.gather(*(one(b) for b in backends))
+        self.rounds += 1
+
+    async def run(self) -> None:
+        while True:
+            await self.poll_all()
+            delay = self.interval * (1 + self.jitter * self.rng.random())
+            self.view.changed.clear()
+            try:
+                # A new backend set is polled at once instead of at the next tick.
+                await asyncio.wait_for(self._membership_changed(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def _membership_changed(self) -> None:
+        names = set(self.view.snapshot.names())
+        while True:
+            await self.view.changed.wait()
+            self.view.changed.clear()
+            if set(self.view.snapshot.names()) != names:
+                return
