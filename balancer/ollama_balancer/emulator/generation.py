@@ -1,0 +1,75 @@
+"""Deterministic model output: tokens, token counts and embeddings (pure).
+
+Same model + same seed (``options.seed`` / ``seed``) → same text; without a
+seed the prompt itself seeds the generator, so tests are reproducible while
+different prompts still get different answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import struct
+from collections.abc import Sequence
+
+__all__ = ["count_tokens", "embedding", "generate_tokens", "seed_for"]
+
+_TEXT = """
+the sky is blue because sunlight scatters off molecules in the air and shorter wavelengths
+scatter more than longer ones so we see blue light from every direction during the day while
+sunsets look red as light travels through more atmosphere models learn patterns from data and
+answer questions with words that sound plausible a fleet of servers shares the load so that
+every request finds a warm model quickly
+"""
+_WORDS = tuple(_TEXT.split())
+
+
+def seed_for(seed: int | None, model: str, text: str) -> int:
+    """A stable 64-bit seed (Python's ``hash`` is salted per process, so use sha256)."""
+    material = f"{seed}" if seed is not None else f"{model}\x00{text}"
+    return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")
+
+
+def generate_tokens(seed: int, count: int) -> list[str]:
+    """``count`` tokens forming a sentence-like text; each but the first starts with a space."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for i in range(count):
+        word = rng.choice(_WORDS)
+        if i == 0:
+            word = word.capitalize()
+        elif out[-1].endswith("."):
+            word = " " + word.capitalize()
+        else:
+            word = " " + word
+        if i == count - 1 or rng.random() < 0.08:
+            word += "."
+        out.append(word)
+    return out
+
+
+def count_tokens(text: str) -> int:
+    """About four characters per token, like BPE tokenizers on English; never zero."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def chat_prompt_tokens(messages: Sequence[tuple[str, str]]) -> int:
+    """Prompt tokens of a chat: the contents plus a few template tokens per message."""
+    return sum(count_tokens(content) + 4 for _, content in messages) + 1
+
+
+def embedding(digest: str, text: str, dimensions: int) -> list[float]:
+    """A unit-length float32 vector, a pure function of (model, text)."""
+    rng = random.Random(seed_for(None, digest, text))
+    raw = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    # Round-trip through float32 as Ollama does, then print short like Go does.
+    packed = struct.pack(f"<{dimensions}f", *(x / norm for x in raw))
+    return [float(f"{x:.7g}") for x in struct.unpack(f"<{dimensions}f", packed)]
+
+
+def context_ids(seed: int, count: int) -> list[int]:
+    """The deprecated ``context`` of ``/api/generate``: plausible token ids, deterministic."""
+    rng = random.Random(seed)
+    return [rng.randrange(128256) for _ in range(count)]

@@ -1,0 +1,215 @@
+"""Shared inference core: validate a request, get a runner, play tokens back at the model's rate.
+
+Used by the native handlers (``handlers.py``) and the OpenAI ones
+(``openai.py``), exactly as Ollama's OpenAI middleware rewrites ``/v1`` bodies
+into native ones.  Timing fields are emulated nanoseconds (see ``clock.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..durations import KeepAliveError, parse_keep_alive
+from ..errors import MSG_SERVER_BUSY
+from . import generation
+from .registry import InstalledModel
+from .scheduler import Runner, ServerBusy
+from .streams import ApiError
+from .wire import metrics
+
+if TYPE_CHECKING:
+    from .node import EmulatedNode
+
+__all__ = ["Generation", "GenerationPlan", "check_options", "keep_alive_of", "schedule"]
+
+_INT_OPTIONS = {
+    "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed",
+    "num_predict", "top_k", "repeat_last_n", "draft_num_predict",
+}  # fmt: skip
+_FLOAT_OPTIONS = {
+    "temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty",
+    "frequency_penalty",
+}  # fmt: skip
+
+
+def check_options(options: Any) -> dict[str, Any]:
+    """``api.Options.FromMap``: wrong types are a **500** (it happens after binding)."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ApiError(
+            400,
+            f"json: cannot unmarshal {type(options).__name__} into Go struct field "
+            "GenerateRequest.options of type map[string]interface {}",
+        )
+    for key, value in options.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if key in _INT_OPTIONS and not number:
+            raise ApiError(500, f'option "{key}" must be of type integer')
+        if key in _FLOAT_OPTIONS and not number:
+            raise ApiError(500, f'option "{key}" must be of type float32')
+        if key == "use_mmap" and not isinstance(value, bool):
+            raise ApiError(500, f'option "{key}" must be of type boolean')
+        if key == "stop" and not isinstance(value, list | str):
+            raise ApiError(500, f'option "{key}" must be of type array')
+    return dict(options)
+
+
+def keep_alive_of(doc: dict[str, Any]) -> float | None:
+    try:
+        return parse_keep_alive(doc.get("keep_alive"))
+    except KeepAliveError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def schedule(
+    node: EmulatedNode,
+    model: InstalledModel,
+    *,
+    num_ctx: int | None,
+    keep_alive: float | None,
+) -> Runner:
+    try:
+        return await node.scheduler.acquire(
+            model.spec, model.display, num_ctx=num_ctx, keep_alive=keep_alive
+        )
+    except ServerBusy:
+        raise ApiError(503, MSG_SERVER_BUSY) from None
+
+
+@dataclass
+class GenerationPlan:
+    model: InstalledModel
+    prompt_text: str
+    prompt_tokens: int
+    options: dict[str, Any]
+    keep_alive: float | None
+    seed: int | None = None
+
+    @property
+    def num_ctx(self) -> int | None:
+        value = self.options.get("num_ctx")
+        return int(value) if value is not None else None
+
+    @property
+    def num_predict(self) -> int | None:
+        value = self.options.get("num_predict")
+        return int(value) if value is not None and value >= 0 else None
+
+
+@dataclass
+class Generation:
+    """One generation, from scheduling to the last token."""
+
+    node: EmulatedNode
+    plan: GenerationPlan
+    started: float
+    """Emulated monotonic time when the handler started (Ollama: before JSON parsing)."""
+    runner: Runner | None = None
+    load_ns: int = 0
+    prompt_eval_ns: int = 0
+    eval_ns: int = 0
+    tokens: list[str] = field(default_factory=list)
+    done_reason: str = "stop"
+    completed: bool = False
+
+    async def schedule(self) -> None:
+        self.runner = await schedule(
+            self.node, self.plan.model, num_ctx=self.plan.num_ctx, keep_alive=self.plan.keep_alive
+        )
+        self.load_ns = self._ns_since(self.started)
+
+    async def stream(self) -> AsyncGenerator[str, None]:
+        """Hold a slot and yield tokens at the model's rate; afterwards read the metrics."""
+        assert self.runner is not None, "schedule() first"
+        node, spec = self.node, self.plan.model.spec
+        stats = node.stats
+        try:
+            async with self.runner.slot():
+                stats.generations_started += 1
+                slow = node.faults.token_rate_factor
+                prefill = self.plan.prompt_tokens / spec.prompt_tokens_per_second * slow
+                await node.clock.sleep(prefill)
+                self.prompt_eval_ns = int(prefill * 1e9)
+                natural = spec.response_tokens
+                limit = self.plan.num_predict
+                count = natural if limit is None else min(limit, natural)
+                self.done_reason = "length" if limit is not None and limit < natural else "stop"
+                seed = generation.seed_for(self.plan.seed, spec.digest, self.plan.prompt_text)
+                per_token = slow / spec.tokens_per_second
+                began = node.clock.monotonic()
+                for i, token in enumerate(generation.generate_tokens(seed, count)):
+                    # Pace against a schedule, not per-token sleeps: at small time
+                    # scales each real sleep overshoots and the rate would drift.
+                    await node.clock.sleep(began + (i + 1) * per_token - node.clock.monotonic())
+                    self.tokens.append(token)
+                    yield token
+                self.eval_ns = max(1, int(len(self.tokens) * per_token * 1e9))
+                self.completed = True
+                stats.generations_completed += 1
+        finally:
+            if not self.completed:
+                stats.generations_cancelled += 1
+
+    def release(self) -> None:
+        if self.runner is not None:
+            self.node.scheduler.release(self.runner)
+            self.runner = None
+
+    def metrics(self) -> dict[str, int]:
+        return metrics(
+            total_ns=self._ns_since(self.started),
+            load_ns=self.load_ns,
+            prompt_eval_count=self.plan.prompt_tokens,
+            prompt_eval_ns=self.prompt_eval_ns,
+            eval_count=len(self.tokens),
+            eval_ns=self.eval_ns,
+        )
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    def _ns_since(self, start: float) -> int:
+        return max(1, int((self.node.clock.monotonic() - start) * 1e9))
+
+
+async def embed_texts(
+    node: EmulatedNode,
+    model: InstalledModel,
+    texts: list[str],
+    *,
+    options: dict[str, Any],
+    keep_alive: float | None,
+    truncate: bool = True,
+) -> tuple[list[list[float]], Runner, int]:
+    """Embeddings of ``texts`` (runner already released) and the prompt token count."""
+    num_ctx = options.get("num_ctx")
+    runner = await schedule(
+        node, model, num_ctx=int(num_ctx) if num_ctx else None, keep_alive=keep_alive
+    )
+    try:
+        counts = [generation.count_tokens(t) for t in texts]
+        if not truncate and any(c > runner.num_ctx for c in counts):
+            raise ApiError(400, "the input length exceeds the context length")
+        tokens = sum(min(c, runner.num_ctx) for c in counts)
+        async with runner.slot():
+            rate = model.spec.prompt_tokens_per_second / node.faults.token_rate_factor
+            await node.clock.sleep(tokens / rate)
+        dims = model.spec.embedding_length
+        vectors = [generation.embedding(model.spec.digest, t, dims) for t in texts]
+        return vectors, runner, tokens
+    finally:
+        node.scheduler.release(runner)
+
+
+def truncate_dimensions(vector: list[float], dimensions: int | None) -> list[float]:
+    """``dimensions``: keep the first N and renormalise (Matryoshka style, like Ollama)."""
+    if not dimensions or dimensions >= len(vector):
+        return vector
+    cut = vector[:dimensions]
+    norm = math.sqrt(sum(x * x for x in cut)) or 1.0
+    return [float(f"{x / norm:.7g}") for x in cut]

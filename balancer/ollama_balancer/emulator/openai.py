@@ -1,0 +1,246 @@
+"""OpenAI-compatible ``/v1`` handlers (shared/ollama-api.md §1.5).
+
+Ollama implements these as middleware over the native handlers, so errors
+keep the native message and status, rewritten into the OpenAI shape (done by
+the app's error middleware for every ``/v1`` path).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import random
+import struct
+from typing import Any
+
+from aiohttp import web
+
+from . import generation
+from .handlers import _completion_model, _embedding_model
+from .inference import Generation, GenerationPlan, embed_texts
+from .keys import NODE
+from .registry import InstalledModel
+from .streams import ApiError, ChunkStream, json_response, read_json
+from .wire import go_json
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+SSE = "text/event-stream"
+_ids = random.Random()
+
+
+def _options(doc: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    limit = doc.get("max_tokens", doc.get("max_completion_tokens"))
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        options["num_predict"] = limit
+    if isinstance(doc.get("seed"), int):
+        options["seed"] = doc["seed"]
+    return options
+
+
+def _usage(gen: Generation) -> dict[str, int]:
+    prompt, completion = gen.plan.prompt_tokens, len(gen.tokens)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _finish(gen: Generation) -> str:
+    return "length" if gen.done_reason == "length" else "stop"
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + go_json(obj) + b"\n\n"
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+async def _generate(
+    request: web.Request, doc: dict[str, Any], model: InstalledModel, plan_text: str, tokens: int
+) -> Generation:
+    node = request.app[NODE]
+    options = _options(doc)
+    plan = GenerationPlan(
+        model, plan_text, tokens, options, keep_alive=None, seed=options.get("seed")
+    )
+    gen = Generation(node, plan, request[STARTED])
+    await gen.schedule()
+    return gen
+
+
+STARTED = web.RequestKey("started", float)
+
+
+@routes.post("/v1/chat/completions")
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE]
+    request[STARTED] = node.clock.monotonic()
+    doc = await read_json(request, "openai.ChatCompletionRequest")
+    messages = doc.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "[] is too short - 'messages'")
+    name = doc.get("model") or ""
+    if not name:
+        raise ApiError(400, "model is required")
+    model = _completion_model(request, name, "chat")
+    turns = [
+        (str(m.get("role", "")), _text(m.get("content"))) for m in messages if isinstance(m, dict)
+    ]
+    prompt = "\n".join(f"{role}: {text}" for role, text in turns)
+    gen = await _generate(request, doc, model, prompt, generation.chat_prompt_tokens(turns))
+    ident = f"chatcmpl-{_ids.randrange(999)}"
+    created = node.clock.wall_ns() // 10**9
+    head = {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": name,
+        "system_fingerprint": "fp_ollama",
+    }
+    try:
+        async with contextlib.aclosing(gen.stream()) as tokens:
+            if not doc.get("stream"):
+                async for _ in tokens:
+                    pass
+                message = {"role": "assistant", "content": gen.text}
+                choice = {"index": 0, "message": message, "finish_reason": _finish(gen)}
+                body = {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": [choice],
+                    "usage": _usage(gen),
+                }
+                return json_response(body)
+            out = ChunkStream(request, SSE)
+            first = True
+            async for token in tokens:
+                delta = {"role": "assistant", "content": token} if first else {"content": token}
+                first = False
+                await out.write(
+                    _sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                )
+        await out.write(
+            _sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(gen)}]})
+        )
+        if (doc.get("stream_options") or {}).get("include_usage"):
+            await out.write(_sse({**head, "choices": [], "usage": _usage(gen)}))
+        await out.write(b"data: [DONE]\n\n")
+        return await out.finish()
+    finally:
+        gen.release()
+
+
+@routes.post("/v1/completions")
+async def completions(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE]
+    request[STARTED] = node.clock.monotonic()
+    doc = await read_json(request, "openai.CompletionRequest")
+    prompt = doc.get("prompt")
+    if not isinstance(prompt, str):
+        raise ApiError(400, "invalid type for 'prompt' field, expected string")
+    name = doc.get("model") or ""
+    model = _completion_model(request, name, "generate")
+    gen = await _generate(
+        request, doc, model, prompt, generation.chat_prompt_tokens([("user", prompt)])
+    )
+    ident = f"cmpl-{_ids.randrange(999)}"
+    created = node.clock.wall_ns() // 10**9
+    head = {
+        "id": ident,
+        "object": "text_completion",
+        "created": created,
+        "model": name,
+        "system_fingerprint": "fp_ollama",
+    }
+    usage = (doc.get("stream_options") or {}).get("include_usage")
+    zero = (
+        {"usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}} if usage else {}
+    )
+    try:
+        async with contextlib.aclosing(gen.stream()) as tokens:
+            if not doc.get("stream"):
+                async for _ in tokens:
+                    pass
+                choice = {"text": gen.text, "index": 0, "finish_reason": _finish(gen)}
+                return json_response({**head, "choices": [choice], "usage": _usage(gen)})
+            out = ChunkStream(request, SSE)
+            async for token in tokens:
+                choice = {"text": token, "index": 0, "finish_reason": None}
+                await out.write(_sse({**head, "choices": [choice], **zero}))
+        choice = {"text": "", "index": 0, "finish_reason": _finish(gen)}
+        await out.write(_sse({**head, "choices": [choice], **zero}))
+        if usage:
+            await out.write(_sse({**head, "choices": [], "usage": _usage(gen)}))
+        await out.write(b"data: [DONE]\n\n")
+        return await out.finish()
+    finally:
+        gen.release()
+
+
+@routes.post("/v1/embeddings")
+async def v1_embeddings(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    doc = await read_json(request, "openai.EmbedRequest")
+    raw = doc.get("input")
+    if raw == "":
+        raw = [""]
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw or not all(isinstance(x, str) for x in raw):
+        raise ApiError(400, "invalid input")
+    encoding = doc.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, f"invalid encoding format: {encoding}")
+    name = doc.get("model") or ""
+    model = _embedding_model(request, name)
+    vectors, _, tokens = await embed_texts(node, model, list(raw), options={}, keep_alive=None)
+    data = []
+    for index, vector in enumerate(vectors):
+        value: Any = vector
+        if encoding == "base64":
+            value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        data.append({"object": "embedding", "embedding": value, "index": index})
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return json_response({"object": "list", "data": data, "model": name, "usage": usage})
+
+
+def _model_entry(model: InstalledModel, ident: str) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": "model",
+        "created": model.modified_ns // 10**9,
+        "owned_by": model.name.namespace,
+    }
+
+
+@routes.get("/v1/models")
+async def models(request: web.Request) -> web.Response:
+    installed = request.app[NODE].library.models()
+    # A nil slice in Go: no models gives "data": null.
+    data = [_model_entry(m, m.display) for m in installed] or None
+    return json_response({"object": "list", "data": data})
+
+
+@routes.get("/v1/models/{model}")
+async def model(request: web.Request) -> web.Response:
+    ident = request.match_info["model"]
+    found = request.app[NODE].library.find(ident)
+    if found is None:
+        from .. import names
+
+        try:
+            shown = names.display(ident)
+        except names.InvalidModelName:
+            shown = ident
+        raise ApiError(404, f"model '{shown}' not found")
+    return json_response(_model_entry(found, ident))
