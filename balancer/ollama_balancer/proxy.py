@@ -449,15 +449,16 @@ class Proxy:
 
 
 RecordType = RequestRecord
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def request_id(request: web.Request) -> str:
-    rid = request.get("request_id")
-    if isinstance(rid, str):
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
         return rid
     sent = request.headers.get("X-Request-ID", "")
     rid = sent[:128] if sent and sent.isprintable() else uuid.uuid4().hex
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     return rid
 
 

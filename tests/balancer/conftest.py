@@ -1,0 +1,96 @@
+"""A balancer in front of emulated Ollama nodes, all real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from ollama_balancer.app import BALANCER, Balancer, create_app, serve
+from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
+from ollama_balancer.settings import BalancerSettings
+
+
+@dataclass
+class Rig:
+    fleet: EmulatedFleet
+    url: str
+    app: web.Application
+    session: aiohttp.ClientSession
+
+    @property
+    def bal(self) -> Balancer:
+        return self.app[BALANCER]
+
+    def node(self, name: str) -> Any:
+        return next(n for n in self.fleet.nodes if n.name == name)
+
+    async def poll(self) -> None:
+        assert self.bal.poller is not None
+        await self.bal.poller.poll_all()
+
+    async def post(self, path: str, body: Any, **kw: Any) -> aiohttp.ClientResponse:
+        return await self.session.post(self.url + path, json=body, **kw)
+
+    async def until(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                await asyncio.sleep(0.02)
+
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+def nodes(*specs: tuple[str, Sequence[str], Sequence[str]], **kw: Any) -> list[NodeConfig]:
+    """(name, installed, loaded) triples → NodeConfigs on distinct loopback addresses."""
+    return [
+        NodeConfig(
+            name=name,
+            host=f"127.0.0.{10 + i}",
+            port=0,
+            installed=list(installed),
+            loaded=list(loaded),
+            **kw,
+        )
+        for i, (name, installed, loaded) in enumerate(specs)
+    ]
+
+
+@pytest.fixture
+async def rig_factory() -> AsyncIterator[RigFactory]:
+    stack = AsyncExitStack()
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+
+    async def make(
+        node_configs: list[NodeConfig],
+        *,
+        time_scale: float = 0.01,
+        seed: int = 0,
+        **settings: Any,
+    ) -> Rig:
+        fleet = await stack.enter_async_context(
+            EmulatedFleet(FleetConfig(nodes=node_configs, time_scale=time_scale))
+        )
+        conf = BalancerSettings(
+            host="127.0.0.1",
+            port=0,
+            backends=tuple(f"{n.name}={n.url}" for n in fleet.nodes),
+            poll_interval=0.25,
+            poll_timeout=1.0,
+            connect_timeout=1.0,
+            **settings,
+        )
+        app = create_app(conf, rng=random.Random(seed))
+        runner, port = await serve(app, "127.0.0.1", 0, shutdown_timeout=2)
+        stack.push_async_callback(runner.cleanup)
+        return Rig(fleet, f"http://127.0.0.1:{port}", app, session)
+
+    yield make
+    await stack.aclose()
