@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from .spec import ModelSpec, PoolSpec
 from .state import Action, ActionKind, Observation, Owned, PodState, Problem
 
-__all__ = ["Plan", "format_bytes", "model_size", "plan"]
+__all__ = ["Plan", "format_bytes", "model_size", "plan", "settle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +356,8 @@ def plan(
     for p in obs.pods:
         if not p.available:
             planner.problems.append(Problem("PodUnreachable", f"pod {p.name}: {p.error}"))
+    if not obs.pods and spec.models:
+        planner.problems.append(Problem("NoPods", "the selector matches no Ready pod with an IP"))
     planner.release_unlisted()
     targets: dict[str, tuple[str, ...]] = {}
     desired: dict[str, int] = {}
@@ -370,3 +372,27 @@ def plan(
         desired=desired,
         problems=tuple(planner.problems),
     )
+
+
+def settle(before: Iterable[Owned], planned: Plan, failed: Iterable[Action]) -> tuple[Owned, ...]:
+    """The ledger after executing ``planned`` when ``failed`` actions did not happen.
+
+    Each failed action restores the flag it would have changed: a failed pull
+    or load is not owned, a failed unload or delete is still owned (and retried
+    on the next pass).
+    """
+    old = {(o.pod, o.model): o for o in before}
+    new = {(o.pod, o.model): o for o in planned.ledger}
+    for a in failed:
+        k = (a.pod, a.model)
+        prev = old.get(k) or Owned(pod=a.pod, model=a.model, name=a.name)
+        cur = new.get(k) or Owned(pod=a.pod, model=a.model, name=a.name)
+        if a.kind in (ActionKind.LOAD, ActionKind.UNLOAD):
+            cur = replace(cur, loaded=prev.loaded)
+        else:
+            cur = replace(cur, pulled=prev.pulled)
+        if cur.empty:
+            new.pop(k, None)
+        else:
+            new[k] = cur
+    return tuple(sorted(new.values()))

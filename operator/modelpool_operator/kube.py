@@ -1,0 +1,79 @@
+"""Kubernetes access: one client configuration for kopf and for status patches.
+
+kopf watches and posts events with its own HTTP client; status patches from
+the per-pool daemon go through the official client (in a thread), because
+kopf applies a daemon's patches only when the daemon exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+__all__ = ["GROUP", "PLURAL", "VERSION", "KubeAccess"]
+
+GROUP = "ollamafleet.io"
+VERSION = "v1alpha1"
+PLURAL = "modelpools"
+
+
+class KubeAccess:
+    """A loaded client configuration plus the few calls the operator makes itself."""
+
+    def __init__(self, kubeconfig: str | None, context: str | None, home: str = "~") -> None:
+        self.configuration = client.Configuration()
+        if kubeconfig:
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=self.configuration
+            )
+        else:
+            try:
+                config.load_incluster_config(client_configuration=self.configuration)  # type: ignore[no-untyped-call]
+            except config.ConfigException:
+                path = os.path.join(os.path.expanduser(home), ".kube", "config")
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=path, context=context, client_configuration=self.configuration
+                )
+        self.api = client.ApiClient(self.configuration)
+
+    def close(self) -> None:
+        self.api.close()  # type: ignore[no-untyped-call]
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        cfg = self.configuration
+        header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix(
+            "authorization"
+        )
+        scheme, token = None, None
+        if header:
+            parts = header.split(" ", 1)
+            scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            username=cfg.username or None,
+            password=cfg.password or None,
+            scheme=scheme,
+            token=token,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+        )
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        api = client.CustomObjectsApi(self.api)
+        await asyncio.to_thread(
+            api.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type="application/merge-patch+json",
+        )

@@ -1,0 +1,107 @@
+"""Operator settings: typed, grouped, read once from flags and the environment.
+
+Precedence: command-line flag, then ``OLLAMA_FLEET_OPERATOR_*`` variable, then
+the default here.  Only :func:`modelpool_operator.cli.run` builds these; nothing
+else looks at the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .spec import parse_quantity
+
+__all__ = ["ENV_PREFIX", "OperatorSettings"]
+
+ENV_PREFIX = "OLLAMA_FLEET_OPERATOR_"
+
+
+def _bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty with ``all_namespaces`` false means ``default``."""
+    all_namespaces: bool = False
+    """Watch ModelPools and pods cluster-wide (needs the ClusterRole variant of the RBAC)."""
+    resync_seconds: float = 60.0
+    """Full reconcile of every pool at least this often: Ollama evicts models silently."""
+    concurrency: int = 4
+    """Pods worked on at once per reconcile (pulls are bandwidth-heavy)."""
+    attempts: int = 3
+    """Attempts per pull/load/unload/delete, first included."""
+    backoff_seconds: float = 1.0
+    """First retry delay; doubles per attempt, capped at 30 s."""
+    ollama_timeout_seconds: float = 5.0
+    """Timeout of /api/tags and /api/ps; a pod slower than this is reported unreachable."""
+    load_timeout_seconds: float = 600.0
+    """A warm load may take minutes (Ollama's own stall timeout is 5 m)."""
+    pull_idle_timeout_seconds: float = 300.0
+    """A pull stream silent for this long is abandoned (Ollama resumes it next time)."""
+    max_rounds: int = 3
+    """observe -> plan -> execute passes per reconcile (a pull of an unknown model needs 2)."""
+    default_vram_bytes: int | None = None
+    """VRAM of a pod with neither the annotation nor a pool default; None = unlimited."""
+    kubeconfig: str | None = None
+    """kubeconfig path; None = in-cluster service account, else ~/.kube/config."""
+    context: str | None = None
+    """kubeconfig context."""
+    peering: str = "ollama-fleet"
+    """kopf peering object: only the highest-priority operator replica acts."""
+    standalone: bool = False
+    """No peering (one replica, tests, development)."""
+    priority: int = 0
+    """This replica's peering priority."""
+    liveness: str | None = None
+    """kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz."""
+    home: str = "~"
+    """Home directory for the default kubeconfig path (from $HOME)."""
+
+    @classmethod
+    def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> OperatorSettings:
+        """Flags (None = not given) over ``OLLAMA_FLEET_OPERATOR_<NAME>`` over defaults."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            given = flags.get(f.name)
+            env = environ.get(ENV_PREFIX + f.name.upper())
+            if given is not None and given != () and given is not False:
+                values[f.name] = given
+            elif env is not None and env != "":
+                values[f.name] = _convert(f.name, env)
+        if "kubeconfig" not in values and environ.get("KUBECONFIG"):
+            values["kubeconfig"] = environ["KUBECONFIG"].split(":")[0]
+        if "home" not in values and environ.get("HOME"):
+            values["home"] = environ["HOME"]
+        if isinstance(values.get("default_vram_bytes"), str):
+            values["default_vram_bytes"] = parse_quantity(values["default_vram_bytes"])
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.resync_seconds <= 0:
+            raise ValueError("resync interval must be > 0 seconds")
+        if self.concurrency < 1 or self.attempts < 1 or self.max_rounds < 1:
+            raise ValueError("concurrency, attempts and max rounds must be >= 1")
+        if self.all_namespaces and self.namespaces:
+            raise ValueError("--all-namespaces and --namespace are exclusive")
+
+    @property
+    def watched_namespaces(self) -> tuple[str, ...]:
+        return self.namespaces or ("default",)
+
+
+def _convert(name: str, text: str) -> Any:
+    if name == "namespaces":
+        return tuple(n.strip() for n in text.split(",") if n.strip())
+    if name in ("all_namespaces", "standalone"):
+        return _bool(text)
+    if name in ("concurrency", "attempts", "max_rounds", "priority"):
+        return int(text)
+    if name.endswith("_seconds"):
+        return float(text)
+    return text
