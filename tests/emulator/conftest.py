@@ -73,3 +73,15 @@ async def node(make_node: MakeNode) -> EmulatedNode:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``condition`` (state changes in the same loop, so 1 ms polls are plenty)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
