@@ -10,6 +10,7 @@ and metrics are emitted by the caller, not here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -157,11 +158,9 @@ class Poller:
             await self.poll_all()
             delay = self.interval * (1 + self.jitter * self.rng.random())
             self.view.changed.clear()
-            try:
-                # A new backend set is polled at once instead of at the next tick.
+            # A new backend set is polled at once instead of at the next tick.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._membership_changed(), timeout=delay)
-            except TimeoutError:
-                pass
 
     async def _membership_changed(self) -> None:
         names = set(self.view.snapshot.names())

@@ -453,9 +453,9 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def request_id(request: web.Request) -> str:
-    rid = request.get(REQUEST_ID)
-    if rid is not None:
-        return rid
+    known = request.get(REQUEST_ID)
+    if known is not None:
+        return str(known)
     sent = request.headers.get("X-Request-ID", "")
     rid = sent[:128] if sent and sent.isprintable() else uuid.uuid4().hex
     request[REQUEST_ID] = rid
