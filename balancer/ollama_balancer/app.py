@@ -19,7 +19,7 @@ from aiohttp import web
 from . import OLLAMA_VERSION
 from .admin import Admin
 from .backends import Discovery
-from .fleet import BackendState
+from .fleet import BackendState, PollResult
 from .ledger import Ledger
 from .names import InvalidModelName, canonical
 from .polling import FleetView, Poller
@@ -44,6 +44,7 @@ class Balancer:
     discovery: Discovery | None = None
     draining: bool = False
     records: list[Callable[[RequestRecord], None]] = field(default_factory=list)
+    polls: list[Callable[[PollResult], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
 
     def http(self) -> aiohttp.ClientSession:
@@ -127,6 +128,9 @@ def create_app(
         bal.records.append(on_record)
     holder["b"] = bal
     app[BALANCER] = bal
+    from .observability import install  # imports this module (BALANCER, Balancer)
+
+    install(app)  # before the first set_backends, so "joined" is seen
     if discovery is None and settings.discovery == "static":
         view.set_backends(settings.static_backends())
     app.cleanup_ctx.append(_lifecycle)
@@ -149,6 +153,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         timeout=s.poll_timeout,
         fail_threshold=s.fail_threshold,
         clock=bal.clock,
+        on_result=_fan_out(bal.polls),
     )
     tasks: list[asyncio.Task[None]] = []
     if bal.discovery is not None:
@@ -166,6 +171,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await bal.session.close()
         bal.session = None
+
+
+def _fan_out(listeners: list[Callable[[PollResult], None]]) -> Callable[[PollResult], None]:
+    def notify(result: PollResult) -> None:
+        for listener in listeners:
+            listener(result)
+
+    return notify
 
 
 def _model_key(name: str) -> str | None:

@@ -1,0 +1,279 @@
+"""Prometheus metrics of one balancer replica: names, types, labels and how they are fed.
+
+Metric names and label names are API (DESIGN.md §4.10): they are the
+constants below and nowhere else.  Every :class:`FleetMetrics` owns its own
+:class:`CollectorRegistry`, so several apps in one process (tests, the demo)
+never share or collide on series.
+
+Two kinds of series:
+
+* **events**, counted when they happen, by the caller (:mod:`observability`)
+  from a finished :class:`RequestRecord`, a poll result or a fleet change;
+* **state** (up, resident, in-flight, loading, penalised), computed at scrape
+  time from a :class:`FleetReport` by a custom collector, so a gauge can never
+  drift from the ledger it describes.
+
+Cardinality is bounded by pods × models: ``backend`` is always a pod of the
+fleet (or ``none`` when no pod was chosen), ``model`` a model some pod holds;
+any other name a client sends is counted as ``other``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .fleetview import FleetReport
+
+__all__ = [
+    "CONTENT_TYPE",
+    "NONE",
+    "OTHER",
+    "FleetMetrics",
+    "RequestSample",
+]
+
+#: The text exposition format served on /metrics.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# ---- metric names (API)
+REQUESTS = "ollama_fleet_requests_total"
+REQUEST_DURATION = "ollama_fleet_request_duration_seconds"
+TIME_TO_FIRST_BYTE = "ollama_fleet_time_to_first_byte_seconds"
+GENERATED_TOKENS = "ollama_fleet_generated_tokens_total"
+PROMPT_TOKENS = "ollama_fleet_prompt_tokens_total"
+TOKENS_PER_SECOND = "ollama_fleet_generation_tokens_per_second"
+SLOT_WAIT = "ollama_fleet_slot_wait_seconds"
+COLD_LOADS = "ollama_fleet_cold_loads_total"
+COLD_LOAD_DURATION = "ollama_fleet_cold_load_duration_seconds"
+RETRIES = "ollama_fleet_retries_total"
+ATTEMPT_FAILURES = "ollama_fleet_attempt_failures_total"
+PENALTIES = "ollama_fleet_penalties_total"
+POLL_DURATION = "ollama_fleet_poll_duration_seconds"
+POLL_ERRORS = "ollama_fleet_poll_errors_total"
+FLEET_CHANGES = "ollama_fleet_fleet_changes_total"
+# state, computed at scrape time
+BACKEND_UP = "ollama_fleet_backend_up"
+BACKEND_PENALISED = "ollama_fleet_backend_penalised"
+INFLIGHT = "ollama_fleet_inflight_requests"
+LOADS_IN_PROGRESS = "ollama_fleet_loads_in_progress"
+MODEL_RESIDENT = "ollama_fleet_model_resident"
+MODEL_VRAM = "ollama_fleet_model_vram_bytes"
+DRAINING = "ollama_fleet_draining"
+
+# ---- label values
+OTHER = "other"  # a model name no pod holds (typos, attacks): never its own series
+NONE = "none"  # no backend was chosen / no routing reason (rejected before routing)
+
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+_RATE_BUCKETS = (1, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
+_POLL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestSample:
+    """What one finished request contributes, with labels already bounded by the caller."""
+
+    model: str
+    backend: str
+    status: int
+    reason: str
+    duration: float
+    ttfb: float | None = None
+    attempts: int = 0
+    failed_backends: tuple[str, ...] = ()
+    cold_load: bool = False
+    cold_load_seconds: float | None = None
+    eval_count: int | None = None
+    eval_duration_ns: int | None = None
+    prompt_eval_count: int | None = None
+    slot_wait: float | None = None
+
+
+class _StateCollector(Collector):
+    """Gauges read from a fresh :class:`FleetReport` at every scrape."""
+
+    def __init__(self, report: Callable[[], FleetReport]) -> None:
+        self._report = report
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._report()
+        up = GaugeMetricFamily(
+            BACKEND_UP, "1 when the pod answered its last polls and is routable", labels=["backend"]
+        )
+        penalised = GaugeMetricFamily(
+            BACKEND_PENALISED,
+            "1 while the pod is in fast-fail cool-down (tried only after every healthy pod)",
+            labels=["backend"],
+        )
+        inflight = GaugeMetricFamily(
+            INFLIGHT,
+            "requests this replica is proxying to the pod for the model right now",
+            labels=["backend", "model"],
+        )
+        loading = GaugeMetricFamily(
+            LOADS_IN_PROGRESS,
+            "1 while a cold load this replica started is waiting for its first byte",
+            labels=["backend", "model"],
+        )
+        resident = GaugeMetricFamily(
+            MODEL_RESIDENT,
+            "1 when the pod's last /api/ps listed the model (or a runner it is an alias of)",
+            labels=["backend", "model"],
+        )
+        vram = GaugeMetricFamily(
+            MODEL_VRAM, "size_vram of the resident model on the pod", labels=["backend", "model"]
+        )
+        for pod in report.pods:
+            up.add_metric([pod.name], 1.0 if pod.routable else 0.0)
+            penalised.add_metric([pod.name], 1.0 if pod.penalised_for > 0 else 0.0)
+            for c in pod.models:
+                labels = [pod.name, c.name]
+                inflight.add_metric(labels, float(c.inflight))
+                loading.add_metric(labels, 1.0 if c.loading else 0.0)
+                resident.add_metric(labels, 1.0 if c.resident else 0.0)
+                if c.resident and not c.runner:
+                    vram.add_metric(labels, float(c.size_vram))
+        draining = GaugeMetricFamily(DRAINING, "1 once SIGTERM was received (readiness is false)")
+        draining.add_metric([], 1.0 if report.draining else 0.0)
+        yield from (up, penalised, inflight, loading, resident, vram, draining)
+
+
+class FleetMetrics:
+    """The metrics of one balancer app, in their own registry."""
+
+    def __init__(self, report: Callable[[], FleetReport]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        by_request = ["model", "backend"]
+        self.requests = Counter(
+            REQUESTS,
+            "proxied requests by model, backend, HTTP status and route reason "
+            "(status 499: the client went away)",
+            ["model", "backend", "status", "reason"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            REQUEST_DURATION,
+            "time from receiving a request to its last byte",
+            by_request,
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            TIME_TO_FIRST_BYTE,
+            "time from sending a request to a pod to the pod's first response byte "
+            "(includes a cold load and queueing)",
+            by_request,
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.generated = Counter(
+            GENERATED_TOKENS, "tokens generated (Ollama eval_count)", by_request, registry=r
+        )
+        self.prompt = Counter(
+            PROMPT_TOKENS,
+            "prompt tokens including cached ones (Ollama prompt_eval_count)",
+            by_request,
+            registry=r,
+        )
+        self.rate = Histogram(
+            TOKENS_PER_SECOND,
+            "decode rate of one request: eval_count / eval_duration",
+            by_request,
+            buckets=_RATE_BUCKETS,
+            registry=r,
+        )
+        self.slot_wait = Histogram(
+            SLOT_WAIT,
+            "time a request waited for a slot on the pod: total_duration - load_duration "
+            "- prompt_eval_duration - eval_duration (includes templating)",
+            by_request,
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.cold_loads = Counter(
+            COLD_LOADS,
+            "requests this replica sent to a pod that had to load (or pull) the model first",
+            by_request,
+            registry=r,
+        )
+        self.cold_load_duration = Histogram(
+            COLD_LOAD_DURATION,
+            "time from sending a cold-load request to the pod's first byte",
+            by_request,
+            buckets=_LOAD_BUCKETS,
+            registry=r,
+        )
+        self.retries = Counter(
+            RETRIES, "requests sent again to another pod after a failure", ["model"], registry=r
+        )
+        self.attempt_failures = Counter(
+            ATTEMPT_FAILURES,
+            "attempts that failed on a pod (refused, 5xx, 404, pull failure)",
+            ["backend"],
+            registry=r,
+        )
+        self.penalties = Counter(
+            PENALTIES, "fast-fail cool-downs imposed on a pod", ["backend"], registry=r
+        )
+        self.poll_duration = Histogram(
+            POLL_DURATION,
+            "duration of one poll of a pod (/api/ps and /api/tags)",
+            ["backend"],
+            buckets=_POLL_BUCKETS,
+            registry=r,
+        )
+        self.poll_errors = Counter(
+            POLL_ERRORS, "polls of a pod that failed", ["backend"], registry=r
+        )
+        self.changes = Counter(
+            FLEET_CHANGES,
+            "fleet changes seen: joined, left, up, down, loaded, unloaded",
+            ["kind"],
+            registry=r,
+        )
+        r.register(_StateCollector(report))
+
+    def observe_request(self, s: RequestSample) -> None:
+        labels = (s.model, s.backend)
+        self.requests.labels(s.model, s.backend, str(s.status), s.reason).inc()
+        self.duration.labels(*labels).observe(s.duration)
+        if s.ttfb is not None:
+            self.ttfb.labels(*labels).observe(s.ttfb)
+        if s.eval_count is not None:
+            self.generated.labels(*labels).inc(s.eval_count)
+            if s.eval_duration_ns:
+                self.rate.labels(*labels).observe(s.eval_count / s.eval_duration_ns * 1e9)
+        if s.prompt_eval_count is not None:
+            self.prompt.labels(*labels).inc(s.prompt_eval_count)
+        if s.slot_wait is not None:
+            self.slot_wait.labels(*labels).observe(s.slot_wait)
+        if s.cold_load:
+            self.cold_loads.labels(*labels).inc()
+        if s.cold_load_seconds is not None:
+            self.cold_load_duration.labels(*labels).observe(s.cold_load_seconds)
+        if s.attempts > 1:
+            self.retries.labels(s.model).inc(s.attempts - 1)
+        for backend in s.failed_backends:
+            self.attempt_failures.labels(backend).inc()
+
+    def observe_poll(self, backend: str, duration: float, error: bool) -> None:
+        self.poll_duration.labels(backend).observe(duration)
+        if error:
+            self.poll_errors.labels(backend).inc()
+
+    def observe_change(self, kind: str) -> None:
+        self.changes.labels(kind).inc()
+
+    def observe_penalty(self, backend: str) -> None:
+        self.penalties.labels(backend).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,244 @@
+"""Metrics, logs and the fleet view of one balancer app: the I/O shell around pure records.
+
+:func:`install` is called once by :func:`app.create_app`.  It listens to what
+the balancer already publishes — a :class:`RequestRecord` per finished request
+(``bal.records``), a :class:`FleetChange` per change in the fleet
+(``view.subscribe``), a :class:`PollResult` per poll (``bal.polls``) — and turns
+each into metric updates and one log event.  Nothing in the proxy, the poller
+or routing knows about Prometheus or structlog.
+
+Routes: ``GET /metrics`` (Prometheus text), ``GET /-/fleet`` (JSON, see
+:mod:`fleetview`), ``GET /-/dashboard`` (a self-contained HTML page polling
+``/-/fleet``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from .app import BALANCER, Balancer
+from .fleet import FleetSnapshot, PollResult
+from .fleetview import FleetReport, build, model_display
+from .metrics import CONTENT_TYPE, NONE, OTHER, FleetMetrics, RequestSample
+from .names import InvalidModelName, canonical
+from .polling import FleetChange
+from .proxy import RequestRecord
+from .routing import COLD_LOAD, PULL
+from .telemetry import EVENT_FLEET_CHANGE, EVENT_REQUEST, get_logger
+
+__all__ = [
+    "METRICS",
+    "fleet_report",
+    "install",
+    "model_label",
+    "request_fields",
+    "request_sample",
+    "slot_wait_seconds",
+]
+
+METRICS = web.AppKey("metrics", FleetMetrics)
+
+_WARN_CHANGES = frozenset({"down", "left"})
+_MAX_LOGGED_MODEL = 200
+
+
+def fleet_report(bal: Balancer) -> FleetReport:
+    s = bal.settings
+    return build(
+        bal.view.snapshot,
+        bal.ledger.snapshot(),
+        bal.clock(),
+        fail_threshold=s.fail_threshold,
+        stale_after=s.stale_after,
+        draining=bal.draining,
+    )
+
+
+def model_label(snapshot: FleetSnapshot, name: str) -> str:
+    """``name`` as a metric label: a model some pod holds, else :data:`OTHER`.
+
+    Clients choose model names freely; only names the fleet knows may become
+    label values, so series stay bounded by pods × models.
+    """
+    if not name:
+        return NONE
+    try:
+        key = canonical(name)
+    except InvalidModelName:
+        return OTHER
+    for state in snapshot.backends:
+        if state.has_installed(key) or state.resident_model(key) is not None:
+            return model_display(key)
+    return OTHER
+
+
+def _failed_backends(retries: list[str], names: list[str]) -> tuple[str, ...]:
+    """Backends named by the proxy's ``"<backend>: <why>"`` retry notes."""
+    out = []
+    for note in retries:
+        found = [n for n in names if note.startswith(n + ": ")]
+        if found:
+            out.append(max(found, key=len))
+    return tuple(out)
+
+
+def _int(metrics: dict[str, Any], key: str) -> int | None:
+    value = metrics.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def slot_wait_seconds(metrics: dict[str, Any]) -> float | None:
+    """total − load − prompt_eval − eval (ollama-api.md §5); None without generation timings."""
+    total = _int(metrics, "total_duration")
+    evaluated = _int(metrics, "eval_duration")
+    if total is None or evaluated is None:
+        return None  # /api/embed and /v1 answers carry no eval timings
+    load = _int(metrics, "load_duration") or 0
+    prompt = _int(metrics, "prompt_eval_duration") or 0  # omitted when the cache served all
+    return max(0, total - load - prompt - evaluated) / 1e9
+
+
+def request_sample(record: RequestRecord, snapshot: FleetSnapshot) -> RequestSample:
+    m = record.metrics
+    return RequestSample(
+        model=model_label(snapshot, record.model),
+        backend=record.backend or NONE,
+        status=record.status,
+        reason=record.reason or NONE,
+        duration=record.duration,
+        ttfb=record.ttfb,
+        attempts=record.attempts,
+        failed_backends=_failed_backends(record.retries, snapshot.names()),
+        cold_load=record.reason in (COLD_LOAD, PULL),
+        cold_load_seconds=record.cold_load_seconds,
+        eval_count=_int(m, "eval_count"),
+        eval_duration_ns=_int(m, "eval_duration"),
+        prompt_eval_count=_int(m, "prompt_eval_count"),
+        slot_wait=slot_wait_seconds(m),
+    )
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
+def request_fields(record: RequestRecord, sample: RequestSample) -> dict[str, Any]:
+    """The keys of the ``request`` log event (no prompt or response text, ever)."""
+    rate = None
+    if sample.eval_count is not None and sample.eval_duration_ns:
+        rate = round(sample.eval_count / sample.eval_duration_ns * 1e9, 2)
+    return {
+        "request_id": record.request_id,
+        "method": record.method,
+        "path": record.path,
+        "model": record.model[:_MAX_LOGGED_MODEL],
+        "backend": record.backend,
+        "reason": record.reason,
+        "status": record.status,
+        "attempts": record.attempts,
+        "bytes": record.bytes_out,
+        "duration": _r(record.duration),
+        "ttfb": _r(record.ttfb),
+        "cold_load_seconds": _r(record.cold_load_seconds),
+        "eval_count": sample.eval_count,
+        "prompt_eval_count": sample.prompt_eval_count,
+        "tokens_per_second": rate,
+        "slot_wait": _r(sample.slot_wait),
+        "client_gone": record.client_gone,
+        "broken_stream": record.broken_stream,
+        "error": record.error,
+        "retries": list(record.retries),
+    }
+
+
+class _PenaltyWatch:
+    """Counts cool-downs by watching the ledger's penalty deadlines move forward.
+
+    The proxy imposes penalties inside a request; a deadline that moved since
+    the last finished request is a new penalty.  (Two penalties on one pod
+    between two finished requests count once: good enough for a rate.)
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, float] = {}
+
+    def new(self, penalties: object) -> list[str]:
+        if not isinstance(penalties, dict):
+            return []
+        fresh = []
+        for backend, until in penalties.items():
+            if isinstance(until, int | float) and until > self._seen.get(backend, float("-inf")):
+                fresh.append(str(backend))
+                self._seen[backend] = float(until)
+        return fresh
+
+
+def install(app: web.Application) -> None:
+    """Metrics, log events and the fleet view routes for the balancer ``app``."""
+    bal = app[BALANCER]
+    log = get_logger("ollama_fleet.balancer")
+    metrics = FleetMetrics(lambda: fleet_report(bal))
+    app[METRICS] = metrics
+    penalties = _PenaltyWatch()
+    dashboard = (
+        resources.files(__package__).joinpath("static/dashboard.html").read_text(encoding="utf-8")
+    )
+
+    def on_record(record: RequestRecord) -> None:
+        # Proxy.handle publishes the record in a ``finally`` and only then copies the
+        # response status into it (same task step, no await between): reading it one
+        # loop tick later sees the final status.
+        asyncio.get_running_loop().call_soon(observe, record)
+
+    def observe(record: RequestRecord) -> None:
+        sample = request_sample(record, bal.view.snapshot)
+        metrics.observe_request(sample)
+        for backend in penalties.new(bal.ledger.snapshot().get("penalties")):
+            metrics.observe_penalty(backend)
+        fields = request_fields(record, sample)
+        if record.status >= 500 and not record.client_gone:
+            log.warning(EVENT_REQUEST, **fields)
+        else:
+            log.info(EVENT_REQUEST, **fields)
+
+    def on_change(change: FleetChange) -> None:
+        metrics.observe_change(change.kind)
+        fields = {
+            "kind": change.kind,
+            "backend": change.backend,
+            "model": change.model,
+            "detail": change.detail,
+        }
+        if change.kind in _WARN_CHANGES:
+            log.warning(EVENT_FLEET_CHANGE, **fields)
+        else:
+            log.info(EVENT_FLEET_CHANGE, **fields)
+
+    def on_poll(result: PollResult) -> None:
+        metrics.observe_poll(result.backend, result.duration, bool(result.error))
+
+    bal.records.append(on_record)
+    bal.view.subscribe(on_change)
+    bal.polls.append(on_poll)
+
+    async def metrics_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def fleet_handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(fleet_report(bal).to_json(), headers={"Cache-Control": "no-store"})
+
+    async def dashboard_handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            text=dashboard,
+            content_type="text/html",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/-/fleet", fleet_handler)
+    app.router.add_get("/-/dashboard", dashboard_handler)
