@@ -48,7 +48,14 @@ async def make_node() -> AsyncIterator[MakeNode]:
         settings: dict[str, Any] = {
             "name": f"node-{len(fleets)}",
             "host": "127.0.0.1",
-            "installed": ["llama3.2", "nomic-embed-text", "tiny:1b", "small:1b", "slow:1b"],
+            "installed": [
+                "llama3.2",
+                "nomic-embed-text",
+                "tiny:1b",
+                "small:1b",
+                "other:1b",
+                "slow:1b",
+            ],  # fmt: skip
         }
         settings.update(overrides)
         fleet = EmulatedFleet(
