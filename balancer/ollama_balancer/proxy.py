@@ -144,7 +144,9 @@ class Proxy:
             stale_after=settings.stale_after,
             affinity_bound=settings.affinity_bound,
             auto_pull=settings.auto_pull,
+            strategy=settings.routing_policy,
         )
+        self._turn = 0  # round-robin baseline's cursor
         self._affinity: OrderedDict[str, str] = OrderedDict()
         self._pulls: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._client_timeout = aiohttp.ClientTimeout(
@@ -196,7 +198,9 @@ class Proxy:
             self.policy,
             self.clock(),
             self.rng,
+            self._turn,
         )
+        self._turn += 1
         if decision.error is not None:
             record.error = decision.error.message
             return error_response(

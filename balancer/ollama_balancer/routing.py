@@ -51,6 +51,9 @@ class Policy:
     affinity_bound: float = 1.25
     auto_pull: bool = False
     residency: bool = True  # False = plain least-connections (benchmarks' baseline)
+    # Benchmarks' baselines: "least-connections" is residency=False; "round-robin" and
+    # "random" ignore both residency and load.  "residency" is the product's policy.
+    strategy: str = "residency"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,9 @@ def route(
     policy: Policy,
     now: float,
     rng: random.Random,
+    turn: int = 0,
 ) -> Decision:
+    """``turn`` (a per-replica request counter) only feeds the round-robin baseline."""
     routable = [
         s for s in snapshot.backends if s.routable(now, policy.fail_threshold, policy.stale_after)
     ]
@@ -136,7 +141,16 @@ def route(
             return Decision(error=RouteError(503, "no Ollama backend is available", retry_after=5))
         return Decision(error=RouteError(404, f"model '{req.display}' not found"))
 
-    if not policy.residency:
+    if policy.strategy == "round-robin":
+        rr = sorted(holders, key=lambda s: s.name)
+        k = turn % len(rr)
+        rr = rr[k:] + rr[:k]
+        return Decision(ranked=tuple(Choice(s.name, "round-robin") for s in rr))
+    if policy.strategy == "random":
+        shuffled = list(holders)
+        rng.shuffle(shuffled)
+        return Decision(ranked=tuple(Choice(s.name, "random") for s in shuffled))
+    if not policy.residency or policy.strategy == "least-connections":
         return _least_connections(holders, ledger, rng)
 
     size = _model_size(req.model, snapshot)

@@ -86,6 +86,12 @@ class BalancerSettings:
         1.25, "affinity is ignored when its pod is loaded above this × the mean", "routing"
     )
     auto_pull: bool = _f(False, "pull a model that no pod has, instead of answering 404", "routing")
+    routing_policy: str = _f(
+        "residency",
+        "residency | least-connections | round-robin | random (the last three are "
+        "model-unaware baselines for benchmarks)",
+        "routing",
+    )
     penalty_seconds: float = _f(
         10.0, "cool-down for a backend that failed fast (refused, 5xx)", "routing"
     )
@@ -135,6 +141,7 @@ class BalancerSettings:
 _CHOICES = {
     "discovery": ("static", "dns", "kubernetes"),
     "admin": ("deny", "fanout"),
+    "routing_policy": ("residency", "least-connections", "round-robin", "random"),
     "log_format": ("auto", "json", "console"),
     "log_level": ("debug", "info", "warning", "error"),
 }
