@@ -55,7 +55,7 @@ async def make_node() -> AsyncIterator[MakeNode]:
                 "small:1b",
                 "other:1b",
                 "slow:1b",
-            ],  # fmt: skip
+            ],
         }
         settings.update(overrides)
         fleet = EmulatedFleet(

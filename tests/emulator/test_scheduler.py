@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from typing import Any
 
@@ -330,13 +331,16 @@ async def test_direct_queue_bound(sched: Scheduler) -> None:
         sched.release(runner)
 
 
+TWO = {"tiny:1b": 600.0, "small:1b": 300.0}
+
+
 @pytest.mark.parametrize(
     ("keep_alives", "busy", "victim"),
     [
-        pytest.param({"tiny:1b": 600, "small:1b": 300}, set(), "small:1b", id="shortest keep_alive"),
-        pytest.param({"tiny:1b": 600, "small:1b": 300}, {"small:1b"}, "tiny:1b", id="first idle one"),
-        pytest.param({"tiny:1b": 600, "small:1b": 300}, {"tiny:1b", "small:1b"}, "small:1b", id="all busy: shortest"),
-        pytest.param({"tiny:1b": float("inf"), "small:1b": 0.5}, set(), "small:1b", id="forever goes last"),
+        pytest.param(TWO, set(), "small:1b", id="shortest keep_alive"),
+        pytest.param(TWO, {"small:1b"}, "tiny:1b", id="first idle one"),
+        pytest.param(TWO, {"tiny:1b", "small:1b"}, "small:1b", id="all busy: shortest"),
+        pytest.param({"tiny:1b": math.inf, "small:1b": 0.5}, set(), "small:1b", id="forever last"),
     ],
 )  # fmt: skip
 async def test_victim_choice(
