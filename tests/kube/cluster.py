@@ -269,6 +269,12 @@ class KubeCluster:
         self._etcd_post("/v3/kv/compaction", {"revision": str(rev), "physical": True})
         return rev
 
+    def etcd_delete(self, key: str) -> int:
+        """Delete a key straight from etcd, behind the apiserver's back (e.g. a pod while
+        the apiserver is down: ``/registry/pods/NAMESPACE/NAME``); returns how many went."""
+        body = {"key": b64encode(key.encode()).decode()}
+        return int(self._etcd_post("/v3/kv/deleterange", body).get("deleted", 0))
+
     # ----------------------------------------------------------------------- internals
     def _ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_path))

@@ -1,0 +1,88 @@
+"""DNS discovery: resolve a headless Service name every interval (A and AAAA records).
+
+Each address becomes a backend named ``ip:port``.  A failed resolution keeps the last set:
+a DNS hiccup must not empty the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends import Backend, Publish
+from ..telemetry import get_logger
+
+__all__ = ["DnsDiscovery", "DnsDiscoveryConfig", "backends_from_addresses"]
+
+log = get_logger("ollama_fleet.discovery.dns")
+
+
+@dataclass(frozen=True, slots=True)
+class DnsDiscoveryConfig:
+    name: str
+    """Host name to resolve, e.g. ``ollama-headless.ai.svc.cluster.local``."""
+    port: int = 11434
+    """Ollama's port on every address."""
+    interval: float = 5.0
+    """Seconds between resolutions (CoreDNS caches headless answers for 5 s by default)."""
+    timeout: float = 5.0
+    """Seconds one resolution may take before it counts as failed."""
+    slots: int = 1
+    """Parallel slots of every backend (their ``OLLAMA_NUM_PARALLEL``)."""
+    scheme: str = "http"
+
+
+def backends_from_addresses(
+    addresses: Iterable[str], *, port: int, slots: int = 1, scheme: str = "http"
+) -> list[Backend]:
+    """One backend per distinct address, sorted (pure)."""
+    backends = []
+    for ip in sorted(set(addresses)):
+        host = f"[{ip}]" if ":" in ip else ip
+        backends.append(
+            Backend(name=f"{host}:{port}", url=f"{scheme}://{host}:{port}", slots=slots)
+        )
+    return backends
+
+
+def _address(info: tuple[Any, ...]) -> str:
+    sockaddr = info[4]
+    return str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone index
+
+
+class DnsDiscovery:
+    """:class:`~ollama_balancer.backends.Discovery` from periodic ``getaddrinfo``."""
+
+    def __init__(self, cfg: DnsDiscoveryConfig) -> None:
+        self.config = cfg
+        self.failures = 0
+
+    async def resolve(self) -> list[Backend]:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(cfg.name, cfg.port, type=socket.SOCK_STREAM), cfg.timeout
+        )
+        return backends_from_addresses(
+            (_address(i) for i in infos if i[0] in (socket.AF_INET, socket.AF_INET6)),
+            port=cfg.port,
+            slots=cfg.slots,
+            scheme=cfg.scheme,
+        )
+
+    async def run(self, publish: Publish) -> None:
+        last: list[Backend] | None = None
+        while True:
+            try:
+                backends = await self.resolve()
+            except (OSError, TimeoutError) as exc:  # socket.gaierror is an OSError
+                self.failures += 1
+                log.warning("discovery.dns.error", name=self.config.name, error=str(exc), kept=last)
+            else:
+                if backends != last:
+                    last = backends
+                    publish(list(backends))
+            await asyncio.sleep(self.config.interval)
