@@ -62,10 +62,9 @@ def model_label(snapshot: FleetSnapshot, name: str) -> str:
     """``name`` as a metric label: a model some pod holds, else :data:`OTHER`.
 
     Clients choose model names freely; only names the fleet knows may become
-    label values, so series stay bounded by pods × models.
+    label values, so series stay bounded by pods × models.  A body whose model
+    could not be read (empty, invalid) is ``other`` too.
     """
-    if not name:
-        return NONE
     try:
         key = canonical(name)
     except InvalidModelName:
@@ -133,6 +132,7 @@ def request_fields(record: RequestRecord, sample: RequestSample) -> dict[str, An
         rate = round(sample.eval_count / sample.eval_duration_ns * 1e9, 2)
     return {
         "request_id": record.request_id,
+        "client": record.client,
         "method": record.method,
         "path": record.path,
         "model": record.model[:_MAX_LOGGED_MODEL],
