@@ -73,10 +73,10 @@ async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[DROP_KEY] = drop
     try:
         response = await handler(request)
+        if not response.prepared and drop == 0:
+            abort(request)  # a non-streamed answer counts as one chunk
     except ConnectionResetError:
         raise asyncio.CancelledError from None  # aiohttp treats it as a client disconnect
-    if not response.prepared and drop == 0:
-        abort(request)  # a non-streamed answer counts as one chunk
     return response
 
 

@@ -83,8 +83,9 @@ class EmulatedNode:
         """(Re)open the socket on the same address; after the first start the port is fixed."""
         if self._runner is not None:
             return
+        # Going away cuts in-flight requests almost at once (0 would mean "wait forever").
         runner = web.AppRunner(
-            build_app(self), handler_cancellation=True, shutdown_timeout=0.5, access_log=None
+            build_app(self), handler_cancellation=True, shutdown_timeout=0.01, access_log=None
         )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
