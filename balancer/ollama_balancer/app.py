@@ -131,6 +131,9 @@ def create_app(
     from .observability import install  # imports this module (BALANCER, Balancer)
 
     install(app)  # before the first set_backends, so "joined" is seen
+    from .limits import install_security
+
+    install_security(app, bal.records)  # API keys, per-key limits, slow clients, conn cap
     if discovery is None and settings.discovery == "static":
         view.set_backends(settings.static_backends())
     app.cleanup_ctx.append(_lifecycle)
@@ -257,10 +260,17 @@ async def serve(
     ``handler_cancellation`` makes a client disconnect cancel its handler, so
     the proxy closes the upstream connection at once and Ollama stops work.
     """
+    from .limits import attach_server, runner_kwargs
+
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        **runner_kwargs(app[BALANCER].settings),
     )
     await runner.setup()
+    attach_server(app, runner.server)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     bound = port

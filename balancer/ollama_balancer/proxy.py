@@ -108,6 +108,7 @@ class RequestRecord:
     error: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     retries: list[str] = field(default_factory=list)
+    client: str = ""  # the API key's name when authentication is on (never the key)
 
 
 @dataclass(slots=True)
@@ -157,6 +158,7 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rid = request_id(request)
         record = RequestRecord(rid, request.method, request.path, started=self.clock())
+        record.client = request.get(CLIENT_NAME, "")
         try:
             resp = await self._handle(request, record)
         except asyncio.CancelledError:
@@ -454,6 +456,8 @@ class Proxy:
 
 RecordType = RequestRecord
 REQUEST_ID = web.RequestKey("request_id", str)
+#: Set by the authentication middleware (limits.py) to the key's name.
+CLIENT_NAME = web.RequestKey("client_name", str)
 
 
 def request_id(request: web.Request) -> str:

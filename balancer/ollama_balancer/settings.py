@@ -111,6 +111,27 @@ class BalancerSettings:
     admin: str = _f(
         "deny", "admin endpoints (pull/delete/...): deny | fanout (pull/delete to pods)", "proxy"
     )
+    # --- security (docs/security.md)
+    auth_file: str = _f(
+        "", "API keys YAML file (a mounted Secret); empty = no authentication", "security"
+    )
+    auth_reload_seconds: float = _f(
+        5.0, "seconds between checks of auth_file for a change (re-read on change)", "security"
+    )
+    max_connections: int = _f(
+        4096, "open client connections above which requests get 503 (0 = no cap)", "security"
+    )
+    client_body_timeout: float = _f(
+        60.0, "seconds a client gets to send its whole request body (else 408)", "security"
+    )
+    keepalive_timeout: float = _f(
+        30.0,
+        "seconds an idle connection, or one still sending its request headers, stays open",
+        "security",
+    )
+    max_header_bytes: int = _f(
+        16384, "longest request line or header line accepted (else 400)", "security"
+    )
     # --- process
     log_format: str = _f("auto", "log rendering: auto | json | console", "process")
     log_level: str = _f("info", "log level: debug | info | warning | error", "process")
@@ -280,6 +301,9 @@ def _validate(s: BalancerSettings) -> None:
         "idle_timeout",
         "default_load_seconds",
         "default_service_seconds",
+        "auth_reload_seconds",
+        "client_body_timeout",
+        "keepalive_timeout",
     )
     for name in positive:
         if getattr(s, name) <= 0:
@@ -290,6 +314,10 @@ def _validate(s: BalancerSettings) -> None:
         raise SettingsError("max_attempts: must be >= 1")
     if s.fail_threshold < 1:
         raise SettingsError("fail_threshold: must be >= 1")
+    if s.max_connections < 0:
+        raise SettingsError("max_connections: must be >= 0")
+    if s.max_header_bytes < 1024:
+        raise SettingsError("max_header_bytes: must be >= 1024")
     if s.affinity_bound < 1:
         raise SettingsError("affinity_bound: must be >= 1")
     if s.discovery == "static":
