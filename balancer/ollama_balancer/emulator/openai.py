@@ -244,3 +244,110 @@ async def model(request: web.Request) -> web.Response:
             shown = ident
         raise ApiError(404, f"model '{shown}' not found")
     return json_response(_model_entry(found, ident))
+
+
+def _responses_input(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    turns = [("system", str(doc["instructions"]))] if doc.get("instructions") else []
+    raw = doc.get("input")
+    if isinstance(raw, str):
+        return [*turns, ("user", raw)]
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict):
+            turns.append((str(item.get("role", "user")), _text(item.get("content"))))
+    return turns
+
+
+@routes.post("/v1/responses")
+async def responses(request: web.Request) -> web.StreamResponse:
+    """Stateless Responses API: ``event:`` + ``data:`` frames, no ``[DONE]`` (§1.5)."""
+    node = request.app[NODE]
+    request[STARTED] = node.clock.monotonic()
+    doc = await read_json(request, "openai.ResponsesRequest")
+    name = doc.get("model") or ""
+    if not name:
+        raise ApiError(400, "model is required")
+    model = _completion_model(request, name, "chat")
+    turns = _responses_input(doc)
+    if not turns:
+        raise ApiError(400, "input is required")
+    if isinstance(doc.get("max_output_tokens"), int):
+        doc = {**doc, "max_tokens": doc["max_output_tokens"]}
+    prompt = "\n".join(f"{role}: {text}" for role, text in turns)
+    gen = await _generate(request, doc, model, prompt, generation.chat_prompt_tokens(turns))
+    n = _ids.randrange(999)
+    created = node.clock.wall_ns() // 10**9
+    resp_id, msg_id = f"resp_{n}", f"msg_{n}"
+
+    def item(text: str, status: str) -> dict[str, Any]:
+        part = {"type": "output_text", "text": text, "annotations": []}
+        return {
+            "id": msg_id,
+            "type": "message",
+            "status": status,
+            "role": "assistant",
+            "content": [part],
+        }
+
+    def response(status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
+        body = {"id": resp_id, "object": "response", "created_at": created, "status": status}
+        body |= {"model": name, "output": output}
+        if status == "completed":
+            prompt_n, out_n = gen.plan.prompt_tokens, len(gen.tokens)
+            body["usage"] = {
+                "input_tokens": prompt_n,
+                "output_tokens": out_n,
+                "total_tokens": prompt_n + out_n,
+            }
+        return body
+
+    try:
+        async with contextlib.aclosing(gen.stream()) as tokens:
+            if not doc.get("stream"):
+                async for _ in tokens:
+                    pass
+                return json_response(response("completed", [item(gen.text, "completed")]))
+            out = ChunkStream(
+                request, SSE, **{"Cache-Control": "no-cache", "Connection": "keep-alive"}
+            )
+            seq = 0
+
+            async def event(kind: str, **data: Any) -> None:
+                nonlocal seq
+                payload = {"type": kind, **data, "sequence_number": seq}
+                seq += 1
+                await out.write(f"event: {kind}\n".encode() + _sse(payload))
+
+            await event("response.created", response=response("in_progress", []))
+            await event("response.in_progress", response=response("in_progress", []))
+            empty = item("", "in_progress")
+            empty["content"] = []
+            await event("response.output_item.added", output_index=0, item=empty)
+            part = {"type": "output_text", "text": "", "annotations": []}
+            await event(
+                "response.content_part.added",
+                item_id=msg_id,
+                output_index=0,
+                content_index=0,
+                part=part,
+            )
+            async for token in tokens:
+                await event(
+                    "response.output_text.delta",
+                    item_id=msg_id,
+                    output_index=0,
+                    content_index=0,
+                    delta=token,
+                )
+        text = gen.text
+        await event(
+            "response.output_text.done", item_id=msg_id, output_index=0, content_index=0, text=text
+        )
+        part = {"type": "output_text", "text": text, "annotations": []}
+        await event(
+            "response.content_part.done", item_id=msg_id, output_index=0, content_index=0, part=part
+        )
+        await event("response.output_item.done", output_index=0, item=item(text, "completed"))
+        await event("response.completed", response=response("completed", [item(text, "completed")]))
+        return await out.finish()
+    finally:
+        gen.release()
