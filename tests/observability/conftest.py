@@ -16,7 +16,14 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_balancer.app import BALANCER, Balancer, create_app, serve
-from ollama_balancer.emulator import EmulatedFleet, EmulatedNode, FleetConfig, NodeConfig
+from ollama_balancer.emulator import (
+    Catalogue,
+    EmulatedFleet,
+    EmulatedNode,
+    FleetConfig,
+    NodeConfig,
+    default_catalogue,
+)
 from ollama_balancer.settings import BalancerSettings
 
 Labels = frozenset[tuple[str, str]]
@@ -122,18 +129,20 @@ async def rig_factory() -> AsyncIterator[RigFactory]:
         replicas: int = 1,
         time_scale: float = 0.01,
         seed: int = 0,
+        catalogue: Catalogue | None = None,
         **settings: Any,
     ) -> Rig:
-        fleet = await stack.enter_async_context(
-            EmulatedFleet(FleetConfig(nodes=nodes, time_scale=time_scale))
+        config = FleetConfig(
+            nodes=nodes, catalogue=catalogue or default_catalogue(), time_scale=time_scale
         )
+        fleet = await stack.enter_async_context(EmulatedFleet(config))
         settings.setdefault("poll_interval", 0.2)
-        config = BalancerSettings(
+        balancer = BalancerSettings(
             backends=tuple(f"{n.name}={n.url}" for n in fleet.nodes), **settings
         )
         apps, urls = [], []
         for i in range(replicas):
-            app = create_app(config, rng=random.Random(seed + i))
+            app = create_app(balancer, rng=random.Random(seed + i))
             runner, port = await serve(app, "127.0.0.1", 0, shutdown_timeout=1.0)
             stack.push_async_callback(runner.cleanup)
             apps.append(app)
