@@ -251,7 +251,11 @@ async def _model_denied(request: web.Request, key: ApiKey) -> web.StreamResponse
 
 async def _read_body(request: web.Request, timeout: float) -> bytes | web.StreamResponse:
     """The body (aiohttp caches it for the handler), or a 408 if the client is too slow."""
+    limit = request.app[SECURITY].settings.max_body_bytes
     try:
+        if request.content_length is not None and request.content_length > limit:
+            # Refuse at once instead of waiting for bytes that will be refused anyway.
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:
@@ -259,10 +263,11 @@ async def _read_body(request: web.Request, timeout: float) -> bytes | web.Stream
         resp.force_close()
         return resp
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SECURITY].settings.max_body_bytes
-        return error_response(
+        resp = error_response(
             request.path, 413, f"request body too large: the limit is {limit} bytes"
         )
+        resp.force_close()  # the unread body must not be parsed as the next request
+        return resp
 
 
 @web.middleware
