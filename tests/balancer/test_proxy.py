@@ -388,3 +388,13 @@ async def test_conversation_affinity(rig_factory: RigFactory) -> None:
         headers={"X-Session-ID": "s1"},
     )
     assert again.headers["X-Ollama-Backend"] == pod2
+
+
+async def test_host_is_rewritten_and_origin_dropped(rig_factory: RigFactory) -> None:
+    """A loopback-bound Ollama answers 403 to a foreign Host or Origin; the balancer fixes both."""
+    rig = await rig_factory(nodes(("a", [M], [M])))
+    hostile = {"Host": "ollama.example.com", "Origin": "https://chat.example.com"}
+    direct = await rig.session.post(rig.node("a").url + "/api/chat", json=CHAT, headers=hostile)
+    assert direct.status == 403 and await direct.read() == b""
+    resp = await rig.post("/api/chat", CHAT, headers=hostile)
+    assert resp.status == 200

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..errors import error_body_for
 from . import handlers, openai
+from .guard import host_allowed, origin_allowed
 from .keys import NODE
 from .streams import DROP_KEY, ApiError, abort, json_response, read_json
 from .wire import rfc3339
@@ -43,6 +44,18 @@ async def gin_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return _plain(404, "404 page not found")
     except ApiError as exc:
         return json_response(error_body_for(request.path, exc.status, exc.message), exc.status)
+
+
+@web.middleware
+async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # CORS first, then the Host check, both answered with an empty 403 like Ollama.
+    if request.path.startswith(CONTROL_PREFIX):
+        return await handler(request)
+    host = request.headers.get("Host")
+    if not origin_allowed(request.headers.get("Origin"), host) or not host_allowed(host):
+        request.app[NODE].stats.requests["403 host/origin"] += 1
+        return web.Response(status=403)
+    return await handler(request)
 
 
 @web.middleware
@@ -139,7 +152,7 @@ async def clear_faults(request: web.Request) -> web.Response:
 
 
 def build_app(node: Any) -> web.Application:
-    app = web.Application(middlewares=[gin_errors, faults], client_max_size=64 * 2**20)
+    app = web.Application(middlewares=[gin_errors, host_guard, faults], client_max_size=64 * 2**20)
     app[NODE] = node
     app.add_routes(handlers.routes)
     app.add_routes(openai.routes)
