@@ -14,7 +14,7 @@ from .conftest import Rig, RigFactory, node
 
 PODS = [f"gpu-{i}" for i in range(4)]
 WORKERS = 2  # concurrent clients per replica: fewer than pods, so ties matter
-PER_WORKER = 20
+PER_WORKER = 40
 
 
 async def _client(rig: Rig, replica: int, worker: int, seen: Counter[tuple[int, str]]) -> None:
