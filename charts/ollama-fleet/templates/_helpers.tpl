@@ -1,0 +1,177 @@
+{{/*
+Names.  Object names are truncated to 63 characters (DNS label limit).
+*/}}
+{{- define "ollama-fleet.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "ollama-fleet.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of one component's objects: <fullname>-<component>, e.g. "x-ollama-fleet-balancer". */}}
+{{- define "ollama-fleet.componentName" -}}
+{{- printf "%s-%s" (include "ollama-fleet.fullname" .ctx | trunc 50 | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "ollama-fleet.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels: the few labels Deployments, Services and policies select on.  They must
+never change between upgrades (a Deployment's selector is immutable), so nothing that
+varies per version (chart version, app version, commonLabels) goes here.
+Call with (dict "ctx" $ "component" "balancer").
+*/}}
+{{- define "ollama-fleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ollama-fleet.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Ollama pods are labelled app.kubernetes.io/name=ollama (what the balancer's default
+selector and the example ModelPools pick), plus this release's instance label.
+*/}}
+{{- define "ollama-fleet.ollamaSelectorLabels" -}}
+app.kubernetes.io/name: ollama
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels: selector labels plus descriptive ones.  Call like selectorLabels. */}}
+{{- define "ollama-fleet.labels" -}}
+helm.sh/chart: {{ include "ollama-fleet.chart" .ctx }}
+{{ include "ollama-fleet.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: ollama-fleet
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "ollama-fleet.ollamaLabels" -}}
+helm.sh/chart: {{ include "ollama-fleet.chart" . }}
+{{ include "ollama-fleet.ollamaSelectorLabels" . }}
+app.kubernetes.io/component: ollama
+app.kubernetes.io/version: {{ .Values.ollama.image.tag | quote }}
+app.kubernetes.io/part-of: ollama-fleet
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The ollama-fleet image reference. */}}
+{{- define "ollama-fleet.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "ollama-fleet.balancerServiceAccount" -}}
+{{- include "ollama-fleet.componentName" (dict "ctx" . "component" "balancer") }}
+{{- end }}
+
+{{- define "ollama-fleet.operatorServiceAccount" -}}
+{{- include "ollama-fleet.componentName" (dict "ctx" . "component" "operator") }}
+{{- end }}
+
+{{/* Headless Service of the Ollama StatefulSet. */}}
+{{- define "ollama-fleet.ollamaName" -}}
+{{- include "ollama-fleet.componentName" (dict "ctx" . "component" "ollama") }}
+{{- end }}
+
+{{/*
+How the balancer discovers backends: "kubernetes", "dns" or "static".  With the chart's
+own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
+*/}}
+{{- define "ollama-fleet.discovery" -}}
+{{- if .Values.ollama.enabled }}kubernetes{{ else }}{{ .Values.existingFleet.discovery }}{{ end }}
+{{- end }}
+
+{{/* Label selector string of the Ollama pods the balancer routes to. */}}
+{{- define "ollama-fleet.kubeSelector" -}}
+{{- if .Values.ollama.enabled }}
+{{- printf "app.kubernetes.io/name=ollama,app.kubernetes.io/instance=%s" .Release.Name }}
+{{- else }}
+{{- .Values.existingFleet.selector }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces (list) whose pods the balancer watches; empty list = release namespace. */}}
+{{- define "ollama-fleet.balancerNamespaces" -}}
+{{- if .Values.ollama.enabled }}
+{{- list .Release.Namespace | toJson }}
+{{- else if .Values.existingFleet.namespaces }}
+{{- .Values.existingFleet.namespaces | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces (list) the operator watches. */}}
+{{- define "ollama-fleet.operatorNamespaces" -}}
+{{- if .Values.operator.watchNamespaces }}
+{{- .Values.operator.watchNamespaces | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* Parallel slots per Ollama pod, as the balancer should assume them. */}}
+{{- define "ollama-fleet.slots" -}}
+{{- if .Values.ollama.enabled }}{{ .Values.ollama.numParallel }}{{ else }}{{ .Values.existingFleet.numParallel }}{{ end }}
+{{- end }}
+
+{{/* Cross-field checks the JSON schema cannot express clearly. */}}
+{{- define "ollama-fleet.validate" -}}
+{{- if and (not .Values.ollama.enabled) .Values.balancer.enabled }}
+{{- $d := .Values.existingFleet.discovery }}
+{{- if and (eq $d "dns") (not .Values.existingFleet.dnsName) }}
+{{- fail "existingFleet.dnsName is required when existingFleet.discovery=dns" }}
+{{- end }}
+{{- if and (eq $d "static") (not .Values.existingFleet.backends) }}
+{{- fail "existingFleet.backends is required when existingFleet.discovery=static" }}
+{{- end }}
+{{- if and (eq $d "kubernetes") (not .Values.existingFleet.selector) }}
+{{- fail "existingFleet.selector is required when existingFleet.discovery=kubernetes" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.balancer.autoscaling.enabled (gt (int .Values.balancer.autoscaling.minReplicas) (int .Values.balancer.autoscaling.maxReplicas)) }}
+{{- fail "balancer.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- end }}
+
+{{/* RBAC rules of the operator (see operator-rbac.yaml). */}}
+{{- define "ollama-fleet.operatorRules" -}}
+rules:
+  # ModelPools: watch them, add/remove kopf's finalizer and its progress annotations
+  - apiGroups: [ollamafleet.io]
+    resources: [modelpools]
+    verbs: [get, list, watch, patch, update]
+  # ModelPool status: conditions, per-model pods, loaded/ready counts
+  - apiGroups: [ollamafleet.io]
+    resources: [modelpools/status]
+    verbs: [get, patch, update]
+  # Ollama pods: which pods a pool selects, their IPs, readiness and VRAM annotation
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list, watch]
+  # Events on ModelPools: pulls, loads, unloads and failures (kubectl describe mp)
+  - apiGroups: [""]
+    resources: [events]
+    verbs: [create, patch]
+  # The same events through the newer events API (kopf uses either, by version)
+  - apiGroups: [events.k8s.io]
+    resources: [events]
+    verbs: [create, patch]
+{{- end }}

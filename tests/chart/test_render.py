@@ -1,0 +1,586 @@
+"""The Helm chart, rendered offline: lint, templates for several value sets, every object
+validated against Kubernetes 1.30's schemas (kubernetes-validate --strict) and the
+ModelPools against the CRD's own schema; the rendered settings fed to the real settings
+loaders and discovery code of the balancer and the operator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ollama_balancer import metrics
+from ollama_balancer.discovery.pods import (
+    ANNOTATION_NUM_PARALLEL,
+    ANNOTATION_VRAM_BYTES,
+    PodRules,
+    backend_from_pod,
+)
+from ollama_balancer.settings import load_settings
+from tests.chart.chart import (
+    CHART,
+    CRD,
+    EXAMPLES,
+    INSTALL_YAML,
+    VALUES,
+    container,
+    env_of,
+    find,
+    find_all,
+    helm_path,
+    kinds,
+    parse_selector,
+    render,
+    render_install_yaml,
+    run_helm,
+    selector_matches,
+    validate_builtin,
+    validate_modelpools,
+)
+
+VALUE_SETS: dict[str, list[Path]] = {
+    "defaults": [],
+    "existing-fleet": [EXAMPLES / "values-existing-fleet.yaml"],
+    "existing-fleet-dns": [EXAMPLES / "values-existing-fleet-dns.yaml"],
+    "production": [EXAMPLES / "values-production.yaml"],
+    "no-operator": [VALUES / "no-operator.yaml"],
+    "ha": [VALUES / "ha.yaml"],
+    "servicemonitor": [VALUES / "servicemonitor.yaml"],
+    "kube-install": [VALUES / "kube-install.yaml"],
+}
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    return helm_path()
+
+
+@pytest.fixture(scope="session")
+def rendered(helm: str) -> dict[str, list[dict[str, Any]]]:
+    return {name: render(helm, files) for name, files in VALUE_SETS.items()}
+
+
+def _pod_labels(obj: dict[str, Any]) -> dict[str, str]:
+    return dict(obj["spec"]["template"]["metadata"]["labels"])
+
+
+# ------------------------------------------------------------------- lint & validate
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_lint_strict(helm: str, name: str) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    for f in VALUE_SETS[name]:
+        args += ["-f", str(f)]
+    result = run_helm(helm, args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_objects_validate(
+    rendered: dict[str, list[dict[str, Any]]], name: str, tmp_path: Path
+) -> None:
+    objs = rendered[name]
+    validate_builtin(objs, tmp_path)
+    validate_modelpools(objs)
+    for obj in objs:
+        assert obj["metadata"]["name"], obj
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"].get("namespace"), f"{obj['kind']} without namespace"
+
+
+def test_kubernetes_validate_rejects_unknown_fields(tmp_path: Path) -> None:
+    """The validator is really strict (so the test above means something)."""
+    bad = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {"x": 1}}
+    with pytest.raises(AssertionError, match="x' was unexpected"):
+        validate_builtin([bad], tmp_path)
+
+
+def test_modelpool_schema_rejects_bad_pool() -> None:
+    pool = {
+        "apiVersion": "ollamafleet.io/v1alpha1",
+        "kind": "ModelPool",
+        "metadata": {"name": "x"},
+        "spec": {"selector": {}, "models": [{"name": "llama3.2:3b", "pull": "sometimes"}]},
+    }
+    with pytest.raises(AssertionError, match="sometimes"):
+        validate_modelpools([pool])
+
+
+# ---------------------------------------------------------------------- the balancer
+
+
+def test_balancer_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["defaults"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    dep = find(objs, "Deployment", "-balancer")
+    assert dep["spec"]["replicas"] == 2
+    c = container(dep, "balancer")
+    assert c["args"][0] == "balancer"
+    assert c["ports"] == [{"name": "http", "containerPort": 11434, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    drain = values["balancer"]["drain"]
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == [
+        "sleep",
+        str(drain["preStopSleepSeconds"]),
+    ]
+    spec = dep["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == (
+        drain["preStopSleepSeconds"] + drain["drainDelaySeconds"] + drain["drainGraceSeconds"] + 5
+    )
+    # security
+    psc, csc = spec["securityContext"], c["securityContext"]
+    assert psc["runAsNonRoot"] is True and isinstance(psc["runAsUser"], int) and psc["runAsUser"]
+    assert csc["readOnlyRootFilesystem"] is True
+    assert csc["allowPrivilegeEscalation"] is False
+    assert csc["capabilities"]["drop"] == ["ALL"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    # the Service: ClusterIP on 11434, selecting exactly the balancer pods
+    svc = find(objs, "Service", "fleet-ollama-fleet")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"][0]["port"] == 11434
+    assert selector_matches(svc["spec"]["selector"], _pod_labels(dep))
+    op = find(objs, "Deployment", "-operator")
+    assert not selector_matches(svc["spec"]["selector"], _pod_labels(op))
+
+
+def test_balancer_env_is_accepted_by_the_real_settings_loader(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The chart's OLLAMA_FLEET_* variables and config file load without error and mean
+    what the values say."""
+    for name, objs in rendered.items():
+        if not any(
+            o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-balancer") for o in objs
+        ):
+            continue
+        dep = find(objs, "Deployment", "-balancer")
+        cm = find(objs, "ConfigMap", "-balancer")
+        env = env_of(container(dep, "balancer"))
+        settings = load_settings(environ=env, yaml_text=cm["data"]["balancer.yaml"])
+        assert settings.host == "0.0.0.0" and settings.port == 11434, name
+        assert settings.drain_grace == float(env["OLLAMA_FLEET_DRAIN_GRACE"])
+        grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        sleep = 0
+        if "lifecycle" in container(dep, "balancer"):
+            sleep = int(container(dep, "balancer")["lifecycle"]["preStop"]["exec"]["command"][1])
+        assert grace >= sleep + math.ceil(settings.drain_delay) + math.ceil(settings.drain_grace)
+
+
+def test_production_config_reaches_the_balancer(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["production"]
+    cm = find(objs, "ConfigMap", "-balancer")
+    env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
+    settings = load_settings(environ=env, yaml_text=cm["data"]["balancer.yaml"])
+    assert settings.first_byte_timeout == 600
+    assert settings.drain_grace == 120
+    assert settings.default_slots == 4
+    dep = find(objs, "Deployment", "-balancer")
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 10 + 0 + 120 + 5
+    # only labelled clients (and the test pod) may call the balancer
+    np = find(objs, "NetworkPolicy", "-balancer")
+    assert selector_matches(np["spec"]["podSelector"]["matchLabels"], _pod_labels(dep))
+    peers = np["spec"]["ingress"][0]["from"]
+    assert peers[1]["podSelector"]["matchLabels"] == {"ollama-fleet-client": "true"}
+
+
+# ---------------------------------------------------------------------- Ollama pods
+
+
+def test_ollama_statefulset(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["defaults"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["ollama"]
+    sts = find(objs, "StatefulSet", "-ollama")
+    c = container(sts, "ollama")
+    assert c["image"] == f"ollama/ollama:{values['image']['tag']}"
+    assert c["ports"] == [{"name": "http", "containerPort": 11434, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/", "port": "http"}
+    env = env_of(c)
+    assert env["OLLAMA_HOST"] == "0.0.0.0:11434"
+    assert env["OLLAMA_NUM_PARALLEL"] == str(values["numParallel"])
+    assert env["OLLAMA_MAX_LOADED_MODELS"] == str(values["maxLoadedModels"])
+    assert env["OLLAMA_KEEP_ALIVE"] == values["keepAlive"]
+    assert env["OLLAMA_CONTEXT_LENGTH"] == str(values["contextLength"])
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == 1
+    spec = sts["spec"]["template"]["spec"]
+    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert spec["automountServiceAccountToken"] is False
+    assert {"name": "models", "mountPath": "/root/.ollama"} in c["volumeMounts"]
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "models"
+    assert claim["spec"]["resources"]["requests"]["storage"] == values["persistence"]["size"]
+    headless = find(objs, "Service", "-ollama")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert selector_matches(headless["spec"]["selector"], _pod_labels(sts))
+    # a Service's selector picks Ollama pods only, never the balancer's
+    assert not selector_matches(
+        headless["spec"]["selector"], _pod_labels(find(objs, "Deployment", "-balancer"))
+    )
+
+
+def test_cpu_only_and_no_persistence(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["no-operator"]
+    sts = find(objs, "StatefulSet", "-ollama")
+    c = container(sts, "ollama")
+    assert "nvidia.com/gpu" not in json.dumps(c["resources"])
+    assert "volumeClaimTemplates" not in sts["spec"]
+    assert sts["spec"]["template"]["spec"]["volumes"] == [{"name": "models", "emptyDir": {}}]
+    assert not find_all(objs, "NetworkPolicy")
+    assert not [o for o in objs if "operator" in o["metadata"]["name"]], kinds(objs)
+    assert not [o for o in objs if o["kind"] == "Pod"]  # tests.enabled=false
+
+
+@pytest.mark.parametrize("name", ["defaults", "ha", "kube-install", "production"])
+def test_balancer_learns_slots_from_the_same_value(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    """The real discovery code, given an Ollama pod made from the StatefulSet template,
+    routes to it with OLLAMA_NUM_PARALLEL slots on its port named http, and the balancer's
+    selector picks it."""
+    objs = rendered[name]
+    sts = find(objs, "StatefulSet", "-ollama")
+    template = sts["spec"]["template"]
+    num_parallel = int(env_of(container(sts, "ollama"))["OLLAMA_NUM_PARALLEL"])
+    assert template["metadata"]["annotations"][ANNOTATION_NUM_PARALLEL] == str(num_parallel)
+    pod = {
+        "metadata": {
+            "name": "ollama-0",
+            "namespace": "ai",
+            "labels": template["metadata"]["labels"],
+            "annotations": template["metadata"]["annotations"],
+        },
+        "spec": template["spec"],
+        "status": {"podIP": "10.1.2.3", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
+    settings = load_settings(environ=env)
+    assert settings.discovery == "kubernetes"
+    assert settings.default_slots == num_parallel
+    assert selector_matches(parse_selector(settings.kube_selector), pod["metadata"]["labels"])
+    assert settings.kube_namespaces == ("ai",)
+    backend = backend_from_pod(
+        pod, PodRules(default_port=settings.kube_port, default_slots=settings.default_slots)
+    )
+    assert backend is not None
+    assert backend.slots == num_parallel
+    assert backend.url == "http://10.1.2.3:11434"
+    vram = template["metadata"]["annotations"].get(ANNOTATION_VRAM_BYTES)
+    if vram:
+        assert backend.vram_bytes > 0
+
+
+def test_network_policy_admits_only_balancer_and_operator(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = rendered["defaults"]
+    np = find(objs, "NetworkPolicy", "-ollama")
+    sts = find(objs, "StatefulSet", "-ollama")
+    assert selector_matches(np["spec"]["podSelector"]["matchLabels"], _pod_labels(sts))
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = np["spec"]["ingress"]
+    peers = [p["podSelector"]["matchLabels"] for p in rule["from"]]
+    admitted = {
+        name
+        for name in ("-balancer", "-operator")
+        if any(selector_matches(p, _pod_labels(find(objs, "Deployment", name))) for p in peers)
+    }
+    assert admitted == {"-balancer", "-operator"}
+    assert len(peers) == 2  # nobody else: no namespaceSelector, no empty podSelector
+    assert all(p for p in peers)
+
+
+# ----------------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize("name", ["defaults", "ha"])
+def test_selectors_are_stable_labels_only(
+    rendered: dict[str, list[dict[str, Any]]], name: str
+) -> None:
+    """Selectors hold only name/instance/component: nothing that changes on upgrade."""
+    allowed = {
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+    }
+    for obj in rendered[name]:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            sel = obj["spec"]["selector"]["matchLabels"]
+            assert set(sel) <= allowed, obj["metadata"]["name"]
+            assert selector_matches(sel, _pod_labels(obj))
+            assert "helm.sh/chart" in obj["metadata"]["labels"]
+            assert "app.kubernetes.io/version" in obj["metadata"]["labels"]
+
+
+# ------------------------------------------------------------------------ operator
+
+
+def test_operator_deployment_and_least_rbac(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    from modelpool_operator.settings import OperatorSettings
+
+    objs = rendered["defaults"]
+    dep = find(objs, "Deployment", "-operator")
+    assert dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    c = container(dep, "operator")
+    assert c["args"][0] == "operator"
+    settings = OperatorSettings.from_sources({}, env_of(c))
+    assert settings.namespaces == ("ai",)
+    assert settings.standalone is True
+    assert c["livenessProbe"]["httpGet"]["port"] == "liveness"
+    assert settings.liveness and settings.liveness.endswith(":8080/healthz")
+    role = find(objs, "Role", "-operator")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    assert rules[(("ollamafleet.io",), ("modelpools",))] >= {"get", "list", "watch", "patch"}
+    assert rules[(("ollamafleet.io",), ("modelpools/status",))] >= {"patch"}
+    assert rules[(("",), ("pods",))] == {"get", "list", "watch"}
+    assert "create" in rules[(("",), ("events",))]
+    for r in role["rules"]:
+        assert "*" not in r["verbs"] and "*" not in r["resources"]
+        assert not {"secrets", "configmaps"} & set(r["resources"])
+    binding = find(objs, "RoleBinding", "-operator")
+    assert binding["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
+    # the balancer may only read pods
+    brole = find(objs, "Role", "-balancer")
+    assert brole["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
+    # the RBAC template explains every rule
+    text = (CHART / "templates" / "_helpers.tpl").read_text()
+    block = text[text.index('define "ollama-fleet.operatorRules"') :]
+    lines = block.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups"):
+            assert lines[i - 1].strip().startswith("#"), f"rule without a comment: {line}"
+
+
+def test_operator_cluster_wide(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    from modelpool_operator.settings import OperatorSettings
+
+    objs = rendered["ha"]
+    c = container(find(objs, "Deployment", "-operator"), "operator")
+    assert OperatorSettings.from_sources({}, env_of(c)).all_namespaces is True
+    role = find(objs, "ClusterRole", "-operator")
+    assert any(r["resources"] == ["pods"] for r in role["rules"])
+    assert not [o for o in objs if o["kind"] == "Role" and "operator" in o["metadata"]["name"]]
+
+
+# ------------------------------------------------------------------- existing fleet
+
+
+def test_existing_fleet_by_selector(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["existing-fleet"]
+    assert not find_all(objs, "StatefulSet")
+    env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
+    settings = load_settings(environ=env)
+    assert settings.discovery == "kubernetes"
+    assert settings.kube_selector == "app=ollama,tier=gpu"
+    assert settings.kube_namespaces == ("ai",)
+    assert settings.default_slots == 4
+    (role,) = [o for o in find_all(objs, "Role") if o["metadata"]["name"].endswith("balancer")]
+    assert role["metadata"]["namespace"] == "ai"
+    (pool,) = find_all(objs, "ModelPool")
+    assert pool["spec"]["selector"]["matchLabels"] == {"app": "ollama", "tier": "gpu"}
+
+
+def test_existing_fleet_by_dns_needs_no_api_access(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = rendered["existing-fleet-dns"]
+    dep = find(objs, "Deployment", "-balancer")
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    settings = load_settings(environ=env_of(container(dep, "balancer")))
+    assert settings.discovery == "dns"
+    assert settings.dns_name == "ollama-headless.ai.svc.cluster.local"
+    assert settings.default_slots == 2
+    assert not [o for o in objs if o["kind"] in ("Role", "ClusterRole", "StatefulSet")]
+    assert not [o for o in objs if "operator" in o["metadata"]["name"]]
+
+
+def test_existing_fleet_static(helm: str) -> None:
+    objs = render(
+        helm,
+        sets=[
+            "ollama.enabled=false",
+            "operator.enabled=false",
+            "existingFleet.discovery=static",
+            "existingFleet.backends={a=http://10.0.0.5:11434,b=http://10.0.0.6:11434}",
+        ],
+    )
+    env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
+    settings = load_settings(environ=env)
+    assert [b.name for b in settings.static_backends()] == ["a", "b"]
+
+
+# ------------------------------------------------------------------ HA, monitoring
+
+
+def test_ha_pdb_hpa(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["ha"]
+    dep = find(objs, "Deployment", "-balancer")
+    assert "replicas" not in dep["spec"]  # the HPA owns it
+    pdb = find(objs, "PodDisruptionBudget", "-balancer")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == "50%"
+    assert selector_matches(pdb["spec"]["selector"]["matchLabels"], _pod_labels(dep))
+    hpa = find(objs, "HorizontalPodAutoscaler", "-balancer")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+    assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 7 + 3 + 60 + 5
+
+
+def test_servicemonitor_and_dashboard(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["servicemonitor"]
+    sm = find(objs, "ServiceMonitor", "-balancer")
+    svc = find(objs, "Service", "fleet-ollama-fleet")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert selector_matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["ai"]}
+    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+    assert svc["spec"]["ports"][0]["name"] == "http"
+    cm = find(objs, "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["ollama-fleet.json"])
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    known = {v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str)}
+    used = {
+        word.removesuffix("_bucket")
+        for e in exprs
+        for word in e.replace("(", " ").replace("{", " ").split()
+        if word.startswith("ollama_fleet_")
+    }
+    for name in (
+        "ollama_fleet_requests_total",
+        "ollama_fleet_request_duration_seconds",
+        "ollama_fleet_inflight_requests",
+        "ollama_fleet_backend_up",
+    ):
+        assert name in used
+    assert used <= known, used - known
+
+
+# ---------------------------------------------------------------------- ModelPools
+
+
+def test_modelpools_from_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["ha"]
+    pools = find_all(objs, "ModelPool")
+    assert validate_modelpools(objs) == 1
+    (pool,) = pools
+    sts = find(objs, "StatefulSet", "-ollama")
+    assert selector_matches(pool["spec"]["selector"]["matchLabels"], _pod_labels(sts))
+    assert [m["name"] for m in pool["spec"]["models"]] == ["llama3.2:3b", "nomic-embed-text"]
+
+
+def test_modelpool_needs_selector_with_existing_fleet(helm: str) -> None:
+    result = run_helm(
+        helm,
+        [
+            "template",
+            "fleet",
+            str(CHART),
+            "--set",
+            "ollama.enabled=false",
+            "--set",
+            "modelPools[0].name=chat",
+            "--set",
+            "modelPools[0].spec.models[0].name=llama3.2:3b",
+        ],
+    )
+    assert result.returncode != 0
+    assert "modelPools[0] (chat): spec.selector is required when ollama.enabled=false" in (
+        result.stderr
+    )
+
+
+# ------------------------------------------------------- CRD, install.yaml, docs
+
+
+def test_crd_is_the_same_file() -> None:
+    assert (CHART / "crds" / CRD.name).read_bytes() == CRD.read_bytes()
+    assert [p.name for p in (CHART / "crds").iterdir()] == [CRD.name]
+
+
+def test_crd_upgrade_policy_documented() -> None:
+    for path in (CHART / "Chart.yaml", CHART / "templates" / "NOTES.txt"):
+        assert "kubectl apply -f manifests/crds/" in path.read_text(), path
+
+
+def test_install_yaml_matches_chart(helm: str) -> None:
+    expected = render_install_yaml(helm)
+    assert INSTALL_YAML.read_text() == expected, (
+        "manifests/install.yaml drifted from the chart: run `python -m tests.chart.chart --write`"
+    )
+    objs = [d for d in yaml.safe_load_all(expected) if d]
+    assert objs[0]["kind"] == "CustomResourceDefinition"
+    assert not [o for o in objs if o["kind"] == "Pod"]  # no test hook
+
+
+def test_helm_test_hook(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["defaults"]
+    pod = find(objs, "Pod", "-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == container(find(objs, "Deployment", "-balancer"), "balancer")["image"]
+    script = c["command"][-1]
+    assert "http://fleet-ollama-fleet.ai.svc:11434/api/version" in script
+    compile(script, "hook", "exec")
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    props = schema.get("properties")
+    if not props or schema.get("additionalProperties") is not False:
+        return out
+    if set(props) == {"requests", "limits"}:
+        return out
+    for key, sub in props.items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        out |= _schema_paths(sub, path + ".")
+    return out
+
+
+def test_every_value_documented_and_in_the_schema() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    text = (CHART / "values.yaml").read_text()
+    lines = text.splitlines()
+    node = yaml.compose(text)
+    documented: set[str] = set()
+    undocumented: list[str] = []
+
+    def walk(n: yaml.MappingNode, prefix: str, paths: set[str]) -> None:
+        for key_node, value_node in n.value:
+            path = prefix + key_node.value
+            if path not in paths:
+                continue
+            documented.add(path)
+            if not lines[key_node.start_mark.line - 1].strip().startswith("#"):
+                undocumented.append(path)
+            if isinstance(value_node, yaml.MappingNode):
+                walk(value_node, path + ".", paths)
+
+    paths = _schema_paths(schema) - {"global"}
+    assert isinstance(node, yaml.MappingNode)
+    walk(node, "", paths)
+    assert not undocumented, f"values without a comment above them: {undocumented}"
+    assert paths == documented, f"in the schema but not in values.yaml: {paths - documented}"
+    # (values.yaml keys outside the schema: helm lint --strict fails on them, see above)
+
+
+def test_notes_explain_next_steps() -> None:
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    for needle in ("port-forward", "/api/version", "kind: ModelPool", "helm test", "OLLAMA_HOST"):
+        assert needle in notes
