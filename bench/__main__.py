@@ -1,0 +1,67 @@
+"""``python -m bench NAME [--smoke] [--litellm]``: run one benchmark, print its table."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+import time
+from typing import Any
+
+from . import common
+
+NAMES = ("overhead", "streaming", "routing", "control")
+
+
+def _run(name: str, smoke: bool, litellm: bool, quick: bool) -> dict[str, Any]:
+    mod: Any = importlib.import_module(f"bench.{name}")
+    cfg = mod.SMOKE if smoke else (getattr(mod, "QUICK", mod.Config()) if quick else mod.Config())
+    if litellm and hasattr(cfg, "targets"):
+        cfg.targets = (*cfg.targets, "litellm")
+    t = time.monotonic()
+    doc: dict[str, Any] = mod.run(cfg)
+    doc["wall_seconds"] = time.monotonic() - t
+    text = mod.render(doc)
+    out = common.write_result(name + ("-smoke" if smoke else ""), doc, text)
+    print(f"\ncommand: {common.command_line()}\nmachine: {common.machine()}\n")
+    print(text)
+    print(f"\n({doc['wall_seconds']:.0f} s; raw results: {out})")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("name", choices=(*NAMES, "all", "plots", "install-litellm"))
+    p.add_argument("--smoke", action="store_true", help="seconds-long version (CI)")
+    p.add_argument("--quick", action="store_true", help="shorter full run, where defined")
+    p.add_argument("--litellm", action="store_true", help="add the LiteLLM peer (installs it)")
+    args = p.parse_args(argv)
+    if args.name == "install-litellm" or args.litellm:
+        install_litellm()
+        if args.name == "install-litellm":
+            return 0
+    if args.name == "plots":
+        from . import plots  # matplotlib: the `bench` extra
+
+        plots.main()
+        return 0
+    for name in NAMES if args.name == "all" else (args.name,):
+        _run(name, args.smoke, args.litellm, args.quick)
+    return 0
+
+
+def install_litellm() -> None:
+    """``litellm[proxy]`` in its own venv under the cache dir (742 MB; never the project's)."""
+    if common.litellm_binary() is not None:
+        return
+    venv = common.LITELLM_VENV
+    print(f"installing litellm[proxy] into {venv} (about 2 minutes)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "--quiet", "litellm[proxy]"], check=True, timeout=900
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""Process plumbing shared by every benchmark: ports, subprocesses, /proc accounting, tables.
+
+Every process a benchmark starts is a :class:`Proc` and is stopped by its own PID
+(SIGTERM, then SIGKILL after a grace period).  Everything listens on loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# ----------------------------------------------------------------- /proc accounting
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in task.read_text().split()]
+    return out
+
+
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """utime+stime of ``pid`` (and of its live children, for nginx's workers)."""
+    pids = [pid, *(_children(pid) if with_children else [])]
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def peak_rss_mib(pid: int, with_children: bool = False) -> float:
+    """VmHWM (peak resident set) in MiB, summed over ``pid`` and its live children."""
+    pids = [pid, *(_children(pid) if with_children else [])]
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+# ----------------------------------------------------------------- processes
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    children: bool = False  # count children's CPU (nginx workers)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid, self.children)
+
+    def rss(self) -> float:
+        return peak_rss_mib(self.pid, self.children)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)  # nginx: fast shutdown of master + workers
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            for child in _children(self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def tail(self, n: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+
+class Procs:
+    """Starts processes and stops every one it started, by PID, in reverse order."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        children: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
+        log = self.workdir / f"{name}.log"
+        with open(log, "wb") as fh:  # the child keeps its own copy of the descriptor
+            popen = subprocess.Popen(
+                list(argv),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=self.workdir,
+            )
+        proc = Proc(name, popen, log, children)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        while self.procs:
+            self.procs.pop().stop()
+
+
+@contextlib.contextmanager
+def workspace(name: str) -> Iterator[tuple[Path, Procs]]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    procs = Procs(tmp)
+    try:
+        yield tmp, procs
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def wait_until(pred: Any, timeout: float, what: str, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
+        with contextlib.suppress(Exception):
+            if pred():
+                return
+        time.sleep(0.05)
+    tail = proc.tail() if proc else ""
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}\n{tail}")
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def http_post(url: str, doc: dict[str, Any], timeout: float = 30.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        url, json.dumps(doc).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+# ----------------------------------------------------------------- components
+def start_emulator(procs: Procs, config: dict[str, Any], name: str = "emulator") -> list[str]:
+    """An ``ollama-fleet emulate`` process for ``config``; returns the node URLs in order."""
+    path = procs.workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = procs.start(name, [PY, "-m", "ollama_balancer", "emulate", "--config", str(path)])
+    count = len(config["nodes"])
+
+    def urls() -> list[str]:
+        lines = [ln.split("\t") for ln in proc.log.read_text().splitlines() if "\thttp" in ln]
+        return [parts[1] for parts in lines]
+
+    wait_until(lambda: len(urls()) >= count, 60, f"{count} emulated nodes", proc)
+    proc.extra["urls"] = urls()
+    return urls()
+
+
+def start_balancer(
+    procs: Procs, urls: Sequence[str], *, policy: str = "residency", extra: Sequence[str] = ()
+) -> tuple[Proc, str]:
+    port = free_port()
+    backends = ",".join(f"node-{i}={u}" for i, u in enumerate(urls))
+    argv = [
+        PY, "-m", "ollama_balancer", "balancer", "--host", "127.0.0.1", "--port", str(port),
+        "--backends", backends, "--routing-policy", policy, "--log-level", "warning",
+        "--log-format", "json", *extra,
+    ]  # fmt: skip
+    proc = procs.start("balancer", argv)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_get(url + "/readyz")[0] == 200, 60, "balancer /readyz", proc)
+    return proc, url
+
+
+NGINX_CONF = """\
+worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+{user}
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream fleet {{
+        least_conn;
+{servers}
+        keepalive 512;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 128m;
+        location / {{
+            proxy_pass http://fleet;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # Ollama answers 403 to a Host it does not know (DNS-rebinding guard): the
+            # upstream block name "fleet" is not one, so say localhost like a client would.
+            proxy_set_header Host localhost;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+def start_nginx(procs: Procs, urls: Sequence[str], workers: int = 1) -> tuple[Proc, str]:
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError(
+            "nginx is not installed: `apt-get install nginx` (Debian's nginx 1.22; .ci/tools.sh "
+            "installs it)"
+        )
+    port = free_port()
+    d = procs.workdir / "nginx"
+    d.mkdir(exist_ok=True)
+    servers = "\n".join(f"        server {u.split('://', 1)[1]};" for u in urls)
+    conf = NGINX_CONF.format(
+        workers=workers,
+        dir=d,
+        port=port,
+        servers=servers,
+        user="user root;" if os.geteuid() == 0 else "",
+    )
+    (d / "nginx.conf").write_text(conf)
+    proc = procs.start(
+        "nginx", [binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
+        children=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_get(url + "/api/version")[0] == 200, 20, "nginx", proc)
+    return proc, url
+
+
+LITELLM_VENV = (
+    Path(os.environ.get("OLLAMA_FLEET_CACHE", Path.home() / ".cache" / "ollama-fleet"))
+    / "litellm-venv"
+)
+
+
+def litellm_binary() -> Path | None:
+    path = LITELLM_VENV / "bin" / "litellm"
+    return path if path.exists() else None
+
+
+def start_litellm(
+    procs: Procs, urls: Sequence[str], models: Sequence[str] | str
+) -> tuple[Proc, str]:
+    """LiteLLM proxy, least-busy, one deployment per (node, model), OpenAI API (``openai/``)."""
+    binary = litellm_binary()
+    if binary is None:
+        raise RuntimeError(
+            f"LiteLLM is not installed: run `python -m bench install-litellm` ({LITELLM_VENV})"
+        )
+    port = free_port()
+    names = [models] if isinstance(models, str) else list(models)
+    deployments = [
+        {
+            "model_name": model,
+            "litellm_params": {"model": f"openai/{model}", "api_base": u + "/v1", "api_key": "x"},
+        }
+        for model in names
+        for u in urls
+    ]
+    cfg = {
+        "model_list": deployments,
+        "router_settings": {"routing_strategy": "least-busy", "num_retries": 0},
+        "litellm_settings": {"request_timeout": 600, "telemetry": False},
+    }
+    path = procs.workdir / "litellm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = procs.start(
+        "litellm",
+        [str(binary), "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
+         "--num_workers", "1"],
+        env={"LITELLM_MASTER_KEY": "sk-bench", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+             "NO_DOCS": "True", "DISABLE_ADMIN_UI": "True"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_get(url + "/health/liveliness")[0] == 200, 120, "litellm", proc)
+    return proc, url
+
+
+# ----------------------------------------------------------------- load generator
+def run_loadgen(workdir: Path, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run :mod:`bench.loadgen` in its own process (its CPU is not the proxy's) and read back."""
+    spec_path = workdir / "loadgen-spec.json"
+    out_path = workdir / "loadgen-out.json"
+    spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)
+    subprocess.run(
+        [PY, "-m", "bench.loadgen", str(spec_path), str(out_path)],
+        check=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    return result
+
+
+# ----------------------------------------------------------------- stats and output
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            if v != v:  # NaN
+                return "—"
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    cells = [[fmt(v) for v in r] for r in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    return "python -m bench " + " ".join(sys.argv[1:])
+
+
+def write_result(name: str, doc: dict[str, Any], text: str) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    doc = {"command": command_line(), "machine": machine(), **doc}
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps(doc, indent=1))
+    (OUT / f"{name}.md").write_text(
+        f"command: `{doc['command']}`\n\nmachine: {doc['machine']}\n\n{text}\n"
+    )
+    return path

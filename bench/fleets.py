@@ -1,0 +1,119 @@
+"""Emulated fleets (``ollama-fleet emulate --config`` documents) the benchmarks run on."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+GIB = 2**30
+
+#: A model that answers at once: one token, "infinite" decode and prefill rates.
+ZERO = {
+    "name": "zero:latest",
+    "size_bytes": "100MB",
+    "load_seconds": 0,
+    "tokens_per_second": 1e9,
+    "prompt_tokens_per_second": 1e9,
+    "response_tokens": 1,
+}
+
+
+def zero_fleet(nodes: int = 2, slots: int = 512) -> dict[str, Any]:
+    """Nodes with the zero-latency model resident and slots enough to never queue."""
+    return {
+        "time_scale": 1.0,
+        "catalogue": [ZERO],
+        "nodes": [
+            {
+                "name": f"node-{i}",
+                "host": "127.0.0.1",
+                "port": 0,
+                "num_parallel": slots,
+                "max_queue": 4096,
+                "loaded": ["zero"],
+            }
+            for i in range(nodes)
+        ],
+    }
+
+
+def stream_fleet(nodes: int, slots: int, tokens: int, rate: float = 20.0) -> dict[str, Any]:
+    """Nodes streaming ``tokens`` tokens at ``rate`` tokens/s per stream (50 ms apart)."""
+    spec = {
+        "name": "streamer:latest",
+        "size_bytes": "100MB",
+        "load_seconds": 0,
+        "tokens_per_second": rate,
+        "prompt_tokens_per_second": 1e9,
+        "response_tokens": tokens,
+    }
+    return {
+        "time_scale": 1.0,
+        "catalogue": [spec],
+        "nodes": [
+            {"name": f"node-{i}", "host": "127.0.0.1", "port": 0, "num_parallel": slots,
+             "max_queue": 4096, "loaded": ["streamer"]}
+            for i in range(nodes)
+        ],
+    }  # fmt: skip
+
+
+def routing_catalogue(models: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``models`` models of 5-9 GB loading in 5-30 s and decoding at 20-80 tokens/s.
+
+    Sizes grow with load time (bigger weights read longer), decode slows with size.
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(models):
+        load = 5 + 25 * i / max(1, models - 1)
+        size = 5.0 + 4.0 * (load - 5) / 25 + rng.uniform(-0.3, 0.3)
+        out.append(
+            {
+                "name": f"m{i:02d}:latest",
+                "size_bytes": f"{size:.2f}GB",
+                "load_seconds": round(load, 1),
+                "tokens_per_second": round(80 - 60 * (load - 5) / 25, 1),
+                "prompt_tokens_per_second": 1000,
+                "response_tokens": 200,
+                "kv_bytes_per_token": 0,
+            }
+        )
+    # Popularity rank != load-time rank: shuffle which model is the popular one.
+    rng.shuffle(out)
+    return out
+
+
+def routing_fleet(nodes: int, models: int, time_scale: float, slots: int = 2) -> dict[str, Any]:
+    """Every node has every model on disk and VRAM for about two of them; nothing loaded."""
+    catalogue = routing_catalogue(models)
+    return {
+        "time_scale": time_scale,
+        "catalogue": catalogue,
+        "nodes": [
+            {
+                "name": f"node-{i}",
+                "host": "127.0.0.1",
+                "port": 0,
+                "vram": "16GiB",
+                "num_parallel": slots,
+                "max_loaded_models": 3,
+                "keep_alive": "5m",
+                "max_queue": 512,
+                "installed": [m["name"] for m in catalogue],
+            }
+            for i in range(nodes)
+        ],
+    }
+
+
+def many_fleet(nodes: int) -> dict[str, Any]:
+    """``nodes`` idle nodes for the control-loop benchmark, all with the zero model on disk."""
+    return {
+        "time_scale": 1.0,
+        "catalogue": [ZERO],
+        "nodes": [
+            {"name": f"node-{i}", "host": "127.0.0.1", "port": 0, "installed": ["zero"]}
+            for i in range(nodes)
+        ],
+    }

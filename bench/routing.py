@@ -1,0 +1,234 @@
+"""Benchmark 3, routing quality: the same seeded open-loop traces through every policy.
+
+Fleet: ``nodes`` emulated GPUs with every model on disk and VRAM (16 GiB) for about two
+of the 5-9 GB models, nothing loaded at start.  ``models`` models with Zipf popularity,
+5-30 s load times and 20-80 tokens/s.  Everything runs ``time_scale`` times faster; the
+tables report *emulated* seconds (real seconds / time_scale) so they read like a real fleet.
+
+Policies: ollama-fleet's default (residency), our balancer as least-connections,
+round-robin and random, nginx ``least_conn`` and (``--litellm``) LiteLLM ``least-busy``.
+nginx and LiteLLM know nothing of models: every node is an upstream for every model,
+which is how people deploy them in front of Ollama.  All clients use the OpenAI streaming
+API (the only one LiteLLM speaks); TTFT is the first content chunk.
+
+Scenarios: ``steady`` (Poisson, Zipf), ``bursty`` (rate alternating 1.7x / 0.3x every 20 s),
+``hot-shift`` (halfway through, the least popular model takes half of all traffic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import common
+from .fleets import routing_fleet
+
+POLICIES = (
+    "ollama-fleet",
+    "least-connections",
+    "round-robin",
+    "random",
+    "nginx least_conn",
+    "litellm least-busy",
+)
+_BALANCER_POLICY = {
+    "ollama-fleet": "residency",
+    "least-connections": "least-connections",
+    "round-robin": "round-robin",
+    "random": "random",
+}
+
+
+@dataclass
+class Config:
+    nodes: int = 8
+    models: int = 12
+    time_scale: float = 0.1
+    rate: float = 4.0  # requests per emulated second (mean)
+    duration: float = 300.0  # emulated seconds of arrivals
+    zipf: float = 1.1
+    seed: int = 42
+    timeout: float = 300.0  # emulated seconds a client waits before giving up
+    scenarios: tuple[str, ...] = ("steady", "bursty", "hot-shift")
+    targets: tuple[str, ...] = POLICIES[:5]
+
+
+QUICK = Config(duration=150.0, scenarios=("steady",))
+SMOKE = Config(
+    nodes=3,
+    models=4,
+    time_scale=0.02,
+    rate=1.5,
+    duration=40.0,
+    scenarios=("steady",),
+    targets=("ollama-fleet", "least-connections", "nginx least_conn"),
+    timeout=400.0,
+)
+
+
+def make_trace(cfg: Config, scenario: str, models: list[str]) -> list[dict[str, Any]]:
+    """Seeded open-loop arrivals (emulated seconds) with Zipf model popularity."""
+    rng = random.Random(f"{cfg.seed}:{scenario}")
+    weights = [1 / (k + 1) ** cfg.zipf for k in range(len(models))]
+    out: list[dict[str, Any]] = []
+    t = 0.0
+    while True:
+        rate = cfg.rate
+        if scenario == "bursty":
+            rate = cfg.rate * (1.7 if int(t // 20) % 2 == 0 else 0.3)
+        t += rng.expovariate(rate)
+        if t >= cfg.duration:
+            break
+        if scenario == "hot-shift" and t >= cfg.duration / 2 and rng.random() < 0.5:
+            model = models[-1]  # the least popular model suddenly becomes hot
+        else:
+            model = rng.choices(models, weights)[0]
+        out.append(
+            {
+                "at": t,
+                "model": model,
+                "prompt": f"request {len(out)}: tell me about {model}",
+                "max_tokens": rng.randint(50, 200),
+            }
+        )
+    return out
+
+
+def _sample_loads(urls: list[str], stop: threading.Event, every: float) -> list[tuple[float, int]]:
+    series: list[tuple[float, int]] = []
+    t0 = time.monotonic()
+    while not stop.is_set():
+        total = 0
+        for u in urls:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                doc = json.loads(common.http_get(u + "/-/emulator/state")[1])
+                total += int(doc["stats"]["loads_started"])
+        series.append((time.monotonic() - t0, total))
+        stop.wait(every)
+    return series
+
+
+def _final_stats(urls: list[str]) -> dict[str, int]:
+    keys = ("loads_started", "loads_completed", "evictions", "rejected_busy")
+    out = dict.fromkeys(keys, 0)
+    for u in urls:
+        stats = json.loads(common.http_get(u + "/-/emulator/state")[1])["stats"]
+        for k in keys:
+            out[k] += int(stats.get(k, 0))
+    return out
+
+
+def run_one(cfg: Config, scenario: str, policy: str) -> dict[str, Any]:
+    fleet = routing_fleet(cfg.nodes, cfg.models, cfg.time_scale)
+    models = [m["name"].split(":")[0] for m in fleet["catalogue"]]
+    trace = make_trace(cfg, scenario, models)
+    s = cfg.time_scale
+    real_trace = [{**it, "at": it["at"] * s} for it in trace]
+    with common.workspace("routing") as (tmp, procs):
+        urls = common.start_emulator(procs, fleet)
+        headers: dict[str, str] = {}
+        if policy in _BALANCER_POLICY:
+            # The balancer's clocks scaled like the emulator's: a 2 s poll at 1/10 time
+            # would be a 20 s poll in the fleet's time.
+            extra = [
+                "--poll-interval", f"{max(0.1, 5 * s):g}",
+                "--default-load-seconds", f"{15 * s:g}",
+                "--default-service-seconds", f"{3 * s:g}",
+                "--stale-after", f"{max(3.0, 150 * s):g}",
+            ]  # fmt: skip
+            proc, base = common.start_balancer(
+                procs, urls, policy=_BALANCER_POLICY[policy], extra=extra
+            )
+        elif policy == "nginx least_conn":
+            proc, base = common.start_nginx(procs, urls)
+        else:
+            proc, base = common.start_litellm(procs, urls, models)
+            headers = {"Authorization": "Bearer sk-bench"}
+        spec = {
+            "mode": "trace",
+            "url": base + "/v1/chat/completions",
+            "headers": headers,
+            "trace": real_trace,
+            "timeout": cfg.timeout * s,
+            "hard_timeout": (cfg.duration + cfg.timeout) * s + 60,
+        }
+        stop = threading.Event()
+        series: list[tuple[float, int]] = []
+        sampler = threading.Thread(
+            target=lambda: series.extend(_sample_loads(urls, stop, max(0.2, 2 * s))), daemon=True
+        )
+        cpu0 = proc.cpu()
+        sampler.start()
+        try:
+            res = common.run_loadgen(tmp, spec, timeout=spec["hard_timeout"] + 30)
+        finally:
+            stop.set()
+            sampler.join(10)
+        cpu = proc.cpu() - cpu0
+        stats = _final_stats(urls)
+    recs = res["records"]
+    ok = [r for r in recs if r.get("ok")]
+    ttft = [r["ttft"] / s for r in ok]
+    e2e = [r["e2e"] / s for r in ok]
+    return {
+        "scenario": scenario,
+        "policy": policy,
+        "requests": len(recs),
+        "failed": len(recs) - len(ok),
+        "cold_loads": stats["loads_started"],
+        "evictions": stats["evictions"],
+        "busy_503": stats["rejected_busy"],
+        "ttft_p50": common.pct(ttft, 50),
+        "ttft_p99": common.pct(ttft, 99),
+        "e2e_p50": common.pct(e2e, 50),
+        "e2e_p99": common.pct(e2e, 99),
+        "throughput": len(ok) / (res["elapsed"] / s),
+        "proxy_cpu_s": cpu,
+        "ttft_all": ttft,
+        "loads_series": [(t / s, n) for t, n in series],
+    }
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    rows = []
+    for scenario in cfg.scenarios:
+        for policy in cfg.targets:
+            if policy == "litellm least-busy" and common.litellm_binary() is None:
+                continue
+            row = run_one(cfg, scenario, policy)
+            print(
+                f"  {scenario:9s} {policy:20s} cold={row['cold_loads']:<4d} "
+                f"ttft p99={row['ttft_p99']:.1f}s failed={row['failed']}",
+                flush=True,
+            )
+            rows.append(row)
+    return {"rows": rows, "config": cfg.__dict__}
+
+
+HEADERS = [
+    "scenario", "policy", "requests", "failed", "cold loads", "evictions", "TTFT p50 s",
+    "TTFT p99 s", "e2e p50 s", "e2e p99 s", "req/s", "proxy CPU s",
+]  # fmt: skip
+
+
+def render(doc: dict[str, Any]) -> str:
+    c = doc["config"]
+    head = (
+        f"{c['nodes']} nodes x 16 GiB, {c['models']} models (Zipf s={c['zipf']}), "
+        f"{c['rate']} req/s for {c['duration']:g} s, seed {c['seed']}, time_scale "
+        f"{c['time_scale']} (times in emulated seconds)\n\n"
+    )
+    rows = [
+        [
+            r["scenario"], r["policy"], r["requests"], r["failed"], r["cold_loads"],
+            r["evictions"], r["ttft_p50"], r["ttft_p99"], r["e2e_p50"], r["e2e_p99"],
+            r["throughput"], r["proxy_cpu_s"],
+        ]
+        for r in doc["rows"]
+    ]  # fmt: skip
+    return head + common.table(HEADERS, rows)
