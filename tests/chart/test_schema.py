@@ -1,0 +1,91 @@
+"""values.schema.json and the chart's own checks reject bad values with a clear message
+(helm's error output is asserted, as a user would read it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chart.chart import CHART, helm_path, run_helm
+
+SCHEMA_ERROR = "values don't meet the specifications of the schema(s)"
+
+CASES = [
+    # (--set or --set-string value, expected message)
+    ("ollama.numParallel=0", "ollama.numParallel: Must be greater than or equal to 1"),
+    (
+        "balancer.logLevel=loud",
+        'balancer.logLevel: balancer.logLevel must be one of the following: "debug", "info"',
+    ),
+    ("balancer.replica=3", "balancer: Additional property replica is not allowed"),
+    ("operator.replicas=2", "operator.replicas: Must be less than or equal to 1"),
+    ("string:ollama.gpu.count=one", "ollama.gpu.count: Invalid type. Expected: integer"),
+    ("ollama.keepAlive=soon", "ollama.keepAlive: Does not match pattern"),
+    ("existingFleet.discovery=consul", "existingFleet.discovery: existingFleet.discovery must be"),
+    ("balancer.service.port=70000", "balancer.service.port: Must be less than or equal to 65535"),
+    ("modelPools[0].name=Chat_1", "modelPools.0.name: Does not match pattern"),
+]
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return helm_path()
+
+
+@pytest.mark.parametrize(("setting", "message"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("command", ["template", "lint"])
+def test_schema_rejects(helm: str, command: str, setting: str, message: str) -> None:
+    flag = "--set"
+    if setting.startswith("string:"):
+        flag, setting = "--set-string", setting.removeprefix("string:")
+    args = [command, *(["fleet"] if command == "template" else []), str(CHART), flag, setting]
+    if setting.startswith("modelPools"):
+        args += ["--set", "modelPools[0].spec.models[0].name=x"]
+    result = run_helm(helm, args)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert SCHEMA_ERROR in output, output
+    assert message in output, output
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ["ollama.enabled=false", "existingFleet.discovery=dns"],
+            "existingFleet.dnsName is required when existingFleet.discovery=dns",
+        ),
+        (
+            ["ollama.enabled=false", "existingFleet.discovery=static"],
+            "existingFleet.backends is required when existingFleet.discovery=static",
+        ),
+        (
+            ["balancer.autoscaling.enabled=true", "balancer.autoscaling.minReplicas=9"],
+            "balancer.autoscaling.minReplicas must not exceed maxReplicas",
+        ),
+    ],
+)
+def test_inconsistent_values_fail_with_a_message(helm: str, sets: list[str], message: str) -> None:
+    args = ["template", "fleet", str(CHART)]
+    for s in sets:
+        args += ["--set", s]
+    result = run_helm(helm, args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_good_values_pass(helm: str) -> None:
+    result = run_helm(
+        helm,
+        [
+            "template",
+            "fleet",
+            str(CHART),
+            "--set",
+            "ollama.numParallel=8",
+            "--set",
+            "balancer.pdb.minAvailable=50%",
+            "--set",
+            "ollama.keepAlive=-1",
+        ],
+    )
+    assert result.returncode == 0, result.stderr
