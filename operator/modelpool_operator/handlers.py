@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ __all__ = ["FINALIZER", "OperatorRuntime", "build_registry", "run_operator"]
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "ollamafleet.io/prune"
+FINALIZER = "ollamafleet.io/finalizer"
 _MP = (GROUP, VERSION, PLURAL)
 
 
@@ -99,11 +100,8 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="ollamafleet.io", key="last-handled-configuration"
         )
-        kopf_settings.posting.level = logging.INFO
-        kopf_settings.peering.name = runtime.settings.peering
-        kopf_settings.peering.priority = runtime.settings.priority
-        kopf_settings.peering.standalone = runtime.settings.standalone
-        kopf_settings.peering.clusterwide = runtime.settings.all_namespaces
+        # kopf's own "handler succeeded" chatter stays in the log; our Events use kopf.event().
+        kopf_settings.posting.level = logging.WARNING
         # Reconnect watches promptly after an API server restart.
         kopf_settings.watching.server_timeout = 300
         kopf_settings.watching.client_timeout = 330
@@ -125,11 +123,11 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
     def login(**_: Any) -> kopf.ConnectionInfo:
         return runtime.kube.connection_info()
 
-    @kopf.index("", "v1", "pods", registry=registry)
+    @kopf.index("", "v1", "pods", registry=registry, id="ollama_pods")
     def ollama_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, PodInfo]:
         return {namespace or "": pod_info(body)}
 
-    @kopf.index(*_MP, registry=registry)
+    @kopf.index(*_MP, registry=registry, id="pool_ledgers")
     def pool_ledgers(
         name: str, namespace: str | None, status: kopf.Status, **_: Any
     ) -> dict[str, tuple[str, tuple[Owned, ...]]]:
@@ -255,10 +253,15 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
 async def run_operator(
     settings: OperatorSettings,
     *,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
 ) -> None:
-    """Run the operator in the current event loop until ``stop_flag`` is set."""
+    """Run the operator in the current event loop until ``stop_flag`` is set.
+
+    kopf treats every task of the loop started after it as its own and cancels
+    them on exit, so give it a loop of its own (``asyncio.run`` in a thread, as
+    the tests do) rather than sharing one.
+    """
     kube = KubeAccess(settings.kubeconfig, settings.context, settings.home)
     runtime = OperatorRuntime(settings=settings, kube=kube)
     try:
@@ -266,7 +269,8 @@ async def run_operator(
             registry=build_registry(runtime),
             standalone=settings.standalone,
             priority=settings.priority,
-            peering_name=settings.peering,
+            # A peering name makes peering mandatory (the KopfPeering CRD must exist).
+            peering_name=None if settings.standalone else settings.peering,
             clusterwide=settings.all_namespaces,
             namespaces=() if settings.all_namespaces else settings.watched_namespaces,
             liveness_endpoint=settings.liveness,

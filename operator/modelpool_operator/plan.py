@@ -268,7 +268,8 @@ class _Planner:
                     if self._counted(p, m.key)
                     else (p.resident[m.key].size if resident else (size or 0))
                 )
-                if size is not None and need > self.free(p):
+                # A copy that is already pinned costs nothing more, even on a full pod.
+                if size is not None and need > 0 and need > self.free(p):
                     continue
                 prev = self.prev.get((p.name, m.key))
                 cls = (

@@ -23,12 +23,9 @@ __all__ = ["build_status", "invalid_spec_status", "merge_conditions"]
 def _condition(
     kind: str, ok: bool, reason: str, message: str, generation: int | None
 ) -> dict[str, Any]:
-    cond: dict[str, Any] = {
-        "type": kind,
-        "status": "True" if ok else "False",
-        "reason": reason,
-        "message": message,
-    }
+    cond: dict[str, Any] = {"type": kind, "status": "True" if ok else "False", "reason": reason}
+    if message:  # an empty string reaches the API server as null (schema: string)
+        cond["message"] = message
     if generation is not None:
         cond["observedGeneration"] = generation
     return cond

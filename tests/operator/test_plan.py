@@ -391,6 +391,16 @@ CASES = [
     ),
     pytest.param(
         Case(
+            spec=spec({"name": "a", "replicas": 1}),
+            obs=obs(pod("p0", vram=4 * GB, resident={"a": 5 * GB})),
+            others=(own("p0", "a"),),
+            targets={"a": {"p0"}},
+            ledger_after={"a@p0:L"},
+        ),
+        id="a pinned copy on an over-full pod still counts (it costs nothing more)",
+    ),
+    pytest.param(
+        Case(
             spec=spec({"name": "a", "replicas": 3}),
             obs=obs(pod("p0", installed={"a": GB}), pod("p1", installed={"a": GB})),
             actions={"load a@p0", "load a@p1"},
