@@ -126,7 +126,8 @@ def kinds(objs: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 def container(workload: Mapping[str, Any], name: str) -> dict[str, Any]:
-    spec = workload["spec"]["template"]["spec"] if "template" in workload["spec"] else workload
+    spec = workload["spec"]
+    spec = spec["template"]["spec"] if "template" in spec else spec
     for c in spec["containers"]:
         if c["name"] == name:
             return dict(c)
