@@ -8,7 +8,10 @@ thread, because the operator shares the test's event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
+import os
 import subprocess
 import threading
 import time
@@ -28,7 +31,14 @@ from modelpool_operator.settings import OperatorSettings
 from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
 from ollama_balancer.names import canonical
 from ollama_balancer.ollama import OllamaClient
-from tests.kube.cluster import KubeCluster, create_ollama_pod, delete_pod, set_pod_status
+from tests.kube.cluster import (
+    KubeCluster,
+    create_namespace,
+    create_node,
+    create_ollama_pod,
+    delete_pod,
+    set_pod_status,
+)
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -214,10 +224,11 @@ class Env:
         return out
 
 
-@pytest.fixture
-async def env(
-    kube_cluster: KubeCluster, kube_namespace: str, modelpool_crd: None
+@contextlib.asynccontextmanager
+async def running_operator(
+    cluster: KubeCluster, namespace: str, kubeconfig: Path
 ) -> AsyncIterator[Env]:
+    """An emulated fleet of 3 Ollama nodes and the operator (as ``kubeconfig``'s user)."""
     config = FleetConfig(
         # A fixed num_ctx keeps the KV cache (and so resident sizes) small and predictable.
         nodes=[
@@ -227,16 +238,16 @@ async def env(
         time_scale=0.01,
     )
     settings = OperatorSettings(
-        namespaces=(kube_namespace,),
+        namespaces=(namespace,),
         standalone=True,
-        kubeconfig=str(kube_cluster.kubeconfig),
+        kubeconfig=str(kubeconfig),
         resync_seconds=1.0,
         backoff_seconds=0.1,
         attempts=2,
         ollama_timeout_seconds=1.0,
     )
     stop, ready = threading.Event(), threading.Event()
-    api = kube_cluster.api_client()
+    api = cluster.api_client()
     async with EmulatedFleet(config) as fleet, aiohttp.ClientSession() as session:
         # kopf gets a loop of its own: it cancels every task started after it in its loop.
         errors: list[BaseException] = []
@@ -244,20 +255,28 @@ async def env(
         def operate() -> None:
             try:
                 asyncio.run(run_operator(settings, stop_flag=stop, ready_flag=ready))
-            except BaseException as exc:  # surfaced by the fixture below
+            except BaseException as exc:  # surfaced below
                 errors.append(exc)
 
         thread = threading.Thread(target=operate, name="operator", daemon=True)
         thread.start()
         try:
             assert await asyncio.to_thread(ready.wait, 30), "operator not ready"
-            yield Env(kube_cluster, api, kube_namespace, fleet, session)
+            yield Env(cluster, api, namespace, fleet, session)
         finally:
             stop.set()
             await asyncio.to_thread(thread.join, 30)
             api.close()
         assert not thread.is_alive(), "operator did not stop"
         assert not errors, errors
+
+
+@pytest.fixture
+async def env(
+    kube_cluster: KubeCluster, kube_namespace: str, modelpool_crd: None
+) -> AsyncIterator[Env]:
+    async with running_operator(kube_cluster, kube_namespace, kube_cluster.kubeconfig) as e:
+        yield e
 
 
 def _cond(pool: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -531,3 +550,102 @@ async def test_two_pools_on_the_same_pods_do_not_fight(env: Env) -> None:
     assert shared["loadedOn"] == ["ollama-0"]  # the same copy counts for both pools
     stats = env.fleet.nodes[0].stats
     print("emulator stats:", stats)
+
+
+RBAC = Path(__file__).parents[2] / "operator" / "modelpool_operator" / "rbac.yaml"
+
+
+def _service_account_kubeconfig(cluster: KubeCluster, namespace: str, path: Path) -> Path:
+    """Apply rbac.yaml into ``namespace`` and write a kubeconfig for its ServiceAccount."""
+    from kubernetes import utils
+
+    docs = []
+    for doc in yaml.safe_load_all(RBAC.read_text()):
+        text = json.dumps(doc).replace('"ollama"', json.dumps(namespace))
+        doc = json.loads(text)
+        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            doc["metadata"]["name"] += f"-{namespace}"
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] += f"-{namespace}"
+        docs.append(doc)
+    with cluster.client() as api:
+        create_namespace(api, namespace)
+        for doc in docs:
+            utils.create_from_dict(api, doc)
+        core = client.CoreV1Api(api)
+        deadline = time.monotonic() + 30
+        token = ""
+        while not token and time.monotonic() < deadline:
+            sa = core.read_namespaced_service_account("ollama-fleet-operator", namespace)
+            for ref in sa.secrets or ():
+                secret = core.read_namespaced_secret(ref.name, namespace)
+                token = base64.b64decode((secret.data or {}).get("token", "")).decode()
+            time.sleep(0.2)
+        assert token, "the token controller minted no ServiceAccount token"
+        # Pods are bound to nodes; the controller-manager deletes pods of unknown nodes.
+        for n in ("node-0", "node-1"):
+            create_node(api, n)
+        # The default ServiceAccount is made by the controller-manager here; wait for it.
+        while time.monotonic() < deadline:
+            try:
+                core.read_namespaced_service_account("default", namespace)
+                break
+            except ApiException:
+                time.sleep(0.2)
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {"server": cluster.url, "certificate-authority": str(cluster.ca_path)},
+            }
+        ],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "operator"}}],
+        "current-context": "c",
+    }
+    path.write_text(yaml.safe_dump(kubeconfig))
+    return path
+
+
+async def test_minimal_rbac_is_enough(
+    kube_cluster_with_controllers: KubeCluster, tmp_path: Path
+) -> None:
+    """The operator runs as a ServiceAccount bound only to rbac.yaml (RBAC is enforced)."""
+    cluster = kube_cluster_with_controllers
+    namespace = f"rbac-{os.getpid()}"
+    with cluster.client() as api:
+        _install_crd(api)
+    kubeconfig = await asyncio.to_thread(
+        _service_account_kubeconfig, cluster, namespace, tmp_path / "kubeconfig"
+    )
+    async with running_operator(cluster, namespace, kubeconfig) as e:
+        await _all_pods(e, 2)
+        await e.apply_pool(
+            "rbac",
+            {
+                "selector": {"matchLabels": {"app": "ollama"}},
+                "prune": True,
+                "models": [{"name": "llama3.2:1b", "replicas": 1}],
+            },
+        )
+        pool = await until(
+            lambda: e.get_pool("rbac"),
+            lambda p: _cond(p, "Ready").get("status") == "True",
+            "Ready as the ServiceAccount",
+        )
+        assert "ollamafleet.io/finalizer" in pool["metadata"]["finalizers"]
+        reasons = {r for _, r, _ in await e.events("rbac")}
+        assert {"Pulled", "Loaded"} <= reasons  # events: create
+        await e.delete_pool("rbac")
+
+        async def gone() -> bool:
+            try:
+                await e.get_pool("rbac")
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        await eventually(gone, "finalizer removed")
+        assert await e.resident("llama3.2:1b") == []
