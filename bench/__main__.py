@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="shorter full run, where defined")
     p.add_argument("--litellm", action="store_true", help="add the LiteLLM peer (installs it)")
     args = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every started process is stopped by its PID.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.name == "install-litellm" or args.litellm:
         install_litellm()
         if args.name == "install-litellm":

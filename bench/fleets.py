@@ -84,7 +84,7 @@ def routing_catalogue(models: int, seed: int = 7) -> list[dict[str, Any]]:
     return out
 
 
-def routing_fleet(nodes: int, models: int, time_scale: float, slots: int = 2) -> dict[str, Any]:
+def routing_fleet(nodes: int, models: int, time_scale: float, slots: int = 4) -> dict[str, Any]:
     """Every node has every model on disk and VRAM for about two of them; nothing loaded."""
     catalogue = routing_catalogue(models)
     return {

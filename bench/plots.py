@@ -1,0 +1,132 @@
+"""``python -m bench plots``: PNGs for docs/benchmarks.md from bench/out/*.json.
+
+The only module that imports matplotlib (the ``bench`` extra: ``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from . import common
+
+IMG = common.ROOT / "docs" / "img"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = common.OUT / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _cdf(ax: Any, values: list[float], label: str) -> None:
+    if not values:
+        return
+    xs = sorted(values)
+    ys = [(i + 1) / len(xs) for i in range(len(xs))]
+    ax.plot(xs, ys, label=label, linewidth=1.4)
+
+
+def overhead(doc: dict[str, Any]) -> Path:
+    paths = sorted({r["path"] for r in doc["rows"]})
+    concs = sorted({r["concurrency"] for r in doc["rows"]})
+    fig, axes = plt.subplots(
+        len(paths), len(concs), figsize=(4 * len(concs), 3.2 * len(paths)), squeeze=False
+    )
+    for i, path in enumerate(paths):
+        for j, c in enumerate(concs):
+            ax = axes[i][j]
+            for r in doc["rows"]:
+                if r["path"] == path and r["concurrency"] == c:
+                    _cdf(ax, r["latencies_ms"], r["target"])
+            ax.set_xscale("log")
+            ax.set_title(f"{path}, concurrency {c}", fontsize=9)
+            ax.set_xlabel("latency (ms, log)")
+            ax.set_ylabel("fraction of requests")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle("Proxy overhead: latency CDF of tiny non-streaming requests")
+    fig.tight_layout()
+    out = IMG / "overhead-latency-cdf.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def streaming(doc: dict[str, Any]) -> Path:
+    counts = sorted({r["streams"] for r in doc["rows"]})
+    fig, axes = plt.subplots(1, len(counts), figsize=(5 * len(counts), 3.5), squeeze=False)
+    for j, n in enumerate(counts):
+        ax = axes[0][j]
+        for r in doc["rows"]:
+            if r["streams"] == n:
+                _cdf(ax, r["gaps_sample"], r["target"])
+        ax.axvline(50, color="grey", linestyle=":", label="nominal 50 ms")
+        ax.set_xlim(0, 150)
+        ax.set_title(f"{n} concurrent streams at 20 tokens/s", fontsize=9)
+        ax.set_xlabel("inter-chunk gap seen by the client (ms)")
+        ax.set_ylabel("fraction of gaps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = IMG / "streaming-gap-cdf.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def routing(doc: dict[str, Any]) -> list[Path]:
+    scenarios = list(dict.fromkeys(r["scenario"] for r in doc["rows"]))
+    outs = []
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.8), squeeze=False)
+    for j, sc in enumerate(scenarios):
+        ax = axes[0][j]
+        for r in doc["rows"]:
+            if r["scenario"] == sc:
+                _cdf(ax, r["ttft_all"], r["policy"])
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_title(f"TTFT, {sc} trace", fontsize=9)
+        ax.set_xlabel("time to first token (emulated s, symlog)")
+        ax.set_ylabel("fraction of requests")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    outs.append(IMG / "routing-ttft-cdf.png")
+    fig.savefig(outs[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.8), squeeze=False)
+    for j, sc in enumerate(scenarios):
+        ax = axes[0][j]
+        for r in doc["rows"]:
+            if r["scenario"] == sc and r["loads_series"]:
+                xs, ys = zip(*r["loads_series"], strict=True)
+                ax.plot(xs, ys, label=r["policy"], linewidth=1.4)
+        ax.set_title(f"Cold loads over time, {sc} trace", fontsize=9)
+        ax.set_xlabel("emulated seconds since the trace started")
+        ax.set_ylabel("cumulative model loads (all nodes)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    outs.append(IMG / "routing-cold-loads.png")
+    fig.savefig(outs[-1], dpi=110)
+    plt.close(fig)
+    return outs
+
+
+def main() -> None:
+    IMG.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    if doc := _load("overhead"):
+        made.append(overhead(doc))
+    if doc := _load("streaming"):
+        made.append(streaming(doc))
+    if doc := _load("routing"):
+        made += routing(doc)
+    for p in made:
+        print(p)
