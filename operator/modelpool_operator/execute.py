@@ -126,11 +126,14 @@ class Executor:
                 embedding=a.embedding,
                 timeout=self.load_timeout,
             )
-        elif a.kind is ActionKind.UNLOAD:
-            await client.unload(a.name, embedding=a.embedding)
-        elif a.kind is ActionKind.DELETE:
+        else:
+            # 404 on unload (the model is not even on disk) or delete: already gone,
+            # which is what was asked for.
             try:
-                await client.delete(a.name)
+                if a.kind is ActionKind.UNLOAD:
+                    await client.unload(a.name, embedding=a.embedding)
+                else:
+                    await client.delete(a.name)
             except OllamaError as exc:
-                if exc.status != 404:  # already gone: that is what we wanted
+                if exc.status != 404:
                     raise

@@ -1,0 +1,103 @@
+"""The executor against emulated Ollama nodes: retries, isolation, idempotence."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from modelpool_operator.execute import Executor, Outcome
+from modelpool_operator.state import Action, ActionKind
+from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
+from ollama_balancer.names import canonical
+from ollama_balancer.ollama import OllamaClient
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[EmulatedFleet]:
+    config = FleetConfig(
+        nodes=[NodeConfig(name=f"n{i}", host="127.0.0.1", context_length=4096) for i in range(2)],
+        time_scale=0.01,
+    )
+    async with EmulatedFleet(config) as f:
+        yield f
+
+
+def act(kind: ActionKind, fleet: EmulatedFleet, i: int, model: str = "llama3.2:1b") -> Action:
+    return Action(
+        kind=kind,
+        pod=f"pod-{i}",
+        url=fleet.nodes[i].url,
+        model=canonical(model),
+        name=model,
+        reason="test",
+        keep_alive=-1 if kind is ActionKind.LOAD else None,
+    )
+
+
+async def resident(session: aiohttp.ClientSession, url: str) -> list[str]:
+    return [m["name"] for m in await OllamaClient(session, url).ps()]
+
+
+async def test_pull_then_load_in_order_and_idempotent(fleet: EmulatedFleet) -> None:
+    reports: list[Outcome] = []
+    async with aiohttp.ClientSession() as session:
+        ex = Executor(session, backoff=0.01, report=reports.append)
+        # Given in the wrong order on purpose: load must wait for the pull on the same pod.
+        plan = [act(ActionKind.LOAD, fleet, 0), act(ActionKind.PULL, fleet, 0)]
+        outcomes = await ex.run(plan)
+        assert [(o.action.kind, o.ok) for o in outcomes] == [("pull", True), ("load", True)]
+        assert await resident(session, fleet.nodes[0].url) == ["llama3.2:1b"]
+        # Running the same plan again changes nothing and succeeds.
+        assert all(o.ok for o in await ex.run(plan))
+        assert await resident(session, fleet.nodes[0].url) == ["llama3.2:1b"]
+        # Unload and delete twice: the second time there is nothing left, still a success.
+        cleanup = [act(ActionKind.UNLOAD, fleet, 0), act(ActionKind.DELETE, fleet, 0)]
+        assert all(o.ok for o in await ex.run(cleanup))
+        assert all(o.ok for o in await ex.run(cleanup))
+    assert len(reports) == 8
+
+
+async def test_transient_failures_are_retried(fleet: EmulatedFleet) -> None:
+    fleet.nodes[0].faults.fail_next(2, status=500, message="boom", paths=("/api/pull",))
+    async with aiohttp.ClientSession() as session:
+        ex = Executor(session, attempts=3, backoff=0.01)
+        [outcome] = await ex.run([act(ActionKind.PULL, fleet, 0)])
+    assert outcome.ok and outcome.attempts == 3
+
+
+async def test_verdicts_are_not_retried(fleet: EmulatedFleet) -> None:
+    async with aiohttp.ClientSession() as session:
+        ex = Executor(session, attempts=3, backoff=0.01)
+        # Not installed: Ollama answers 404, asking again would not help.
+        [outcome] = await ex.run([act(ActionKind.LOAD, fleet, 0)])
+    assert not outcome.ok and outcome.attempts == 1
+    assert "not found" in outcome.error
+
+
+async def test_one_pods_failure_never_blocks_another(fleet: EmulatedFleet) -> None:
+    await fleet.nodes[0].stop_listening()
+    async with aiohttp.ClientSession() as session:
+        ex = Executor(session, attempts=2, backoff=0.01, concurrency=1)
+        plan = [
+            act(ActionKind.PULL, fleet, 0),
+            act(ActionKind.LOAD, fleet, 0),
+            act(ActionKind.PULL, fleet, 1),
+            act(ActionKind.LOAD, fleet, 1),
+        ]
+        outcomes = {(o.action.pod, o.action.kind): o for o in await ex.run(plan)}
+        assert outcomes[("pod-1", ActionKind.LOAD)].ok
+        assert await resident(session, fleet.nodes[1].url) == ["llama3.2:1b"]
+    pull0, load0 = outcomes[("pod-0", ActionKind.PULL)], outcomes[("pod-0", ActionKind.LOAD)]
+    assert not pull0.ok and pull0.error.startswith("unreachable") and pull0.attempts == 2
+    # The rest of that pod's work is skipped at once, not retried against a dead pod.
+    assert not load0.ok and load0.attempts == 0
+
+
+async def test_unknown_model_pull_fails_cleanly(fleet: EmulatedFleet) -> None:
+    async with aiohttp.ClientSession() as session:
+        ex = Executor(session, attempts=1)
+        [outcome] = await ex.run([act(ActionKind.PULL, fleet, 0, "no-such-model:7b")])
+    assert not outcome.ok
+    assert "file does not exist" in outcome.error
