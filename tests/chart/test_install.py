@@ -106,6 +106,25 @@ def _bound(pods: list[Any], n: int) -> list[Any] | None:
     return bound if len(bound) >= n else None
 
 
+def _can(api: client.ApiClient, who: str, verb: str, resource: str, group: str) -> bool:
+    plural, _, sub = resource.partition("/")
+    review = client.AuthorizationV1Api(api).create_subject_access_review(
+        {
+            "spec": {
+                "user": f"system:serviceaccount:{NAMESPACE}:{RELEASE}-ollama-fleet-{who}",
+                "resourceAttributes": {
+                    "namespace": NAMESPACE,
+                    "verb": verb,
+                    "group": group,
+                    "resource": plural,
+                    "subresource": sub,
+                },
+            }
+        }
+    )
+    return bool(review.status.allowed)
+
+
 def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient) -> None:
     helm = helm_path()
     kc = ["--kubeconfig", str(cluster.kubeconfig)]
@@ -181,8 +200,19 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
             f"models-{RELEASE}-ollama-fleet-ollama-1",
         ]
         assert all(c.status.phase == "Bound" for c in claims)
-        # the controller-manager minted tokens for the chart's ServiceAccounts
         assert operator[0].spec.service_account_name == f"{RELEASE}-ollama-fleet-operator"
+        # RBAC as the API server evaluates it: what each ServiceAccount may and may not do
+        for who, verb, resource, group, allowed in [
+            ("balancer", "watch", "pods", "", True),
+            ("balancer", "list", "secrets", "", False),
+            ("balancer", "patch", "pods", "", False),
+            ("operator", "patch", "modelpools/status", "ollamafleet.io", True),
+            ("operator", "watch", "modelpools", "ollamafleet.io", True),
+            ("operator", "create", "events", "", True),
+            ("operator", "delete", "pods", "", False),
+            ("operator", "get", "secrets", "", False),
+        ]:
+            assert _can(api, who, verb, resource, group) is allowed, (who, verb, resource)
     finally:
         result = run_helm(helm, ["uninstall", RELEASE, "-n", NAMESPACE, *kc])
     assert result.returncode == 0, result.stderr

@@ -347,6 +347,12 @@ def test_operator_deployment_and_least_rbac(rendered: dict[str, list[dict[str, A
     for r in role["rules"]:
         assert "*" not in r["verbs"] and "*" not in r["resources"]
         assert not {"secrets", "configmaps"} & set(r["resources"])
+    # cluster-scoped: only the reads kopf needs (CRD discovery, namespaces)
+    cluster = find(objs, "ClusterRole", "-operator-cluster")
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in cluster["rules"]} == {
+        ("customresourcedefinitions", ("list", "watch")),
+        ("namespaces", ("list", "watch")),
+    }
     binding = find(objs, "RoleBinding", "-operator")
     assert binding["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
     # the balancer may only read pods
@@ -371,6 +377,10 @@ def test_operator_cluster_wide(rendered: dict[str, list[dict[str, Any]]]) -> Non
     assert OperatorSettings.from_sources({}, env_of(c)).all_namespaces is True
     role = find(objs, "ClusterRole", "-operator")
     assert any(r["resources"] == ["pods"] for r in role["rules"])
+    assert (
+        find(objs, "ClusterRoleBinding", "-operator")["roleRef"]["name"]
+        == (role["metadata"]["name"])
+    )
     assert not [o for o in objs if o["kind"] == "Role" and "operator" in o["metadata"]["name"]]
 
 

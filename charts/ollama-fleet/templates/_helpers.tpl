@@ -157,11 +157,11 @@ rules:
   # ModelPools: watch them, add/remove kopf's finalizer and its progress annotations
   - apiGroups: [ollamafleet.io]
     resources: [modelpools]
-    verbs: [get, list, watch, patch, update]
+    verbs: [get, list, watch, patch]
   # ModelPool status: conditions, per-model pods, loaded/ready counts
   - apiGroups: [ollamafleet.io]
     resources: [modelpools/status]
-    verbs: [get, patch, update]
+    verbs: [get, patch]
   # Ollama pods: which pods a pool selects, their IPs, readiness and VRAM annotation
   - apiGroups: [""]
     resources: [pods]
@@ -169,9 +169,9 @@ rules:
   # Events on ModelPools: pulls, loads, unloads and failures (kubectl describe mp)
   - apiGroups: [""]
     resources: [events]
-    verbs: [create, patch]
+    verbs: [create]
   # The same events through the newer events API (kopf uses either, by version)
   - apiGroups: [events.k8s.io]
     resources: [events]
-    verbs: [create, patch]
+    verbs: [create]
 {{- end }}
