@@ -546,6 +546,12 @@ async def test_two_pools_on_the_same_pods_do_not_fight(env: Env) -> None:
     assert await env.resident("llama3.2:3b") == [0]
     assert await env.resident("phi3:mini") == []
     assert (await env.condition("first", "Ready"))["status"] == "True"
+    table = await asyncio.to_thread(env.kubectl, "get", "mp", "-o", "wide")
+    print("\n$ kubectl get mp -o wide\n" + table)  # for the README
+    assert [line.split()[:5] for line in table.splitlines()[1:]] == [
+        ["first", "True", "1/1", "1/1", "AsExpected"],
+        ["second", "False", "1/2", "1/2", "InsufficientVRAM"],
+    ]
     shared = await env.model_status("second", "llama3.2:3b")
     assert shared["loadedOn"] == ["ollama-0"]  # the same copy counts for both pools
     stats = env.fleet.nodes[0].stats
