@@ -24,7 +24,7 @@ __all__ = [
 
 LOGGER_NAME = "ollama_fleet"
 
-#: One per finished proxied request.  Keys: request_id, method, path, model,
+#: One per finished proxied request.  Keys: request_id, client (API key name), method, path, model,
 #: backend, reason, status, attempts, bytes, duration, ttfb, cold_load_seconds,
 #: eval_count, prompt_eval_count, tokens_per_second, slot_wait, client_gone,
 #: broken_stream, error, retries.  Seconds for durations.

@@ -92,6 +92,7 @@ async def test_json_logs_one_request_event_fleet_changes_and_library_logs(
     want: dict[str, Any] = {
         "logger": "ollama_fleet.balancer",
         "level": "info",
+        "client": "",  # no API keys configured
         "method": "POST",
         "path": "/api/chat",
         "model": "llama3.2",
