@@ -161,6 +161,7 @@ class Proxy:
         record.client = request.get(CLIENT_NAME, "")
         try:
             resp = await self._handle(request, record)
+            record.status = resp.status
         except asyncio.CancelledError:
             record.client_gone = True
             record.status = 499
@@ -169,7 +170,6 @@ class Proxy:
             record.duration = self.clock() - record.started
             if self.on_record is not None:
                 self.on_record(record)
-        record.status = resp.status
         return resp
 
     async def _handle(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
