@@ -192,10 +192,12 @@ class KubeCluster:
             self._tmp = None
             self.workdir = None
 
-    def stop_apiserver(self) -> None:
+    def stop_apiserver(self, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds: with a watch open, kube-apiserver
+        would otherwise wait up to a minute for it to end."""
         proc = self._procs.pop("kube-apiserver", None)
         if proc is not None:
-            proc.stop()
+            proc.stop(timeout=grace)
 
     def start_apiserver(self) -> None:
         if "kube-apiserver" in self._procs and self._procs["kube-apiserver"].alive():

@@ -182,7 +182,7 @@ def test_controllers_turn_a_deployment_into_scheduled_pods(
     cluster = kube_cluster_with_controllers
     with cluster.client() as api:
         create_node(api, "gpu-node-1")
-        create_namespace(api, "ctl")
+        create_namespace(api, "smoke-ctl")
         apps = client.AppsV1Api(api)
         labels = {"app": "ollama"}
         deployment = {
@@ -204,13 +204,13 @@ def test_controllers_turn_a_deployment_into_scheduled_pods(
             },
         }
         # Pods appear once the ServiceAccount controller has made `default` in the namespace.
-        apps.create_namespaced_deployment("ctl", deployment)
+        apps.create_namespaced_deployment("smoke-ctl", deployment)
         deadline = time.monotonic() + 60
         core = client.CoreV1Api(api)
         while True:
-            pods = core.list_namespaced_pod("ctl", label_selector="app=ollama").items
+            pods = core.list_namespaced_pod("smoke-ctl", label_selector="app=ollama").items
             # The session cluster is shared: other tests may have added Nodes too.
-                if len(pods) == 2 and all(p.spec.node_name for p in pods):
+            if len(pods) == 2 and all(p.spec.node_name for p in pods):
                 break
             assert time.monotonic() < deadline, [(p.metadata.name, p.spec.node_name) for p in pods]
             time.sleep(0.5)

@@ -94,6 +94,13 @@ class _StreamError(Exception):
     """The server sent an ERROR event other than 410."""
 
 
+def _shutdown(response: urllib3.BaseHTTPResponse) -> None:
+    """Make a blocked read on ``response`` return, from another thread."""
+    # Already closed or released (ValueError, RuntimeError): the reader is not blocked on it.
+    with contextlib.suppress(ValueError, RuntimeError, OSError):
+        response.shutdown()
+
+
 class _Blocking:
     """A single worker thread for the blocking client, with an interruptible current call."""
 
@@ -109,7 +116,7 @@ class _Blocking:
             self._response = response
             aborted = self._aborted
         if aborted:
-            response.shutdown()
+            _shutdown(response)
         return response
 
     def untrack(self) -> None:
@@ -128,7 +135,7 @@ class _Blocking:
                 self._aborted = True
                 response = self._response
             if response is not None:
-                response.shutdown()
+                _shutdown(response)
             with contextlib.suppress(BaseException):
                 await future
             raise
