@@ -282,3 +282,42 @@ async def test_cancel_just_after_the_apiserver_went_away(
     finally:
         await asyncio.to_thread(kube_cluster.start_apiserver)
     assert discovery_threads() == []
+
+
+async def test_watch_timeouts_resume_without_relisting(
+    kube_cluster: KubeCluster, kube_namespace: str, pods: Pods
+) -> None:
+    discovery = make_discovery(kube_cluster, kube_namespace, watch_timeout=1)
+    await pods.add("ollama-0", ip="127.0.0.2")
+    async with running(discovery) as rec:
+        await rec.wait_names("ollama-0")
+        stats = discovery.stats[kube_namespace]
+        async with asyncio.timeout(20):
+            while stats.watches < 3:  # the server ended two watches; each resumed
+                await asyncio.sleep(0.05)
+        await pods.add("ollama-1", ip="127.0.0.3")
+        await rec.wait_names("ollama-0", "ollama-1")
+    assert (stats.lists, stats.expired) == (1, 0)
+
+
+async def test_all_namespaces(
+    kube_cluster: KubeCluster, kube_api: client.ApiClient, kube_namespace: str, pods: Pods
+) -> None:
+    other = f"{kube_namespace}-all"
+    await asyncio.to_thread(create_namespace, kube_api, other)
+    await asyncio.to_thread(create_default_service_account, kube_api, other)
+    labels = {"app": "ollama", "fleet": kube_namespace}  # only this test's pods
+    try:
+        await pods.add("a-0", ip="127.0.0.2", labels=labels)
+        await Pods(kube_api, other).add("b-0", ip="127.0.0.3", labels=labels)
+        discovery = KubernetesDiscovery(
+            KubernetesDiscoveryConfig(
+                namespaces=("*",),
+                label_selector=f"fleet={kube_namespace}",
+                kubeconfig=str(kube_cluster.kubeconfig),
+            )
+        )
+        async with running(discovery) as rec:
+            await rec.wait_names("a-0", "b-0")
+    finally:
+        await asyncio.to_thread(delete_namespace, kube_api, other)

@@ -43,6 +43,8 @@ T = TypeVar("T")
 
 #: Namespace value that means "every namespace" (needs cluster-wide list/watch RBAC).
 ALL_NAMESPACES = "*"
+#: A watch that ends without an event sooner than this (seconds) counts as a failure.
+_MIN_QUIET_WATCH = 1.0
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 log = get_logger("ollama_fleet.discovery.kubernetes")
@@ -222,6 +224,9 @@ class _PodSource:
         self._response = self._request(
             watch=True,
             resource_version=resource_version,
+            # Bookmarks keep resource_version fresh in a quiet namespace, so that a
+            # reconnect is less likely to find it compacted (fewer 410s and relists).
+            allow_watch_bookmarks=True,
             timeout_seconds=timeout,
             # No byte may arrive for the whole watch: the read timeout must outlast it.
             _request_timeout=(self._cfg.request_timeout, timeout + 30),
@@ -292,6 +297,7 @@ class KubernetesDiscovery:
         pods: dict[PodKey, Backend] = {}
         resource_version: str | None = None
         delay = cfg.backoff_initial
+        expired_in_a_row = 0
 
         async def backoff(**details: object) -> None:
             nonlocal delay
@@ -302,6 +308,16 @@ class KubernetesDiscovery:
             await asyncio.sleep(delay)
             delay = min(delay * 2, cfg.backoff_max)
 
+        async def relist() -> None:
+            nonlocal resource_version, expired_in_a_row
+            stats.expired += 1
+            expired_in_a_row += 1
+            resource_version = None
+            log.info("discovery.kubernetes.relist", namespace=namespace)
+            if expired_in_a_row > 1:  # a fresh list's version expired at once: do not spin
+                await backoff(error="resourceVersion expired again right after a list")
+
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -315,21 +331,25 @@ class KubernetesDiscovery:
                     resource_version = version
                     await blocking.call(functools.partial(source.open_watch, version))
                     stats.watches += 1
-                    delay = cfg.backoff_initial
+                    opened_at, events = loop.time(), 0
                     while (event := await blocking.call(source.next_event)) is not None:
                         version, pods = self._fold(event, version, pods)
                         resource_version = version
+                        events += 1
+                        expired_in_a_row = 0
+                        delay = cfg.backoff_initial
                         self._update(namespace, pods, publish)
-                    # The server ended the watch (timeout_seconds): resume from resource_version.
+                    # The server ended the watch (timeout_seconds): resume from
+                    # resource_version, unless it ends every watch at once.
+                    if not events and loop.time() - opened_at < _MIN_QUIET_WATCH:
+                        raise _StreamError("the server ended the watch at once")
+                    expired_in_a_row = 0
+                    delay = cfg.backoff_initial
                 except _Expired:
-                    stats.expired += 1
-                    log.info("discovery.kubernetes.relist", namespace=namespace)
-                    resource_version = None
+                    await relist()
                 except ApiException as exc:
                     if exc.status == 410:
-                        stats.expired += 1
-                        log.info("discovery.kubernetes.relist", namespace=namespace)
-                        resource_version = None
+                        await relist()
                     else:
                         await backoff(status=exc.status, reason=exc.reason)
                 except (urllib3.exceptions.HTTPError, OSError, ValueError, _StreamError) as exc:
