@@ -6,15 +6,22 @@ loaders and discovery code of the balancer and the operator.
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
 import math
+import posixpath
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from ollama_balancer import metrics
+from ollama_balancer import limits, metrics
+from ollama_balancer.auth import hash_key, parse_keys
 from ollama_balancer.discovery.pods import (
     ANNOTATION_NUM_PARALLEL,
     ANNOTATION_VRAM_BYTES,
@@ -52,6 +59,7 @@ VALUE_SETS: dict[str, list[Path]] = {
     "ha": [VALUES / "ha.yaml"],
     "servicemonitor": [VALUES / "servicemonitor.yaml"],
     "kube-install": [VALUES / "kube-install.yaml"],
+    "auth-keys": [VALUES / "auth-keys.yaml"],
 }
 
 
@@ -190,6 +198,131 @@ def test_production_config_reaches_the_balancer(rendered: dict[str, list[dict[st
     assert selector_matches(np["spec"]["podSelector"]["matchLabels"], _pod_labels(dep))
     peers = np["spec"]["ingress"][0]["from"]
     assert peers[1]["podSelector"]["matchLabels"] == {"ollama-fleet-client": "true"}
+
+
+# ----------------------------------------------------------------------- API keys
+
+AUTH_DIR = "/etc/ollama-fleet/auth"
+
+
+def _auth_wiring(objs: list[dict[str, Any]]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(OLLAMA_FLEET_AUTH_FILE, its volumeMount, its volume) of the balancer Deployment."""
+    dep = find(objs, "Deployment", "-balancer")
+    c = container(dep, "balancer")
+    path = env_of(c)["OLLAMA_FLEET_AUTH_FILE"]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == posixpath.dirname(path)]
+    (volume,) = [
+        v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    ]
+    return path, mount, volume
+
+
+def test_auth_off_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for name in ("defaults", "ha", "servicemonitor", "existing-fleet"):
+        objs = rendered[name]
+        c = container(find(objs, "Deployment", "-balancer"), "balancer")
+        assert "OLLAMA_FLEET_AUTH_FILE" not in env_of(c), name
+        assert load_settings(environ=env_of(c)).auth_file == "", name
+        assert not [m for m in c["volumeMounts"] if m["mountPath"].startswith(AUTH_DIR)], name
+        assert not find_all(objs, "Secret"), name
+
+
+def test_production_mounts_the_keys_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objs = rendered["production"]
+    path, mount, volume = _auth_wiring(objs)
+    assert path == f"{AUTH_DIR}/keys.yaml"
+    # the whole Secret as a read-only directory: no subPath, so Secret updates reach the pod
+    assert mount == {"name": "auth", "mountPath": AUTH_DIR, "readOnly": True}
+    assert volume == {"name": "auth", "secret": {"secretName": "ollama-fleet-keys"}}
+    assert not find_all(objs, "Secret")  # the user's Secret, not the chart's
+    # the real settings loader takes the file from the rendered env and config file
+    dep = find(objs, "Deployment", "-balancer")
+    cm = find(objs, "ConfigMap", "-balancer")
+    settings = load_settings(
+        environ=env_of(container(dep, "balancer")), yaml_text=cm["data"]["balancer.yaml"]
+    )
+    assert settings.auth_file == path
+    # probes stay on paths the balancer never asks a key for
+    c = container(dep, "balancer")
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert limits._exempt(c[probe]["httpGet"]["path"]), probe
+    sm = find(objs, "ServiceMonitor", "-balancer")
+    assert all(limits._exempt(e["path"]) for e in sm["spec"]["endpoints"])
+
+
+def test_production_recipe_makes_a_valid_keys_file() -> None:
+    """The commented recipe in values-production.yaml: its hash command is the real one and
+    the keys.yaml it writes is accepted by the balancer's parser."""
+    text = (EXAMPLES / "values-production.yaml").read_text()
+    lines = [line.strip().removeprefix("#").removeprefix("   ") for line in text.splitlines()]
+    start = lines.index("cat > keys.yaml <<EOF") + 1
+    heredoc = "\n".join(lines[start : lines.index("EOF", start)])
+    assert "| python -m ollama_balancer.auth hash" in text
+    assert "kubectl -n ai create secret generic ollama-fleet-keys --from-file=keys.yaml" in text
+    table = parse_keys(heredoc.replace("$HASH", hash_key("k")))
+    assert [k.name for k in table.keys] == ["team-a"]
+    assert table.lookup("k") is table.keys[0]
+
+
+def test_auth_keys_from_values_render_a_secret_the_balancer_parses(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objs = rendered["auth-keys"]
+    path, mount, volume = _auth_wiring(objs)
+    assert path == f"{AUTH_DIR}/api-keys.yaml" and "subPath" not in mount
+    assert mount["readOnly"] is True
+    secret = find(objs, "Secret", "-api-keys")
+    assert volume["secret"] == {"secretName": secret["metadata"]["name"]}
+    assert list(secret["data"]) == [posixpath.basename(path)]
+    content = base64.b64decode(secret["data"]["api-keys.yaml"]).decode()
+    table = parse_keys(content)  # the balancer's own parser
+    assert [k.name for k in table.keys] == ["team-a", "platform-admin"]
+    team_a, admin = table.keys
+    assert table.lookup("test-key-team-a") is team_a
+    assert table.lookup("test-key-admin") is admin
+    assert table.lookup("test-key-other") is None
+    assert team_a.models == ("llama3*", "nomic-embed-text")
+    assert (team_a.max_concurrent, team_a.requests_per_minute) == (4, 120)
+    assert team_a.tokens_per_minute == 200000 and not team_a.admin
+    assert admin.admin and admin.models == ("*",)
+    assert "test-key" not in content  # hashes only
+    env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
+    assert load_settings(environ=env).auth_file == path
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ["existingSecret=mine", "keys[0].name=a", f"keys[0].key_sha256={'a' * 64}"],
+            "balancer.auth: set either existingSecret or keys, not both",
+        ),
+        (
+            [
+                *("keys[0].name=a", f"keys[0].key_sha256={'a' * 64}"),
+                *("keys[1].name=a", f"keys[1].key_sha256={'b' * 64}"),
+            ],
+            "balancer.auth.keys[1] (a): the name appears twice",
+        ),
+        (
+            [
+                *("keys[0].name=a", f"keys[0].key_sha256={'a' * 64}"),
+                *("keys[1].name=b", f"keys[1].key_sha256=sha256:{'A' * 64}"),
+            ],
+            "balancer.auth.keys[1] (b): the same key_sha256 appears twice",
+        ),
+    ],
+    ids=["both-sources", "duplicate-name", "duplicate-hash"],
+)
+def test_auth_keys_the_balancer_would_refuse_fail_the_render(
+    helm: str, sets: list[str], message: str
+) -> None:
+    args = ["template", "fleet", str(CHART), "--set", "balancer.auth.enabled=true"]
+    for s in sets:
+        args += ["--set", f"balancer.auth.{s}"]
+    result = run_helm(helm, args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
 
 
 # ---------------------------------------------------------------------- Ollama pods
@@ -537,6 +670,42 @@ def test_install_yaml_matches_chart(helm: str) -> None:
     assert not [o for o in objs if o["kind"] == "Pod"]  # no test hook
 
 
+SERVICE_URL = "http://fleet-ollama-fleet.ai.svc:11434"
+
+
+def _run_hook(script: str, answers: dict[str, tuple[int, dict[str, Any]]]) -> int:
+    """Run the hook's script against a local stand-in for the balancer's Service."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers.get(self.path, (404, {"error": "not found"}))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        local = f"http://127.0.0.1:{server.server_address[1]}"
+        proc = subprocess.run(
+            [sys.executable, "-c", script.replace(SERVICE_URL, local)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return proc.returncode
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_helm_test_hook(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objs = rendered["defaults"]
     pod = find(objs, "Pod", "-test")
@@ -544,9 +713,20 @@ def test_helm_test_hook(rendered: dict[str, list[dict[str, Any]]]) -> None:
     c = pod["spec"]["containers"][0]
     assert c["image"] == container(find(objs, "Deployment", "-balancer"), "balancer")["image"]
     script = c["command"][-1]
-    assert "http://fleet-ollama-fleet.ai.svc:11434/api/version" in script
-    compile(script, "hook", "exec")
+    assert SERVICE_URL in script
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert _run_hook(script, {"/api/version": (200, {"version": "0.13.3"})}) == 0
+    assert _run_hook(script, {"/api/version": (503, {"error": "no backend"})}) != 0
+
+
+def test_helm_test_hook_with_api_keys(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """The hook has no key: with auth on it checks /readyz and that /api/version is 401."""
+    script = find(rendered["production"], "Pod", "-test")["spec"]["containers"][0]["command"][-1]
+    assert SERVICE_URL in script
+    ready = (200, {"ready": True})
+    assert _run_hook(script, {"/readyz": ready, "/api/version": (401, {"error": "x"})}) == 0
+    assert _run_hook(script, {"/readyz": ready, "/api/version": (200, {"version": "1"})}) != 0
+    assert _run_hook(script, {"/readyz": (503, {}), "/api/version": (401, {})}) != 0
 
 
 def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
@@ -594,3 +774,10 @@ def test_notes_explain_next_steps() -> None:
     notes = (CHART / "templates" / "NOTES.txt").read_text()
     for needle in ("port-forward", "/api/version", "kind: ModelPool", "helm test", "OLLAMA_HOST"):
         assert needle in notes
+
+
+def test_notes_show_how_to_send_the_key() -> None:
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    block = notes[notes.index("{{- if .Values.balancer.auth.enabled }}") :]
+    assert 'Authorization: Bearer $KEY"' in block
+    assert 'include "ollama-fleet.authSecretName"' in block

@@ -23,6 +23,23 @@ CASES = [
     ("existingFleet.discovery=consul", "existingFleet.discovery: existingFleet.discovery must be"),
     ("balancer.service.port=70000", "balancer.service.port: Must be less than or equal to 65535"),
     ("modelPools[0].name=Chat_1", "modelPools.0.name: Does not match pattern"),
+    # API keys: on needs a source (existingSecret or keys); bad types and raw keys refused
+    ("balancer.auth.enabled=true", "balancer.auth.existingSecret: String length must be greater"),
+    ("string:balancer.auth.enabled=yes", "balancer.auth.enabled: Invalid type. Expected: boolean"),
+    ("balancer.auth.existingSecret=Bad_Name", "balancer.auth.existingSecret: Does not match"),
+    ("balancer.auth.secretKey=a/b", "balancer.auth.secretKey: Does not match pattern"),
+    ("balancer.auth.keys=plenty", "balancer.auth.keys: Invalid type. Expected: array"),
+    ("balancer.auth.keys[0].key=sk-raw", "balancer.auth.keys.0: Additional property key is not"),
+    ("balancer.auth.keys[0].key_sha256=abc", "balancer.auth.keys.0.key_sha256: Does not match"),
+    (
+        "string:balancer.auth.keys[0].max_concurrent=4",
+        "balancer.auth.keys.0.max_concurrent: Invalid type. Expected: integer",
+    ),
+    (
+        "balancer.auth.keys[0].admin=1",
+        "balancer.auth.keys.0.admin: Invalid type. Expected: boolean",
+    ),
+    ("balancer.auth.token=x", "balancer.auth: Additional property token is not allowed"),
 ]
 
 
@@ -40,6 +57,8 @@ def test_schema_rejects(helm: str, command: str, setting: str, message: str) -> 
     args = [command, *(["fleet"] if command == "template" else []), str(CHART), flag, setting]
     if setting.startswith("modelPools"):
         args += ["--set", "modelPools[0].spec.models[0].name=x"]
+    if setting.startswith("balancer.auth.keys[0]."):
+        args += ["--set", "balancer.auth.keys[0].name=a"]
     result = run_helm(helm, args)
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -71,6 +90,18 @@ def test_inconsistent_values_fail_with_a_message(helm: str, sets: list[str], mes
     result = run_helm(helm, args)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_auth_enabled_with_one_source_passes(helm: str) -> None:
+    for source in (
+        ["balancer.auth.existingSecret=ollama-fleet-keys"],
+        ["balancer.auth.keys[0].name=a", f"balancer.auth.keys[0].key_sha256=sha256:{'A' * 64}"],
+    ):
+        args = ["template", "fleet", str(CHART), "--set", "balancer.auth.enabled=true"]
+        for s in source:
+            args += ["--set", s]
+        result = run_helm(helm, args)
+        assert result.returncode == 0, result.stderr
 
 
 def test_good_values_pass(helm: str) -> None:

@@ -85,6 +85,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- include "ollama-fleet.componentName" (dict "ctx" . "component" "operator") }}
 {{- end }}
 
+{{/* Secret with the balancer's API keys file: the user's, or the one made from auth.keys. */}}
+{{- define "ollama-fleet.authSecretName" -}}
+{{- .Values.balancer.auth.existingSecret | default (include "ollama-fleet.componentName" (dict "ctx" . "component" "api-keys")) }}
+{{- end }}
+
 {{/* Headless Service of the Ollama StatefulSet. */}}
 {{- define "ollama-fleet.ollamaName" -}}
 {{- include "ollama-fleet.componentName" (dict "ctx" . "component" "ollama") }}
@@ -148,6 +153,30 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{- end }}
 {{- if and .Values.balancer.autoscaling.enabled (gt (int .Values.balancer.autoscaling.minReplicas) (int .Values.balancer.autoscaling.maxReplicas)) }}
 {{- fail "balancer.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- $auth := .Values.balancer.auth }}
+{{- if $auth.enabled }}
+{{- if and $auth.existingSecret $auth.keys }}
+{{- fail "balancer.auth: set either existingSecret or keys, not both" }}
+{{- end }}
+{{- if not (or $auth.existingSecret $auth.keys) }}
+{{- fail "balancer.auth.enabled=true needs balancer.auth.existingSecret (a Secret with the keys file) or balancer.auth.keys" }}
+{{- end }}
+{{- /* What the balancer's parser (ollama_balancer.auth.parse_keys) would refuse at start. */}}
+{{- $names := dict }}
+{{- $hashes := dict }}
+{{- range $i, $k := $auth.keys }}
+{{- $name := trim (toString $k.name) }}
+{{- if hasKey $names $name }}
+{{- fail (printf "balancer.auth.keys[%d] (%s): the name appears twice" $i $name) }}
+{{- end }}
+{{- $_ := set $names $name true }}
+{{- $hash := lower (toString $k.key_sha256) | trimPrefix "sha256:" }}
+{{- if hasKey $hashes $hash }}
+{{- fail (printf "balancer.auth.keys[%d] (%s): the same key_sha256 appears twice" $i $name) }}
+{{- end }}
+{{- $_ := set $hashes $hash true }}
+{{- end }}
 {{- end }}
 {{- end }}
 
