@@ -312,12 +312,13 @@ async def test_all_namespaces(
         await Pods(kube_api, other).add("b-0", ip="127.0.0.3", labels=labels)
         discovery = KubernetesDiscovery(
             KubernetesDiscoveryConfig(
-                namespaces=("*",),
+                namespaces=("*", kube_namespace),  # the named one overlaps "*"
                 label_selector=f"fleet={kube_namespace}",
                 kubeconfig=str(kube_cluster.kubeconfig),
             )
         )
         async with running(discovery) as rec:
             await rec.wait_names("a-0", "b-0")
+        assert all(len(s) == len({b.name for b in s}) for s in rec.sets)  # no duplicates
     finally:
         await asyncio.to_thread(delete_namespace, kube_api, other)

@@ -274,12 +274,9 @@ class KubernetesDiscovery:
 
     def _update(self, namespace: str, backends: Mapping[PodKey, Backend], publish: Publish) -> None:
         self._sets[namespace] = dict(backends)
-        merged = tuple(
-            sorted(
-                (b for s in self._sets.values() for b in s.values()),
-                key=lambda b: (b.name, b.url),
-            )
-        )
+        # Keyed by (namespace, pod): "*" next to a named namespace sees a pod twice.
+        by_pod = {key: b for pods in self._sets.values() for key, b in pods.items()}
+        merged = tuple(sorted(by_pod.values(), key=lambda b: (b.name, b.url)))
         if merged != self._published:
             self._published = merged
             log.info(
