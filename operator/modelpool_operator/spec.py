@@ -14,11 +14,11 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from ollama_balancer.durations import FOREVER, KeepAliveError, parse_keep_alive
 from ollama_balancer.names import InvalidModelName, parse
+from ollama_balancer.quantity import parse_quantity as _parse_quantity
 
 __all__ = [
     "ALL",
@@ -123,45 +123,12 @@ class PoolSpec:
         return None
 
 
-_QUANTITY = re.compile(
-    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|K|M|G|T|P|E|m)?$"
-)
-_SUFFIX = {
-    None: Decimal(1),
-    "m": Decimal("0.001"),
-    "k": Decimal(10) ** 3,
-    "K": Decimal(10) ** 3,
-    "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15,
-    "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10,
-    "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30,
-    "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50,
-    "Ei": Decimal(2) ** 60,
-}
-
-
 def parse_quantity(value: object) -> int:
     """A Kubernetes quantity (``24Gi``, ``80G``, ``1e9``, ``1024``) as whole bytes."""
-    if isinstance(value, bool):
-        raise SpecError(f"not a quantity: {value!r}")
-    if isinstance(value, int):
-        number = Decimal(value)
-    else:
-        match = _QUANTITY.match(str(value).strip())
-        if not match:
-            raise SpecError(f"not a quantity: {value!r}")
-        try:
-            number = Decimal(match.group(1)) * _SUFFIX[match.group(2)]
-        except InvalidOperation as exc:  # pragma: no cover - the regex admits only numbers
-            raise SpecError(f"not a quantity: {value!r}") from exc
-    if number < 0:
-        raise SpecError(f"negative quantity: {value!r}")
-    return int(number)
+    try:
+        return _parse_quantity(value)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _selector(raw: object) -> LabelSelector:

@@ -10,13 +10,12 @@ it gets no new requests.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..backends import Backend
+from ..quantity import parse_quantity
 
 __all__ = [
     "ANNOTATION_NUM_PARALLEL",
@@ -50,43 +49,6 @@ class PodRules:
     """Slots when neither the annotation nor ``OLLAMA_NUM_PARALLEL`` says (Ollama's
     own default is 1 on most GPUs, up to 4 when memory allows; say it explicitly)."""
     scheme: str = "http"
-
-
-_SUFFIX = {
-    "": Decimal(1),
-    "k": Decimal(10) ** 3,
-    "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15,
-    "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10,
-    "Mi": Decimal(2) ** 20,
-    "Gi": Decimal(2) ** 30,
-    "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50,
-    "Ei": Decimal(2) ** 60,
-    "m": Decimal(1) / 1000,
-}
-_QUANTITY = re.compile(
-    r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[kMGTPEm])?)$"
-)
-
-
-def parse_quantity(text: str) -> int:
-    """A Kubernetes quantity (``24Gi``, ``1.5G``, ``8e9``, ``1024``) as a whole number,
-    rounded up as Kubernetes does for byte quantities.  Raises ``ValueError``."""
-    match = _QUANTITY.match(text.strip())
-    if match is None:
-        raise ValueError(f"not a quantity: {text!r}")
-    number, exponent, suffix = match.groups()
-    try:
-        value = Decimal(number + (exponent or "")) * _SUFFIX[suffix or ""]
-    except InvalidOperation as e:  # pragma: no cover - the regex admits only numbers
-        raise ValueError(f"not a quantity: {text!r}") from e
-    if value < 0:
-        raise ValueError(f"negative quantity: {text!r}")
-    return int(value.to_integral_value(rounding="ROUND_CEILING"))
 
 
 def pod_key(pod: Mapping[str, Any]) -> PodKey:
