@@ -80,7 +80,10 @@ class Admin:
             return error_response(request.path, 400, "model is required")
         return doc
 
-    async def pull(self, request: web.Request) -> web.StreamResponse:
+    async def _fanout(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], list[Backend], str] | web.StreamResponse:
+        """Shared prologue: refused unless fan-out is on, a valid body, the target pods."""
         if self.settings.admin != "fanout":
             return await self.deny(request)
         doc = await self._body(request)
@@ -89,7 +92,13 @@ class Admin:
         targets = self._targets(request)
         if isinstance(targets, web.Response):
             return targets
-        model = str(doc.get("model") or doc.get("name"))
+        return doc, targets, str(doc.get("model") or doc.get("name"))
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        prologue = await self._fanout(request)
+        if isinstance(prologue, web.StreamResponse):
+            return prologue
+        doc, targets, model = prologue
         stream = doc.get("stream", True) is not False
         queue: asyncio.Queue[tuple[str, dict[str, Any] | None, str]] = asyncio.Queue()
 
@@ -165,15 +174,10 @@ class Admin:
         return resp
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        if self.settings.admin != "fanout":
-            return await self.deny(request)
-        doc = await self._body(request)
-        if isinstance(doc, web.Response):
-            return doc
-        targets = self._targets(request)
-        if isinstance(targets, web.Response):
-            return targets
-        model = str(doc.get("model") or doc.get("name"))
+        prologue = await self._fanout(request)
+        if isinstance(prologue, web.StreamResponse):
+            return prologue
+        _, targets, model = prologue
 
         async def one(b: Backend) -> OllamaError | None:
             try:
