@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
 
 from tests.kube.cluster import (
+    KubeBinaries,
     KubeCluster,
     create_namespace,
     create_node,
@@ -214,3 +216,14 @@ def test_controllers_turn_a_deployment_into_scheduled_pods(
                 break
             assert time.monotonic() < deadline, [(p.metadata.name, p.spec.node_name) for p in pods]
             time.sleep(0.5)
+
+
+def test_a_private_cluster_stops_exactly_what_it_started() -> None:
+    cluster = KubeCluster(KubeBinaries.locate())
+    with cluster:
+        procs = [p.popen for p in cluster._procs.values()]
+        workdir = cluster.dir
+        assert len(procs) == 2 and cluster.is_ready()
+    assert cluster.workdir is None and not workdir.exists()
+    assert all(p.returncode is not None for p in procs)  # exited and reaped
+    assert not any(Path(f"/proc/{p.pid}").exists() for p in procs)
