@@ -131,7 +131,7 @@ def route(
             target = max(
                 routable,
                 key=lambda s: (
-                    _free_vram(s, ledger),
+                    _room_left(s, ledger),
                     -ledger.backend_inflight(s.name),
                     rng.random(),
                 ),
@@ -228,6 +228,13 @@ def _free_vram(s: BackendState, ledger: Ledger) -> int:
         s.installed[m].size for m in ledger.loading_sizes().get(s.name, []) if m in s.installed
     )
     return s.backend.vram_bytes - s.vram_used - loading
+
+
+def _room_left(s: BackendState, ledger: Ledger) -> int:
+    """Free VRAM when the capacity is known, else minus what is resident (less is roomier)."""
+    if s.backend.vram_bytes > 0:
+        return _free_vram(s, ledger)
+    return -s.vram_used
 
 
 def _room(s: BackendState, size: int, free: int, model: str, ledger: Ledger) -> int:

@@ -398,3 +398,38 @@ async def test_host_is_rewritten_and_origin_dropped(rig_factory: RigFactory) -> 
     assert direct.status == 403 and await direct.read() == b""
     resp = await rig.post("/api/chat", CHAT, headers=hostile)
     assert resp.status == 200
+
+
+# ---------------------------------------------------------------- auto-pull
+async def test_auto_pull_holds_requests_until_the_model_is_there(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(nodes(("a", [M], [M]), ("b", [], [])), auto_pull=True)
+    results = await asyncio.gather(
+        *(rig.post("/api/chat", {**CHAT, "model": M2}) for _ in range(2))
+    )
+    assert [r.status for r in results] == [200, 200]
+    assert {r.headers["X-Route-Reason"] for r in results} <= {"pull", "loading"}
+    assert "pull" in {r.headers["X-Route-Reason"] for r in results}
+    # one pull for both requests, onto the pod with the most free room (b holds nothing)
+    assert rig.node("b").stats.pulls_started == 1 and rig.node("a").stats.pulls_started == 0
+    await rig.poll()
+    b = rig.bal.view.snapshot.get("b")
+    assert b is not None and _key(M2) in b.installed
+
+
+async def test_auto_pull_off_is_404(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(nodes(("a", [M], [M])))
+    resp = await rig.post("/api/chat", {**CHAT, "model": M2})
+    assert resp.status == 404
+    assert rig.node("a").stats.pulls_started == 0
+
+
+async def test_v1_responses_and_legacy_embeddings_are_routed(rig_factory: RigFactory) -> None:
+    rig = await rig_factory(nodes(("a", [M, EMB], [M, EMB])))
+    resp = await rig.post("/v1/responses", {"model": M, "input": "hi"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["object"] == "response"
+    resp = await rig.post("/api/embeddings", {"model": EMB, "prompt": "hi"})
+    assert resp.status == 200 and len((await resp.json())["embedding"]) > 0
+    resp = await rig.post("/api/show", {"model": M})
+    assert resp.status == 200 and "details" in await resp.json()
+    assert rig.bal.ledger.total_inflight() == 0
