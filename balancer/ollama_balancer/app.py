@@ -27,7 +27,7 @@ from .proxy import Proxy, RequestRecord, error_response, request_id
 from .settings import BalancerSettings
 from .views import api_ps, api_tags, fleet_version, v1_model, v1_models
 
-__all__ = ["BALANCER", "Balancer", "create_app", "serve"]
+__all__ = ["BALANCER", "OPS_PATHS", "Balancer", "create_app", "ops_app", "serve"]
 
 
 @dataclass
@@ -252,6 +252,27 @@ def _add_routes(app: web.Application, bal: Balancer) -> None:
     r.add_route("*", "/api/blobs/{digest}", bal.admin.deny)
 
 
+#: Paths the operations port serves (health, metrics, fleet view), never behind keys.
+OPS_PATHS = ("/healthz", "/readyz", "/metrics", "/-/fleet", "/-/dashboard")
+
+
+def ops_app(app: web.Application) -> web.Application:
+    """A second application serving ``app``'s operational endpoints (for ``ops_port``).
+
+    It shares the handlers (and so the balancer's state) but none of the proxy
+    routes, middlewares or lifecycle: Kubernetes probes and Prometheus scrape it
+    while the main port may require API keys.
+    """
+    ops = web.Application(middlewares=[_ollama_errors])
+    ops[BALANCER] = app[BALANCER]
+    for resource in app.router.resources():
+        if resource.canonical in OPS_PATHS:
+            for route in resource:
+                if route.method != "HEAD":
+                    ops.router.add_route(route.method, resource.canonical, route.handler)
+    return ops
+
+
 async def serve(
     app: web.Application, host: str, port: int, *, shutdown_timeout: float = 30.0
 ) -> tuple[web.AppRunner, int]:
@@ -260,7 +281,7 @@ async def serve(
     ``handler_cancellation`` makes a client disconnect cancel its handler, so
     the proxy closes the upstream connection at once and Ollama stops work.
     """
-    from .limits import attach_server, runner_kwargs
+    from .limits import SECURITY, attach_server, runner_kwargs
 
     runner = web.AppRunner(
         app,
@@ -270,7 +291,8 @@ async def serve(
         **runner_kwargs(app[BALANCER].settings),
     )
     await runner.setup()
-    attach_server(app, runner.server)
+    if SECURITY in app:  # the operations app has no connection cap of its own
+        attach_server(app, runner.server)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     bound = port

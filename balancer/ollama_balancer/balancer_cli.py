@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Mapping
 
-from .app import BALANCER, create_app, serve
+from .app import BALANCER, create_app, ops_app, serve
 from .backends import Discovery
 from .settings import BalancerSettings, SettingsError, add_arguments, load_settings
 
@@ -59,12 +59,18 @@ async def _main(settings: BalancerSettings) -> int:
     )
     bal = app[BALANCER]
     print(f"ollama-fleet balancer listening on http://{settings.host}:{port}", flush=True)
+    ops_runner = None
+    if settings.ops_port:
+        ops_runner, ops_port = await serve(ops_app(app), settings.host, settings.ops_port)
+        print(f"ollama-fleet operations endpoints on http://{settings.host}:{ops_port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await drain(bal, runner, settings)
+    if ops_runner is not None:
+        await ops_runner.cleanup()
     return 0
 
 

@@ -40,6 +40,12 @@ class BalancerSettings:
     # --- listening
     host: str = _f("127.0.0.1", "address to listen on (0.0.0.0 in a container)", "listen")
     port: int = _f(11434, "port to listen on (Ollama's, so clients need no change)", "listen")
+    ops_port: int = _f(
+        0,
+        "also serve /healthz, /readyz, /metrics, /-/fleet, /-/dashboard on this port, "
+        "never asking for keys (0 = off)",
+        "listen",
+    )
     # --- backends
     discovery: str = _f("static", "how backends are found: static | dns | kubernetes", "discovery")
     backends: tuple[str, ...] = _f(
