@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from .spec import ModelSpec, PoolSpec
-from .state import Action, ActionKind, Observation, Owned, PodState, Problem
+from .state import Action, ActionKind, Observation, Owned, PodState, Problem, Resident
 
 __all__ = ["Plan", "format_bytes", "model_size", "plan", "settle"]
 
@@ -247,7 +247,19 @@ class _Planner:
                 self._unload(p, m.key, m.name, embedding, "scale-down")
             self._set(p.name, m.key, m.name, loaded=False)
         for p in chosen:
-            if forever and not p.resident[m.key].pinned:
+            if _wrong_context(m, p.resident[m.key]):
+                # Ollama serves a runner with another num_ctx than clients send and would
+                # reload it on their first request: reload it now, with the pool's options.
+                self._act(
+                    ActionKind.LOAD,
+                    p,
+                    m.key,
+                    m.name,
+                    "reload: num_ctx differs",
+                    load=m,
+                    embedding=embedding,
+                )
+            elif forever and not p.resident[m.key].pinned:
                 # A client's own keep_alive replaced the pin (last writer wins).
                 self._act(ActionKind.LOAD, p, m.key, m.name, "re-pin", load=m, embedding=embedding)
         # Claims whose model Ollama evicted are candidates again, not guarantees.
@@ -301,8 +313,11 @@ class _Planner:
                 self.used[p.name] += p.resident[m.key].size if resident else (size or 0)
             prev = self.prev.get((p.name, m.key))
             reason = "reload after eviction" if prev is not None and prev.loaded else "load"
-            # Already pinned (by anyone): loading again could only shorten someone's pin.
-            if not (resident and p.resident[m.key].pinned):
+            # Already pinned (by anyone) with the right options: loading again could only
+            # shorten someone's pin.
+            if not (
+                resident and p.resident[m.key].pinned and not _wrong_context(m, p.resident[m.key])
+            ):
                 self._act(ActionKind.LOAD, p, m.key, m.name, reason, load=m, embedding=embedding)
             self._set(p.name, m.key, m.name, loaded=True, embedding=embedding)
 
@@ -397,3 +412,12 @@ def settle(before: Iterable[Owned], planned: Plan, failed: Iterable[Action]) -> 
         else:
             new[k] = cur
     return tuple(sorted(new.values()))
+
+
+def _wrong_context(m: ModelSpec, resident: Resident) -> bool:
+    """The resident runner's per-slot context (``/api/ps`` ``context_length``) is not the
+    ``num_ctx`` the pool asks for, so a client sending that ``num_ctx`` forces a reload."""
+    want = m.options_dict.get("num_ctx")
+    if not isinstance(want, int) or isinstance(want, bool) or not resident.context_length:
+        return False
+    return resident.context_length != want

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -474,3 +474,25 @@ def test_pulled_entry_kept_when_pod_unreachable_for_prune() -> None:
     assert [o.pod for o in result.ledger] == ["p0"]
     assert {p.reason for p in result.problems} == {"PodUnreachable"}
     assert "p0" in result.problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("context_length", "num_ctx", "actions"),
+    [
+        pytest.param(4096, 8192, {"load a@p0"}, id="runner's num_ctx differs: reload it now"),
+        pytest.param(8192, 8192, set(), id="runner's num_ctx matches: nothing"),
+        pytest.param(4096, None, set(), id="no num_ctx asked: any runner will do"),
+        pytest.param(0, 8192, set(), id="context unknown: leave it"),
+    ],
+)
+def test_num_ctx_mismatch_reloads(
+    context_length: int, num_ctx: int | None, actions: set[str]
+) -> None:
+    p0 = pod("p0", resident={"a": GB})
+    p0 = replace(p0, resident={A: replace(p0.resident[A], context_length=context_length)})
+    model: dict[str, Any] = {"name": "a", "replicas": 1}
+    if num_ctx is not None:
+        model["options"] = {"num_ctx": num_ctx}
+    result = plan(spec(model), obs(p0), (own("p0", "a"),), merge_claims([()]))
+    assert {f"{a.kind} {short(a.model)}@{a.pod}" for a in result.actions} == actions
+    assert {short(k): set(v) for k, v in result.targets.items()} == {"a": {"p0"}}
