@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -45,6 +46,7 @@ def overhead(doc: dict[str, Any]) -> Path:
                 if r["path"] == path and r["concurrency"] == c:
                     _cdf(ax, r["latencies_ms"], r["target"])
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{path}, concurrency {c}", fontsize=9)
             ax.set_xlabel("latency (ms, log)")
             ax.set_ylabel("fraction of requests")
