@@ -8,7 +8,9 @@ Filters → scores → a ranked list, so failover needs no second decision
 * loading (a load this replica started): the load's remaining time, plus queue;
 * installed only: the model's load time (a cold load).
 
-A warm pod wins unless its expected wait exceeds the model's load time; then
+A warm pod wins unless its expected wait exceeds the model's load time (twice
+that when the load would evict an idle model, and once more for every load of
+the model already under way, so bursts do not cascade); then
 the model is loaded on an installed pod that has VRAM room without evicting a
 model that is serving requests.  Never two loads of one model because two
 requests arrived together: a loading pod is "warm" for followers.
@@ -181,7 +183,15 @@ def route(
 
     best_warm = warm[0] if warm else None
     roomy_cold = [c for c in cold if c.room > 0]
-    if best_warm is not None and (best_warm.wait <= load_time or not roomy_cold):
+    # Spilling to a cold pod costs a load.  It costs more when it must evict an idle model
+    # (that model's next request pays a load too) and when a load of this model is already
+    # under way elsewhere, so that a burst does not start a cascade of copies and evictions.
+    threshold = load_time
+    if roomy_cold:
+        under_way = sum(1 for c in warm if c.reason == LOADING)
+        evicts = roomy_cold[0].room == 1 and roomy_cold[0].state.backend.vram_bytes > 0
+        threshold = load_time * (1 + under_way + (1 if evicts else 0))
+    if best_warm is not None and (best_warm.wait <= threshold or not roomy_cold):
         ordered = warm + cold
     else:
         ordered = roomy_cold + warm + [c for c in cold if c.room == 0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from .backends import Backend
+from .quantity import parse_quantity
 
 __all__ = ["ENV_PREFIX", "BalancerSettings", "SettingsError", "add_arguments", "load_settings"]
 
@@ -49,7 +51,9 @@ class BalancerSettings:
     # --- backends
     discovery: str = _f("static", "how backends are found: static | dns | kubernetes", "discovery")
     backends: tuple[str, ...] = _f(
-        (), "static backends: URL or NAME=URL, comma-separated in env/flags", "discovery"
+        (),
+        "static backends: URL or NAME=URL[;slots=N][;vram=24Gi], comma-separated in env/flags",
+        "discovery",
     )
     default_slots: int = _f(
         1, "parallel slots per loaded model on a backend (its OLLAMA_NUM_PARALLEL)", "discovery"
@@ -147,18 +151,42 @@ class BalancerSettings:
     drain_grace: float = _f(30.0, "SIGTERM: seconds in-flight requests get to finish", "process")
 
     def static_backends(self) -> list[Backend]:
-        """Parse ``backends`` (``URL`` or ``NAME=URL``) into :class:`Backend` values."""
+        """Parse ``backends`` into :class:`Backend` values.
+
+        Each item is ``URL`` or ``NAME=URL``, optionally followed by ``;slots=N``
+        (the pod's ``OLLAMA_NUM_PARALLEL``) and ``;vram=QUANTITY`` (e.g. ``24Gi``), so
+        routing knows when a cold load would have to evict something.
+        """
         out: list[Backend] = []
         for item in self.backends:
-            name, sep, url = item.partition("=")
+            head, *opts = item.split(";")
+            name, sep, url = head.partition("=")
             if not sep:
-                name, url = "", item
+                name, url = "", head
             url = url.strip().rstrip("/")
             if "://" not in url:
                 url = "http://" + url
             if not name:
                 name = url.split("://", 1)[1]
-            out.append(Backend(name=name.strip(), url=url, slots=self.default_slots))
+            slots, vram = self.default_slots, 0
+            for opt in opts:
+                key, _, value = opt.partition("=")
+                try:
+                    if key.strip() == "slots":
+                        slots = int(value)
+                        if slots < 1:
+                            raise ValueError("must be >= 1")
+                    elif key.strip() == "vram":
+                        # 24Gi as Kubernetes writes it; 24GiB / 24GB as people do.
+                        text = re.sub(r"([KMGTPE]i?)B$", r"\1", value.strip())
+                        vram = parse_quantity(
+                            text.replace("K", "k", 1) if text.endswith("K") else text
+                        )
+                    else:
+                        raise ValueError("unknown option (slots, vram)")
+                except ValueError as exc:
+                    raise SettingsError(f"backends: {item!r}: {key.strip()}: {exc}") from None
+            out.append(Backend(name=name.strip(), url=url, slots=slots, vram_bytes=vram))
         names = [b.name for b in out]
         if len(set(names)) != len(names):
             raise SettingsError(f"backends: duplicate backend names in {names}")
@@ -210,7 +238,11 @@ def _item_to_str(item: Any) -> str:
     # YAML lists of backends may be mappings: {name: a, url: http://...}
     if isinstance(item, Mapping):
         url = str(item.get("url", ""))
-        return f"{item['name']}={url}" if item.get("name") else url
+        text = f"{item['name']}={url}" if item.get("name") else url
+        for option in ("slots", "vram"):
+            if item.get(option) is not None:
+                text += f";{option}={item[option]}"
+        return text
     return str(item)
 
 

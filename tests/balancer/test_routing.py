@@ -122,6 +122,35 @@ CASES = [
         id="long queue spills to a second pod when waiting costs more than loading",
     ),
     pytest.param(
+        snap(
+            Pod("a", ["llama3"], ["llama3"], vram_gb=8),
+            Pod("b", ["llama3", "mistral"], ["mistral"], vram_gb=6),
+        ),
+        ledger({("a", "llama3"): 6}, load_s=20, service_s=5),
+        [("a", "resident"), ("b", "cold-load")],
+        id="spilling that evicts an idle model needs twice the wait",
+    ),
+    pytest.param(
+        snap(
+            Pod("a", ["llama3"], ["llama3"], vram_gb=8),
+            Pod("b", ["llama3", "mistral"], ["mistral"], vram_gb=6),
+        ),
+        ledger({("a", "llama3"): 9}, load_s=20, service_s=5),
+        [("b", "cold-load"), ("a", "resident")],
+        id="past twice the load time it does evict the idle model",
+    ),
+    pytest.param(
+        snap(Pod("a", ["llama3"], ["llama3"]), Pod("b", ["llama3"]), Pod("c", ["llama3"])),
+        ledger(
+            {("a", "llama3"): 6, ("b", "llama3"): 5},
+            loading={("b", "llama3"): NOW - 1},
+            load_s=20,
+            service_s=5,
+        ),
+        [("a", "resident"), ("b", "loading"), ("c", "cold-load")],
+        id="a load under way raises the bar for another copy: no cascade",
+    ),
+    pytest.param(
         snap(Pod("a", ["llama3"]), Pod("b", ["llama3"])),
         ledger(loading={("a", "llama3"): NOW - 5}),
         [("a", "loading"), ("b", "cold-load")],
