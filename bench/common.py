@@ -224,10 +224,17 @@ def start_emulator(procs: Procs, config: dict[str, Any], name: str = "emulator")
 
 
 def start_balancer(
-    procs: Procs, urls: Sequence[str], *, policy: str = "residency", extra: Sequence[str] = ()
+    procs: Procs,
+    urls: Sequence[str],
+    *,
+    policy: str = "residency",
+    extra: Sequence[str] = (),
+    backend_opts: str = "",
 ) -> tuple[Proc, str]:
+    """``backend_opts`` (e.g. ``;slots=4;vram=16GiB``) tells the balancer what each node is,
+    as an operator would (the chart passes OLLAMA_NUM_PARALLEL and the VRAM annotation)."""
     port = free_port()
-    backends = ",".join(f"node-{i}={u}" for i, u in enumerate(urls))
+    backends = ",".join(f"node-{i}={u}{backend_opts}" for i, u in enumerate(urls))
     argv = [
         PY, "-m", "ollama_balancer", "balancer", "--host", "127.0.0.1", "--port", str(port),
         "--backends", backends, "--routing-policy", policy, "--log-level", "warning",

@@ -141,8 +141,13 @@ def run_one(cfg: Config, scenario: str, policy: str) -> dict[str, Any]:
                 "--default-service-seconds", f"{3 * s:g}",
                 "--stale-after", f"{max(3.0, 150 * s):g}",
             ]  # fmt: skip
+            node = fleet["nodes"][0]
             proc, base = common.start_balancer(
-                procs, urls, policy=_BALANCER_POLICY[policy], extra=extra
+                procs,
+                urls,
+                policy=_BALANCER_POLICY[policy],
+                extra=extra,
+                backend_opts=f";slots={node['num_parallel']};vram={node['vram']}",
             )
         elif policy == "nginx least_conn":
             proc, base = common.start_nginx(procs, urls)

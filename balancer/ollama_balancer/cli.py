@@ -34,13 +34,8 @@ class _Command(Protocol):
     def run(self, args: argparse.Namespace, environ: Mapping[str, str]) -> int: ...
 
 
-def _load(module: str) -> _Command | None:
-    try:
-        return cast(_Command, importlib.import_module(module))
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return None  # subcommand not built yet
-        raise
+def _load(module: str) -> _Command:
+    return cast(_Command, importlib.import_module(module))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         command = _load(module)
-        if command is None:
-            continue
         sub = subs.add_parser(
             name,
             help=help_text,
