@@ -96,14 +96,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)",
     )
     add("--context", default=argparse.SUPPRESS, help="kubeconfig context")
-    add("--peering", default=argparse.SUPPRESS, help="kopf peering name (default ollama-fleet)")
+    add(
+        "--peering",
+        default=argparse.SUPPRESS,
+        help="kopf peering object; given, peering is mandatory (default: ollama-fleet if it "
+        "exists, else standalone)",
+    )
     add(
         "--standalone",
         action="store_true",
         default=argparse.SUPPRESS,
         help="no peering: for a single replica, tests and development",
     )
-    add("--priority", type=int, default=argparse.SUPPRESS, help="peering priority of this replica")
+    add(
+        "--priority",
+        default=argparse.SUPPRESS,
+        help="peering priority of this replica: an integer, or 'random' (1..1000000) so "
+        "replicas of one Deployment differ (default 0; the highest acts)",
+    )
+    add(
+        "--identity",
+        default=argparse.SUPPRESS,
+        help="this replica's name in the peering object and its Events (default hostname/pid)",
+    )
     add(
         "--liveness",
         default=argparse.SUPPRESS,

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,14 @@ from .settings import OperatorSettings
 from .spec import LabelSelector, SpecError, parse_pool_spec
 from .state import Owned, ledger_from_status
 
-__all__ = ["FINALIZER", "OperatorRuntime", "build_registry", "run_operator"]
+__all__ = [
+    "FINALIZER",
+    "OperatorRuntime",
+    "Peering",
+    "build_registry",
+    "choose_peering",
+    "run_operator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +109,9 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         )
         # kopf's own "handler succeeded" chatter stays in the log; our Events use kopf.event().
         kopf_settings.posting.level = logging.WARNING
+        # `kubectl describe mp` and the events API tell which replica did what.
+        kopf_settings.posting.reporting_component = "ollama-fleet-operator"
+        kopf_settings.posting.reporting_instance = runtime.settings.own_identity
         # Reconnect watches promptly after an API server restart.
         kopf_settings.watching.server_timeout = 300
         kopf_settings.watching.client_timeout = 330
@@ -250,6 +260,65 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
     return registry
 
 
+@dataclass(frozen=True)
+class Peering:
+    """How this process peers: ``name`` None means standalone."""
+
+    name: str | None
+    why: str
+
+
+_GLOB = frozenset("*?[]!,")
+
+
+def choose_peering(
+    settings: OperatorSettings, exists: Callable[[str | None, str], bool]
+) -> Peering:
+    """Standalone, or mandatory peering through ``settings.peering_name``.
+
+    ``exists(namespace, name)`` (None = cluster-wide) tells whether the peering object
+    exists.  Mandatory peering is what makes kopf keep a replica paused until it has seen
+    its peers, so it is used whenever the objects are there; without them kopf could not
+    coordinate anyway, and the operator runs standalone (one replica only).
+    """
+    if settings.standalone:
+        return Peering(None, "--standalone")
+    name = settings.peering_name
+    if settings.peering:
+        return Peering(name, f"--peering {name}")
+    if settings.all_namespaces:
+        scopes: list[str | None] = [None]
+    else:
+        scopes = [ns for ns in settings.watched_namespaces if not _GLOB & set(ns)]
+    if not scopes:  # only namespace patterns: nothing to look up, keep peering on
+        return Peering(name, "namespace patterns: the peering object must exist in each")
+    found = [s for s in scopes if exists(s, name)]
+    where = ["cluster-wide" if s is None else s for s in scopes]
+    if len(found) == len(scopes):
+        return Peering(name, f"peering object {name} found ({', '.join(where)})")
+    missing = [w for s, w in zip(scopes, where, strict=True) if s not in found]
+    if not found:
+        return Peering(
+            None,
+            f"no peering object {name} ({', '.join(missing)}): standalone, so run one replica only",
+        )
+    raise ValueError(
+        f"peering object {name} is missing in {', '.join(missing)} but exists elsewhere: "
+        "create it there, or pass --standalone"
+    )
+
+
+def _exists_or_assume(kube: KubeAccess) -> Callable[[str | None, str], bool]:
+    def exists(namespace: str | None, name: str) -> bool:
+        try:
+            return kube.peering_exists(namespace, name)
+        except Exception as exc:  # RBAC, API down: peer rather than risk two acting replicas
+            log.warning("cannot look up peering object %s (%s): assuming it exists", name, exc)
+            return True
+
+    return exists
+
+
 async def run_operator(
     settings: OperatorSettings,
     *,
@@ -265,12 +334,21 @@ async def run_operator(
     kube = KubeAccess(settings.kubeconfig, settings.context, settings.home)
     runtime = OperatorRuntime(settings=settings, kube=kube)
     try:
+        peering = await asyncio.to_thread(choose_peering, settings, _exists_or_assume(kube))
+        log.info(
+            "peering: %s, priority %d, identity %s (%s)",
+            peering.name or "none (standalone)",
+            settings.priority,
+            settings.own_identity,
+            peering.why,
+        )
         await kopf.operator(
             registry=build_registry(runtime),
-            standalone=settings.standalone,
+            standalone=peering.name is None,
             priority=settings.priority,
-            # A peering name makes peering mandatory (the KopfPeering CRD must exist).
-            peering_name=None if settings.standalone else settings.peering,
+            # A peering name makes peering mandatory: paused until the peers are known.
+            peering_name=peering.name,
+            identity=settings.own_identity,  # type: ignore[arg-type]
             clusterwide=settings.all_namespaces,
             namespaces=() if settings.all_namespaces else settings.watched_namespaces,
             liveness_endpoint=settings.liveness,

@@ -14,12 +14,15 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
-__all__ = ["GROUP", "PLURAL", "VERSION", "KubeAccess"]
+__all__ = ["GROUP", "PEERING_GROUP", "PEERING_VERSION", "PLURAL", "VERSION", "KubeAccess"]
 
 GROUP = "ollamafleet.io"
 VERSION = "v1alpha1"
 PLURAL = "modelpools"
+PEERING_GROUP = "kopf.dev"
+PEERING_VERSION = "v1"
 
 
 class KubeAccess:
@@ -77,3 +80,24 @@ class KubeAccess:
             {"status": dict(status)},
             _content_type="application/merge-patch+json",
         )
+
+    def peering_exists(self, namespace: str | None, name: str) -> bool:
+        """Whether kopf's peering object ``name`` exists (``namespace`` None: cluster-wide).
+
+        False when it or its CRD is missing (404); other errors propagate.
+        """
+        api = client.CustomObjectsApi(self.api)
+        try:
+            if namespace is None:
+                api.get_cluster_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", name
+                )
+            else:
+                api.get_namespaced_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings", name
+                )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

@@ -7,15 +7,21 @@ else looks at the environment.
 
 from __future__ import annotations
 
+import os
+import random
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .spec import parse_quantity
 
-__all__ = ["ENV_PREFIX", "OperatorSettings"]
+__all__ = ["DEFAULT_PEERING", "ENV_PREFIX", "RANDOM_PRIORITY_MAX", "OperatorSettings"]
 
 ENV_PREFIX = "OLLAMA_FLEET_OPERATOR_"
+DEFAULT_PEERING = "ollama-fleet"
+RANDOM_PRIORITY_MAX = 1_000_000
+"""``--priority random`` draws from 1..this; a priority above it always wins (development)."""
 
 
 def _bool(text: str) -> bool:
@@ -50,12 +56,19 @@ class OperatorSettings:
     """kubeconfig path; None = in-cluster service account, else ~/.kube/config."""
     context: str | None = None
     """kubeconfig context."""
-    peering: str = "ollama-fleet"
-    """kopf peering object: only the highest-priority operator replica acts."""
+    peering: str | None = None
+    """kopf peering object: only the highest-priority operator replica acts.  None: use
+    ``ollama-fleet`` if that object exists (in every watched namespace, or the cluster one
+    with ``all_namespaces``), else run standalone.  A name given explicitly makes peering
+    mandatory: kopf waits for the object rather than act without it."""
     standalone: bool = False
     """No peering (one replica, tests, development)."""
     priority: int = 0
-    """This replica's peering priority."""
+    """This replica's peering priority (``random`` on the command line: 1..1000000).  Peers
+    of equal priority all pause, so replicas of one Deployment need distinct ones."""
+    identity: str | None = None
+    """This replica's name in the peering object and as the ``reportingInstance`` of its
+    Events; None = ``<hostname>/<pid>`` (the hostname is the pod name in Kubernetes)."""
     liveness: str | None = None
     """kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz."""
     home: str = "~"
@@ -76,6 +89,8 @@ class OperatorSettings:
             values["kubeconfig"] = environ["KUBECONFIG"].split(":")[0]
         if "home" not in values and environ.get("HOME"):
             values["home"] = environ["HOME"]
+        if isinstance(values.get("priority"), str):
+            values["priority"] = parse_priority(values["priority"])
         if isinstance(values.get("default_vram_bytes"), str):
             values["default_vram_bytes"] = parse_quantity(values["default_vram_bytes"])
         settings = cls(**values)
@@ -89,10 +104,30 @@ class OperatorSettings:
             raise ValueError("concurrency, attempts and max rounds must be >= 1")
         if self.all_namespaces and self.namespaces:
             raise ValueError("--all-namespaces and --namespace are exclusive")
+        if self.standalone and self.peering:
+            raise ValueError("--standalone and --peering are exclusive")
 
     @property
     def watched_namespaces(self) -> tuple[str, ...]:
         return self.namespaces or ("default",)
+
+    @property
+    def peering_name(self) -> str:
+        return self.peering or DEFAULT_PEERING
+
+    @property
+    def own_identity(self) -> str:
+        return self.identity or f"{socket.gethostname()}/{os.getpid()}"
+
+
+def parse_priority(text: str) -> int:
+    """An integer, or ``random`` (1..RANDOM_PRIORITY_MAX: distinct replicas, no coordination)."""
+    if text.strip().lower() == "random":
+        return random.SystemRandom().randint(1, RANDOM_PRIORITY_MAX)
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"priority must be an integer or 'random', not {text!r}") from None
 
 
 def _convert(name: str, text: str) -> Any:
@@ -100,7 +135,7 @@ def _convert(name: str, text: str) -> Any:
         return tuple(n.strip() for n in text.split(",") if n.strip())
     if name in ("all_namespaces", "standalone"):
         return _bool(text)
-    if name in ("concurrency", "attempts", "max_rounds", "priority"):
+    if name in ("concurrency", "attempts", "max_rounds"):
         return int(text)
     if name.endswith("_seconds"):
         return float(text)

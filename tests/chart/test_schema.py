@@ -17,7 +17,8 @@ CASES = [
         'balancer.logLevel: balancer.logLevel must be one of the following: "debug", "info"',
     ),
     ("balancer.replica=3", "balancer: Additional property replica is not allowed"),
-    ("operator.replicas=2", "operator.replicas: Must be less than or equal to 1"),
+    ("operator.replicas=-1", "operator.replicas: Must be greater than or equal to 0"),
+    ("operator.peering.priority=high", "operator.peering.priority: Must validate at least one"),
     ("string:ollama.gpu.count=one", "ollama.gpu.count: Invalid type. Expected: integer"),
     ("ollama.keepAlive=soon", "ollama.keepAlive: Does not match pattern"),
     ("existingFleet.discovery=consul", "existingFleet.discovery: existingFleet.discovery must be"),
@@ -78,6 +79,10 @@ def test_schema_rejects(helm: str, command: str, setting: str, message: str) -> 
             "existingFleet.backends is required when existingFleet.discovery=static",
         ),
         (
+            ["operator.replicas=2", "operator.peering.priority=5"],
+            "operator.replicas > 1 needs operator.peering.priority=random",
+        ),
+        (
             ["balancer.autoscaling.enabled=true", "balancer.autoscaling.minReplicas=9"],
             "balancer.autoscaling.minReplicas must not exceed maxReplicas",
         ),
@@ -90,6 +95,14 @@ def test_inconsistent_values_fail_with_a_message(helm: str, sets: list[str], mes
     result = run_helm(helm, args)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_operator_replicas_above_one_need_peering(helm: str) -> None:
+    args = ["template", "fleet", str(CHART), "--set", "operator.replicas=2"]
+    assert run_helm(helm, args).returncode == 0
+    result = run_helm(helm, [*args, "--set", "operator.peering.enabled=false"])
+    assert result.returncode != 0
+    assert "operator.replicas: Must be less than or equal to 1" in result.stderr, result.stderr
 
 
 def test_auth_enabled_with_one_source_passes(helm: str) -> None:

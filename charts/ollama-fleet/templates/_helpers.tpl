@@ -154,6 +154,15 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{- if and .Values.balancer.autoscaling.enabled (gt (int .Values.balancer.autoscaling.minReplicas) (int .Values.balancer.autoscaling.maxReplicas)) }}
 {{- fail "balancer.autoscaling.minReplicas must not exceed maxReplicas" }}
 {{- end }}
+{{- $peering := .Values.operator.peering }}
+{{- if and .Values.operator.enabled (gt (int .Values.operator.replicas) 1) }}
+{{- if not $peering.enabled }}
+{{- fail "operator.replicas > 1 needs operator.peering.enabled=true (else two operators act at once)" }}
+{{- end }}
+{{- if ne (toString $peering.priority) "random" }}
+{{- fail "operator.replicas > 1 needs operator.peering.priority=random (replicas of equal priority all pause)" }}
+{{- end }}
+{{- end }}
 {{- $auth := .Values.balancer.auth }}
 {{- if $auth.enabled }}
 {{- if and $auth.existingSecret $auth.keys }}
@@ -203,4 +212,10 @@ rules:
   - apiGroups: [events.k8s.io]
     resources: [events]
     verbs: [create]
+{{- if and .Values.operator.peering.enabled (not .Values.operator.allNamespaces) }}
+  # Peering (per namespace): the start-up look-up, watch the peers, patch own keep-alive
+  - apiGroups: [kopf.dev]
+    resources: [kopfpeerings]
+    verbs: [get, list, watch, patch]
+{{- end }}
 {{- end }}
