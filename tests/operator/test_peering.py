@@ -29,9 +29,17 @@ from modelpool_operator.handlers import Peering, choose_peering
 from modelpool_operator.settings import RANDOM_PRIORITY_MAX, OperatorSettings
 from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
 from tests.kube.cluster import KubeCluster
-from tests.operator.test_e2e import Env, eventually, modelpool_crd, until  # noqa: F401
+from tests.operator.test_e2e import (  # noqa: F401 (modelpool_crd: a fixture)
+    Env,
+    _install_crd,
+    _service_account_kubeconfig,
+    eventually,
+    modelpool_crd,
+    until,
+)
 
 PEERING_CRD = Path(__file__).parents[2] / "manifests" / "crds" / "kopf-peering.yaml"
+RBAC_YAML = Path(__file__).parents[2] / "operator" / "modelpool_operator" / "rbac.yaml"
 PEERING = "ollama-fleet"
 
 
@@ -120,13 +128,20 @@ def peering_crds(kube_cluster: KubeCluster) -> None:
 class OperatorProcess:
     """``ollama-fleet operator`` as a child process, its log in a file."""
 
-    def __init__(self, cluster: KubeCluster, namespace: str, identity: str, priority: int):
+    def __init__(
+        self,
+        cluster: KubeCluster,
+        namespace: str,
+        identity: str,
+        priority: int,
+        kubeconfig: Path | None = None,
+    ):
         self.identity = identity
         self.log_path = cluster.dir / f"operator-{namespace}-{identity}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_FLEET_OPERATOR_")}
         argv = [
             sys.executable, "-m", "ollama_balancer", "operator",
-            "-n", namespace, "--kubeconfig", str(cluster.kubeconfig),
+            "-n", namespace, "--kubeconfig", str(kubeconfig or cluster.kubeconfig),
             "--identity", identity, "--priority", str(priority),
             "--resync-seconds", "1", "--backoff-seconds", "0.1", "--attempts", "2",
             "--ollama-timeout-seconds", "1",
@@ -202,14 +217,17 @@ async def _peers(env: Env) -> dict[str, Any]:
     return {k: v for k, v in (obj.get("status") or {}).items() if v and v.get("lifetime")}
 
 
-async def _events_by(env: Env, pool: str) -> list[tuple[str, str]]:
-    """(reportingInstance, reason) of the pool's Events, oldest first."""
+async def _events_by(env: Env, pool: str) -> dict[str, tuple[str, str]]:
+    """The pool's Events by name: (reportingInstance, reason)."""
     core = client.CoreV1Api(env.api)
     evs = await env.k(
         core.list_namespaced_event, env.namespace, field_selector=f"involvedObject.name={pool}"
     )
-    items = sorted(evs.items, key=lambda e: (e.metadata.creation_timestamp, e.metadata.name))
-    return [(e.reporting_instance or "", e.reason) for e in items]
+    return {e.metadata.name: (e.reporting_instance or "", e.reason) for e in evs.items}
+
+
+def _since(now: dict[str, tuple[str, str]], before: dict[str, Any]) -> list[tuple[str, str]]:
+    return [v for k, v in now.items() if k not in before]
 
 
 def _spec(replicas: int) -> dict[str, Any]:
@@ -239,7 +257,7 @@ async def test_only_the_highest_priority_operator_acts_and_a_standby_takes_over(
         await until(lambda: _peers(env), lambda p: "op-low" in p, "op-low's keep-alive")
         await env.apply_pool("chat", _spec(1))
         await eventually(lambda: _loaded_on(env, 1), "one replica, by op-low")
-        assert ("op-low", "Loaded") in await _events_by(env, "chat")
+        assert ("op-low", "Loaded") in (await _events_by(env, "chat")).values()
 
         # 2. A higher-priority operator joins: op-low pauses, op-high does the next change.
         high = OperatorProcess(env.cluster, env.namespace, "op-high", priority=200)
@@ -256,31 +274,74 @@ async def test_only_the_highest_priority_operator_acts_and_a_standby_takes_over(
             await eventually(lambda: _loaded_on(env, 2), "two replicas, by op-high")
             await until(
                 lambda: _events_by(env, "chat"),
-                lambda evs: ("op-high", "Loaded") in evs,
+                lambda evs: ("op-high", "Loaded") in _since(evs, before),
                 "op-high's Loaded event",
             )
-            after = await _events_by(env, "chat")
-            new = after[len(before) :]
-            assert new and {who for who, _ in new} == {"op-high"}, new  # op-low did nothing
+            new = _since(await _events_by(env, "chat"), before)
+            assert {who for who, _ in new} == {"op-high"}, new  # op-low did nothing
             assert "Pausing operations" not in high.log
 
             # 3. op-high stops (SIGTERM, as on a rollout): it leaves the peering at once ...
+            resumed = low.log.count("Resuming operations after the pause")  # 1: its start-up
             assert await asyncio.to_thread(high.stop) == 0
         await until(lambda: _peers(env), lambda p: "op-high" not in p, "op-high to leave")
         # ... and op-low resumes and reconciles the change made after.
         await until(
             lambda: asyncio.sleep(0, low.log),
-            lambda log: "Resuming operations after the pause" in log,
+            lambda log: log.count("Resuming operations after the pause") > resumed,
             "op-low to resume",
         )
-        mark = len(await _events_by(env, "chat"))
+        mark = await _events_by(env, "chat")
         await env.apply_pool("chat", _spec(3))
         await eventually(lambda: _loaded_on(env, 3), "three replicas, by op-low")
         await until(
             lambda: _events_by(env, "chat"),
-            lambda evs: ("op-low", "Loaded") in evs[mark:],
+            lambda evs: ("op-low", "Loaded") in _since(evs, mark),
             "op-low's Loaded event after the takeover",
         )
-        assert {who for who, _ in (await _events_by(env, "chat"))[mark:]} == {"op-low"}
+        assert {who for who, _ in _since(await _events_by(env, "chat"), mark)} == {"op-low"}
         assert await asyncio.to_thread(low.stop) == 0
     assert "peering: ollama-fleet, priority 100, identity op-low" in low.log
+
+
+@pytest.mark.kube
+@pytest.mark.slow
+async def test_rbac_yaml_is_enough_for_peering(
+    kube_cluster_with_controllers: KubeCluster, tmp_path: Path
+) -> None:
+    """As the ServiceAccount of rbac.yaml: the look-up, the peers' watch, the keep-alive."""
+    cluster = kube_cluster_with_controllers
+    namespace = f"rbac-peering-{os.getpid()}"
+    with cluster.client() as api:
+        _install_crd(api)
+        _install_peering_crds(api)
+    kubeconfig = await asyncio.to_thread(
+        _service_account_kubeconfig, cluster, namespace, tmp_path / "kubeconfig"
+    )
+    with cluster.client() as api:
+        (peering,) = [
+            d for d in yaml.safe_load_all(RBAC_YAML.read_text()) if d["kind"] == "KopfPeering"
+        ]
+        peering["metadata"]["namespace"] = namespace
+        co = client.CustomObjectsApi(api)
+        co.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
+
+        async def peers() -> dict[str, Any]:
+            obj = await asyncio.to_thread(
+                co.get_namespaced_custom_object, "kopf.dev", "v1", namespace, "kopfpeerings",
+                PEERING,
+            )  # fmt: skip
+            return {k: v for k, v in (obj.get("status") or {}).items() if v}
+
+        op = OperatorProcess(cluster, namespace, "op-sa", priority=1, kubeconfig=kubeconfig)
+        with operators(op):
+            await until(peers, lambda p: "op-sa" in p, "op-sa's keep-alive (patch)")
+            await until(
+                lambda: asyncio.sleep(0, op.log),
+                lambda log: "Resuming operations after the pause" in log,  # list/watch
+                "op-sa to see the peers",
+            )
+            assert await asyncio.to_thread(op.stop) == 0
+            await until(peers, lambda p: "op-sa" not in p, "op-sa to leave the peering")
+        assert "peering object ollama-fleet found" in op.log  # get
+        assert "Forbidden" not in op.log and "403" not in op.log, op.log
