@@ -143,5 +143,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     # Imported here so `ollama-fleet --help` does not pay for kopf and kubernetes.
     from .handlers import run_operator
 
-    asyncio.run(run_operator(settings))
+    try:
+        asyncio.run(run_operator(settings))
+    except ValueError as exc:  # e.g. the peering object in only some watched namespaces
+        print(f"ollama-fleet operator: {exc}", file=sys.stderr)
+        return 2
     return 0
