@@ -8,11 +8,11 @@ empty list, which breaks clients that iterate it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .fleet import BackendState, parse_time
+from .fleet import BackendState, InstalledModel, ResidentModel, parse_time
 from .names import InvalidModelName, parse
 
 __all__ = ["api_ps", "api_tags", "fleet_version", "v1_model", "v1_models"]
@@ -27,26 +27,27 @@ def _when(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def api_tags(states: Iterable[BackendState]) -> dict[str, Any]:
+def _union(states: Iterable[BackendState], kind: str, when: str) -> list[dict[str, Any]]:
+    """One entry per model over every pod's ``kind`` (installed | resident), the one latest
+    by its ``when`` time field kept, sorted newest first like Ollama sorts its own lists."""
     best: dict[str, dict[str, Any]] = {}
     for s in states:
-        for key, m in s.installed.items():
+        models: Mapping[str, InstalledModel | ResidentModel] = getattr(s, kind)
+        for key, m in models.items():
+            doc = dict(m.raw) or {"name": m.name, "model": m.name}
             cur = best.get(key)
-            if cur is None or _when(m.modified_at) > _when(str(cur.get("modified_at", ""))):
-                best[key] = dict(m.raw) or {"name": m.name, "model": m.name}
-    models = sorted(best.values(), key=lambda m: _when(str(m.get("modified_at", ""))), reverse=True)
-    return {"models": models}
+            if cur is None or _when(str(doc.get(when, ""))) > _when(str(cur.get(when, ""))):
+                best[key] = doc
+    return sorted(best.values(), key=lambda d: _when(str(d.get(when, ""))), reverse=True)
+
+
+def api_tags(states: Iterable[BackendState]) -> dict[str, Any]:
+    return {"models": _union(states, "installed", "modified_at")}
 
 
 def api_ps(states: Iterable[BackendState]) -> dict[str, Any]:
-    best: dict[str, dict[str, Any]] = {}
-    for s in states:
-        for key, m in s.resident.items():
-            cur = best.get(key)
-            if cur is None or _when(m.expires_at) > _when(str(cur.get("expires_at", ""))):
-                best[key] = dict(m.raw) or {"name": m.name, "model": m.name}
-    models = sorted(best.values(), key=lambda m: _when(str(m.get("expires_at", ""))), reverse=True)
-    return {"models": models}
+    """Everything resident anywhere; per model the copy that stays longest."""
+    return {"models": _union(states, "resident", "expires_at")}
 
 
 def _v1_entry(model: dict[str, Any], ident: str | None = None) -> dict[str, Any]:

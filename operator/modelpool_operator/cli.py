@@ -21,110 +21,49 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         f"Every option can also be set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}RESYNC_SECONDS)."
     )
-    add = parser.add_argument
-    add(
-        "-n",
-        "--namespace",
-        dest="namespaces",
-        action="append",
-        default=argparse.SUPPRESS,
+    parser.add_argument(
+        "-n", "--namespace", dest="namespaces", action="append", default=argparse.SUPPRESS,
         help="namespace to watch (repeatable; default: default)",
-    )
-    add(
-        "-A",
-        "--all-namespaces",
-        action="store_true",
-        default=argparse.SUPPRESS,
+    )  # fmt: skip
+    parser.add_argument(
+        "-A", "--all-namespaces", action="store_true", default=argparse.SUPPRESS,
         help="watch every namespace (needs the ClusterRole RBAC)",
-    )
-    add(
-        "--resync-seconds",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="reconcile every pool at least this often (default 60): Ollama evicts silently",
-    )
-    add(
-        "--concurrency",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="pods worked on at once (default 4)",
-    )
-    add(
-        "--attempts",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="attempts per Ollama action (default 3)",
-    )
-    add(
-        "--backoff-seconds",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="first retry delay (default 1)",
-    )
-    add(
-        "--ollama-timeout-seconds",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="timeout of /api/tags and /api/ps (default 5)",
-    )
-    add(
-        "--load-timeout-seconds",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="warm-load timeout (default 600)",
-    )
-    add(
-        "--pull-idle-timeout-seconds",
-        type=float,
-        default=argparse.SUPPRESS,
-        help="abandon a silent pull stream after this long (default 300)",
-    )
-    add(
-        "--max-rounds",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="observe/plan/execute passes per reconcile (default 3)",
-    )
-    add(
-        "--default-vram-bytes",
-        default=argparse.SUPPRESS,
-        help="VRAM of pods with no annotation and no pool default, e.g. 24Gi (default unlimited)",
-    )
-    add(
-        "--kubeconfig",
-        default=argparse.SUPPRESS,
-        help="kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)",
-    )
-    add("--context", default=argparse.SUPPRESS, help="kubeconfig context")
-    add(
-        "--peering",
-        default=argparse.SUPPRESS,
-        help="kopf peering object; given, peering is mandatory (default: ollama-fleet if it "
-        "exists, else standalone)",
-    )
-    add(
-        "--standalone",
-        action="store_true",
-        default=argparse.SUPPRESS,
+    )  # fmt: skip
+    parser.add_argument(
+        "--standalone", action="store_true", default=argparse.SUPPRESS,
         help="no peering: for a single replica, tests and development",
-    )
-    add(
-        "--priority",
-        default=argparse.SUPPRESS,
-        help="peering priority of this replica: an integer, or 'random' (1..1000000) so "
-        "replicas of one Deployment differ (default 0; the highest acts)",
-    )
-    add(
-        "--identity",
-        default=argparse.SUPPRESS,
-        help="this replica's name in the peering object and its Events (default hostname/pid)",
-    )
-    add(
-        "--liveness",
-        default=argparse.SUPPRESS,
-        help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
-    )
-    add("--log-level", default="INFO", help="Python log level")
+    )  # fmt: skip
+    for flag, kind, help_text in _OPTIONS:
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+    parser.add_argument("--log-level", default="INFO", help="Python log level")
+
+
+#: (flag, type, help) of every valued option; defaults live in OperatorSettings.
+_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("--resync-seconds", float,
+     "reconcile every pool at least this often (default 60): Ollama evicts silently"),
+    ("--concurrency", int, "pods worked on at once (default 4)"),
+    ("--attempts", int, "attempts per Ollama action (default 3)"),
+    ("--backoff-seconds", float, "first retry delay (default 1)"),
+    ("--ollama-timeout-seconds", float, "timeout of /api/tags and /api/ps (default 5)"),
+    ("--load-timeout-seconds", float, "warm-load timeout (default 600)"),
+    ("--pull-idle-timeout-seconds", float,
+     "abandon a silent pull stream after this long (default 300)"),
+    ("--max-rounds", int, "observe/plan/execute passes per reconcile (default 3)"),
+    ("--default-vram-bytes", str,
+     "VRAM of pods with no annotation and no pool default, e.g. 24Gi (default unlimited)"),
+    ("--kubeconfig", str, "kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)"),
+    ("--context", str, "kubeconfig context"),
+    ("--peering", str,
+     "kopf peering object; given, peering is mandatory (default: ollama-fleet if it exists, "
+     "else standalone)"),
+    ("--priority", str,
+     "peering priority of this replica: an integer, or 'random' (1..1000000) so replicas of "
+     "one Deployment differ (default 0; the highest acts)"),
+    ("--identity", str,
+     "this replica's name in the peering object and its Events (default hostname/pid)"),
+    ("--liveness", str, "liveness endpoint, e.g. http://0.0.0.0:8080/healthz"),
+)  # fmt: skip
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
