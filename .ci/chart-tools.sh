@@ -15,6 +15,9 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     set -euo pipefail
 fi
 
+# shellcheck source=.ci/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
 _ofc_main() {
     local cache="${OLLAMA_FLEET_CACHE:-$HOME/.cache/ollama-fleet}"
     local rootfs="$cache/base-bookworm-python3.tar"
@@ -24,29 +27,7 @@ _ofc_main() {
     (
         exec 9>"$cache/.chart-lock"
         flock 9
-        local missing=() pkg
-        for pkg in docker.io debootstrap; do
-            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
-                missing+=("$pkg")
-        done
-        if [ "${#missing[@]}" -gt 0 ]; then
-            echo "chart-tools: apt-get install ${missing[*]}" >&2
-            local own_policy=0
-            if [ ! -e /usr/sbin/policy-rc.d ]; then
-                # never start the daemon from postinst
-                printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-                chmod +x /usr/sbin/policy-rc.d
-                own_policy=1
-            fi
-            local rc=0
-            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-                --no-install-recommends "${missing[@]}"; } >>"$log" 2>&1 || rc=$?
-            [ "$own_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
-            if [ "$rc" -ne 0 ]; then
-                tail -n 30 "$log" >&2
-                return "$rc"
-            fi
-        fi
+        ofci_apt_install "$log" chart-tools docker.io debootstrap || return
         if [ ! -s "$rootfs" ]; then
             echo "chart-tools: debootstrap bookworm base image (about a minute)" >&2
             local tree="$cache/debootstrap-tree"

@@ -18,6 +18,9 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     set -euo pipefail # run alone; when sourced, .ci/run has set these already
 fi
 
+# shellcheck source=.ci/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
 _of_main() {
     local cache="${OLLAMA_FLEET_CACHE:-$HOME/.cache/ollama-fleet}"
     local kube_version=1.20.2
@@ -26,7 +29,6 @@ _of_main() {
     local helm_version=3.10.1
     local kube_bin="$cache/kubernetes-$kube_version/bin"
     local helm_bin="$cache/helm/node_modules/.bin/helm"
-    local apt_updated=0
 
     mkdir -p "$cache"
     local log="$cache/tools.log"
@@ -43,33 +45,7 @@ _of_main() {
         fi
     }
 
-    _of_apt() {
-        # Install only the Debian packages that are missing; apt-get update at most once.
-        local missing=() pkg
-        for pkg in "$@"; do
-            dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' ||
-                missing+=("$pkg")
-        done
-        [ "${#missing[@]}" -eq 0 ] && return 0
-        if [ "$apt_updated" -eq 0 ]; then
-            _of_say "apt-get update"
-            _of_quiet apt-get update -qq
-            apt_updated=1
-        fi
-        _of_say "apt-get install ${missing[*]}"
-        # Packages such as nginx start a daemon on 0.0.0.0 from their postinst: forbid that.
-        local own_policy=0
-        if [ ! -e /usr/sbin/policy-rc.d ]; then
-            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-            chmod +x /usr/sbin/policy-rc.d
-            own_policy=1
-        fi
-        local rc=0
-        DEBIAN_FRONTEND=noninteractive _of_quiet apt-get install -y -qq --no-install-recommends \
-            "${missing[@]}" || rc=$?
-        [ "$own_policy" -eq 1 ] && rm -f /usr/sbin/policy-rc.d
-        return "$rc"
-    }
+    _of_apt() { ofci_apt_install "$log" tools "$@"; }
 
     _of_build_kube() {
         # $@: make targets (cmd/...) whose binaries are missing from the cache.
@@ -78,13 +54,13 @@ _of_main() {
         if [ ! -e /etc/apt/sources.list.d/deb-src.list ]; then
             echo 'deb-src http://deb.debian.org/debian bookworm main' \
                 >/etc/apt/sources.list.d/deb-src.list
-            apt_updated=0
+            OFCI_APT_UPDATED=0
         fi
         _of_apt golang-go rsync jq dpkg-dev golang-github-modern-go-reflect2-dev
         if ! apt-cache showsrc kubernetes 2>/dev/null | grep -q "$kube_srcver"; then
             _of_say "apt-get update (deb-src)"
             _of_quiet apt-get update -qq
-            apt_updated=1
+            OFCI_APT_UPDATED=1
         fi
         local work="$cache/build-kubernetes-$kube_version"
         rm -rf "$work"

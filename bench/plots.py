@@ -33,6 +33,22 @@ def _cdf(ax: Any, values: list[float], label: str) -> None:
     ax.plot(xs, ys, label=label, linewidth=1.4)
 
 
+def _finish_axes(ax: Any, title: str, xlabel: str, ylabel: str, legend: int = 8) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
+
+
+def _save(fig: Any, name: str) -> Path:
+    fig.tight_layout()
+    out = IMG / name
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def overhead(doc: dict[str, Any]) -> Path:
     paths = sorted({r["path"] for r in doc["rows"]})
     concs = sorted({r["concurrency"] for r in doc["rows"]})
@@ -47,17 +63,11 @@ def overhead(doc: dict[str, Any]) -> Path:
                     _cdf(ax, r["latencies_ms"], r["target"])
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_title(f"{path}, concurrency {c}", fontsize=9)
-            ax.set_xlabel("latency (ms, log)")
-            ax.set_ylabel("fraction of requests")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
+            _finish_axes(
+                ax, f"{path}, concurrency {c}", "latency (ms, log)", "fraction of requests"
+            )
     fig.suptitle("Proxy overhead: latency CDF of tiny non-streaming requests")
-    fig.tight_layout()
-    out = IMG / "overhead-latency-cdf.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, "overhead-latency-cdf.png")
 
 
 def streaming(doc: dict[str, Any]) -> Path:
@@ -70,16 +80,13 @@ def streaming(doc: dict[str, Any]) -> Path:
                 _cdf(ax, r["gaps_sample"], r["target"])
         ax.axvline(50, color="grey", linestyle=":", label="nominal 50 ms")
         ax.set_xlim(0, 150)
-        ax.set_title(f"{n} concurrent streams at 20 tokens/s", fontsize=9)
-        ax.set_xlabel("inter-chunk gap seen by the client (ms)")
-        ax.set_ylabel("fraction of gaps")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = IMG / "streaming-gap-cdf.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+        _finish_axes(
+            ax,
+            f"{n} concurrent streams at 20 tokens/s",
+            "inter-chunk gap seen by the client (ms)",
+            "fraction of gaps",
+        )
+    return _save(fig, "streaming-gap-cdf.png")
 
 
 def routing(doc: dict[str, Any]) -> list[Path]:
@@ -92,15 +99,14 @@ def routing(doc: dict[str, Any]) -> list[Path]:
             if r["scenario"] == sc:
                 _cdf(ax, r["ttft_all"], r["policy"])
         ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_title(f"TTFT, {sc} trace", fontsize=9)
-        ax.set_xlabel("time to first token (emulated s, symlog)")
-        ax.set_ylabel("fraction of requests")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    outs.append(IMG / "routing-ttft-cdf.png")
-    fig.savefig(outs[-1], dpi=110)
-    plt.close(fig)
+        _finish_axes(
+            ax,
+            f"TTFT, {sc} trace",
+            "time to first token (emulated s, symlog)",
+            "fraction of requests",
+            legend=7,
+        )
+    outs.append(_save(fig, "routing-ttft-cdf.png"))
 
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.8), squeeze=False)
     for j, sc in enumerate(scenarios):
@@ -109,15 +115,14 @@ def routing(doc: dict[str, Any]) -> list[Path]:
             if r["scenario"] == sc and r["loads_series"]:
                 xs, ys = zip(*r["loads_series"], strict=True)
                 ax.plot(xs, ys, label=r["policy"], linewidth=1.4)
-        ax.set_title(f"Cold loads over time, {sc} trace", fontsize=9)
-        ax.set_xlabel("emulated seconds since the trace started")
-        ax.set_ylabel("cumulative model loads (all nodes)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    outs.append(IMG / "routing-cold-loads.png")
-    fig.savefig(outs[-1], dpi=110)
-    plt.close(fig)
+        _finish_axes(
+            ax,
+            f"Cold loads over time, {sc} trace",
+            "emulated seconds since the trace started",
+            "cumulative model loads (all nodes)",
+            legend=7,
+        )
+    outs.append(_save(fig, "routing-cold-loads.png"))
     return outs
 
 

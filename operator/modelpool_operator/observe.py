@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from ollama_balancer.names import InvalidModelName, canonical
+from ollama_balancer.fleet import parse_installed, parse_resident
 from ollama_balancer.ollama import OllamaClient, OllamaError
 
 from .spec import VRAM_ANNOTATION, LabelSelector, SpecError, parse_quantity
@@ -99,13 +99,6 @@ def select(pods: Iterable[PodInfo], selector: LabelSelector) -> list[PodInfo]:
     return sorted((p for p in pods if selector.matches(p.labels)), key=lambda p: p.name)
 
 
-def _key(item: Mapping[str, Any]) -> str | None:
-    try:
-        return canonical(str(item.get("model") or item.get("name") or ""))
-    except InvalidModelName:
-        return None
-
-
 def _pinned(expires_at: object, now: datetime) -> bool:
     # Only the year matters; parsing Go's nanosecond timestamps fully is not needed.
     try:
@@ -123,26 +116,25 @@ async def _observe_pod(
         tags, ps = await asyncio.gather(client.tags(), client.ps())
     except OllamaError as exc:
         return replace(base, error=f"{info.url}: {exc.message or exc}")
-    installed: dict[str, Installed] = {}
-    for item in tags:
-        key = _key(item)
-        if key is not None:
-            installed[key] = Installed(
-                name=str(item.get("name") or item.get("model")),
-                size=int(item.get("size") or 0),
-                digest=str(item.get("digest") or ""),
-                capabilities=frozenset(item.get("capabilities") or ()),
-            )
-    resident: dict[str, Resident] = {}
-    for item in ps:
-        key = _key(item)
-        if key is not None:
-            resident[key] = Resident(
-                name=str(item.get("name") or item.get("model")),
-                size=int(item.get("size") or 0),
-                pinned=_pinned(item.get("expires_at"), now),
-                context_length=int(item.get("context_length") or 0),
-            )
+    # The balancer's parsers: one reading of Ollama's listings for both components.
+    installed = {
+        m.key: Installed(
+            name=m.name,
+            size=m.size,
+            digest=m.digest,
+            capabilities=frozenset(m.raw.get("capabilities") or ()),
+        )
+        for m in parse_installed(tags)
+    }
+    resident = {
+        m.key: Resident(
+            name=m.name,
+            size=m.size,
+            pinned=_pinned(m.expires_at, now),
+            context_length=m.context_length,
+        )
+        for m in parse_resident(ps)
+    }
     return replace(base, installed=installed, resident=resident)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -13,9 +11,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ollama_balancer.app import BALANCER, Balancer, create_app, serve
-from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
-from ollama_balancer.settings import BalancerSettings
+from ollama_balancer.app import BALANCER, Balancer
+from ollama_balancer.emulator import EmulatedFleet, NodeConfig
+from tests.rig import start_balanced_fleet, until
 
 
 @dataclass
@@ -40,9 +38,7 @@ class Rig:
         return await self.session.post(self.url + path, json=body, **kw)
 
     async def until(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not cond():
-                await asyncio.sleep(0.02)
+        await until(cond, timeout)
 
 
 RigFactory = Callable[..., Awaitable[Rig]]
@@ -68,29 +64,15 @@ async def rig_factory() -> AsyncIterator[RigFactory]:
     stack = AsyncExitStack()
     session = await stack.enter_async_context(aiohttp.ClientSession())
 
-    async def make(
-        node_configs: list[NodeConfig],
-        *,
-        time_scale: float = 0.01,
-        seed: int = 0,
-        **settings: Any,
-    ) -> Rig:
-        fleet = await stack.enter_async_context(
-            EmulatedFleet(FleetConfig(nodes=node_configs, time_scale=time_scale))
-        )
-        conf = BalancerSettings(
-            host="127.0.0.1",
-            port=0,
-            backends=tuple(f"{n.name}={n.url}" for n in fleet.nodes),
-            poll_interval=0.25,
-            poll_timeout=1.0,
-            connect_timeout=1.0,
-            **settings,
-        )
-        app = create_app(conf, rng=random.Random(seed))
-        runner, port = await serve(app, "127.0.0.1", 0, shutdown_timeout=2)
-        stack.push_async_callback(runner.cleanup)
-        return Rig(fleet, f"http://127.0.0.1:{port}", app, session)
+    async def make(node_configs: list[NodeConfig], **kw: Any) -> Rig:
+        for name, value in (
+            ("poll_interval", 0.25),
+            ("poll_timeout", 1.0),
+            ("connect_timeout", 1.0),
+        ):
+            kw.setdefault(name, value)
+        fleet, (app,), (url,) = await start_balanced_fleet(stack, node_configs, **kw)
+        return Rig(fleet, url, app, session)
 
     yield make
     await stack.aclose()

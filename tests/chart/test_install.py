@@ -52,27 +52,7 @@ def api(cluster: KubeCluster) -> Iterator[client.ApiClient]:
 
 def _gpu_node(api: client.ApiClient) -> None:
     """A Ready Node with 8 GPUs (what the NVIDIA device plugin would advertise)."""
-    create_node(api, NODE)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    res = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}
-    client.CoreV1Api(api).patch_node_status(
-        NODE,
-        {
-            "status": {
-                "capacity": res,
-                "allocatable": res,
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True",
-                        "reason": "KubeletReady",
-                        "lastHeartbeatTime": now,
-                        "lastTransitionTime": now,
-                    }
-                ],
-            }
-        },
-    )
+    create_node(api, NODE, extra_resources={"nvidia.com/gpu": "8"})
 
 
 def _volumes(api: client.ApiClient, n: int) -> None:

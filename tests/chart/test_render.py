@@ -47,6 +47,7 @@ from tests.chart.chart import (
     render_install_yaml,
     run_helm,
     selector_matches,
+    template_args,
     validate_builtin,
     validate_modelpools,
 )
@@ -318,10 +319,8 @@ def test_auth_keys_from_values_render_a_secret_the_balancer_parses(
 def test_auth_keys_the_balancer_would_refuse_fail_the_render(
     helm: str, sets: list[str], message: str
 ) -> None:
-    args = ["template", "fleet", str(CHART), "--set", "balancer.auth.enabled=true"]
-    for s in sets:
-        args += ["--set", f"balancer.auth.{s}"]
-    result = run_helm(helm, args)
+    auth = ["balancer.auth.enabled=true", *(f"balancer.auth.{s}" for s in sets)]
+    result = run_helm(helm, template_args(sets=auth))
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
 
@@ -646,20 +645,12 @@ def test_modelpools_from_values(rendered: dict[str, list[dict[str, Any]]]) -> No
 
 
 def test_modelpool_needs_selector_with_existing_fleet(helm: str) -> None:
-    result = run_helm(
-        helm,
-        [
-            "template",
-            "fleet",
-            str(CHART),
-            "--set",
-            "ollama.enabled=false",
-            "--set",
-            "modelPools[0].name=chat",
-            "--set",
-            "modelPools[0].spec.models[0].name=llama3.2:3b",
-        ],
-    )
+    sets = [
+        "ollama.enabled=false",
+        "modelPools[0].name=chat",
+        "modelPools[0].spec.models[0].name=llama3.2:3b",
+    ]
+    result = run_helm(helm, template_args(sets=sets))
     assert result.returncode != 0
     assert "modelPools[0] (chat): spec.selector is required when ollama.enabled=false" in (
         result.stderr

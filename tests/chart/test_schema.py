@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.chart import CHART, helm_path, run_helm
+from tests.chart.chart import CHART, helm_path, run_helm, template_args
 
 SCHEMA_ERROR = "values don't meet the specifications of the schema(s)"
 
@@ -89,18 +89,16 @@ def test_schema_rejects(helm: str, command: str, setting: str, message: str) -> 
     ],
 )
 def test_inconsistent_values_fail_with_a_message(helm: str, sets: list[str], message: str) -> None:
-    args = ["template", "fleet", str(CHART)]
-    for s in sets:
-        args += ["--set", s]
-    result = run_helm(helm, args)
+    result = run_helm(helm, template_args(sets=sets))
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
 
 
 def test_operator_replicas_above_one_need_peering(helm: str) -> None:
-    args = ["template", "fleet", str(CHART), "--set", "operator.replicas=2"]
-    assert run_helm(helm, args).returncode == 0
-    result = run_helm(helm, [*args, "--set", "operator.peering.enabled=false"])
+    assert run_helm(helm, template_args(sets=["operator.replicas=2"])).returncode == 0
+    result = run_helm(
+        helm, template_args(sets=["operator.replicas=2", "operator.peering.enabled=false"])
+    )
     assert result.returncode != 0
     assert "operator.replicas: Must be less than or equal to 1" in result.stderr, result.stderr
 
@@ -110,26 +108,11 @@ def test_auth_enabled_with_one_source_passes(helm: str) -> None:
         ["balancer.auth.existingSecret=ollama-fleet-keys"],
         ["balancer.auth.keys[0].name=a", f"balancer.auth.keys[0].key_sha256=sha256:{'A' * 64}"],
     ):
-        args = ["template", "fleet", str(CHART), "--set", "balancer.auth.enabled=true"]
-        for s in source:
-            args += ["--set", s]
-        result = run_helm(helm, args)
+        result = run_helm(helm, template_args(sets=["balancer.auth.enabled=true", *source]))
         assert result.returncode == 0, result.stderr
 
 
 def test_good_values_pass(helm: str) -> None:
-    result = run_helm(
-        helm,
-        [
-            "template",
-            "fleet",
-            str(CHART),
-            "--set",
-            "ollama.numParallel=8",
-            "--set",
-            "balancer.pdb.minAvailable=50%",
-            "--set",
-            "ollama.keepAlive=-1",
-        ],
-    )
+    sets = ["ollama.numParallel=8", "balancer.pdb.minAvailable=50%", "ollama.keepAlive=-1"]
+    result = run_helm(helm, template_args(sets=sets))
     assert result.returncode == 0, result.stderr

@@ -449,18 +449,26 @@ def delete_namespace(api: client.ApiClient, namespace: str) -> None:
             raise
 
 
-def create_node(api: client.ApiClient, name: str, *, pods: int = 110) -> None:
+def create_node(
+    api: client.ApiClient,
+    name: str,
+    *,
+    pods: int = 110,
+    extra_resources: Mapping[str, str] | None = None,
+) -> None:
     """A Node object for the scheduler to bind Pods to (no kubelet runs behind it).
 
-    Its status says Ready with room for ``pods`` pods.  Nothing renews the heartbeat, so
-    about 40 s later the node-lifecycle controller marks it NotReady and taints it
-    ``node.kubernetes.io/unreachable``: pods scheduled after that must tolerate the taints
-    ``node.kubernetes.io/not-ready`` and ``node.kubernetes.io/unreachable``.
+    Its status says Ready with room for ``pods`` pods, plus ``extra_resources`` in its
+    capacity (e.g. ``{"nvidia.com/gpu": "8"}``, what a device plugin would advertise).
+    Nothing renews the heartbeat, so about 40 s later the node-lifecycle controller
+    marks it NotReady and taints it ``node.kubernetes.io/unreachable``: pods scheduled
+    after that must tolerate ``node.kubernetes.io/not-ready`` and
+    ``node.kubernetes.io/unreachable``.
     """
     core = client.CoreV1Api(api)
     _ignore_conflict(core.create_node, {"metadata": {"name": name}})
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    resources = {"cpu": "64", "memory": "512Gi", "pods": str(pods)}
+    resources = {"cpu": "64", "memory": "512Gi", "pods": str(pods), **(extra_resources or {})}
     core.patch_node_status(
         name,
         {

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -15,16 +13,11 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from ollama_balancer.app import BALANCER, Balancer, create_app, serve
-from ollama_balancer.emulator import (
-    Catalogue,
-    EmulatedFleet,
-    EmulatedNode,
-    FleetConfig,
-    NodeConfig,
-    default_catalogue,
-)
-from ollama_balancer.settings import BalancerSettings
+from ollama_balancer.app import BALANCER, Balancer
+from ollama_balancer.emulator import EmulatedFleet, EmulatedNode, NodeConfig
+from tests.rig import start_balanced_fleet, until
+
+__all__ = ["Rig", "RigFactory", "Scrape", "labels", "node", "until"]
 
 Labels = frozenset[tuple[str, str]]
 
@@ -106,12 +99,6 @@ class Rig:
 RigFactory = Callable[..., Awaitable[Rig]]
 
 
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
-
-
 def node(name: str, installed: Sequence[str], loaded: Sequence[str] = (), **kw: Any) -> NodeConfig:
     return NodeConfig(
         name=name, host="127.0.0.1", port=0, installed=list(installed), loaded=list(loaded), **kw
@@ -123,30 +110,9 @@ async def rig_factory() -> AsyncIterator[RigFactory]:
     stack = AsyncExitStack()
     session = await stack.enter_async_context(aiohttp.ClientSession())
 
-    async def make(
-        nodes: list[NodeConfig],
-        *,
-        replicas: int = 1,
-        time_scale: float = 0.01,
-        seed: int = 0,
-        catalogue: Catalogue | None = None,
-        **settings: Any,
-    ) -> Rig:
-        config = FleetConfig(
-            nodes=nodes, catalogue=catalogue or default_catalogue(), time_scale=time_scale
-        )
-        fleet = await stack.enter_async_context(EmulatedFleet(config))
-        settings.setdefault("poll_interval", 0.2)
-        balancer = BalancerSettings(
-            backends=tuple(f"{n.name}={n.url}" for n in fleet.nodes), **settings
-        )
-        apps, urls = [], []
-        for i in range(replicas):
-            app = create_app(balancer, rng=random.Random(seed + i))
-            runner, port = await serve(app, "127.0.0.1", 0, shutdown_timeout=1.0)
-            stack.push_async_callback(runner.cleanup)
-            apps.append(app)
-            urls.append(f"http://127.0.0.1:{port}")
+    async def make(nodes: list[NodeConfig], **kw: Any) -> Rig:
+        kw.setdefault("poll_interval", 0.2)
+        fleet, apps, urls = await start_balanced_fleet(stack, nodes, **kw)
         return Rig(fleet, apps, urls, session)
 
     try:

@@ -224,12 +224,9 @@ class Env:
         return out
 
 
-@contextlib.asynccontextmanager
-async def running_operator(
-    cluster: KubeCluster, namespace: str, kubeconfig: Path
-) -> AsyncIterator[Env]:
-    """An emulated fleet of 3 Ollama nodes and the operator (as ``kubeconfig``'s user)."""
-    config = FleetConfig(
+def three_gpu_fleet() -> FleetConfig:
+    """Three emulated Ollama pods on 127.0.0.2-4, time-scaled for tests."""
+    return FleetConfig(
         # A fixed num_ctx keeps the KV cache (and so resident sizes) small and predictable.
         nodes=[
             NodeConfig(name=f"gpu-{i}", host=f"127.0.0.{i + 2}", context_length=4096)
@@ -237,6 +234,14 @@ async def running_operator(
         ],
         time_scale=0.01,
     )
+
+
+@contextlib.asynccontextmanager
+async def running_operator(
+    cluster: KubeCluster, namespace: str, kubeconfig: Path
+) -> AsyncIterator[Env]:
+    """An emulated fleet of 3 Ollama nodes and the operator (as ``kubeconfig``'s user)."""
+    config = three_gpu_fleet()
     settings = OperatorSettings(
         namespaces=(namespace,),
         standalone=True,

@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelpool_operator.handlers import Peering, choose_peering
 from modelpool_operator.settings import RANDOM_PRIORITY_MAX, OperatorSettings
-from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
+from ollama_balancer.emulator import EmulatedFleet
 from tests.kube.cluster import KubeCluster
 from tests.operator.test_e2e import (  # noqa: F401 (modelpool_crd: a fixture)
     Env,
@@ -35,6 +35,7 @@ from tests.operator.test_e2e import (  # noqa: F401 (modelpool_crd: a fixture)
     _service_account_kubeconfig,
     eventually,
     modelpool_crd,
+    three_gpu_fleet,
     until,
 )
 
@@ -172,13 +173,7 @@ async def peered_env(
     modelpool_crd: None,  # noqa: F811 (the fixture imported from test_e2e)
     peering_crds: None,
 ) -> AsyncIterator[Env]:
-    config = FleetConfig(
-        nodes=[
-            NodeConfig(name=f"gpu-{i}", host=f"127.0.0.{i + 2}", context_length=4096)
-            for i in range(3)
-        ],
-        time_scale=0.01,
-    )
+    config = three_gpu_fleet()
     api = kube_cluster.api_client()
     co = client.CustomObjectsApi(api)
     await asyncio.to_thread(
