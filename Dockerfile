@@ -22,6 +22,7 @@ RUN /opt/ollama-fleet/bin/pip install --no-deps --only-binary=:all: \
         -r /src/docker/requirements.lock
 COPY pyproject.toml README.md /src/
 COPY balancer /src/balancer
+COPY emulator /src/emulator
 COPY operator /src/operator
 # --no-deps: everything it needs is in the lock; the install fails the build if not.
 RUN /opt/ollama-fleet/bin/pip install --no-deps /src \

@@ -211,7 +211,7 @@ def start_emulator(procs: Procs, config: dict[str, Any], name: str = "emulator")
     """An ``ollama-fleet emulate`` process for ``config``; returns the node URLs in order."""
     path = procs.workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = procs.start(name, [PY, "-m", "ollama_balancer", "emulate", "--config", str(path)])
+    proc = procs.start(name, [PY, "-m", "ollama_fleet", "emulate", "--config", str(path)])
     count = len(config["nodes"])
 
     def urls() -> list[str]:
@@ -236,7 +236,7 @@ def start_balancer(
     port = free_port()
     backends = ",".join(f"node-{i}={u}{backend_opts}" for i, u in enumerate(urls))
     argv = [
-        PY, "-m", "ollama_balancer", "balancer", "--host", "127.0.0.1", "--port", str(port),
+        PY, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1", "--port", str(port),
         "--backends", backends, "--routing-policy", policy, "--log-level", "warning",
         "--log-format", "json", *extra,
     ]  # fmt: skip

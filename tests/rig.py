@@ -16,14 +16,14 @@ from typing import Any
 from aiohttp import web
 
 from ollama_balancer.app import create_app, serve
-from ollama_balancer.emulator import (
+from ollama_balancer.settings import BalancerSettings
+from ollama_emulator import (
     Catalogue,
     EmulatedFleet,
     FleetConfig,
     NodeConfig,
     default_catalogue,
 )
-from ollama_balancer.settings import BalancerSettings
 
 __all__ = ["start_balanced_fleet", "until"]
 

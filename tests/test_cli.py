@@ -13,7 +13,7 @@ import pytest
 
 from ollama_balancer.settings import BalancerSettings
 
-CLI = [sys.executable, "-m", "ollama_balancer"]
+CLI = [sys.executable, "-m", "ollama_fleet"]
 
 
 def run(*args: str) -> str:

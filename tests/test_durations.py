@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from ollama_balancer.durations import (
+from ollama_wire.durations import (
     FOREVER,
     KeepAliveError,
     format_go_duration,

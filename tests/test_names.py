@@ -1,6 +1,6 @@
 import pytest
 
-from ollama_balancer.names import InvalidModelName, canonical, display, parse, strip_gateway_prefix
+from ollama_wire.names import InvalidModelName, canonical, display, parse, strip_gateway_prefix
 
 LLAMA3 = "registry.ollama.ai/library/llama3:latest"
 

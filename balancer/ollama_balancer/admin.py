@@ -19,8 +19,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .backends import Backend
-from .ollama import OllamaClient, OllamaError
+from ollama_wire.backend import Backend
+from ollama_wire.client import OllamaClient, OllamaError
+
 from .polling import FleetView
 from .proxy import error_response, request_id
 from .settings import BalancerSettings

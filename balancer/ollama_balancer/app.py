@@ -11,67 +11,27 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
-from . import OLLAMA_VERSION
+from ollama_wire import OLLAMA_VERSION
+from ollama_wire.names import InvalidModelName, canonical
+
 from .admin import Admin
 from .backends import Discovery
-from .fleet import BackendState, PollResult
+from .fleet import PollResult
 from .ledger import Ledger
-from .names import InvalidModelName, canonical
+from .limits import SECURITY, attach_server, install_security, runner_kwargs
+from .observability import install as install_observability
 from .polling import FleetView, Poller
 from .proxy import Proxy, RequestRecord, error_response, request_id
 from .settings import BalancerSettings
+from .state import BALANCER, Balancer
 from .views import api_ps, api_tags, fleet_version, v1_model, v1_models
 
 __all__ = ["BALANCER", "OPS_PATHS", "Balancer", "create_app", "ops_app", "serve"]
 
-
-@dataclass
-class Balancer:
-    """Everything one balancer process owns, reachable from handlers and tests."""
-
-    settings: BalancerSettings
-    view: FleetView
-    ledger: Ledger
-    proxy: Proxy
-    admin: Admin
-    poller: Poller | None = None
-    session: aiohttp.ClientSession | None = None
-    discovery: Discovery | None = None
-    draining: bool = False
-    records: list[Callable[[RequestRecord], None]] = field(default_factory=list)
-    polls: list[Callable[[PollResult], None]] = field(default_factory=list)
-    clock: Callable[[], float] = time.monotonic
-
-    def http(self) -> aiohttp.ClientSession:
-        if self.session is None:
-            raise RuntimeError("the balancer's HTTP session is not started")
-        return self.session
-
-    def routable(self) -> list[str]:
-        now = self.clock()
-        s = self.settings
-        return [
-            b.name
-            for b in self.view.snapshot.backends
-            if b.routable(now, s.fail_threshold, s.stale_after)
-        ]
-
-    def routable_states(self) -> list[BackendState]:
-        now = self.clock()
-        s = self.settings
-        return [
-            b
-            for b in self.view.snapshot.backends
-            if b.routable(now, s.fail_threshold, s.stale_after)
-        ]
-
-
-BALANCER = web.AppKey("balancer", Balancer)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -128,11 +88,7 @@ def create_app(
         bal.records.append(on_record)
     holder["b"] = bal
     app[BALANCER] = bal
-    from .observability import install  # imports this module (BALANCER, Balancer)
-
-    install(app)  # before the first set_backends, so "joined" is seen
-    from .limits import install_security
-
+    install_observability(app)  # before the first set_backends, so "joined" is seen
     install_security(app, bal.records)  # API keys, per-key limits, slow clients, conn cap
     if discovery is None and settings.discovery == "static":
         view.set_backends(settings.static_backends())
@@ -281,8 +237,6 @@ async def serve(
     ``handler_cancellation`` makes a client disconnect cancel its handler, so
     the proxy closes the upstream connection at once and Ollama stops work.
     """
-    from .limits import SECURITY, attach_server, runner_kwargs
-
     runner = web.AppRunner(
         app,
         handler_cancellation=True,

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from .names import InvalidModelName, parse
+from ollama_wire.names import InvalidModelName, parse
 
 __all__ = [
     "ApiKey",

@@ -1,72 +1,90 @@
-"""The ``ollama-fleet`` command line: one entry point, one subcommand per component.
-
-Each subcommand lives in its own module exposing ``configure(parser)`` (declares
-flags, so ``--help`` documents every knob) and ``run(args, environ) -> int``.
-Nothing reads ``os.environ`` except :func:`main`, which hands it down.
-"""
+"""``ollama-fleet balancer``: run the load balancer until SIGTERM, then drain."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
+import asyncio
+import signal
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Protocol, cast
+from collections.abc import Mapping
 
-from . import __version__
+from .app import create_app, ops_app, serve
+from .backends import Discovery
+from .settings import BalancerSettings, SettingsError, add_arguments, load_settings
+from .state import BALANCER
 
-__all__ = ["main"]
-
-#: subcommand -> (module, one-line help).  Modules are imported when the parser
-#: is built so that ``ollama-fleet SUB --help`` lists every flag.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "emulate": ("ollama_balancer.emulator.cli", "run N emulated Ollama nodes on loopback"),
-    "balancer": ("ollama_balancer.balancer_cli", "run the model-aware load balancer"),
-    "operator": ("modelpool_operator.cli", "run the ModelPool operator (kopf)"),
-    "demo": ("ollama_balancer.demo", "an emulated fleet with the balancer in front"),
-}
+__all__ = ["configure", "run"]
 
 
-class _Command(Protocol):
-    def configure(self, parser: argparse.ArgumentParser) -> None: ...
-
-    def run(self, args: argparse.Namespace, environ: Mapping[str, str]) -> int: ...
-
-
-def _load(module: str) -> _Command:
-    return cast(_Command, importlib.import_module(module))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ollama-fleet",
-        description="Serve many Ollama models from many GPU pods through one endpoint.",
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Model-aware reverse proxy for a fleet of Ollama servers. Every setting can come "
+        "from a flag, an OLLAMA_FLEET_* environment variable or the --config YAML file "
+        "(flags win, then environment, then the file)."
     )
-    parser.add_argument("--version", action="version", version=f"ollama-fleet {__version__}")
-    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        command = _load(module)
-        sub = subs.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
-        command.configure(sub)
-        sub.set_defaults(_command=command)
-    return parser
+    add_arguments(parser)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command = cast(_Command, args._command)
+def build_discovery(settings: BalancerSettings) -> Discovery | None:
+    """The discovery loop for ``settings.discovery`` (None for a static list)."""
+    if settings.discovery == "static":
+        return None
+    from . import discovery  # imported lazily: pulls in the kubernetes client
+
+    return discovery.build(settings)
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
-        return command.run(args, dict(os.environ))
-    except KeyboardInterrupt:
-        return 130
+        settings = load_settings(args, environ)
+    except SettingsError as exc:
+        print(f"ollama-fleet balancer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if settings.discovery == "static" and not settings.backends:
+        print(
+            "ollama-fleet balancer: no backends: pass --backends URL[,URL...] "
+            "(or OLLAMA_FLEET_BACKENDS), or choose --discovery dns|kubernetes",
+            file=sys.stderr,
+        )
+        return 2
+    from .telemetry import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(_main(settings))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+async def _main(settings: BalancerSettings) -> int:
+    app = create_app(settings, discovery=build_discovery(settings))
+    runner, port = await serve(
+        app, settings.host, settings.port, shutdown_timeout=settings.drain_grace
+    )
+    bal = app[BALANCER]
+    print(f"ollama-fleet balancer listening on http://{settings.host}:{port}", flush=True)
+    ops_runner = None
+    if settings.ops_port:
+        ops_runner, ops_port = await serve(ops_app(app), settings.host, settings.ops_port)
+        print(f"ollama-fleet operations endpoints on http://{settings.host}:{ops_port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await drain(bal, runner, settings)
+    if ops_runner is not None:
+        await ops_runner.cleanup()
+    return 0
+
+
+async def drain(bal: object, runner: object, settings: BalancerSettings) -> None:
+    """SIGTERM: unready at once, keep accepting for drain_delay, then let in-flight finish."""
+    from aiohttp import web
+
+    from .state import Balancer
+
+    assert isinstance(bal, Balancer) and isinstance(runner, web.AppRunner)
+    bal.draining = True
+    if settings.drain_delay > 0:
+        await asyncio.sleep(settings.drain_delay)
+    # cleanup() stops listening, waits up to shutdown_timeout (drain_grace) for
+    # in-flight handlers, then cancels the rest and closes upstream connections.
+    await runner.cleanup()

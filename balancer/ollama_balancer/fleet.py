@@ -9,54 +9,22 @@ runners by blob, not by name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from .backends import Backend
-from .names import InvalidModelName, canonical
+from ollama_wire.backend import Backend
+from ollama_wire.models import InstalledModel, ResidentModel
 
 __all__ = [
     "BackendState",
     "FleetSnapshot",
-    "InstalledModel",
     "PollResult",
-    "ResidentModel",
     "apply_poll",
-    "parse_installed",
-    "parse_resident",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
-@dataclass(frozen=True, slots=True)
-class InstalledModel:
-    """One ``/api/tags`` entry."""
-
-    key: str  # canonical name
-    name: str  # DisplayShortest as the backend printed it
-    size: int
-    digest: str
-    modified_at: str
-    embedding: bool
-    raw: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ResidentModel:
-    """One ``/api/ps`` entry."""
-
-    key: str
-    name: str
-    size: int
-    size_vram: int
-    digest: str
-    expires_at: str
-    context_length: int
-    raw: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,59 +108,6 @@ class FleetSnapshot:
         return FleetSnapshot(backends=tuple(states), taken_at=now)
 
 
-def _key(name: object) -> str | None:
-    try:
-        return canonical(str(name))
-    except InvalidModelName:
-        return None
-
-
-def parse_installed(models: Iterable[Mapping[str, Any]]) -> tuple[InstalledModel, ...]:
-    out = []
-    for m in models:
-        key = _key(m.get("model") or m.get("name"))
-        if key is None:
-            continue
-        caps = m.get("capabilities") or []
-        details = m.get("details") or {}
-        embedding = "embedding" in caps or (
-            not caps and "bert" in str(details.get("family", "")).lower()
-        )
-        out.append(
-            InstalledModel(
-                key=key,
-                name=str(m.get("name") or m.get("model")),
-                size=int(m.get("size") or 0),
-                digest=str(m.get("digest") or ""),
-                modified_at=str(m.get("modified_at") or ""),
-                embedding=bool(embedding),
-                raw=MappingProxyType(dict(m)),
-            )
-        )
-    return tuple(out)
-
-
-def parse_resident(models: Iterable[Mapping[str, Any]]) -> tuple[ResidentModel, ...]:
-    out = []
-    for m in models:
-        key = _key(m.get("model") or m.get("name"))
-        if key is None:
-            continue
-        out.append(
-            ResidentModel(
-                key=key,
-                name=str(m.get("name") or m.get("model")),
-                size=int(m.get("size") or 0),
-                size_vram=int(m.get("size_vram") or 0),
-                digest=str(m.get("digest") or ""),
-                expires_at=str(m.get("expires_at") or ""),
-                context_length=int(m.get("context_length") or 0),
-                raw=MappingProxyType(dict(m)),
-            )
-        )
-    return tuple(out)
-
-
 def apply_poll(snapshot: FleetSnapshot, result: PollResult) -> FleetSnapshot:
     """Fold one backend's poll result into a new snapshot (unknown backends are ignored)."""
     states = []
@@ -222,22 +137,3 @@ def apply_poll(snapshot: FleetSnapshot, result: PollResult) -> FleetSnapshot:
                 )
             )
     return FleetSnapshot(backends=tuple(states), taken_at=max(snapshot.taken_at, result.at))
-
-
-def parse_time(text: str) -> datetime | None:
-    """RFC 3339 with nanoseconds (Go) → datetime, tolerant of 9 fractional digits."""
-    if not text:
-        return None
-    t = text.replace("Z", "+00:00")
-    if "." in t:
-        head, _, rest = t.partition(".")
-        digits = ""
-        i = 0
-        while i < len(rest) and rest[i].isdigit():
-            digits += rest[i]
-            i += 1
-        t = f"{head}.{digits[:6].ljust(6, '0')}{rest[i:]}"
-    try:
-        return datetime.fromisoformat(t)
-    except ValueError:
-        return None

@@ -17,8 +17,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ollama_wire.names import InvalidModelName, display
+
 from .fleet import BackendState, FleetSnapshot
-from .names import InvalidModelName, display
 
 __all__ = [
     "DOWN",

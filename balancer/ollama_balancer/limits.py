@@ -33,6 +33,7 @@ from .auth import ApiKey, AuthConfigError, KeyState, KeyTable, parse_keys, prese
 from .proxy import CLIENT_NAME, RequestRecord, error_response
 from .requests import BadRequest, parse_request
 from .settings import BalancerSettings
+from .state import BALANCER
 from .telemetry import get_logger
 
 __all__ = ["SECURITY", "Security", "attach_server", "install_security", "runner_kwargs"]
@@ -135,7 +136,6 @@ def install_security(
     app: web.Application, on_record: list[Callable[[RequestRecord], None]]
 ) -> None:
     """Add the middlewares (and the keys-file watcher when ``auth_file`` is set)."""
-    from .app import BALANCER  # app imports this module lazily
 
     settings = app[BALANCER].settings
     sec = Security(settings, clock=app[BALANCER].clock)
@@ -238,8 +238,6 @@ async def _model_denied(request: web.Request, key: ApiKey) -> web.StreamResponse
     if key.allows_model(req.model):
         return None
     if req.alt_model is not None and key.allows_model(req.alt_model):
-        from .app import BALANCER
-
         snap = request.app[BALANCER].view.snapshot
         # The gateway prefix is dropped only when no pod has the prefixed name (proxy rule).
         if not any(s.has_installed(req.key) or s.resident_model(req.key) for s in snap.backends):

@@ -20,14 +20,15 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import BALANCER, Balancer
+from ollama_wire.names import InvalidModelName, canonical
+
 from .fleet import FleetSnapshot, PollResult
 from .fleetview import FleetReport, build, model_display
 from .metrics import CONTENT_TYPE, NONE, OTHER, FleetMetrics, RequestSample
-from .names import InvalidModelName, canonical
 from .polling import FleetChange
 from .proxy import RequestRecord
 from .routing import COLD_LOAD, PULL
+from .state import BALANCER, Balancer
 from .telemetry import EVENT_FLEET_CHANGE, EVENT_REQUEST, get_logger
 
 __all__ = [

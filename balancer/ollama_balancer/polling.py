@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from .backends import Backend
-from .fleet import FleetSnapshot, PollResult, apply_poll, parse_installed, parse_resident
-from .ollama import OllamaClient, OllamaError
+from ollama_wire.backend import Backend
+from ollama_wire.client import OllamaClient, OllamaError
+from ollama_wire.models import parse_installed, parse_resident
+
+from .fleet import FleetSnapshot, PollResult, apply_poll
 
 __all__ = ["FleetChange", "FleetView", "Poller", "poll_backend"]
 

@@ -23,10 +23,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .backends import Backend
-from .errors import error_body_for
+from ollama_wire.backend import Backend
+from ollama_wire.client import OllamaClient, OllamaError
+from ollama_wire.errors import error_body_for
+
 from .ledger import COLD_LOAD_THRESHOLD, Ledger
-from .ollama import OllamaClient, OllamaError
 from .polling import FleetView
 from .requests import BadRequest, ParsedRequest, affinity_key, parse_request, with_model
 from .routing import COLD_LOAD, PULL, Choice, Policy, RouteRequest, route

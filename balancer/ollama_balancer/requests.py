@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .names import InvalidModelName, parse, strip_gateway_prefix
+from ollama_wire.names import InvalidModelName, parse, strip_gateway_prefix
 
 __all__ = ["BadRequest", "ParsedRequest", "affinity_key", "parse_request", "with_model"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from .backends import Backend
-from .quantity import parse_quantity
+from ollama_wire.backend import Backend
+from ollama_wire.quantity import parse_quantity
 
 __all__ = ["ENV_PREFIX", "BalancerSettings", "SettingsError", "add_arguments", "load_settings"]
 

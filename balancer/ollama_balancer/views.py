@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from .fleet import BackendState, InstalledModel, ResidentModel, parse_time
-from .names import InvalidModelName, parse
+from ollama_wire.models import InstalledModel, ResidentModel, parse_time
+from ollama_wire.names import InvalidModelName, parse
+
+from .fleet import BackendState
 
 __all__ = ["api_ps", "api_tags", "fleet_version", "v1_model", "v1_models"]
 

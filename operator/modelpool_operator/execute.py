@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ollama_balancer.ollama import OllamaClient, OllamaError, OllamaUnreachable
+from ollama_wire.client import OllamaClient, OllamaError, OllamaUnreachable
 
 from .state import ACTION_ORDER, Action, ActionKind
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from ollama_balancer.fleet import parse_installed, parse_resident
-from ollama_balancer.ollama import OllamaClient, OllamaError
+from ollama_wire.client import OllamaClient, OllamaError
+from ollama_wire.models import parse_installed, parse_resident
 
 from .spec import VRAM_ANNOTATION, LabelSelector, SpecError, parse_quantity
 from .state import Installed, Observation, PodState, Resident

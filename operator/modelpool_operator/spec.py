@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ollama_balancer.durations import FOREVER, KeepAliveError, parse_keep_alive
-from ollama_balancer.names import InvalidModelName, parse
-from ollama_balancer.quantity import parse_quantity as _parse_quantity
+from ollama_wire.durations import FOREVER, KeepAliveError, parse_keep_alive
+from ollama_wire.names import InvalidModelName, parse
+from ollama_wire.quantity import parse_quantity as _parse_quantity
 
 __all__ = [
     "ALL",

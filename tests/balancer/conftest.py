@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from ollama_balancer.app import BALANCER, Balancer
-from ollama_balancer.emulator import EmulatedFleet, NodeConfig
+from ollama_balancer.state import BALANCER, Balancer
+from ollama_emulator import EmulatedFleet, NodeConfig
 from tests.rig import start_balanced_fleet, until
 
 

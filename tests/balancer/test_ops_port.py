@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 
 from ollama_balancer.app import create_app, ops_app, serve
-from ollama_balancer.emulator import EmulatedFleet, FleetConfig
 from ollama_balancer.settings import BalancerSettings
+from ollama_emulator import EmulatedFleet, FleetConfig
 
 from .conftest import nodes
 

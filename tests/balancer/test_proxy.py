@@ -54,7 +54,7 @@ async def test_followers_of_a_cold_load_join_it(rig_factory: RigFactory) -> None
 
 
 def _key(name: str) -> str:
-    from ollama_balancer.names import canonical
+    from ollama_wire.names import canonical
 
     return canonical(name)
 

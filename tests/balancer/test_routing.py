@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ollama_balancer.backends import Backend
 from ollama_balancer.fleet import (
     BackendState,
     FleetSnapshot,
@@ -16,8 +15,9 @@ from ollama_balancer.fleet import (
     ResidentModel,
 )
 from ollama_balancer.ledger import Ledger
-from ollama_balancer.names import canonical
 from ollama_balancer.routing import Policy, RouteRequest, route
+from ollama_wire.backend import Backend
+from ollama_wire.names import canonical
 
 GB = 1024**3
 NOW = 1000.0

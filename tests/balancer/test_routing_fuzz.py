@@ -7,11 +7,12 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_balancer.backends import Backend
-from ollama_balancer.fleet import BackendState, FleetSnapshot, InstalledModel, ResidentModel
+from ollama_balancer.fleet import BackendState, FleetSnapshot
 from ollama_balancer.ledger import Ledger
-from ollama_balancer.names import canonical
 from ollama_balancer.routing import Policy, RouteRequest, route
+from ollama_wire.backend import Backend
+from ollama_wire.models import InstalledModel, ResidentModel
+from ollama_wire.names import canonical
 
 MODELS = [canonical(m) for m in ("llama3", "qwen2.5:7b", "mistral", "embed")]
 NOW = 100.0

@@ -7,7 +7,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 
-from ollama_balancer.backends import Backend, Discovery
+from ollama_balancer.backends import Discovery
+from ollama_wire.backend import Backend
 
 
 class Recorder:

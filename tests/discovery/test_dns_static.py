@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from ollama_balancer.backends import Backend
 from ollama_balancer.discovery import (
     DnsDiscovery,
     DnsDiscoveryConfig,
     StaticDiscovery,
     parse_static_backends,
 )
+from ollama_wire.backend import Backend
 
 from .recorder import running
 

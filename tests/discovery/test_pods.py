@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.backends import Backend
 from ollama_balancer.discovery.dns import backends_from_addresses
 from ollama_balancer.discovery.pods import (
     PodRules,
@@ -17,6 +16,7 @@ from ollama_balancer.discovery.pods import (
     parse_quantity,
 )
 from ollama_balancer.discovery.static import parse_static_backends
+from ollama_wire.backend import Backend
 
 RULES = PodRules(default_slots=2)
 

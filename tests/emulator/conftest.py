@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ollama_balancer.emulator import (
+from ollama_emulator import (
     EmulatedFleet,
     EmulatedNode,
     FleetConfig,

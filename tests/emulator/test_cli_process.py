@@ -10,7 +10,7 @@ import aiohttp
 
 
 async def test_emulate_serves_until_interrupted(http: aiohttp.ClientSession) -> None:
-    argv = ["-m", "ollama_balancer", "emulate", "--nodes", "2", "--base-ip", "127.0.0.1"]
+    argv = ["-m", "ollama_fleet", "emulate", "--nodes", "2", "--base-ip", "127.0.0.1"]
     argv += ["--same-ip", "--port", "0", "--time-scale", "0.01", "--loaded", "llama3.2"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE

@@ -10,7 +10,7 @@ import ollama
 import openai
 import pytest
 
-from ollama_balancer.emulator import EmulatedNode
+from ollama_emulator import EmulatedNode
 
 
 @pytest.fixture

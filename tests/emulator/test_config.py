@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.emulator import (
+from ollama_emulator import (
     FleetConfig,
     ModelSpec,
     NodeConfig,
@@ -20,9 +20,9 @@ from ollama_balancer.emulator import (
     generation,
     load_config,
 )
-from ollama_balancer.emulator.catalogue import parse_size
-from ollama_balancer.emulator.config import auto_context_length
-from ollama_balancer.emulator.wire import go_json, rfc3339
+from ollama_emulator.catalogue import parse_size
+from ollama_emulator.config import auto_context_length
+from ollama_emulator.wire import go_json, rfc3339
 
 GIB = 2**30
 

@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from ollama_balancer.emulator import EmulatedNode
+from ollama_emulator import EmulatedNode
 
 from .conftest import MakeNode, until
 

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from ollama_balancer.emulator.guard import host_allowed, origin_allowed
+from ollama_emulator.guard import host_allowed, origin_allowed
 
 
 @pytest.mark.parametrize(

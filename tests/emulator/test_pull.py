@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from ollama_balancer.emulator import EmulatedNode
-from ollama_balancer.emulator.registry import layers
+from ollama_emulator import EmulatedNode
+from ollama_emulator.registry import layers
 
 from .conftest import MakeNode, until
 

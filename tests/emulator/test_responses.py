@@ -7,7 +7,7 @@ import json
 import aiohttp
 import openai
 
-from ollama_balancer.emulator import EmulatedNode
+from ollama_emulator import EmulatedNode
 
 
 async def test_responses_with_the_openai_client(node: EmulatedNode) -> None:

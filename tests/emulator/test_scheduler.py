@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ollama_balancer.emulator import (
+from ollama_emulator import (
     EmulatedNode,
     NodeConfig,
     ScaledClock,
@@ -23,7 +23,7 @@ from ollama_balancer.emulator import (
     ServerBusy,
     Stats,
 )
-from ollama_balancer.errors import MSG_SERVER_BUSY
+from ollama_wire.errors import MSG_SERVER_BUSY
 
 from .conftest import CATALOGUE, GIB, MakeNode, until
 

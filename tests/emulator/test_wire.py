@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ollama_balancer.emulator import EmulatedNode
+from ollama_emulator import EmulatedNode
 
 from .conftest import MakeNode
 

@@ -9,7 +9,7 @@ import sys
 
 import aiohttp
 
-from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
+from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig
 
 M = "llama3.2:3b"
 
@@ -21,7 +21,7 @@ async def test_sigterm_during_a_load_lets_it_finish() -> None:
     async with EmulatedFleet(config) as fleet:
         node = fleet.nodes[0]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ollama_balancer", "balancer",
+            sys.executable, "-m", "ollama_fleet", "balancer",
             "--host", "127.0.0.1", "--port", "0", "--backends", f"a={node.url}",
             "--drain-grace", "20", "--log-level", "warning",
             stdout=asyncio.subprocess.PIPE,

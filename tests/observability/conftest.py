@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from ollama_balancer.app import BALANCER, Balancer
-from ollama_balancer.emulator import EmulatedFleet, EmulatedNode, NodeConfig
+from ollama_balancer.state import BALANCER, Balancer
+from ollama_emulator import EmulatedFleet, EmulatedNode, NodeConfig
 from tests.rig import start_balanced_fleet, until
 
 __all__ = ["Rig", "RigFactory", "Scrape", "labels", "node", "until"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Request, async_playwright, expect
 
-from ollama_balancer.emulator import ModelSpec, default_catalogue
+from ollama_emulator import ModelSpec, default_catalogue
 
 from .conftest import RigFactory, node
 

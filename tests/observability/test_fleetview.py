@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.backends import Backend
-from ollama_balancer.fleet import BackendState, FleetSnapshot, InstalledModel, ResidentModel
+from ollama_balancer.fleet import BackendState, FleetSnapshot
 from ollama_balancer.fleetview import DOWN, PENDING, STALE, UP, build
 from ollama_balancer.ledger import Ledger
-from ollama_balancer.names import canonical
+from ollama_wire.backend import Backend
+from ollama_wire.models import InstalledModel, ResidentModel
+from ollama_wire.names import canonical
 
 NOW = 1000.0
 GB = 2**30

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from ollama_balancer.emulator import EmulatedFleet, FleetConfig
+from ollama_emulator import EmulatedFleet, FleetConfig
 
 from .conftest import node
 
@@ -29,7 +29,7 @@ async def balancer_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "ollama_balancer",
+        "ollama_fleet",
         "balancer",
         "--host",
         "127.0.0.1",

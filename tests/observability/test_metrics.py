@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.backends import Backend
-from ollama_balancer.fleet import BackendState, FleetSnapshot, InstalledModel
+from ollama_balancer.fleet import BackendState, FleetSnapshot
 from ollama_balancer.metrics import OTHER
-from ollama_balancer.names import canonical
 from ollama_balancer.observability import model_label, slot_wait_seconds
+from ollama_wire.backend import Backend
+from ollama_wire.models import InstalledModel
+from ollama_wire.names import canonical
 
 from .conftest import RigFactory, Scrape, node, until
 

@@ -28,9 +28,9 @@ from kubernetes.client.exceptions import ApiException
 
 from modelpool_operator.handlers import run_operator
 from modelpool_operator.settings import OperatorSettings
-from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
-from ollama_balancer.names import canonical
-from ollama_balancer.ollama import OllamaClient
+from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig
+from ollama_wire.client import OllamaClient
+from ollama_wire.names import canonical
 from tests.kube.cluster import (
     KubeCluster,
     create_namespace,

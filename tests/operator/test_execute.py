@@ -9,9 +9,9 @@ import pytest
 
 from modelpool_operator.execute import Executor, Outcome
 from modelpool_operator.state import Action, ActionKind
-from ollama_balancer.emulator import EmulatedFleet, FleetConfig, NodeConfig
-from ollama_balancer.names import canonical
-from ollama_balancer.ollama import OllamaClient
+from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig
+from ollama_wire.client import OllamaClient
+from ollama_wire.names import canonical
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """kopf peering: which mode the operator picks, and two real operators sharing one pool.
 
-The end-to-end test runs both operators as ``python -m ollama_balancer operator`` processes
+The end-to-end test runs both operators as ``python -m ollama_fleet operator`` processes
 (as a Deployment's replicas would run) against the real kube-apiserver, with kopf's peering
 CRDs from ``manifests/crds/kopf-peering.yaml``.  Which replica did the work is read from the
 Events' ``reportingInstance`` (the operator's ``--identity``), not from logs alone.
@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelpool_operator.handlers import Peering, choose_peering
 from modelpool_operator.settings import RANDOM_PRIORITY_MAX, OperatorSettings
-from ollama_balancer.emulator import EmulatedFleet
+from ollama_emulator import EmulatedFleet
 from tests.kube.cluster import KubeCluster
 from tests.operator.test_e2e import (  # noqa: F401 (modelpool_crd: a fixture)
     Env,
@@ -141,7 +141,7 @@ class OperatorProcess:
         self.log_path = cluster.dir / f"operator-{namespace}-{identity}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_FLEET_OPERATOR_")}
         argv = [
-            sys.executable, "-m", "ollama_balancer", "operator",
+            sys.executable, "-m", "ollama_fleet", "operator",
             "-n", namespace, "--kubeconfig", str(kubeconfig or cluster.kubeconfig),
             "--identity", identity, "--priority", str(priority),
             "--resync-seconds", "1", "--backoff-seconds", "0.1", "--attempts", "2",

@@ -18,7 +18,7 @@ from modelpool_operator.state import (
     Resident,
     merge_claims,
 )
-from ollama_balancer.names import canonical
+from ollama_wire.names import canonical
 
 GB = 1_000_000_000
 A = canonical("a")  # registry.ollama.ai/library/a:latest

@@ -9,9 +9,9 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ollama_balancer.durations import KeepAliveError, parse_keep_alive
-from ollama_balancer.names import InvalidModelName, parse
 from ollama_balancer.requests import BadRequest, parse_request
+from ollama_wire.durations import KeepAliveError, parse_keep_alive
+from ollama_wire.names import InvalidModelName, parse
 from tests.balancer.conftest import RigFactory, nodes
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

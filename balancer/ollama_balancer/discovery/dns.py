@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends import Backend, Publish
+from ollama_wire.backend import Backend
+
+from ..backends import Publish
 from ..telemetry import get_logger
 
 __all__ = ["DnsDiscovery", "DnsDiscoveryConfig", "backends_from_addresses"]

@@ -33,7 +33,9 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from ..backends import Backend, Publish
+from ollama_wire.backend import Backend
+
+from ..backends import Publish
 from ..telemetry import get_logger
 from .pods import PodKey, PodRules, apply_event, backends_from_pods
 

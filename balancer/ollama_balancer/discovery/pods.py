@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..backends import Backend
-from ..quantity import parse_quantity
+from ollama_wire.backend import Backend
+from ollama_wire.quantity import parse_quantity
 
 __all__ = [
     "ANNOTATION_NUM_PARALLEL",

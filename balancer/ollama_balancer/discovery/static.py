@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 
-from ..backends import Backend, Publish
+from ollama_wire.backend import Backend
+
+from ..backends import Publish
 
 __all__ = ["StaticDiscovery", "parse_static_backends"]
 

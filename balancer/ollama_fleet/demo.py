@@ -7,8 +7,8 @@ import asyncio
 import signal
 from collections.abc import Mapping
 
-from .app import create_app, serve
-from .settings import BalancerSettings
+from ollama_balancer.app import create_app, serve
+from ollama_balancer.settings import BalancerSettings
 
 __all__ = ["configure", "run"]
 
@@ -40,14 +40,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .telemetry import configure_logging
+    from ollama_balancer.telemetry import configure_logging
 
     configure_logging("console", "warning")
     return asyncio.run(_main(args))
 
 
 def _demo_fleet(args: argparse.Namespace) -> object:
-    from .emulator import FleetConfig, NodeConfig, default_catalogue
+    from ollama_emulator import FleetConfig, NodeConfig, default_catalogue
 
     catalogue = default_catalogue()
     names = [m.name for m in catalogue.models] if hasattr(catalogue, "models") else []
@@ -71,7 +71,7 @@ def _demo_fleet(args: argparse.Namespace) -> object:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from .emulator import EmulatedFleet
+    from ollama_emulator import EmulatedFleet
 
     config = _demo_fleet(args)
     async with EmulatedFleet(config) as fleet:  # type: ignore[arg-type]

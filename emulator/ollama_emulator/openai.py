@@ -236,7 +236,7 @@ async def model(request: web.Request) -> web.Response:
     ident = request.match_info["model"]
     found = request.app[NODE].library.find(ident)
     if found is None:
-        from .. import names
+        from ollama_wire import names
 
         try:
             shown = names.display(ident)

@@ -17,7 +17,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import names
+from ollama_wire import names
+
 from .catalogue import Catalogue, ModelSpec
 from .clock import Clock
 from .stats import Stats

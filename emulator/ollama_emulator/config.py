@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from ..durations import FOREVER, parse_keep_alive
+from ollama_wire.durations import FOREVER, parse_keep_alive
+
 from .catalogue import Catalogue, ModelSpec, default_catalogue, parse_size
 
 __all__ = ["FleetConfig", "NodeConfig", "auto_context_length", "default_fleet", "load_config"]

@@ -16,7 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import error_body_for
+from ollama_wire.errors import error_body_for
+
 from . import handlers, openai
 from .guard import host_allowed, origin_allowed
 from .keys import NODE

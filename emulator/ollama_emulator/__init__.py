@@ -4,7 +4,7 @@ It follows shared/ollama-api.md (wire shapes, error bodies, scheduler,
 keep_alive, pull progress, names) so the balancer's tests, benchmarks and demo
 measure something real.  Python API::
 
-    from ollama_balancer.emulator import (
+    from ollama_emulator import (
         EmulatedFleet, FleetConfig, NodeConfig, ModelSpec, default_catalogue, load_config,
     )
 

@@ -20,7 +20,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..durations import FOREVER
+from ollama_wire.durations import FOREVER
+
 from .catalogue import parse_size
 from .config import FleetConfig, NodeConfig, _seconds, default_fleet, load_config
 from .fleet import EmulatedFleet

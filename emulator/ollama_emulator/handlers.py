@@ -7,7 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import OLLAMA_VERSION, names
+from ollama_wire import OLLAMA_VERSION, names
+
 from . import generation
 from .inference import (
     Generation,

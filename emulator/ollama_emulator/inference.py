@@ -12,8 +12,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..durations import KeepAliveError, parse_keep_alive
-from ..errors import MSG_SERVER_BUSY
+from ollama_wire.durations import KeepAliveError, parse_keep_alive
+from ollama_wire.errors import MSG_SERVER_BUSY
+
 from . import generation
 from .registry import InstalledModel
 from .scheduler import Runner, ServerBusy

@@ -3,7 +3,7 @@
 A :class:`ModelSpec` carries the metadata Ollama reports (``/api/tags``,
 ``/api/show``, ``/api/ps``) and the performance numbers the emulator plays back
 (load time, decode rate).  Names follow Ollama's normalisation
-(:mod:`ollama_balancer.names`), so ``llama3.2``, ``llama3.2:latest`` and
+(:mod:`ollama_wire.names`), so ``llama3.2``, ``llama3.2:latest`` and
 ``library/llama3.2`` find the same spec.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .. import names
+from ollama_wire import names
 
 __all__ = ["Catalogue", "ModelSpec", "default_catalogue", "parse_size"]
 

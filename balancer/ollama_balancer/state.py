@@ -1,0 +1,64 @@
+"""Everything one balancer process owns, behind one typed application key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from .admin import Admin
+from .backends import Discovery
+from .fleet import BackendState, PollResult
+from .ledger import Ledger
+from .polling import FleetView, Poller
+from .proxy import Proxy, RequestRecord
+from .settings import BalancerSettings
+
+__all__ = ["BALANCER", "Balancer"]
+
+
+@dataclass
+class Balancer:
+    """Everything one balancer process owns, reachable from handlers and tests."""
+
+    settings: BalancerSettings
+    view: FleetView
+    ledger: Ledger
+    proxy: Proxy
+    admin: Admin
+    poller: Poller | None = None
+    session: aiohttp.ClientSession | None = None
+    discovery: Discovery | None = None
+    draining: bool = False
+    records: list[Callable[[RequestRecord], None]] = field(default_factory=list)
+    polls: list[Callable[[PollResult], None]] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic
+
+    def http(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            raise RuntimeError("the balancer's HTTP session is not started")
+        return self.session
+
+    def routable(self) -> list[str]:
+        now = self.clock()
+        s = self.settings
+        return [
+            b.name
+            for b in self.view.snapshot.backends
+            if b.routable(now, s.fail_threshold, s.stale_after)
+        ]
+
+    def routable_states(self) -> list[BackendState]:
+        now = self.clock()
+        s = self.settings
+        return [
+            b
+            for b in self.view.snapshot.backends
+            if b.routable(now, s.fail_threshold, s.stale_after)
+        ]
+
+
+BALANCER = web.AppKey("balancer", Balancer)
