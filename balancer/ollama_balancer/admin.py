@@ -20,10 +20,11 @@ import aiohttp
 from aiohttp import web
 
 from ollama_wire.backend import Backend
-from ollama_wire.client import OllamaClient, OllamaError
+from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
+from .context import PARSED, request_id
+from .errors import BackendAnswer, Forbidden, NotFound, Unavailable
 from .polling import FleetView
-from .proxy import error_response, request_id
 from .settings import BalancerSettings
 
 __all__ = ["Admin"]
@@ -48,9 +49,9 @@ class Admin:
         self._clock = clock
 
     async def deny(self, request: web.Request) -> web.StreamResponse:
-        return error_response(request.path, 403, DENIED.format(path=request.path))
+        raise Forbidden(DENIED.format(path=request.path))
 
-    def _targets(self, request: web.Request) -> list[Backend] | web.Response:
+    def _targets(self, request: web.Request) -> list[Backend]:
         snap = self.view.snapshot
         now = self._clock()
         routable = [
@@ -62,44 +63,20 @@ class Admin:
         if pin:
             routable = [b for b in routable if b.name == pin]
             if not routable:
-                return error_response(request.path, 404, f"backend '{pin}' is not available")
+                raise NotFound(f"backend '{pin}' is not available")
         if not routable:
-            return error_response(
-                request.path, 503, "no Ollama backend is available", retry_after=5
-            )
+            raise Unavailable("no Ollama backend is available", retry_after=5)
         return routable
 
-    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
-        raw = await request.read()
-        if not raw.strip():
-            return error_response(request.path, 400, "missing request body")
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            return error_response(request.path, 400, f"invalid JSON: {exc}")
-        if not isinstance(doc, dict) or not (doc.get("model") or doc.get("name")):
-            return error_response(request.path, 400, "model is required")
-        return doc
-
-    async def _fanout(
-        self, request: web.Request
-    ) -> tuple[dict[str, Any], list[Backend], str] | web.StreamResponse:
-        """Shared prologue: refused unless fan-out is on, a valid body, the target pods."""
+    async def _fanout(self, request: web.Request) -> tuple[dict[str, Any], list[Backend], str]:
+        """Shared prologue: refused unless fan-out is on; the parsed body; the target pods."""
         if self.settings.admin != "fanout":
-            return await self.deny(request)
-        doc = await self._body(request)
-        if isinstance(doc, web.Response):
-            return doc
-        targets = self._targets(request)
-        if isinstance(targets, web.Response):
-            return targets
-        return doc, targets, str(doc.get("model") or doc.get("name"))
+            raise Forbidden(DENIED.format(path=request.path))
+        parsed = request[PARSED]  # read, parsed and authorised once by the pipeline
+        return parsed.doc, self._targets(request), parsed.model
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
-        prologue = await self._fanout(request)
-        if isinstance(prologue, web.StreamResponse):
-            return prologue
-        doc, targets, model = prologue
+        doc, targets, model = await self._fanout(request)
         stream = doc.get("stream", True) is not False
         queue: asyncio.Queue[tuple[str, dict[str, Any] | None, str]] = asyncio.Queue()
 
@@ -164,7 +141,7 @@ class Admin:
             msg = "; ".join(f"{n}: {e}" for n, e in sorted(failed.items()))
             message = f"pull of '{model}' failed on {len(failed)} of {len(tasks)} pods: {msg}"
             if resp is None:
-                return error_response(request.path, 500, message)
+                raise BackendAnswer(500, message)  # what one Ollama answers for a failed pull
             await resp.write(json.dumps({"error": message}).encode() + b"\n")
             await resp.write_eof()
             return resp
@@ -175,10 +152,7 @@ class Admin:
         return resp
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        prologue = await self._fanout(request)
-        if isinstance(prologue, web.StreamResponse):
-            return prologue
-        _, targets, model = prologue
+        _, targets, model = await self._fanout(request)
 
         async def one(b: Backend) -> OllamaError | None:
             try:
@@ -192,12 +166,14 @@ class Admin:
         results = await asyncio.gather(*(one(b) for b in targets))
         errors = [(b.name, r) for b, r in zip(targets, results, strict=True) if r is not None]
         if len(errors) < len(targets):
-            real = [f"{n}: {e.message}" for n, e in errors if e.status != 404]
+            real = [f"{n}: {e.message}" for n, e in errors if not _not_found(e)]
             if real:
-                return error_response(
-                    request.path, 500, f"deleted on some pods, failed on: {'; '.join(real)}"
-                )
+                raise BackendAnswer(500, f"deleted on some pods, failed on: {'; '.join(real)}")
             return web.Response(status=200)
-        if all(e.status == 404 for _, e in errors):
-            return error_response(request.path, 404, errors[0][1].message)
-        return error_response(request.path, 500, "; ".join(f"{n}: {e.message}" for n, e in errors))
+        if all(_not_found(e) for _, e in errors):
+            raise NotFound(errors[0][1].message)
+        raise BackendAnswer(500, "; ".join(f"{n}: {e.message}" for n, e in errors))
+
+
+def _not_found(exc: OllamaError) -> bool:
+    return isinstance(exc, OllamaStatusError) and exc.status == 404

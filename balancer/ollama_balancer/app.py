@@ -20,37 +20,23 @@ from ollama_wire.names import InvalidModelName, canonical
 
 from .admin import Admin
 from .backends import Discovery
+from .errors import NotFound
 from .fleet import PollResult
 from .ledger import Ledger
 from .limits import SECURITY, attach_server, install_security, runner_kwargs
 from .observability import install as install_observability
+from .pipeline import front_door
 from .polling import FleetView, Poller
-from .proxy import Proxy, RequestRecord, error_response, request_id
+from .proxy import Proxy
+from .record import RequestRecord
+from .routes import ROUTES, Kind
 from .settings import BalancerSettings
 from .state import BALANCER, Balancer
 from .views import api_ps, api_tags, fleet_version, v1_model, v1_models
 
-__all__ = ["BALANCER", "OPS_PATHS", "Balancer", "create_app", "ops_app", "serve"]
-
+__all__ = ["OPS_PATHS", "create_app", "ops_app", "serve"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def _ollama_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request ids on every answer; unknown routes answered like Ollama (gin)."""
-    rid = request_id(request)
-    try:
-        resp = await handler(request)
-    except web.HTTPNotFound:
-        resp = web.Response(status=404, text="404 page not found")
-    except web.HTTPMethodNotAllowed:
-        resp = web.Response(status=405, text="405 method not allowed")
-    except web.HTTPRequestEntityTooLarge:
-        resp = error_response(request.path, 413, "request body too large")
-    if not resp.prepared:
-        resp.headers.setdefault("X-Request-ID", rid)
-    return resp
 
 
 def create_app(
@@ -61,7 +47,7 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     on_record: Callable[[RequestRecord], None] | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_ollama_errors])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[front_door])
     view = FleetView(clock)
     ledger = Ledger(settings.default_load_seconds, settings.default_service_seconds)
     holder: dict[str, Balancer] = {}
@@ -69,12 +55,8 @@ def create_app(
     def session() -> aiohttp.ClientSession:
         return holder["b"].http()
 
-    def record(r: RequestRecord) -> None:
-        for listener in holder["b"].records:
-            listener(r)
-
     rng = rng or random.Random()
-    proxy = Proxy(settings, view, ledger, session, rng=rng, clock=clock, on_record=record)
+    proxy = Proxy(settings, view, ledger, session, rng=rng, clock=clock)
     bal = Balancer(
         settings=settings,
         view=view,
@@ -89,7 +71,7 @@ def create_app(
     holder["b"] = bal
     app[BALANCER] = bal
     install_observability(app)  # before the first set_backends, so "joined" is seen
-    install_security(app, bal.records)  # API keys, per-key limits, slow clients, conn cap
+    install_security(app, bal.records)  # API keys and their quotas (enforced by the pipeline)
     if discovery is None and settings.discovery == "static":
         view.set_backends(settings.static_backends())
     app.cleanup_ctx.append(_lifecycle)
@@ -140,13 +122,6 @@ def _fan_out(listeners: list[Callable[[PollResult], None]]) -> Callable[[PollRes
     return notify
 
 
-def _model_key(name: str) -> str | None:
-    try:
-        return canonical(name)
-    except InvalidModelName:
-        return None
-
-
 def _add_routes(app: web.Application, bal: Balancer) -> None:
     async def root(request: web.Request) -> web.StreamResponse:
         return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
@@ -165,10 +140,13 @@ def _add_routes(app: web.Application, bal: Balancer) -> None:
 
     async def model(request: web.Request) -> web.StreamResponse:
         ident = request.match_info["model"]
-        key = _model_key(ident)
+        try:
+            key: str | None = canonical(ident)
+        except InvalidModelName:
+            key = None
         found = v1_model(bal.routable_states(), key, ident) if key else None
         if found is None:
-            return error_response(request.path, 404, f"model '{ident}' not found")
+            raise NotFound(f"model '{ident}' not found")
         return web.json_response(found)
 
     async def healthz(request: web.Request) -> web.StreamResponse:
@@ -180,36 +158,32 @@ def _add_routes(app: web.Application, bal: Balancer) -> None:
         body = {"ready": ready, "routable": routable, "draining": bal.draining}
         return web.json_response(body, status=200 if ready else 503)
 
-    r = app.router
-    r.add_get("/", root)  # GET also answers HEAD
-    r.add_get("/api/version", version)
-    r.add_get("/api/tags", tags)
-    r.add_route("GET", "/api/ps", ps)
-    r.add_route("GET", "/v1/models", models)
-    r.add_route("GET", "/v1/models/{model}", model)
-    r.add_route("GET", "/healthz", healthz)
-    r.add_route("GET", "/readyz", readyz)
-    for path in (
-        "/api/generate",
-        "/api/chat",
-        "/api/embed",
-        "/api/embeddings",
-        "/api/show",
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-    ):
-        r.add_route("POST", path, bal.proxy.handle)
-    r.add_route("POST", "/api/pull", bal.admin.pull)
-    r.add_route("DELETE", "/api/delete", bal.admin.delete)
-    for path in ("/api/create", "/api/copy", "/api/push"):
-        r.add_route("POST", path, bal.admin.deny)
-    r.add_route("*", "/api/blobs/{digest}", bal.admin.deny)
+    handlers: dict[str, Handler] = {
+        "/": root,
+        "/api/version": version,
+        "/api/tags": tags,
+        "/api/ps": ps,
+        "/v1/models": models,
+        "/v1/models/{model}": model,
+        "/api/pull": bal.admin.pull,
+        "/api/delete": bal.admin.delete,
+        "/api/create": bal.admin.deny,
+        "/api/copy": bal.admin.deny,
+        "/api/push": bal.admin.deny,
+        "/api/blobs/{digest}": bal.admin.deny,
+        "/healthz": healthz,
+        "/readyz": readyz,
+    }
+    for spec in ROUTES:
+        handler = bal.proxy.handle if spec.kind is Kind.INFERENCE else handlers.get(spec.path)
+        if handler is None:
+            continue  # /metrics and /-/*: observability adds them
+        for method in spec.methods:
+            app.router.add_route(method, spec.path, handler)
 
 
 #: Paths the operations port serves (health, metrics, fleet view), never behind keys.
-OPS_PATHS = ("/healthz", "/readyz", "/metrics", "/-/fleet", "/-/dashboard")
+OPS_PATHS = tuple(r.path for r in ROUTES if r.kind is Kind.OPS and r.path != "/")
 
 
 def ops_app(app: web.Application) -> web.Application:
@@ -219,7 +193,7 @@ def ops_app(app: web.Application) -> web.Application:
     routes, middlewares or lifecycle: Kubernetes probes and Prometheus scrape it
     while the main port may require API keys.
     """
-    ops = web.Application(middlewares=[_ollama_errors])
+    ops = web.Application(middlewares=[front_door])
     ops[BALANCER] = app[BALANCER]
     for resource in app.router.resources():
         if resource.canonical in OPS_PATHS:

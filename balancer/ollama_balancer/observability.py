@@ -14,7 +14,6 @@ Routes: ``GET /metrics`` (Prometheus text), ``GET /-/fleet`` (JSON, see
 
 from __future__ import annotations
 
-import asyncio
 from importlib import resources
 from typing import Any
 
@@ -26,8 +25,9 @@ from .fleet import FleetSnapshot, PollResult
 from .fleetview import FleetReport, build, model_display
 from .metrics import CONTENT_TYPE, NONE, OTHER, FleetMetrics, RequestSample
 from .polling import FleetChange
-from .proxy import RequestRecord
-from .routing import COLD_LOAD, PULL
+from .rankers import Reason
+from .record import RequestRecord
+from .routes import Kind
 from .state import BALANCER, Balancer
 from .telemetry import EVENT_FLEET_CHANGE, EVENT_REQUEST, get_logger
 
@@ -36,6 +36,7 @@ __all__ = [
     "fleet_report",
     "install",
     "model_label",
+    "noteworthy",
     "request_fields",
     "request_sample",
     "slot_wait_seconds",
@@ -113,7 +114,7 @@ def request_sample(record: RequestRecord, snapshot: FleetSnapshot) -> RequestSam
         ttfb=record.ttfb,
         attempts=record.attempts,
         failed_backends=_failed_backends(record.retries, snapshot.names()),
-        cold_load=record.reason in (COLD_LOAD, PULL),
+        cold_load=record.reason in (Reason.COLD_LOAD, Reason.PULL),
         cold_load_seconds=record.cold_load_seconds,
         eval_count=_int(m, "eval_count"),
         eval_duration_ns=_int(m, "eval_duration"),
@@ -156,6 +157,15 @@ def request_fields(record: RequestRecord, sample: RequestSample) -> dict[str, An
     }
 
 
+def noteworthy(record: RequestRecord) -> bool:
+    """Counted and logged at info: inference, admin, unknown paths and every refusal.
+
+    Listings and operations endpoints that were answered without an error (probes,
+    scrapes, ``/api/tags`` polling by front ends) are logged at debug only.
+    """
+    return record.kind not in (Kind.LISTING, Kind.OPS) or bool(record.error)
+
+
 class _PenaltyWatch:
     """Counts cool-downs by watching the ledger's penalty deadlines move forward.
 
@@ -182,6 +192,10 @@ def install(app: web.Application) -> None:
     """Metrics, log events and the fleet view routes for the balancer ``app``."""
     bal = app[BALANCER]
     log = get_logger("ollama_fleet.balancer")
+
+    def snap() -> FleetSnapshot:
+        return bal.view.snapshot
+
     metrics = FleetMetrics(lambda: fleet_report(bal))
     app[METRICS] = metrics
     penalties = _PenaltyWatch()
@@ -190,13 +204,10 @@ def install(app: web.Application) -> None:
     )
 
     def on_record(record: RequestRecord) -> None:
-        # Proxy.handle publishes the record in a ``finally`` and only then copies the
-        # response status into it (same task step, no await between): reading it one
-        # loop tick later sees the final status.
-        asyncio.get_running_loop().call_soon(observe, record)
-
-    def observe(record: RequestRecord) -> None:
-        sample = request_sample(record, bal.view.snapshot)
+        if not noteworthy(record):
+            log.debug(EVENT_REQUEST, **request_fields(record, request_sample(record, snap())))
+            return
+        sample = request_sample(record, snap())
         metrics.observe_request(sample)
         for backend in penalties.new(bal.ledger.snapshot().get("penalties")):
             metrics.observe_penalty(backend)

@@ -14,26 +14,28 @@ import asyncio
 import json
 import random
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from ollama_wire.backend import Backend
-from ollama_wire.client import OllamaClient, OllamaError
-from ollama_wire.errors import error_body_for
+from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
+from .context import PARSED, RECORD
+from .errors import AttemptFailed, for_outcome, give_up
 from .ledger import COLD_LOAD_THRESHOLD, Ledger
 from .polling import FleetView
-from .requests import BadRequest, ParsedRequest, affinity_key, parse_request, with_model
-from .routing import COLD_LOAD, PULL, Choice, Policy, RouteRequest, route
+from .rankers import Choice, Reason, Strategy
+from .record import RequestRecord
+from .requests import ParsedRequest, affinity_key
+from .routes import spec_for
+from .routing import Policy, RouteRequest, route
 from .settings import BalancerSettings
 
-__all__ = ["Proxy", "RequestRecord", "error_response"]
+__all__ = ["Proxy"]
 
 HOP_BY_HOP = frozenset(
     {
@@ -66,60 +68,6 @@ _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 #: A failure faster than this is "fast": the pod is likely broken, not busy.
 FAST_FAIL_SECONDS = 1.0
 AFFINITY_ENTRIES = 10_000
-_AFFINITY_PATHS = frozenset(
-    {"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions", "/v1/responses"}
-)
-
-
-def error_response(
-    path: str,
-    status: int,
-    message: str,
-    *,
-    retry_after: int | None = None,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    resp = web.json_response(error_body_for(path, status, message), status=status)
-    if retry_after is not None:
-        resp.headers["Retry-After"] = str(retry_after)
-    if headers:
-        resp.headers.update(headers)
-    return resp
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """One finished proxied request: what logs and metrics are made of."""
-
-    request_id: str
-    method: str
-    path: str
-    model: str = ""
-    backend: str = ""
-    reason: str = ""
-    status: int = 0
-    attempts: int = 0
-    bytes_out: int = 0
-    started: float = 0.0
-    duration: float = 0.0
-    ttfb: float | None = None
-    cold_load_seconds: float | None = None
-    broken_stream: bool = False
-    client_gone: bool = False
-    error: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    retries: list[str] = field(default_factory=list)
-    client: str = ""  # the API key's name when authentication is on (never the key)
-
-
-@dataclass(slots=True)
-class _Failure:
-    status: int
-    message: str
-    retry: bool
-    fast: bool = False
-    body: bytes = b""
-    content_type: str = ""
 
 
 class Proxy:
@@ -132,7 +80,6 @@ class Proxy:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_record: Callable[[RequestRecord], None] | None = None,
     ) -> None:
         self.settings = settings
         self.view = view
@@ -140,13 +87,12 @@ class Proxy:
         self._session = session
         self.rng = rng or random.Random()
         self.clock = clock
-        self.on_record = on_record
         self.policy = Policy(
             fail_threshold=settings.fail_threshold,
             stale_after=settings.stale_after,
             affinity_bound=settings.affinity_bound,
             auto_pull=settings.auto_pull,
-            strategy=settings.routing_policy,
+            strategy=Strategy(settings.routing_policy),
         )
         self._turn = 0  # round-robin baseline's cursor
         self._affinity: OrderedDict[str, str] = OrderedDict()
@@ -157,42 +103,13 @@ class Proxy:
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        rid = request_id(request)
-        record = RequestRecord(rid, request.method, request.path, started=self.clock())
-        record.client = request.get(CLIENT_NAME, "")
-        try:
-            resp = await self._handle(request, record)
-            record.status = resp.status
-        except asyncio.CancelledError:
-            record.client_gone = True
-            record.status = 499
-            raise
-        finally:
-            record.duration = self.clock() - record.started
-            if self.on_record is not None:
-                self.on_record(record)
-        return resp
-
-    async def _handle(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
-        path = request.path
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return error_response(
-                path,
-                413,
-                f"request body too large: the limit is {self.settings.max_body_bytes} bytes",
-            )
-        try:
-            req = parse_request(raw, path, request.headers.get("X-Ollama-Backend"))
-        except BadRequest as exc:
-            record.error = exc.message
-            return error_response(path, exc.status, exc.message)
+        """An inference request, parsed and admitted by the pipeline: route, forward, stream."""
+        req = request[PARSED]
+        record = request[RECORD]
+        spec = spec_for(request.path)
         snapshot = self.view.snapshot
-        req = self._resolve_alias(req)
-        record.model = req.model
         aff = None
-        if self.settings.affinity and path in _AFFINITY_PATHS and req.pin is None:
+        if self.settings.affinity and spec is not None and spec.affinity and req.pin is None:
             aff = affinity_key(req.doc, req.key, request.headers.get("X-Session-ID"))
         decision = route(
             RouteRequest(req.key, req.model, req.pin, self._affinity.get(aff) if aff else None),
@@ -204,17 +121,11 @@ class Proxy:
             self._turn,
         )
         self._turn += 1
-        if decision.error is not None:
-            record.error = decision.error.message
-            return error_response(
-                path,
-                decision.error.status,
-                decision.error.message,
-                retry_after=decision.error.retry_after,
-            )
-        counts = path != "/api/show"
+        if decision.unroutable is not None:
+            raise for_outcome(decision.unroutable)
+        counts = spec is not None and spec.quota  # /api/show takes no slot
         deadline = self.clock() + self.settings.retry_budget
-        failure: _Failure | None = None
+        failures: list[AttemptFailed] = []
         for attempt, choice in enumerate(decision.ranked[: self.settings.max_attempts]):
             if attempt and self.clock() > deadline:
                 break
@@ -223,56 +134,26 @@ class Proxy:
                 continue
             record.attempts += 1
             record.backend, record.reason = choice.backend, choice.reason
-            if choice.reason == PULL:
-                failure = await self._pull_for(state.backend, req.model)
-                if failure is not None:
-                    record.retries.append(f"{choice.backend}: {failure.message}")
-                    continue
-            result = await self._forward(request, req, state.backend, choice, record, counts)
-            if isinstance(result, web.StreamResponse):
-                if aff is not None:
-                    self._remember(aff, choice.backend)
-                return result
-            failure = result
-            record.retries.append(f"{choice.backend}: {result.message}")
-            if not result.retry:
-                break
-        return self._give_up(path, failure, record)
-
-    def _resolve_alias(self, req: ParsedRequest) -> ParsedRequest:
-        """``ollama/llama3`` means ``llama3`` unless a namespace ``ollama`` really exists."""
-        if req.alt_key is None or req.alt_model is None:
-            return req
-        snap = self.view.snapshot
-        if any(s.has_installed(req.key) or s.resident_model(req.key) for s in snap.backends):
-            return req
-        return with_model(req, req.alt_model, req.alt_key)
+            try:
+                if choice.reason is Reason.PULL:
+                    await self._pull_for(state.backend, req.model)
+                resp = await self._forward(request, req, state.backend, choice, record, counts)
+            except AttemptFailed as failed:
+                failures.append(failed)
+                record.retries.append(str(failed))
+                if not failed.retry:
+                    break
+                continue
+            if aff is not None:
+                self._remember(aff, choice.backend)
+            return resp
+        raise give_up(record.model, failures)
 
     def _remember(self, key: str, backend: str) -> None:
         self._affinity[key] = backend
         self._affinity.move_to_end(key)
         while len(self._affinity) > AFFINITY_ENTRIES:
             self._affinity.popitem(last=False)
-
-    def _give_up(
-        self, path: str, failure: _Failure | None, record: RecordType
-    ) -> web.StreamResponse:
-        if failure is None:
-            record.error = "no backend could be tried"
-            return error_response(path, 503, "no Ollama backend is available", retry_after=5)
-        record.error = failure.message
-        if failure.body and failure.status < 600 and failure.status != 503:
-            # The backend's own answer (e.g. a 500 load failure), reshaped for /v1 clients.
-            message = _error_message(failure.body) or failure.message
-            return error_response(path, failure.status, message)
-        tried = "; ".join(record.retries)
-        status = failure.status if failure.status in (503, 504) else 503
-        return error_response(
-            path,
-            status,
-            f"all backends failed for model '{record.model}': {tried}",
-            retry_after=5,
-        )
 
     # ---------------------------------------------------------------- forward
     async def _forward(
@@ -283,8 +164,9 @@ class Proxy:
         choice: Choice,
         record: RequestRecord,
         counts: bool,
-    ) -> web.StreamResponse | _Failure:
-        cold = choice.reason in (COLD_LOAD, PULL)
+    ) -> web.StreamResponse:
+        """Send to ``backend`` and stream back; :class:`AttemptFailed` before the first byte."""
+        cold = choice.reason in (Reason.COLD_LOAD, Reason.PULL)
         rid = record.request_id
         if counts:
             self.ledger.begin(backend.name, req.key, cold=cold, now=self.clock(), request_id=rid)
@@ -304,16 +186,17 @@ class Proxy:
                         allow_redirects=False,
                     )
             except TimeoutError:
-                return _Failure(
-                    504,
-                    f"{backend.name} sent nothing for {self.settings.first_byte_timeout:g}s",
+                raise AttemptFailed(
+                    backend.name,
+                    f"sent nothing for {self.settings.first_byte_timeout:g}s",
                     retry=False,
-                )
+                    timeout=True,
+                ) from None
             except (aiohttp.ClientError, OSError) as exc:
                 self._penalise(backend.name, t0)
-                return _Failure(
-                    503, f"{backend.name} unreachable: {_describe(exc)}", retry=True, fast=True
-                )
+                raise AttemptFailed(
+                    backend.name, f"unreachable: {_describe(exc)}", fast=True
+                ) from None
             ttfb = self.clock() - t0
             record.ttfb = ttfb
             loaded = (
@@ -327,13 +210,12 @@ class Proxy:
                 body = await _read_small(upstream, self.settings.idle_timeout)
                 if upstream.status >= 500 and ttfb < FAST_FAIL_SECONDS:
                     self._penalise(backend.name, t0)
-                return _Failure(
-                    upstream.status,
-                    f"{backend.name} answered {upstream.status}: "
-                    f"{_error_message(body) or upstream.reason}",
-                    retry=True,
-                    body=body,
-                    content_type=upstream.content_type,
+                answer = _error_message(body)
+                raise AttemptFailed(
+                    backend.name,
+                    f"answered {upstream.status}: {answer or upstream.reason}",
+                    status=upstream.status,
+                    answer=answer,
                 )
             self.ledger.clear_penalty(backend.name)
             return await self._stream(request, upstream, backend, choice, req, record)
@@ -407,7 +289,9 @@ class Proxy:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass
 
-    def _learn(self, key: str, choice: Choice, record: RecordType, tail: bytes, ctype: str) -> None:
+    def _learn(
+        self, key: str, choice: Choice, record: RequestRecord, tail: bytes, ctype: str
+    ) -> None:
         metrics = (
             _final_metrics(tail) if ctype in ("application/x-ndjson", "application/json") else None
         )
@@ -422,7 +306,7 @@ class Proxy:
             return
         if record.cold_load_seconds is not None and record.ttfb is not None:
             self.ledger.learn_load(key, record.ttfb)
-        elif choice.reason != COLD_LOAD:
+        elif choice.reason is not Reason.COLD_LOAD:
             self.ledger.learn_service(key, self.clock() - record.started)
 
     def _penalise(self, backend: str, since: float) -> None:
@@ -430,7 +314,7 @@ class Proxy:
             self.ledger.penalise(backend, self.clock() + self.settings.penalty_seconds)
 
     # ------------------------------------------------------------ auto-pull
-    async def _pull_for(self, backend: Backend, model: str) -> _Failure | None:
+    async def _pull_for(self, backend: Backend, model: str) -> None:
         """Pull ``model`` onto ``backend`` once, however many requests wait for it."""
         key = (backend.name, model)
         task = self._pulls.get(key)
@@ -449,26 +333,10 @@ class Proxy:
         try:
             await asyncio.shield(task)
         except OllamaError as exc:
-            return _Failure(
-                exc.status or 503, f"pull of '{model}' failed: {exc.message}", retry=True
-            )
-        return None
-
-
-RecordType = RequestRecord
-REQUEST_ID = web.RequestKey("request_id", str)
-#: Set by the authentication middleware (limits.py) to the key's name.
-CLIENT_NAME = web.RequestKey("client_name", str)
-
-
-def request_id(request: web.Request) -> str:
-    known = request.get(REQUEST_ID)
-    if known is not None:
-        return str(known)
-    sent = request.headers.get("X-Request-ID", "")
-    rid = sent[:128] if sent and sent.isprintable() else uuid.uuid4().hex
-    request[REQUEST_ID] = rid
-    return rid
+            status = exc.status if isinstance(exc, OllamaStatusError) else None
+            raise AttemptFailed(
+                backend.name, f"pull of '{model}' failed: {exc.message}", status=status
+            ) from None
 
 
 async def _read_small(resp: aiohttp.ClientResponse, timeout: float) -> bytes:

@@ -15,13 +15,14 @@ from typing import Any
 
 from ollama_wire.names import InvalidModelName, parse, strip_gateway_prefix
 
-__all__ = ["BadRequest", "ParsedRequest", "affinity_key", "parse_request", "with_model"]
+__all__ = ["InvalidRequest", "ParsedRequest", "affinity_key", "parse_request", "with_model"]
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
+class InvalidRequest(Exception):
+    """The body cannot be read as a request for a model (the pipeline answers 400)."""
+
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
 
 
@@ -41,23 +42,23 @@ def parse_request(
     raw: bytes, path: str, pin_header: str | None, *, max_depth: int = 64
 ) -> ParsedRequest:
     if not raw.strip():
-        raise BadRequest(400, "missing request body")
+        raise InvalidRequest("missing request body")
     try:
         doc = json.loads(raw)
     except UnicodeDecodeError:
-        raise BadRequest(400, "invalid JSON: body is not UTF-8") from None
+        raise InvalidRequest("invalid JSON: body is not UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise BadRequest(400, f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
+        raise InvalidRequest(f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
     except RecursionError:
-        raise BadRequest(400, "invalid JSON: nested too deeply") from None
+        raise InvalidRequest("invalid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
-        raise BadRequest(400, "invalid JSON: expected an object")
+        raise InvalidRequest("invalid JSON: expected an object")
     if _depth(doc, max_depth) > max_depth:
-        raise BadRequest(400, f"invalid JSON: nested deeper than {max_depth} levels")
+        raise InvalidRequest(f"invalid JSON: nested deeper than {max_depth} levels")
     model_field = "model" if doc.get("model") or "name" not in doc else "name"
     model = doc.get(model_field)
     if not isinstance(model, str) or not model.strip():
-        raise BadRequest(400, "model is required")
+        raise InvalidRequest("model is required")
     pin = pin_header.strip() if pin_header and pin_header.strip() else None
     rewritten = False
     if "@" in model:
@@ -75,7 +76,7 @@ def parse_request(
         key = parse(model).canonical
     except InvalidModelName:
         if alt_key is None or alt_model is None:
-            raise BadRequest(400, f"invalid model name '{model[:200]}'") from None
+            raise InvalidRequest(f"invalid model name '{model[:200]}'") from None
         model, key, alt_key, alt_model, rewritten = alt_model, alt_key, None, None, True
     if rewritten:
         doc[model_field] = model

@@ -14,7 +14,8 @@ from .backends import Discovery
 from .fleet import BackendState, PollResult
 from .ledger import Ledger
 from .polling import FleetView, Poller
-from .proxy import Proxy, RequestRecord
+from .proxy import Proxy
+from .record import RequestRecord
 from .settings import BalancerSettings
 
 __all__ = ["BALANCER", "Balancer"]
@@ -36,6 +37,11 @@ class Balancer:
     records: list[Callable[[RequestRecord], None]] = field(default_factory=list)
     polls: list[Callable[[PollResult], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
+
+    def publish(self, record: RequestRecord) -> None:
+        """Hand a finished request's record to every listener (metrics, logs, quotas)."""
+        for listener in self.records:
+            listener(record)
 
     def http(self) -> aiohttp.ClientSession:
         if self.session is None:

@@ -1,8 +1,14 @@
 """A thin async client for one Ollama server's HTTP API (the "wire client").
 
-Shared by the balancer's poller and the operator's executor.  It owns no
-session: callers pass the process-wide :class:`aiohttp.ClientSession`.
-Errors are raised as :class:`OllamaError` carrying Ollama's status and message.
+Shared by the balancer's poller and admin fan-out and the operator's executor.  It
+owns no session: callers pass the process-wide :class:`aiohttp.ClientSession`.
+What can go wrong talking to one server::
+
+    OllamaError                 anything that went wrong talking to one Ollama server
+     ├── OllamaUnreachable      no HTTP answer at all: refused, reset, DNS failure, timeout
+     ├── OllamaProtocolError    an answer that is not Ollama's protocol (e.g. not JSON)
+     ├── OllamaStatusError      Ollama answered with an HTTP error status (``status``)
+     └── OllamaStreamError      an ``{"error": ...}`` line inside a stream that began 200
 """
 
 from __future__ import annotations
@@ -14,23 +20,45 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["OllamaClient", "OllamaError", "OllamaUnreachable"]
+__all__ = [
+    "OllamaClient",
+    "OllamaError",
+    "OllamaProtocolError",
+    "OllamaStatusError",
+    "OllamaStreamError",
+    "OllamaUnreachable",
+]
 
 
 class OllamaError(Exception):
-    """Ollama answered with an error (HTTP status >= 400, or an in-stream ``error`` line)."""
+    """Anything that went wrong talking to one Ollama server (``message`` says what)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
         self.message = message
 
 
 class OllamaUnreachable(OllamaError):
     """No HTTP answer at all: refused, reset, DNS failure or timeout."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(0, message)
+
+class OllamaProtocolError(OllamaError):
+    """An answer that does not follow Ollama's protocol (malformed JSON, a cut stream)."""
+
+
+class OllamaStatusError(OllamaError):
+    """Ollama answered with an HTTP error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
+
+
+class OllamaStreamError(OllamaError):
+    """An ``{"error": ...}`` line in a stream that had begun with 200 (e.g. a failed pull)."""
 
 
 def _message(body: bytes) -> str:
@@ -68,12 +96,12 @@ class OllamaClient:
             async with self.session.request(method, self._url(path), json=body, timeout=t) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
-                    raise OllamaError(resp.status, _message(raw))
+                    raise OllamaStatusError(resp.status, _message(raw))
                 return json.loads(raw) if raw.strip() else None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise OllamaUnreachable(f"{type(exc).__name__}: {exc}") from exc
         except ValueError as exc:  # malformed JSON from the server
-            raise OllamaError(502, f"invalid JSON from {self.base_url}{path}: {exc}") from exc
+            raise OllamaProtocolError(f"invalid JSON from {self.base_url}{path}: {exc}") from exc
 
     async def version(self) -> str:
         doc = await self._json("GET", "/api/version")
@@ -99,13 +127,16 @@ class OllamaClient:
                 self._url("/api/pull"), json={"model": model, "stream": True}, timeout=t
             ) as resp:
                 if resp.status >= 400:
-                    raise OllamaError(resp.status, _message(await resp.read()))
+                    raise OllamaStatusError(resp.status, _message(await resp.read()))
                 async for line in resp.content:
                     if not line.strip():
                         continue
-                    doc = json.loads(line)
-                    if "error" in doc:
-                        raise OllamaError(500, str(doc["error"]))
+                    try:
+                        doc = json.loads(line)
+                    except ValueError as exc:
+                        raise OllamaProtocolError(f"invalid pull progress line: {exc}") from exc
+                    if isinstance(doc, dict) and "error" in doc:
+                        raise OllamaStreamError(str(doc["error"]))
                     yield doc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise OllamaUnreachable(f"{type(exc).__name__}: {exc}") from exc

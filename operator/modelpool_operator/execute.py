@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ollama_wire.client import OllamaClient, OllamaError, OllamaUnreachable
+from ollama_wire.client import (
+    OllamaClient,
+    OllamaError,
+    OllamaProtocolError,
+    OllamaStatusError,
+    OllamaUnreachable,
+)
 
 from .state import ACTION_ORDER, Action, ActionKind
 
@@ -41,7 +47,9 @@ Report = Callable[[Outcome], None]
 
 def _retryable(exc: OllamaError) -> bool:
     # 4xx is a verdict (invalid name, model not found): asking again changes nothing.
-    return isinstance(exc, OllamaUnreachable) or exc.status >= 500 or exc.status == 429
+    if isinstance(exc, OllamaStatusError):
+        return exc.status >= 500 or exc.status == 429
+    return True  # unreachable, a torn answer, or an error line inside a pull stream
 
 
 @dataclass
@@ -114,10 +122,10 @@ class Executor:
                 async for progress in client.pull(a.name, idle_timeout=self.pull_idle_timeout):
                     last = str(progress.get("status", ""))
             except ValueError as exc:  # a torn NDJSON line
-                raise OllamaError(502, f"bad pull progress line: {exc}") from exc
+                raise OllamaProtocolError(f"bad pull progress line: {exc}") from exc
             # Follow the stream to its end: leaving early would cancel the download.
             if last != "success":
-                raise OllamaError(502, f"pull stream ended at {last!r}, not 'success'")
+                raise OllamaProtocolError(f"pull stream ended at {last!r}, not 'success'")
         elif a.kind is ActionKind.LOAD:
             await client.load(
                 a.name,
@@ -134,6 +142,6 @@ class Executor:
                     await client.unload(a.name, embedding=a.embedding)
                 else:
                     await client.delete(a.name)
-            except OllamaError as exc:
+            except OllamaStatusError as exc:
                 if exc.status != 404:
                     raise

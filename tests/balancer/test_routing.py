@@ -8,6 +8,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from ollama_balancer.errors import (
+    HoldersDown,
+    NoBackend,
+    NoSuchModel,
+    PinDown,
+    PinUnknown,
+    Unroutable,
+)
 from ollama_balancer.fleet import (
     BackendState,
     FleetSnapshot,
@@ -15,6 +23,7 @@ from ollama_balancer.fleet import (
     ResidentModel,
 )
 from ollama_balancer.ledger import Ledger
+from ollama_balancer.rankers import Strategy
 from ollama_balancer.routing import Policy, RouteRequest, route
 from ollama_wire.backend import Backend
 from ollama_wire.names import canonical
@@ -86,7 +95,7 @@ def decide(
 ) -> list[tuple[str, str]]:
     req = RouteRequest(model=canonical(model), display=model, **kw)  # type: ignore[arg-type]
     d = route(req, s, led, Policy(), NOW, random.Random(7))
-    assert d.error is None, d.error
+    assert d.unroutable is None, d.unroutable
     return [(c.backend, c.reason) for c in d.ranked]
 
 
@@ -228,42 +237,43 @@ def test_pinned() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fleet", "model", "status", "message"),
+    ("fleet", "model", "outcome"),
     [
-        pytest.param(
-            snap(Pod("a", ["llama3"])), "nope", 404, "model 'nope' not found", id="model on no pod"
-        ),
+        pytest.param(snap(Pod("a", ["llama3"])), "nope", NoSuchModel("nope"), id="model on no pod"),
         pytest.param(
             snap(Pod("a", ["llama3"], down=True), Pod("b", ["mistral"])),
             "llama3",
-            503,
-            "every pod holding it is down (a)",
+            HoldersDown("llama3", ("a",)),
             id="every pod holding it is down",
         ),
-        pytest.param(snap(), "llama3", 503, "no Ollama backend", id="empty fleet"),
+        pytest.param(snap(), "llama3", NoBackend(), id="empty fleet"),
     ],
 )
-def test_errors(fleet: FleetSnapshot, model: str, status: int, message: str) -> None:
+def test_unroutable_outcomes(fleet: FleetSnapshot, model: str, outcome: Unroutable) -> None:
     d = route(
         RouteRequest(canonical(model), model), fleet, ledger(), Policy(), NOW, random.Random(1)
     )
-    assert d.error is not None
-    assert d.error.status == status
-    assert message in d.error.message
-    if status == 503:
-        assert d.error.retry_after
+    assert d.unroutable == outcome
+    assert not d.ranked
 
 
-def test_pin_unknown_backend() -> None:
+@pytest.mark.parametrize(
+    ("pin", "outcome"),
+    [
+        pytest.param("zz", PinUnknown("zz", ("a", "b")), id="pinned pod unknown"),
+        pytest.param("b", PinDown("b"), id="pinned pod down"),
+    ],
+)
+def test_pin_outcomes(pin: str, outcome: Unroutable) -> None:
     d = route(
-        RouteRequest(M, "llama3", pin="zz"),
-        snap(Pod("a", ["llama3"])),
+        RouteRequest(M, "llama3", pin=pin),
+        snap(Pod("a", ["llama3"]), Pod("b", ["llama3"], down=True)),
         ledger(),
         Policy(),
         NOW,
         random.Random(1),
     )
-    assert d.error is not None and d.error.status == 404 and "zz" in d.error.message
+    assert d.unroutable == outcome
 
 
 def test_auto_pull_targets_most_free_room() -> None:
@@ -295,7 +305,7 @@ def test_least_connections_baseline_ignores_residency() -> None:
         RouteRequest(M, "llama3"),
         fleet,
         ledger({("a", "mistral"): 1}),
-        Policy(residency=False),
+        Policy(strategy=Strategy.LEAST_CONNECTIONS),
         NOW,
         random.Random(1),
     )

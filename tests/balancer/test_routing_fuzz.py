@@ -7,8 +7,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ollama_balancer.errors import for_outcome
 from ollama_balancer.fleet import BackendState, FleetSnapshot
 from ollama_balancer.ledger import Ledger
+from ollama_balancer.rankers import Strategy
 from ollama_balancer.routing import Policy, RouteRequest, route
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
@@ -39,7 +41,7 @@ pod = st.fixed_dictionaries(
     pin=st.one_of(st.none(), st.sampled_from(["p0", "p1", "zz"])),
     affinity=st.one_of(st.none(), st.sampled_from(["p0", "p2"])),
     auto_pull=st.booleans(),
-    residency=st.booleans(),
+    strategy=st.sampled_from(list(Strategy)),
     seed=st.integers(0, 2**16),
 )
 def test_route_is_total_and_sane(
@@ -48,7 +50,7 @@ def test_route_is_total_and_sane(
     pin: str | None,
     affinity: str | None,
     auto_pull: bool,
-    residency: bool,
+    strategy: Strategy,
     seed: int,
 ) -> None:
     led = Ledger()
@@ -79,12 +81,12 @@ def test_route_is_total_and_sane(
         if p["penalised"]:
             led.penalise(name, NOW + 5)
     snap = FleetSnapshot(tuple(states), NOW)
-    policy = Policy(auto_pull=auto_pull, residency=residency)
+    policy = Policy(auto_pull=auto_pull, strategy=strategy)
     d = route(
         RouteRequest(model, model, pin, affinity), snap, led, policy, NOW, random.Random(seed)
     )
-    if d.error is not None:
-        assert d.error.status in (404, 503) and d.error.message
+    if d.unroutable is not None:
+        assert for_outcome(d.unroutable).status in (404, 503)
         assert not d.ranked
         return
     names = [c.backend for c in d.ranked]

@@ -11,7 +11,7 @@ import pytest
 
 from ollama_balancer.auth import AuthConfigError, hash_key
 from ollama_balancer.limits import SECURITY
-from ollama_balancer.proxy import RequestRecord
+from ollama_balancer.record import RequestRecord
 from tests.balancer.conftest import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"
@@ -89,7 +89,11 @@ async def test_both_header_forms_work_and_upstream_never_sees_them(
     assert resp.status == 200
     resp = await rig.session.get(rig.url + "/api/tags", headers=bearer("alice-key"))
     assert resp.status == 200
-    assert [r.client for r in records] == ["alice", "alice"]
+    assert [(r.path, r.client) for r in records] == [
+        ("/api/chat", "alice"),
+        ("/v1/chat/completions", "alice"),
+        ("/api/tags", "alice"),
+    ]
 
 
 async def test_probes_and_metrics_need_no_key(rig_factory: RigFactory, tmp_path: Path) -> None:

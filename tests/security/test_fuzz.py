@@ -9,7 +9,7 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ollama_balancer.requests import BadRequest, parse_request
+from ollama_balancer.requests import InvalidRequest, parse_request
 from ollama_wire.durations import KeepAliveError, parse_keep_alive
 from ollama_wire.names import InvalidModelName, parse
 from tests.balancer.conftest import RigFactory, nodes
@@ -33,8 +33,8 @@ model_like = st.text(alphabet="abcAB09._-:/@ \x00%", max_size=30)
 def test_parse_request_raw_bytes(raw: bytes, path: str, pin: str | None) -> None:
     try:
         req = parse_request(raw, path, pin)
-    except BadRequest as exc:
-        assert exc.status == 400
+    except InvalidRequest as exc:
+        assert exc.message  # the pipeline answers 400 with it
         return
     assert req.key == parse(req.model).canonical
 
@@ -49,8 +49,8 @@ def test_parse_request_raw_bytes(raw: bytes, path: str, pin: str | None) -> None
 def test_parse_request_json_objects(doc: dict[str, Any], path: str) -> None:
     try:
         req = parse_request(json.dumps(doc).encode(), path, None)
-    except BadRequest as exc:
-        assert exc.status == 400
+    except InvalidRequest as exc:
+        assert exc.message  # the pipeline answers 400 with it
         return
     assert json.loads(req.body)  # what is forwarded is still JSON
     assert (req.model and "@" not in req.model) or req.pin is None

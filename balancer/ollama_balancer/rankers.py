@@ -1,0 +1,259 @@
+"""Rankers: given the pods that hold a model, the order in which to try them (pure).
+
+The product's policy is :func:`residency`; the others are the named baselines the
+benchmarks compare it with (DESIGN.md §4.3: filters → scorers → a ranked list, so a
+retry needs no second decision).  Each ranker is a pure function of a :class:`Ranking`.
+
+Residency scores expected wait in seconds:
+
+* resident with a free slot: 0;
+* resident and busy: the queued rounds ahead × the model's service time;
+* loading (a load this replica started): the load's remaining time, plus queue;
+* installed only: the model's load time (a cold load).
+
+A warm pod wins unless its expected wait exceeds the model's load time (twice
+that when the load would evict an idle model, and once more for every load of
+the model already under way, so bursts do not cascade); then the model is
+loaded on an installed pod that has VRAM room without evicting a model that is
+serving requests.  Never two loads of one model because two requests arrived
+together: a loading pod is "warm" for followers.  Penalised backends (failed
+fast recently) keep their place only behind every healthy choice.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .fleet import BackendState, FleetSnapshot
+from .ledger import Ledger
+
+__all__ = [
+    "RANKERS",
+    "Choice",
+    "Ranking",
+    "Reason",
+    "Strategy",
+    "holds",
+    "least_connections",
+    "random_order",
+    "residency",
+    "round_robin",
+]
+
+
+class Reason(StrEnum):
+    """Why a pod was chosen (the ``X-Route-Reason`` header and the ``reason`` label)."""
+
+    RESIDENT = "resident"
+    LOADING = "loading"
+    COLD_LOAD = "cold-load"
+    PINNED = "pinned"
+    AFFINITY = "affinity"
+    PULL = "pull"
+    LEAST_CONNECTIONS = "least-connections"
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
+
+
+class Strategy(StrEnum):
+    """The ``routing_policy`` setting: the product's ranker, or a benchmark baseline."""
+
+    RESIDENCY = "residency"
+    LEAST_CONNECTIONS = "least-connections"
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    backend: str
+    reason: Reason
+    wait: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What a ranker may look at: routable holders of ``model`` and the balancer's own counts."""
+
+    model: str  # canonical key
+    holders: Sequence[BackendState]
+    snapshot: FleetSnapshot
+    ledger: Ledger
+    now: float
+    rng: random.Random
+    turn: int = 0  # a per-replica request counter (round-robin's cursor)
+    affinity_backend: str | None = None
+    affinity_bound: float = 1.25
+
+
+Ranker = Callable[[Ranking], tuple[Choice, ...]]
+
+
+@dataclass(slots=True)
+class _Candidate:
+    state: BackendState
+    reason: Reason
+    wait: float
+    room: int  # 2 = fits in free VRAM, 1 = by evicting idle models, 0 = only by a busy eviction
+    free: int
+    load: float  # in-flight for this model per slot
+    tie: float
+
+
+def residency(r: Ranking) -> tuple[Choice, ...]:
+    """The product's policy: warm and free first, then the shortest wait against a load."""
+    req_model, snapshot, ledger, now, rng = r.model, r.snapshot, r.ledger, r.now, r.rng
+    size = _model_size(req_model, snapshot)
+    load_time = ledger.load_seconds(req_model)
+    service = ledger.service_seconds(req_model)
+    warm: list[_Candidate] = []
+    cold: list[_Candidate] = []
+    for s in r.holders:
+        slots = max(1, s.backend.slots)
+        n = ledger.inflight(s.name, req_model)
+        tie = rng.random()
+        free = _free_vram(s, ledger)
+        if resident(s, req_model, ledger):
+            wait = 0.0 if n < slots else ((n - slots) // slots + 1) * service
+            warm.append(_Candidate(s, Reason.RESIDENT, wait, 2, free, n / slots, tie))
+        elif (rec := ledger.loading(s.name, req_model)) is not None:
+            remaining = max(0.0, load_time - (now - rec.started))
+            wait = remaining + (max(0, n - slots) // slots) * service
+            warm.append(_Candidate(s, Reason.LOADING, wait, 2, free, n / slots, tie))
+        else:
+            room = _room(s, size, free, req_model, ledger)
+            cold.append(
+                _Candidate(s, Reason.COLD_LOAD, load_time + n * service, room, free, n / slots, tie)
+            )
+
+    warm.sort(key=lambda c: (c.wait, c.load, c.tie))
+    cold.sort(key=lambda c: (-c.room, -c.free, ledger.backend_inflight(c.state.name), c.tie))
+
+    best_warm = warm[0] if warm else None
+    roomy_cold = [c for c in cold if c.room > 0]
+    # Spilling to a cold pod costs a load.  It costs more when it must evict an idle model
+    # (that model's next request pays a load too) and when a load of this model is already
+    # under way elsewhere, so that a burst does not start a cascade of copies and evictions.
+    threshold = load_time
+    if roomy_cold:
+        under_way = sum(1 for c in warm if c.reason is Reason.LOADING)
+        evicts = roomy_cold[0].room == 1 and roomy_cold[0].state.backend.vram_bytes > 0
+        threshold = load_time * (1 + under_way + (1 if evicts else 0))
+    if best_warm is not None and (best_warm.wait <= threshold or not roomy_cold):
+        ordered = warm + cold
+    else:
+        ordered = roomy_cold + warm + [c for c in cold if c.room == 0]
+
+    ranked = [Choice(c.state.name, c.reason, c.wait) for c in ordered]
+    if r.affinity_backend is not None:
+        ranked = _apply_affinity(r.affinity_backend, warm, ranked, r.affinity_bound)
+    return _demote_penalised(ranked, ledger, now)
+
+
+def least_connections(r: Ranking) -> tuple[Choice, ...]:
+    """Baseline: fewest in-flight requests on the pod, residency ignored."""
+    keyed = sorted(r.holders, key=lambda s: (r.ledger.backend_inflight(s.name), r.rng.random()))
+    return tuple(Choice(s.name, Reason.LEAST_CONNECTIONS) for s in keyed)
+
+
+def round_robin(r: Ranking) -> tuple[Choice, ...]:
+    """Baseline: the holders in turn, ignoring residency and load."""
+    rr = sorted(r.holders, key=lambda s: s.name)
+    k = r.turn % len(rr)
+    return tuple(Choice(s.name, Reason.ROUND_ROBIN) for s in rr[k:] + rr[:k])
+
+
+def random_order(r: Ranking) -> tuple[Choice, ...]:
+    """Baseline: a random holder, ignoring residency and load."""
+    shuffled = list(r.holders)
+    r.rng.shuffle(shuffled)
+    return tuple(Choice(s.name, Reason.RANDOM) for s in shuffled)
+
+
+RANKERS: dict[Strategy, Ranker] = {
+    Strategy.RESIDENCY: residency,
+    Strategy.LEAST_CONNECTIONS: least_connections,
+    Strategy.ROUND_ROBIN: round_robin,
+    Strategy.RANDOM: random_order,
+}
+
+
+def holds(s: BackendState, model: str, ledger: Ledger) -> bool:
+    return (
+        s.has_installed(model)
+        or s.resident_model(model) is not None
+        or ledger.loading(s.name, model) is not None
+    )
+
+
+def resident(s: BackendState, model: str, ledger: Ledger) -> bool:
+    if s.resident_model(model) is not None:
+        return True
+    # A load this replica finished after the last good poll: /api/ps just hasn't caught up.
+    done = ledger.loaded_at(s.name, model)
+    return done is not None and (s.last_ok is None or done > s.last_ok)
+
+
+def _model_size(model: str, snapshot: FleetSnapshot) -> int:
+    """VRAM a load will take: a resident copy's size anywhere, else the size on disk."""
+    on_disk = 0
+    for s in snapshot.backends:
+        res = s.resident.get(model)
+        if res is not None and res.size:
+            return res.size
+        inst = s.installed.get(model)
+        if inst is not None:
+            on_disk = max(on_disk, inst.size)
+    return on_disk
+
+
+def _free_vram(s: BackendState, ledger: Ledger) -> int:
+    if s.backend.vram_bytes <= 0:
+        return 0
+    loading = sum(
+        s.installed[m].size for m in ledger.loading_sizes().get(s.name, []) if m in s.installed
+    )
+    return s.backend.vram_bytes - s.vram_used - loading
+
+
+def room_left(s: BackendState, ledger: Ledger) -> int:
+    """Free VRAM when the capacity is known, else minus what is resident (less is roomier)."""
+    if s.backend.vram_bytes > 0:
+        return _free_vram(s, ledger)
+    return -s.vram_used
+
+
+def _room(s: BackendState, size: int, free: int, model: str, ledger: Ledger) -> int:
+    if s.backend.vram_bytes <= 0:
+        return 1  # capacity unknown: Ollama decides, we only know it isn't loaded
+    if size <= free:
+        return 2
+    idle = sum(
+        r.size_vram or r.size
+        for key, r in s.resident.items()
+        if key != model and ledger.inflight(s.name, key) == 0
+    )
+    return 1 if size <= free + idle else 0
+
+
+def _apply_affinity(
+    target: str, warm: Sequence[_Candidate], ranked: list[Choice], bound: float
+) -> list[Choice]:
+    match = next((c for c in warm if c.state.name == target), None)
+    if match is None or not warm:
+        return ranked
+    mean = sum(c.load for c in warm) / len(warm)
+    # +1: the request being routed; keeps an idle fleet (mean 0) from vetoing affinity.
+    if match.load + 1 > bound * (mean + 1):
+        return ranked
+    rest = [c for c in ranked if c.backend != target]
+    return [Choice(target, Reason.AFFINITY, match.wait), *rest]
+
+
+def _demote_penalised(ranked: list[Choice], ledger: Ledger, now: float) -> tuple[Choice, ...]:
+    ok = [c for c in ranked if not ledger.penalised(c.backend, now)]
+    bad = [c for c in ranked if ledger.penalised(c.backend, now)]
+    return tuple(ok + bad)

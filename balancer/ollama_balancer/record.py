@@ -1,0 +1,37 @@
+"""One answered request, whatever answered it: what logs and metrics are made of (pure).
+
+The request pipeline opens exactly one record per request, refusals included;
+the proxy and the admin handlers fill in what they learn; listeners (metrics,
+logs, token quotas) receive it once, when the answer is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["RequestRecord"]
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    method: str
+    path: str
+    kind: str = ""  # routes.Kind, or "" for a path the balancer does not serve
+    model: str = ""
+    backend: str = ""
+    reason: str = ""
+    status: int = 0
+    attempts: int = 0
+    bytes_out: int = 0
+    started: float = 0.0
+    duration: float = 0.0
+    ttfb: float | None = None
+    cold_load_seconds: float | None = None
+    broken_stream: bool = False
+    client_gone: bool = False
+    error: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    retries: list[str] = field(default_factory=list)
+    client: str = ""  # the API key's name when authentication is on (never the key)
