@@ -25,7 +25,7 @@ from .fleet import FleetSnapshot, PollResult
 from .fleetview import FleetReport, build, model_display
 from .metrics import CONTENT_TYPE, NONE, OTHER, FleetMetrics, RequestSample
 from .polling import FleetChange
-from .rankers import Reason
+from .rankers import COLD_REASONS
 from .record import RequestRecord
 from .routes import Kind
 from .state import BALANCER, Balancer
@@ -114,7 +114,7 @@ def request_sample(record: RequestRecord, snapshot: FleetSnapshot) -> RequestSam
         ttfb=record.ttfb,
         attempts=record.attempts,
         failed_backends=_failed_backends(record.retries, snapshot.names()),
-        cold_load=record.reason in (Reason.COLD_LOAD, Reason.PULL),
+        cold_load=record.reason in COLD_REASONS,
         cold_load_seconds=record.cold_load_seconds,
         eval_count=_int(m, "eval_count"),
         eval_duration_ns=_int(m, "eval_duration"),

@@ -16,6 +16,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -25,15 +26,16 @@ from ollama_wire.backend import Backend
 from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
 from .context import PARSED, RECORD
-from .errors import AttemptFailed, for_outcome, give_up
+from .errors import AttemptFailed, Forbidden, for_outcome, give_up
 from .ledger import COLD_LOAD_THRESHOLD, Ledger
 from .polling import FleetView
-from .rankers import Choice, Reason, Strategy
+from .rankers import COLD_REASONS, Choice, Reason, Strategy
 from .record import RequestRecord
-from .requests import ParsedRequest, affinity_key
+from .requests import Intent, ParsedRequest, affinity_key, with_num_ctx
 from .routes import spec_for
 from .routing import Policy, RouteRequest, route
 from .settings import BalancerSettings
+from .unload import plan_unload, unload_answer
 
 __all__ = ["Proxy"]
 
@@ -100,6 +102,7 @@ class Proxy:
         self._client_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout
         )
+        self._num_ctx_pins = settings.num_ctx_pins()
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -107,12 +110,26 @@ class Proxy:
         req = request[PARSED]
         record = request[RECORD]
         spec = spec_for(request.path)
+        note = ""
+        pinned_ctx = self._num_ctx_pins.get(req.key)
+        if pinned_ctx is not None and req.num_ctx != pinned_ctx:
+            note = f"num_ctx {req.num_ctx or 'default'}->{pinned_ctx} (pinned)"
+            req = with_num_ctx(req, pinned_ctx)
+        if req.intent is Intent.UNLOAD and req.pin is None:
+            return await self._unload_everywhere(request, req, record)
         snapshot = self.view.snapshot
         aff = None
         if self.settings.affinity and spec is not None and spec.affinity and req.pin is None:
             aff = affinity_key(req.doc, req.key, request.headers.get("X-Session-ID"))
         decision = route(
-            RouteRequest(req.key, req.model, req.pin, self._affinity.get(aff) if aff else None),
+            RouteRequest(
+                req.key,
+                req.model,
+                req.pin,
+                self._affinity.get(aff) if aff else None,
+                num_ctx=req.num_ctx,
+                load_only=req.intent is Intent.LOAD,
+            ),
             snapshot,
             self.ledger,
             self.policy,
@@ -137,7 +154,9 @@ class Proxy:
             try:
                 if choice.reason is Reason.PULL:
                     await self._pull_for(state.backend, req.model)
-                resp = await self._forward(request, req, state.backend, choice, record, counts)
+                resp = await self._forward(
+                    request, req, state.backend, choice, record, counts, note
+                )
             except AttemptFailed as failed:
                 failures.append(failed)
                 record.retries.append(str(failed))
@@ -148,6 +167,72 @@ class Proxy:
                 self._remember(aff, choice.backend)
             return resp
         raise give_up(record.model, failures)
+
+    async def _unload_everywhere(
+        self, request: web.Request, req: ParsedRequest, record: RequestRecord
+    ) -> web.StreamResponse:
+        """An unload goes to every pod where the model is loaded or loading, answered once."""
+        record.reason = Reason.UNLOAD
+        now = self.clock()
+        plan = plan_unload(
+            self.view.snapshot,
+            self.ledger,
+            req.key,
+            now=now,
+            wall=datetime.now(UTC),
+            fail_threshold=self.settings.fail_threshold,
+            stale_after=self.settings.stale_after,
+            allow_pinned=self.settings.allow_client_unload,
+        )
+        if plan.refused:
+            raise Forbidden(
+                f"model '{req.model}' is pinned (keep_alive forever, e.g. by a ModelPool) on "
+                f"{', '.join(plan.refused)}; the balancer's allow_client_unload setting lets "
+                "clients unload it"
+            )
+        record.backend = ",".join(plan.targets)
+        if not plan.targets:
+            # Loaded nowhere: what Ollama answers, without touching a pod or a load metric.
+            return web.json_response(unload_answer(request.path, req.model, datetime.now(UTC)))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
+        headers["Content-Type"] = "application/json"
+
+        async def one(name: str) -> tuple[str, int, bytes]:
+            state = self.view.snapshot.get(name)
+            if state is None:
+                return name, 0, b""
+            try:
+                async with asyncio.timeout(self.settings.first_byte_timeout):
+                    async with self._session().post(
+                        state.backend.url + request.path_qs,
+                        data=req.body,
+                        headers=headers,
+                        timeout=self._client_timeout,
+                    ) as upstream:
+                        return name, upstream.status, await upstream.read()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                return name, 0, _describe(exc).encode()
+
+        results = await asyncio.gather(*(one(name) for name in plan.targets))
+        record.attempts = len(results)
+        for _, status, body in results:
+            if status == 200:
+                resp = web.Response(body=body, content_type="application/json")
+                resp.headers["X-Ollama-Backend"] = record.backend
+                resp.headers["X-Route-Reason"] = Reason.UNLOAD
+                return resp
+        failures = [
+            AttemptFailed(
+                name,
+                f"answered {status}: {_error_message(body)}"
+                if status
+                else f"unreachable: {body.decode(errors='replace')}",
+                status=status or None,
+            )
+            for name, status, body in results
+        ]
+        record.retries.extend(str(f) for f in failures)
+        raise give_up(req.model, failures)
 
     def _remember(self, key: str, backend: str) -> None:
         self._affinity[key] = backend
@@ -164,9 +249,10 @@ class Proxy:
         choice: Choice,
         record: RequestRecord,
         counts: bool,
+        note: str = "",
     ) -> web.StreamResponse:
         """Send to ``backend`` and stream back; :class:`AttemptFailed` before the first byte."""
-        cold = choice.reason in (Reason.COLD_LOAD, Reason.PULL)
+        cold = choice.reason in COLD_REASONS
         rid = record.request_id
         if counts:
             self.ledger.begin(backend.name, req.key, cold=cold, now=self.clock(), request_id=rid)
@@ -218,7 +304,7 @@ class Proxy:
                     answer=answer,
                 )
             self.ledger.clear_penalty(backend.name)
-            return await self._stream(request, upstream, backend, choice, req, record)
+            return await self._stream(request, upstream, backend, choice, req, record, note)
         finally:
             if upstream is not None:
                 upstream.close()  # idempotent after a complete read; aborts a live one
@@ -233,6 +319,7 @@ class Proxy:
         choice: Choice,
         req: ParsedRequest,
         record: RequestRecord,
+        note: str = "",
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in upstream.headers.items():
@@ -240,7 +327,8 @@ class Proxy:
                 resp.headers.add(name, value)
         resp.headers["X-Request-ID"] = record.request_id
         resp.headers["X-Ollama-Backend"] = backend.name
-        resp.headers["X-Route-Reason"] = choice.reason
+        resp.headers["X-Route-Reason"] = f"{choice.reason}; {note}" if note else choice.reason
+        record.status = upstream.status
         chunked = "chunked" in upstream.headers.get("Transfer-Encoding", "").lower()
         if upstream.content_length is not None and not chunked:
             resp.content_length = upstream.content_length
@@ -274,9 +362,12 @@ class Proxy:
         """End a stream that broke after its first byte, the way Ollama does."""
         try:
             if ctype == "application/x-ndjson":
-                # Ollama's own mid-stream failure: a final {"error": ...} line (status stays 200).
+                # Ollama's own mid-stream failure is a final {"error": ...} line (status stays
+                # 200).  "done" and a done_reason end it the way front ends expect a stream to
+                # end, so they show the message instead of waiting for more.
                 prefix = b"" if not last or last.endswith(b"\n") else b"\n"
-                await resp.write(prefix + json.dumps({"error": message}).encode() + b"\n")
+                end = {"error": message, "done": True, "done_reason": "error"}
+                await resp.write(prefix + json.dumps(end).encode() + b"\n")
                 await resp.write_eof()
             elif ctype == "text/event-stream":
                 await resp.write_eof()  # no [DONE]: OpenAI clients see an incomplete stream

@@ -31,6 +31,7 @@ from .fleet import BackendState, FleetSnapshot
 from .ledger import Ledger
 
 __all__ = [
+    "COLD_REASONS",
     "RANKERS",
     "Choice",
     "Ranking",
@@ -38,6 +39,7 @@ __all__ = [
     "Strategy",
     "holds",
     "least_connections",
+    "mismatched",
     "random_order",
     "residency",
     "round_robin",
@@ -53,9 +55,15 @@ class Reason(StrEnum):
     PINNED = "pinned"
     AFFINITY = "affinity"
     PULL = "pull"
+    RELOAD = "reload"  # resident with other runner options (num_ctx): Ollama reloads it
+    UNLOAD = "unload"  # an unload request, sent to every pod holding the model
     LEAST_CONNECTIONS = "least-connections"
     ROUND_ROBIN = "round-robin"
     RANDOM = "random"
+
+
+#: Reasons that make the pod load the model first (counted and timed as cold loads).
+COLD_REASONS = frozenset({Reason.COLD_LOAD, Reason.PULL, Reason.RELOAD})
 
 
 class Strategy(StrEnum):
@@ -87,6 +95,8 @@ class Ranking:
     turn: int = 0  # a per-replica request counter (round-robin's cursor)
     affinity_backend: str | None = None
     affinity_bound: float = 1.25
+    num_ctx: int | None = None  # the request's runner context; None = any copy will do
+    load_only: bool = False  # a load request: refresh a warm copy rather than load another
 
 
 Ranker = Callable[[Ranking], tuple[Choice, ...]]
@@ -116,13 +126,22 @@ def residency(r: Ranking) -> tuple[Choice, ...]:
         n = ledger.inflight(s.name, req_model)
         tie = rng.random()
         free = _free_vram(s, ledger)
-        if resident(s, req_model, ledger):
+        if (
+            resident(s, req_model, ledger) and not mismatched(s, req_model, r.num_ctx)
+        ) or _fresh_load(s, req_model, ledger):
             wait = 0.0 if n < slots else ((n - slots) // slots + 1) * service
             warm.append(_Candidate(s, Reason.RESIDENT, wait, 2, free, n / slots, tie))
         elif (rec := ledger.loading(s.name, req_model)) is not None:
             remaining = max(0.0, load_time - (now - rec.started))
             wait = remaining + (max(0, n - slots) // slots) * service
             warm.append(_Candidate(s, Reason.LOADING, wait, 2, free, n / slots, tie))
+        elif s.resident_model(req_model) is not None:
+            # Another num_ctx: Ollama drains this copy's requests, then reloads it.  Like a
+            # load that evicts an idle model; never a choice above a free pod, and last of
+            # all while the copy serves other requests (a reload would stall them).
+            room = 1 if n == 0 else 0
+            wait = load_time + n * service
+            cold.append(_Candidate(s, Reason.RELOAD, wait, room, free, n / slots, tie))
         else:
             room = _room(s, size, free, req_model, ledger)
             cold.append(
@@ -142,7 +161,9 @@ def residency(r: Ranking) -> tuple[Choice, ...]:
         under_way = sum(1 for c in warm if c.reason is Reason.LOADING)
         evicts = roomy_cold[0].room == 1 and roomy_cold[0].state.backend.vram_bytes > 0
         threshold = load_time * (1 + under_way + (1 if evicts else 0))
-    if best_warm is not None and (best_warm.wait <= threshold or not roomy_cold):
+    if best_warm is not None and r.load_only:
+        ordered = warm  # a warm copy's keep_alive is refreshed: no second copy for a preload
+    elif best_warm is not None and (best_warm.wait <= threshold or not roomy_cold):
         ordered = warm + cold
     else:
         ordered = roomy_cold + warm + [c for c in cold if c.room == 0]
@@ -181,6 +202,17 @@ RANKERS: dict[Strategy, Ranker] = {
 }
 
 
+def mismatched(s: BackendState, model: str, num_ctx: int | None) -> bool:
+    """The resident copy runs with another context than the request asks for (0: unknown)."""
+    res = s.resident_model(model)
+    return (
+        num_ctx is not None
+        and res is not None
+        and res.context_length > 0
+        and res.context_length != num_ctx
+    )
+
+
 def holds(s: BackendState, model: str, ledger: Ledger) -> bool:
     return (
         s.has_installed(model)
@@ -195,6 +227,12 @@ def resident(s: BackendState, model: str, ledger: Ledger) -> bool:
     # A load this replica finished after the last good poll: /api/ps just hasn't caught up.
     done = ledger.loaded_at(s.name, model)
     return done is not None and (s.last_ok is None or done > s.last_ok)
+
+
+def _fresh_load(s: BackendState, model: str, ledger: Ledger) -> bool:
+    """A load this replica finished after the last good poll (so /api/ps may show the old copy)."""
+    done = ledger.loaded_at(s.name, model)
+    return done is not None and s.last_ok is not None and done > s.last_ok
 
 
 def _model_size(model: str, snapshot: FleetSnapshot) -> int:

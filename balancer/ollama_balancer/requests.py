@@ -10,12 +10,34 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
+from ollama_wire.durations import KeepAliveError, parse_keep_alive
 from ollama_wire.names import InvalidModelName, parse, strip_gateway_prefix
 
-__all__ = ["InvalidRequest", "ParsedRequest", "affinity_key", "parse_request", "with_model"]
+__all__ = [
+    "Intent",
+    "InvalidRequest",
+    "ParsedRequest",
+    "affinity_key",
+    "parse_request",
+    "with_model",
+    "with_num_ctx",
+]
+
+
+class Intent(StrEnum):
+    """What a request asks of the model (ollama-api.md §3)."""
+
+    INFER = "infer"
+    LOAD = "load"  # an empty prompt/messages/input: load (and maybe pin) without generating
+    UNLOAD = "unload"  # the same with keep_alive 0: unload once idle
+
+
+#: Native paths whose empty request means load/unload; their "nothing to do" field.
+_LOAD_FIELDS = {"/api/generate": "prompt", "/api/chat": "messages", "/api/embed": "input"}
 
 
 class InvalidRequest(Exception):
@@ -36,6 +58,8 @@ class ParsedRequest:
     alt_model: str | None
     pin: str | None
     stream: bool
+    intent: Intent = Intent.INFER
+    num_ctx: int | None = None  # options.num_ctx: a runner option (a mismatch reloads)
 
 
 def parse_request(
@@ -92,7 +116,37 @@ def parse_request(
         alt_model=alt_model,
         pin=pin,
         stream=bool(stream) if stream is not None else stream_default,
+        intent=_intent(doc, path),
+        num_ctx=_num_ctx(doc),
     )
+
+
+def _intent(doc: Mapping[str, Any], path: str) -> Intent:
+    empty_field = _LOAD_FIELDS.get(path)
+    if empty_field is None or doc.get(empty_field):
+        return Intent.INFER
+    try:
+        keep_alive = parse_keep_alive(doc.get("keep_alive"))
+    except KeepAliveError:
+        return Intent.INFER  # Ollama answers the 400 itself
+    return Intent.UNLOAD if keep_alive == 0 else Intent.LOAD
+
+
+def _num_ctx(doc: Mapping[str, Any]) -> int | None:
+    options = doc.get("options")
+    value = options.get("num_ctx") if isinstance(options, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None  # absent, or Ollama's "automatic"
+    return int(value)
+
+
+def with_num_ctx(req: ParsedRequest, num_ctx: int) -> ParsedRequest:
+    """The request with ``options.num_ctx`` set (a model's pinned runner context)."""
+    doc = dict(req.doc)
+    options = doc.get("options")
+    doc["options"] = {**(options if isinstance(options, dict) else {}), "num_ctx": num_ctx}
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return replace(req, doc=doc, body=body, num_ctx=num_ctx)
 
 
 def with_model(req: ParsedRequest, model: str, key: str) -> ParsedRequest:
@@ -101,7 +155,7 @@ def with_model(req: ParsedRequest, model: str, key: str) -> ParsedRequest:
     field = "model" if "model" in doc else "name"
     doc[field] = model
     body = json.dumps(doc, separators=(",", ":")).encode()
-    return ParsedRequest(doc, body, model, key, None, None, req.pin, req.stream)
+    return replace(req, doc=doc, body=body, model=model, key=key, alt_key=None, alt_model=None)
 
 
 def _depth(value: Any, limit: int) -> int:

@@ -37,6 +37,8 @@ class RouteRequest:
     display: str  # the name as the client sent it, for messages
     pin: str | None = None  # backend name from X-Ollama-Backend / model@NAME
     affinity_backend: str | None = None  # where this conversation went last
+    num_ctx: int | None = None  # options.num_ctx (after a pin): a copy with another reloads
+    load_only: bool = False  # a preload (empty prompt): a warm copy is refreshed, not doubled
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,8 @@ def route(
         turn,
         req.affinity_backend,
         policy.affinity_bound,
+        req.num_ctx,
+        req.load_only,
     )
     return Decision(ranked=RANKERS[policy.strategy](ranking))
 

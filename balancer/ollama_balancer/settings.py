@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ollama_wire.backend import Backend
+from ollama_wire.names import InvalidModelName, canonical
 from ollama_wire.quantity import parse_quantity
 
 __all__ = ["ENV_PREFIX", "BalancerSettings", "SettingsError", "add_arguments", "load_settings"]
@@ -105,6 +106,19 @@ class BalancerSettings:
     penalty_seconds: float = _f(
         10.0, "cool-down for a backend that failed fast (refused, 5xx)", "routing"
     )
+    pin_num_ctx: tuple[str, ...] = _f(
+        (),
+        "MODEL=NUM_CTX pairs, comma-separated in env/flags: every request for MODEL runs with "
+        "that options.num_ctx (a client's own is rewritten), so clients cannot make Ollama "
+        "reload a pinned copy with another context",
+        "routing",
+    )
+    allow_client_unload: bool = _f(
+        False,
+        "let clients unload copies pinned forever (keep_alive -1, e.g. by a ModelPool); "
+        "other copies are always unloadable",
+        "routing",
+    )
     # --- proxying
     max_body_bytes: int = _f(
         128 * 1024 * 1024, "largest request body accepted (base64 images)", "proxy"
@@ -149,6 +163,22 @@ class BalancerSettings:
         0.0, "SIGTERM: seconds to keep accepting while endpoints update", "process"
     )
     drain_grace: float = _f(30.0, "SIGTERM: seconds in-flight requests get to finish", "process")
+
+    def num_ctx_pins(self) -> dict[str, int]:
+        """``pin_num_ctx`` as {canonical model: num_ctx}."""
+        out: dict[str, int] = {}
+        for item in self.pin_num_ctx:
+            model, sep, value = item.rpartition("=")
+            try:
+                if not sep or not model.strip():
+                    raise ValueError("expected MODEL=NUM_CTX")
+                ctx = int(value)
+                if ctx <= 0:
+                    raise ValueError("num_ctx must be > 0")
+                out[canonical(model.strip())] = ctx
+            except (ValueError, InvalidModelName) as exc:
+                raise SettingsError(f"pin_num_ctx: {item!r}: {exc}") from None
+        return out
 
     def static_backends(self) -> list[Backend]:
         """Parse ``backends`` into :class:`Backend` values.
@@ -226,6 +256,8 @@ def _convert(name: str, kind: Any, raw: Any) -> Any:
         if kind in ("tuple[str, ...]",):
             if isinstance(raw, str):
                 return tuple(p.strip() for p in raw.split(",") if p.strip())
+            if isinstance(raw, Mapping):  # YAML's {model: value} form of KEY=VALUE lists
+                return tuple(f"{k}={v}" for k, v in raw.items())
             if isinstance(raw, Sequence):
                 return tuple(_item_to_str(x) for x in raw)
             raise ValueError("expected a list")
@@ -358,6 +390,7 @@ def _validate(s: BalancerSettings) -> None:
         raise SettingsError("max_header_bytes: must be >= 1024")
     if s.affinity_bound < 1:
         raise SettingsError("affinity_bound: must be >= 1")
+    s.num_ctx_pins()
     if s.discovery == "static":
         s.static_backends()
     if s.discovery == "dns" and not s.dns_name:

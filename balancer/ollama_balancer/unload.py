@@ -1,0 +1,83 @@
+"""Unloading a model from the whole fleet (pure).
+
+Ollama unloads one server's copy when it gets an empty prompt with
+``keep_alive: 0`` (ollama-api.md §3).  Sent through the balancer, the same request
+must reach every pod where the model is loaded or loading, or the model stays
+warm on the others.  A model loaded nowhere is answered here, touching no pod.
+Copies pinned forever (``keep_alive: -1``, as a ModelPool pins them) are kept
+unless the balancer allows clients to unload them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ollama_wire.models import parse_time
+
+from .fleet import FleetSnapshot
+from .ledger import Ledger
+
+__all__ = ["FOREVER_AFTER", "UnloadPlan", "plan_unload", "unload_answer"]
+
+#: An ``expires_at`` further ahead than this is "forever" (Ollama's CLI uses 20 years).
+FOREVER_AFTER = timedelta(days=365 * 20)
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadPlan:
+    targets: tuple[str, ...]  # pods to send the unload to
+    refused: tuple[str, ...]  # pods whose copy is pinned forever and may not be unloaded
+
+
+def plan_unload(
+    snapshot: FleetSnapshot,
+    ledger: Ledger,
+    model: str,
+    *,
+    now: float,
+    wall: datetime,
+    fail_threshold: int,
+    stale_after: float,
+    allow_pinned: bool,
+) -> UnloadPlan:
+    targets: list[str] = []
+    pinned: list[str] = []
+    for s in snapshot.backends:
+        if not s.routable(now, fail_threshold, stale_after):
+            continue
+        res = s.resident_model(model)
+        if res is None and ledger.loading(s.name, model) is None:
+            continue
+        expires = parse_time(res.expires_at) if res is not None else None
+        if not allow_pinned and expires is not None and expires - wall > FOREVER_AFTER:
+            pinned.append(s.name)
+        else:
+            targets.append(s.name)
+    # Refuse only when nothing at all could be unloaded: unloading the unpinned copies is
+    # what the client asked for, and the pinned ones are the operator's to keep.
+    refused = tuple(pinned) if pinned and not targets else ()
+    return UnloadPlan(tuple(targets), refused)
+
+
+def unload_answer(path: str, model: str, wall: datetime) -> dict[str, Any]:
+    """Ollama's answer to an unload, for a model that is loaded nowhere."""
+    created = wall.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+    if path == "/api/embed":
+        return {"model": model, "embeddings": []}
+    if path == "/api/chat":
+        return {
+            "model": model,
+            "created_at": created,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "unload",
+        }
+    return {
+        "model": model,
+        "created_at": created,
+        "response": "",
+        "done": True,
+        "done_reason": "unload",
+    }
