@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from modelpool_operator.autoscale import Autoscale, ScaleMemory, desired_replicas
@@ -101,7 +103,7 @@ def test_flapping_demand_never_oscillates() -> None:
             changes.append(now)
         memory = d.memory
     assert changes[0] == 10.0  # up promptly
-    gaps = [b - a for a, b in zip(changes, changes[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(changes)]
     assert all(g >= SPEC.scale_down_delay for g in gaps), changes
     assert memory.replicas == 3  # the low phases never lasted a whole delay
 
