@@ -7,8 +7,8 @@ clock is a parameter, and the state is the explicit state of :class:`WaitQueue`.
 
 Order, per model (every model's slots are a separate server)::
 
-    effective class  (critical < standard < batch; batch that waited
-                      ``batch_aging`` seconds competes as standard)
+    class            (critical < standard < batch; batch that waited
+                      ``batch_aging`` seconds is promoted to standard)
     virtual finish   (weighted fair queueing between tenants, on tokens)
     arrival          (ties)
 
@@ -21,6 +21,15 @@ and gets its weight's share of the slots, not ten times the others'; a tenant
 that was idle starts at ``V`` and banks no credit.  ``last_finish`` is kept per
 (class, tenant): a tenant's batch backlog does not push its critical requests
 back.
+
+A promoted batch request is tagged again, as a standard request of its tenant
+arriving at that moment: it joins the end of its own tenant's standard
+sequence.  (Keeping its old, small tag would let every batch request queued
+half a minute ago jump the whole standard queue at once, and would give a
+tenant with both batch and standard traffic two shares of the standard class.)
+It is still never starved: its new tag is finite and later arrivals get later
+ones.  Time moves only forward: every method taking ``now`` first promotes
+what has aged by then.
 
 Admission is bounded twice: at most ``max_per_model`` requests wait per model
 (then one is shed: the newest ``batch`` request, else the newest request of
@@ -158,12 +167,11 @@ class Queued:
     start: float  # virtual start tag
     finish: float  # virtual finish tag
 
-    def effective(self, now: float, aging: float) -> Priority:
-        """The class it competes in now: batch rises to standard after ``aging`` seconds."""
-        p = self.request.priority
-        if p is Priority.BATCH and self.request.waited(now) >= aging:
-            return Priority.STANDARD
-        return p
+    cls: Priority  # the class it competes in: its own, or standard once a batch one aged
+
+    @property
+    def promoted(self) -> bool:
+        return self.cls is not self.request.priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +209,7 @@ class WaitQueue:
             raise ValueError(f"request {request.id!r} is already waiting")
         if request.tokens < 1 or not request.weight > 0:
             raise ValueError("tokens must be >= 1 and weight > 0")
+        self._promote(now)
         request = replace(request, enqueued=now, deadline=now + self.settings.max_wait)
         mq = self._models.setdefault(request.model, _ModelQueue())
         shed: tuple[Waiting, ...] = ()
@@ -210,17 +219,14 @@ class WaitQueue:
                 return Offer(admitted=False, shed=(request,))
             self._drop(victim.id)
             shed = (victim,)
-        key = (request.priority, request.tenant)
-        start = max(mq.vclock, mq.last_finish.get(key, 0.0))
-        finish = start + request.tokens / request.weight
-        mq.last_finish[key] = finish
         self._seq += 1
-        mq.entries[request.id] = Queued(request, self._seq, start, finish)
+        mq.entries[request.id] = _tag(mq, request, request.priority, self._seq)
         self._where[request.id] = request.model
         return Offer(admitted=True, shed=shed)
 
     def expire(self, now: float) -> tuple[Waiting, ...]:
         """Remove and return every request whose deadline has passed."""
+        self._promote(now)
         gone = [
             q.request
             for mq in self._models.values()
@@ -256,18 +262,18 @@ class WaitQueue:
         are merged by (class, arrival) of their heads, so a critical request of
         one model is considered before a batch request of another.
         """
+        self._promote(now)
         if model is not None:
             mq = self._models.get(model)
-            return tuple(q.request for q in self._sorted(mq, now)) if mq else ()
-        aging = self.settings.batch_aging
-        lanes = [self._sorted(self._models[m], now) for m in sorted(self._models)]
+            return tuple(q.request for q in self._sorted(mq)) if mq else ()
+        lanes = [self._sorted(self._models[m]) for m in sorted(self._models)]
         heads = [0] * len(lanes)
         out: list[Waiting] = []
         for _ in range(len(self._where)):
             best = min(
                 (i for i in range(len(lanes)) if heads[i] < len(lanes[i])),
                 key=lambda i: (
-                    lanes[i][heads[i]].effective(now, aging).rank,
+                    lanes[i][heads[i]].cls.rank,
                     lanes[i][heads[i]].request.enqueued,
                     i,
                 ),
@@ -277,15 +283,17 @@ class WaitQueue:
         return tuple(out)
 
     def tagged(self, model: str, now: float) -> tuple[Queued, ...]:
+        self._promote(now)
         mq = self._models.get(model)
-        return tuple(self._sorted(mq, now)) if mq is not None else ()
+        return tuple(self._sorted(mq)) if mq is not None else ()
 
     def position(self, request_id: str, now: float) -> int | None:
         """How many requests of the same model go before this one (0 = next)."""
+        self._promote(now)
         model = self._where.get(request_id)
         if model is None:
             return None
-        for i, q in enumerate(self._sorted(self._models[model], now)):
+        for i, q in enumerate(self._sorted(self._models[model])):
             if q.request.id == request_id:
                 return i
         return None  # pragma: no cover - _where and entries agree
@@ -307,11 +315,12 @@ class WaitQueue:
         return sorted(self._models)
 
     def depth(self, now: float) -> dict[tuple[str, Priority], int]:
-        """Waiting requests per (model, effective class): the queue-length signal."""
+        """Waiting requests per (model, class competed in): the queue-length signal."""
+        self._promote(now)
         out: dict[tuple[str, Priority], int] = {}
         for model, mq in self._models.items():
             for q in mq.entries.values():
-                k = (model, q.effective(now, self.settings.batch_aging))
+                k = (model, q.cls)
                 out[k] = out.get(k, 0) + 1
         return out
 
@@ -325,16 +334,27 @@ class WaitQueue:
             for q in mq.entries.values():
                 times.append(q.request.deadline)
                 age_at = q.request.enqueued + self.settings.batch_aging
-                if q.request.priority is Priority.BATCH and age_at > now:
+                if q.cls is Priority.BATCH and age_at > now:
                     times.append(age_at)
         return min(times) if times else None
 
     # ---- internals
-    def _sorted(self, mq: _ModelQueue, now: float) -> list[Queued]:
+    def _sorted(self, mq: _ModelQueue) -> list[Queued]:
+        return sorted(mq.entries.values(), key=lambda q: (q.cls.rank, q.finish, q.seq))
+
+    def _promote(self, now: float) -> None:
+        """Batch requests that waited ``batch_aging`` seconds become standard, tagged anew."""
         aging = self.settings.batch_aging
-        return sorted(
-            mq.entries.values(), key=lambda q: (q.effective(now, aging).rank, q.finish, q.seq)
-        )
+        for mq in self._models.values():
+            aged = [
+                q
+                for q in mq.entries.values()
+                if q.cls is Priority.BATCH and q.request.waited(now) >= aging
+            ]
+            # In arrival order, so a tenant's aged requests keep their order among themselves.
+            for q in sorted(aged, key=lambda q: q.seq):
+                _untag(mq, q)
+                mq.entries[q.request.id] = _tag(mq, q.request, Priority.STANDARD, q.seq)
 
     def _drop(self, request_id: str) -> Waiting | None:
         model = self._where.pop(request_id, None)
@@ -342,10 +362,7 @@ class WaitQueue:
             return None
         mq = self._models[model]
         q = mq.entries.pop(request_id)
-        key = (q.request.priority, q.request.tenant)
-        # A tenant's newest request leaving unserved gives back the virtual time it reserved.
-        if mq.last_finish.get(key) == q.finish:
-            mq.last_finish[key] = q.start
+        _untag(mq, q)
         self._gc(model)
         return q.request
 
@@ -354,6 +371,21 @@ class WaitQueue:
         if not mq.entries:
             # An idle model forgets its tags: the next busy period starts everyone even.
             del self._models[model]
+
+
+def _tag(mq: _ModelQueue, request: Waiting, cls: Priority, seq: int) -> Queued:
+    key = (cls, request.tenant)
+    start = max(mq.vclock, mq.last_finish.get(key, 0.0))
+    finish = start + request.tokens / request.weight
+    mq.last_finish[key] = finish
+    return Queued(request, seq, start, finish, cls)
+
+
+def _untag(mq: _ModelQueue, q: Queued) -> None:
+    """A tenant's newest request leaving its class gives back the virtual time it reserved."""
+    key = (q.cls, q.request.tenant)
+    if mq.last_finish.get(key) == q.finish:
+        mq.last_finish[key] = q.start
 
 
 def _shed_victim(waiting: Iterable[Waiting], arriving: Waiting) -> Waiting:

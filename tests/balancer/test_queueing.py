@@ -59,7 +59,19 @@ def fill(arrivals: list[Arrival], settings: QueueSettings | None = None) -> Wait
             [("b1", "x", B, 100, 0), ("s1", "y", S, 100, 10)],
             30,
             ["b1", "s1"],
-            id="aged batch competes as standard and its earlier tag wins",
+            id="aged batch competes as standard; the older arrival wins the tie",
+        ),
+        pytest.param(
+            [
+                ("hs1", "heavy", S, 100, 0),
+                ("hs2", "heavy", S, 100, 0),
+                ("hs3", "heavy", S, 100, 0),
+                ("hb1", "heavy", B, 100, 0),
+                ("l1", "light", S, 100, 31),
+            ],
+            31,
+            ["hs1", "l1", "hs2", "hs3", "hb1"],
+            id="aged batch joins the end of its own tenant's standard sequence",
         ),
         pytest.param(
             [("b1", "x", B, 100, 0), ("c1", "y", C, 100, 10)],
