@@ -21,6 +21,12 @@ them.  So routing's own rules decide, with routing's thresholds:
 A slot freeing anywhere shows up as a smaller in-flight count in the next
 :class:`Occupancy`, so the next call binds the head of that model's queue.
 
+Cost: one routing call per waiting request, except that a model with neither
+a free slot nor a cold-load candidate is settled after its first held request,
+and past ``scan_limit`` held requests of a model the rest of its queue is
+probed by bisection (the requests ahead spread evenly over its warm pods, as
+early binding spreads them) for the first one that should spill to a cold load.
+
 :attr:`Binding.EARLY` is today's behaviour, kept as the benchmarks' baseline:
 every request is bound on arrival to routing's first choice, free slot or not.
 
@@ -30,6 +36,7 @@ ledger is built from the :class:`Occupancy` value, never the live one.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +46,17 @@ from types import MappingProxyType
 from .fleet import BackendState, FleetSnapshot
 from .ledger import Ledger
 from .queueing import Waiting, expected_wait
-from .routing import COLD_LOAD, PINNED, PULL, Choice, Policy, RouteError, RouteRequest, route
+from .routing import (
+    COLD_LOAD,
+    PINNED,
+    PULL,
+    Choice,
+    Decision,
+    Policy,
+    RouteError,
+    RouteRequest,
+    route,
+)
 
 __all__ = [
     "Bind",
@@ -171,10 +188,12 @@ def dispatch(
     binding: Binding = Binding.LATE,
     policy: Policy | None = None,
     hold_unavailable: float = 0.0,
+    scan_limit: int = 32,
 ) -> Dispatch:
     """Decide for every waiting request (in the given order): bind, reject or keep waiting."""
     policy = policy or Policy()
     led = _scratch_ledger(occupancy)
+    ops: list[tuple[str, str, bool, str]] = []  # begins on ``led`` since it was built
     taken: dict[Key, int] = dict(occupancy.inflight)  # real requests, and those bound here
     binds: list[Bind] = []
     rejects: list[Reject] = []
@@ -183,19 +202,29 @@ def dispatch(
     # Models for which nothing can change further down the queue this call: no free
     # slot and no cold-load candidate, so every later unpinned request stays.
     stuck: set[str] = set()
+    scanned: dict[str, int] = {}  # model -> held requests routed one by one
+    deferred: dict[str, list[Waiting]] = {}  # model -> held past scan_limit, not yet routed
+    warm_slots: dict[str, int] = {}  # model -> slots on warm pods (a bind may add a pod)
+
+    def begin(backend: str, model: str, cold: bool, rid: str) -> None:
+        led.begin(backend, model, cold=cold, now=now, request_id=rid)
+        ops.append((backend, model, cold, rid))
 
     def bind(w: Waiting, choice: Choice, ranked: Sequence[Choice]) -> None:
         others = tuple(c for c in ranked if c.backend != choice.backend)
         b = Bind(w.id, w.model, choice.backend, choice.reason, (choice, *others), w.waited(now))
         binds.append(b)
-        led.begin(b.backend, w.model, cold=b.cold, now=now, request_id=w.id)
+        begin(b.backend, w.model, b.cold, w.id)
         key = (b.backend, w.model)
         taken[key] = taken.get(key, 0) + 1
+        warm_slots.pop(w.model, None)
 
     def hold(w: Waiting) -> None:
         k = held.get(w.model, 0)
         held[w.model] = k + 1
-        slots = _warm_slots(snapshot, w.model, led, now, policy)
+        slots = warm_slots.get(w.model)
+        if slots is None:
+            slots = warm_slots[w.model] = _warm_slots(snapshot, w.model, led, now, policy)
         waits[w.id] = (
             expected_wait(k, occupancy.service(w.model), slots)
             if slots
@@ -205,6 +234,10 @@ def dispatch(
     for w in waiting:
         if binding is Binding.LATE and w.pin is None and w.model in stuck:
             hold(w)
+            continue
+        if binding is Binding.LATE and w.pin is None and scanned.get(w.model, 0) >= scan_limit:
+            hold(w)
+            deferred.setdefault(w.model, []).append(w)
             continue
         req = RouteRequest(w.model, w.display or w.model, w.pin, w.affinity_backend)
         decision = route(req, snapshot, led, policy, now, rng)
@@ -227,7 +260,9 @@ def dispatch(
         else:
             hold(w)
             # Where early binding would have put it: the requests behind see it queued there.
-            led.begin(ranked[0].backend, w.model, cold=False, now=now, request_id=w.id)
+            begin(ranked[0].backend, w.model, False, w.id)
+            if w.pin is None:
+                scanned[w.model] = scanned.get(w.model, 0) + 1
             if (
                 w.pin is None
                 and not any(c.reason == COLD_LOAD for c in ranked)
@@ -237,7 +272,56 @@ def dispatch(
                 is None
             ):
                 stuck.add(w.model)
+    for model, rest in deferred.items():
+        if model in stuck:
+            continue
+
+        def probe(j: int, rest: list[Waiting] = rest, model: str = model) -> Decision:
+            """Routing's decision for ``rest[j]`` with everything ahead of it queued."""
+            scratch = _scratch_ledger(occupancy)
+            for backend, m, cold, rid in ops:
+                scratch.begin(backend, m, cold=cold, now=now, request_id=rid)
+            _spread(scratch, snapshot, model, j, now, policy)
+            w = rest[j]
+            req = RouteRequest(w.model, w.display or w.model, None, w.affinity_backend)
+            return route(req, snapshot, scratch, policy, now, rng)
+
+        def spills(d: Decision) -> bool:
+            return d.error is None and bool(d.ranked) and d.ranked[0].reason in (COLD_LOAD, PULL)
+
+        last = probe(len(rest) - 1)
+        if not spills(last):
+            continue
+        lo, hi, found = -1, len(rest) - 1, last  # spills(hi); bisect for the first that does
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            d = probe(mid)
+            if spills(d):
+                hi, found = mid, d
+            else:
+                lo = mid
+        w = rest[hi]
+        del waits[w.id]
+        bind(w, found.ranked[0], found.ranked)  # the next call fills the new pod's other slots
     return Dispatch(tuple(binds), tuple(rejects), MappingProxyType(waits))
+
+
+def _spread(
+    led: Ledger, snapshot: FleetSnapshot, model: str, count: int, now: float, policy: Policy
+) -> None:
+    """Queue ``count`` virtual requests on the model's warm pods, least loaded per slot first."""
+    heap: list[tuple[float, str, int]] = [
+        (led.inflight(s.name, model) / max(1, s.backend.slots), s.name, max(1, s.backend.slots))
+        for s in snapshot.backends
+        if s.routable(now, policy.fail_threshold, policy.stale_after) and _warm(s, model, led)
+    ]
+    if not heap:
+        return
+    heapq.heapify(heap)
+    for i in range(count):
+        load, name, slots = heapq.heappop(heap)
+        led.begin(name, model, cold=False, now=now, request_id=f"ahead:{i}")
+        heapq.heappush(heap, (load + 1 / slots, name, slots))
 
 
 def _scratch_ledger(occ: Occupancy) -> Ledger:

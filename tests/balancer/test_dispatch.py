@@ -47,9 +47,17 @@ def run(
     waiting: list[Waiting],
     binding: Binding = Binding.LATE,
     hold: float = 0.0,
+    scan_limit: int = 32,
 ) -> Dispatch:
     return dispatch(
-        waiting, fleet, occupancy, NOW, random.Random(7), binding=binding, hold_unavailable=hold
+        waiting,
+        fleet,
+        occupancy,
+        NOW,
+        random.Random(7),
+        binding=binding,
+        hold_unavailable=hold,
+        scan_limit=scan_limit,
     )
 
 
@@ -297,3 +305,27 @@ def test_occupancy_from_a_ledger_decides_like_the_ledger() -> None:
     direct = route(RouteRequest(M, "llama3"), fleet, led, Policy(), NOW, random.Random(7))
     via = run(fleet, o, queue(1), binding=Binding.EARLY)
     assert [c.backend for c in via.binds[0].ranked] == [c.backend for c in direct.ranked]
+
+
+@pytest.mark.parametrize(
+    ("waiting", "service_s", "scan_limit", "spill"),
+    [
+        pytest.param(20, 5.0, 4, "w17", id="spill at depth 16, scan limit 4"),
+        pytest.param(40, 5.0, 8, "w17", id="deep queue, scan limit 8"),
+        pytest.param(17, 5.0, 1, "w17", id="the last request is the first to spill"),
+        pytest.param(16, 5.0, 2, None, id="no request deep enough to spill"),
+        pytest.param(40, 2.5, 3, "w33", id="shorter requests spill deeper"),
+    ],
+)
+def test_past_the_scan_limit_the_first_spill_is_found_by_bisection(
+    waiting: int, service_s: float, scan_limit: int, spill: str | None
+) -> None:
+    """Routing one by one and bisecting the tail pick the same request for the cold load."""
+    o = occ({"a": 2, "b": 2}, load_s=20, service_s=service_s)
+    full = run(TWO_WARM_ONE_COLD, o, queue(waiting), scan_limit=10_000)
+    probed = run(TWO_WARM_ONE_COLD, o, queue(waiting), scan_limit=scan_limit)
+    first_cold = [(b.id, b.backend) for b in full.binds if b.cold][:1]
+    assert first_cold == ([(spill, "c")] if spill else [])
+    assert [(b.id, b.backend) for b in probed.binds if b.cold] == first_cold
+    assert all(b.cold for b in probed.binds)  # the new pod's other slot goes on the next call
+    assert len(probed.binds) + len(probed.held) == waiting
