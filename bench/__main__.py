@@ -1,4 +1,4 @@
-"""``python -m bench NAME [--smoke] [--litellm]``: run one benchmark, print its table."""
+"""``python -m bench NAME [--smoke] [--litellm] [--policies A,B]``: run one benchmark, print it."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ from typing import Any
 
 from . import common
 
-NAMES = ("overhead", "streaming", "routing", "control")
+NAMES = ("overhead", "streaming", "routing", "control", "saturation")
 
 
-def _run(name: str, smoke: bool, litellm: bool, quick: bool) -> dict[str, Any]:
+def _run(
+    name: str, smoke: bool, litellm: bool, quick: bool, policies: tuple[str, ...] = ()
+) -> dict[str, Any]:
     mod: Any = importlib.import_module(f"bench.{name}")
     cfg = mod.SMOKE if smoke else (getattr(mod, "QUICK", mod.Config()) if quick else mod.Config())
     if litellm and hasattr(cfg, "targets"):
         cfg.targets = (*cfg.targets, "litellm")
+    if policies and hasattr(cfg, "policies"):
+        cfg.policies = policies
     t = time.monotonic()
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
@@ -37,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="seconds-long version (CI)")
     p.add_argument("--quick", action="store_true", help="shorter full run, where defined")
     p.add_argument("--litellm", action="store_true", help="add the LiteLLM peer (installs it)")
+    p.add_argument(
+        "--policies",
+        default="",
+        help="saturation: comma-separated binding policies to compare (early,late)",
+    )
     args = p.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped by its PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -50,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         plots.main()
         return 0
     for name in NAMES if args.name == "all" else (args.name,):
-        _run(name, args.smoke, args.litellm, args.quick)
+        policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
+        _run(name, args.smoke, args.litellm, args.quick, policies)
     return 0
 
 

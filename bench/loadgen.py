@@ -8,6 +8,8 @@ Three modes, every one bounded in request count and in wall time:
   inter-chunk gaps are per NDJSON/SSE line, not per TCP read.
 * ``trace``: open loop: request ``i`` starts at ``t0 + at[i]`` whatever happened before
   (Poisson arrivals come from the caller's seeded trace); records TTFT and end-to-end.
+  An item may carry its own ``headers`` (a tenant's key, ``X-Priority``) and ``tags``
+  (copied into its record, so results can be split by tenant or class).
 """
 
 from __future__ import annotations
@@ -153,11 +155,19 @@ async def trace(spec: dict[str, Any]) -> dict[str, Any]:
                 "max_tokens": item["max_tokens"],
             }
             start = time.perf_counter()
-            rec: dict[str, Any] = {"at": start - t0, "model": item["model"]}
+            rec: dict[str, Any] = {
+                "at": start - t0,
+                "model": item["model"],
+                **item.get("tags", {}),
+            }
             try:
-                async with http.post(url, json=body, headers=headers) as r:
+                async with http.post(
+                    url, json=body, headers={**headers, **item.get("headers", {})}
+                ) as r:
                     rec["status"] = r.status
                     rec["backend"] = r.headers.get("X-Ollama-Backend", "")
+                    if "X-Queue-Wait" in r.headers:
+                        rec["queue_wait"] = r.headers["X-Queue-Wait"]
                     if r.status == 200:
                         while True:
                             line = await r.content.readline()

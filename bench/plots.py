@@ -126,6 +126,34 @@ def routing(doc: dict[str, Any]) -> list[Path]:
     return outs
 
 
+def saturation(doc: dict[str, Any], sim: dict[str, Any] | None) -> Path:
+    """TTFT CDFs by tenant and by class; simulated policies (bench.queue_sim) dashed."""
+    runs = [(r, "", "-") for r in doc["rows"]]
+    if sim is not None:
+        runs += [(r, " (simulated)", "--") for r in sim["rows"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    for r, suffix, style in runs:
+        recs = [x for x in r["records"] if x.get("ok")]
+        for tenant in ("heavy", "light"):
+            xs = sorted(x["ttft"] for x in recs if x.get("tenant") == tenant)
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            axes[0][0].plot(xs, ys, style, label=f"{r['policy']}{suffix}: {tenant}", linewidth=1.3)
+        alone = sorted(x["ttft"] for x in r["alone_records"] if x.get("ok"))
+        if alone and not suffix:
+            ys = [(i + 1) / len(alone) for i in range(len(alone))]
+            axes[0][0].plot(alone, ys, ":", label=f"{r['policy']}: light alone", linewidth=1.3)
+        for cls in ("critical", "standard", "batch"):
+            xs = sorted(x["ttft"] for x in recs if x.get("class") == cls)
+            ys = [(i + 1) / len(xs) for i in range(len(xs))]
+            axes[0][1].plot(xs, ys, style, label=f"{r['policy']}{suffix}: {cls}", linewidth=1.3)
+    for ax, what in zip(axes[0], ("tenant", "class"), strict=True):
+        ax.set_xscale("symlog", linthresh=1.0)
+        _finish_axes(
+            ax, f"TTFT by {what} at saturation", "TTFT (emulated s, symlog)", "fraction", legend=7
+        )
+    return _save(fig, "saturation-ttft-cdf.png")
+
+
 def main() -> None:
     IMG.mkdir(parents=True, exist_ok=True)
     made: list[Path] = []
@@ -135,5 +163,7 @@ def main() -> None:
         made.append(streaming(doc))
     if doc := _load("routing"):
         made += routing(doc)
+    if doc := _load("saturation"):
+        made.append(saturation(doc, _load("queue-sim")))
     for p in made:
         print(p)

@@ -12,6 +12,8 @@ file, usually a mounted Kubernetes Secret, as SHA-256 hashes only::
         requests_per_minute: 120           # 0 = unlimited
         tokens_per_minute: 200000          # prompt + generated tokens; 0 = unlimited
         admin: false                       # may call /api/pull, /api/delete, ...
+        priority: standard                 # critical | standard | batch (waiting order)
+        weight: 1                          # fair share between tenants while waiting
 
 A presented key is hashed and compared with *every* stored hash through
 :func:`hmac.compare_digest`, so neither the match position nor a prefix leaks
@@ -34,6 +36,8 @@ from typing import Any
 import yaml
 
 from ollama_wire.names import InvalidModelName, parse
+
+from .queueing import BadPriority, Priority, parse_priority
 
 __all__ = [
     "ApiKey",
@@ -67,6 +71,10 @@ class ApiKey:
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
     admin: bool = False
+    priority: Priority = Priority.STANDARD
+    """The class its requests wait in; ``X-Priority`` may lower it, never raise it."""
+    weight: float = 1.0
+    """Its share of the slots against other tenants of the same class (tokens, not requests)."""
 
     def allows_model(self, name: str) -> bool:
         """Whether ``name`` (as sent) matches one of the model globs.
@@ -119,6 +127,8 @@ def parse_keys(text: str) -> KeyTable:
             "requests_per_minute",
             "tokens_per_minute",
             "admin",
+            "priority",
+            "weight",
         }
         if unknown:
             raise AuthConfigError(f"{where}: unknown field(s) {sorted(map(str, unknown))}")
@@ -146,6 +156,15 @@ def parse_keys(text: str) -> KeyTable:
         admin = entry.get("admin", False)
         if not isinstance(admin, bool):
             raise AuthConfigError(f"{where}: admin must be true or false")
+        try:
+            priority = parse_priority(str(entry.get("priority", Priority.STANDARD.value)))
+        except BadPriority as exc:
+            raise AuthConfigError(f"{where}: priority: {exc}") from None
+        weight = entry.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise AuthConfigError(f"{where}: weight must be a positive number")
+        if weight > 1e6:
+            raise AuthConfigError(f"{where}: weight must be at most 1000000")
         keys.append(
             ApiKey(
                 name=name.strip(),
@@ -155,6 +174,8 @@ def parse_keys(text: str) -> KeyTable:
                 requests_per_minute=_int(entry, "requests_per_minute", where),
                 tokens_per_minute=_int(entry, "tokens_per_minute", where),
                 admin=admin,
+                priority=priority,
+                weight=float(weight),
             )
         )
     return KeyTable(tuple(keys))

@@ -14,6 +14,7 @@ from ollama_balancer.auth import (
     parse_keys,
     presented_key,
 )
+from ollama_balancer.queueing import Priority
 
 H1 = hash_key("secret-1")
 H2 = hash_key("secret-2")
@@ -160,3 +161,29 @@ def test_hash_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["hash", "secret-1"]) == 0
     assert capsys.readouterr().out.strip() == H1
     assert main([]) == 2
+
+
+def test_priority_and_weight() -> None:
+    table = parse_keys(
+        f"keys:\n  - name: a\n    key_sha256: {H1}\n"
+        f"  - name: b\n    key_sha256: {H2}\n    priority: Critical\n    weight: 2.5\n"
+    )
+    a, b = table.keys
+    assert (a.priority, a.weight) == (Priority.STANDARD, 1.0)
+    assert (b.priority, b.weight) == (Priority.CRITICAL, 2.5)
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        pytest.param("priority: urgent", "priority: unknown priority 'urgent'", id="bad class"),
+        pytest.param("weight: 0", "weight must be a positive number", id="zero weight"),
+        pytest.param("weight: -1", "weight must be a positive number", id="negative weight"),
+        pytest.param("weight: true", "weight must be a positive number", id="bool weight"),
+        pytest.param("weight: heavy", "weight must be a positive number", id="text weight"),
+        pytest.param("weight: .inf", "at most", id="infinite weight"),
+    ],
+)
+def test_bad_priority_or_weight(line: str, fragment: str) -> None:
+    with pytest.raises(AuthConfigError, match=fragment):
+        parse_keys(f"keys:\n  - name: a\n    key_sha256: {H1}\n    {line}\n")

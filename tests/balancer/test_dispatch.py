@@ -1,0 +1,331 @@
+"""Late binding as tables: (waiting, fleet, occupancy) -> who is bound where, who keeps waiting."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ollama_balancer.dispatch import Binding, Dispatch, Occupancy, dispatch
+from ollama_balancer.fleet import FleetSnapshot
+from ollama_balancer.ledger import Ledger
+from ollama_balancer.queueing import Waiting
+from ollama_balancer.routing import Policy, RouteRequest, route
+from ollama_wire.names import canonical
+from tests.balancer.test_routing import NOW, Pod, snap
+
+M = canonical("llama3")
+
+
+def occ(
+    inflight: dict[str, int] | None = None,
+    loading: dict[str, float] | None = None,
+    load_s: float = 20.0,
+    service_s: float = 5.0,
+    penalised: tuple[str, ...] = (),
+) -> Occupancy:
+    """Occupancy of model llama3: pod -> requests in flight, pod -> load start."""
+    return Occupancy(
+        inflight={(p, M): n for p, n in (inflight or {}).items()},
+        loading={(p, M): t for p, t in (loading or {}).items()},
+        penalised=dict.fromkeys(penalised, NOW + 10),
+        load_seconds={M: load_s},
+        service_seconds={M: service_s},
+    )
+
+
+def queue(n: int, pin: str | None = None, waited: float = 1.0) -> list[Waiting]:
+    return [
+        Waiting(f"w{i}", M, "t", display="llama3", pin=pin, enqueued=NOW - waited)
+        for i in range(1, n + 1)
+    ]
+
+
+def run(
+    fleet: FleetSnapshot,
+    occupancy: Occupancy,
+    waiting: list[Waiting],
+    binding: Binding = Binding.LATE,
+    hold: float = 0.0,
+    scan_limit: int = 32,
+) -> Dispatch:
+    return dispatch(
+        waiting,
+        fleet,
+        occupancy,
+        NOW,
+        random.Random(7),
+        binding=binding,
+        hold_unavailable=hold,
+        scan_limit=scan_limit,
+    )
+
+
+def binds(d: Dispatch) -> list[tuple[str, str, str]]:
+    return [(b.id, b.backend, b.reason) for b in d.binds]
+
+
+TWO_WARM = snap(
+    Pod("a", ["llama3"], ["llama3"], slots=2), Pod("b", ["llama3"], ["llama3"], slots=2)
+)
+TWO_WARM_ONE_COLD = snap(
+    Pod("a", ["llama3"], ["llama3"], slots=2),
+    Pod("b", ["llama3"], ["llama3"], slots=2),
+    Pod("c", ["llama3"], slots=2, vram_gb=24),
+)
+
+
+@pytest.mark.parametrize(
+    ("fleet", "occupancy", "waiting", "expected", "held"),
+    [
+        pytest.param(
+            TWO_WARM,
+            occ({"a": 2, "b": 1}),
+            queue(1),
+            [("w1", "b", "resident")],
+            [],
+            id="a free slot anywhere: bind",
+        ),
+        pytest.param(
+            TWO_WARM,
+            occ({"a": 2, "b": 1}),
+            queue(3),
+            [("w1", "b", "resident")],
+            ["w2", "w3"],
+            id="one free slot: only the head goes",
+        ),
+        pytest.param(
+            TWO_WARM,
+            occ({"a": 1, "b": 0}),
+            queue(4),
+            [("w1", "b", "resident"), ("w2", "*", "resident"), ("w3", "*", "resident")],
+            ["w4"],
+            id="three free slots: three go, in queue order",
+        ),
+        pytest.param(
+            TWO_WARM_ONE_COLD,
+            occ({"a": 2, "b": 2}, load_s=20, service_s=5),
+            queue(3),
+            [],
+            ["w1", "w2", "w3"],
+            id="no free slot, waiting cheaper than a load: everyone stays queued",
+        ),
+        pytest.param(
+            TWO_WARM_ONE_COLD,
+            occ({"a": 2, "b": 2}, load_s=20, service_s=30),
+            queue(1),
+            [("w1", "c", "cold-load")],
+            [],
+            id="waiting costs more than a load on a roomy pod: cold load",
+        ),
+        pytest.param(
+            TWO_WARM_ONE_COLD,
+            occ({"a": 2, "b": 2}, load_s=20, service_s=5),
+            queue(20),
+            [("w17", "c", "cold-load"), ("w18", "c", "loading")],
+            [f"w{i}" for i in (*range(1, 17), 19, 20)],
+            id="a long queue spills its tail to a cold load; a follower takes its other slot",
+        ),
+        pytest.param(
+            TWO_WARM,
+            occ({"a": 2, "b": 2}, load_s=20, service_s=30),
+            queue(2),
+            [],
+            ["w1", "w2"],
+            id="waiting is long but no pod has room: stay queued",
+        ),
+        pytest.param(
+            snap(
+                Pod("a", ["llama3"], slots=1, vram_gb=24), Pod("b", ["llama3"], slots=1, vram_gb=8)
+            ),
+            occ(),
+            queue(3),
+            [("w1", "a", "cold-load")],
+            ["w2", "w3"],
+            id="resident nowhere: one load, not one per waiting request",
+        ),
+        pytest.param(
+            snap(Pod("a", ["llama3"], slots=2), Pod("b", ["llama3"], slots=2)),
+            occ({"a": 1}, loading={"a": NOW - 5}),
+            queue(2),
+            [("w1", "a", "loading")],
+            ["w2"],
+            id="a loading pod's free slot takes the head",
+        ),
+        pytest.param(
+            TWO_WARM,
+            occ({"a": 2, "b": 0}, penalised=("b",)),
+            queue(1),
+            [],
+            ["w1"],
+            id="a penalised pod's free slot waits while a healthy pod will free",
+        ),
+        pytest.param(
+            snap(Pod("a", ["llama3"], ["llama3"], slots=2)),
+            occ({"a": 0}, penalised=("a",)),
+            queue(1),
+            [("w1", "a", "resident")],
+            [],
+            id="a penalised pod is used when it is the only one",
+        ),
+        pytest.param(
+            TWO_WARM,
+            occ({"a": 2, "b": 0}),
+            queue(1, pin="a"),
+            [],
+            ["w1"],
+            id="pinned: waits for its own pod's slot",
+        ),
+        pytest.param(
+            TWO_WARM_ONE_COLD,
+            occ({"a": 2, "b": 2}),
+            queue(1, pin="c"),
+            [("w1", "c", "pinned")],
+            [],
+            id="pinned to a pod without the model: the client asked for that load",
+        ),
+    ],
+)
+def test_late_binding(
+    fleet: FleetSnapshot,
+    occupancy: Occupancy,
+    waiting: list[Waiting],
+    expected: list[tuple[str, str, str]],
+    held: list[str],
+) -> None:
+    d = run(fleet, occupancy, waiting)
+    got = binds(d)
+    assert len(got) == len(expected), got
+    for (rid, pod, reason), want in zip(got, expected, strict=True):
+        assert (rid, reason) == (want[0], want[2])
+        assert pod == want[1] or want[1] == "*"
+    assert sorted(d.held, key=lambda x: int(x[1:])) == held
+    assert not d.rejects
+    # Never more requests on a warm pod than it has slots.
+    for state in fleet.backends:
+        warm = [b for b in d.binds if b.backend == state.name and not b.cold]
+        before = occupancy.inflight.get((state.name, M), 0)
+        assert not warm or before + len(warm) <= state.backend.slots, (state.name, warm)
+
+
+def test_a_slot_frees_and_the_head_of_that_models_queue_goes() -> None:
+    waiting = queue(3)
+    busy = run(TWO_WARM, occ({"a": 2, "b": 2}), waiting)
+    assert not busy.binds and list(busy.held) == ["w1", "w2", "w3"]
+    freed = run(TWO_WARM, occ({"a": 1, "b": 2}), waiting)
+    assert binds(freed) == [("w1", "a", "resident")]
+    assert freed.binds[0].waited == pytest.approx(1.0)
+
+
+def test_other_models_do_not_take_the_slot() -> None:
+    other = canonical("mistral")
+    fleet = snap(Pod("a", ["llama3", "mistral"], ["llama3", "mistral"], slots=1))
+    waiting = [Waiting("m1", other, "t", display="mistral"), *queue(1)]
+    d = run(fleet, Occupancy(inflight={("a", other): 1}), waiting)
+    assert binds(d) == [("w1", "a", "resident")]
+    assert d.held == ("m1",)
+
+
+def test_expected_wait_grows_with_the_position() -> None:
+    d = run(TWO_WARM, occ({"a": 2, "b": 2}, service_s=4), queue(4))
+    # 4 warm slots of 4 s: one frees every second on average.
+    assert [d.expected_wait[f"w{i}"] for i in range(1, 5)] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_failover_order_starts_with_the_bound_pod() -> None:
+    d = run(TWO_WARM, occ({"a": 2, "b": 0}), queue(1))
+    assert [c.backend for c in d.binds[0].ranked] == ["b", "a"]
+    assert not d.binds[0].cold
+
+
+@pytest.mark.parametrize(
+    ("fleet", "hold", "waited", "rejected", "held"),
+    [
+        pytest.param(snap(Pod("a", ["mistral"])), 30.0, 1.0, 404, False, id="unknown model"),
+        pytest.param(
+            snap(Pod("a", ["llama3"], down=True)), 0.0, 1.0, 503, False, id="its pods are down"
+        ),
+        pytest.param(
+            snap(Pod("a", ["llama3"], down=True)),
+            30.0,
+            1.0,
+            None,
+            True,
+            id="scale-from-zero hold: wait for a pod",
+        ),
+        pytest.param(
+            snap(Pod("a", ["llama3"], down=True)),
+            30.0,
+            31.0,
+            503,
+            False,
+            id="the hold is over",
+        ),
+    ],
+)
+def test_route_errors(
+    fleet: FleetSnapshot, hold: float, waited: float, rejected: int | None, held: bool
+) -> None:
+    d = run(fleet, occ(), queue(1, waited=waited), hold=hold)
+    assert [r.error.status for r in d.rejects] == ([rejected] if rejected else [])
+    assert (d.held == ("w1",)) is held
+    assert not d.binds
+
+
+def test_early_binding_is_todays_behaviour() -> None:
+    """Every request bound at once to routing's first choice, as if they arrived in order."""
+    d = run(TWO_WARM, occ({"a": 2, "b": 2}), queue(4), binding=Binding.EARLY)
+    assert len(d.binds) == 4 and not d.held
+    assert {b.backend for b in d.binds} == {"a", "b"}
+    led = Ledger(20.0, 5.0)
+    for pod in ("a", "b"):
+        for i in range(2):
+            led.begin(pod, M, cold=False, now=NOW, request_id=f"{pod}{i}")
+    rng = random.Random(7)
+    for b in d.binds:
+        choice = route(RouteRequest(M, "llama3"), TWO_WARM, led, Policy(), NOW, rng).ranked[0]
+        assert b.backend == choice.backend
+        led.begin(choice.backend, M, cold=False, now=NOW, request_id=b.id)
+
+
+def test_occupancy_from_a_ledger_decides_like_the_ledger() -> None:
+    fleet = TWO_WARM_ONE_COLD
+    led = Ledger(default_load_seconds=20.0, default_service_seconds=5.0)
+    led.learn_service(M, 30.0)
+    for i in range(2):
+        led.begin("a", M, cold=False, now=NOW, request_id=f"a{i}")
+        led.begin("b", M, cold=False, now=NOW, request_id=f"b{i}")
+    led.begin("c", M, cold=True, now=NOW - 3, request_id="loader")
+    led.penalise("b", NOW + 5)
+    o = Occupancy.from_ledger(led, fleet, [M])
+    assert o.inflight == {("a", M): 2, ("b", M): 2, ("c", M): 1}
+    assert o.loading == {("c", M): NOW - 3}
+    assert o.service(M) == 30.0 and o.load(M) == 20.0
+    assert o.penalised == {"b": NOW + 5}
+    direct = route(RouteRequest(M, "llama3"), fleet, led, Policy(), NOW, random.Random(7))
+    via = run(fleet, o, queue(1), binding=Binding.EARLY)
+    assert [c.backend for c in via.binds[0].ranked] == [c.backend for c in direct.ranked]
+
+
+@pytest.mark.parametrize(
+    ("waiting", "service_s", "scan_limit", "spill"),
+    [
+        pytest.param(20, 5.0, 4, "w17", id="spill at depth 16, scan limit 4"),
+        pytest.param(40, 5.0, 8, "w17", id="deep queue, scan limit 8"),
+        pytest.param(17, 5.0, 1, "w17", id="the last request is the first to spill"),
+        pytest.param(16, 5.0, 2, None, id="no request deep enough to spill"),
+        pytest.param(40, 2.5, 3, "w33", id="shorter requests spill deeper"),
+    ],
+)
+def test_past_the_scan_limit_the_first_spill_is_found_by_bisection(
+    waiting: int, service_s: float, scan_limit: int, spill: str | None
+) -> None:
+    """Routing one by one and bisecting the tail pick the same request for the cold load."""
+    o = occ({"a": 2, "b": 2}, load_s=20, service_s=service_s)
+    full = run(TWO_WARM_ONE_COLD, o, queue(waiting), scan_limit=10_000)
+    probed = run(TWO_WARM_ONE_COLD, o, queue(waiting), scan_limit=scan_limit)
+    first_cold = [(b.id, b.backend) for b in full.binds if b.cold][:1]
+    assert first_cold == ([(spill, "c")] if spill else [])
+    assert [(b.id, b.backend) for b in probed.binds if b.cold] == first_cold
+    assert all(b.cold for b in probed.binds)  # the new pod's other slot goes on the next call
+    assert len(probed.binds) + len(probed.held) == waiting

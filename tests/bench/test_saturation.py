@@ -1,0 +1,73 @@
+"""The saturation benchmark (issue #13): its smoke run on real processes, and its simulation.
+
+The smoke run starts the emulator and the balancer for real.  Late binding runs only when
+the balancer has a ``--queue`` flag; until then the benchmark must say it skipped it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import queue_sim, saturation
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_saturation_smoke() -> None:
+    doc = saturation.run(saturation.SMOKE)
+    has_queue = "--queue" in saturation.balancer_flags()
+    ran = [r["policy"] for r in doc["rows"]]
+    assert ran == (["early", "late"] if has_queue else ["early"])
+    assert doc["skipped"] == ([] if has_queue else ["late"])
+    early = doc["rows"][0]
+    g = early["groups"]
+    assert g["all"]["requests"] == doc["trace_size"]
+    assert g["all"]["failed"] == 0, g["all"]
+    assert g["tenant heavy"]["requests"] > 3 * g["tenant light"]["requests"]
+    assert g["light alone"]["requests"] == g["tenant light"]["requests"]
+    assert all(not math.isnan(g[k]["ttft_p99"]) for k in ("all", "class critical", "class batch"))
+    # Offered load above capacity: with early binding requests queue inside Ollama.
+    assert early["ollama_waiting_peak"] > 0
+    # ... and the light tenant pays for the heavy one's flood.
+    assert g["tenant light"]["ttft_p99"] > g["light alone"]["ttft_p99"]
+    text = saturation.render(doc)
+    assert "| early | tenant light |" in text
+    if not has_queue:
+        assert "late: not run" in text
+
+
+def test_unknown_policy_is_refused() -> None:
+    cfg = saturation.Config(policies=("early", "fastest"))
+    with pytest.raises(SystemExit, match="fastest"):
+        saturation.run(cfg)
+
+
+def test_trace_is_seeded_and_shaped() -> None:
+    cfg = saturation.Config()
+    a, b = saturation.make_trace(cfg), saturation.make_trace(cfg)
+    assert a == b
+    over = [it for it in a if it["tags"]["phase"] == "over"]
+    under = [it for it in a if it["tags"]["phase"] == "under"]
+    # Offered load: about 1.5x capacity, then 0.5x (Poisson, so loosely).
+    assert len(over) / cfg.overload_seconds > 1.2 * cfg.capacity()
+    assert len(under) / cfg.underload_seconds < 0.8 * cfg.capacity()
+    assert {it["tags"]["class"] for it in a if it["tags"]["tenant"] == "light"} <= {
+        "critical",
+        "standard",
+    }
+    assert all(it["headers"]["X-Priority"] == it["tags"]["class"] for it in a)
+
+
+def test_simulated_late_binding_keeps_ollama_queues_empty_and_orders_classes() -> None:
+    """The pure core through the same trace: what late binding should show once integrated."""
+    doc = queue_sim.run(saturation.Config())
+    rows = {r["policy"]: r for r in doc["rows"]}
+    early, late = rows["early"], rows["late"]
+    assert early["ollama_waiting_peak"] > 0
+    assert late["ollama_waiting_peak"] == 0  # everyone waits in the balancer
+    e, lt = early["groups"], late["groups"]
+    assert e["all"]["failed"] == lt["all"]["failed"] == 0
+    assert lt["class critical"]["ttft_p99"] <= 0.3 * lt["class batch"]["ttft_p99"]
+    assert lt["tenant light"]["ttft_p99"] < 0.5 * e["tenant light"]["ttft_p99"]
