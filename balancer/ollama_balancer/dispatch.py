@@ -43,20 +43,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from .errors import NoBackend, NotFound, Unroutable, for_outcome
 from .fleet import BackendState, FleetSnapshot
 from .ledger import Ledger
 from .queueing import Waiting, expected_wait
-from .routing import (
-    COLD_LOAD,
-    PINNED,
-    PULL,
-    Choice,
-    Decision,
-    Policy,
-    RouteError,
-    RouteRequest,
-    route,
-)
+from .rankers import COLD_REASONS, Choice, Reason
+from .routing import Decision, Policy, RouteRequest, route
 
 __all__ = [
     "Bind",
@@ -144,20 +136,20 @@ class Bind:
     id: str
     model: str
     backend: str
-    reason: str  # routing's: resident, loading, cold-load, pinned, affinity, pull
+    reason: Reason  # routing's
     ranked: tuple[Choice, ...]
     waited: float  # seconds it spent queued (X-Queue-Wait)
 
     @property
     def cold(self) -> bool:
         """The request starts a load (the ledger records it as the loader)."""
-        return self.reason in (COLD_LOAD, PULL)
+        return self.reason in COLD_REASONS
 
 
 @dataclass(frozen=True, slots=True)
 class Reject:
     id: str
-    error: RouteError
+    outcome: Unroutable  # why it cannot be placed; the edge picks the status (for_outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,12 +233,13 @@ def dispatch(
             continue
         req = RouteRequest(w.model, w.display or w.model, w.pin, w.affinity_backend)
         decision = route(req, snapshot, led, policy, now, rng)
-        if decision.error is not None or not decision.ranked:
-            error = decision.error or RouteError(503, "no Ollama backend is available", 5)
-            if binding is Binding.LATE and error.status == 503 and w.waited(now) < hold_unavailable:
+        if decision.unroutable is not None or not decision.ranked:
+            outcome = decision.unroutable or NoBackend()
+            unavailable = not isinstance(for_outcome(outcome), NotFound)
+            if binding is Binding.LATE and unavailable and w.waited(now) < hold_unavailable:
                 hold(w)  # scale-from-zero: a pod may come
             else:
-                rejects.append(Reject(w.id, error))
+                rejects.append(Reject(w.id, outcome))
             continue
         ranked = decision.ranked
         if binding is Binding.EARLY:
@@ -255,7 +248,7 @@ def dispatch(
         free = _first_free(ranked, snapshot, w.model, taken, led, now)
         if free is not None:
             bind(w, free, ranked)
-        elif ranked[0].reason in (COLD_LOAD, PULL) or _cold_pin(ranked[0], snapshot, w.model, led):
+        elif ranked[0].reason in COLD_REASONS or _cold_pin(ranked[0], snapshot, w.model, led):
             bind(w, ranked[0], ranked)
         else:
             hold(w)
@@ -265,7 +258,7 @@ def dispatch(
                 scanned[w.model] = scanned.get(w.model, 0) + 1
             if (
                 w.pin is None
-                and not any(c.reason == COLD_LOAD for c in ranked)
+                and not any(c.reason is Reason.COLD_LOAD for c in ranked)
                 and _first_free(
                     ranked, snapshot, w.model, taken, led, now, no_later_than_first=False
                 )
@@ -287,7 +280,7 @@ def dispatch(
             return route(req, snapshot, scratch, policy, now, rng)
 
         def spills(d: Decision) -> bool:
-            return d.error is None and bool(d.ranked) and d.ranked[0].reason in (COLD_LOAD, PULL)
+            return d.unroutable is None and bool(d.ranked) and d.ranked[0].reason in COLD_REASONS
 
         last = probe(len(rest) - 1)
         if not spills(last):
@@ -391,7 +384,7 @@ def _first_free(
 def _cold_pin(choice: Choice, snapshot: FleetSnapshot, model: str, led: Ledger) -> bool:
     """A pinned request to a pod without the model: the client asked for that load."""
     state = snapshot.get(choice.backend)
-    return choice.reason == PINNED and state is not None and not _warm(state, model, led)
+    return choice.reason is Reason.PINNED and state is not None and not _warm(state, model, led)
 
 
 def _warm_slots(

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from ollama_balancer.dispatch import Binding, Dispatch, Occupancy, dispatch
+from ollama_balancer.errors import for_outcome
 from ollama_balancer.fleet import FleetSnapshot
 from ollama_balancer.ledger import Ledger
 from ollama_balancer.queueing import Waiting
@@ -267,7 +268,7 @@ def test_route_errors(
     fleet: FleetSnapshot, hold: float, waited: float, rejected: int | None, held: bool
 ) -> None:
     d = run(fleet, occ(), queue(1, waited=waited), hold=hold)
-    assert [r.error.status for r in d.rejects] == ([rejected] if rejected else [])
+    assert [for_outcome(r.outcome).status for r in d.rejects] == ([rejected] if rejected else [])
     assert (d.held == ("w1",)) is held
     assert not d.binds
 
