@@ -189,12 +189,12 @@ def policy_flags(policy: str, cfg: Config) -> list[str] | None:
     has_queue = "--queue" in balancer_flags()
     s = cfg.time_scale
     if policy == "early":
-        return ["--queue", "off"] if has_queue else []
+        return ["--no-queue"] if has_queue else []
     if policy == "late":
         if not has_queue:
             return None
         return [
-            "--queue", "on",
+            "--queue",
             "--queue-max-wait", f"{cfg.timeout * s:g}",
             "--queue-batch-aging", f"{cfg.batch_aging * s:g}",
         ]  # fmt: skip

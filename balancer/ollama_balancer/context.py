@@ -6,16 +6,19 @@ import uuid
 
 from aiohttp import web
 
+from .auth import ApiKey
 from .record import RequestRecord
 from .requests import ParsedRequest
 
-__all__ = ["PARSED", "RECORD", "REQUEST_ID", "request_id"]
+__all__ = ["API_KEY", "PARSED", "RECORD", "REQUEST_ID", "request_id"]
 
 REQUEST_ID = web.RequestKey("request_id", str)
 #: The one record of this request (opened by the pipeline, filled in by handlers).
 RECORD = web.RequestKey("record", RequestRecord)
 #: The body, parsed once, model alias resolved (on routes whose body names a model).
 PARSED = web.RequestKey("parsed", ParsedRequest)
+#: The caller's API key, when keys are on (its name, priority and weight).
+API_KEY = web.RequestKey("api_key", ApiKey)
 
 
 def request_id(request: web.Request) -> str:

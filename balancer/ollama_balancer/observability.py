@@ -135,6 +135,9 @@ def request_fields(record: RequestRecord, sample: RequestSample) -> dict[str, An
     return {
         "request_id": record.request_id,
         "client": record.client,
+        "tenant": record.tenant,
+        "priority": record.priority,
+        "queue_wait": _r(record.queue_wait),
         "method": record.method,
         "path": record.path,
         "model": record.model[:_MAX_LOGGED_MODEL],

@@ -25,7 +25,7 @@ from aiohttp import web
 from ollama_wire.errors import error_body_for
 
 from .auth import ApiKey, KeyState, presented_key
-from .context import PARSED, RECORD, request_id
+from .context import API_KEY, PARSED, RECORD, request_id
 from .errors import (
     BadRequest,
     BalancerError,
@@ -109,6 +109,7 @@ async def _admit(
     if sec is not None and sec.table is not None and (spec is None or spec.needs_key):
         key = _authenticate(request, sec)
         record.client = key.name
+        request[API_KEY] = key
         if spec is not None and spec.kind is Kind.ADMIN and not key.admin:
             raise Forbidden(f"key '{key.name}' may not call {request.path}")
     if spec is None or spec.kind is Kind.OPS or not _allowed(spec, request.method):

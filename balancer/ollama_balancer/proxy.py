@@ -25,17 +25,20 @@ from aiohttp import web
 from ollama_wire.backend import Backend
 from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
-from .context import PARSED, RECORD
-from .errors import AttemptFailed, Forbidden, for_outcome, give_up
+from .context import API_KEY, PARSED, RECORD
+from .errors import AttemptFailed, BadRequest, Forbidden, for_outcome, give_up
 from .ledger import COLD_LOAD_THRESHOLD, Ledger
 from .polling import FleetView
+from .queueing import BadPriority, QueueSettings, Waiting, request_priority, tenant_of
 from .rankers import COLD_REASONS, Choice, Reason, Strategy
 from .record import RequestRecord
 from .requests import Intent, ParsedRequest, affinity_key, with_num_ctx
 from .routes import spec_for
 from .routing import Policy, RouteRequest, route
 from .settings import BalancerSettings
+from .tokens import TokenCorrection, TokenEstimate, estimate_tokens
 from .unload import plan_unload, unload_answer
+from .waitroom import WaitRoom
 
 __all__ = ["Proxy"]
 
@@ -103,6 +106,24 @@ class Proxy:
             total=None, sock_connect=settings.connect_timeout
         )
         self._num_ctx_pins = settings.num_ctx_pins()
+        #: Late binding (``queue``): requests wait here for a slot instead of inside Ollama.
+        self.waitroom: WaitRoom | None = None
+        self.tokens = TokenCorrection()
+        if settings.queue:
+            self.waitroom = WaitRoom(
+                QueueSettings(
+                    settings.queue_max_per_model,
+                    settings.queue_max_wait,
+                    settings.queue_batch_aging,
+                ),
+                view,
+                ledger,
+                self.policy,
+                rng=self.rng,
+                clock=clock,
+                hold_unavailable=settings.queue_hold_unavailable,
+            )
+            view.subscribe(lambda _change: self._slot_freed())
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -117,37 +138,48 @@ class Proxy:
             req = with_num_ctx(req, pinned_ctx)
         if req.intent is Intent.UNLOAD and req.pin is None:
             return await self._unload_everywhere(request, req, record)
-        snapshot = self.view.snapshot
         aff = None
         if self.settings.affinity and spec is not None and spec.affinity and req.pin is None:
             aff = affinity_key(req.doc, req.key, request.headers.get("X-Session-ID"))
-        decision = route(
-            RouteRequest(
-                req.key,
-                req.model,
-                req.pin,
-                self._affinity.get(aff) if aff else None,
-                num_ctx=req.num_ctx,
-                load_only=req.intent is Intent.LOAD,
-            ),
-            snapshot,
-            self.ledger,
-            self.policy,
-            self.clock(),
-            self.rng,
-            self._turn,
-        )
-        self._turn += 1
-        if decision.unroutable is not None:
-            raise for_outcome(decision.unroutable)
+        aff_backend = self._affinity.get(aff) if aff else None
         counts = spec is not None and spec.quota  # /api/show takes no slot
+        reserved: str | None = None  # a slot the wait room already took for this request
+        if self.waitroom is not None and counts and req.intent is Intent.INFER:
+            bound = await self.waitroom.wait(self._waiting(request, req, record, aff_backend))
+            ranked, reserved = bound.ranked, bound.backend
+            record.queue_wait = bound.waited
+        else:
+            decision = route(
+                RouteRequest(
+                    req.key,
+                    req.model,
+                    req.pin,
+                    aff_backend,
+                    num_ctx=req.num_ctx,
+                    load_only=req.intent is Intent.LOAD,
+                ),
+                self.view.snapshot,
+                self.ledger,
+                self.policy,
+                self.clock(),
+                self.rng,
+                self._turn,
+            )
+            self._turn += 1
+            if decision.unroutable is not None:
+                raise for_outcome(decision.unroutable)
+            ranked = decision.ranked
+        snapshot = self.view.snapshot
         deadline = self.clock() + self.settings.retry_budget
         failures: list[AttemptFailed] = []
-        for attempt, choice in enumerate(decision.ranked[: self.settings.max_attempts]):
+        for attempt, choice in enumerate(ranked[: self.settings.max_attempts]):
+            adopt = reserved == choice.backend and attempt == 0
             if attempt and self.clock() > deadline:
                 break
             state = snapshot.get(choice.backend)
             if state is None:
+                if adopt:
+                    self._release(choice.backend, req.key, record.request_id)
                 continue
             record.attempts += 1
             record.backend, record.reason = choice.backend, choice.reason
@@ -155,7 +187,7 @@ class Proxy:
                 if choice.reason is Reason.PULL:
                     await self._pull_for(state.backend, req.model)
                 resp = await self._forward(
-                    request, req, state.backend, choice, record, counts, note
+                    request, req, state.backend, choice, record, counts, note, adopt
                 )
             except AttemptFailed as failed:
                 failures.append(failed)
@@ -167,6 +199,51 @@ class Proxy:
                 self._remember(aff, choice.backend)
             return resp
         raise give_up(record.model, failures)
+
+    def _waiting(
+        self,
+        request: web.Request,
+        req: ParsedRequest,
+        record: RequestRecord,
+        affinity_backend: str | None,
+    ) -> Waiting:
+        """The request as the wait queue sees it: tenant, class, estimated tokens, weight."""
+        key = request.get(API_KEY)
+        header = (
+            request.headers.get(self.settings.tenant_header)
+            if self.settings.tenant_header
+            else None
+        )
+        tenant = tenant_of(key.name if key else None, header)
+        try:
+            priority = request_priority(
+                key.priority if key else None, request.headers.get("X-Priority")
+            )
+        except BadPriority as exc:
+            raise BadRequest(str(exc)) from None
+        raw = estimate_tokens(req.doc, request.path, self.settings.default_output_tokens)
+        estimate = self.tokens.correct(tenant, req.key, raw)
+        record.tenant, record.priority = tenant, priority
+        record.token_estimate = raw
+        return Waiting(
+            id=record.request_id,
+            model=req.key,
+            tenant=tenant,
+            priority=priority,
+            tokens=max(1, estimate.total),
+            weight=key.weight if key else 1.0,
+            display=req.model,
+            pin=req.pin,
+            affinity_backend=affinity_backend,
+        )
+
+    def _release(self, backend: str, model: str, request_id: str) -> None:
+        self.ledger.end(backend, model, request_id=request_id)
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        if self.waitroom is not None:
+            self.waitroom.poke()
 
     async def _unload_everywhere(
         self, request: web.Request, req: ParsedRequest, record: RequestRecord
@@ -250,11 +327,15 @@ class Proxy:
         record: RequestRecord,
         counts: bool,
         note: str = "",
+        reserved: bool = False,
     ) -> web.StreamResponse:
-        """Send to ``backend`` and stream back; :class:`AttemptFailed` before the first byte."""
+        """Send to ``backend`` and stream back; :class:`AttemptFailed` before the first byte.
+
+        ``reserved``: the wait room already took this slot in the ledger for the request.
+        """
         cold = choice.reason in COLD_REASONS
         rid = record.request_id
-        if counts:
+        if counts and not reserved:
             self.ledger.begin(backend.name, req.key, cold=cold, now=self.clock(), request_id=rid)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST}
         headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
@@ -292,6 +373,7 @@ class Proxy:
             )
             if loaded is not None:
                 record.cold_load_seconds = loaded
+                self._slot_freed()  # followers of the load may bind to it now
             if upstream.status >= 500 or upstream.status == 404:
                 body = await _read_small(upstream, self.settings.idle_timeout)
                 if upstream.status >= 500 and ttfb < FAST_FAIL_SECONDS:
@@ -309,7 +391,7 @@ class Proxy:
             if upstream is not None:
                 upstream.close()  # idempotent after a complete read; aborts a live one
             if counts:
-                self.ledger.end(backend.name, req.key, request_id=rid)
+                self._release(backend.name, req.key, rid)
 
     async def _stream(
         self,
@@ -328,6 +410,8 @@ class Proxy:
         resp.headers["X-Request-ID"] = record.request_id
         resp.headers["X-Ollama-Backend"] = backend.name
         resp.headers["X-Route-Reason"] = f"{choice.reason}; {note}" if note else choice.reason
+        if record.queue_wait is not None:
+            resp.headers["X-Queue-Wait"] = f"{record.queue_wait:.3f}"
         record.status = upstream.status
         chunked = "chunked" in upstream.headers.get("Transfer-Encoding", "").lower()
         if upstream.content_length is not None and not chunked:
@@ -388,6 +472,14 @@ class Proxy:
         )
         if metrics:
             record.metrics = metrics
+            if isinstance(record.token_estimate, TokenEstimate):
+                self.tokens.learn(
+                    record.tenant,
+                    key,
+                    record.token_estimate,
+                    _count(metrics, "prompt_eval_count"),
+                    _count(metrics, "eval_count"),
+                )
             load_ns = metrics.get("load_duration") or 0
             total_ns = metrics.get("total_duration") or 0
             if load_ns / 1e9 > COLD_LOAD_THRESHOLD:
@@ -472,6 +564,11 @@ def _final_metrics(tail: bytes) -> dict[str, Any] | None:
         "done_reason",
     )
     return {k: doc[k] for k in keys if k in doc}
+
+
+def _count(metrics: dict[str, Any], key: str) -> int | None:
+    value = metrics.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _describe(exc: BaseException) -> str:

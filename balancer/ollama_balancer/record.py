@@ -35,3 +35,7 @@ class RequestRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     retries: list[str] = field(default_factory=list)
     client: str = ""  # the API key's name when authentication is on (never the key)
+    tenant: str = ""  # whose fair share it counted against while waiting
+    priority: str = ""  # critical | standard | batch, when it went through the wait queue
+    queue_wait: float | None = None  # seconds it waited in the balancer for a slot
+    token_estimate: Any = None  # tokens.TokenEstimate made for the wait queue (learned from)

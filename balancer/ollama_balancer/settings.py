@@ -119,6 +119,39 @@ class BalancerSettings:
         "other copies are always unloadable",
         "routing",
     )
+    # --- late binding (docs/queueing.md)
+    queue: bool = _f(
+        False,
+        "late binding: hold a request in the balancer until a warm slot frees (or a cold load "
+        "is the better deal) instead of queueing it inside Ollama",
+        "queue",
+    )
+    queue_max_per_model: int = _f(
+        256,
+        "requests waiting per model; one more sheds the newest batch (else lowest) one",
+        "queue",
+    )
+    queue_max_wait: float = _f(
+        120.0, "seconds a request may wait in the balancer before it is answered 429", "queue"
+    )
+    queue_batch_aging: float = _f(
+        30.0, "seconds after which a waiting batch request competes as standard", "queue"
+    )
+    queue_hold_unavailable: float = _f(
+        0.0,
+        "seconds a request waits when no pod can serve its model (none ready, scaling up from "
+        "zero) before the 503 (0 = answer at once)",
+        "queue",
+    )
+    tenant_header: str = _f(
+        "",
+        "request header naming the tenant when no API key does (e.g. X-OpenWebUI-User-Id); "
+        "tenants share the fleet fairly while requests wait",
+        "queue",
+    )
+    default_output_tokens: int = _f(
+        256, "output tokens assumed for a request that sets no limit (fair share)", "queue"
+    )
     # --- proxying
     max_body_bytes: int = _f(
         128 * 1024 * 1024, "largest request body accepted (base64 images)", "proxy"
@@ -388,6 +421,12 @@ def _validate(s: BalancerSettings) -> None:
         raise SettingsError("max_connections: must be >= 0")
     if s.max_header_bytes < 1024:
         raise SettingsError("max_header_bytes: must be >= 1024")
+    if s.queue_max_per_model < 1:
+        raise SettingsError("queue_max_per_model: must be >= 1")
+    if s.queue_max_wait <= 0:
+        raise SettingsError("queue_max_wait: must be > 0")
+    if s.queue_batch_aging < 0 or s.queue_hold_unavailable < 0:
+        raise SettingsError("queue_batch_aging, queue_hold_unavailable: must be >= 0")
     if s.affinity_bound < 1:
         raise SettingsError("affinity_bound: must be >= 1")
     s.num_ctx_pins()
