@@ -195,8 +195,10 @@ def _base64_error(data: str) -> str | None:
     for i, byte in enumerate(body):
         if not _BASE64.match(bytes([byte])):
             return f"illegal base64 data at input byte {i}"
-    if len(raw) % 4 or len(raw) - len(body) > 2:
-        return f"illegal base64 data at input byte {len(raw) - len(raw) % 4 or len(body)}"
+    if len(raw) % 4:  # an incomplete quantum: Go points at its first byte
+        return f"illegal base64 data at input byte {len(raw) - len(raw) % 4}"
+    if len(raw) - len(body) > 2:
+        return f"illegal base64 data at input byte {len(body) + 2}"
     try:
         binascii.a2b_base64(raw, strict_mode=True)
     except binascii.Error:
