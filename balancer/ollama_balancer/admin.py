@@ -1,38 +1,107 @@
 """Admin endpoints: refused by default, or fanned out to the pods.
 
-Model storage is declared with a ModelPool and kept by the operator, so
-``/api/pull``, ``/api/delete``, ``/api/create``, ``/api/copy``, ``/api/push``
-and ``/api/blobs/*`` are refused (403).  With ``admin: fanout``, ``/api/pull``
-and ``/api/delete`` go to every routable pod (or the one named by
-``X-Ollama-Backend``) and the answers are merged: one progress stream whose
-byte counts are the sums over pods, ending in ``success`` only if every pod
-succeeded.
+Model storage is declared with a ModelPool and kept by the operator, so with the
+default ``admin: deny`` every admin path (``/api/pull``, ``/api/delete``,
+``/api/create``, ``/api/copy``, ``/api/push``, ``/api/blobs/*``) is refused with
+a 403 that says what ``admin: fanout`` would allow.  With ``admin: fanout`` each
+request goes to every routable pod (or to the one ``X-Ollama-Backend`` names)
+and the pods' answers become the one answer a single Ollama would give:
+
+* ``/api/pull`` and ``/api/create`` stream progress merged by
+  :class:`~ollama_wire.progress.ProgressMerge`: each status once, in Ollama's
+  order, a layer's bar with one copy's size and the slowest pod's progress,
+  and ``success`` only when every pod succeeded (else an ``error`` line naming
+  the pods that failed);
+* ``/api/delete`` and ``/api/copy`` succeed where the model is: a pod without it
+  (404) is no failure unless no pod has it;
+* ``HEAD /api/blobs/<digest>`` is 200 only when every pod has the blob, so a
+  client uploads what any pod lacks; ``POST`` stores it on every pod before
+  answering, so the ``/api/create`` that follows finds it everywhere.
+
+``/api/push`` uploads to a registry from one server's disk; it is refused under
+both settings.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from ollama_wire.backend import Backend
-from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
+from ollama_wire.client import (
+    OllamaClient,
+    OllamaError,
+    OllamaProtocolError,
+    OllamaStatusError,
+    OllamaStreamError,
+    OllamaUnreachable,
+)
+from ollama_wire.progress import ProgressMerge
 
 from .context import PARSED, request_id
-from .errors import BackendAnswer, Forbidden, NotFound, Unavailable
+from .errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
 from .polling import FleetView
 from .settings import BalancerSettings
 
-__all__ = ["Admin"]
+__all__ = ["FANNED_OUT", "Admin", "merge_answers", "refusal"]
 
-DENIED = (
-    "{path} is disabled on ollama-fleet: models are managed by the ModelPool operator "
-    "(kubectl apply -f modelpool.yaml); set admin: fanout on the balancer to allow pull/delete"
-)
+#: What ``admin: fanout`` sends to every pod; nothing else is ever forwarded.
+FANNED_OUT = ("/api/pull", "/api/delete", "/api/create", "/api/copy", "/api/blobs")
+
+
+def refusal(path: str, admin: str) -> str:
+    """The 403 message of an admin path: why, and exactly what the setting allows."""
+    fans = ", ".join(FANNED_OUT[:-1]) + " and " + FANNED_OUT[-1]
+    if admin == "fanout":
+        return (
+            f"{path} is refused: admin: fanout sends {fans} to every pod, never "
+            "/api/push (push from one Ollama server directly)"
+        )
+    return (
+        f"{path} is refused: this balancer runs with admin: deny, models are managed by the "
+        "ModelPool operator (kubectl apply -f modelpool.yaml); admin: fanout would send "
+        f"{fans} to every pod (never /api/push)"
+    )
+
+
+Answer = tuple[str, int, str]
+"""(pod, HTTP status (0: unreachable), error message) of one pod's answer."""
+
+
+def answer_of(pod: str, exc: OllamaError) -> Answer:
+    """A pod's failure as an :data:`Answer`: its HTTP status, or what one Ollama would answer
+    for it (500 for an error line inside a progress stream, 502 for a torn answer)."""
+    if isinstance(exc, OllamaStatusError):
+        return pod, exc.status, exc.message
+    if isinstance(exc, OllamaUnreachable):
+        return pod, 0, exc.message
+    return pod, 500 if isinstance(exc, OllamaStreamError) else 502, exc.message
+
+
+def merge_answers(answers: Sequence[Answer], action: str) -> tuple[int, str]:
+    """One answer from the pods' answers to a non-streamed admin request.
+
+    Success (the best 2xx, ``""``) when every pod succeeded or lacked the model
+    (404); the pods' own status and message when they all failed alike; else
+    500 naming each pod that failed.
+    """
+    ok = [status for _, status, _ in answers if 200 <= status < 300]
+    failed = [(pod, status, msg) for pod, status, msg in answers if not 200 <= status < 300]
+    real = [f for f in failed if f[1] != 404]
+    if ok and not real:
+        return (201 if 201 in ok else 200), ""
+    if not ok and len({(s, m) for _, s, m in failed}) == 1:
+        return failed[0][1], failed[0][2]
+    if not ok and not real:
+        return 404, failed[0][2]
+    detail = "; ".join(f"{pod}: {msg or f'status {status}'}" for pod, status, msg in real)
+    done = f"done on {len(ok)}, " if ok else ""
+    return 500, f"{action} {done}failed on {len(real)} of {len(answers)} pods: {detail}"
 
 
 class Admin:
@@ -48,8 +117,45 @@ class Admin:
         self._session = session
         self._clock = clock
 
-    async def deny(self, request: web.Request) -> web.StreamResponse:
-        raise Forbidden(DENIED.format(path=request.path))
+    # ------------------------------------------------------------ entry points
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Any admin request: the one entry the app can route every admin path to."""
+        path, method = request.path, request.method
+        if self.settings.admin != "fanout" or path == "/api/push":
+            raise Forbidden(refusal(path, self.settings.admin))
+        if path.startswith("/api/blobs/"):
+            if method == "HEAD":
+                return await self._has_blob(request)
+            return await self._create_blob(request)  # the route table allows HEAD and POST
+        handlers: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]] = {
+            "/api/pull": self.pull,
+            "/api/create": self.create,
+            "/api/delete": self.delete,
+            "/api/copy": self.copy,
+        }
+        return await handlers[path](request)
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        return await self._progress(request, "pull")
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        return await self._progress(request, "create")
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        async def one(client: OllamaClient, doc: dict[str, Any]) -> None:
+            await client.delete(str(doc.get("model") or doc.get("name") or ""))
+
+        return await self._each(request, "delete", one)
+
+    async def copy(self, request: web.Request) -> web.StreamResponse:
+        async def one(client: OllamaClient, doc: dict[str, Any]) -> None:
+            await client.copy(str(doc.get("source") or ""), str(doc.get("destination") or ""))
+
+        return await self._each(request, "copy", one)
+
+    # ----------------------------------------------------------------- shared
+    def _client(self, backend: Backend) -> OllamaClient:
+        return OllamaClient(self._session(), backend.url, timeout=self.settings.connect_timeout)
 
     def _targets(self, request: web.Request) -> list[Backend]:
         snap = self.view.snapshot
@@ -68,112 +174,155 @@ class Admin:
             raise Unavailable("no Ollama backend is available", retry_after=5)
         return routable
 
-    async def _fanout(self, request: web.Request) -> tuple[dict[str, Any], list[Backend], str]:
-        """Shared prologue: refused unless fan-out is on; the parsed body; the target pods."""
+    async def _prologue(self, request: web.Request) -> tuple[dict[str, Any], list[Backend]]:
+        """Refused unless fan-out is on; a JSON object body; the target pods."""
         if self.settings.admin != "fanout":
-            raise Forbidden(DENIED.format(path=request.path))
-        parsed = request[PARSED]  # read, parsed and authorised once by the pipeline
-        return parsed.doc, self._targets(request), parsed.model
+            raise Forbidden(refusal(request.path, self.settings.admin))
+        parsed = request.get(PARSED)
+        if parsed is not None:  # a body naming a model: parsed once by the pipeline
+            return parsed.doc, self._targets(request)
+        raw = await request.read()  # read once by the pipeline; aiohttp keeps it
+        if not raw.strip():
+            raise BadRequest("missing request body")
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise BadRequest(f"invalid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise BadRequest("the request body must be a JSON object")
+        return doc, self._targets(request)
 
-    async def pull(self, request: web.Request) -> web.StreamResponse:
-        doc, targets, model = await self._fanout(request)
+    async def _each(
+        self,
+        request: web.Request,
+        action: str,
+        call: Callable[[OllamaClient, dict[str, Any]], Awaitable[None]],
+    ) -> web.StreamResponse:
+        """A JSON request answered without a body (delete, copy), sent to every pod."""
+        doc, targets = await self._prologue(request)
+
+        async def one(b: Backend) -> Answer:
+            try:
+                await call(self._client(b), doc)
+            except OllamaError as exc:
+                return answer_of(b.name, exc)
+            return b.name, 200, ""
+
+        answers = await asyncio.gather(*(one(b) for b in targets))
+        return _answer(*merge_answers(answers, action))
+
+    async def _progress(self, request: web.Request, action: str) -> web.StreamResponse:
+        """A progress endpoint (pull, create) on every pod, merged into one stream."""
+        doc, targets = await self._prologue(request)
+        path = request.path
         stream = doc.get("stream", True) is not False
-        queue: asyncio.Queue[tuple[str, dict[str, Any] | None, str]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[str, dict[str, Any] | None, OllamaError | None]]
+        queue = asyncio.Queue()
 
         async def one(b: Backend) -> None:
-            client = OllamaClient(self._session(), b.url, timeout=self.settings.connect_timeout)
+            last = ""
             try:
-                async for progress in client.pull(model, idle_timeout=self.settings.idle_timeout):
-                    await queue.put((b.name, progress, ""))
-                await queue.put((b.name, None, ""))
+                async for progress in self._client(b).progress(
+                    path, doc, idle_timeout=self.settings.idle_timeout
+                ):
+                    last = str(progress.get("status", ""))
+                    await queue.put((b.name, progress, None))
             except OllamaError as exc:
-                await queue.put((b.name, None, exc.message or str(exc)))
+                await queue.put((b.name, None, exc))
+                return
+            # Ollama ends with success or an error line: anything else was cut off.
+            cut = None if last == "success" else OllamaProtocolError(f"{action} stream ended early")
+            await queue.put((b.name, None, cut))
 
-        tasks = [asyncio.ensure_future(one(b)) for b in targets]
+        merge = ProgressMerge(b.name for b in targets)
+        errors: list[Answer] = []
         resp: web.StreamResponse | None = None
-        if stream:
-            resp = web.StreamResponse(
-                headers={
-                    "Content-Type": "application/x-ndjson",
-                    "X-Request-ID": request_id(request),
-                }
-            )
-            await resp.prepare(request)
-        per_blob: dict[tuple[str, str], tuple[int, int]] = {}
-        failed: dict[str, str] = {}
-        pending = len(tasks)
-        last_status = ""
+        tasks = [asyncio.ensure_future(one(b)) for b in targets]
         try:
-            while pending:
+            while not merge.finished:
                 name, progress, error = await queue.get()
-                if progress is None:
-                    pending -= 1
-                    if error:
-                        failed[name] = error
-                    continue
-                status = str(progress.get("status", ""))
-                if status == "success":
-                    continue
-                digest = str(progress.get("digest", ""))
-                if digest:
-                    per_blob[(name, digest)] = (
-                        int(progress.get("total") or 0),
-                        int(progress.get("completed") or 0),
-                    )
-                    total = sum(t for (_, d), (t, _) in per_blob.items() if d == digest)
-                    done = sum(c for (_, d), (_, c) in per_blob.items() if d == digest)
-                    merged: dict[str, Any] = {"status": status, "digest": digest}
-                    if total:
-                        merged["total"] = total
-                    if done:
-                        merged["completed"] = done
-                elif status == last_status:
-                    continue  # each pod says "pulling manifest": say it once
+                if progress is not None:
+                    lines = merge.add(name, progress)
                 else:
-                    merged = {"status": status}
-                last_status = status
-                if resp is not None:
-                    await resp.write(json.dumps(merged).encode() + b"\n")
+                    if error is not None:
+                        errors.append(answer_of(name, error))
+                    lines = merge.finish(name, error.message if error else None)
+                if stream and lines:
+                    if resp is None:
+                        resp = await self._start_stream(request)
+                    for line in lines:
+                        await resp.write(_ndjson(line))
         finally:
             for t in tasks:
                 t.cancel()
-        if failed:
-            msg = "; ".join(f"{n}: {e}" for n, e in sorted(failed.items()))
-            message = f"pull of '{model}' failed on {len(failed)} of {len(tasks)} pods: {msg}"
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if errors:
+            succeeded = [(n, 200, "") for n in (b.name for b in targets) if n not in merge.failures]
+            status, message = merge_answers([*succeeded, *errors], action)
+            if status < 300:  # only 404s beside successes: not for a pull or a create
+                status, message = 500, "; ".join(f"{n}: {m}" for n, _, m in errors)
             if resp is None:
-                raise BackendAnswer(500, message)  # what one Ollama answers for a failed pull
-            await resp.write(json.dumps({"error": message}).encode() + b"\n")
+                raise BackendAnswer(status, message)
+            await resp.write(_ndjson({"error": message}))
             await resp.write_eof()
             return resp
-        if resp is None:
+        if resp is None and not stream:
             return web.json_response({"status": "success"})
-        await resp.write(b'{"status":"success"}\n')
+        resp = resp or await self._start_stream(request)
+        await resp.write(_ndjson({"status": "success"}))
         await resp.write_eof()
         return resp
 
-    async def delete(self, request: web.Request) -> web.StreamResponse:
-        _, targets, model = await self._fanout(request)
+    async def _start_stream(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            headers={"Content-Type": "application/x-ndjson", "X-Request-ID": request_id(request)}
+        )
+        await resp.prepare(request)
+        return resp
 
-        async def one(b: Backend) -> OllamaError | None:
+    # ------------------------------------------------------------------ blobs
+    async def _has_blob(self, request: web.Request) -> web.StreamResponse:
+        targets = self._targets(request)
+        digest = request.match_info["digest"]
+
+        async def one(b: Backend) -> Answer:
             try:
-                await OllamaClient(self._session(), b.url, self.settings.connect_timeout).delete(
-                    model
-                )
+                found = await self._client(b).has_blob(digest)
             except OllamaError as exc:
-                return exc
-            return None
+                return answer_of(b.name, exc)
+            return (b.name, 200, "") if found else (b.name, 404, f'blob "{digest}" not found')
 
-        results = await asyncio.gather(*(one(b) for b in targets))
-        errors = [(b.name, r) for b, r in zip(targets, results, strict=True) if r is not None]
-        if len(errors) < len(targets):
-            real = [f"{n}: {e.message}" for n, e in errors if not _not_found(e)]
-            if real:
-                raise BackendAnswer(500, f"deleted on some pods, failed on: {'; '.join(real)}")
+        answers = await asyncio.gather(*(one(b) for b in targets))
+        statuses = {status for _, status, _ in answers}
+        if statuses == {200}:
             return web.Response(status=200)
-        if all(_not_found(e) for _, e in errors):
-            raise NotFound(errors[0][1].message)
-        raise BackendAnswer(500, "; ".join(f"{n}: {e.message}" for n, e in errors))
+        if statuses <= {200, 404}:
+            # Missing on one pod is missing: the client then uploads it, to all of them.
+            return web.Response(status=404)
+        return _answer(*merge_answers([a for a in answers if a[1] != 404], "blob check"))
+
+    async def _create_blob(self, request: web.Request) -> web.StreamResponse:
+        targets = self._targets(request)
+        digest = request.match_info["digest"]
+        data = await request.read()  # already read (and size-capped) by the body middleware
+
+        async def one(b: Backend) -> Answer:
+            try:
+                status = await self._client(b).create_blob(digest, data)
+            except OllamaError as exc:
+                return answer_of(b.name, exc)
+            return b.name, status, ""
+
+        answers = await asyncio.gather(*(one(b) for b in targets))
+        return _answer(*merge_answers(answers, "blob upload"))
 
 
-def _not_found(exc: OllamaError) -> bool:
-    return isinstance(exc, OllamaStatusError) and exc.status == 404
+def _answer(status: int, message: str) -> web.StreamResponse:
+    """The merged answer: an empty success, or the pods' failure passed on as theirs."""
+    if status < 300:
+        return web.Response(status=status)
+    raise BackendAnswer(status or 502, message)
+
+
+def _ndjson(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"

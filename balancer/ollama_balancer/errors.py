@@ -68,12 +68,16 @@ class BalancerError(Exception):
         retry_after: int | None = None,
         headers: dict[str, str] | None = None,
         close: bool = False,
+        native: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
         self.headers = dict(headers or {})
         self.close = close
+        #: Ollama's own ``{"error": ...}`` shape on every path: errors Ollama raises before
+        #: its OpenAI and Anthropic writers run (an undecodable zstd body).
+        self.native = native
 
 
 class ClientError(BalancerError):

@@ -97,6 +97,9 @@ def runner_kwargs(settings: BalancerSettings) -> dict[str, Any]:
     """Keyword arguments for ``web.AppRunner`` that bound header sizes and idle time."""
     return {
         "keepalive_timeout": settings.keepalive_timeout,
+        # Bodies reach the pipeline as sent: it decodes zstd where Ollama does and nothing
+        # else (Ollama never decodes gzip or deflate request bodies either).
+        "auto_decompress": False,
         "max_line_size": settings.max_header_bytes,
         "max_field_size": settings.max_header_bytes,
     }

@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ollama_wire.errors import error_body_for
+from ollama_wire.bodies import BodyError, request_body
+from ollama_wire.errors import error_body_for, ollama_error_body
 
 from .auth import ApiKey, KeyState, presented_key
 from .context import API_KEY, PARSED, RECORD, request_id
@@ -51,7 +52,12 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 def error_response(path: str, error: BalancerError) -> web.Response:
     """``error`` in the shape the client of ``path`` expects: the only place that renders one."""
-    resp = web.json_response(error_body_for(path, error.status, error.message), status=error.status)
+    body = (
+        ollama_error_body(error.message)
+        if error.native
+        else error_body_for(path, error.status, error.message)
+    )
+    resp = web.json_response(body, status=error.status)
     if error.retry_after is not None:
         resp.headers["Retry-After"] = str(error.retry_after)
     resp.headers.update(error.headers)
@@ -170,13 +176,18 @@ async def _read_body(request: web.Request, bal: Balancer) -> bytes:
         raise PayloadTooLarge(limit)
     try:
         async with asyncio.timeout(s.client_body_timeout):
-            return await request.read()
+            raw = await request.read()
     except TimeoutError:
         raise RequestTimeout(
             f"request body not received within {s.client_body_timeout:g}s"
         ) from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(limit) from None
+    try:
+        # zstd on the /v1 inference paths, decoded once within Ollama's 20 MiB.
+        return request_body(request.path, request.headers.get("Content-Encoding"), raw)
+    except BodyError as exc:
+        raise BadRequest(exc.message, native=True) from None
 
 
 def _parse(request: web.Request, bal: Balancer, raw: bytes) -> ParsedRequest:

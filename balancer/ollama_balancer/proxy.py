@@ -67,6 +67,7 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "x-session-id",
     "authorization",
     "x-api-key",
+    "content-encoding",  # a zstd body was decoded by the pipeline; others are not ours to mark
 }
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 

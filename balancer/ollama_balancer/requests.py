@@ -100,7 +100,7 @@ def parse_request(
         key = parse(model).canonical
     except InvalidModelName:
         if alt_key is None or alt_model is None:
-            raise InvalidRequest(f"invalid model name '{model[:200]}'") from None
+            raise InvalidRequest("invalid model name") from None  # Ollama's exact answer
         model, key, alt_key, alt_model, rewritten = alt_model, alt_key, None, None, True
     if rewritten:
         doc[model_field] = model

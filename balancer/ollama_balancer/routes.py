@@ -51,6 +51,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     _inference("/v1/completions", affinity=True),
     _inference("/v1/embeddings"),
     _inference("/v1/responses", affinity=True),
+    _inference("/v1/messages", affinity=True),  # Anthropic's Messages API (ollama-anthropic.md)
     RouteSpec("/", ("GET", "HEAD"), Kind.OPS),  # Ollama's "is it up" answer
     RouteSpec("/api/version", ("GET",), Kind.LISTING),
     RouteSpec("/api/tags", ("GET",), Kind.LISTING),
@@ -59,7 +60,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("/v1/models/{model}", ("GET",), Kind.LISTING),
     RouteSpec("/api/pull", ("POST",), Kind.ADMIN, model_body=True),
     RouteSpec("/api/delete", ("DELETE",), Kind.ADMIN, model_body=True),
-    RouteSpec("/api/create", ("POST",), Kind.ADMIN),
+    RouteSpec("/api/create", ("POST",), Kind.ADMIN, model_body=True),
     RouteSpec("/api/copy", ("POST",), Kind.ADMIN),
     RouteSpec("/api/push", ("POST",), Kind.ADMIN),
     RouteSpec("/api/blobs/{digest}", ("HEAD", "POST"), Kind.ADMIN),

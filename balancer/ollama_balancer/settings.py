@@ -166,7 +166,10 @@ class BalancerSettings:
         30.0, "seconds after which no further backend is tried for a request", "proxy"
     )
     admin: str = _f(
-        "deny", "admin endpoints (pull/delete/...): deny | fanout (pull/delete to pods)", "proxy"
+        "deny",
+        "admin endpoints: deny | fanout (pull, delete, create, copy and blobs to every pod; "
+        "push is always refused)",
+        "proxy",
     )
     # --- security (docs/security.md)
     auth_file: str = _f(

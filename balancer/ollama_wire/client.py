@@ -117,14 +117,18 @@ class OllamaClient:
         doc = await self._json("GET", "/api/ps")
         return list((doc or {}).get("models") or [])
 
-    async def pull(
-        self, model: str, *, idle_timeout: float = 300.0
+    async def progress(
+        self, path: str, body: Mapping[str, Any], *, idle_timeout: float = 300.0
     ) -> AsyncIterator[dict[str, Any]]:
-        """Stream ``/api/pull`` progress objects to the end; raise on an error line."""
+        """Stream a progress endpoint (``/api/pull``, ``/api/create``) to the end.
+
+        An error before the stream is raised with its status (:class:`OllamaStatusError`);
+        an in-stream ``{"error": ...}`` line as :class:`OllamaStreamError`.
+        """
         t = aiohttp.ClientTimeout(total=None, sock_read=idle_timeout, sock_connect=self.timeout)
         try:
             async with self.session.post(
-                self._url("/api/pull"), json={"model": model, "stream": True}, timeout=t
+                self._url(path), json={**body, "stream": True}, timeout=t
             ) as resp:
                 if resp.status >= 400:
                     raise OllamaStatusError(resp.status, _message(await resp.read()))
@@ -134,12 +138,22 @@ class OllamaClient:
                     try:
                         doc = json.loads(line)
                     except ValueError as exc:
-                        raise OllamaProtocolError(f"invalid pull progress line: {exc}") from exc
+                        raise OllamaProtocolError(
+                            f"invalid progress line from {self.base_url}{path}: {exc}"
+                        ) from exc
                     if isinstance(doc, dict) and "error" in doc:
                         raise OllamaStreamError(str(doc["error"]))
                     yield doc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise OllamaUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:  # aiohttp: a line longer than its buffer
+            raise OllamaProtocolError(
+                f"unreadable stream from {self.base_url}{path}: {exc}"
+            ) from exc
+
+    def pull(self, model: str, *, idle_timeout: float = 300.0) -> AsyncIterator[dict[str, Any]]:
+        """Stream ``/api/pull`` progress objects to the end; raise on an error line."""
+        return self.progress("/api/pull", {"model": model}, idle_timeout=idle_timeout)
 
     async def load(
         self,
@@ -176,3 +190,33 @@ class OllamaClient:
 
     async def delete(self, model: str) -> None:
         await self._json("DELETE", "/api/delete", {"model": model})
+
+    async def copy(self, source: str, destination: str) -> None:
+        await self._json("POST", "/api/copy", {"source": source, "destination": destination})
+
+    async def has_blob(self, digest: str) -> bool:
+        """``HEAD /api/blobs/<digest>``: 200 is True, 404 False, anything else an error."""
+        t = aiohttp.ClientTimeout(total=self.timeout)
+        try:
+            async with self.session.head(self._url(f"/api/blobs/{digest}"), timeout=t) as resp:
+                if resp.status == 404:
+                    return False
+                if resp.status >= 400:
+                    raise OllamaStatusError(resp.status, f"HEAD /api/blobs/{digest}: {resp.reason}")
+                return True
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise OllamaUnreachable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def create_blob(self, digest: str, data: bytes, *, timeout: float = 600.0) -> int:
+        """``POST /api/blobs/<digest>``: 201 when stored, 200 when it was already there."""
+        t = aiohttp.ClientTimeout(total=timeout, sock_connect=self.timeout)
+        try:
+            async with self.session.post(
+                self._url(f"/api/blobs/{digest}"), data=data, timeout=t
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise OllamaStatusError(resp.status, _message(raw))
+                return resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise OllamaUnreachable(f"{type(exc).__name__}: {exc}") from exc

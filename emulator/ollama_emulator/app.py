@@ -2,9 +2,11 @@
 
 gin quirks reproduced here: unknown paths answer ``404 page not found`` and
 known paths with another method ``405 method not allowed``, both ``text/plain``;
-errors raised before the first byte take the shape of the path (native or
-OpenAI).  Control endpoints live under ``/-/emulator/`` (a path Ollama never
-serves) and bypass faults and counters.
+errors raised before the first byte take the shape of the path (native,
+OpenAI or Anthropic).  zstd bodies are decoded where Ollama decodes them, and
+refused in the native shape on every path, as Ollama's decoder runs before the
+OpenAI and Anthropic writers.  Control endpoints live under ``/-/emulator/``
+(a path Ollama never serves) and bypass faults and counters.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ollama_wire.errors import error_body_for
+from ollama_wire.bodies import BodyError, decodes_zstd, request_body
+from ollama_wire.errors import error_body_for, ollama_error_body
 
-from . import handlers, openai
+from . import anthropic, create, handlers, openai
 from .guard import host_allowed, origin_allowed
 from .keys import NODE
-from .streams import DROP_KEY, ApiError, abort, json_response, read_json
+from .streams import BODY_KEY, DROP_KEY, ApiError, abort, json_response, read_json
 from .wire import rfc3339
 
 __all__ = ["CONTROL_PREFIX", "build_app"]
@@ -94,6 +97,19 @@ async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+@web.middleware
+async def zstd_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``cloudPassthroughMiddleware``'s decoding step, after the guards, before the handler."""
+    if decodes_zstd(request.path, request.headers.get("Content-Encoding")):
+        try:
+            request[BODY_KEY] = request_body(
+                request.path, request.headers.get("Content-Encoding"), await request.read()
+            )
+        except BodyError as exc:
+            return json_response(ollama_error_body(exc.message), exc.status)
+    return await handler(request)
+
+
 async def state(request: web.Request) -> web.Response:
     node = request.app[NODE]
     sched = node.scheduler
@@ -153,10 +169,14 @@ async def clear_faults(request: web.Request) -> web.Response:
 
 
 def build_app(node: Any) -> web.Application:
-    app = web.Application(middlewares=[gin_errors, host_guard, faults], client_max_size=64 * 2**20)
+    app = web.Application(
+        middlewares=[gin_errors, host_guard, faults, zstd_bodies], client_max_size=64 * 2**20
+    )
     app[NODE] = node
     app.add_routes(handlers.routes)
+    app.add_routes(create.routes)
     app.add_routes(openai.routes)
+    app.add_routes(anthropic.routes)
     app.router.add_get(CONTROL_PREFIX + "state", state)
     app.router.add_post(CONTROL_PREFIX + "faults", set_faults)
     app.router.add_delete(CONTROL_PREFIX + "faults", clear_faults)

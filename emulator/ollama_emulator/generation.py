@@ -12,8 +12,17 @@ import math
 import random
 import struct
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["count_tokens", "embedding", "generate_tokens", "seed_for"]
+__all__ = [
+    "count_tokens",
+    "embedding",
+    "generate_tokens",
+    "seed_for",
+    "think_tokens",
+    "tool_arguments",
+    "tool_call_id",
+]
 
 _TEXT = """
 the sky is blue because sunlight scatters off molecules in the air and shorter wavelengths
@@ -73,3 +82,48 @@ def context_ids(seed: int, count: int) -> list[int]:
     """The deprecated ``context`` of ``/api/generate``: plausible token ids, deterministic."""
     rng = random.Random(seed)
     return [rng.randrange(128256) for _ in range(count)]
+
+
+def think_tokens(response_tokens: int) -> int:
+    """Reasoning a thinking model does before answering: half its answer, at least one token."""
+    return max(1, response_tokens // 2)
+
+
+def tool_call_id(rng: random.Random) -> str:
+    """Ollama's ids for calls its own parsers find: ``call_`` + 8 of ``[a-z0-9]``."""
+    return "call_" + "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
+
+
+def tool_arguments(seed: int, schema: Any) -> dict[str, Any]:
+    """Arguments an emulated model fills in for a JSON-schema ``parameters`` object.
+
+    The required properties (all of them when none is required), in schema order:
+    an ``enum``'s first value, a word for strings, 1 for numbers, true for booleans,
+    and empty arrays and objects; deterministic in ``seed``.
+    """
+    if not isinstance(schema, dict):
+        return {}
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return {}
+    required = schema.get("required")
+    wanted = [k for k in properties if not isinstance(required, list) or k in required]
+    rng = random.Random(seed)
+    out: dict[str, Any] = {}
+    for key in wanted:
+        prop = properties[key] if isinstance(properties[key], dict) else {}
+        kind = prop.get("type")
+        kind = kind[0] if isinstance(kind, list) and kind else kind
+        if isinstance(prop.get("enum"), list) and prop["enum"]:
+            out[key] = prop["enum"][0]
+        elif kind in ("integer", "number"):
+            out[key] = 1
+        elif kind == "boolean":
+            out[key] = True
+        elif kind == "array":
+            out[key] = []
+        elif kind == "object":
+            out[key] = {}
+        else:
+            out[key] = rng.choice(_WORDS)
+    return out

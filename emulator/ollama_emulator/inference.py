@@ -7,6 +7,7 @@ into native ones.  Timing fields are emulated nanoseconds (see ``clock.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -89,6 +90,10 @@ class GenerationPlan:
     options: dict[str, Any]
     keep_alive: float | None
     seed: int | None = None
+    think_tokens: int = 0
+    """Reasoning tokens played before the answer (a thinking model with ``think`` on)."""
+    tool_call_tokens: int = 0
+    """When > 0 the answer is a tool call this many tokens long instead of text."""
 
     @property
     def num_ctx(self) -> int | None:
@@ -114,6 +119,11 @@ class Generation:
     prompt_eval_ns: int = 0
     eval_ns: int = 0
     tokens: list[str] = field(default_factory=list)
+    """Answer (content) tokens so far."""
+    thinking: list[str] = field(default_factory=list)
+    """Reasoning tokens so far."""
+    eval_count: int = 0
+    """Every generated token: reasoning, answer and tool-call tokens."""
     done_reason: str = "stop"
     completed: bool = False
 
@@ -124,36 +134,62 @@ class Generation:
         self.load_ns = self._ns_since(self.started)
 
     async def stream(self) -> AsyncGenerator[str, None]:
-        """Hold a slot and yield tokens at the model's rate; afterwards read the metrics."""
+        """Hold a slot and yield answer tokens at the model's rate; afterwards read the metrics."""
+        async with contextlib.aclosing(self.parts()) as parts:
+            async for kind, token in parts:
+                if kind == "content":
+                    yield token
+
+    async def parts(self) -> AsyncGenerator[tuple[str, str], None]:
+        """``("thinking" | "content" | "tool", token)`` at the model's rate.
+
+        Reasoning comes first, then the answer: text, or a tool call whose tokens
+        are not shown (Ollama's parser hands the call over whole, see
+        :attr:`tool_call_complete`).  ``num_predict`` counts all of them.
+        """
         assert self.runner is not None, "schedule() first"
-        node, spec = self.node, self.plan.model.spec
+        node, spec, plan = self.node, self.plan.model.spec, self.plan
         stats = node.stats
         try:
             async with self.runner.slot():
                 stats.generations_started += 1
                 slow = node.faults.token_rate_factor
-                prefill = self.plan.prompt_tokens / spec.prompt_tokens_per_second * slow
+                prefill = plan.prompt_tokens / spec.prompt_tokens_per_second * slow
                 await node.clock.sleep(prefill)
                 self.prompt_eval_ns = int(prefill * 1e9)
-                natural = spec.response_tokens
-                limit = self.plan.num_predict
+                answer = plan.tool_call_tokens or spec.response_tokens
+                natural = plan.think_tokens + answer
+                limit = plan.num_predict
                 count = natural if limit is None else min(limit, natural)
                 self.done_reason = "length" if limit is not None and limit < natural else "stop"
-                seed = generation.seed_for(self.plan.seed, spec.digest, self.plan.prompt_text)
+                seed = generation.seed_for(plan.seed, spec.digest, plan.prompt_text)
+                thoughts = generation.generate_tokens(seed ^ 1, min(count, plan.think_tokens))
+                words = generation.generate_tokens(seed, count - len(thoughts))
+                kind = "tool" if plan.tool_call_tokens else "content"
+                sequence = [("thinking", t) for t in thoughts] + [(kind, t) for t in words]
                 per_token = slow / spec.tokens_per_second
                 began = node.clock.monotonic()
-                for i, token in enumerate(generation.generate_tokens(seed, count)):
+                for i, (part, token) in enumerate(sequence):
                     # Pace against a schedule, not per-token sleeps: at small time
                     # scales each real sleep overshoots and the rate would drift.
                     await node.clock.sleep(began + (i + 1) * per_token - node.clock.monotonic())
-                    self.tokens.append(token)
-                    yield token
-                self.eval_ns = max(1, int(len(self.tokens) * per_token * 1e9))
+                    self.eval_count += 1
+                    if part == "thinking":
+                        self.thinking.append(token)
+                    elif part == "content":
+                        self.tokens.append(token)
+                    yield part, token
+                self.eval_ns = max(1, int(self.eval_count * per_token * 1e9))
                 self.completed = True
                 stats.generations_completed += 1
         finally:
             if not self.completed:
                 stats.generations_cancelled += 1
+
+    @property
+    def tool_call_complete(self) -> bool:
+        """A planned tool call was generated to its end (cut by ``num_predict``, it is lost)."""
+        return bool(self.plan.tool_call_tokens) and self.completed and self.done_reason == "stop"
 
     def release(self) -> None:
         if self.runner is not None:
@@ -166,7 +202,7 @@ class Generation:
             load_ns=self.load_ns,
             prompt_eval_count=self.plan.prompt_tokens,
             prompt_eval_ns=self.prompt_eval_ns,
-            eval_count=len(self.tokens),
+            eval_count=self.eval_count,
             eval_ns=self.eval_ns,
         )
 

@@ -84,8 +84,14 @@ class EmulatedNode:
         if self._runner is not None:
             return
         # Going away cuts in-flight requests almost at once (0 would mean "wait forever").
+        # Bodies arrive as sent: Ollama decodes zstd on a few /v1 paths only, and nothing
+        # else (aiohttp would inflate gzip everywhere and refuse zstd in plain text).
         runner = web.AppRunner(
-            build_app(self), handler_cancellation=True, shutdown_timeout=0.01, access_log=None
+            build_app(self),
+            handler_cancellation=True,
+            shutdown_timeout=0.01,
+            access_log=None,
+            auto_decompress=False,
         )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)

@@ -307,7 +307,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
                     pass
                 return json_response(response("completed", [item(gen.text, "completed")]))
             out = ChunkStream(
-                request, SSE, **{"Cache-Control": "no-cache", "Connection": "keep-alive"}
+                request, SSE, {"Cache-Control": "no-cache", "Connection": "keep-alive"}
             )
             seq = 0
 

@@ -117,7 +117,20 @@ class Puller:
         """Real seconds between progress lines (Ollama: about 60 ms)."""
         self.blobs: dict[str, float] = {}
         """Bytes on disk per blob digest (partial while downloading)."""
+        self.heads: dict[str, bytes] = {}
+        """First bytes of uploaded blobs (``/api/blobs``): enough to tell a GGUF file."""
         self._downloads: dict[str, _Download] = {}
+        self._totals: dict[str, int] = {}
+        """Full size of every blob a download was started for (partial ones do not count)."""
+
+    def has_blob(self, digest: str) -> bool:
+        """A complete blob on disk (pulled, or uploaded to ``/api/blobs``)."""
+        size = self.blobs.get(digest)
+        return size is not None and size >= self._totals.get(digest, size)
+
+    def store_blob(self, digest: str, size: int, head: bytes) -> None:
+        self.blobs[digest] = size
+        self.heads[digest] = head
 
     def mark_installed(self, spec: ModelSpec) -> None:
         for digest, size in layers(spec):
@@ -157,6 +170,7 @@ class Puller:
         download = self._downloads.get(digest)
         if download is None:
             download = self._downloads[digest] = _Download(digest, total)
+            self._totals[digest] = total
             download.task = asyncio.create_task(self._download(download))
             self.stats.downloads_started += 1
         download.waiters += 1

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
+from .gojson import GoJSONError, decode_first, go_kind
 from .wire import go_json
 
 __all__ = [
+    "BODY_KEY",
     "DROP_KEY",
     "JSON",
     "ApiError",
     "ChunkStream",
+    "StreamCut",
     "abort",
     "expect",
     "json_response",
+    "read_body",
     "read_json",
 ]
 
@@ -24,6 +28,8 @@ __all__ = [
 JSON = "application/json; charset=utf-8"
 
 DROP_KEY = web.RequestKey("drop_after", int)
+BODY_KEY = web.RequestKey("body", bytes)
+"""The body after Ollama's decoding step (zstd on some ``/v1`` paths), set by the app."""
 
 
 class ApiError(Exception):
@@ -39,37 +45,27 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=go_json(obj), headers={"Content-Type": JSON})
 
 
-def _go_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else "value"
+async def read_body(request: web.Request) -> bytes:
+    """The request body as the handler sees it (decoded where Ollama decodes it)."""
+    decoded = request.get(BODY_KEY)
+    return decoded if decoded is not None else await request.read()
 
 
 async def read_json(request: web.Request, struct: str) -> dict[str, Any]:
     """The request body as an object, with gin/Go's 400 messages for bad input."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw:
         raise ApiError(400, "missing request body")
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        pos = getattr(exc, "pos", len(raw))
-        text = raw.decode("utf-8", "replace")
-        if pos >= len(text.rstrip()):
-            raise ApiError(400, "unexpected EOF") from None
-        raise ApiError(
-            400, f"invalid character '{text[pos]}' looking for beginning of value"
-        ) from None
+        doc = decode_first(raw)
+    except GoJSONError as exc:
+        if exc.message == "EOF":
+            raise ApiError(400, "missing request body") from None
+        raise ApiError(400, exc.message) from None
+    if doc is None:
+        return {}  # Go: null into a struct is a no-op
     if not isinstance(doc, dict):
-        raise ApiError(
-            400, f"json: cannot unmarshal {_go_type(doc)} into Go value of type {struct}"
-        )
+        raise ApiError(400, f"json: cannot unmarshal {go_kind(doc)} into Go value of type {struct}")
     return doc
 
 
@@ -84,27 +80,44 @@ def expect(
     if wrong or not isinstance(value, kind):
         raise ApiError(
             400,
-            f"json: cannot unmarshal {_go_type(value)} into Go struct field "
+            f"json: cannot unmarshal {go_kind(value)} into Go struct field "
             f"{struct}.{key} of type {go}",
         )
+
+
+class StreamCut(Exception):
+    """The ``drop_after`` fault ended a stream that Ollama ends silently on failure."""
 
 
 class ChunkStream:
     """A streamed 200 whose headers go out with the first chunk, as in Ollama.
 
     Honours the ``drop_after`` fault: after that many chunks the connection is
-    aborted and :class:`ConnectionResetError` raised.
+    aborted and :class:`ConnectionResetError` raised.  With ``silent_cut`` (the
+    Anthropic route, where a failing runner just ends the stream) the stream is
+    instead ended cleanly after a first chunk, and :class:`StreamCut` raised so
+    the handler stops generating and calls :meth:`finish`.
     """
 
-    def __init__(self, request: web.Request, content_type: str, **headers: str) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        silent_cut: bool = False,
+    ) -> None:
         self.request = request
-        self.headers = {"Content-Type": content_type, **headers}
+        self.headers = {"Content-Type": content_type, **(headers or {})}
         self.response: web.StreamResponse | None = None
         self.chunks = 0
         self.drop_after = request.get(DROP_KEY)
+        self.silent_cut = silent_cut
 
     async def write(self, data: bytes) -> None:
         if self.drop_after is not None and self.chunks >= self.drop_after:
+            if self.silent_cut and self.chunks > 0:
+                raise StreamCut
             abort(self.request)
         if self.response is None:
             self.response = web.StreamResponse(status=200, headers=self.headers)

@@ -81,7 +81,7 @@ def _oai(message: str, kind: str) -> dict[str, Any]:
         pytest.param("/api/generate", {"model": "tiny:1b", "prompt": "x", "think": True}, 400, _err('"tiny:1b" does not support thinking'), id="think unsupported"),
         pytest.param("/api/generate", {"model": "llama3.2", "prompt": "x", "keep_alive": "3600"}, 400, _err('time: missing unit in duration "3600"'), id="keep_alive no unit"),
         pytest.param("/api/generate", {"model": "llama3.2", "prompt": "x", "options": {"num_predict": "x"}}, 500, _err('option "num_predict" must be of type integer'), id="option of wrong type"),
-        pytest.param("/api/generate", b"{bad", 400, _err("invalid character 'b' looking for beginning of value"), id="invalid json"),
+        pytest.param("/api/generate", b"{bad", 400, _err("invalid character 'b' looking for beginning of object key string"), id="invalid json"),
         pytest.param("/api/embed", {"model": "nope", "input": "x"}, 404, _err('model "nope" not found, try pulling it first'), id="embed unknown"),
         pytest.param("/api/embeddings", {"model": "nope", "prompt": "x"}, 404, _err('model "nope" not found, try pulling it first'), id="embeddings unknown"),
         pytest.param("/api/embed", {"model": "nomic-embed-text", "input": [1]}, 400, _err("invalid input type"), id="embed non-string input"),
