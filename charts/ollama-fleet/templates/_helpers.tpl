@@ -219,3 +219,42 @@ rules:
     verbs: [get, list, watch, patch]
 {{- end }}
 {{- end }}
+
+{{/*
+Scheduling extras shared by the balancer, operator and Ollama pods: priorityClassName and
+topologySpreadConstraints (a constraint without a labelSelector spreads the pods of its own
+workload).  Call with (dict "values" .Values.balancer "selector" (selector labels as a dict)).
+*/}}
+{{- define "ollama-fleet.scheduling" -}}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- if .values.topologySpreadConstraints }}
+{{- $constraints := list }}
+{{- range .values.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not $c.labelSelector }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $.selector) }}
+{{- end }}
+{{- $constraints = append $constraints $c }}
+{{- end }}
+topologySpreadConstraints:
+  {{- toYaml $constraints | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* GPU extended resource name of the Ollama pods: the one given, else the vendor's. */}}
+{{- define "ollama-fleet.gpuResource" -}}
+{{- $g := .Values.ollama.gpu }}
+{{- if $g.resourceName }}{{ $g.resourceName }}{{ else if eq $g.vendor "amd" }}amd.com/gpu{{ else }}nvidia.com/gpu{{ end }}
+{{- end }}
+
+{{/* The Ollama image: with gpu.vendor=amd, Ollama's ROCm build ("<tag>-rocm"). */}}
+{{- define "ollama-fleet.ollamaImage" -}}
+{{- $o := .Values.ollama }}
+{{- $tag := toString $o.image.tag }}
+{{- if and (eq $o.gpu.vendor "amd") (not (hasSuffix "-rocm" $tag)) }}
+{{- $tag = printf "%s-rocm" $tag }}
+{{- end }}
+{{- printf "%s:%s" $o.image.repository $tag }}
+{{- end }}
