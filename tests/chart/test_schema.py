@@ -102,6 +102,12 @@ def test_schema_rejects(helm: str, command: str, setting: str, message: str) -> 
             ["balancer.autoscaling.enabled=true", "balancer.autoscaling.minReplicas=9"],
             "balancer.autoscaling.minReplicas must not exceed maxReplicas",
         ),
+        (["balancer.opsPort=11434"], "balancer.opsPort must differ from the model API port"),
+        (["operator.metricsPort=8080"], "operator.metricsPort must differ from the operator's"),
+        (
+            ["operator.metricsPort=0", "operator.serviceMonitor.enabled=true"],
+            "operator.serviceMonitor.enabled needs operator.metricsPort",
+        ),
     ],
 )
 def test_inconsistent_values_fail_with_a_message(helm: str, sets: list[str], message: str) -> None:

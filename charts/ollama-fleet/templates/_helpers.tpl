@@ -151,6 +151,15 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{- fail "existingFleet.selector is required when existingFleet.discovery=kubernetes" }}
 {{- end }}
 {{- end }}
+{{- if eq (int .Values.balancer.opsPort) 11434 }}
+{{- fail "balancer.opsPort must differ from the model API port 11434" }}
+{{- end }}
+{{- if eq (int .Values.operator.metricsPort) 8080 }}
+{{- fail "operator.metricsPort must differ from the operator's liveness port 8080" }}
+{{- end }}
+{{- if and .Values.operator.serviceMonitor.enabled (not (int .Values.operator.metricsPort)) }}
+{{- fail "operator.serviceMonitor.enabled needs operator.metricsPort (not 0)" }}
+{{- end }}
 {{- if and .Values.balancer.autoscaling.enabled (gt (int .Values.balancer.autoscaling.minReplicas) (int .Values.balancer.autoscaling.maxReplicas)) }}
 {{- fail "balancer.autoscaling.minReplicas must not exceed maxReplicas" }}
 {{- end }}
