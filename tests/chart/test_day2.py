@@ -270,3 +270,22 @@ def test_gpu_vendor_and_resource(
     assert c["resources"]["requests"][resource] == 1
     others = {"nvidia.com/gpu", "amd.com/gpu", "nvidia.com/mig-1g.10gb"} - {resource}
     assert not others & set(c["resources"]["limits"])
+
+
+def test_extras_off_by_default(defaults: Objs) -> None:
+    bal = container(find(defaults, "Deployment", "-balancer"), "balancer")
+    assert bal["args"] == ["balancer", "--config", "/etc/ollama-fleet/balancer.yaml"]
+    assert [m["name"] for m in bal["volumeMounts"]] == ["config", "tmp"]
+    op = find(defaults, "Deployment", "-operator")
+    assert container(op, "operator")["args"] == ["operator", "--log-level", "INFO"]
+    assert [v["name"] for v in _pod_spec(op)["volumes"]] == ["tmp"]
+    sts = find(defaults, "StatefulSet", "-ollama")
+    assert "args" not in container(sts, "ollama")  # the image's own `serve`
+    assert "volumes" not in _pod_spec(sts)  # persistence on: the claim template only
+    assert not find_all(defaults, "Ingress") and not find_all(defaults, "HTTPRoute")
+
+
+def test_ollama_extra_args_follow_serve(helm: str) -> None:
+    objs = render(helm, sets=["ollama.extraArgs[0]=--experimental"])
+    c = container(find(objs, "StatefulSet", "-ollama"), "ollama")
+    assert c["args"] == ["serve", "--experimental"]  # the image's entrypoint is `ollama`
