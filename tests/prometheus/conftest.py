@@ -161,7 +161,17 @@ def _kube_side(api: client.ApiClient, nodes: list[tuple[str, str, int]]) -> None
     )
 
 
-def _traffic(url: str, nodes: list[str]) -> int:
+def _until_not_resident(ops: str, model: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        fleet = json.loads(_get(ops + "/-/fleet"))
+        if not [m for m in fleet["models"] if m["name"] == model and m["resident_on"]]:
+            return
+        assert time.monotonic() < deadline, f"{model} still resident: {fleet['models']}"
+        time.sleep(0.1)
+
+
+def _traffic(url: str, ops: str, nodes: list[str]) -> int:
     """Bounded traffic through the balancer; returns how many requests it answered with a
     record.  Rare events (cold loads, retries, 5xx) happen three times, a few scrapes apart:
     a series born at 1 has a rate of 0 (and a quantile of nothing), and these series carry a
@@ -178,7 +188,7 @@ def _traffic(url: str, nodes: list[str]) -> int:
             # a cold load: qwen is installed everywhere and loaded nowhere
             for node in nodes:
                 _request(node + "/api/generate", {"model": QWEN, "keep_alive": 0})
-            time.sleep(1.2)  # the balancer polls every 0.5 s: it sees qwen unloaded
+            _until_not_resident(ops, QWEN)  # the balancer's next poll sees it unloaded
             assert _request(generate, {"model": QWEN, "prompt": "x", "stream": False}, a) == 200
             sent += 1
             # both pods fail once: a retry, two failed attempts, and a 5xx for the client
@@ -285,7 +295,7 @@ def observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
                 'ollama_fleet_operator_pools{condition="Degraded", status="True"}',
                 lambda r: bool(r) and float(r[0]["value"][1]) == 1,
             )
-            sent = _traffic(balancer, urls)
+            sent = _traffic(balancer, ops, urls)
             prometheus.wait_for(
                 "sum(ollama_fleet_requests_total)",
                 lambda r: bool(r) and float(r[0]["value"][1]) == sent,
