@@ -8,6 +8,9 @@
 #   OLLAMA_FLEET_ETCD      path of etcd
 #   OLLAMA_FLEET_HELM      path of helm (v3.10.1)
 #
+# and installs Debian's `prometheus` (the server and promtool, on PATH) for the alert rule and
+# dashboard query tests (its postinst never starts a service: see apt.sh).
+#
 # The Kubernetes binaries are built from Debian's `kubernetes` source package (no other
 # registry serves them here; recipe: /work/shared/real-components.md) and cached OUTSIDE the
 # clone under ${OLLAMA_FLEET_CACHE:-$HOME/.cache/ollama-fleet}/kubernetes-<version>/bin, so a
@@ -97,7 +100,7 @@ _of_main() {
         exec 9>"$cache/.lock"
         flock 9
 
-        _of_apt ca-certificates openssl etcd-server chromium nginx
+        _of_apt ca-certificates openssl etcd-server chromium nginx prometheus
         # npm may come with a non-Debian nodejs (nodesource bundles it; Debian's npm conflicts).
         command -v npm >/dev/null 2>&1 || _of_apt npm
 

@@ -15,30 +15,46 @@ Two kinds of series:
 
 Cardinality is bounded by pods × models: ``backend`` is always a pod of the
 fleet (or ``none`` when no pod was chosen), ``model`` a model some pod holds;
-any other name a client sends is counted as ``other``.
+any other name a client sends is counted as ``other``.  ``client`` is the name
+of an API key from the keys file (``anonymous`` without one), never a key.
+
+Besides its own series, the registry carries what every Prometheus exporter is
+expected to expose: ``ollama_fleet_build_info`` (version, Python version), the
+``process_*`` collector (CPU, memory, open files) and the ``python_*`` platform
+and GC collectors.  Units are base units (seconds, bytes): the decode speed is
+seconds per output token, never tokens per second, so it aggregates like any
+other duration histogram.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .fleetview import FleetReport
 
 __all__ = [
-    "CONTENT_TYPE",
+    "ANONYMOUS",
     "NONE",
     "OTHER",
     "FleetMetrics",
     "RequestSample",
+    "package_version",
 ]
-
-#: The text exposition format served on /metrics.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # ---- metric names (API)
 REQUESTS = "ollama_fleet_requests_total"
@@ -46,7 +62,8 @@ REQUEST_DURATION = "ollama_fleet_request_duration_seconds"
 TIME_TO_FIRST_BYTE = "ollama_fleet_time_to_first_byte_seconds"
 GENERATED_TOKENS = "ollama_fleet_generated_tokens_total"
 PROMPT_TOKENS = "ollama_fleet_prompt_tokens_total"
-TOKENS_PER_SECOND = "ollama_fleet_generation_tokens_per_second"
+TIME_PER_OUTPUT_TOKEN = "ollama_fleet_time_per_output_token_seconds"
+CLIENT_REQUESTS = "ollama_fleet_client_requests_total"
 SLOT_WAIT = "ollama_fleet_slot_wait_seconds"
 COLD_LOADS = "ollama_fleet_cold_loads_total"
 COLD_LOAD_DURATION = "ollama_fleet_cold_load_duration_seconds"
@@ -55,7 +72,8 @@ ATTEMPT_FAILURES = "ollama_fleet_attempt_failures_total"
 PENALTIES = "ollama_fleet_penalties_total"
 POLL_DURATION = "ollama_fleet_poll_duration_seconds"
 POLL_ERRORS = "ollama_fleet_poll_errors_total"
-FLEET_CHANGES = "ollama_fleet_fleet_changes_total"
+BACKEND_CHANGES = "ollama_fleet_backend_changes_total"
+BUILD_INFO = "ollama_fleet_build_info"
 # state, computed at scrape time
 BACKEND_UP = "ollama_fleet_backend_up"
 BACKEND_PENALISED = "ollama_fleet_backend_penalised"
@@ -63,16 +81,19 @@ INFLIGHT = "ollama_fleet_inflight_requests"
 LOADS_IN_PROGRESS = "ollama_fleet_loads_in_progress"
 MODEL_RESIDENT = "ollama_fleet_model_resident"
 MODEL_VRAM = "ollama_fleet_model_vram_bytes"
+MODEL_ROUTABLE_BACKENDS = "ollama_fleet_model_routable_backends"
 DRAINING = "ollama_fleet_draining"
 
 # ---- label values
 OTHER = "other"  # a model name no pod holds (typos, attacks): never its own series
 NONE = "none"  # no backend was chosen / no routing reason (rejected before routing)
+ANONYMOUS = "anonymous"  # no API key (authentication off, or none presented)
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LOAD_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
-_RATE_BUCKETS = (1, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
+# 1 ms (1000 tokens/s) .. 1 s (1 token/s): GPU decode speeds of small and large models
+_TOKEN_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1)
 _POLL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)
 
 
@@ -85,6 +106,7 @@ class RequestSample:
     status: int
     reason: str
     duration: float
+    client: str = ANONYMOUS
     ttfb: float | None = None
     attempts: int = 0
     failed_backends: tuple[str, ...] = ()
@@ -130,6 +152,13 @@ class _StateCollector(Collector):
         vram = GaugeMetricFamily(
             MODEL_VRAM, "size_vram of the resident model on the pod", labels=["backend", "model"]
         )
+        routable = GaugeMetricFamily(
+            MODEL_ROUTABLE_BACKENDS,
+            "routable pods that hold the model (installed or resident): 0 means no pod of "
+            "this replica's fleet can serve it",
+            labels=["model"],
+        )
+        holders: dict[str, int] = {}
         for pod in report.pods:
             up.add_metric([pod.name], 1.0 if pod.routable else 0.0)
             penalised.add_metric([pod.name], 1.0 if pod.penalised_for > 0 else 0.0)
@@ -140,9 +169,13 @@ class _StateCollector(Collector):
                 resident.add_metric(labels, 1.0 if c.resident else 0.0)
                 if c.resident and not c.runner:
                     vram.add_metric(labels, float(c.size_vram))
+                if c.installed or c.resident:
+                    holders[c.name] = holders.get(c.name, 0) + (1 if pod.routable else 0)
+        for model, n in sorted(holders.items()):
+            routable.add_metric([model], float(n))
         draining = GaugeMetricFamily(DRAINING, "1 once SIGTERM was received (readiness is false)")
         draining.add_metric([], 1.0 if report.draining else 0.0)
-        yield from (up, penalised, inflight, loading, resident, vram, draining)
+        yield from (up, penalised, inflight, loading, resident, vram, routable, draining)
 
 
 class FleetMetrics:
@@ -151,6 +184,14 @@ class FleetMetrics:
     def __init__(self, report: Callable[[], FleetReport]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        Info(
+            BUILD_INFO.removesuffix("_info"),
+            "the ollama-fleet package and Python running this balancer (always 1)",
+            registry=r,
+        ).info({"version": package_version(), "python_version": platform.python_version()})
         by_request = ["model", "backend"]
         self.requests = Counter(
             REQUESTS,
@@ -183,11 +224,18 @@ class FleetMetrics:
             by_request,
             registry=r,
         )
-        self.rate = Histogram(
-            TOKENS_PER_SECOND,
-            "decode rate of one request: eval_count / eval_duration",
+        self.time_per_token = Histogram(
+            TIME_PER_OUTPUT_TOKEN,
+            "decode time per generated token of one request: eval_duration / eval_count",
             by_request,
-            buckets=_RATE_BUCKETS,
+            buckets=_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.client_requests = Counter(
+            CLIENT_REQUESTS,
+            "requests by API key name and HTTP status, refusals (401, 429, ...) included; "
+            "'anonymous' without a key",
+            ["client", "status"],
             registry=r,
         )
         self.slot_wait = Histogram(
@@ -234,7 +282,7 @@ class FleetMetrics:
             POLL_ERRORS, "polls of a pod that failed", ["backend"], registry=r
         )
         self.changes = Counter(
-            FLEET_CHANGES,
+            BACKEND_CHANGES,
             "fleet changes seen: joined, left, up, down, loaded, unloaded",
             ["kind"],
             registry=r,
@@ -244,13 +292,15 @@ class FleetMetrics:
     def observe_request(self, s: RequestSample) -> None:
         labels = (s.model, s.backend)
         self.requests.labels(s.model, s.backend, str(s.status), s.reason).inc()
+        self.client_requests.labels(s.client, str(s.status)).inc()
         self.duration.labels(*labels).observe(s.duration)
         if s.ttfb is not None:
             self.ttfb.labels(*labels).observe(s.ttfb)
         if s.eval_count is not None:
             self.generated.labels(*labels).inc(s.eval_count)
-            if s.eval_duration_ns:
-                self.rate.labels(*labels).observe(s.eval_count / s.eval_duration_ns * 1e9)
+            if s.eval_duration_ns and s.eval_count > 0:
+                per_token = s.eval_duration_ns / 1e9 / s.eval_count
+                self.time_per_token.labels(*labels).observe(per_token)
         if s.prompt_eval_count is not None:
             self.prompt.labels(*labels).inc(s.prompt_eval_count)
         if s.slot_wait is not None:
@@ -275,5 +325,10 @@ class FleetMetrics:
     def observe_penalty(self, backend: str) -> None:
         self.penalties.labels(backend).inc()
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+
+def package_version() -> str:
+    """The installed ollama-fleet version (``unknown`` when run from a bare source tree)."""
+    try:
+        return metadata.version("ollama-fleet")
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -7,7 +7,9 @@ the balancer already publishes — a :class:`RequestRecord` per finished request
 each into metric updates and one log event.  Nothing in the proxy, the poller
 or routing knows about Prometheus or structlog.
 
-Routes: ``GET /metrics`` (Prometheus text), ``GET /-/fleet`` (JSON, see
+Routes: ``GET /metrics`` (prometheus-client's aiohttp handler: the text
+format, or OpenMetrics when the scraper asks for it, gzipped when it accepts
+gzip), ``GET /-/fleet`` (JSON, see
 :mod:`fleetview`), ``GET /-/dashboard`` (a self-contained HTML page polling
 ``/-/fleet``).
 """
@@ -18,12 +20,13 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ollama_wire.names import InvalidModelName, canonical
 
 from .fleet import FleetSnapshot, PollResult
 from .fleetview import FleetReport, build, model_display
-from .metrics import CONTENT_TYPE, NONE, OTHER, FleetMetrics, RequestSample
+from .metrics import ANONYMOUS, NONE, OTHER, FleetMetrics, RequestSample
 from .polling import FleetChange
 from .rankers import COLD_REASONS
 from .record import RequestRecord
@@ -111,6 +114,7 @@ def request_sample(record: RequestRecord, snapshot: FleetSnapshot) -> RequestSam
         status=record.status,
         reason=record.reason or NONE,
         duration=record.duration,
+        client=record.client or ANONYMOUS,
         ttfb=record.ttfb,
         attempts=record.attempts,
         failed_backends=_failed_backends(record.retries, snapshot.names()),
@@ -240,8 +244,7 @@ def install(app: web.Application) -> None:
     bal.view.subscribe(on_change)
     bal.polls.append(on_poll)
 
-    async def metrics_handler(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+    metrics_handler = make_aiohttp_handler(metrics.registry)
 
     async def fleet_handler(request: web.Request) -> web.StreamResponse:
         return web.json_response(fleet_report(bal).to_json(), headers={"Cache-Control": "no-store"})

@@ -63,6 +63,8 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--identity", str,
      "this replica's name in the peering object and its Events (default hostname/pid)"),
     ("--liveness", str, "liveness endpoint, e.g. http://0.0.0.0:8080/healthz"),
+    ("--metrics-port", int, "serve Prometheus metrics on GET /metrics here (default 0 = off)"),
+    ("--metrics-host", str, "address of the metrics port (default 0.0.0.0)"),
 )  # fmt: skip
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -28,7 +30,7 @@ from ollama_wire.client import (
 
 from .state import ACTION_ORDER, Action, ActionKind
 
-__all__ = ["Executor", "Outcome"]
+__all__ = ["ActionObserver", "Executor", "Outcome"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,15 @@ class Outcome:
 
 #: Called once per finished action (for Kubernetes Events and logs).
 Report = Callable[[Outcome], None]
+
+
+class ActionObserver(Protocol):
+    """What the executor tells metrics (modelpool_operator.metrics implements it)."""
+
+    def started(self, action: Action) -> None: ...
+
+    def finished(self, action: Action, outcome: Outcome | None, seconds: float | None) -> None:
+        """``outcome`` None: cancelled mid-action; ``seconds`` None: skipped, never attempted."""
 
 
 def _retryable(exc: OllamaError) -> bool:
@@ -67,6 +78,7 @@ class Executor:
     #: a load may legitimately take minutes (ollama-api.md §4.1 OLLAMA_LOAD_TIMEOUT is 5m)
     load_timeout: float = 600.0
     report: Report | None = None
+    observer: ActionObserver | None = None
 
     async def run(self, actions: Sequence[Action]) -> list[Outcome]:
         by_pod: dict[str, list[Action]] = {}
@@ -87,15 +99,29 @@ class Executor:
                 elif a.kind is ActionKind.LOAD and a.model in failed_pulls:
                     outcome = Outcome(a, False, "skipped: pull failed", 0)
                 else:
-                    outcome = await self._attempt(a)
+                    outcome = await self._observed(a)
                     if not outcome.ok and outcome.error.startswith("unreachable"):
                         unreachable = outcome.error
                 if not outcome.ok and a.kind is ActionKind.PULL:
                     failed_pulls.add(a.model)
                 outcomes.append(outcome)
+                if self.observer is not None and outcome.attempts == 0:
+                    self.observer.finished(a, outcome, None)
                 if self.report is not None:
                     self.report(outcome)
         return outcomes
+
+    async def _observed(self, a: Action) -> Outcome:
+        if self.observer is None:
+            return await self._attempt(a)
+        self.observer.started(a)
+        begin = time.monotonic()
+        outcome = None
+        try:
+            outcome = await self._attempt(a)
+            return outcome
+        finally:
+            self.observer.finished(a, outcome, time.monotonic() - begin)
 
     async def _attempt(self, a: Action) -> Outcome:
         delay = self.backoff

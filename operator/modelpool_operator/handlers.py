@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ import aiohttp
 import kopf
 
 from .kube import GROUP, PLURAL, VERSION, KubeAccess
+from .metrics import OperatorMetrics, serve_metrics
 from .observe import PodInfo, pod_info
 from .reconcile import PoolKey, Reconciler
 from .settings import OperatorSettings
@@ -61,6 +63,7 @@ class OperatorRuntime:
     generations: dict[PoolKey, Any] = field(default_factory=dict)
     selectors: dict[PoolKey, LabelSelector] = field(default_factory=dict)
     pods: dict[tuple[str, str], PodInfo] = field(default_factory=dict)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
 
     def trigger(self, key: PoolKey) -> asyncio.Event:
         return self.triggers.setdefault(key, asyncio.Event())
@@ -122,6 +125,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             session=runtime.session,
             patch_status=runtime.kube.patch_status,
             post_event=_post_event,
+            actions=runtime.metrics,
         )
 
     @kopf.on.cleanup(registry=registry)
@@ -181,11 +185,14 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             runtime.selectors.pop(key, None)
             runtime.generations.pop(key, None)
             runtime.triggers.pop(key, None)
+            runtime.metrics.forget(key)
             if runtime.reconciler is not None:
                 runtime.reconciler.forget(key)
             return
         with contextlib.suppress(SpecError):  # the daemon reports an invalid spec
-            runtime.selectors[key] = parse_pool_spec(dict(spec)).selector
+            parsed = parse_pool_spec(dict(spec))
+            runtime.selectors[key] = parsed.selector
+            runtime.metrics.wanted(key, parsed)
         # Our own status patches also arrive here; only a new generation is news.
         generation = meta.get("generation")
         if runtime.generations.get(key) != generation:
@@ -210,13 +217,17 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             event.clear()
             reconciler = runtime.reconciler
             assert reconciler is not None, "startup handler did not run"
+            begin = time.monotonic()
             try:
-                await reconciler.reconcile(
+                status = await reconciler.reconcile(
                     body, _pods_of(ollama_pods, namespace), _ledgers_of(pool_ledgers, namespace)
                 )
             except Exception:
                 # Keep looping: the next trigger or resync tries again.
+                runtime.metrics.reconcile_failed(time.monotonic() - begin)
                 logger.exception("reconcile of %s/%s failed", namespace, name)
+            else:
+                runtime.metrics.reconciled(key, status, time.monotonic() - begin)
             await _wait(event, stopped, settings.resync_seconds)
 
     @kopf.on.delete(
@@ -256,6 +267,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
                 message=f"could not prune on unreachable pods: {', '.join(pods)}",
             )
         reconciler.forget(key)
+        runtime.metrics.forget(key)
 
     return registry
 
@@ -333,7 +345,14 @@ async def run_operator(
     """
     kube = KubeAccess(settings.kubeconfig, settings.context, settings.home)
     runtime = OperatorRuntime(settings=settings, kube=kube)
+    metrics_runner = None
     try:
+        if settings.metrics_port:
+            # Started before kopf, which cancels every task begun after it on exit.
+            metrics_runner, port = await serve_metrics(
+                runtime.metrics, settings.metrics_host, settings.metrics_port
+            )
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
         peering = await asyncio.to_thread(choose_peering, settings, _exists_or_assume(kube))
         log.info(
             "peering: %s, priority %d, identity %s (%s)",
@@ -357,4 +376,6 @@ async def run_operator(
             memo=runtime,
         )
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         kube.close()

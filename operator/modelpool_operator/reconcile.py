@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from .execute import Executor, Outcome
+from .execute import ActionObserver, Executor, Outcome
 from .observe import PodInfo, observe, select
 from .plan import Plan, plan, settle
 from .settings import OperatorSettings
@@ -48,6 +48,8 @@ class Reconciler:
     session: aiohttp.ClientSession
     patch_status: PatchStatus
     post_event: PostEvent
+    #: told about every action the executor runs (metrics)
+    actions: ActionObserver | None = None
     #: freshest ledger per pool, ahead of what the watch has delivered back
     ledgers: dict[PoolKey, tuple[Owned, ...]] = field(default_factory=dict)
     #: pods each pool saw last time (a pod leaving the selector must wake its old pool)
@@ -117,6 +119,7 @@ class Reconciler:
                 pull_idle_timeout=self.settings.pull_idle_timeout_seconds,
                 load_timeout=self.settings.load_timeout_seconds,
                 report=lambda o: self._report(body, o),
+                observer=self.actions,
             )
             obs, current = await self._observe_and_plan(spec, selected, ledger, others)
             for _ in range(self.settings.max_rounds):

@@ -71,6 +71,10 @@ class OperatorSettings:
     Events; None = ``<hostname>/<pid>`` (the hostname is the pod name in Kubernetes)."""
     liveness: str | None = None
     """kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz."""
+    metrics_port: int = 0
+    """Serve Prometheus metrics on ``GET /metrics`` of this port (0 = off)."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics port listens on."""
     home: str = "~"
     """Home directory for the default kubeconfig path (from $HOME)."""
 
@@ -98,6 +102,8 @@ class OperatorSettings:
         return settings
 
     def validate(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics port must be 0..65535, not {self.metrics_port}")
         if self.resync_seconds <= 0:
             raise ValueError("resync interval must be > 0 seconds")
         if self.concurrency < 1 or self.attempts < 1 or self.max_rounds < 1:
@@ -135,7 +141,7 @@ def _convert(name: str, text: str) -> Any:
         return tuple(n.strip() for n in text.split(",") if n.strip())
     if name in ("all_namespaces", "standalone"):
         return _bool(text)
-    if name in ("concurrency", "attempts", "max_rounds"):
+    if name in ("concurrency", "attempts", "max_rounds", "metrics_port"):
         return int(text)
     if name.endswith("_seconds"):
         return float(text)

@@ -165,7 +165,14 @@ def kubernetes_validate_cmd() -> list[str]:
 
 
 #: Kinds not in Kubernetes' own schemas: checked otherwise (CRD schema, field checks).
-CUSTOM_KINDS = {"ModelPool", "ServiceMonitor", "KopfPeering", "ClusterKopfPeering"}
+CUSTOM_KINDS = {
+    "ModelPool",
+    "ServiceMonitor",
+    "PrometheusRule",
+    "HTTPRoute",
+    "KopfPeering",
+    "ClusterKopfPeering",
+}
 
 
 def validate_builtin(objs: Sequence[Mapping[str, Any]], workdir: Path) -> None:

@@ -11,6 +11,7 @@ import http.server
 import json
 import math
 import posixpath
+import re
 import subprocess
 import sys
 import threading
@@ -20,7 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from modelpool_operator import metrics as operator_metrics
 from ollama_balancer import limits, metrics
+from ollama_balancer.app import OPS_PATHS
 from ollama_balancer.auth import hash_key, parse_keys
 from ollama_balancer.discovery.pods import (
     ANNOTATION_NUM_PARALLEL,
@@ -62,6 +65,9 @@ VALUE_SETS: dict[str, list[Path]] = {
     "servicemonitor": [VALUES / "servicemonitor.yaml"],
     "kube-install": [VALUES / "kube-install.yaml"],
     "auth-keys": [VALUES / "auth-keys.yaml"],
+    "day2": [VALUES / "day2.yaml"],
+    "amd-rocm": [EXAMPLES / "values-amd-rocm.yaml"],
+    "nvidia-mig": [EXAMPLES / "values-nvidia-mig.yaml"],
 }
 
 
@@ -133,9 +139,17 @@ def test_balancer_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert dep["spec"]["replicas"] == 2
     c = container(dep, "balancer")
     assert c["args"][0] == "balancer"
-    assert c["ports"] == [{"name": "http", "containerPort": 11434, "protocol": "TCP"}]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 11434, "protocol": "TCP"},
+        {"name": "ops", "containerPort": values["balancer"]["opsPort"], "protocol": "TCP"},
+    ]
+    # probes on the ops port, on paths it serves (never the model API, never behind keys)
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
+    settings = load_settings(environ=env_of(c))
+    assert settings.ops_port == values["balancer"]["opsPort"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] in OPS_PATHS
     drain = values["balancer"]["drain"]
     assert c["lifecycle"]["preStop"]["exec"]["command"] == [
         "sleep",
@@ -156,10 +170,26 @@ def test_balancer_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     # the Service: ClusterIP on 11434, selecting exactly the balancer pods
     svc = find(objs, "Service", "fleet-ollama-fleet")
     assert svc["spec"]["type"] == "ClusterIP"
-    assert svc["spec"]["ports"][0]["port"] == 11434
+    assert [p["port"] for p in svc["spec"]["ports"]] == [11434]  # no ops port for clients
     assert selector_matches(svc["spec"]["selector"], _pod_labels(dep))
     op = find(objs, "Deployment", "-operator")
     assert not selector_matches(svc["spec"]["selector"], _pod_labels(op))
+    ops = find(objs, "Service", "-balancer-ops")
+    assert ops["spec"]["ports"] == [
+        {
+            "name": "ops",
+            "port": values["balancer"]["opsPort"],
+            "targetPort": "ops",
+            "protocol": "TCP",
+        }
+    ]
+    assert selector_matches(ops["spec"]["selector"], _pod_labels(dep))
+    # every new option off by default
+    for kind in ("Ingress", "HTTPRoute", "PrometheusRule", "ServiceMonitor"):
+        assert not find_all(objs, kind), kind
+    for workload in (dep, op, find(objs, "StatefulSet", "-ollama")):
+        spec = workload["spec"]["template"]["spec"]
+        assert "priorityClassName" not in spec and "topologySpreadConstraints" not in spec
 
 
 def test_balancer_env_is_accepted_by_the_real_settings_loader(
@@ -195,12 +225,20 @@ def test_production_config_reaches_the_balancer(rendered: dict[str, list[dict[st
     assert settings.default_slots == 4
     dep = find(objs, "Deployment", "-balancer")
     assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 10 + 0 + 120 + 5
-    # only labelled clients (and the test pod) may call the balancer
+    # only labelled clients (and the test pod) may call the balancer; monitoring reaches only
+    # the ops port
     np = find(objs, "NetworkPolicy", "-balancer")
     assert selector_matches(np["spec"]["podSelector"]["matchLabels"], _pod_labels(dep))
-    peers = np["spec"]["ingress"][0]["from"]
-    assert peers[1]["podSelector"]["matchLabels"] == {"ollama-fleet-client": "true"}
+    api, ops = np["spec"]["ingress"]
+    assert api["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert ops["ports"] == [{"port": "ops", "protocol": "TCP"}]
+    assert api["from"][1]["podSelector"]["matchLabels"] == {"ollama-fleet-client": "true"}
+    monitoring = {"namespaceSelector": {"matchLabels": {MONITORING_NS: "monitoring"}}}
+    assert monitoring not in api["from"]
+    assert ops["from"] == [monitoring]
 
+
+MONITORING_NS = "kubernetes.io/metadata.name"
 
 # ----------------------------------------------------------------------- API keys
 
@@ -604,22 +642,33 @@ def test_servicemonitor_and_dashboard(rendered: dict[str, list[dict[str, Any]]])
     objs = rendered["servicemonitor"]
     sm = find(objs, "ServiceMonitor", "-balancer")
     svc = find(objs, "Service", "fleet-ollama-fleet")
+    ops = find(objs, "Service", "-balancer-ops")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
-    assert selector_matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    # the ServiceMonitor picks the ops Service only, and scrapes its ops port
+    assert selector_matches(sm["spec"]["selector"]["matchLabels"], ops["metadata"]["labels"])
+    assert not selector_matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["ai"]}
-    assert sm["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert sm["spec"]["endpoints"] == [{"port": "ops", "path": "/metrics", "interval": "15s"}]
+    assert [p["name"] for p in ops["spec"]["ports"]] == ["ops"]
     assert sm["metadata"]["labels"]["release"] == "prometheus"
-    assert svc["spec"]["ports"][0]["name"] == "http"
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http"]
     cm = find(objs, "ConfigMap", "-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(cm["data"]["ollama-fleet.json"])
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    known = {v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str)}
+    assert dashboard == json.loads((CHART / "files" / "dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    known = {
+        v
+        for module in (metrics, operator_metrics)
+        for k, v in vars(module).items()
+        if k.isupper() and isinstance(v, str)
+    }
+    # metrics other issues add (tests/prometheus/dashboard.py lists their panels)
+    known |= {"ollama_fleet_queue_wait_seconds", "ollama_fleet_shared_state_up"}
     used = {
-        word.removesuffix("_bucket")
+        re.sub(r"_(bucket|count|sum)$", "", word)
         for e in exprs
-        for word in e.replace("(", " ").replace("{", " ").split()
-        if word.startswith("ollama_fleet_")
+        for word in re.findall(r"ollama_fleet_\w+", e)
     }
     for name in (
         "ollama_fleet_requests_total",

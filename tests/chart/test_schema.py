@@ -41,6 +41,22 @@ CASES = [
         "balancer.auth.keys.0.admin: Invalid type. Expected: boolean",
     ),
     ("balancer.auth.token=x", "balancer.auth: Additional property token is not allowed"),
+    # day-2 options
+    ("balancer.opsPort=0", "balancer.opsPort: Must be greater than or equal to 1"),
+    ("operator.metricsPort=70000", "operator.metricsPort: Must be less than or equal to 65535"),
+    ("ollama.gpu.vendor=intel", "ollama.gpu.vendor: ollama.gpu.vendor must be one of"),
+    (
+        "balancer.ingress.hosts[0].paths[0].pathType=Regex",
+        "balancer.ingress.hosts.0.paths.0.pathType: balancer.ingress.hosts.0.paths.0.pathType must",
+    ),
+    ("balancer.httpRoute.pathPrefix=v1", "balancer.httpRoute.pathPrefix: Does not match pattern"),
+    ("prometheusRule.disabled[0]=cold", "prometheusRule.disabled.0: Does not match pattern"),
+    ("prometheusRule.alert=x", "prometheusRule: Additional property alert is not allowed"),
+    (
+        "balancer.topologySpreadConstraints[0].maxSkew=1",
+        "balancer.topologySpreadConstraints.0: topologyKey is required",
+    ),
+    ("string:operator.extraArgs=--x", "operator.extraArgs: Invalid type. Expected: array"),
 ]
 
 
@@ -85,6 +101,12 @@ def test_schema_rejects(helm: str, command: str, setting: str, message: str) -> 
         (
             ["balancer.autoscaling.enabled=true", "balancer.autoscaling.minReplicas=9"],
             "balancer.autoscaling.minReplicas must not exceed maxReplicas",
+        ),
+        (["balancer.opsPort=11434"], "balancer.opsPort must differ from the model API port"),
+        (["operator.metricsPort=8080"], "operator.metricsPort must differ from the operator's"),
+        (
+            ["operator.metricsPort=0", "operator.serviceMonitor.enabled=true"],
+            "operator.serviceMonitor.enabled needs operator.metricsPort",
         ),
     ],
 )

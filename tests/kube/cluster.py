@@ -42,6 +42,7 @@ __all__ = [
     "create_ollama_pod",
     "delete_namespace",
     "delete_pod",
+    "install_crd",
     "set_pod_ready",
     "set_pod_status",
 ]
@@ -579,3 +580,25 @@ def delete_pod(api: client.ApiClient, namespace: str, name: str) -> None:
     except ApiException as e:
         if e.status != 404:
             raise
+
+
+def install_crd(api: client.ApiClient, path: Path, timeout: float = 20.0) -> None:
+    """Create (or replace) the CRD in ``path`` and wait until it is Established."""
+    ext = client.ApiextensionsV1Api(api)
+    body = yaml.safe_load(path.read_text())
+    name = body["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(name)
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(name, body)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conds = ext.read_custom_resource_definition(name).status.conditions or []
+        if any(c.type == "Established" and c.status == "True" for c in conds):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"CRD {name} not established")

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
+from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
+from ollama_balancer.auth import hash_key
 from ollama_balancer.fleet import BackendState, FleetSnapshot
 from ollama_balancer.metrics import OTHER
 from ollama_balancer.observability import model_label, slot_wait_seconds
@@ -86,9 +92,15 @@ async def test_request_counters_histograms_and_fleet_gauges(rig_factory: RigFact
     assert m.get("ollama_fleet_generated_tokens_total", **a_llama) == tokens
     assert m.get("ollama_fleet_prompt_tokens_total", **a_llama) == prompt_tokens
     assert m.get("ollama_fleet_generated_tokens_total", model=QWEN, backend="a") == qwen_tokens
-    assert m.get("ollama_fleet_generation_tokens_per_second_count", **a_llama) == 3
-    rate_sum = m.get("ollama_fleet_generation_tokens_per_second_sum", **a_llama)
-    assert rate_sum is not None and 0 < rate_sum / 3 < 10_000
+    assert m.get("ollama_fleet_time_per_output_token_seconds_count", **a_llama) == 3
+    per_token = m.get("ollama_fleet_time_per_output_token_seconds_sum", **a_llama)
+    assert per_token is not None and 0 < per_token / 3 < 1  # seconds per token, not tokens/s
+    # every request, refusals included, per API key (none here: authentication is off)
+    assert m.series("ollama_fleet_client_requests_total") == {
+        frozenset({("client", "anonymous"), ("status", "200")}): 4.0,
+        frozenset({("client", "anonymous"), ("status", "404")}): 1.0,
+        frozenset({("client", "anonymous"), ("status", "400")}): 1.0,
+    }
     assert m.get("ollama_fleet_slot_wait_seconds_count", **a_llama) == 3
     assert m.get("ollama_fleet_cold_loads_total", model=QWEN, backend="a") == 1
     assert m.get("ollama_fleet_cold_loads_total", **a_llama) is None
@@ -107,6 +119,10 @@ async def test_request_counters_histograms_and_fleet_gauges(rig_factory: RigFact
     assert m.get("ollama_fleet_model_vram_bytes", model=QWEN, backend="a") > 0  # type: ignore[operator]
     assert set(m.series("ollama_fleet_inflight_requests").values()) == {0.0}
     assert set(m.series("ollama_fleet_loads_in_progress").values()) == {0.0}
+    assert m.series("ollama_fleet_model_routable_backends") == {
+        frozenset({("model", LLAMA)}): 2.0,
+        frozenset({("model", QWEN)}): 1.0,
+    }
     assert m.get("ollama_fleet_draining") == 0
     # Polls and fleet changes.
     poller = rig.bal().poller
@@ -114,9 +130,9 @@ async def test_request_counters_histograms_and_fleet_gauges(rig_factory: RigFact
     for pod in ("a", "b"):
         assert m.get("ollama_fleet_poll_duration_seconds_count", backend=pod) == poller.rounds
     assert m.series("ollama_fleet_poll_errors_total") == {}
-    assert m.get("ollama_fleet_fleet_changes_total", kind="joined") == 2
-    assert m.get("ollama_fleet_fleet_changes_total", kind="up") == 2
-    assert m.get("ollama_fleet_fleet_changes_total", kind="loaded") == 2  # llama, then qwen
+    assert m.get("ollama_fleet_backend_changes_total", kind="joined") == 2
+    assert m.get("ollama_fleet_backend_changes_total", kind="up") == 2
+    assert m.get("ollama_fleet_backend_changes_total", kind="loaded") == 2  # llama, then qwen
 
 
 async def test_inflight_gauge_follows_a_live_stream_and_a_client_that_leaves(
@@ -215,8 +231,9 @@ async def test_failover_counts_retries_failures_penalties_and_a_pod_going_down(
     m = await rig.scrape()
     assert m.get("ollama_fleet_backend_up", backend="a") == 0
     assert m.get("ollama_fleet_backend_up", backend="b") == 1
+    assert m.get("ollama_fleet_model_routable_backends", model=LLAMA) == 1  # b only
     assert m.get("ollama_fleet_poll_errors_total", backend="a") == 3
-    assert m.get("ollama_fleet_fleet_changes_total", kind="down") == 1
+    assert m.get("ollama_fleet_backend_changes_total", kind="down") == 1
     fleet = await rig.fleet_json()
     a = fleet["pods"][0]
     assert (a["status"], a["routable"], a["failures"]) == ("down", False, 3)
@@ -288,4 +305,85 @@ def test_metric_names_follow_prometheus_conventions() -> None:
         assert name.startswith("ollama_fleet_"), name
         assert name == name.lower() and " " not in name
         assert not name.endswith(("_ms", "_milliseconds", "_count", "_sum", "_bucket")), name
+        # no stuttering, base units only (seconds and bytes, never rates or milli-anything)
+        assert "fleet_fleet" not in name and "_per_second" not in name, name
     assert json.dumps(sorted(names))  # all plain strings
+
+
+async def test_build_info_process_and_platform_collectors(rig_factory: RigFactory) -> None:
+    from ollama_balancer.metrics import package_version
+
+    rig = await rig_factory([node("a", [LLAMA], [LLAMA])], poll_interval=30)
+    m = await rig.scrape()
+    ((info_labels, value),) = m.series("ollama_fleet_build_info").items()
+    info = dict(info_labels)
+    assert value == 1
+    assert info["version"] == package_version() != "unknown"
+    assert info["python_version"] == platform.python_version()
+    assert m.get("process_resident_memory_bytes") > 0  # type: ignore[operator]
+    assert m.get("process_cpu_seconds_total") is not None
+    assert m.series("python_info")
+    assert m.series("python_gc_collections_total")
+
+
+async def test_openmetrics_and_gzip_are_negotiated(rig_factory: RigFactory) -> None:
+    rig = await rig_factory([node("a", [LLAMA], [LLAMA])], poll_interval=30)
+    assert (await rig.generate(LLAMA))[0] == 200
+    await asyncio.sleep(0.05)  # the record is observed one loop tick after the answer
+    headers = {"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}
+    async with rig.session.get(rig.url + "/metrics", headers=headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert resp.headers["Content-Encoding"] == "gzip"
+        text = await resp.text()  # aiohttp's client inflates it
+    assert text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(text)}
+    assert families["ollama_fleet_build"].type == "info"
+    requests = families["ollama_fleet_requests"]
+    assert requests.type == "counter"
+    assert [s.value for s in requests.samples if s.name.endswith("_total")] == [1.0]
+    # without the header: the classic text format, uncompressed
+    async with rig.session.get(rig.url + "/metrics", headers={"Accept-Encoding": ""}) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert "Content-Encoding" not in resp.headers
+
+
+async def test_client_requests_count_every_answer_per_key(
+    rig_factory: RigFactory, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        f"keys:\n  - {{name: team-a, key_sha256: {hash_key('key-a')}}}\n"
+        f"  - {{name: team-b, key_sha256: {hash_key('key-b')}}}\n"
+    )
+    rig = await rig_factory([node("a", [LLAMA], [LLAMA])], poll_interval=30, auth_file=str(keys))
+    for key, n in (("key-a", 2), ("key-b", 1)):
+        for _ in range(n):
+            async with rig.session.post(
+                rig.url + "/api/generate",
+                json={"model": LLAMA, "prompt": "x", "stream": False},
+                headers={"Authorization": f"Bearer {key}"},
+            ) as resp:
+                assert resp.status == 200
+    async with rig.session.post(
+        rig.url + "/api/generate",
+        json={"model": "nope", "prompt": "x"},
+        headers={"Authorization": "Bearer key-b"},
+    ) as resp:
+        assert resp.status == 404
+
+    async def counted() -> Scrape:
+        while True:
+            m = await rig.scrape()
+            if sum(m.series("ollama_fleet_client_requests_total").values()) == 4:
+                return m
+            await asyncio.sleep(0.02)
+
+    async with asyncio.timeout(10):
+        m = await counted()
+    assert m.series("ollama_fleet_client_requests_total") == {
+        frozenset({("client", "team-a"), ("status", "200")}): 2.0,
+        frozenset({("client", "team-b"), ("status", "200")}): 1.0,
+        frozenset({("client", "team-b"), ("status", "404")}): 1.0,
+    }
+    assert "key-a" not in m.text and "key-b" not in m.text  # names, never keys

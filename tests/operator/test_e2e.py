@@ -37,6 +37,7 @@ from tests.kube.cluster import (
     create_node,
     create_ollama_pod,
     delete_pod,
+    install_crd,
     set_pod_status,
 )
 
@@ -49,24 +50,7 @@ T = TypeVar("T")
 
 
 def _install_crd(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    body = yaml.safe_load(CRD.read_text())
-    try:
-        ext.create_custom_resource_definition(body)
-    except ApiException as e:
-        if e.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        got = ext.read_custom_resource_definition(body["metadata"]["name"])
-        conds = got.status.conditions or []
-        if any(c.type == "Established" and c.status == "True" for c in conds):
-            return
-        time.sleep(0.1)
-    raise TimeoutError("CRD not established")
+    install_crd(api, CRD)
 
 
 @pytest.fixture(scope="session")

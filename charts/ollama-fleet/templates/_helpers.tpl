@@ -151,6 +151,15 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{- fail "existingFleet.selector is required when existingFleet.discovery=kubernetes" }}
 {{- end }}
 {{- end }}
+{{- if eq (int .Values.balancer.opsPort) 11434 }}
+{{- fail "balancer.opsPort must differ from the model API port 11434" }}
+{{- end }}
+{{- if eq (int .Values.operator.metricsPort) 8080 }}
+{{- fail "operator.metricsPort must differ from the operator's liveness port 8080" }}
+{{- end }}
+{{- if and .Values.operator.serviceMonitor.enabled (not (int .Values.operator.metricsPort)) }}
+{{- fail "operator.serviceMonitor.enabled needs operator.metricsPort (not 0)" }}
+{{- end }}
 {{- if and .Values.balancer.autoscaling.enabled (gt (int .Values.balancer.autoscaling.minReplicas) (int .Values.balancer.autoscaling.maxReplicas)) }}
 {{- fail "balancer.autoscaling.minReplicas must not exceed maxReplicas" }}
 {{- end }}
@@ -218,4 +227,43 @@ rules:
     resources: [kopfpeerings]
     verbs: [get, list, watch, patch]
 {{- end }}
+{{- end }}
+
+{{/*
+Scheduling extras shared by the balancer, operator and Ollama pods: priorityClassName and
+topologySpreadConstraints (a constraint without a labelSelector spreads the pods of its own
+workload).  Call with (dict "values" .Values.balancer "selector" (selector labels as a dict)).
+*/}}
+{{- define "ollama-fleet.scheduling" -}}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- if .values.topologySpreadConstraints }}
+{{- $constraints := list }}
+{{- range .values.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not $c.labelSelector }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $.selector) }}
+{{- end }}
+{{- $constraints = append $constraints $c }}
+{{- end }}
+topologySpreadConstraints:
+  {{- toYaml $constraints | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* GPU extended resource name of the Ollama pods: the one given, else the vendor's. */}}
+{{- define "ollama-fleet.gpuResource" -}}
+{{- $g := .Values.ollama.gpu }}
+{{- if $g.resourceName }}{{ $g.resourceName }}{{ else if eq $g.vendor "amd" }}amd.com/gpu{{ else }}nvidia.com/gpu{{ end }}
+{{- end }}
+
+{{/* The Ollama image: with gpu.vendor=amd, Ollama's ROCm build ("<tag>-rocm"). */}}
+{{- define "ollama-fleet.ollamaImage" -}}
+{{- $o := .Values.ollama }}
+{{- $tag := toString $o.image.tag }}
+{{- if and (eq $o.gpu.vendor "amd") (not (hasSuffix "-rocm" $tag)) }}
+{{- $tag = printf "%s-rocm" $tag }}
+{{- end }}
+{{- printf "%s:%s" $o.image.repository $tag }}
 {{- end }}

@@ -1,0 +1,66 @@
+"""Where a release goes, from charts/ollama-fleet/values.yaml, for the release workflow.
+
+    python3 .ci/release_targets.py TAG   ->  lines for $GITHUB_OUTPUT:
+        version=1.2.3
+        registry=ghcr.io
+        image=ghcr.io/ollama-fleet/ollama-fleet
+        charts=oci://ghcr.io/ollama-fleet/charts
+
+The image goes to `image.repository` of values.yaml (so the chart's default image is the one
+pushed), the charts to `charts` beside it on the same registry.  Fails when the tag does not
+match the package version in pyproject.toml and the chart's version.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def targets(tag: str, root: Path = ROOT) -> dict[str, str]:
+    version = tag.removeprefix("v")
+    if not re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", version):
+        raise ValueError(f"tag {tag!r} is not a version (vMAJOR.MINOR.PATCH)")
+    pyproject = (root / "pyproject.toml").read_text()
+    package = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    chart = yaml.safe_load((root / "charts/ollama-fleet/Chart.yaml").read_text())
+    for what, found in (("pyproject.toml", package and package.group(1)),
+                        ("charts/ollama-fleet/Chart.yaml", chart["version"])):  # fmt: skip
+        if found != version:
+            raise ValueError(f"tag {tag} does not match version {found} in {what}")
+    repository = yaml.safe_load((root / "charts/ollama-fleet/values.yaml").read_text())["image"][
+        "repository"
+    ]
+    registry, _, path = repository.partition("/")
+    owner = path.rpartition("/")[0]
+    if "." not in registry or not owner:
+        raise ValueError(f"image.repository {repository!r} names no registry/owner/name")
+    return {
+        "version": version,
+        "registry": registry,
+        "image": repository,
+        "charts": f"oci://{registry}/{owner}/charts",
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: release_targets.py TAG", file=sys.stderr)
+        return 2
+    try:
+        out = targets(argv[0])
+    except ValueError as exc:
+        print(f"release: {exc}", file=sys.stderr)
+        return 1
+    for key, value in out.items():
+        print(f"{key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
