@@ -51,6 +51,8 @@ NAMESPACE = "observed"  # the namespace label Prometheus gives both targets, lik
 BALANCER_JOB = "ollama-fleet-balancer"
 OPERATOR_JOB = "ollama-fleet-operator"
 KEYS = {"team-a": "test-key-team-a", "team-b": "test-key-team-b"}
+#: A key limited to one request a minute: its second request each round is a 429.
+LIMITED = ("team-c", "test-key-team-c")
 LLAMA, QWEN, EMBED, MISSING = "llama3.2:1b", "qwen2.5:7b", "nomic-embed-text:latest", "nosuch:7b"
 
 
@@ -202,8 +204,16 @@ def _traffic(url: str, ops: str, nodes: list[str]) -> int:
         # an unknown model: a 404, counted under model "other"
         assert _request(generate, {"model": "no-such-model", "prompt": "x"}, b) == 404
         sent += 1
-        # no key: refused (401) in middleware, where no record is made yet (issue #11)
+        # no key: refused (401) by the pipeline, one record like every answer
         assert _request(generate, {"model": LLAMA, "prompt": "x"}) == 401
+        sent += 1
+        # over its quota: 429, counted per key
+        statuses = [
+            _request(generate, {"model": LLAMA, "prompt": "x", "stream": False}, LIMITED[1])
+            for _ in range(2)
+        ]
+        assert 429 in statuses
+        sent += 2
         time.sleep(1.5)  # spread over several scrapes (every second)
     return sent
 
@@ -262,6 +272,8 @@ def observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
                 + "".join(
                     f"  - {{name: {n}, key_sha256: {hash_key(k)}}}\n" for n, k in KEYS.items()
                 )
+                + f"  - {{name: {LIMITED[0]}, key_sha256: {hash_key(LIMITED[1])}, "
+                "requests_per_minute: 1}\n"
             )
             port, ops_port = free_port(), free_port()
             start(

@@ -23,9 +23,6 @@ PENDING: dict[str, str] = {
     "Queue wait (p95) by model": "#13 (ollama_fleet_queue_wait_seconds)",
     "Requests queued per second by model": "#13 (ollama_fleet_queue_wait_seconds)",
     "Shared state up by replica": "#12 (ollama_fleet_shared_state_up)",
-    # 429s come from the per-key limits in middleware, which produce no request record until
-    # every refusal becomes one (ollama_fleet_client_requests_total{status="429"})
-    "429s per key": "#11 (every refusal a request record)",
 }
 
 

@@ -163,5 +163,8 @@ def test_requests_per_key(observed_fleet: ObservedFleet) -> None:
     assert seen[("team-b", "200")] == 4
     assert seen[("team-b", "404")] == 4
     assert seen[("team-b", "500")] == 3
-    assert set(KEYS) >= {client for client, _ in seen}
+    # refusals are counted too: per key where the key is known, else as anonymous
+    assert seen[("anonymous", "401")] == 4
+    assert seen[("team-c", "200")] == 1 and seen[("team-c", "429")] == 7
+    assert {client for client, _ in seen} == {*KEYS, "team-c", "anonymous"}
     assert sum(seen.values()) == observed_fleet.sent
