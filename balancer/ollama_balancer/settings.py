@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import yaml
 
 from ollama_wire.backend import Backend
-from ollama_wire.quantity import parse_quantity
+from ollama_wire.hosts import parse_backends
 
 __all__ = ["ENV_PREFIX", "BalancerSettings", "SettingsError", "add_arguments", "load_settings"]
 
@@ -52,7 +51,8 @@ class BalancerSettings:
     discovery: str = _f("static", "how backends are found: static | dns | kubernetes", "discovery")
     backends: tuple[str, ...] = _f(
         (),
-        "static backends: URL or NAME=URL[;slots=N][;vram=24Gi], comma-separated in env/flags",
+        "static backends: [NAME=]ADDRESS[;slots=N][;vram=24Gi], comma-separated in env/flags "
+        "(a bare host means http://HOST:11434, as OLLAMA_HOST reads it)",
         "discovery",
     )
     default_slots: int = _f(
@@ -151,46 +151,12 @@ class BalancerSettings:
     drain_grace: float = _f(30.0, "SIGTERM: seconds in-flight requests get to finish", "process")
 
     def static_backends(self) -> list[Backend]:
-        """Parse ``backends`` into :class:`Backend` values.
-
-        Each item is ``URL`` or ``NAME=URL``, optionally followed by ``;slots=N``
-        (the pod's ``OLLAMA_NUM_PARALLEL``) and ``;vram=QUANTITY`` (e.g. ``24Gi``), so
-        routing knows when a cold load would have to evict something.
-        """
-        out: list[Backend] = []
-        for item in self.backends:
-            head, *opts = item.split(";")
-            name, sep, url = head.partition("=")
-            if not sep:
-                name, url = "", head
-            url = url.strip().rstrip("/")
-            if "://" not in url:
-                url = "http://" + url
-            if not name:
-                name = url.split("://", 1)[1]
-            slots, vram = self.default_slots, 0
-            for opt in opts:
-                key, _, value = opt.partition("=")
-                try:
-                    if key.strip() == "slots":
-                        slots = int(value)
-                        if slots < 1:
-                            raise ValueError("must be >= 1")
-                    elif key.strip() == "vram":
-                        # 24Gi as Kubernetes writes it; 24GiB / 24GB as people do.
-                        text = re.sub(r"([KMGTPE]i?)B$", r"\1", value.strip())
-                        vram = parse_quantity(
-                            text.replace("K", "k", 1) if text.endswith("K") else text
-                        )
-                    else:
-                        raise ValueError("unknown option (slots, vram)")
-                except ValueError as exc:
-                    raise SettingsError(f"backends: {item!r}: {key.strip()}: {exc}") from None
-            out.append(Backend(name=name.strip(), url=url, slots=slots, vram_bytes=vram))
-        names = [b.name for b in out]
-        if len(set(names)) != len(names):
-            raise SettingsError(f"backends: duplicate backend names in {names}")
-        return out
+        """``backends`` as :class:`Backend` values (:func:`ollama_wire.hosts.parse_backends`:
+        a bare host means ``http://HOST:11434``, as ``OLLAMA_HOST`` reads it)."""
+        try:
+            return parse_backends(self.backends, default_slots=self.default_slots)
+        except ValueError as exc:
+            raise SettingsError(f"backends: {exc}") from None
 
 
 _CHOICES = {
