@@ -67,7 +67,10 @@ class BalancerSettings:
         "app.kubernetes.io/name=ollama", "kubernetes discovery: pod label selector", "discovery"
     )
     kube_port: int = _f(
-        11434, "kubernetes discovery: port when no container port is named 'http'", "discovery"
+        11434,
+        "kubernetes discovery: port when no container port is named 'http' and no "
+        "ollamafleet.io/port annotation says",
+        "discovery",
     )
     kubeconfig: str = _f(
         "", "kubeconfig path (empty = in-cluster, then ~/.kube/config)", "discovery"

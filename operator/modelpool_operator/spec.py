@@ -22,7 +22,6 @@ from ollama_wire.quantity import parse_quantity as _parse_quantity
 
 __all__ = [
     "ALL",
-    "VRAM_ANNOTATION",
     "LabelSelector",
     "ModelSpec",
     "PoolSpec",
@@ -33,9 +32,6 @@ __all__ = [
 
 #: ``replicas: all`` — keep the model loaded on every selected pod.
 ALL: Literal["all"] = "all"
-
-#: Pod annotation holding the pod's usable VRAM (a Kubernetes quantity such as ``24Gi``).
-VRAM_ANNOTATION = "ollamafleet.io/vram-bytes"
 
 PullPolicy = Literal["all", "loaded"]
 

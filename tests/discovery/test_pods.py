@@ -13,9 +13,9 @@ from ollama_balancer.discovery.pods import (
     apply_event,
     backend_from_pod,
     backends_from_pods,
-    parse_quantity,
 )
 from ollama_wire.backend import Backend
+from ollama_wire.quantity import parse_quantity
 
 RULES = PodRules(default_slots=2)
 
