@@ -20,7 +20,7 @@ from ollama_wire.models import parse_installed, parse_resident
 from ollama_wire.pods import pod_endpoint, pod_vram_bytes
 
 from .spec import LabelSelector
-from .state import Installed, Observation, PodState, Resident
+from .state import Observation, PodState, Resident
 
 __all__ = ["PodInfo", "observe", "pod_info", "select"]
 
@@ -89,16 +89,8 @@ async def _observe_pod(
         tags, ps = await asyncio.gather(client.tags(), client.ps())
     except OllamaError as exc:
         return replace(base, error=f"{info.url}: {exc.message or exc}")
-    # The balancer's parsers: one reading of Ollama's listings for both components.
-    installed = {
-        m.key: Installed(
-            name=m.name,
-            size=m.size,
-            digest=m.digest,
-            capabilities=frozenset(m.raw.get("capabilities") or ()),
-        )
-        for m in parse_installed(tags)
-    }
+    # The kernel's parsers and /api/tags record: one reading of Ollama's listings.
+    installed = {m.key: m for m in parse_installed(tags)}
     resident = {
         m.key: Resident(
             name=m.name,

@@ -41,12 +41,11 @@ def snap(*pods: Pod, sizes: dict[str, int] | None = None) -> FleetSnapshot:
     states = []
     for p in pods:
         inst = {
-            canonical(m): InstalledModel(canonical(m), m, sizes.get(m, 4) * GB, "d-" + m, "", False)
-            for m in p.installed
+            canonical(m): InstalledModel(m, sizes.get(m, 4) * GB, "d-" + m) for m in p.installed
         }
         res = {
             canonical(m): ResidentModel(
-                canonical(m), m, sizes.get(m, 4) * GB, sizes.get(m, 4) * GB, "d-" + m, "", 4096
+                m, sizes.get(m, 4) * GB, sizes.get(m, 4) * GB, "d-" + m, "", 4096
             )
             for m in p.resident
         }

@@ -61,12 +61,8 @@ def test_route_is_total_and_sane(
                 backend=Backend(
                     name, f"http://{name}", slots=p["slots"], vram_bytes=p["vram"] * gb
                 ),
-                installed={
-                    m: InstalledModel(m, m, 4 * gb, "d" + m, "", False) for m in p["installed"]
-                },
-                resident={
-                    m: ResidentModel(m, m, 4 * gb, 4 * gb, "d" + m, "", 0) for m in p["resident"]
-                },
+                installed={m: InstalledModel(m, 4 * gb, "d" + m) for m in p["installed"]},
+                resident={m: ResidentModel(m, 4 * gb, 4 * gb, "d" + m) for m in p["resident"]},
                 last_ok=None if p["age"] is None else NOW - p["age"],
                 failures=p["failures"],
             )

@@ -12,8 +12,9 @@ from modelpool_operator.observe import pod_info
 from modelpool_operator.plan import plan
 from modelpool_operator.settings import OperatorSettings
 from modelpool_operator.spec import LabelSelector, SpecError, parse_pool_spec, parse_quantity
-from modelpool_operator.state import Installed, Observation, Owned, PodState, Resident
+from modelpool_operator.state import Observation, Owned, PodState, Resident
 from modelpool_operator.status import build_status, merge_conditions
+from ollama_wire.models import InstalledModel
 
 SEL = {"matchLabels": {"app": "ollama"}}
 
@@ -148,10 +149,10 @@ def test_status_ready_counts_pods_and_conditions() -> None:
             PodState(
                 "p0",
                 "http://p0",
-                installed={key: Installed("a:latest", 1)},
+                installed={key: InstalledModel("a:latest", 1)},
                 resident={key: Resident("a:latest", 1, pinned=True)},
             ),
-            PodState("p1", "http://p1", installed={key: Installed("a:latest", 1)}),
+            PodState("p1", "http://p1", installed={key: InstalledModel("a:latest", 1)}),
         ),
         existing=frozenset({"p0", "p1"}),
     )
