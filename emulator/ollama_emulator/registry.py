@@ -23,7 +23,7 @@ from .catalogue import Catalogue, ModelSpec
 from .clock import Clock
 from .stats import Stats
 
-__all__ = ["LibraryEntry", "Library", "PullError", "Puller", "layers"]
+__all__ = ["Library", "LibraryEntry", "PullError", "Puller", "layers"]
 
 _SMALL_LAYERS = (("template", 1429), ("license", 7711), ("params", 96))
 
