@@ -1,0 +1,104 @@
+"""Where the Kubernetes API server is, one rule for every component.
+
+An explicit kubeconfig path wins; without one, the pod's service account (in-cluster),
+and outside a pod the ``fallback`` file (empty: the client library's default,
+``$KUBECONFIG`` or ``~/.kube/config``).  The namespace that comes with it is the
+service account's, else the kubeconfig context's, else ``default``.
+
+The same rule fills either client flavour of the ``kubernetes`` package: the asyncio
+client (:func:`load_async`, the balancer's discovery) and the blocking one
+(:func:`load_blocking`, the operator's status patches and kopf's login).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes.aio.client
+import kubernetes.aio.config
+import kubernetes.client
+import kubernetes.config
+
+__all__ = ["SERVICE_ACCOUNT_NAMESPACE", "KubeSource", "load_async", "load_blocking"]
+
+#: The pod's own namespace, mounted with its service account token.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+@dataclass(frozen=True, slots=True)
+class KubeSource:
+    """Which API server and credentials to use."""
+
+    kubeconfig: str = ""
+    """A kubeconfig file; empty = in-cluster, then :attr:`fallback`."""
+    context: str = ""
+    """kubeconfig context; empty = the file's current one."""
+    fallback: str = ""
+    """kubeconfig file used outside a pod when :attr:`kubeconfig` is empty; empty = the
+    client library's default (``$KUBECONFIG``, else ``~/.kube/config``)."""
+
+    @property
+    def file(self) -> str | None:
+        """The kubeconfig file read when not in-cluster (None: the library's default)."""
+        return self.kubeconfig or self.fallback or None
+
+    def context_namespace(self) -> str:
+        """The namespace of the kubeconfig context in use, else ``default``."""
+        # Plain YAML reading: the same in both flavours, so the blocking one serves.
+        contexts, active = kubernetes.config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            config_file=self.file
+        )
+        chosen: Any = (
+            next((c for c in contexts if c["name"] == self.context), active)
+            if self.context
+            else active
+        )
+        return str((chosen or {}).get("context", {}).get("namespace") or "default")
+
+
+def _service_account_namespace() -> str:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+async def load_async(source: KubeSource) -> tuple[kubernetes.aio.client.Configuration, str]:
+    """A configuration for ``kubernetes.aio`` and the default namespace."""
+    configuration = kubernetes.aio.client.Configuration()
+    if not source.kubeconfig:
+        try:
+            kubernetes.aio.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+            return configuration, _service_account_namespace()
+        except kubernetes.aio.config.ConfigException:
+            pass  # not in a pod: the kubeconfig file
+    await kubernetes.aio.config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=source.file,
+        context=source.context or None,
+        client_configuration=configuration,
+    )
+    return configuration, source.context_namespace()
+
+
+def load_blocking(source: KubeSource) -> tuple[kubernetes.client.Configuration, str]:
+    """A configuration for the blocking ``kubernetes`` client and the default namespace
+    (reads files and may run a credential plugin: call it off the event loop)."""
+    configuration = kubernetes.client.Configuration()
+    if not source.kubeconfig:
+        try:
+            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
+            return configuration, _service_account_namespace()
+        except kubernetes.config.ConfigException:
+            pass  # not in a pod: the kubeconfig file
+    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=source.file,
+        context=source.context or None,
+        client_configuration=configuration,
+    )
+    return configuration, source.context_namespace()
