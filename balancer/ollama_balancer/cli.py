@@ -47,7 +47,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from .telemetry import configure_logging
+    from ollama_wire.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     return asyncio.run(_main(settings))

@@ -40,9 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from ollama_balancer.telemetry import configure_logging
+    from ollama_wire.logs import LogFormat, configure_logging
 
-    configure_logging("console", "warning")
+    configure_logging(LogFormat.CONSOLE, "warning")
     return asyncio.run(_main(args))
 
 

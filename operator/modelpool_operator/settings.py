@@ -14,12 +14,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ollama_wire.logs import LogFormat
+
 from .spec import parse_quantity
 
-__all__ = ["DEFAULT_PEERING", "ENV_PREFIX", "RANDOM_PRIORITY_MAX", "OperatorSettings"]
+__all__ = [
+    "DEFAULT_PEERING",
+    "ENV_PREFIX",
+    "LOG_LEVELS",
+    "RANDOM_PRIORITY_MAX",
+    "OperatorSettings",
+]
 
 ENV_PREFIX = "OLLAMA_FLEET_OPERATOR_"
 DEFAULT_PEERING = "ollama-fleet"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 RANDOM_PRIORITY_MAX = 1_000_000
 """``--priority random`` draws from 1..this; a priority above it always wins (development)."""
 
@@ -73,6 +82,11 @@ class OperatorSettings:
     """kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz."""
     home: str = "~"
     """Home directory for the default kubeconfig path (from $HOME)."""
+    log_format: LogFormat = LogFormat.AUTO
+    """``json`` (one object per line, kopf's records included), ``console``, or ``auto``
+    (JSON unless stderr is a terminal): the balancer's rendering."""
+    log_level: str = "info"
+    """debug | info | warning | error."""
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> OperatorSettings:
@@ -91,6 +105,12 @@ class OperatorSettings:
             values["home"] = environ["HOME"]
         if isinstance(values.get("priority"), str):
             values["priority"] = parse_priority(values["priority"])
+        if "log_format" in values:
+            try:
+                values["log_format"] = LogFormat(str(values["log_format"]).lower())
+            except ValueError:
+                choices = ", ".join(f.value for f in LogFormat)
+                raise ValueError(f"log format must be one of {choices}") from None
         if isinstance(values.get("default_vram_bytes"), str):
             values["default_vram_bytes"] = parse_quantity(values["default_vram_bytes"])
         settings = cls(**values)
@@ -106,6 +126,8 @@ class OperatorSettings:
             raise ValueError("--all-namespaces and --namespace are exclusive")
         if self.standalone and self.peering:
             raise ValueError("--standalone and --peering are exclusive")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
 
     @property
     def watched_namespaces(self) -> tuple[str, ...]:
