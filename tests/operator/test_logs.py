@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,15 +45,12 @@ async def test_operator_prints_json_lines(
     crd: None,
     tmp_path: Path,
 ) -> None:
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "ollama_fleet", "operator"),
-            *("--log-format", "json", "--standalone", "-n", kube_namespace),
-            *("--kubeconfig", str(kube_cluster.kubeconfig)),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "ollama_fleet", "operator"),
+        *("--log-format", "json", "--standalone", "-n", kube_namespace),
+        *("--kubeconfig", str(kube_cluster.kubeconfig)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "HOME": str(tmp_path)},
     )
     assert proc.stderr is not None
@@ -75,17 +71,21 @@ async def test_operator_prints_json_lines(
 
         async with asyncio.timeout(60):
             while not seen_kopf_object_record():
-                line = await asyncio.to_thread(proc.stderr.readline)
-                assert line, f"the operator exited ({proc.poll()}) before kopf logged an object"
+                line = await proc.stderr.readline()
+                assert line, f"the operator exited ({proc.returncode}) before kopf logged an object"
                 records.append(json.loads(line))  # every line is one JSON object
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            _, rest = await asyncio.to_thread(proc.communicate, timeout=30)
-        except subprocess.TimeoutExpired:
+            async with asyncio.timeout(30):
+                rest = await proc.stderr.read()
+                await proc.wait()
+        except TimeoutError:
             proc.kill()
+            await proc.wait()
             raise
     records += [json.loads(line) for line in rest.splitlines() if line.strip()]
+    assert proc.returncode == 0
     for record in records:
         assert {"event", "level", "logger", "timestamp"} <= set(record), record
         assert "settings" not in record and "k8s_ref" not in record, record
