@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from ollama_wire.kubeconfig import KubeSource, load_async, load_blocking
+from modelpool_operator.settings import OperatorSettings
+from ollama_balancer.settings import load_settings
+from ollama_wire.kubeconfig import load_async, load_blocking
+from ollama_wire.kubesource import KubeSource, kubeconfig_path
 
 
 def kubeconfig(path: Path, server: str, namespace: str | None = None) -> Path:
@@ -98,3 +101,32 @@ async def test_both_flavours_follow_one_rule(flavour: str, case: Case, tmp_path:
 async def test_a_missing_file_is_an_error(flavour: str, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="Invalid kube-config file"):
         await load_either(flavour, KubeSource(kubeconfig=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize(
+    ("explicit", "environ", "path"),
+    [
+        pytest.param("/a", {"KUBECONFIG": "/b"}, "/a", id="explicit wins"),
+        pytest.param("", {"KUBECONFIG": "/b:/c"}, "/b", id="first file of $KUBECONFIG"),
+        pytest.param(None, {"KUBECONFIG": ":/c"}, "/c", id="empty entries skipped"),
+        pytest.param("", {}, "", id="neither: in-cluster, then ~/.kube/config"),
+    ],
+)
+def test_kubeconfig_path(explicit: str | None, environ: dict[str, str], path: str) -> None:
+    assert kubeconfig_path(explicit, environ) == path
+
+
+@pytest.mark.parametrize(
+    ("flag", "environ", "path"),
+    [
+        pytest.param("", {"KUBECONFIG": "/b:/c"}, "/b", id="environment"),
+        pytest.param("/a", {"KUBECONFIG": "/b"}, "/a", id="setting wins"),
+        pytest.param("", {}, "", id="in-cluster"),
+    ],
+)
+def test_balancer_and_operator_settings_agree(
+    flag: str, environ: dict[str, str], path: str
+) -> None:
+    balancer = load_settings(None, {**environ, "OLLAMA_FLEET_KUBECONFIG": flag})
+    operator = OperatorSettings.from_sources({"kubeconfig": flag or None}, environ)
+    assert balancer.kubeconfig == (operator.kubeconfig or "") == path

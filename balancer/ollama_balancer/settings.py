@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,47 @@ import yaml
 
 from ollama_wire.backend import Backend
 from ollama_wire.hosts import parse_backends
+from ollama_wire.kubesource import kubeconfig_path
+from ollama_wire.logs import LogFormat
 
-__all__ = ["ENV_PREFIX", "BalancerSettings", "SettingsError", "add_arguments", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "AdminMode",
+    "BalancerSettings",
+    "DiscoveryKind",
+    "RoutingPolicy",
+    "SettingsError",
+    "add_arguments",
+    "load_settings",
+]
 
 ENV_PREFIX = "OLLAMA_FLEET_"
+
+
+class DiscoveryKind(StrEnum):
+    """How backends are found."""
+
+    STATIC = "static"
+    DNS = "dns"
+    KUBERNETES = "kubernetes"
+
+
+class AdminMode(StrEnum):
+    """What becomes of admin requests (pull, delete, create, copy, push, blobs)."""
+
+    DENY = "deny"
+    """403, pointing at ModelPool."""
+    FANOUT = "fanout"
+    """pull and delete go to every pod (or the pinned one)."""
+
+
+class RoutingPolicy(StrEnum):
+    """The product's model-aware policy, and model-unaware baselines for benchmarks."""
+
+    RESIDENCY = "residency"
+    LEAST_CONNECTIONS = "least-connections"
+    ROUND_ROBIN = "round-robin"
+    RANDOM = "random"
 
 
 class SettingsError(ValueError):
@@ -48,7 +86,9 @@ class BalancerSettings:
         "listen",
     )
     # --- backends
-    discovery: str = _f("static", "how backends are found: static | dns | kubernetes", "discovery")
+    discovery: DiscoveryKind = _f(
+        DiscoveryKind.STATIC, "how backends are found: static | dns | kubernetes", "discovery"
+    )
     backends: tuple[str, ...] = _f(
         (),
         "static backends: [NAME=]ADDRESS[;slots=N][;vram=24Gi], comma-separated in env/flags "
@@ -73,7 +113,9 @@ class BalancerSettings:
         "discovery",
     )
     kubeconfig: str = _f(
-        "", "kubeconfig path (empty = in-cluster, then ~/.kube/config)", "discovery"
+        "",
+        "kubeconfig path (empty = the first of $KUBECONFIG, else in-cluster, else ~/.kube/config)",
+        "discovery",
     )
     # --- polling
     poll_interval: float = _f(2.0, "seconds between polls of /api/ps and /api/tags", "polling")
@@ -99,8 +141,8 @@ class BalancerSettings:
         1.25, "affinity is ignored when its pod is loaded above this × the mean", "routing"
     )
     auto_pull: bool = _f(False, "pull a model that no pod has, instead of answering 404", "routing")
-    routing_policy: str = _f(
-        "residency",
+    routing_policy: RoutingPolicy = _f(
+        RoutingPolicy.RESIDENCY,
         "residency | least-connections | round-robin | random (the last three are "
         "model-unaware baselines for benchmarks)",
         "routing",
@@ -121,8 +163,10 @@ class BalancerSettings:
     retry_budget: float = _f(
         30.0, "seconds after which no further backend is tried for a request", "proxy"
     )
-    admin: str = _f(
-        "deny", "admin endpoints (pull/delete/...): deny | fanout (pull/delete to pods)", "proxy"
+    admin: AdminMode = _f(
+        AdminMode.DENY,
+        "admin endpoints (pull/delete/...): deny | fanout (pull/delete to pods)",
+        "proxy",
     )
     # --- security (docs/security.md)
     auth_file: str = _f(
@@ -146,7 +190,7 @@ class BalancerSettings:
         16384, "longest request line or header line accepted (else 400)", "security"
     )
     # --- process
-    log_format: str = _f("auto", "log rendering: auto | json | console", "process")
+    log_format: LogFormat = _f(LogFormat.AUTO, "log rendering: auto | json | console", "process")
     log_level: str = _f("info", "log level: debug | info | warning | error", "process")
     drain_delay: float = _f(
         0.0, "SIGTERM: seconds to keep accepting while endpoints update", "process"
@@ -162,11 +206,15 @@ class BalancerSettings:
             raise SettingsError(f"backends: {exc}") from None
 
 
-_CHOICES = {
-    "discovery": ("static", "dns", "kubernetes"),
-    "admin": ("deny", "fanout"),
-    "routing_policy": ("residency", "least-connections", "round-robin", "random"),
-    "log_format": ("auto", "json", "console"),
+#: Settings whose value is one of an enumeration's.
+_ENUMS: dict[str, type[StrEnum]] = {
+    "discovery": DiscoveryKind,
+    "admin": AdminMode,
+    "routing_policy": RoutingPolicy,
+    "log_format": LogFormat,
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    **{name: tuple(member.value for member in kind) for name, kind in _ENUMS.items()},
     "log_level": ("debug", "info", "warning", "error"),
 }
 
@@ -216,8 +264,17 @@ def _item_to_str(item: Any) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare one flag per setting (defaults shown as None: precedence is resolved later)."""
-    parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below")
+    """Declare one flag per setting.
+
+    A flag that is not given leaves no attribute (``SUPPRESS``): precedence is resolved in
+    :func:`load_settings`, and each help text names the real default once.
+    """
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="YAML file with any of the settings below",
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     defaults = BalancerSettings()
     for f in _fields():
@@ -233,19 +290,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 flag,
                 dest=f.name,
-                default=None,
+                default=argparse.SUPPRESS,
                 action=argparse.BooleanOptionalAction,
                 help=help_text,
             )
         elif f.type == "tuple[str, ...]":
             group.add_argument(
-                flag, dest=f.name, default=None, action="append", metavar="VALUE", help=help_text
+                flag,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                action="append",
+                metavar="VALUE",
+                help=help_text,
             )
         else:
             group.add_argument(
                 flag,
                 dest=f.name,
-                default=None,
+                default=argparse.SUPPRESS,
                 metavar=f.name.upper(),
                 choices=_CHOICES.get(f.name),
                 help=help_text,
@@ -294,6 +356,10 @@ def load_settings(
     for name, allowed in _CHOICES.items():
         if name in values and values[name] not in allowed:
             raise SettingsError(f"{name}: must be one of {', '.join(allowed)}")
+    for name, kind in _ENUMS.items():
+        if name in values:
+            values[name] = kind(values[name])
+    values["kubeconfig"] = kubeconfig_path(values.get("kubeconfig"), environ)
     settings = BalancerSettings(**values)
     _validate(settings)
     return settings

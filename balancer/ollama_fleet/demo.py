@@ -6,9 +6,13 @@ import argparse
 import asyncio
 import signal
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ollama_balancer.app import create_app, serve
 from ollama_balancer.settings import BalancerSettings
+
+if TYPE_CHECKING:
+    from ollama_emulator import FleetConfig
 
 __all__ = ["configure", "run"]
 
@@ -46,11 +50,11 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return asyncio.run(_main(args))
 
 
-def _demo_fleet(args: argparse.Namespace) -> object:
+def _demo_fleet(args: argparse.Namespace) -> FleetConfig:
     from ollama_emulator import FleetConfig, NodeConfig, default_catalogue
 
     catalogue = default_catalogue()
-    names = [m.name for m in catalogue.models] if hasattr(catalogue, "models") else []
+    names = [m.name for m in catalogue]
     chat = [n for n in names if "embed" not in n][:4] or ["llama3.2:3b"]
     embed = [n for n in names if "embed" in n][:1]
     base = args.node_base_ip.rsplit(".", 1)
@@ -74,7 +78,7 @@ async def _main(args: argparse.Namespace) -> int:
     from ollama_emulator import EmulatedFleet
 
     config = _demo_fleet(args)
-    async with EmulatedFleet(config) as fleet:  # type: ignore[arg-type]
+    async with EmulatedFleet(config) as fleet:
         settings = BalancerSettings(
             host=args.host,
             port=args.port,
@@ -84,7 +88,7 @@ async def _main(args: argparse.Namespace) -> int:
         app = create_app(settings)
         runner, port = await serve(app, args.host, args.port, shutdown_timeout=5)
         url = f"http://{args.host}:{port}"
-        model = config.nodes[0].loaded[0]  # type: ignore[attr-defined]
+        model = config.nodes[0].loaded[0]
         print(f"Emulated Ollama fleet: {', '.join(f'{n.name} {n.url}' for n in fleet.nodes)}")
         print(f"ollama-fleet balancer:  {url}   (Ctrl-C to stop)\n")
         print("Try it:")

@@ -1,9 +1,9 @@
-"""Where the Kubernetes API server is, one rule for every component.
+"""A Kubernetes client configuration from a :class:`~ollama_wire.kubesource.KubeSource`.
 
-An explicit kubeconfig path wins; without one, the pod's service account (in-cluster),
-and outside a pod the ``fallback`` file (empty: the client library's default,
-``$KUBECONFIG`` or ``~/.kube/config``).  The namespace that comes with it is the
-service account's, else the kubeconfig context's, else ``default``.
+A kubeconfig file when the source names one; else the pod's service account
+(in-cluster), and outside a pod the ``fallback`` file (empty: ``~/.kube/config``).
+The namespace that comes with it is the service account's, else the kubeconfig
+context's, else ``default``.
 
 The same rule fills either client flavour of the ``kubernetes`` package: the asyncio
 client (:func:`load_async`, the balancer's discovery) and the blocking one
@@ -12,7 +12,6 @@ client (:func:`load_async`, the balancer's discovery) and the blocking one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +20,26 @@ import kubernetes.aio.config
 import kubernetes.client
 import kubernetes.config
 
-__all__ = ["SERVICE_ACCOUNT_NAMESPACE", "KubeSource", "load_async", "load_blocking"]
+from .kubesource import KubeSource
+
+__all__ = ["SERVICE_ACCOUNT_NAMESPACE", "load_async", "load_blocking"]
 
 #: The pod's own namespace, mounted with its service account token.
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-@dataclass(frozen=True, slots=True)
-class KubeSource:
-    """Which API server and credentials to use."""
-
-    kubeconfig: str = ""
-    """A kubeconfig file; empty = in-cluster, then :attr:`fallback`."""
-    context: str = ""
-    """kubeconfig context; empty = the file's current one."""
-    fallback: str = ""
-    """kubeconfig file used outside a pod when :attr:`kubeconfig` is empty; empty = the
-    client library's default (``$KUBECONFIG``, else ``~/.kube/config``)."""
-
-    @property
-    def file(self) -> str | None:
-        """The kubeconfig file read when not in-cluster (None: the library's default)."""
-        return self.kubeconfig or self.fallback or None
-
-    def context_namespace(self) -> str:
-        """The namespace of the kubeconfig context in use, else ``default``."""
-        # Plain YAML reading: the same in both flavours, so the blocking one serves.
-        contexts, active = kubernetes.config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-            config_file=self.file
-        )
-        chosen: Any = (
-            next((c for c in contexts if c["name"] == self.context), active)
-            if self.context
-            else active
-        )
-        return str((chosen or {}).get("context", {}).get("namespace") or "default")
+def _context_namespace(source: KubeSource) -> str:
+    """The namespace of the kubeconfig context in use, else ``default``."""
+    # Plain YAML reading: the same in both flavours, so the blocking one serves.
+    contexts, active = kubernetes.config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+        config_file=source.file
+    )
+    chosen: Any = (
+        next((c for c in contexts if c["name"] == source.context), active)
+        if source.context
+        else active
+    )
+    return str((chosen or {}).get("context", {}).get("namespace") or "default")
 
 
 def _service_account_namespace() -> str:
@@ -81,7 +65,7 @@ async def load_async(source: KubeSource) -> tuple[kubernetes.aio.client.Configur
         context=source.context or None,
         client_configuration=configuration,
     )
-    return configuration, source.context_namespace()
+    return configuration, _context_namespace(source)
 
 
 def load_blocking(source: KubeSource) -> tuple[kubernetes.client.Configuration, str]:
@@ -101,4 +85,4 @@ def load_blocking(source: KubeSource) -> tuple[kubernetes.client.Configuration, 
         context=source.context or None,
         client_configuration=configuration,
     )
-    return configuration, source.context_namespace()
+    return configuration, _context_namespace(source)

@@ -16,7 +16,8 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ollama_wire.kubeconfig import KubeSource, load_blocking
+from ollama_wire.kubeconfig import load_blocking
+from ollama_wire.kubesource import KubeSource
 
 __all__ = ["GROUP", "PEERING_GROUP", "PEERING_VERSION", "PLURAL", "VERSION", "KubeAccess"]
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ollama_wire.kubesource import kubeconfig_path
 from ollama_wire.logs import LogFormat
 
 from .spec import parse_quantity
@@ -62,7 +63,8 @@ class OperatorSettings:
     default_vram_bytes: int | None = None
     """VRAM of a pod with neither the annotation nor a pool default; None = unlimited."""
     kubeconfig: str | None = None
-    """kubeconfig path; None = in-cluster service account, else ~/.kube/config."""
+    """kubeconfig path (else the first of $KUBECONFIG); None = in-cluster service account,
+    else ~/.kube/config (:mod:`ollama_wire.kubesource`, the balancer's rule too)."""
     context: str | None = None
     """kubeconfig context."""
     peering: str | None = None
@@ -99,8 +101,7 @@ class OperatorSettings:
                 values[f.name] = given
             elif env is not None and env != "":
                 values[f.name] = _convert(f.name, env)
-        if "kubeconfig" not in values and environ.get("KUBECONFIG"):
-            values["kubeconfig"] = environ["KUBECONFIG"].split(":")[0]
+        values["kubeconfig"] = kubeconfig_path(values.get("kubeconfig"), environ) or None
         if "home" not in values and environ.get("HOME"):
             values["home"] = environ["HOME"]
         if isinstance(values.get("priority"), str):

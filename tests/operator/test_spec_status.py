@@ -71,6 +71,19 @@ def test_spec_values(model: dict[str, Any], field: str, value: Any) -> None:
         pytest.param(
             {"selector": SEL, "models": [], "defaultVramBytes": "lots"}, "quantity", id="vram"
         ),
+        pytest.param(
+            {"selector": SEL, "models": [], "defaultVramBytes": [24]},
+            "not a quantity",
+            id="vram not a string or number",
+        ),
+        pytest.param(
+            {
+                "selector": {"matchExpressions": [{"key": "k", "operator": "In", "values": 5}]},
+                "models": [],
+            },
+            "values: must be a list",
+            id="selector values not a list",
+        ),
     ],
 )
 def test_spec_errors(raw: dict[str, Any], message: str) -> None:

@@ -31,7 +31,8 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from ollama_wire.backend import Backend
-from ollama_wire.kubeconfig import KubeSource, load_async
+from ollama_wire.kubeconfig import load_async
+from ollama_wire.kubesource import KubeSource
 
 from ..backends import Publish
 from ..telemetry import get_logger
