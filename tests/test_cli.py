@@ -33,6 +33,18 @@ def test_balancer_help_documents_every_setting() -> None:
         assert "OLLAMA_FLEET_" + name.upper() in out, name
 
 
+def test_balancer_help_shows_each_real_default_once() -> None:
+    """#11: argparse appended "(default: None)" to every flag; each shows its own once."""
+    out = " ".join(run("balancer", "--help").split())  # undo argparse's line wrapping
+    assert "(default:" not in out
+    defaults = BalancerSettings()
+    for name in BalancerSettings.__dataclass_fields__:
+        value = getattr(defaults, name)
+        shown = ",".join(value) if isinstance(value, tuple) else str(value)
+        entry = f"[env OLLAMA_FLEET_{name.upper()}; default: {shown}]"
+        assert out.count(entry) == 1, entry
+
+
 def test_balancer_refuses_bad_config() -> None:
     proc = subprocess.run(
         [*CLI, "balancer", "--backends", "a=http://127.0.0.1:1", "--poll-interval", "-1"],
@@ -62,7 +74,8 @@ def test_demo_serves_a_chat() -> None:
                 url = match.group(1)
         assert url, "demo did not print its URL"
         tags = json.load(urllib.request.urlopen(url + "/api/tags", timeout=10))
-        model = tags["models"][0]["name"]
+        # The demo's nodes hold chat models and an embedding model: chat with a chat model.
+        model = next(m["name"] for m in tags["models"] if "completion" in m["capabilities"])
         req = urllib.request.Request(
             url + "/api/chat",
             data=json.dumps(
