@@ -38,7 +38,7 @@ def kubeconfig(path: Path, server: str, namespace: str | None = None) -> Path:
     return path
 
 
-async def load_either(flavour: str, source: KubeSource) -> tuple[str, str, str]:
+async def load_either(flavour: str, source: KubeSource) -> tuple[str, str | None, str]:
     """(host, authorization header, namespace) as either client flavour loads them."""
     if flavour == "async":
         aio_cfg, namespace = await load_async(source)

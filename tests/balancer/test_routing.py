@@ -8,15 +8,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ollama_balancer.fleet import (
-    BackendState,
-    FleetSnapshot,
-    InstalledModel,
-    ResidentModel,
-)
+from ollama_balancer.fleet import BackendState, FleetSnapshot
 from ollama_balancer.ledger import Ledger
 from ollama_balancer.routing import Policy, RouteRequest, route
 from ollama_wire.backend import Backend
+from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical
 
 GB = 1024**3

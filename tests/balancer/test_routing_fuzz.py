@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,7 +44,7 @@ pod = st.fixed_dictionaries(
     seed=st.integers(0, 2**16),
 )
 def test_route_is_total_and_sane(
-    pods: list[dict],
+    pods: list[dict[str, Any]],
     model: str,
     pin: str | None,
     affinity: str | None,

@@ -50,7 +50,8 @@ def discovery_threads() -> list[str]:
 async def leftover_tasks(before: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
     """Tasks started since ``before`` that are still running (one loop pass to settle)."""
     await asyncio.sleep(0)
-    return asyncio.all_tasks() - before - {asyncio.current_task()}  # type: ignore[operator]
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() - before if t is not current}
 
 
 @asynccontextmanager

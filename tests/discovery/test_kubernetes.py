@@ -71,9 +71,8 @@ class Pods:
     async def touch_other(self, name: str) -> None:
         """Write something unrelated: advances etcd's revision past the watch's."""
         core = client.CoreV1Api(self.api)
-        await asyncio.to_thread(
-            core.create_namespaced_config_map, self.ns, {"metadata": {"name": name}}
-        )
+        body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name))
+        await asyncio.to_thread(core.create_namespaced_config_map, self.ns, body)
 
 
 @pytest.fixture

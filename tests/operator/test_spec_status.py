@@ -103,7 +103,7 @@ def test_keep_alive_on_the_wire_is_a_number() -> None:
     ("text", "value"),
     [("24Gi", 24 * 2**30), ("80G", 80 * 10**9), ("1e9", 10**9), (1024, 1024), ("1.5Ki", 1536)],
 )
-def test_quantity(text: object, value: int) -> None:
+def test_quantity(text: str | int, value: int) -> None:
     assert parse_quantity(text) == value
 
 
