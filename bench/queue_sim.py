@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ollama_balancer.dispatch import Binding, Occupancy, dispatch
+from ollama_balancer.errors import for_outcome
 from ollama_balancer.fleet import BackendState, FleetSnapshot
 from ollama_balancer.queueing import Priority, QueueSettings, Waiting, WaitQueue
 from ollama_balancer.routing import Policy
@@ -42,8 +43,8 @@ ALWAYS_FRESH = Policy(stale_after=math.inf)
 
 
 def snapshot(cfg: saturation.Config) -> FleetSnapshot:
-    inst = InstalledModel(KEY, saturation.MODEL, 4 * 10**9, "d", "", False)
-    res = ResidentModel(KEY, saturation.MODEL, 4 * 10**9, 4 * 10**9, "d", "", 4096)
+    inst = InstalledModel(saturation.MODEL, 4 * 10**9, "d")
+    res = ResidentModel(saturation.MODEL, 4 * 10**9, 4 * 10**9, "d", "", 4096)
     return FleetSnapshot(
         tuple(
             BackendState(
@@ -108,7 +109,7 @@ def simulate(
         )
         for r in d.rejects:
             queue.cancel(r.id)
-            records[int(r.id)]["status"] = r.error.status
+            records[int(r.id)]["status"] = for_outcome(r.outcome).status
         for b in d.binds:
             queue.take(b.id)
             i = int(b.id)

@@ -154,13 +154,14 @@ def run_one(cfg: Config, scenario: str, policy: str) -> dict[str, Any]:
         else:
             proc, base = common.start_litellm(procs, urls, models)
             headers = {"Authorization": "Bearer sk-bench"}
+        hard_timeout = (cfg.duration + cfg.timeout) * s + 60
         spec = {
             "mode": "trace",
             "url": base + "/v1/chat/completions",
             "headers": headers,
             "trace": real_trace,
             "timeout": cfg.timeout * s,
-            "hard_timeout": (cfg.duration + cfg.timeout) * s + 60,
+            "hard_timeout": hard_timeout,
         }
         stop = threading.Event()
         series: list[tuple[float, int]] = []
@@ -170,7 +171,7 @@ def run_one(cfg: Config, scenario: str, policy: str) -> dict[str, Any]:
         cpu0 = proc.cpu()
         sampler.start()
         try:
-            res = common.run_loadgen(tmp, spec, timeout=spec["hard_timeout"] + 30)
+            res = common.run_loadgen(tmp, spec, timeout=hard_timeout + 30)
         finally:
             stop.set()
             sampler.join(10)

@@ -253,7 +253,7 @@ def run_one(cfg: Config, policy: str, trace: list[dict[str, Any]]) -> dict[str, 
         cpu0 = proc.cpu()
         sampler.start()
         try:
-            res = common.run_loadgen(tmp, spec, timeout=spec["hard_timeout"] + 30)
+            res = common.run_loadgen(tmp, spec, timeout=float(str(spec["hard_timeout"])) + 30)
         finally:
             stop.set()
             sampler.join(10)

@@ -43,16 +43,17 @@ def run(cfg: Config) -> dict[str, Any]:
             endpoints["nginx"] = common.start_nginx(procs, urls)
         for n in cfg.streams:
             for target, (proc, base) in endpoints.items():
+                duration = cfg.tokens / 20 * 4 + 30
                 spec = {
                     "mode": "stream",
                     "url": base + "/api/chat",
                     "body": body,
                     "streams": n,
                     "ramp": 1.0,
-                    "duration": cfg.tokens / 20 * 4 + 30,
+                    "duration": duration,
                 }
                 cpu0 = proc.cpu() if proc else 0.0
-                res = common.run_loadgen(tmp, spec, timeout=spec["duration"] + 30)
+                res = common.run_loadgen(tmp, spec, timeout=duration + 30)
                 cpu = (proc.cpu() - cpu0) if proc else float("nan")
                 gaps = [g * 1e3 for g in res["gaps"]]
                 rows.append(

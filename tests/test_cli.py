@@ -34,6 +34,18 @@ def test_balancer_help_documents_every_setting() -> None:
         assert "OLLAMA_FLEET_" + name.upper() in out, name
 
 
+def test_balancer_help_shows_each_real_default_once() -> None:
+    """#11: argparse appended "(default: None)" to every flag; each shows its own once."""
+    out = " ".join(run("balancer", "--help").split())  # undo argparse's line wrapping
+    assert "(default:" not in out
+    defaults = BalancerSettings()
+    for name in BalancerSettings.__dataclass_fields__:
+        value = getattr(defaults, name)
+        shown = ",".join(value) if isinstance(value, tuple) else str(value)
+        entry = f"[env OLLAMA_FLEET_{name.upper()}; default: {shown}]"
+        assert out.count(entry) == 1, entry
+
+
 def test_balancer_refuses_bad_config() -> None:
     proc = subprocess.run(
         [*CLI, "balancer", "--backends", "a=http://127.0.0.1:1", "--poll-interval", "-1"],

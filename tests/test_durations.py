@@ -8,6 +8,7 @@ from ollama_wire.durations import (
     format_go_duration,
     parse_keep_alive,
 )
+from ollama_wire.jsonvalue import JsonValue
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ from ollama_wire.durations import (
         pytest.param("-1s", FOREVER, id="ollama run --keepalive -1s"),
     ],
 )
-def test_keep_alive(value: object, seconds: float | None) -> None:
+def test_keep_alive(value: JsonValue, seconds: float | None) -> None:
     assert parse_keep_alive(value) == seconds
 
 
@@ -43,7 +44,7 @@ def test_keep_alive(value: object, seconds: float | None) -> None:
         pytest.param([1], "Unsupported type: '[]interface {}'", id="list"),
     ],
 )
-def test_keep_alive_errors(value: object, message: str) -> None:
+def test_keep_alive_errors(value: JsonValue, message: str) -> None:
     with pytest.raises(KeepAliveError) as info:
         parse_keep_alive(value)
     assert str(info.value) == message

@@ -8,10 +8,12 @@ import signal
 import sys
 from collections.abc import Mapping
 
+from aiohttp import web
+
 from .app import create_app, ops_app, serve
 from .backends import Discovery
 from .settings import BalancerSettings, SettingsError, add_arguments, load_settings
-from .state import BALANCER
+from .state import BALANCER, Balancer
 
 __all__ = ["configure", "run"]
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from .telemetry import configure_logging
+    from ollama_wire.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     return asyncio.run(_main(settings))
@@ -75,13 +77,8 @@ async def _main(settings: BalancerSettings) -> int:
     return 0
 
 
-async def drain(bal: object, runner: object, settings: BalancerSettings) -> None:
+async def drain(bal: Balancer, runner: web.AppRunner, settings: BalancerSettings) -> None:
     """SIGTERM: unready at once, keep accepting for drain_delay, then let in-flight finish."""
-    from aiohttp import web
-
-    from .state import Balancer
-
-    assert isinstance(bal, Balancer) and isinstance(runner, web.AppRunner)
     bal.draining = True
     if settings.drain_delay > 0:
         await asyncio.sleep(settings.drain_delay)

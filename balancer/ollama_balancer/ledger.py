@@ -137,17 +137,6 @@ class Ledger:
     def learn_service(self, model: str, seconds: float) -> None:
         self._service_seconds[model] = _ewma(self._service_seconds.get(model), seconds)
 
-    def forget_loaded_before(self, backend: str, when: float) -> None:
-        """A poll taken after the load finished is authoritative again."""
-        for key in [k for k, t in self._loaded.items() if k[0] == backend and t <= when]:
-            del self._loaded[key]
-
-    def forget_backend(self, backend: str) -> None:
-        for d in (self._loading, self._loaded):
-            for key in [k for k in d if k[0] == backend]:
-                del d[key]
-        self._penalties.pop(backend, None)
-
 
 def _ewma(old: float | None, new: float) -> float:
     return new if old is None else old + _EWMA * (new - old)

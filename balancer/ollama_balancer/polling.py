@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import aiohttp
 
@@ -24,14 +25,27 @@ from ollama_wire.models import parse_installed, parse_resident
 
 from .fleet import FleetSnapshot, PollResult, apply_poll
 
-__all__ = ["FleetChange", "FleetView", "Poller", "poll_backend"]
+__all__ = ["ChangeKind", "FleetChange", "FleetView", "Poller", "poll_backend"]
+
+
+class ChangeKind(StrEnum):
+    """What happened to a backend (the ``kind`` key of ``fleet_change`` log events and the
+    label of the fleet-changes metric)."""
+
+    JOINED = "joined"
+    LEFT = "left"
+    UP = "up"
+    DOWN = "down"
+    """``fail_threshold`` polls in a row failed (``detail``: the last error)."""
+    LOADED = "loaded"
+    UNLOADED = "unloaded"
 
 
 @dataclass(frozen=True, slots=True)
 class FleetChange:
-    """``kind``: joined | left | up | down | loaded | unloaded."""
+    """One change of the fleet, for logs and metrics."""
 
-    kind: str
+    kind: ChangeKind
     backend: str
     model: str = ""
     detail: str = ""
@@ -59,9 +73,9 @@ class FleetView:
         self.snapshot = self.snapshot.with_backends(backends, self._clock())
         after = set(self.snapshot.names())
         for name in sorted(after - before):
-            self._emit(FleetChange("joined", name))
+            self._emit(FleetChange(ChangeKind.JOINED, name))
         for name in sorted(before - after):
-            self._emit(FleetChange("left", name))
+            self._emit(FleetChange(ChangeKind.LEFT, name))
         self.changed.set()
 
     def apply(self, result: PollResult, fail_threshold: int) -> None:
@@ -73,14 +87,14 @@ class FleetView:
         assert new is not None
         if result.error:
             if old.failures < fail_threshold <= new.failures:
-                self._emit(FleetChange("down", result.backend, detail=result.error))
+                self._emit(FleetChange(ChangeKind.DOWN, result.backend, detail=result.error))
             return
         if old.last_ok is None or old.failures >= fail_threshold:
-            self._emit(FleetChange("up", result.backend))
+            self._emit(FleetChange(ChangeKind.UP, result.backend))
         for key in sorted(new.resident.keys() - old.resident.keys()):
-            self._emit(FleetChange("loaded", result.backend, new.resident[key].name))
+            self._emit(FleetChange(ChangeKind.LOADED, result.backend, new.resident[key].name))
         for key in sorted(old.resident.keys() - new.resident.keys()):
-            self._emit(FleetChange("unloaded", result.backend, old.resident[key].name))
+            self._emit(FleetChange(ChangeKind.UNLOADED, result.backend, old.resident[key].name))
         self.changed.set()
 
 

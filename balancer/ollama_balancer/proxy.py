@@ -30,7 +30,7 @@ from .errors import AttemptFailed, BadRequest, Forbidden, for_outcome, give_up
 from .ledger import COLD_LOAD_THRESHOLD, Ledger
 from .polling import FleetView
 from .queueing import BadPriority, QueueSettings, Waiting, request_priority, tenant_of
-from .rankers import COLD_REASONS, Choice, Reason, Strategy
+from .rankers import COLD_REASONS, Choice, Reason
 from .record import RequestRecord
 from .requests import Intent, ParsedRequest, affinity_key, with_num_ctx
 from .routes import spec_for
@@ -98,7 +98,7 @@ class Proxy:
             stale_after=settings.stale_after,
             affinity_bound=settings.affinity_bound,
             auto_pull=settings.auto_pull,
-            strategy=Strategy(settings.routing_policy),
+            strategy=settings.routing_policy,
         )
         self._turn = 0  # round-robin baseline's cursor
         self._affinity: OrderedDict[str, str] = OrderedDict()

@@ -13,21 +13,50 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ollama_wire.backend import Backend
+from ollama_wire.hosts import parse_backends
+from ollama_wire.kubesource import kubeconfig_path
+from ollama_wire.logs import LogFormat
 from ollama_wire.names import InvalidModelName, canonical
-from ollama_wire.quantity import parse_quantity
 
-__all__ = ["ENV_PREFIX", "BalancerSettings", "SettingsError", "add_arguments", "load_settings"]
+from .rankers import Strategy
+
+__all__ = [
+    "ENV_PREFIX",
+    "AdminMode",
+    "BalancerSettings",
+    "DiscoveryKind",
+    "SettingsError",
+    "add_arguments",
+    "load_settings",
+]
 
 ENV_PREFIX = "OLLAMA_FLEET_"
+
+
+class DiscoveryKind(StrEnum):
+    """How backends are found."""
+
+    STATIC = "static"
+    DNS = "dns"
+    KUBERNETES = "kubernetes"
+
+
+class AdminMode(StrEnum):
+    """What becomes of admin requests (pull, delete, create, copy, push, blobs)."""
+
+    DENY = "deny"
+    """403, pointing at ModelPool."""
+    FANOUT = "fanout"
+    """pull, delete, create, copy and blobs go to every pod (or the pinned one)."""
 
 
 class SettingsError(ValueError):
@@ -50,10 +79,13 @@ class BalancerSettings:
         "listen",
     )
     # --- backends
-    discovery: str = _f("static", "how backends are found: static | dns | kubernetes", "discovery")
+    discovery: DiscoveryKind = _f(
+        DiscoveryKind.STATIC, "how backends are found: static | dns | kubernetes", "discovery"
+    )
     backends: tuple[str, ...] = _f(
         (),
-        "static backends: URL or NAME=URL[;slots=N][;vram=24Gi], comma-separated in env/flags",
+        "static backends: [NAME=]ADDRESS[;slots=N][;vram=24Gi], comma-separated in env/flags "
+        "(a bare host means http://HOST:11434, as OLLAMA_HOST reads it)",
         "discovery",
     )
     default_slots: int = _f(
@@ -68,10 +100,15 @@ class BalancerSettings:
         "app.kubernetes.io/name=ollama", "kubernetes discovery: pod label selector", "discovery"
     )
     kube_port: int = _f(
-        11434, "kubernetes discovery: port when no container port is named 'http'", "discovery"
+        11434,
+        "kubernetes discovery: port when no container port is named 'http' and no "
+        "ollamafleet.io/port annotation says",
+        "discovery",
     )
     kubeconfig: str = _f(
-        "", "kubeconfig path (empty = in-cluster, then ~/.kube/config)", "discovery"
+        "",
+        "kubeconfig path (empty = the first of $KUBECONFIG, else in-cluster, else ~/.kube/config)",
+        "discovery",
     )
     # --- polling
     poll_interval: float = _f(2.0, "seconds between polls of /api/ps and /api/tags", "polling")
@@ -97,8 +134,8 @@ class BalancerSettings:
         1.25, "affinity is ignored when its pod is loaded above this × the mean", "routing"
     )
     auto_pull: bool = _f(False, "pull a model that no pod has, instead of answering 404", "routing")
-    routing_policy: str = _f(
-        "residency",
+    routing_policy: Strategy = _f(
+        Strategy.RESIDENCY,
         "residency | least-connections | round-robin | random (the last three are "
         "model-unaware baselines for benchmarks)",
         "routing",
@@ -165,8 +202,8 @@ class BalancerSettings:
     retry_budget: float = _f(
         30.0, "seconds after which no further backend is tried for a request", "proxy"
     )
-    admin: str = _f(
-        "deny",
+    admin: AdminMode = _f(
+        AdminMode.DENY,
         "admin endpoints: deny | fanout (pull, delete, create, copy and blobs to every pod; "
         "push is always refused)",
         "proxy",
@@ -193,7 +230,7 @@ class BalancerSettings:
         16384, "longest request line or header line accepted (else 400)", "security"
     )
     # --- process
-    log_format: str = _f("auto", "log rendering: auto | json | console", "process")
+    log_format: LogFormat = _f(LogFormat.AUTO, "log rendering: auto | json | console", "process")
     log_level: str = _f("info", "log level: debug | info | warning | error", "process")
     drain_delay: float = _f(
         0.0, "SIGTERM: seconds to keep accepting while endpoints update", "process"
@@ -217,53 +254,23 @@ class BalancerSettings:
         return out
 
     def static_backends(self) -> list[Backend]:
-        """Parse ``backends`` into :class:`Backend` values.
-
-        Each item is ``URL`` or ``NAME=URL``, optionally followed by ``;slots=N``
-        (the pod's ``OLLAMA_NUM_PARALLEL``) and ``;vram=QUANTITY`` (e.g. ``24Gi``), so
-        routing knows when a cold load would have to evict something.
-        """
-        out: list[Backend] = []
-        for item in self.backends:
-            head, *opts = item.split(";")
-            name, sep, url = head.partition("=")
-            if not sep:
-                name, url = "", head
-            url = url.strip().rstrip("/")
-            if "://" not in url:
-                url = "http://" + url
-            if not name:
-                name = url.split("://", 1)[1]
-            slots, vram = self.default_slots, 0
-            for opt in opts:
-                key, _, value = opt.partition("=")
-                try:
-                    if key.strip() == "slots":
-                        slots = int(value)
-                        if slots < 1:
-                            raise ValueError("must be >= 1")
-                    elif key.strip() == "vram":
-                        # 24Gi as Kubernetes writes it; 24GiB / 24GB as people do.
-                        text = re.sub(r"([KMGTPE]i?)B$", r"\1", value.strip())
-                        vram = parse_quantity(
-                            text.replace("K", "k", 1) if text.endswith("K") else text
-                        )
-                    else:
-                        raise ValueError("unknown option (slots, vram)")
-                except ValueError as exc:
-                    raise SettingsError(f"backends: {item!r}: {key.strip()}: {exc}") from None
-            out.append(Backend(name=name.strip(), url=url, slots=slots, vram_bytes=vram))
-        names = [b.name for b in out]
-        if len(set(names)) != len(names):
-            raise SettingsError(f"backends: duplicate backend names in {names}")
-        return out
+        """``backends`` as :class:`Backend` values (:func:`ollama_wire.hosts.parse_backends`:
+        a bare host means ``http://HOST:11434``, as ``OLLAMA_HOST`` reads it)."""
+        try:
+            return parse_backends(self.backends, default_slots=self.default_slots)
+        except ValueError as exc:
+            raise SettingsError(f"backends: {exc}") from None
 
 
-_CHOICES = {
-    "discovery": ("static", "dns", "kubernetes"),
-    "admin": ("deny", "fanout"),
-    "routing_policy": ("residency", "least-connections", "round-robin", "random"),
-    "log_format": ("auto", "json", "console"),
+#: Settings whose value is one of an enumeration's.
+_ENUMS: dict[str, type[StrEnum]] = {
+    "discovery": DiscoveryKind,
+    "admin": AdminMode,
+    "routing_policy": Strategy,
+    "log_format": LogFormat,
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    **{name: tuple(member.value for member in kind) for name, kind in _ENUMS.items()},
     "log_level": ("debug", "info", "warning", "error"),
 }
 
@@ -315,8 +322,17 @@ def _item_to_str(item: Any) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare one flag per setting (defaults shown as None: precedence is resolved later)."""
-    parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below")
+    """Declare one flag per setting.
+
+    A flag that is not given leaves no attribute (``SUPPRESS``): precedence is resolved in
+    :func:`load_settings`, and each help text names the real default once.
+    """
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="YAML file with any of the settings below",
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     defaults = BalancerSettings()
     for f in _fields():
@@ -332,19 +348,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 flag,
                 dest=f.name,
-                default=None,
+                default=argparse.SUPPRESS,
                 action=argparse.BooleanOptionalAction,
                 help=help_text,
             )
         elif f.type == "tuple[str, ...]":
             group.add_argument(
-                flag, dest=f.name, default=None, action="append", metavar="VALUE", help=help_text
+                flag,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                action="append",
+                metavar="VALUE",
+                help=help_text,
             )
         else:
             group.add_argument(
                 flag,
                 dest=f.name,
-                default=None,
+                default=argparse.SUPPRESS,
                 metavar=f.name.upper(),
                 choices=_CHOICES.get(f.name),
                 help=help_text,
@@ -393,6 +414,10 @@ def load_settings(
     for name, allowed in _CHOICES.items():
         if name in values and values[name] not in allowed:
             raise SettingsError(f"{name}: must be one of {', '.join(allowed)}")
+    for name, kind in _ENUMS.items():
+        if name in values:
+            values[name] = kind(values[name])
+    values["kubeconfig"] = kubeconfig_path(values.get("kubeconfig"), environ)
     settings = BalancerSettings(**values)
     _validate(settings)
     return settings

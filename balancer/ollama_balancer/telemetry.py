@@ -1,4 +1,4 @@
-"""Logging set-up: structlog renders JSON in production and readable lines in a terminal.
+"""The balancer's log events; rendering is the kernel's (:mod:`ollama_wire.logs`).
 
 Log event names and their keys are API, like metric names (DESIGN.md §4.10):
 they are the ``EVENT_*`` constants below.  Events are emitted by the I/O shell
@@ -8,17 +8,14 @@ pure code.  Prompt and response text is never logged.
 
 from __future__ import annotations
 
-import logging
-import sys
-from typing import TextIO
-
 import structlog
+
+from ollama_wire import logs
 
 __all__ = [
     "EVENT_FLEET_CHANGE",
     "EVENT_REQUEST",
     "LOGGER_NAME",
-    "configure_logging",
     "get_logger",
 ]
 
@@ -34,52 +31,5 @@ EVENT_REQUEST = "request"
 EVENT_FLEET_CHANGE = "fleet_change"
 
 
-def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Route structlog and stdlib logging (aiohttp, kubernetes, kopf) through one renderer.
-
-    ``fmt`` ``auto`` means JSON unless ``stream`` (default stderr) is a terminal.
-    """
-    out = stream if stream is not None else sys.stderr
-    tty = out.isatty()
-    json_logs = fmt == "json" or (fmt == "auto" and not tty)
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if json_logs
-        else structlog.dev.ConsoleRenderer(colors=tty)
-    )
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
-    # aiohttp's and kubernetes' stdlib logs go through the same renderer.
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                # JSON needs tracebacks as a string; the console renderer prints them itself.
-                *([structlog.processors.format_exc_info] if json_logs else []),
-                renderer,
-            ],
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
 def get_logger(name: str = LOGGER_NAME) -> structlog.stdlib.BoundLogger:
-    return structlog.stdlib.get_logger(name)
+    return logs.get_logger(name)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ollama_balancer.app import create_app, serve
-from ollama_balancer.settings import BalancerSettings
+from ollama_balancer.settings import AdminMode, BalancerSettings
 from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig, default_catalogue
 
 __all__ = ["BIG_MODEL", "EMBEDDING_MODEL", "SHARED_MODEL", "configure", "demo_fleet", "run"]
@@ -83,7 +83,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from ollama_balancer.telemetry import configure_logging
+    from ollama_wire.logs import configure_logging
 
     configure_logging("console", "warning")
     return asyncio.run(_main(args))
@@ -143,7 +143,7 @@ async def _main(args: argparse.Namespace) -> int:
             port=args.port,
             backends=tuple(f"{n.name}={n.url}" for n in fleet.nodes),
             poll_interval=1.0,
-            admin="fanout",  # a sandbox: pulls and deletes from a front end reach every pod
+            admin=AdminMode.FANOUT,  # a sandbox: pulls and deletes from a front end reach every pod
         )
         app = create_app(settings)
         runner, port = await serve(app, args.host, args.port, shutdown_timeout=5)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+from .jsonvalue import JsonValue
+
 __all__ = [
     "FOREVER",
     "KeepAliveError",
@@ -68,7 +70,7 @@ def parse_go_duration(text: str) -> float:
     return sign * total
 
 
-def parse_keep_alive(value: object) -> float | None:
+def parse_keep_alive(value: JsonValue) -> float | None:
     """Seconds to keep a model loaded after it goes idle.
 
     Returns None for "not given" (inherit the runner's value or the server

@@ -25,59 +25,71 @@ __all__ = [
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def _key(name: str) -> str | None:
+    try:
+        return canonical(name)
+    except InvalidModelName:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class InstalledModel:
-    """One ``/api/tags`` entry."""
+    """One ``/api/tags`` entry: a model on a server's disk."""
 
-    key: str  # canonical name
-    name: str  # DisplayShortest as the backend printed it
+    name: str
+    """The name as the server printed it (Ollama's shortest display form)."""
     size: int
-    digest: str
-    modified_at: str
-    embedding: bool
+    digest: str = ""
+    modified_at: str = ""
+    capabilities: frozenset[str] = frozenset()
+    """``completion``, ``embedding``, ``vision``, ``tools``, ``thinking`` (Ollama ≥ 0.6.4;
+    empty from older servers)."""
     raw: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
+    """The entry as received, passed through to clients by the merged listings."""
+    key: str = field(init=False)
+    """The canonical name (``registry.ollama.ai/library/x:latest``) every lookup uses."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", _key(self.name) or self.name.lower())
 
 
 @dataclass(frozen=True, slots=True)
 class ResidentModel:
-    """One ``/api/ps`` entry."""
+    """One ``/api/ps`` entry: a model in a server's memory."""
 
-    key: str
     name: str
     size: int
-    size_vram: int
-    digest: str
-    expires_at: str
-    context_length: int
+    size_vram: int = 0
+    digest: str = ""
+    expires_at: str = ""
+    context_length: int = 0
     raw: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False)
+    key: str = field(init=False)
+    """The canonical name, as :attr:`InstalledModel.key`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", _key(self.name) or self.name.lower())
 
 
-def _key(name: object) -> str | None:
-    try:
-        return canonical(str(name))
-    except InvalidModelName:
-        return None
+def _name(m: Mapping[str, Any]) -> str | None:
+    """The entry's name, if Ollama itself would accept it (``name``, else ``model``)."""
+    name = str(m.get("name") or m.get("model") or "")
+    return name if _key(name) is not None else None
 
 
 def parse_installed(models: Iterable[Mapping[str, Any]]) -> tuple[InstalledModel, ...]:
     out = []
     for m in models:
-        key = _key(m.get("model") or m.get("name"))
-        if key is None:
+        name = _name(m)
+        if name is None:
             continue
-        caps = m.get("capabilities") or []
-        details = m.get("details") or {}
-        embedding = "embedding" in caps or (
-            not caps and "bert" in str(details.get("family", "")).lower()
-        )
         out.append(
             InstalledModel(
-                key=key,
-                name=str(m.get("name") or m.get("model")),
+                name=name,
                 size=int(m.get("size") or 0),
                 digest=str(m.get("digest") or ""),
                 modified_at=str(m.get("modified_at") or ""),
-                embedding=bool(embedding),
+                capabilities=frozenset(str(c) for c in m.get("capabilities") or ()),
                 raw=MappingProxyType(dict(m)),
             )
         )
@@ -87,13 +99,12 @@ def parse_installed(models: Iterable[Mapping[str, Any]]) -> tuple[InstalledModel
 def parse_resident(models: Iterable[Mapping[str, Any]]) -> tuple[ResidentModel, ...]:
     out = []
     for m in models:
-        key = _key(m.get("model") or m.get("name"))
-        if key is None:
+        name = _name(m)
+        if name is None:
             continue
         out.append(
             ResidentModel(
-                key=key,
-                name=str(m.get("name") or m.get("model")),
+                name=name,
                 size=int(m.get("size") or 0),
                 size_vram=int(m.get("size_vram") or 0),
                 digest=str(m.get("digest") or ""),

@@ -32,7 +32,7 @@ _QUANTITY = re.compile(
 )
 
 
-def parse_quantity(value: object) -> int:
+def parse_quantity(value: str | int) -> int:
     """A quantity as a whole number, rounded up as Kubernetes does for byte quantities.
 
     Accepts a string or an int (YAML may give either).  Raises ``ValueError``.

@@ -33,7 +33,7 @@ from .anthropic_request import MessagesRequest, RequestError, Tool, parse_reques
 from .anthropic_stream import EventStream, NativeChunk, ToolCall, message_body, sse
 from .inference import Generation, GenerationPlan, schedule
 from .keys import NODE
-from .registry import InstalledModel
+from .registry import LibraryEntry
 from .streams import ApiError, ChunkStream, StreamCut, read_body
 from .wire import go_json
 
@@ -45,7 +45,7 @@ _ids = random.Random()
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive"}
 
 
-def _full_name(model: InstalledModel) -> str:
+def _full_name(model: LibraryEntry) -> str:
     n = model.name
     return f"{n.host}/{n.namespace}/{n.model}:{n.tag}"
 
@@ -58,7 +58,7 @@ def _handler_error(exc: ApiError, stream: bool) -> web.Response:
     return web.Response(status=exc.status, body=body, headers=headers)
 
 
-def _model(request: web.Request, req: MessagesRequest) -> InstalledModel:
+def _model(request: web.Request, req: MessagesRequest) -> LibraryEntry:
     """``ChatHandler``'s checks, in its order."""
     try:
         names.parse(req.model.strip())
@@ -74,7 +74,7 @@ def _model(request: web.Request, req: MessagesRequest) -> InstalledModel:
     return model
 
 
-def _thinks(req: MessagesRequest, model: InstalledModel) -> bool:
+def _thinks(req: MessagesRequest, model: LibraryEntry) -> bool:
     # Unset means on for thinking models; asked of a model that cannot think, it is
     # dropped quietly (relax_thinking) instead of /api/chat's 400.
     if "thinking" not in model.spec.capabilities:
@@ -88,7 +88,7 @@ def _tool_to_call(req: MessagesRequest) -> Tool | None:
     return next((t for t in req.tools if not t.web_search), None)
 
 
-def _plan(req: MessagesRequest, model: InstalledModel) -> tuple[GenerationPlan, ToolCall | None]:
+def _plan(req: MessagesRequest, model: LibraryEntry) -> tuple[GenerationPlan, ToolCall | None]:
     turns = [(m.role, m.content) for m in req.messages]
     prompt = "\n".join(f"{role}: {text}" for role, text in turns)
     seed = generation.seed_for(None, model.spec.digest, prompt)
@@ -156,7 +156,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _load_only(
-    request: web.Request, req: MessagesRequest, model: InstalledModel, message_id: str
+    request: web.Request, req: MessagesRequest, model: LibraryEntry, message_id: str
 ) -> web.StreamResponse:
     """Every message converted to nothing: ChatHandler loads the model (``done_reason: load``)."""
     node = request.app[NODE]

@@ -20,7 +20,7 @@ from .inference import (
     truncate_dimensions,
 )
 from .keys import NODE
-from .registry import InstalledModel, PullError
+from .registry import LibraryEntry, PullError
 from .streams import ApiError, ChunkStream, expect, json_response, read_json
 from .wire import go_json, ps_entry, rfc3339, show_response, tags_entry
 
@@ -34,7 +34,7 @@ def _now(request: web.Request) -> str:
     return rfc3339(request.app[NODE].clock.wall_ns())
 
 
-def _full_name(model: InstalledModel) -> str:
+def _full_name(model: LibraryEntry) -> str:
     n = model.name
     return f"{n.host}/{n.namespace}/{n.model}:{n.tag}"
 
@@ -78,7 +78,7 @@ async def show(request: web.Request) -> web.Response:
     return json_response(show_response(model))
 
 
-def _completion_model(request: web.Request, name: str, endpoint: str) -> InstalledModel:
+def _completion_model(request: web.Request, name: str, endpoint: str) -> LibraryEntry:
     model = request.app[NODE].library.find(name) if name else None
     if model is None:
         raise ApiError(404, f"model '{name}' not found")
@@ -87,7 +87,7 @@ def _completion_model(request: web.Request, name: str, endpoint: str) -> Install
     return model
 
 
-def _check_think(doc: dict[str, Any], model: InstalledModel, name: str) -> None:
+def _check_think(doc: dict[str, Any], model: LibraryEntry, name: str) -> None:
     think = doc.get("think")
     if think in (None, False):
         return
@@ -98,7 +98,7 @@ def _check_think(doc: dict[str, Any], model: InstalledModel, name: str) -> None:
 
 
 async def _load_only(
-    request: web.Request, model: InstalledModel, doc: dict[str, Any], body: dict[str, Any]
+    request: web.Request, model: LibraryEntry, doc: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
     """Empty prompt/messages: load (or, with keep_alive 0, unload at once) — §3."""
     node = request.app[NODE]
@@ -246,7 +246,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _run(request, gen, doc.get("stream") is not False, chunk, final)
 
 
-def _embedding_model(request: web.Request, name: str) -> InstalledModel:
+def _embedding_model(request: web.Request, name: str) -> LibraryEntry:
     # Ollama does not check capabilities here: completion models embed too.
     model = request.app[NODE].library.find(name) if name else None
     if model is None:

@@ -17,7 +17,7 @@ from ollama_wire.durations import KeepAliveError, parse_keep_alive
 from ollama_wire.errors import MSG_SERVER_BUSY
 
 from . import generation
-from .registry import InstalledModel
+from .registry import LibraryEntry
 from .scheduler import Runner, ServerBusy
 from .streams import ApiError
 from .wire import metrics
@@ -69,7 +69,7 @@ def keep_alive_of(doc: dict[str, Any]) -> float | None:
 
 async def schedule(
     node: EmulatedNode,
-    model: InstalledModel,
+    model: LibraryEntry,
     *,
     num_ctx: int | None,
     keep_alive: float | None,
@@ -84,7 +84,7 @@ async def schedule(
 
 @dataclass
 class GenerationPlan:
-    model: InstalledModel
+    model: LibraryEntry
     prompt_text: str
     prompt_tokens: int
     options: dict[str, Any]
@@ -216,7 +216,7 @@ class Generation:
 
 async def embed_texts(
     node: EmulatedNode,
-    model: InstalledModel,
+    model: LibraryEntry,
     texts: list[str],
     *,
     options: dict[str, Any],

@@ -19,7 +19,7 @@ from . import generation
 from .handlers import _completion_model, _embedding_model
 from .inference import Generation, GenerationPlan, embed_texts
 from .keys import NODE
-from .registry import InstalledModel
+from .registry import LibraryEntry
 from .streams import ApiError, ChunkStream, json_response, read_json
 from .wire import go_json
 
@@ -66,7 +66,7 @@ def _text(content: Any) -> str:
 
 
 async def _generate(
-    request: web.Request, doc: dict[str, Any], model: InstalledModel, plan_text: str, tokens: int
+    request: web.Request, doc: dict[str, Any], model: LibraryEntry, plan_text: str, tokens: int
 ) -> Generation:
     node = request.app[NODE]
     options = _options(doc)
@@ -214,7 +214,7 @@ async def v1_embeddings(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": data, "model": name, "usage": usage})
 
 
-def _model_entry(model: InstalledModel, ident: str) -> dict[str, Any]:
+def _model_entry(model: LibraryEntry, ident: str) -> dict[str, Any]:
     return {
         "id": ident,
         "object": "model",

@@ -23,7 +23,7 @@ from .catalogue import Catalogue, ModelSpec
 from .clock import Clock
 from .stats import Stats
 
-__all__ = ["InstalledModel", "Library", "PullError", "Puller", "layers"]
+__all__ = ["Library", "LibraryEntry", "PullError", "Puller", "layers"]
 
 _SMALL_LAYERS = (("template", 1429), ("license", 7711), ("params", 96))
 
@@ -41,7 +41,10 @@ def _blob(spec: ModelSpec, kind: str) -> str:
 
 
 @dataclass
-class InstalledModel:
+class LibraryEntry:
+    """A model on the emulated node's disk (what ``/api/tags`` is rendered from; the wire
+    record itself is the kernel's :class:`ollama_wire.models.InstalledModel`)."""
+
     name: names.ModelName
     spec: ModelSpec
     modified_ns: int
@@ -56,18 +59,18 @@ class Library:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._models: dict[str, InstalledModel] = {}
+        self._models: dict[str, LibraryEntry] = {}
 
-    def find(self, name: str) -> InstalledModel | None:
+    def find(self, name: str) -> LibraryEntry | None:
         try:
             return self._models.get(names.canonical(name))
         except names.InvalidModelName:
             return None
 
-    def install(self, name: str, spec: ModelSpec) -> InstalledModel:
+    def install(self, name: str, spec: ModelSpec) -> LibraryEntry:
         parsed = names.parse(name)
         existing = self._models.get(parsed.canonical)
-        model = InstalledModel(existing.name if existing else parsed, spec, self._clock.wall_ns())
+        model = LibraryEntry(existing.name if existing else parsed, spec, self._clock.wall_ns())
         self._models[parsed.canonical] = model
         return model
 
@@ -78,7 +81,7 @@ class Library:
         del self._models[model.name.canonical]
         return True
 
-    def models(self) -> list[InstalledModel]:
+    def models(self) -> list[LibraryEntry]:
         """Newest ``modified_at`` first, as ``/api/tags`` sorts."""
         return sorted(self._models.values(), key=lambda m: m.modified_ns, reverse=True)
 

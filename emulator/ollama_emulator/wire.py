@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from .registry import InstalledModel
+from .registry import LibraryEntry
 from .scheduler import Runner
 
 __all__ = [
@@ -62,7 +62,7 @@ def metrics(
     return {k: v for k, v in out.items() if v}
 
 
-def details(model: InstalledModel | Runner, *, lengths: bool) -> dict[str, Any]:
+def details(model: LibraryEntry | Runner, *, lengths: bool) -> dict[str, Any]:
     spec = model.spec
     out: dict[str, Any] = {
         "parent_model": "",
@@ -78,7 +78,7 @@ def details(model: InstalledModel | Runner, *, lengths: bool) -> dict[str, Any]:
     return out
 
 
-def tags_entry(model: InstalledModel) -> dict[str, Any]:
+def tags_entry(model: LibraryEntry) -> dict[str, Any]:
     return {
         "name": model.display,
         "model": model.display,
@@ -103,7 +103,7 @@ def ps_entry(runner: Runner) -> dict[str, Any]:
     }
 
 
-def show_response(model: InstalledModel) -> dict[str, Any]:
+def show_response(model: LibraryEntry) -> dict[str, Any]:
     spec = model.spec
     arch = spec.family.replace("-", "_")
     params = f"num_ctx                        {spec.context_length}"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Mapping
 
-from .settings import ENV_PREFIX, OperatorSettings
+from ollama_wire.logs import LogFormat
+
+from . import logs
+from .settings import ENV_PREFIX, LOG_LEVELS, OperatorSettings
 
 __all__ = ["configure", "run"]
 
@@ -35,7 +37,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     for flag, kind, help_text in _OPTIONS:
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
-    parser.add_argument("--log-level", default="INFO", help="Python log level")
+    parser.add_argument(
+        "--log-format", choices=[f.value for f in LogFormat], default=argparse.SUPPRESS,
+        help="json: one JSON object per line, kopf's records included; console: readable "
+        "lines; auto: JSON unless stderr is a terminal (default auto)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, type=str.lower, default=argparse.SUPPRESS,
+        help="least severe level logged (default info)",
+    )  # fmt: skip
 
 
 #: (flag, type, help) of every valued option; defaults live in OperatorSettings.
@@ -77,10 +87,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except ValueError as exc:
         print(f"ollama-fleet operator: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=str(flags.get("log_level") or "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_format, settings.log_level)
     # Imported here so `ollama-fleet --help` does not pay for kopf and kubernetes.
     from .handlers import run_operator
 

@@ -13,8 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from ollama_wire.kubeconfig import load_blocking
+from ollama_wire.kubesource import KubeSource
 
 __all__ = ["GROUP", "PEERING_GROUP", "PEERING_VERSION", "PLURAL", "VERSION", "KubeAccess"]
 
@@ -29,19 +32,14 @@ class KubeAccess:
     """A loaded client configuration plus the few calls the operator makes itself."""
 
     def __init__(self, kubeconfig: str | None, context: str | None, home: str = "~") -> None:
-        self.configuration = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context, client_configuration=self.configuration
-            )
-        else:
-            try:
-                config.load_incluster_config(client_configuration=self.configuration)  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                path = os.path.join(os.path.expanduser(home), ".kube", "config")
-                config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=path, context=context, client_configuration=self.configuration
-                )
+        # The kernel's rule (explicit file, else in-cluster, else ~/.kube/config), the
+        # same one the balancer's discovery follows.
+        source = KubeSource(
+            kubeconfig=kubeconfig or "",
+            context=context or "",
+            fallback=os.path.join(os.path.expanduser(home), ".kube", "config"),
+        )
+        self.configuration, self.namespace = load_blocking(source)
         self.api = client.ApiClient(self.configuration)
 
     def close(self) -> None:

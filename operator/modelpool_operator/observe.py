@@ -17,16 +17,12 @@ import aiohttp
 
 from ollama_wire.client import OllamaClient, OllamaError
 from ollama_wire.models import parse_installed, parse_resident
+from ollama_wire.pods import pod_endpoint, pod_vram_bytes
 
-from .spec import VRAM_ANNOTATION, LabelSelector, SpecError, parse_quantity
-from .state import Installed, Observation, PodState, Resident
+from .spec import LabelSelector
+from .state import Observation, PodState, Resident
 
-__all__ = ["PORT_ANNOTATION", "PodInfo", "observe", "pod_info"]
-
-#: Optional pod annotation overriding the Ollama port (default: the container port
-#: named ``http``, else 11434, Ollama's default).
-PORT_ANNOTATION = "ollamafleet.io/port"
-OLLAMA_PORT = 11434
+__all__ = ["PodInfo", "observe", "pod_info", "select"]
 
 #: /api/ps ``expires_at`` further ahead than this means "forever" (a negative
 #: keep_alive is stored as MaxInt64 ns, ~292 years; the ollama CLI uses 20 years too).
@@ -40,57 +36,34 @@ class PodInfo:
     name: str
     namespace: str
     labels: Mapping[str, str]
-    ip: str
-    port: int
-    ready: bool
+    endpoint: str | None
+    """The pod's Ollama URL (:func:`ollama_wire.pods.pod_endpoint`, as the balancer reads
+    it); None when the pod is not Ready, has no IP or is being deleted."""
     node: str
     vram_bytes: int | None
+    """From the ``ollamafleet.io/vram-bytes`` annotation; None = the pool's default."""
     deleting: bool = False
 
     @property
     def usable(self) -> bool:
-        return self.ready and bool(self.ip) and not self.deleting
+        return self.endpoint is not None
 
     @property
     def url(self) -> str:
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"http://{host}:{self.port}"
-
-
-def _port(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> int:
-    if annotations.get(PORT_ANNOTATION, "").isdigit():
-        return int(annotations[PORT_ANNOTATION])
-    for container in spec.get("containers") or ():
-        for port in container.get("ports") or ():
-            if port.get("name") == "http" and port.get("containerPort"):
-                return int(port["containerPort"])
-    return OLLAMA_PORT
+        return self.endpoint or ""
 
 
 def pod_info(body: Mapping[str, Any]) -> PodInfo:
     """Extract :class:`PodInfo` from a Pod (a dict or a kopf body)."""
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
-    status = body.get("status") or {}
-    annotations = dict(meta.get("annotations") or {})
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or ()
-    )
-    try:
-        raw = annotations.get(VRAM_ANNOTATION)
-        vram = parse_quantity(raw) if raw is not None else None
-    except SpecError:
-        vram = None  # a typo in one pod's annotation must not stop the pool
     return PodInfo(
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),
         labels=dict(meta.get("labels") or {}),
-        ip=str(status.get("podIP") or ""),
-        port=_port(spec, annotations),
-        ready=ready and status.get("phase", "Running") == "Running",
+        endpoint=pod_endpoint(body),
         node=str(spec.get("nodeName") or ""),
-        vram_bytes=vram,
+        vram_bytes=pod_vram_bytes(body),
         deleting=bool(meta.get("deletionTimestamp")),
     )
 
@@ -99,7 +72,7 @@ def select(pods: Iterable[PodInfo], selector: LabelSelector) -> list[PodInfo]:
     return sorted((p for p in pods if selector.matches(p.labels)), key=lambda p: p.name)
 
 
-def _pinned(expires_at: object, now: datetime) -> bool:
+def _pinned(expires_at: str, now: datetime) -> bool:
     # Only the year matters; parsing Go's nanosecond timestamps fully is not needed.
     try:
         return int(str(expires_at)[:4]) > now.year + PINNED_AFTER_YEARS
@@ -116,16 +89,8 @@ async def _observe_pod(
         tags, ps = await asyncio.gather(client.tags(), client.ps())
     except OllamaError as exc:
         return replace(base, error=f"{info.url}: {exc.message or exc}")
-    # The balancer's parsers: one reading of Ollama's listings for both components.
-    installed = {
-        m.key: Installed(
-            name=m.name,
-            size=m.size,
-            digest=m.digest,
-            capabilities=frozenset(m.raw.get("capabilities") or ()),
-        )
-        for m in parse_installed(tags)
-    }
+    # The kernel's parsers and /api/tags record: one reading of Ollama's listings.
+    installed = {m.key: m for m in parse_installed(tags)}
     resident = {
         m.key: Resident(
             name=m.name,

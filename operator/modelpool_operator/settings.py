@@ -14,12 +14,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ollama_wire.kubesource import kubeconfig_path
+from ollama_wire.logs import LogFormat
+
 from .spec import parse_quantity
 
-__all__ = ["DEFAULT_PEERING", "ENV_PREFIX", "RANDOM_PRIORITY_MAX", "OperatorSettings"]
+__all__ = [
+    "DEFAULT_PEERING",
+    "ENV_PREFIX",
+    "LOG_LEVELS",
+    "RANDOM_PRIORITY_MAX",
+    "OperatorSettings",
+]
 
 ENV_PREFIX = "OLLAMA_FLEET_OPERATOR_"
 DEFAULT_PEERING = "ollama-fleet"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 RANDOM_PRIORITY_MAX = 1_000_000
 """``--priority random`` draws from 1..this; a priority above it always wins (development)."""
 
@@ -53,7 +63,8 @@ class OperatorSettings:
     default_vram_bytes: int | None = None
     """VRAM of a pod with neither the annotation nor a pool default; None = unlimited."""
     kubeconfig: str | None = None
-    """kubeconfig path; None = in-cluster service account, else ~/.kube/config."""
+    """kubeconfig path (else the first of $KUBECONFIG); None = in-cluster service account,
+    else ~/.kube/config (:mod:`ollama_wire.kubesource`, the balancer's rule too)."""
     context: str | None = None
     """kubeconfig context."""
     peering: str | None = None
@@ -77,6 +88,11 @@ class OperatorSettings:
     """Address the metrics port listens on."""
     home: str = "~"
     """Home directory for the default kubeconfig path (from $HOME)."""
+    log_format: LogFormat = LogFormat.AUTO
+    """``json`` (one object per line, kopf's records included), ``console``, or ``auto``
+    (JSON unless stderr is a terminal): the balancer's rendering."""
+    log_level: str = "info"
+    """debug | info | warning | error."""
 
     @classmethod
     def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> OperatorSettings:
@@ -89,12 +105,17 @@ class OperatorSettings:
                 values[f.name] = given
             elif env is not None and env != "":
                 values[f.name] = _convert(f.name, env)
-        if "kubeconfig" not in values and environ.get("KUBECONFIG"):
-            values["kubeconfig"] = environ["KUBECONFIG"].split(":")[0]
+        values["kubeconfig"] = kubeconfig_path(values.get("kubeconfig"), environ) or None
         if "home" not in values and environ.get("HOME"):
             values["home"] = environ["HOME"]
         if isinstance(values.get("priority"), str):
             values["priority"] = parse_priority(values["priority"])
+        if "log_format" in values:
+            try:
+                values["log_format"] = LogFormat(str(values["log_format"]).lower())
+            except ValueError:
+                choices = ", ".join(f.value for f in LogFormat)
+                raise ValueError(f"log format must be one of {choices}") from None
         if isinstance(values.get("default_vram_bytes"), str):
             values["default_vram_bytes"] = parse_quantity(values["default_vram_bytes"])
         settings = cls(**values)
@@ -112,6 +133,8 @@ class OperatorSettings:
             raise ValueError("--all-namespaces and --namespace are exclusive")
         if self.standalone and self.peering:
             raise ValueError("--standalone and --peering are exclusive")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
 
     @property
     def watched_namespaces(self) -> tuple[str, ...]:

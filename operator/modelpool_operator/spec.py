@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ollama_wire.durations import FOREVER, KeepAliveError, parse_keep_alive
+from ollama_wire.jsonvalue import JsonValue
 from ollama_wire.names import InvalidModelName, parse
 from ollama_wire.quantity import parse_quantity as _parse_quantity
 
 __all__ = [
     "ALL",
-    "VRAM_ANNOTATION",
     "LabelSelector",
     "ModelSpec",
     "PoolSpec",
@@ -33,9 +33,6 @@ __all__ = [
 
 #: ``replicas: all`` — keep the model loaded on every selected pod.
 ALL: Literal["all"] = "all"
-
-#: Pod annotation holding the pod's usable VRAM (a Kubernetes quantity such as ``24Gi``).
-VRAM_ANNOTATION = "ollamafleet.io/vram-bytes"
 
 PullPolicy = Literal["all", "loaded"]
 
@@ -123,15 +120,17 @@ class PoolSpec:
         return None
 
 
-def parse_quantity(value: object) -> int:
+def parse_quantity(value: JsonValue) -> int:
     """A Kubernetes quantity (``24Gi``, ``80G``, ``1e9``, ``1024``) as whole bytes."""
+    if not isinstance(value, str | int):
+        raise SpecError(f"not a quantity: {value!r}")
     try:
         return _parse_quantity(value)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
 
 
-def _selector(raw: object) -> LabelSelector:
+def _selector(raw: JsonValue) -> LabelSelector:
     if not isinstance(raw, Mapping):
         raise SpecError("spec.selector: must be a label selector object")
     labels = raw.get("matchLabels") or {}
@@ -142,7 +141,10 @@ def _selector(raw: object) -> LabelSelector:
     for i, e in enumerate(exprs):
         op = e.get("operator") if isinstance(e, Mapping) else None
         key = e.get("key") if isinstance(e, Mapping) else None
-        values = tuple(str(v) for v in (e.get("values") or ())) if isinstance(e, Mapping) else ()
+        raw_values = e.get("values") if isinstance(e, Mapping) else None
+        if raw_values is not None and not isinstance(raw_values, list):
+            raise SpecError(f"spec.selector.matchExpressions[{i}].values: must be a list")
+        values = tuple(str(v) for v in raw_values or ())
         if op not in ("In", "NotIn", "Exists", "DoesNotExist") or not key:
             raise SpecError(f"spec.selector.matchExpressions[{i}]: bad key or operator")
         if op in ("In", "NotIn") and not values:
@@ -158,7 +160,7 @@ def _selector(raw: object) -> LabelSelector:
     return selector
 
 
-def _replicas(raw: object, where: str) -> int | None:
+def _replicas(raw: JsonValue, where: str) -> int | None:
     if raw is None:
         return 1
     if raw == ALL:
@@ -168,7 +170,7 @@ def _replicas(raw: object, where: str) -> int | None:
     return raw
 
 
-def _model(raw: object, i: int) -> ModelSpec:
+def _model(raw: JsonValue, i: int) -> ModelSpec:
     where = f"spec.models[{i}]"
     if not isinstance(raw, Mapping):
         raise SpecError(f"{where}: must be an object")

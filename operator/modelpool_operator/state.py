@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from ollama_wire.models import InstalledModel
+
 __all__ = [
     "Action",
     "ActionKind",
-    "Installed",
     "Observation",
     "Owned",
     "PodState",
@@ -26,16 +27,6 @@ __all__ = [
     "ledger_to_status",
     "merge_claims",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Installed:
-    """A model on a pod's disk (``/api/tags``)."""
-
-    name: str
-    size: int
-    digest: str = ""
-    capabilities: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +50,7 @@ class PodState:
     node: str = ""
     #: from the ``ollamafleet.io/vram-bytes`` annotation; None = use the pool default
     vram_bytes: int | None = None
-    installed: Mapping[str, Installed] = field(default_factory=dict)
+    installed: Mapping[str, InstalledModel] = field(default_factory=dict)
     resident: Mapping[str, Resident] = field(default_factory=dict)
     #: set when the pod is Ready in Kubernetes but its Ollama API did not answer
     error: str | None = None

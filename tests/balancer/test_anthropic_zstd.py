@@ -42,10 +42,10 @@ async def claude(rig: Rig) -> AsyncIterator[anthropic.AsyncAnthropic]:
 async def test_create_and_stream_through_the_balancer(
     rig: Rig, claude: anthropic.AsyncAnthropic
 ) -> None:
-    msg = await claude.messages.create(model=M, max_tokens=64, messages=HI)  # type: ignore[arg-type]
+    msg = await claude.messages.create(model=M, max_tokens=64, messages=HI)
     assert msg.role == "assistant" and msg.content and msg.usage.output_tokens > 0
     events: list[str] = []
-    async with claude.messages.stream(model=M, max_tokens=64, messages=HI) as stream:  # type: ignore[arg-type]
+    async with claude.messages.stream(model=M, max_tokens=64, messages=HI) as stream:
         async for event in stream:
             events.append(event.type)
         final = await stream.get_final_message()
@@ -58,13 +58,13 @@ async def test_unknown_model_and_auth_refusals_in_anthropics_shape(
     rig: Rig, claude: anthropic.AsyncAnthropic
 ) -> None:
     with pytest.raises(anthropic.NotFoundError) as missing:
-        await claude.messages.create(model="nope:1b", max_tokens=8, messages=HI)  # type: ignore[arg-type]
+        await claude.messages.create(model="nope:1b", max_tokens=8, messages=HI)
     body: Any = missing.value.body
     assert body["type"] == "error"
     assert body["error"] == {"type": "not_found_error", "message": "model 'nope:1b' not found"}
     async with anthropic.AsyncAnthropic(base_url=rig.url, api_key="wrong", max_retries=0) as bad:
         with pytest.raises(anthropic.AuthenticationError) as denied:
-            await bad.messages.create(model=M, max_tokens=8, messages=HI)  # type: ignore[arg-type]
+            await bad.messages.create(model=M, max_tokens=8, messages=HI)
     body = denied.value.body
     assert body["type"] == "error" and body["error"]["message"] == "invalid API key"
 

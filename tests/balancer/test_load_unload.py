@@ -86,8 +86,8 @@ def pod(
     down: bool = False,
     slots: int = 2,
 ) -> BackendState:
-    installed = {KEY: InstalledModel(KEY, M, 2 << 30, "sha256:1", "", False)}
-    res = {KEY: ResidentModel(KEY, M, 2 << 30, 2 << 30, "sha256:1", expires, ctx)}
+    installed = {KEY: InstalledModel(M, 2 << 30, "sha256:1")}
+    res = {KEY: ResidentModel(M, 2 << 30, 2 << 30, "sha256:1", expires, ctx)}
     return BackendState(
         backend=Backend(name, f"http://{name}", slots=slots, vram_bytes=24 << 30),
         installed=installed,

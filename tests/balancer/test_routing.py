@@ -16,16 +16,12 @@ from ollama_balancer.errors import (
     PinUnknown,
     Unroutable,
 )
-from ollama_balancer.fleet import (
-    BackendState,
-    FleetSnapshot,
-    InstalledModel,
-    ResidentModel,
-)
+from ollama_balancer.fleet import BackendState, FleetSnapshot
 from ollama_balancer.ledger import Ledger
 from ollama_balancer.rankers import Strategy
 from ollama_balancer.routing import Policy, RouteRequest, route
 from ollama_wire.backend import Backend
+from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical
 
 GB = 1024**3
@@ -50,12 +46,11 @@ def snap(*pods: Pod, sizes: dict[str, int] | None = None) -> FleetSnapshot:
     states = []
     for p in pods:
         inst = {
-            canonical(m): InstalledModel(canonical(m), m, sizes.get(m, 4) * GB, "d-" + m, "", False)
-            for m in p.installed
+            canonical(m): InstalledModel(m, sizes.get(m, 4) * GB, "d-" + m) for m in p.installed
         }
         res = {
             canonical(m): ResidentModel(
-                canonical(m), m, sizes.get(m, 4) * GB, sizes.get(m, 4) * GB, "d-" + m, "", 4096
+                m, sizes.get(m, 4) * GB, sizes.get(m, 4) * GB, "d-" + m, "", 4096
             )
             for m in p.resident
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,7 +46,7 @@ pod = st.fixed_dictionaries(
     seed=st.integers(0, 2**16),
 )
 def test_route_is_total_and_sane(
-    pods: list[dict],
+    pods: list[dict[str, Any]],
     model: str,
     pin: str | None,
     affinity: str | None,
@@ -63,12 +64,8 @@ def test_route_is_total_and_sane(
                 backend=Backend(
                     name, f"http://{name}", slots=p["slots"], vram_bytes=p["vram"] * gb
                 ),
-                installed={
-                    m: InstalledModel(m, m, 4 * gb, "d" + m, "", False) for m in p["installed"]
-                },
-                resident={
-                    m: ResidentModel(m, m, 4 * gb, 4 * gb, "d" + m, "", 0) for m in p["resident"]
-                },
+                installed={m: InstalledModel(m, 4 * gb, "d" + m) for m in p["installed"]},
+                resident={m: ResidentModel(m, 4 * gb, 4 * gb, "d" + m) for m in p["resident"]},
                 last_ok=None if p["age"] is None else NOW - p["age"],
                 failures=p["failures"],
             )

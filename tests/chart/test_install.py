@@ -18,7 +18,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.chart.chart import CHART, VALUES, helm_path, run_helm
-from tests.kube.cluster import KubeCluster, create_namespace, create_node
+from tests.kube.cluster import Body, KubeCluster, as_json, create_namespace, create_node
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -59,7 +59,7 @@ def _volumes(api: client.ApiClient, n: int) -> None:
     """PersistentVolumes the controller-manager binds the StatefulSet's claims to."""
     core = client.CoreV1Api(api)
     for i in range(n):
-        body = {
+        body: Body = {
             "metadata": {"name": f"chart-models-{i}"},
             "spec": {
                 "capacity": {"storage": "1Gi"},
@@ -88,20 +88,19 @@ def _bound(pods: list[Any], n: int) -> list[Any] | None:
 
 def _can(api: client.ApiClient, who: str, verb: str, resource: str, group: str) -> bool:
     plural, _, sub = resource.partition("/")
-    review = client.AuthorizationV1Api(api).create_subject_access_review(
-        {
-            "spec": {
-                "user": f"system:serviceaccount:{NAMESPACE}:{RELEASE}-ollama-fleet-{who}",
-                "resourceAttributes": {
-                    "namespace": NAMESPACE,
-                    "verb": verb,
-                    "group": group,
-                    "resource": plural,
-                    "subresource": sub,
-                },
-            }
+    request: Body = {
+        "spec": {
+            "user": f"system:serviceaccount:{NAMESPACE}:{RELEASE}-ollama-fleet-{who}",
+            "resourceAttributes": {
+                "namespace": NAMESPACE,
+                "verb": verb,
+                "group": group,
+                "resource": plural,
+                "subresource": sub,
+            },
         }
-    )
+    }
+    review = client.AuthorizationV1Api(api).create_subject_access_review(request)
     return bool(review.status.allowed)
 
 
@@ -139,25 +138,31 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
     custom = client.CustomObjectsApi(api)
     try:
         # the CRD from crds/ serves ModelPools; the pool from values was accepted by its schema
-        pool = custom.get_namespaced_custom_object(
-            "ollamafleet.io", "v1alpha1", NAMESPACE, "modelpools", "chat"
+        pool = as_json(
+            custom.get_namespaced_custom_object(
+                "ollamafleet.io", "v1alpha1", NAMESPACE, "modelpools", "chat"
+            )
         )
         assert pool["spec"]["models"][0]["name"] == "llama3.2:3b"
         assert pool["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "ollama"
         # 1.20 serves neither policy/v1 nor autoscaling/v2: the chart picked older versions
         # (read through the generic path: the Python client dropped those versions)
-        pdbs = custom.list_namespaced_custom_object(
-            "policy", "v1beta1", NAMESPACE, "poddisruptionbudgets"
+        pdbs = as_json(
+            custom.list_namespaced_custom_object(
+                "policy", "v1beta1", NAMESPACE, "poddisruptionbudgets"
+            )
         )["items"]
         assert [p["metadata"]["name"] for p in pdbs] == [f"{RELEASE}-ollama-fleet-balancer"]
-        hpas = custom.list_namespaced_custom_object(
-            "autoscaling", "v2beta2", NAMESPACE, "horizontalpodautoscalers"
+        hpas = as_json(
+            custom.list_namespaced_custom_object(
+                "autoscaling", "v2beta2", NAMESPACE, "horizontalpodautoscalers"
+            )
         )["items"]
         assert [h["spec"]["minReplicas"] for h in hpas] == [2]
         nps = client.NetworkingV1Api(api).list_namespaced_network_policy(NAMESPACE)
         assert len(nps.items) == 1
         svc = core.read_namespaced_service(f"{RELEASE}-ollama-fleet", NAMESPACE)
-        assert svc.spec.cluster_ip and svc.spec.ports[0].port == 11434
+        assert svc.spec.cluster_ip and (svc.spec.ports or [])[0].port == 11434
 
         # Deployments and the StatefulSet produce Pods, bound by the scheduler
         balancer = _wait("balancer pods bound", lambda: _bound(_pods(api, "balancer"), 1))
@@ -175,7 +180,7 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
             assert c.resources.limits["nvidia.com/gpu"] == "1"
             assert pod.metadata.annotations["ollamafleet.io/num-parallel"] == "4"
         claims = core.list_namespaced_persistent_volume_claim(NAMESPACE).items
-        assert sorted(c.metadata.name for c in claims) == [
+        assert sorted(str(c.metadata.name) for c in claims) == [
             f"models-{RELEASE}-ollama-fleet-ollama-0",
             f"models-{RELEASE}-ollama-fleet-ollama-1",
         ]
@@ -210,8 +215,10 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
                 NAMESPACE, label_selector="app.kubernetes.io/managed-by=Helm"
             ).items
             and not client.RbacAuthorizationV1Api(api).list_namespaced_role(NAMESPACE).items
-            and not custom.list_namespaced_custom_object(
-                "ollamafleet.io", "v1alpha1", NAMESPACE, "modelpools"
+            and not as_json(
+                custom.list_namespaced_custom_object(
+                    "ollamafleet.io", "v1alpha1", NAMESPACE, "modelpools"
+                )
             )["items"]
         )
 

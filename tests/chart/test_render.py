@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from modelpool_operator import metrics as operator_metrics
-from ollama_balancer import limits, metrics
+from ollama_balancer import metrics
 from ollama_balancer.app import OPS_PATHS
 from ollama_balancer.auth import hash_key, parse_keys
 from ollama_balancer.discovery.pods import (
@@ -31,6 +31,7 @@ from ollama_balancer.discovery.pods import (
     PodRules,
     backend_from_pod,
 )
+from ollama_balancer.routes import spec_for
 from ollama_balancer.settings import load_settings
 from tests.chart.chart import (
     CHART,
@@ -89,6 +90,12 @@ def _pod_labels(obj: dict[str, Any]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
+def needs_key(path: str) -> bool:
+    """Whether the balancer asks a key for ``path`` (its route table says so)."""
+    spec = spec_for(path)
+    return spec is None or spec.needs_key
+
+
 def test_lint_strict(helm: str, name: str) -> None:
     args = ["lint", "--strict", str(CHART)]
     for f in VALUE_SETS[name]:
@@ -285,9 +292,9 @@ def test_production_mounts_the_keys_secret(rendered: dict[str, list[dict[str, An
     # probes stay on paths the balancer never asks a key for
     c = container(dep, "balancer")
     for probe in ("readinessProbe", "livenessProbe"):
-        assert limits._exempt(c[probe]["httpGet"]["path"]), probe
+        assert not needs_key(c[probe]["httpGet"]["path"]), probe
     sm = find(objs, "ServiceMonitor", "-balancer")
-    assert all(limits._exempt(e["path"]) for e in sm["spec"]["endpoints"])
+    assert all(not needs_key(e["path"]) for e in sm["spec"]["endpoints"])
 
 
 def test_production_recipe_makes_a_valid_keys_file() -> None:

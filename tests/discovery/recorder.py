@@ -43,14 +43,23 @@ class Recorder:
 
 
 def discovery_threads() -> list[str]:
+    """Threads a discovery loop left behind (none: all of them run on the event loop)."""
     return [t.name for t in threading.enumerate() if t.name.startswith("k8s-discovery")]
+
+
+async def leftover_tasks(before: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
+    """Tasks started since ``before`` that are still running (one loop pass to settle)."""
+    await asyncio.sleep(0)
+    current = asyncio.current_task()
+    return {t for t in asyncio.all_tasks() - before if t is not current}
 
 
 @asynccontextmanager
 async def running(discovery: Discovery) -> AsyncIterator[Recorder]:
     """Run ``discovery`` until the block ends; then cancel it, and check it stopped cleanly
-    (promptly, without error, leaving no worker thread behind)."""
+    (promptly, without error, leaving no task or thread behind)."""
     recorder = Recorder()
+    before = asyncio.all_tasks()
     task = asyncio.create_task(discovery.run(recorder))
     try:
         yield recorder
@@ -60,4 +69,5 @@ async def running(discovery: Discovery) -> AsyncIterator[Recorder]:
         async with asyncio.timeout(10):
             with suppress(asyncio.CancelledError):
                 await task
+    assert await leftover_tasks(before) == set()
     assert discovery_threads() == []

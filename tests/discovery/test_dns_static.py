@@ -9,15 +9,15 @@ from ollama_balancer.discovery import (
     DnsDiscovery,
     DnsDiscoveryConfig,
     StaticDiscovery,
-    parse_static_backends,
 )
 from ollama_wire.backend import Backend
+from ollama_wire.hosts import parse_backends
 
 from .recorder import running
 
 
 async def test_static_publishes_its_list_once() -> None:
-    backends = parse_static_backends(["a=http://127.0.0.2:11434", "http://127.0.0.3:11434"])
+    backends = parse_backends(["a=http://127.0.0.2:11434", "http://127.0.0.3:11434"])
     async with running(StaticDiscovery(backends)) as rec:
         await rec.wait_names("a", "127.0.0.3:11434")
         await asyncio.sleep(0.05)

@@ -1,5 +1,5 @@
-"""Tables for the pure parts of discovery: pods → backends, event folding, quantities,
-static lists and DNS answers."""
+"""Tables for the pure parts of discovery: pods → backends, event folding, quantities
+and DNS answers."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from ollama_balancer.discovery.pods import (
     apply_event,
     backend_from_pod,
     backends_from_pods,
-    parse_quantity,
 )
-from ollama_balancer.discovery.static import parse_static_backends
 from ollama_wire.backend import Backend
+from ollama_wire.quantity import parse_quantity
 
 RULES = PodRules(default_slots=2)
 
@@ -221,50 +220,6 @@ def test_apply_event(
 def test_backends_from_pods_keeps_only_routable() -> None:
     pods = [A, pod("c", ready="False"), B, pod("d", ip=None)]
     assert backends_from_pods(pods, RULES) == {A_KEY: A_BACKEND, B_KEY: B_BACKEND}
-
-
-@pytest.mark.parametrize(
-    ("specs", "expected"),
-    [
-        pytest.param(
-            ["http://10.0.0.1:11434"],
-            [Backend("10.0.0.1:11434", "http://10.0.0.1:11434")],
-            id="url",
-        ),
-        pytest.param(
-            ["gpu-a=http://10.0.0.1:11434/"],
-            [Backend("gpu-a", "http://10.0.0.1:11434")],
-            id="name=url, trailing slash dropped",
-        ),
-        pytest.param(
-            ["10.0.0.1"], [Backend("10.0.0.1:11434", "http://10.0.0.1:11434")], id="bare host"
-        ),
-        pytest.param(
-            ["a=10.0.0.1:8080, b=https://ollama.example:443"],
-            [
-                Backend("a", "http://10.0.0.1:8080"),
-                Backend("b", "https://ollama.example:443"),
-            ],
-            id="comma-separated",
-        ),
-        pytest.param(
-            ["http://[::1]"], [Backend("[::1]:11434", "http://[::1]:11434")], id="ipv6 default port"
-        ),
-        pytest.param(
-            ["http://x:1/?a=b"],
-            [Backend("x:1", "http://x:1/?a=b")],
-            id="= inside a url is not a name",
-        ),
-    ],
-)
-def test_parse_static_backends(specs: list[str], expected: list[Backend]) -> None:
-    assert parse_static_backends(specs) == expected
-
-
-@pytest.mark.parametrize("specs", [["a=http://x:1", "a=http://y:1"], ["http://"]])
-def test_parse_static_backends_rejects(specs: list[str]) -> None:
-    with pytest.raises(ValueError):
-        parse_static_backends(specs)
 
 
 def test_backends_from_addresses_dedupes_and_sorts() -> None:

@@ -106,7 +106,7 @@ async def test_create_from_a_model(client: ollama.AsyncClient, node: EmulatedNod
         p.status async for p in await client.create(model="helper", from_="llama3.2", stream=True)
     ]
     assert progress[-2:] == ["writing manifest", "success"]
-    assert all(s.startswith("using existing layer sha256:") for s in progress[:-2])
+    assert all(s and s.startswith("using existing layer sha256:") for s in progress[:-2])
     listed = {m.model: m for m in (await client.list()).models}
     assert listed["helper:latest"].digest == listed["llama3.2:latest"].digest
 

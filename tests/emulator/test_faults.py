@@ -62,7 +62,8 @@ async def test_drop_after_chunks_cuts_the_stream_and_frees_the_slot(
                 lines.append(json.loads(line))
     assert len(lines) == 2 and not lines[-1]["done"]
     await until(lambda: node.stats.generations_cancelled == 1)
-    assert node.scheduler.runner_for(node.catalogue["slow:1b"]).refcount == 0
+    runner = node.scheduler.runner_for(node.catalogue["slow:1b"])
+    assert runner is not None and runner.refcount == 0
 
 
 async def test_drop_without_streaming_is_a_disconnect(
@@ -108,7 +109,8 @@ async def test_go_away_cuts_in_flight_streams(
             await r.content.readline()
             await node.stop_listening()
             await r.read()
-    assert node.scheduler.runner_for(node.catalogue["slow:1b"]).refcount == 0
+    runner = node.scheduler.runner_for(node.catalogue["slow:1b"])
+    assert runner is not None and runner.refcount == 0
 
 
 async def test_control_endpoint(node: EmulatedNode, http: aiohttp.ClientSession) -> None:

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from ollama_balancer.telemetry import configure_logging
+from ollama_wire.logs import configure_logging
 from tests.balancer.conftest import RigFactory, nodes
 
 from .conftest import assert_settled, baseline, completed, rss_kib

@@ -32,6 +32,17 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+#: A request body as JSON-like data: the client takes one wherever its signatures name a
+#: model class (V1Pod, V1ConfigMap, ...), and tests read best written as data.
+Body = Any
+
+
+def as_json(value: object) -> dict[str, Any]:
+    """A custom-object call's answer (typed ``object`` by the client) as the dict it is."""
+    assert isinstance(value, dict), type(value)
+    return value
+
+
 __all__ = [
     "KubeBinaries",
     "KubeCluster",
@@ -255,7 +266,8 @@ class KubeCluster:
     # ----------------------------------------------------------------------- clients
     def api_client(self) -> client.ApiClient:
         """A new ``kubernetes`` ApiClient as admin; the caller closes it."""
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        api: client.ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))
+        return api
 
     @contextmanager
     def client(self) -> Iterator[client.ApiClient]:
@@ -515,7 +527,7 @@ def create_ollama_pod(
     }
     if env:
         container["env"] = [{"name": k, "value": v} for k, v in env.items()]
-    body: dict[str, Any] = {
+    body: Body = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {

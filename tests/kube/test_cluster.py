@@ -9,8 +9,10 @@ from typing import Any
 from kubernetes import client, watch
 
 from tests.kube.cluster import (
+    Body,
     KubeBinaries,
     KubeCluster,
+    as_json,
     create_namespace,
     create_node,
     create_ollama_pod,
@@ -27,14 +29,16 @@ def _ready_condition(pod: Any) -> str | None:
     return None
 
 
-def test_apiserver_is_ready_and_is_1_20(kube_cluster: KubeCluster, kube_api: client.ApiClient):
+def test_apiserver_is_ready_and_is_1_20(
+    kube_cluster: KubeCluster, kube_api: client.ApiClient
+) -> None:
     assert kube_cluster.is_ready()
     assert kube_cluster.url.startswith("https://127.0.0.1:")
     version = client.VersionApi(kube_api).get_code()
     assert version.git_version.startswith("v1.20.2")
 
 
-def test_rbac_denies_an_unknown_token(kube_cluster: KubeCluster):
+def test_rbac_denies_an_unknown_token(kube_cluster: KubeCluster) -> None:
     cfg = client.Configuration()
     cfg.host = kube_cluster.url
     cfg.ssl_ca_cert = str(kube_cluster.ca_path)
@@ -48,7 +52,9 @@ def test_rbac_denies_an_unknown_token(kube_cluster: KubeCluster):
             raise AssertionError("an unknown token was accepted")
 
 
-def test_pod_gets_ip_and_readiness_through_status(kube_api: client.ApiClient, kube_namespace: str):
+def test_pod_gets_ip_and_readiness_through_status(
+    kube_api: client.ApiClient, kube_namespace: str
+) -> None:
     core = client.CoreV1Api(kube_api)
     created = create_ollama_pod(
         kube_api,
@@ -64,7 +70,7 @@ def test_pod_gets_ip_and_readiness_through_status(kube_api: client.ApiClient, ku
     pod = core.read_namespaced_pod("ollama-0", kube_namespace)
     assert (pod.status.phase, pod.status.pod_ip) == ("Running", "127.0.0.2")
     assert _ready_condition(pod) == "True"
-    assert pod.metadata.annotations["ollamafleet.io/num-parallel"] == "4"
+    assert (pod.metadata.annotations or {})["ollamafleet.io/num-parallel"] == "4"
 
     set_pod_ready(kube_api, kube_namespace, "ollama-0", False)
     pod = core.read_namespaced_pod("ollama-0", kube_namespace)
@@ -75,7 +81,7 @@ def test_pod_gets_ip_and_readiness_through_status(kube_api: client.ApiClient, ku
     assert core.list_namespaced_pod(kube_namespace).items == []
 
 
-def test_watch_sees_added_modified_deleted(kube_api: client.ApiClient, kube_namespace: str):
+def test_watch_sees_added_modified_deleted(kube_api: client.ApiClient, kube_namespace: str) -> None:
     core = client.CoreV1Api(kube_api)
     rv = core.list_namespaced_pod(kube_namespace).metadata.resource_version
     create_ollama_pod(kube_api, kube_namespace, "ollama-w")
@@ -95,11 +101,14 @@ def test_watch_sees_added_modified_deleted(kube_api: client.ApiClient, kube_name
     assert seen[-1][0] == "DELETED"
 
 
-def test_apiserver_restart_keeps_data_and_port(kube_cluster: KubeCluster, kube_namespace: str):
+def test_apiserver_restart_keeps_data_and_port(
+    kube_cluster: KubeCluster, kube_namespace: str
+) -> None:
     port = kube_cluster.port
     with kube_cluster.client() as api:
         client.CoreV1Api(api).create_namespaced_config_map(
-            kube_namespace, {"metadata": {"name": "survivor"}, "data": {"k": "v"}}
+            kube_namespace,
+            client.V1ConfigMap(metadata=client.V1ObjectMeta(name="survivor"), data={"k": "v"}),
         )
     kube_cluster.stop_apiserver()
     assert not kube_cluster.is_ready()
@@ -110,8 +119,8 @@ def test_apiserver_restart_keeps_data_and_port(kube_cluster: KubeCluster, kube_n
     assert cm.data == {"k": "v"}
 
 
-def test_crd_is_created_and_served(kube_api: client.ApiClient, kube_namespace: str):
-    crd = {
+def test_crd_is_created_and_served(kube_api: client.ApiClient, kube_namespace: str) -> None:
+    crd: Body = {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": "widgets.test.ollamafleet.io"},
@@ -146,7 +155,7 @@ def test_crd_is_created_and_served(kube_api: client.ApiClient, kube_namespace: s
     except client.ApiException as e:
         assert e.status == 409  # created by an earlier run of this session
     custom = client.CustomObjectsApi(kube_api)
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": "test.ollamafleet.io/v1",
         "kind": "Widget",
         "metadata": {"name": "w1"},
@@ -163,8 +172,10 @@ def test_crd_is_created_and_served(kube_api: client.ApiClient, kube_namespace: s
             if e.status != 404 or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    got = custom.get_namespaced_custom_object(
-        "test.ollamafleet.io", "v1", kube_namespace, "widgets", "w1"
+    got = as_json(
+        custom.get_namespaced_custom_object(
+            "test.ollamafleet.io", "v1", kube_namespace, "widgets", "w1"
+        )
     )
     assert got["spec"] == {"size": 3}
     bad = {**body, "metadata": {"name": "w2"}, "spec": {"size": 0}}
@@ -180,14 +191,14 @@ def test_crd_is_created_and_served(kube_api: client.ApiClient, kube_namespace: s
 
 def test_controllers_turn_a_deployment_into_scheduled_pods(
     kube_cluster_with_controllers: KubeCluster,
-):
+) -> None:
     cluster = kube_cluster_with_controllers
     with cluster.client() as api:
         create_node(api, "gpu-node-1")
         create_namespace(api, "smoke-ctl")
         apps = client.AppsV1Api(api)
         labels = {"app": "ollama"}
-        deployment = {
+        deployment: Body = {
             "metadata": {"name": "ollama"},
             "spec": {
                 "replicas": 2,

@@ -19,13 +19,11 @@ GB = 2**30
 
 
 def inst(name: str, digest: str = "") -> InstalledModel:
-    return InstalledModel(canonical(name), name, 4 * GB, digest or "d-" + name, "", False)
+    return InstalledModel(name, 4 * GB, digest or "d-" + name)
 
 
 def res(name: str, digest: str = "", vram: int = 3 * GB) -> ResidentModel:
-    return ResidentModel(
-        canonical(name), name, 4 * GB, vram, digest or "d-" + name, "2030-01-01T00:00:00Z", 4096
-    )
+    return ResidentModel(name, 4 * GB, vram, digest or "d-" + name, "2030-01-01T00:00:00Z", 4096)
 
 
 def pod(

@@ -17,7 +17,8 @@ import pytest
 import structlog
 from aiohttp import web
 
-from ollama_balancer.telemetry import EVENT_FLEET_CHANGE, EVENT_REQUEST, configure_logging
+from ollama_balancer.telemetry import EVENT_FLEET_CHANGE, EVENT_REQUEST
+from ollama_wire.logs import configure_logging
 
 from .conftest import RigFactory, node
 

@@ -241,7 +241,7 @@ async def test_failover_counts_retries_failures_penalties_and_a_pod_going_down(
 
 
 def _snapshot(*models: str) -> FleetSnapshot:
-    installed = {canonical(m): InstalledModel(canonical(m), m, 1, "d", "", False) for m in models}
+    installed = {canonical(m): InstalledModel(m, 1, "d") for m in models}
     return FleetSnapshot(
         backends=(BackendState(backend=Backend("a", "http://a"), installed=installed),)
     )

@@ -33,6 +33,7 @@ from ollama_wire.client import OllamaClient
 from ollama_wire.names import canonical
 from tests.kube.cluster import (
     KubeCluster,
+    as_json,
     create_namespace,
     create_node,
     create_ollama_pod,
@@ -67,11 +68,12 @@ async def until(
 ) -> T:
     """Poll ``probe`` until ``accept`` likes its value; fail with ``what`` and the last value."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
-        last = await probe()
-        if accept(last):
-            return last
+        value = await probe()
+        if accept(value):
+            return value
+        last = value
         await asyncio.sleep(0.2)
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
@@ -80,7 +82,7 @@ async def eventually(
     probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0
 ) -> T:
     """Poll ``probe`` until it returns something truthy."""
-    return await until(probe, bool, what, timeout)  # type: ignore[arg-type,return-value]
+    return await until(probe, bool, what, timeout)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -100,7 +102,7 @@ class Env:
         return client.CustomObjectsApi(self.api)
 
     async def apply_pool(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "ModelPool",
             "metadata": {"name": name},
@@ -111,19 +113,21 @@ class Env:
         except ApiException as e:
             if e.status != 404:
                 raise
-            return await self.k(
+            return as_json(await self.k(
                 self.co.create_namespaced_custom_object,
                 GROUP, VERSION, self.namespace, PLURAL, body,
-            )  # fmt: skip
+            ))  # fmt: skip
         body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        return await self.k(
+        return as_json(await self.k(
             self.co.replace_namespaced_custom_object,
             GROUP, VERSION, self.namespace, PLURAL, name, body,
-        )  # fmt: skip
+        ))  # fmt: skip
 
     async def get_pool(self, name: str) -> dict[str, Any]:
-        return await self.k(
-            self.co.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name
+        return as_json(
+            await self.k(
+                self.co.get_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL, name
+            )
         )
 
     async def delete_pool(self, name: str) -> None:
@@ -169,7 +173,7 @@ class Env:
             self.namespace,
             field_selector=f"involvedObject.name={pool}",
         )
-        return [(e.type, e.reason, e.message) for e in evs.items]
+        return [(e.type or "", e.reason or "", e.message or "") for e in evs.items]
 
     def kubectl(self, *args: str) -> str:
         out = subprocess.run(
@@ -409,11 +413,11 @@ async def test_bad_spec_is_refused_by_the_api_server(env: Env) -> None:
                 "bad", {"selector": {"matchLabels": {"a": "b"}}, "models": [model]}
             )
         assert info.value.status == 422, model
-        assert message in json.loads(info.value.body)["message"], model
+        assert message in json.loads(info.value.body or "{}")["message"], model
     with pytest.raises(ApiException) as info:
         await env.apply_pool("bad", {"models": []})
     assert info.value.status == 422
-    assert "spec.selector: Required value" in json.loads(info.value.body)["message"]
+    assert "spec.selector: Required value" in json.loads(info.value.body or "{}")["message"]
 
 
 async def test_invalid_spec_past_the_schema_is_degraded(env: Env) -> None:
@@ -498,7 +502,7 @@ async def test_deleting_a_pruning_pool_unloads_what_it_loaded(env: Env) -> None:
         try:
             await env.get_pool("tmp")
         except ApiException as e:
-            return e.status == 404
+            return bool(e.status == 404)
         return False
 
     await eventually(deleted, "the pool to be deleted")
@@ -575,7 +579,7 @@ def _service_account_kubeconfig(cluster: KubeCluster, namespace: str, path: Path
         while not token and time.monotonic() < deadline:
             sa = core.read_namespaced_service_account("ollama-fleet-operator", namespace)
             for ref in sa.secrets or ():
-                secret = core.read_namespaced_secret(ref.name, namespace)
+                secret = core.read_namespaced_secret(str(ref.name), namespace)
                 token = base64.b64decode((secret.data or {}).get("token", "")).decode()
             time.sleep(0.2)
         assert token, "the token controller minted no ServiceAccount token"
@@ -641,7 +645,7 @@ async def test_minimal_rbac_is_enough(
             try:
                 await e.get_pool("rbac")
             except ApiException as exc:
-                return exc.status == 404
+                return bool(exc.status == 404)
             return False
 
         await eventually(gone, "finalizer removed")

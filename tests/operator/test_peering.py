@@ -28,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from modelpool_operator.handlers import Peering, choose_peering
 from modelpool_operator.settings import RANDOM_PRIORITY_MAX, OperatorSettings
 from ollama_emulator import EmulatedFleet
-from tests.kube.cluster import KubeCluster
+from tests.kube.cluster import KubeCluster, as_json
 from tests.operator.test_e2e import (  # noqa: F401 (modelpool_crd: a fixture)
     Env,
     _install_crd,
@@ -205,10 +205,10 @@ def operators(*procs: OperatorProcess) -> Iterator[None]:
 
 async def _peers(env: Env) -> dict[str, Any]:
     """The live peers in the KopfPeering's status (kopf's keep-alives; lifetime 0 = leaving)."""
-    obj = await env.k(
+    obj = as_json(await env.k(
         env.co.get_namespaced_custom_object, "kopf.dev", "v1", env.namespace, "kopfpeerings",
         PEERING,
-    )  # fmt: skip
+    ))  # fmt: skip
     return {k: v for k, v in (obj.get("status") or {}).items() if v and v.get("lifetime")}
 
 
@@ -218,7 +218,7 @@ async def _events_by(env: Env, pool: str) -> dict[str, tuple[str, str]]:
     evs = await env.k(
         core.list_namespaced_event, env.namespace, field_selector=f"involvedObject.name={pool}"
     )
-    return {e.metadata.name: (e.reporting_instance or "", e.reason) for e in evs.items}
+    return {str(e.metadata.name): (e.reporting_instance or "", e.reason or "") for e in evs.items}
 
 
 def _since(now: dict[str, tuple[str, str]], before: dict[str, Any]) -> list[tuple[str, str]]:
@@ -322,10 +322,10 @@ async def test_rbac_yaml_is_enough_for_peering(
         co.create_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", peering)
 
         async def peers() -> dict[str, Any]:
-            obj = await asyncio.to_thread(
+            obj = as_json(await asyncio.to_thread(
                 co.get_namespaced_custom_object, "kopf.dev", "v1", namespace, "kopfpeerings",
                 PEERING,
-            )  # fmt: skip
+            ))  # fmt: skip
             return {k: v for k, v in (obj.get("status") or {}).items() if v}
 
         op = OperatorProcess(cluster, namespace, "op-sa", priority=1, kubeconfig=kubeconfig)

@@ -11,13 +11,13 @@ import pytest
 from modelpool_operator.plan import plan
 from modelpool_operator.spec import parse_pool_spec
 from modelpool_operator.state import (
-    Installed,
     Observation,
     Owned,
     PodState,
     Resident,
     merge_claims,
 )
+from ollama_wire.models import InstalledModel
 from ollama_wire.names import canonical
 
 GB = 1_000_000_000
@@ -37,13 +37,13 @@ def pod(
     error: str | None = None,
 ) -> PodState:
     """A pod; sizes in bytes. ``resident`` models are pinned, ``transient`` ones are not."""
-    inst = {canonical(k): Installed(name=f"{k}:latest", size=s) for k, s in installed.items()}
+    inst = {canonical(k): InstalledModel(name=f"{k}:latest", size=s) for k, s in installed.items()}
     res = {
         canonical(k): Resident(name=f"{k}:latest", size=s, pinned=True) for k, s in resident.items()
     }
     res |= {canonical(k): Resident(name=f"{k}:latest", size=s) for k, s in transient.items()}
     for k, r in res.items():
-        inst.setdefault(k, Installed(name=r.name, size=r.size))
+        inst.setdefault(k, InstalledModel(name=r.name, size=r.size))
     return PodState(
         name=name,
         url=f"http://{name}:11434",
@@ -440,9 +440,11 @@ def test_plan_converges(case: Case) -> None:
             elif a.kind == "delete":
                 installed.pop(a.model, None)
             elif a.kind == "pull":
-                installed[a.model] = Installed(name=a.name, size=GB)
+                installed[a.model] = InstalledModel(name=a.name, size=GB)
             elif a.kind == "load":
-                size = (resident.get(a.model) or installed.get(a.model) or Installed("", GB)).size
+                size = (
+                    resident.get(a.model) or installed.get(a.model) or InstalledModel("", GB)
+                ).size
                 resident[a.model] = Resident(name=a.name, size=size, pinned=True)
         pods.append(PodState(p.name, p.url, p.node, p.vram_bytes, installed, resident, p.error))
     second = plan(

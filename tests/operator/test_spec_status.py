@@ -12,8 +12,9 @@ from modelpool_operator.observe import pod_info
 from modelpool_operator.plan import plan
 from modelpool_operator.settings import OperatorSettings
 from modelpool_operator.spec import LabelSelector, SpecError, parse_pool_spec, parse_quantity
-from modelpool_operator.state import Installed, Observation, Owned, PodState, Resident
+from modelpool_operator.state import Observation, Owned, PodState, Resident
 from modelpool_operator.status import build_status, merge_conditions
+from ollama_wire.models import InstalledModel
 
 SEL = {"matchLabels": {"app": "ollama"}}
 
@@ -70,6 +71,19 @@ def test_spec_values(model: dict[str, Any], field: str, value: Any) -> None:
         pytest.param(
             {"selector": SEL, "models": [], "defaultVramBytes": "lots"}, "quantity", id="vram"
         ),
+        pytest.param(
+            {"selector": SEL, "models": [], "defaultVramBytes": [24]},
+            "not a quantity",
+            id="vram not a string or number",
+        ),
+        pytest.param(
+            {
+                "selector": {"matchExpressions": [{"key": "k", "operator": "In", "values": 5}]},
+                "models": [],
+            },
+            "values: must be a list",
+            id="selector values not a list",
+        ),
     ],
 )
 def test_spec_errors(raw: dict[str, Any], message: str) -> None:
@@ -89,7 +103,7 @@ def test_keep_alive_on_the_wire_is_a_number() -> None:
     ("text", "value"),
     [("24Gi", 24 * 2**30), ("80G", 80 * 10**9), ("1e9", 10**9), (1024, 1024), ("1.5Ki", 1536)],
 )
-def test_quantity(text: object, value: int) -> None:
+def test_quantity(text: str | int, value: int) -> None:
     assert parse_quantity(text) == value
 
 
@@ -148,10 +162,10 @@ def test_status_ready_counts_pods_and_conditions() -> None:
             PodState(
                 "p0",
                 "http://p0",
-                installed={key: Installed("a:latest", 1)},
+                installed={key: InstalledModel("a:latest", 1)},
                 resident={key: Resident("a:latest", 1, pinned=True)},
             ),
-            PodState("p1", "http://p1", installed={key: Installed("a:latest", 1)}),
+            PodState("p1", "http://p1", installed={key: InstalledModel("a:latest", 1)}),
         ),
         existing=frozenset({"p0", "p1"}),
     )

@@ -248,8 +248,8 @@ def observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
             urls = [ln.split("\t")[1] for ln in lines if "loaded:" in ln]
             nodes = []
             for i, u in enumerate(urls):
-                host, port = u.removeprefix("http://").rsplit(":", 1)
-                nodes.append((f"ollama-{i}", host, int(port)))
+                host, node_port = u.removeprefix("http://").rsplit(":", 1)
+                nodes.append((f"ollama-{i}", host, int(node_port)))
 
             kube_cluster.ensure_apiserver()
             with kube_cluster.client() as api:

@@ -228,7 +228,7 @@ async def test_unreadable_keys_file_fails_start(rig_factory: RigFactory, tmp_pat
 async def test_keys_never_reach_logs(
     rig_factory: RigFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ollama_balancer.telemetry import configure_logging
+    from ollama_wire.logs import configure_logging
 
     configure_logging("json", "debug")
     rig = await make(rig_factory, tmp_path)

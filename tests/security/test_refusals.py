@@ -18,7 +18,8 @@ import pytest
 import structlog
 
 from ollama_balancer.record import RequestRecord
-from ollama_balancer.telemetry import EVENT_REQUEST, configure_logging
+from ollama_balancer.telemetry import EVENT_REQUEST
+from ollama_wire.logs import configure_logging
 from tests.balancer.conftest import RigFactory
 from tests.security.test_auth_live import CHAT, bearer, make
 

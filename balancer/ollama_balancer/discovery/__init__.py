@@ -12,7 +12,7 @@ from ..backends import Discovery
 from .dns import DnsDiscovery, DnsDiscoveryConfig
 from .kubernetes import KubernetesDiscovery, KubernetesDiscoveryConfig
 from .pods import ANNOTATION_NUM_PARALLEL, ANNOTATION_VRAM_BYTES, PodRules
-from .static import StaticDiscovery, parse_static_backends
+from .static import StaticDiscovery
 
 if TYPE_CHECKING:
     from ..settings import BalancerSettings
@@ -27,7 +27,6 @@ __all__ = [
     "PodRules",
     "StaticDiscovery",
     "build",
-    "parse_static_backends",
 ]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollama_wire.backend import Backend
+from ollama_wire.hosts import endpoint_url, host_port
 
 from ..backends import Publish
 from ..telemetry import get_logger
@@ -43,10 +44,8 @@ def backends_from_addresses(
     """One backend per distinct address, sorted (pure)."""
     backends = []
     for ip in sorted(set(addresses)):
-        host = f"[{ip}]" if ":" in ip else ip
-        backends.append(
-            Backend(name=f"{host}:{port}", url=f"{scheme}://{host}:{port}", slots=slots)
-        )
+        url = endpoint_url(ip, port, scheme)
+        backends.append(Backend(name=host_port(url), url=url, slots=slots))
     return backends
 
 

@@ -1,11 +1,10 @@
 """Pods → backends, the pure part of Kubernetes discovery.
 
 Pods are handled as the JSON the API server sends (``dict``), not as client model objects:
-the watch stream is parsed directly, and tables of plain dicts are easy to test.
-
-A pod is routable when it is ``Ready``, has an IP and is not being deleted.  A terminating
-pod may still report ``Ready`` for its whole grace period; Ollama is shutting down there, so
-it gets no new requests.
+the watch stream is parsed directly, and tables of plain dicts are easy to test.  Which
+pods are routable and on which port is the kernel's :func:`ollama_wire.pods.pod_endpoint`,
+the same reading the operator uses; this module adds what only routing needs (slots,
+VRAM, node, labels).
 """
 
 from __future__ import annotations
@@ -15,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollama_wire.backend import Backend
-from ollama_wire.quantity import parse_quantity
+from ollama_wire.hosts import OLLAMA_PORT, host_port
+from ollama_wire.pods import (
+    ANNOTATION_NUM_PARALLEL,
+    ANNOTATION_VRAM_BYTES,
+    PORT_NAME,
+    pod_endpoint,
+    pod_vram_bytes,
+)
 
 __all__ = [
     "ANNOTATION_NUM_PARALLEL",
@@ -25,14 +31,8 @@ __all__ = [
     "apply_event",
     "backend_from_pod",
     "backends_from_pods",
-    "parse_quantity",
     "pod_key",
 ]
-
-#: Parallel requests per loaded model (Ollama's ``OLLAMA_NUM_PARALLEL``), e.g. ``"4"``.
-ANNOTATION_NUM_PARALLEL = "ollamafleet.io/num-parallel"
-#: GPU memory of the pod, as a Kubernetes quantity (``"24Gi"``, ``"80000000000"``).
-ANNOTATION_VRAM_BYTES = "ollamafleet.io/vram-bytes"
 
 PodKey = tuple[str, str]  # (namespace, name)
 
@@ -41,10 +41,11 @@ PodKey = tuple[str, str]  # (namespace, name)
 class PodRules:
     """How a pod is turned into a :class:`Backend`."""
 
-    port_name: str = "http"
+    port_name: str = PORT_NAME
     """Container port name that serves the Ollama API."""
-    default_port: int = 11434
-    """Port used when no container declares a port named :attr:`port_name`."""
+    default_port: int = OLLAMA_PORT
+    """Port used when no container port is named :attr:`port_name` and the pod has no
+    ``ollamafleet.io/port`` annotation."""
     default_slots: int = 1
     """Slots when neither the annotation nor ``OLLAMA_NUM_PARALLEL`` says (Ollama's
     own default is 1 on most GPUs, up to 4 when memory allows; say it explicitly)."""
@@ -56,14 +57,7 @@ def pod_key(pod: Mapping[str, Any]) -> PodKey:
     return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
-def _is_ready(status: Mapping[str, Any]) -> bool:
-    for cond in status.get("conditions") or ():
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
-
-
-def _positive_int(text: object) -> int | None:
+def _positive_int(text: str | int) -> int | None:
     try:
         value = int(str(text).strip())
     except ValueError:
@@ -71,20 +65,17 @@ def _positive_int(text: object) -> int | None:
     return value if value > 0 else None
 
 
-def _port_and_slots(spec: Mapping[str, Any], rules: PodRules) -> tuple[int, int | None]:
-    port: int | None = None
+def _env_slots(spec: Mapping[str, Any], rules: PodRules) -> int | None:
     env_slots: int | None = None
     for container in spec.get("containers") or ():
-        named = [p for p in container.get("ports") or () if p.get("name") == rules.port_name]
-        if named and port is None:
-            port = int(named[0]["containerPort"])
+        serving = any(p.get("name") == rules.port_name for p in container.get("ports") or ())
         for env in container.get("env") or ():
             if env.get("name") == "OLLAMA_NUM_PARALLEL" and "value" in env:
                 value = _positive_int(env["value"])
                 # The serving container's setting wins over a sidecar's.
-                if value is not None and (env_slots is None or named):
+                if value is not None and (env_slots is None or serving):
                     env_slots = value
-    return (port if port is not None else rules.default_port), env_slots
+    return env_slots
 
 
 def backend_from_pod(pod: Mapping[str, Any], rules: PodRules) -> Backend | None:
@@ -94,30 +85,25 @@ def backend_from_pod(pod: Mapping[str, Any], rules: PodRules) -> Backend | None:
     ``OLLAMA_NUM_PARALLEL``, else ``rules.default_slots`` (invalid values fall through).
     ``vram_bytes``: annotation :data:`ANNOTATION_VRAM_BYTES` (a quantity), else 0.
     """
+    url = pod_endpoint(
+        pod, port_name=rules.port_name, default_port=rules.default_port, scheme=rules.scheme
+    )
+    if url is None:
+        return None
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    ip = status.get("podIP")
-    if not ip or meta.get("deletionTimestamp") or not _is_ready(status):
-        return None
     annotations: Mapping[str, str] = meta.get("annotations") or {}
-    port, env_slots = _port_and_slots(spec, rules)
     slots = (
         _positive_int(annotations.get(ANNOTATION_NUM_PARALLEL, ""))
-        or env_slots
+        or _env_slots(spec, rules)
         or rules.default_slots
     )
-    try:
-        vram = parse_quantity(annotations.get(ANNOTATION_VRAM_BYTES, "0"))
-    except ValueError:
-        vram = 0
-    host = f"[{ip}]" if ":" in ip else ip
     labels = meta.get("labels") or {}
     return Backend(
-        name=str(meta.get("name") or f"{ip}:{port}"),
-        url=f"{rules.scheme}://{host}:{port}",
+        name=str(meta.get("name") or host_port(url)),
+        url=url,
         slots=slots,
-        vram_bytes=vram,
+        vram_bytes=pod_vram_bytes(pod) or 0,
         node=str(spec.get("nodeName") or ""),
         labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
     )
