@@ -78,6 +78,7 @@ class AffinityMap:
         if expires <= self.clock():
             del self._entries[key]
             return None
+        self._entries.move_to_end(key)  # a conversation in use is the last to go
         return pod
 
     def put(self, key: str, pod: str) -> None:
