@@ -16,11 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.shared.redis_server import RedisServer
+
 from ollama_balancer.shared.address import parse_store_url
 from ollama_balancer.shared.keys import Keys
 from ollama_balancer.shared.local import LocalState
 from ollama_balancer.shared.store import RedisState
-from tests.shared.redis_server import RedisServer
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -72,7 +73,11 @@ async def _measure(url: str, n: int, pairs: tuple[int, ...]) -> str:
     try:
         acq, rel, cpu = await _ops(LocalState(), n)
         lines.append(
-            _row("local acquire + release (today)", [x + y for x, y in zip(acq, rel)], cpu)
+            _row(
+                "local acquire + release (today)",
+                [x + y for x, y in zip(acq, rel, strict=True)],
+                cpu,
+            )
         )
         acq, rel, cpu = await _ops(a, n)
         lines.append(_row("shared acquire (one script)", acq, cpu / 2))
