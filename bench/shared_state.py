@@ -16,8 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.shared.redis_server import RedisServer
-
+from bench.redis_server import RedisServer
 from ollama_balancer.shared.address import parse_store_url
 from ollama_balancer.shared.keys import Keys
 from ollama_balancer.shared.local import LocalState

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from bench.redis_server import RedisServer
 
 from ollama_balancer.ledger import Ledger
 from ollama_balancer.shared.address import parse_store_url
@@ -17,7 +18,6 @@ from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.keys import Keys
 from ollama_balancer.shared.local import LocalState
 from ollama_balancer.shared.store import RedisState
-from tests.shared.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

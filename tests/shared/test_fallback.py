@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from bench.redis_server import RedisServer
 from prometheus_client import CollectorRegistry
 
 from ollama_balancer.auth import ApiKey
@@ -19,7 +20,6 @@ from ollama_balancer.shared.keys import Keys
 from ollama_balancer.shared.local import LocalState
 from ollama_balancer.shared.metrics import SharedMetrics
 from ollama_balancer.shared.store import RedisState
-from tests.shared.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 

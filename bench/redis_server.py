@@ -1,4 +1,4 @@
-"""A real ``redis-server`` (Debian package, installed by .ci/tools.sh) as a test process.
+"""A real ``redis-server`` (Debian package, installed by .ci/tools.sh) as a child process.
 
 Started on loopback with no persistence; stopped by its PID only.  ``stop()`` then
 ``start()`` brings it back on the same port, empty, as a restarted store would be.
