@@ -200,3 +200,41 @@ async def test_clean_close_gives_leases_back(own_redis: RedisServer, make_state:
     assert await raw_count(own_redis, LEASES) == 1
     await a.close()
     assert await raw_count(own_redis, LEASES) == 0
+
+
+async def test_metrics_of_a_sharing_replica(own_redis: RedisServer, make_state: Make) -> None:
+    registry = CollectorRegistry()
+    holder: list[FallbackState] = []
+    metrics = SharedMetrics(registry, held=lambda: holder[0].own_leases())
+    a, dead = make_state("a", metrics), make_state("dead")
+    holder.append(a)
+    await a.start()
+    await dead.start()
+    leases = [(await a.acquire(POD, MODEL, slots=4, request_id=str(i))).lease for i in range(2)]
+    assert (await a.acquire(POD, "other", slots=1, request_id="3")).lease is not None
+    labels = {"backend": POD, "model": MODEL}
+    assert registry.get_sample_value("ollama_fleet_shared_leases_held", labels) == 2.0
+    assert (
+        registry.get_sample_value(
+            "ollama_fleet_shared_leases_held", {"backend": POD, "model": "other"}
+        )
+        == 1.0
+    )
+    granted = {"result": "granted"}
+    assert (
+        registry.get_sample_value("ollama_fleet_shared_lease_acquire_seconds_count", granted) == 3
+    )
+    for lease in leases:
+        assert lease is not None
+        await a.release(lease)
+    assert registry.get_sample_value("ollama_fleet_shared_leases_held", labels) is None
+    # A replica that dies holding a lease: once its TTL (2 s) passes, a refresh on the
+    # living replica reclaims it and counts it.
+    assert (await dead.acquire(POD, MODEL, slots=4, request_id="d")).lease is not None
+    for task in dead._tasks:  # stop renewing, like kill -9 (no clean close)
+        task.cancel()
+    await until(
+        lambda: registry.get_sample_value("ollama_fleet_shared_leases_reclaimed_total") == 1.0,
+        timeout=5,
+    )
+    assert a.occupancy().inflight(POD, MODEL) == 0
