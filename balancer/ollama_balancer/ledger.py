@@ -8,14 +8,18 @@ penalties for backends that failed fast, and learns per-model load and service
 times.  Routing only reads it; the proxy is the only writer.
 
 Every replica has its own ledger: counts are per replica, and random
-tie-breaking keeps replicas from herding onto the same pod.
+tie-breaking keeps replicas from herding onto the same pod.  With shared state
+(:mod:`ollama_balancer.shared`) the same reads come from a fleet-wide
+occupancy snapshot instead: both satisfy :class:`LedgerView`, the read side
+routing needs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["Ledger", "LoadRecord"]
+__all__ = ["Ledger", "LedgerView", "LoadRecord"]
 
 Key = tuple[str, str]  # (backend name, canonical model)
 
@@ -28,6 +32,22 @@ _EWMA = 0.3
 class LoadRecord:
     started: float
     request_id: str
+
+
+class LedgerView(Protocol):
+    """What routing reads: this replica's :class:`Ledger`, or a fleet-wide
+    :class:`ollama_balancer.shared.occupancy.Occupancy` snapshot."""
+
+    def inflight(self, backend: str, model: str) -> int: ...
+    def backend_inflight(self, backend: str) -> int: ...
+    def loading(self, backend: str, model: str) -> LoadRecord | None: ...
+    def loaded_at(self, backend: str, model: str) -> float | None: ...
+    def penalised(self, backend: str, now: float) -> bool: ...
+    def load_seconds(self, model: str) -> float: ...
+    def service_seconds(self, model: str) -> float: ...
+    def loading_sizes(self) -> dict[str, list[str]]: ...
+    def total_inflight(self) -> int: ...
+    def snapshot(self) -> dict[str, object]: ...
 
 
 class Ledger:

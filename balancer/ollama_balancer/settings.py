@@ -28,6 +28,7 @@ from ollama_wire.logs import LogFormat
 from ollama_wire.names import InvalidModelName, canonical
 
 from .rankers import Strategy
+from .shared.address import parse_store_url
 
 __all__ = [
     "ENV_PREFIX",
@@ -228,6 +229,33 @@ class BalancerSettings:
     )
     max_header_bytes: int = _f(
         16384, "longest request line or header line accepted (else 400)", "security"
+    )
+    # --- shared state (docs: README "Shared state"); empty = per-replica, one replica only
+    shared_state: str = _f(
+        "",
+        "Redis/Valkey URL shared by all replicas: redis://[:PASSWORD@]HOST:PORT/DB, or "
+        "rediss:// for TLS; empty = each replica keeps its own counts (single replica only)",
+        "shared",
+    )
+    shared_state_password_file: str = _f(
+        "", "file holding the Redis password (a mounted Secret); not with one in the URL", "shared"
+    )
+    shared_state_ca_file: str = _f(
+        "", "PEM CA bundle that signs the server's certificate (rediss:// only)", "shared"
+    )
+    shared_state_prefix: str = _f(
+        "ollama-fleet",
+        "prefix of every Redis key and channel (fleets may share one Redis)",
+        "shared",
+    )
+    shared_state_timeout: float = _f(
+        0.25, "seconds one shared operation may take before local state serves it", "shared"
+    )
+    lease_ttl: float = _f(
+        30.0, "seconds a slot lease lives unless renewed (a dead replica's slots free)", "shared"
+    )
+    lease_renew_interval: float = _f(
+        10.0, "seconds between renewals of the leases this replica holds", "shared"
     )
     # --- process
     log_format: LogFormat = _f(LogFormat.AUTO, "log rendering: auto | json | console", "process")
@@ -435,6 +463,9 @@ def _validate(s: BalancerSettings) -> None:
         "auth_reload_seconds",
         "client_body_timeout",
         "keepalive_timeout",
+        "shared_state_timeout",
+        "lease_ttl",
+        "lease_renew_interval",
     )
     for name in positive:
         if getattr(s, name) <= 0:
@@ -460,5 +491,19 @@ def _validate(s: BalancerSettings) -> None:
     s.num_ctx_pins()
     if s.discovery == "static":
         s.static_backends()
+    if s.lease_renew_interval * 2 > s.lease_ttl:
+        # Two renewals must fit in one TTL, so one slow or lost renewal loses no lease.
+        raise SettingsError("lease_renew_interval: must be at most half of lease_ttl")
+    if s.shared_state:
+        try:
+            parse_store_url(s.shared_state)
+        except ValueError as exc:
+            raise SettingsError(f"shared_state: {exc}") from None
+        if s.shared_state_ca_file and not s.shared_state.startswith("rediss://"):
+            raise SettingsError("shared_state_ca_file: only with a rediss:// URL (TLS)")
+        if s.shared_state_password_file and parse_store_url(s.shared_state).password:
+            raise SettingsError(
+                "shared_state_password_file: the URL carries a password already; use one"
+            )
     if s.discovery == "dns" and not s.dns_name:
         raise SettingsError("dns_name: required with discovery=dns")

@@ -160,7 +160,41 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
         )["items"]
         assert [h["spec"]["minReplicas"] for h in hpas] == [2]
         nps = client.NetworkingV1Api(api).list_namespaced_network_policy(NAMESPACE)
-        assert len(nps.items) == 1
+        assert sorted(str(n.metadata.name) for n in nps.items) == [
+            f"{RELEASE}-ollama-fleet-ollama",
+            f"{RELEASE}-ollama-fleet-shared-state",
+        ]
+        # The bundled shared-state store: its pod is scheduled, its password generated once
+        # and kept by an upgrade (helm lookup), and the balancer is told where it is.
+        store_secret = f"{RELEASE}-ollama-fleet-shared-state"
+        password = core.read_namespaced_secret(store_secret, NAMESPACE).data["password"]
+        assert len(password) >= 40
+        _wait("shared-state pod bound", lambda: _bound(_pods(api, "shared-state"), 1))
+        upgrade = run_helm(
+            helm,
+            [
+                "upgrade",
+                RELEASE,
+                str(CHART),
+                "-n",
+                NAMESPACE,
+                "-f",
+                str(VALUES / "kube-install.yaml"),
+                *kc,
+            ],
+        )
+        assert upgrade.returncode == 0, upgrade.stderr
+        assert core.read_namespaced_secret(store_secret, NAMESPACE).data["password"] == password
+        assert "Shared state: bundled store at redis://" in upgrade.stdout
+        env = {
+            e.name: e.value
+            for e in apps.read_namespaced_deployment(f"{RELEASE}-ollama-fleet-balancer", NAMESPACE)
+            .spec.template.spec.containers[0]
+            .env
+        }
+        assert env["OLLAMA_FLEET_SHARED_STATE"] == (
+            f"redis://{RELEASE}-ollama-fleet-shared-state.{NAMESPACE}.svc:6379/0"
+        )
         svc = core.read_namespaced_service(f"{RELEASE}-ollama-fleet", NAMESPACE)
         assert svc.spec.cluster_ip and (svc.spec.ports or [])[0].port == 11434
 

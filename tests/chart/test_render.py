@@ -281,7 +281,10 @@ def test_production_mounts_the_keys_secret(rendered: dict[str, list[dict[str, An
     # the whole Secret as a read-only directory: no subPath, so Secret updates reach the pod
     assert mount == {"name": "auth", "mountPath": AUTH_DIR, "readOnly": True}
     assert volume == {"name": "auth", "secret": {"secretName": "ollama-fleet-keys"}}
-    assert not find_all(objs, "Secret")  # the user's Secret, not the chart's
+    # the user's Secret, not the chart's (the only chart Secret is the shared store's password)
+    assert [s["metadata"]["name"] for s in find_all(objs, "Secret")] == [
+        "fleet-ollama-fleet-shared-state"
+    ]
     # the real settings loader takes the file from the rendered env and config file
     dep = find(objs, "Deployment", "-balancer")
     cm = find(objs, "ConfigMap", "-balancer")

@@ -196,6 +196,15 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{- $_ := set $hashes $hash true }}
 {{- end }}
 {{- end }}
+{{- $shared := .Values.sharedState }}
+{{- if eq $shared.mode "external" }}
+{{- if regexMatch "^rediss?://[^/@]*:[^/@]*@" $shared.external.url }}
+{{- fail "sharedState.external.url: put the password in a Secret (sharedState.external.existingSecret), not in the URL" }}
+{{- end }}
+{{- if and $shared.external.tls.caSecret (not (hasPrefix "rediss://" $shared.external.url)) }}
+{{- fail "sharedState.external.tls.caSecret needs a rediss:// URL (TLS)" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* RBAC rules of the operator (see operator-rbac.yaml). */}}
@@ -266,4 +275,36 @@ topologySpreadConstraints:
 {{- $tag = printf "%s-rocm" $tag }}
 {{- end }}
 {{- printf "%s:%s" $o.image.repository $tag }}
+{{- end }}
+
+{{/* The bundled store's Deployment and Service. */}}
+{{- define "ollama-fleet.sharedStateName" -}}
+{{- include "ollama-fleet.componentName" (dict "ctx" . "component" "shared-state") }}
+{{- end }}
+
+{{/* Secret with the shared store's password: the generated one, or the user's. */}}
+{{- define "ollama-fleet.sharedStateSecretName" -}}
+{{- if eq .Values.sharedState.mode "external" }}
+{{- .Values.sharedState.external.existingSecret }}
+{{- else }}
+{{- include "ollama-fleet.componentName" (dict "ctx" . "component" "shared-state") }}
+{{- end }}
+{{- end }}
+
+{{/* OLLAMA_FLEET_SHARED_STATE: the store's URL (never with a password). */}}
+{{- define "ollama-fleet.sharedStateUrl" -}}
+{{- if eq .Values.sharedState.mode "bundled" }}
+{{- printf "redis://%s.%s.svc:6379/0" (include "ollama-fleet.sharedStateName" .) .Release.Namespace }}
+{{- else if eq .Values.sharedState.mode "external" }}
+{{- .Values.sharedState.external.url }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the balancer reads a password file / a CA file for the shared store. */}}
+{{- define "ollama-fleet.sharedStatePassword" -}}
+{{- if or (eq .Values.sharedState.mode "bundled") (and (eq .Values.sharedState.mode "external") .Values.sharedState.external.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "ollama-fleet.sharedStateCA" -}}
+{{- if and (eq .Values.sharedState.mode "external") .Values.sharedState.external.tls.caSecret }}true{{ end }}
 {{- end }}

@@ -1,0 +1,61 @@
+"""Build the shared state the settings ask for (the one place that decides which)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..ledger import Ledger
+from .address import parse_store_url
+from .fallback import FallbackState, SharedObserver
+from .keys import Keys
+from .local import LocalState
+from .model import new_replica_id
+from .protocol import SharedState
+from .store import RedisState
+
+if TYPE_CHECKING:  # the settings import this package's address parser: no runtime circle
+    from ..settings import BalancerSettings
+
+__all__ = ["create_shared_state"]
+
+
+def create_shared_state(
+    settings: BalancerSettings,
+    ledger: Ledger,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    observer: SharedObserver | None = None,
+    replica: str | None = None,
+    log: Any = None,
+) -> SharedState:
+    """LocalState on ``ledger`` without ``shared_state``; else Redis with local fallback.
+
+    Call ``await state.start()`` once the event loop runs (it never raises for an
+    unreachable store) and ``await state.close()`` on exit."""
+    replica = replica or new_replica_id()
+    local = LocalState(ledger, replica=replica, clock=clock)
+    if not settings.shared_state:
+        return local
+    store = RedisState(
+        parse_store_url(settings.shared_state),
+        replica=replica,
+        keys=Keys(settings.shared_state_prefix),
+        clock=clock,
+        lease_ttl=settings.lease_ttl,
+        op_timeout=settings.shared_state_timeout,
+        # A load is over by its first byte, and no later than the first-byte timeout.
+        load_ttl=settings.first_byte_timeout,
+        password_file=settings.shared_state_password_file,
+        ca_file=settings.shared_state_ca_file,
+        default_load_seconds=settings.default_load_seconds,
+        default_service_seconds=settings.default_service_seconds,
+    )
+    return FallbackState(
+        store,
+        local,
+        renew_interval=settings.lease_renew_interval,
+        observer=observer,
+        log=log,
+    )

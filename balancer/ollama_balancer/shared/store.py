@@ -1,0 +1,458 @@
+"""Fleet-wide state in Redis/Valkey, through redis-py's asyncio client (thin I/O).
+
+Every operation is one round trip (a script, or a pipeline of them) bounded by
+``op_timeout``; any fault (refused, reset, timeout, an error reply) raises
+:class:`StoreUnavailable`, and the fallback wrapper decides what to do.  Reads
+come from the in-memory :class:`Mirror`, kept fresh by the events channel and
+by :meth:`RedisState.refresh`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from ..auth import ApiKey
+from ..ledger import LedgerView
+from . import scripts as S
+from .address import StoreAddress
+from .keys import Keys
+from .model import (
+    Grant,
+    Learned,
+    Lease,
+    QuotaTicket,
+    QuotaVerdict,
+    SlotFreed,
+    field_of,
+    member_of,
+)
+from .occupancy import LOADED_MEMORY, Event, Mirror, parse_event, parse_refresh
+from .protocol import StoreUnavailable
+from .quota import ADMITTED, refusal
+from .resync import Entry
+from .signals import AffinityMap, FreedSignal
+
+__all__ = ["RedisState"]
+
+T = TypeVar("T")
+
+#: EWMA weight of a new measurement (the Ledger's).
+EWMA = 0.3
+#: Learned times are kept this long after their last update (ms).
+LEARN_TTL_MS = 7 * 24 * 3600 * 1000
+
+
+def _int(x: Any) -> int:
+    return int(x)
+
+
+class RedisState:
+    """The shared implementation; see :mod:`ollama_balancer.shared.protocol`."""
+
+    def __init__(
+        self,
+        address: StoreAddress,
+        *,
+        replica: str,
+        keys: Keys | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        lease_ttl: float = 30.0,
+        op_timeout: float = 0.25,
+        load_ttl: float = 300.0,
+        affinity_ttl: float = 1800.0,
+        password_file: str = "",
+        ca_file: str = "",
+        default_load_seconds: float = 20.0,
+        default_service_seconds: float = 5.0,
+        signal: FreedSignal | None = None,
+        affinities: AffinityMap | None = None,
+    ) -> None:
+        self.address = address
+        self.replica = replica
+        self.keys = keys or Keys()
+        self.clock = clock
+        self.lease_ttl = lease_ttl
+        self.op_timeout = op_timeout
+        self.load_ttl = load_ttl
+        self.affinity_ttl = affinity_ttl
+        self.password_file = password_file
+        self.ca_file = ca_file
+        self.signal = signal or FreedSignal()
+        self.affinities = affinities or AffinityMap(clock, ttl=affinity_ttl)
+        self.mirror = Mirror(clock, default_load_seconds, default_service_seconds)
+        #: Leases this replica's scripts found expired and removed (dead replicas').
+        self.reclaimed = 0
+        self._client: Redis | None = None
+
+    # ------------------------------------------------------------ connection
+    def _password(self) -> str | None:
+        if self.password_file:
+            # Read at every connect: a rotated Secret is picked up on the next reconnect.
+            return Path(self.password_file).read_text(encoding="utf-8").strip() or None
+        return self.address.password
+
+    async def connect(self) -> None:
+        """(Re)connect, check the server answers, load the scripts."""
+        await self.close()
+        a = self.address
+        try:
+            password = self._password()
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read the password file: {exc}") from exc
+        # No retries inside the client: a fault must surface at once so the wrapper
+        # switches to local state; it reconnects on its own schedule.
+        self._client = Redis(
+            host=a.host,
+            port=a.port,
+            db=a.db,
+            username=a.username,
+            password=password,
+            ssl=a.tls,
+            ssl_ca_certs=self.ca_file or None,
+            socket_timeout=max(1.0, self.op_timeout * 4),
+            socket_connect_timeout=max(1.0, self.op_timeout * 4),
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"ollama-fleet:{self.replica}"[:64].replace(" ", "_"),
+        )
+        await self._io(self._client.ping())
+        await self._load_scripts()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(client.aclose(), self.op_timeout * 4)
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            raise StoreUnavailable("not connected")
+        return self._client
+
+    async def _io(self, aw: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.op_timeout):
+                return await aw
+        except TimeoutError as exc:
+            raise StoreUnavailable(f"no answer within {self.op_timeout:g}s") from exc
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _load_scripts(self) -> None:
+        pipe = self._redis().pipeline(transaction=False)
+        for script in S.SCRIPTS:
+            pipe.script_load(script.source)
+        await self._io(pipe.execute())
+
+    async def _eval(self, script: S.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return (await self._batch([(script, keys, args)]))[0]
+
+    async def _batch(
+        self,
+        calls: Sequence[tuple[S.Script, Sequence[str], Sequence[Any]]],
+        extra: Callable[[Any], None] | None = None,
+    ) -> list[Any]:
+        """Scripts (and ``extra`` plain commands) in one pipeline: one round trip.
+
+        EVALSHA; after a store restart (scripts gone) load them and send again."""
+        for attempt in (0, 1):
+            pipe = self._redis().pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if extra is not None:
+                extra(pipe)
+            try:
+                return list(await self._io(pipe.execute()))
+            except StoreUnavailable as exc:
+                if attempt or not isinstance(exc.__cause__, NoScriptError):
+                    raise
+                await self._load_scripts()
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> None:
+        await self._io(self._redis().ping())
+
+    # ------------------------------------------------------------------ reads
+    def occupancy(self) -> LedgerView:
+        return self.mirror.occupancy()
+
+    def affinity(self, key: str) -> str | None:
+        return self.affinities.get(key)
+
+    def status(self) -> dict[str, object]:
+        return {"mode": "shared", "store": self.address.redacted(), "replica": self.replica}
+
+    # ------------------------------------------------------------------ slots
+    async def acquire(
+        self,
+        pod: str,
+        model: str,
+        *,
+        slots: int,
+        request_id: str,
+        cold: bool = False,
+        overflow: bool = False,
+    ) -> Grant:
+        k = self.keys
+        member = member_of(self.replica, request_id)
+        field = field_of(pod, model)
+        granted, held, reclaimed, owns, seq, now = map(
+            _int,
+            await self._eval(
+                S.ACQUIRE,
+                [k.lease(pod, model), k.index, k.loads, k.seq],
+                [
+                    member,
+                    int(self.lease_ttl * 1000),
+                    slots,
+                    int(overflow),
+                    int(cold),
+                    field,
+                    pod,
+                    model,
+                    k.channel,
+                    int(self.load_ttl * 1000),
+                ],
+            ),
+        )
+        self.reclaimed += reclaimed
+        ev = Event("acq" if granted else "rec", seq, now, pod, model, held, slots)
+        if owns:
+            ev = Event("acq", seq, now, pod, model, held, slots, member=member)
+        if granted or reclaimed:
+            self._on_event(ev)
+        else:
+            self.mirror.apply_held((pod, model), held, seq, strict=False)
+        if not granted:
+            return Grant(None, held)
+        lease = Lease(pod, model, member, slots, request_id, loads=bool(owns), shared=True)
+        return Grant(lease, held)
+
+    async def first_byte(self, lease: Lease) -> float | None:
+        if not lease.loads:
+            return None
+        k = self.keys
+        done, ms, seq, now = map(
+            _int,
+            await self._eval(
+                S.LOADED,
+                [k.loads, k.loaded, k.seq],
+                [lease.member, field_of(*lease.key), lease.pod, lease.model, k.channel],
+            ),
+        )
+        if not done:
+            return None
+        self._on_event(Event("loaded", seq, now, lease.pod, lease.model))
+        return ms / 1000.0
+
+    def _release_call(self, lease: Lease) -> tuple[S.Script, list[str], list[Any]]:
+        k = self.keys
+        return (
+            S.RELEASE,
+            [k.lease(lease.pod, lease.model), k.index, k.loads, k.seq],
+            [lease.member, field_of(*lease.key), lease.pod, lease.model, lease.slots, k.channel],
+        )
+
+    def _learn_call(self, model: str, learned: Learned) -> tuple[S.Script, list[str], list[Any]]:
+        def arg(x: float | None) -> str:
+            return "" if x is None else repr(float(x))
+
+        return (
+            S.LEARN,
+            [self.keys.learn_load, self.keys.learn_service],
+            [model, arg(learned.load_seconds), arg(learned.service_seconds), EWMA, LEARN_TTL_MS],
+        )
+
+    def _quota_finish_call(
+        self, ticket: QuotaTicket, tokens: int, now_ms: int | None = None
+    ) -> tuple[S.Script, list[str], list[Any]]:
+        k = self.keys
+        return (
+            S.QUOTA_FINISH,
+            [k.quota_inflight(ticket.key), k.quota_tokens(ticket.key)],
+            [ticket.member, ticket.tokens_per_minute, max(0, tokens), "", "", _now_arg(now_ms)],
+        )
+
+    def _affinity_cmds(self, key: str, pod: str) -> Callable[[Any], None]:
+        def add(pipe: Any) -> None:
+            pipe.set(self.keys.affinity(key), pod, px=int(self.affinity_ttl * 1000))
+            pipe.publish(self.keys.channel, json.dumps({"k": "aff", "a": key, "p": pod}))
+
+        return add
+
+    async def release(
+        self,
+        lease: Lease,
+        *,
+        learned: Learned | None = None,
+        affinity: str | None = None,
+        quota: QuotaTicket | None = None,
+        tokens: int = 0,
+    ) -> None:
+        calls = [self._release_call(lease)]
+        if learned is not None:
+            calls.append(self._learn_call(lease.model, learned))
+        if quota is not None:
+            calls.append(self._quota_finish_call(quota, tokens))
+        if affinity is not None:
+            self.affinities.put(affinity, lease.pod)
+        extra = self._affinity_cmds(affinity, lease.pod) if affinity is not None else None
+        replies = await self._batch(calls, extra)
+        held, reclaimed, seq, now, aborted = map(_int, replies[0])
+        self.reclaimed += reclaimed
+        member = lease.member if aborted else ""
+        self._on_event(Event("rel", seq, now, lease.pod, lease.model, held, lease.slots, member))
+
+    async def renew(self, entries: Iterable[Entry]) -> int:
+        """Push the expiry of ``entries`` one TTL ahead, re-adding missing ones."""
+        args: list[Any] = [int(self.lease_ttl * 1000)]
+        for e in entries:
+            args += [e.key, e.member, e.field]
+        if len(args) == 1:
+            return 0
+        return _int(await self._eval(S.RENEW, [self.keys.index], args))
+
+    async def remove(self, entries: Iterable[Entry]) -> None:
+        pipe = self._redis().pipeline(transaction=False)
+        n = 0
+        for e in entries:
+            pipe.zrem(e.key, e.member)
+            n += 1
+        if n:
+            await self._io(pipe.execute())
+
+    # ------------------------------------------------------------------ loads
+    async def lock_load(self, model: str, owner: str, ttl: float) -> bool:
+        key = self.keys.load_lock(model)
+        ok = await self._io(self._redis().set(key, owner, nx=True, px=max(1, int(ttl * 1000))))
+        return bool(ok)
+
+    async def unlock_load(self, model: str, owner: str) -> None:
+        await self._eval(S.UNLOCK, [self.keys.load_lock(model)], [owner, self.keys.channel, model])
+
+    async def refresh(self) -> None:
+        k = self.keys
+        reply = await self._eval(
+            S.SNAPSHOT,
+            [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
+            [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
+        )
+        r = parse_refresh(reply)
+        self.reclaimed += r.reclaimed
+        for freed in self.mirror.apply_refresh(r):
+            self.signal.notify(freed)
+
+    # ------------------------------------------------------- learning, memory
+    async def learn(self, model: str, learned: Learned) -> None:
+        await self._batch([self._learn_call(model, learned)])
+
+    async def penalise(self, pod: str, seconds: float) -> None:
+        k = self.keys
+        await self._eval(
+            S.PENALISE, [k.penalties, k.seq], [pod, max(1, int(seconds * 1000)), k.channel]
+        )
+
+    async def clear_penalty(self, pod: str) -> None:
+        # Called after every good answer: cost a round trip only when there is one.
+        if self.pod_penalised(pod):
+            k = self.keys
+            await self._eval(S.UNPENALISE, [k.penalties, k.seq], [pod, k.channel])
+
+    def pod_penalised(self, pod: str) -> bool:
+        return pod in self.mirror.occupancy().penalties
+
+    async def remember(self, key: str, pod: str) -> None:
+        self.affinities.put(key, pod)
+        pipe = self._redis().pipeline(transaction=False)
+        self._affinity_cmds(key, pod)(pipe)
+        await self._io(pipe.execute())
+
+    async def recall(self, key: str) -> str | None:
+        """The stored pod of ``key`` (one GET): for a replica that started after it was set."""
+        raw = await self._io(self._redis().get(self.keys.affinity(key)))
+        return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    # ------------------------------------------------------------------ quotas
+    async def admit(self, key: ApiKey, request_id: str, now_ms: int | None = None) -> QuotaVerdict:
+        k = self.keys
+        member = member_of(self.replica, request_id)
+        code, wait_ms = map(
+            _int,
+            await self._eval(
+                S.QUOTA_ADMIT,
+                [k.quota_inflight(key.name), k.quota_requests(key.name), k.quota_tokens(key.name)],
+                [
+                    member,
+                    key.max_concurrent,
+                    key.requests_per_minute,
+                    key.tokens_per_minute,
+                    int(self.lease_ttl * 1000),
+                    _now_arg(now_ms),
+                ],
+            ),
+        )
+        if code != ADMITTED:
+            reason, retry_after = refusal(code, key, wait_ms / 1000.0)
+            return QuotaVerdict(None, reason, retry_after)
+        return QuotaVerdict(QuotaTicket(key.name, member, key.tokens_per_minute, shared=True))
+
+    async def finish_quota(
+        self, ticket: QuotaTicket, tokens: int = 0, now_ms: int | None = None
+    ) -> None:
+        await self._batch([self._quota_finish_call(ticket, tokens, now_ms)])
+
+    # ------------------------------------------------------------------ events
+    def _on_event(self, ev: Event) -> None:
+        if ev.kind == "aff":
+            self.affinities.put(ev.key, ev.pod)
+            return
+        freed = self.mirror.apply_event(ev)
+        if freed is not None:
+            self.signal.notify(freed)
+
+    async def listen(self, subscribed: asyncio.Event | None = None) -> None:
+        """Apply the events channel until the connection fails (raises StoreUnavailable)."""
+        pubsub: PubSub = self._redis().pubsub(ignore_subscribe_messages=True)
+        try:
+            await self._io(pubsub.subscribe(self.keys.channel))
+            if subscribed is not None:
+                subscribed.set()
+            while True:
+                try:
+                    msg = await pubsub.get_message(timeout=1.0)
+                except (RedisError, OSError) as exc:
+                    raise StoreUnavailable(f"events channel: {type(exc).__name__}: {exc}") from exc
+                if msg is None or msg.get("type") != "message":
+                    continue
+                ev = parse_event(msg["data"])
+                if ev is not None:
+                    self._on_event(ev)
+        finally:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(pubsub.aclose(), self.op_timeout * 4)  # type: ignore[no-untyped-call]
+
+    # ------------------------------------------------------- slot-freed signal
+    def on_slot_freed(self, listener: Callable[[SlotFreed], None]) -> Callable[[], None]:
+        return self.signal.subscribe(listener)
+
+    async def wait_slot_freed(self, model: str, timeout: float) -> SlotFreed | None:
+        return await self.signal.wait(model, timeout)
+
+    async def start(self) -> None:
+        await self.connect()
+
+
+def _now_arg(now_ms: int | None) -> str:
+    """Scripts use the server's clock unless a test pins it."""
+    return "" if now_ms is None else str(int(now_ms))
