@@ -12,14 +12,18 @@ from typing import Any
 
 from . import common
 
-NAMES = ("overhead", "streaming", "routing", "control")
+NAMES = ("proxy", "overhead", "streaming", "routing", "control")
 
 
-def _run(name: str, smoke: bool, litellm: bool, quick: bool) -> dict[str, Any]:
+def _run(
+    name: str, smoke: bool, litellm: bool, quick: bool, baseline: str | None = None
+) -> dict[str, Any]:
     mod: Any = importlib.import_module(f"bench.{name}")
     cfg = mod.SMOKE if smoke else (getattr(mod, "QUICK", mod.Config()) if quick else mod.Config())
     if litellm and hasattr(cfg, "targets"):
         cfg.targets = (*cfg.targets, "litellm")
+    if baseline and hasattr(cfg, "baseline"):
+        cfg.baseline = baseline
     t = time.monotonic()
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
@@ -37,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="seconds-long version (CI)")
     p.add_argument("--quick", action="store_true", help="shorter full run, where defined")
     p.add_argument("--litellm", action="store_true", help="add the LiteLLM peer (installs it)")
+    p.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="proxy: also run the balancer of git REF (e.g. main), pinned like ours, same run",
+    )
     args = p.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped by its PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -50,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         plots.main()
         return 0
     for name in NAMES if args.name == "all" else (args.name,):
-        _run(name, args.smoke, args.litellm, args.quick)
+        _run(name, args.smoke, args.litellm, args.quick, args.baseline)
     return 0
 
 
