@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from ollama_balancer.app import create_app, serve
 from ollama_balancer.settings import BalancerSettings
+from ollama_wire.loop import run as run_loop
 
 __all__ = ["configure", "run"]
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ollama_balancer.telemetry import configure_logging
 
     configure_logging("console", "warning")
-    return asyncio.run(_main(args))
+    return run_loop(_main(args), environ)
 
 
 def _demo_fleet(args: argparse.Namespace) -> object:
