@@ -44,7 +44,12 @@ class Config:
 SMOKE = Config(concurrency=(1, 8), seconds=1, warmup=0, streams=(10,), tokens=10)
 #: One change against another (``--quick --baseline REF``): CPU per unit, no nginx.
 QUICK = Config(
-    concurrency=(32,), seconds=5, warmup=1, streams=(500,), tokens=60, targets=("direct", "balancer")
+    concurrency=(32,),
+    seconds=5,
+    warmup=1,
+    streams=(500,),
+    tokens=60,
+    targets=("direct", "balancer"),
 )
 
 #: The issue's targets (#18): (label, row key, limit, ratio to nginx at most).
