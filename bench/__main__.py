@@ -13,6 +13,8 @@ from typing import Any
 from . import common
 
 NAMES = ("proxy", "overhead", "streaming", "routing", "control")
+#: Not part of ``all``: minutes under valgrind (instruction counts, for A/B of one change).
+EXTRA = ("instructions",)
 
 
 def _run(
@@ -37,7 +39,7 @@ def _run(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("name", choices=(*NAMES, "all", "plots", "install-litellm"))
+    p.add_argument("name", choices=(*NAMES, *EXTRA, "all", "plots", "install-litellm"))
     p.add_argument("--smoke", action="store_true", help="seconds-long version (CI)")
     p.add_argument("--quick", action="store_true", help="shorter full run, where defined")
     p.add_argument("--litellm", action="store_true", help="add the LiteLLM peer (installs it)")

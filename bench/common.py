@@ -269,6 +269,9 @@ def start_balancer(
     name: str = "balancer",
     source: Path | None = None,
     log_level: str = "warning",
+    wrapper: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 60,
 ) -> tuple[Proc, str]:
     """``backend_opts`` (e.g. ``;slots=4;vram=16GiB``) tells the balancer what each node is,
     as an operator would (the chart passes OLLAMA_NUM_PARALLEL and the VRAM annotation).
@@ -276,17 +279,17 @@ def start_balancer(
     port = free_port()
     backends = ",".join(f"node-{i}={u}{backend_opts}" for i, u in enumerate(urls))
     argv = [
-        PY, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1", "--port", str(port),
+        *wrapper, PY, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1", "--port", str(port),
         "--backends", backends, "--routing-policy", policy, "--log-level", log_level,
         "--log-format", "json", *extra,
     ]  # fmt: skip
-    env = None
+    env = dict(env or {})
     if source is not None:
         roots = [str(source / d) for d in ("balancer", "emulator", "operator")]
-        env = {"PYTHONPATH": os.pathsep.join(roots)}
+        env["PYTHONPATH"] = os.pathsep.join(roots)
     proc = procs.start(name, argv, cpus=cpus, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/readyz")[0] == 200, 60, "balancer /readyz", proc)
+    wait_until(lambda: http_get(url + "/readyz")[0] == 200, ready_timeout, "balancer /readyz", proc)
     return proc, url
 
 
