@@ -12,11 +12,18 @@ from typing import Any
 
 from . import common
 
-NAMES = ("overhead", "streaming", "routing", "control", "saturation")
+NAMES = ("proxy", "overhead", "streaming", "routing", "control", "saturation")
+#: Not part of ``all``: minutes under valgrind (instruction counts, for A/B of one change).
+EXTRA = ("instructions",)
 
 
 def _run(
-    name: str, smoke: bool, litellm: bool, quick: bool, policies: tuple[str, ...] = ()
+    name: str,
+    smoke: bool,
+    litellm: bool,
+    quick: bool,
+    baseline: str | None = None,
+    policies: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     mod: Any = importlib.import_module(f"bench.{name}")
     cfg = mod.SMOKE if smoke else (getattr(mod, "QUICK", mod.Config()) if quick else mod.Config())
@@ -24,6 +31,8 @@ def _run(
         cfg.targets = (*cfg.targets, "litellm")
     if policies and hasattr(cfg, "policies"):
         cfg.policies = policies
+    if baseline and hasattr(cfg, "baseline"):
+        cfg.baseline = baseline
     t = time.monotonic()
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
@@ -37,7 +46,7 @@ def _run(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("name", choices=(*NAMES, "all", "plots", "install-litellm"))
+    p.add_argument("name", choices=(*NAMES, *EXTRA, "all", "plots", "install-litellm"))
     p.add_argument("--smoke", action="store_true", help="seconds-long version (CI)")
     p.add_argument("--quick", action="store_true", help="shorter full run, where defined")
     p.add_argument("--litellm", action="store_true", help="add the LiteLLM peer (installs it)")
@@ -45,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         "--policies",
         default="",
         help="saturation: comma-separated binding policies to compare (early,late)",
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="proxy: also run the balancer of git REF (e.g. main), pinned like ours, same run",
     )
     args = p.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped by its PID.
@@ -60,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in NAMES if args.name == "all" else (args.name,):
         policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
-        _run(name, args.smoke, args.litellm, args.quick, policies)
+        _run(name, args.smoke, args.litellm, args.quick, args.baseline, policies)
     return 0
 
 

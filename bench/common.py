@@ -32,6 +32,36 @@ PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+# ----------------------------------------------------------------- CPU pinning
+@dataclass(frozen=True)
+class Cores:
+    """Which CPUs the proxy under test gets, and which everything else (emulator, load) gets.
+
+    With two or more CPUs the proxy is alone on the last one; with one there is no
+    isolation (``proxy`` and ``load`` are both None and nothing is pinned).
+    """
+
+    proxy: str | None
+    load: str | None
+
+    def describe(self) -> str:
+        if self.proxy is None:
+            return "not pinned (one CPU)"
+        return f"proxy on CPU {self.proxy}; emulator and load generator on CPU {self.load}"
+
+
+def split_cores() -> Cores:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None:
+        return Cores(None, None)
+    return Cores(str(cpus[-1]), ",".join(str(c) for c in cpus[:-1]))
+
+
+def pinned(argv: Sequence[str], cpus: str | None) -> list[str]:
+    """``argv`` under ``taskset -c cpus`` (taskset execs it: the PID is the program's)."""
+    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -143,11 +173,12 @@ class Procs:
         *,
         children: bool = False,
         env: dict[str, str] | None = None,
+        cpus: str | None = None,
     ) -> Proc:
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as fh:  # the child keeps its own copy of the descriptor
             popen = subprocess.Popen(
-                list(argv),
+                pinned(argv, cpus),
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -207,11 +238,15 @@ def http_post(url: str, doc: dict[str, Any], timeout: float = 30.0) -> tuple[int
 
 
 # ----------------------------------------------------------------- components
-def start_emulator(procs: Procs, config: dict[str, Any], name: str = "emulator") -> list[str]:
+def start_emulator(
+    procs: Procs, config: dict[str, Any], name: str = "emulator", cpus: str | None = None
+) -> list[str]:
     """An ``ollama-fleet emulate`` process for ``config``; returns the node URLs in order."""
     path = procs.workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    proc = procs.start(name, [PY, "-m", "ollama_fleet", "emulate", "--config", str(path)])
+    proc = procs.start(
+        name, [PY, "-m", "ollama_fleet", "emulate", "--config", str(path)], cpus=cpus
+    )
     count = len(config["nodes"])
 
     def urls() -> list[str]:
@@ -230,19 +265,31 @@ def start_balancer(
     policy: str = "residency",
     extra: Sequence[str] = (),
     backend_opts: str = "",
+    cpus: str | None = None,
+    name: str = "balancer",
+    source: Path | None = None,
+    log_level: str = "warning",
+    wrapper: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 60,
 ) -> tuple[Proc, str]:
     """``backend_opts`` (e.g. ``;slots=4;vram=16GiB``) tells the balancer what each node is,
-    as an operator would (the chart passes OLLAMA_NUM_PARALLEL and the VRAM annotation)."""
+    as an operator would (the chart passes OLLAMA_NUM_PARALLEL and the VRAM annotation).
+    ``source``: a checkout (see :func:`checkout`) whose balancer runs instead of this one."""
     port = free_port()
     backends = ",".join(f"node-{i}={u}{backend_opts}" for i, u in enumerate(urls))
     argv = [
-        PY, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1", "--port", str(port),
-        "--backends", backends, "--routing-policy", policy, "--log-level", "warning",
+        *wrapper, PY, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1", "--port", str(port),
+        "--backends", backends, "--routing-policy", policy, "--log-level", log_level,
         "--log-format", "json", *extra,
     ]  # fmt: skip
-    proc = procs.start("balancer", argv)
+    env = dict(env or {})
+    if source is not None:
+        roots = [str(source / d) for d in ("balancer", "emulator", "operator")]
+        env["PYTHONPATH"] = os.pathsep.join(roots)
+    proc = procs.start(name, argv, cpus=cpus, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/readyz")[0] == 200, 60, "balancer /readyz", proc)
+    wait_until(lambda: http_get(url + "/readyz")[0] == 200, ready_timeout, "balancer /readyz", proc)
     return proc, url
 
 
@@ -289,7 +336,9 @@ def nginx_binary() -> str | None:
     )
 
 
-def start_nginx(procs: Procs, urls: Sequence[str], workers: int = 1) -> tuple[Proc, str]:
+def start_nginx(
+    procs: Procs, urls: Sequence[str], workers: int = 1, cpus: str | None = None
+) -> tuple[Proc, str]:
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError(
@@ -310,7 +359,7 @@ def start_nginx(procs: Procs, urls: Sequence[str], workers: int = 1) -> tuple[Pr
     (d / "nginx.conf").write_text(conf)
     proc = procs.start(
         "nginx", [binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
-        children=True,
+        children=True, cpus=cpus,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_get(url + "/api/version")[0] == 200, 20, "nginx", proc)
@@ -367,20 +416,93 @@ def start_litellm(
 
 
 # ----------------------------------------------------------------- load generator
-def run_loadgen(workdir: Path, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+def run_loadgen(
+    workdir: Path, spec: dict[str, Any], timeout: float, cpus: str | None = None
+) -> dict[str, Any]:
     """Run :mod:`bench.loadgen` in its own process (its CPU is not the proxy's) and read back."""
     spec_path = workdir / "loadgen-spec.json"
     out_path = workdir / "loadgen-out.json"
     spec_path.write_text(json.dumps(spec))
     out_path.unlink(missing_ok=True)
     subprocess.run(
-        [PY, "-m", "bench.loadgen", str(spec_path), str(out_path)],
+        pinned([PY, "-m", "bench.loadgen", str(spec_path), str(out_path)], cpus),
         check=True,
         timeout=timeout,
         cwd=ROOT,
     )
     result: dict[str, Any] = json.loads(out_path.read_text())
     return result
+
+
+def checkout(ref: str, into: Path) -> Path:
+    """The source tree of git ``ref`` (e.g. ``main``) under ``into``, to run it side by side."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "balancer", "emulator", "operator"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+# ----------------------------------------------------------------- wrk
+#: wrk's Lua hooks: a fixed POST body, and a machine-readable summary line at the end
+#: (latency percentiles in microseconds, as wrk keeps them).
+WRK_LUA = """\
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK {{\\"requests\\":%d,\\"duration_us\\":%d,\\"socket_errors\\":%d,"
+    .. "\\"status_errors\\":%d,\\"timeouts\\":%d,\\"p50_us\\":%d,\\"p90_us\\":%d,"
+    .. "\\"p99_us\\":%d,\\"max_us\\":%d}}\\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk_binary() -> str | None:
+    return shutil.which("wrk")
+
+
+def wrk_script(workdir: Path, body: dict[str, Any]) -> Path:
+    """A Lua script for wrk that POSTs ``body`` as JSON."""
+    path = workdir / "post.lua"
+    text = json.dumps(json.dumps(body, separators=(",", ":")))  # a Lua string literal too
+    path.write_text(WRK_LUA.format(body=text))
+    return path
+
+
+def wrk_command(url: str, script: Path, connections: int, seconds: int) -> list[str]:
+    binary = wrk_binary()
+    if binary is None:
+        raise RuntimeError(
+            "wrk is not installed: `apt-get install wrk` (Debian's wrk 4.1; .ci/tools.sh "
+            "installs it)"
+        )
+    return [
+        binary, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+        "-s", str(script), url,
+    ]  # fmt: skip
+
+
+def run_wrk(
+    url: str, script: Path, connections: int, seconds: int, cpus: str | None = None
+) -> dict[str, Any]:
+    """One wrk run (one thread, ``connections`` connections); its summary line, parsed."""
+    argv = pinned(wrk_command(url, script, connections, seconds), cpus)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    for line in proc.stdout.splitlines():
+        if line.startswith("WRK "):
+            result: dict[str, Any] = json.loads(line[4:])
+            return result
+    raise RuntimeError(
+        f"wrk printed no summary (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    )
 
 
 # ----------------------------------------------------------------- stats and output

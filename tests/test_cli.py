@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,9 @@ CLI = [sys.executable, "-m", "ollama_fleet"]
 
 
 def run(*args: str) -> str:
-    return subprocess.run([*CLI, *args], check=True, capture_output=True, text=True).stdout
+    # A wide terminal: argparse would otherwise wrap help text inside hyphenated words.
+    env = {**os.environ, "COLUMNS": "10000"}
+    return subprocess.run([*CLI, *args], check=True, capture_output=True, text=True, env=env).stdout
 
 
 def test_help_lists_subcommands() -> None:

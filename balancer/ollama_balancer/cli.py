@@ -10,6 +10,9 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from ollama_wire.loop import loop_name
+from ollama_wire.loop import run as run_loop
+
 from .app import create_app, ops_app, serve
 from .backends import Discovery
 from .settings import BalancerSettings, SettingsError, add_arguments, load_settings
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ollama_wire.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
-    return asyncio.run(_main(settings))
+    return run_loop(_main(settings), environ)
 
 
 async def _main(settings: BalancerSettings) -> int:
@@ -61,13 +64,17 @@ async def _main(settings: BalancerSettings) -> int:
         app, settings.host, settings.port, shutdown_timeout=settings.drain_grace
     )
     bal = app[BALANCER]
-    print(f"ollama-fleet balancer listening on http://{settings.host}:{port}", flush=True)
+    loop = asyncio.get_running_loop()
+    print(
+        # The URL ends the line: scripts and tests take its last word.
+        f"ollama-fleet balancer ({loop_name(loop)}) listening on http://{settings.host}:{port}",
+        flush=True,
+    )
     ops_runner = None
     if settings.ops_port:
         ops_runner, ops_port = await serve(ops_app(app), settings.host, settings.ops_port)
         print(f"ollama-fleet operations endpoints on http://{settings.host}:{ops_port}", flush=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

@@ -1,7 +1,7 @@
 """Reading what a client asked for: body, model, pin, affinity key (pure).
 
-The body is parsed once.  It is re-encoded only when the balancer must change
-it (a ``model@backend`` pin or a gateway prefix such as ``ollama/llama3``);
+The body is parsed once (orjson).  It is re-encoded only when the balancer must
+change it (a ``model@backend`` pin or a gateway prefix such as ``ollama/llama3``);
 otherwise the client's bytes are forwarded untouched.
 """
 
@@ -14,8 +14,10 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from ollama_wire.durations import KeepAliveError, parse_keep_alive
-from ollama_wire.names import InvalidModelName, parse, strip_gateway_prefix
+from ollama_wire.names import InvalidModelName, canonical, strip_gateway_prefix
 
 __all__ = [
     "Intent",
@@ -68,16 +70,14 @@ def parse_request(
     if not raw.strip():
         raise InvalidRequest("missing request body")
     try:
-        doc = json.loads(raw)
-    except UnicodeDecodeError:
-        raise InvalidRequest("invalid JSON: body is not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
-    except RecursionError:
-        raise InvalidRequest("invalid JSON: nested too deeply") from None
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = _loads_strict_python(raw)  # what orjson refuses and Python (and Go) accept
     if not isinstance(doc, dict):
         raise InvalidRequest("invalid JSON: expected an object")
-    if _depth(doc, max_depth) > max_depth:
+    # Depth (a scalar counts as a level) is at most the number of brackets + 1: most
+    # bodies need no walk at all.
+    if raw.count(b"{") + raw.count(b"[") >= max_depth and _depth(doc, max_depth) > max_depth:
         raise InvalidRequest(f"invalid JSON: nested deeper than {max_depth} levels")
     model_field = "model" if doc.get("model") or "name" not in doc else "name"
     model = doc.get(model_field)
@@ -93,18 +93,18 @@ def parse_request(
     alt_key = None
     if alt_model is not None:
         try:
-            alt_key = parse(alt_model).canonical
+            alt_key = canonical(alt_model)
         except InvalidModelName:
             alt_model = None
     try:
-        key = parse(model).canonical
+        key = canonical(model)
     except InvalidModelName:
         if alt_key is None or alt_model is None:
             raise InvalidRequest("invalid model name") from None  # Ollama's exact answer
         model, key, alt_key, alt_model, rewritten = alt_model, alt_key, None, None, True
     if rewritten:
         doc[model_field] = model
-        raw = json.dumps(doc, separators=(",", ":")).encode()
+        raw = dumps(doc)
     stream_default = not path.startswith("/v1/")
     stream = doc.get("stream", stream_default)
     return ParsedRequest(
@@ -119,6 +119,29 @@ def parse_request(
         intent=_intent(doc, path),
         num_ctx=_num_ctx(doc),
     )
+
+
+def _loads_strict_python(raw: bytes) -> Any:
+    """The standard library's parse, for bodies orjson refuses: a lone surrogate escape is
+    valid JSON to Python and to Ollama's Go decoder; anything else is refused here too,
+    with the standard library's message (the one clients got before orjson)."""
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise InvalidRequest("invalid JSON: body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
+    except RecursionError:
+        raise InvalidRequest("invalid JSON: nested too deeply") from None
+
+
+def dumps(doc: Any) -> bytes:
+    """Compact JSON of a parsed body (orjson; the standard library for what orjson cannot
+    encode, such as a lone surrogate that the client sent)."""
+    try:
+        return orjson.dumps(doc)
+    except orjson.JSONEncodeError:
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _intent(doc: Mapping[str, Any], path: str) -> Intent:
@@ -145,7 +168,7 @@ def with_num_ctx(req: ParsedRequest, num_ctx: int) -> ParsedRequest:
     doc = dict(req.doc)
     options = doc.get("options")
     doc["options"] = {**(options if isinstance(options, dict) else {}), "num_ctx": num_ctx}
-    body = json.dumps(doc, separators=(",", ":")).encode()
+    body = dumps(doc)
     return replace(req, doc=doc, body=body, num_ctx=num_ctx)
 
 
@@ -154,7 +177,7 @@ def with_model(req: ParsedRequest, model: str, key: str) -> ParsedRequest:
     doc = dict(req.doc)
     field = "model" if "model" in doc else "name"
     doc[field] = model
-    body = json.dumps(doc, separators=(",", ":")).encode()
+    body = dumps(doc)
     return replace(req, doc=doc, body=body, model=model, key=key, alt_key=None, alt_model=None)
 
 
@@ -178,7 +201,9 @@ def affinity_key(doc: Mapping[str, Any], key: str, session: str | None) -> str |
     """A conversation's identity: the client's session id, else a hash of its opening.
 
     Requests that share a conversation prefix (system prompt + first user turn)
-    reuse Ollama's prompt cache on the pod that served the earlier turns.
+    reuse Ollama's prompt cache on the pod that served the earlier turns.  The
+    hash is fed what the messages are: role and text as they came, images (base64
+    strings, often megabytes) as they came, never re-serialised.
     """
     if session:
         return "s:" + session[:256]
@@ -193,7 +218,55 @@ def affinity_key(doc: Mapping[str, Any], key: str, session: str | None) -> str |
         opening = [doc.get("system")]
     if not opening:
         return None
-    digest = hashlib.blake2b(
-        json.dumps([key, opening], sort_keys=True, default=str).encode(), digest_size=16
-    )
-    return "p:" + digest.hexdigest()
+    h = hashlib.blake2b(digest_size=16)
+    _feed(h, key)
+    for item in opening:
+        _feed_value(h, item)
+    return "p:" + h.hexdigest()
+
+
+def _feed(h: Any, text: str) -> None:
+    """One string, length-prefixed so that no two different sequences feed the same bytes."""
+    data = text.encode("utf-8", "surrogatepass")
+    h.update(b"s%d:" % len(data))
+    h.update(data)
+
+
+_PLAIN_FIELDS = ("role", "content", "images")
+
+
+def _feed_value(h: Any, value: Any) -> None:
+    """A message (or a system string) into the hash: strings directly, anything else
+    (content parts, tool calls) as canonical JSON — sorted keys, so order does not matter."""
+    if isinstance(value, str):
+        _feed(h, value)
+        return
+    if not isinstance(value, dict):
+        h.update(b"j")
+        h.update(_canonical_json(value))
+        return
+    h.update(b"m")
+    for name in _PLAIN_FIELDS:
+        field = value.get(name)
+        if field is None:
+            h.update(b"-")
+        elif isinstance(field, str):
+            _feed(h, field)
+        elif name == "images" and isinstance(field, list):
+            h.update(b"i%d:" % len(field))
+            for image in field:
+                _feed_value(h, image)
+        else:
+            h.update(b"j")
+            h.update(_canonical_json(field))
+    rest = {k: v for k, v in value.items() if k not in _PLAIN_FIELDS}
+    if rest:
+        h.update(b"r")
+        h.update(_canonical_json(rest))
+
+
+def _canonical_json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate: rare enough to be slow
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ollama_balancer.app import create_app, serve
 from ollama_balancer.settings import AdminMode, BalancerSettings
 from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig, default_catalogue
+from ollama_wire.loop import run as run_loop
 
 __all__ = ["BIG_MODEL", "EMBEDDING_MODEL", "SHARED_MODEL", "configure", "demo_fleet", "run"]
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ollama_wire.logs import configure_logging
 
     configure_logging("console", "warning")
-    return asyncio.run(_main(args))
+    return run_loop(_main(args), environ)
 
 
 def demo_fleet(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = [
     "DEFAULT_HOST",
@@ -106,11 +107,23 @@ def parse(name: str) -> ModelName:
 
 def canonical(name: str) -> str:
     """Canonical key of ``name`` (raises :class:`InvalidModelName`)."""
-    return parse(name).canonical
+    return _canonical(name) if isinstance(name, str) else parse(name).canonical
 
 
 def display(name: str) -> str:
     """``DisplayShortest`` of ``name`` (raises :class:`InvalidModelName`)."""
+    return _display(name) if isinstance(name, str) else parse(name).shortest
+
+
+# Every request names a model and the same few names recur: parse each once.  Bounded,
+# so names clients make up cannot grow it; invalid names raise and are never cached.
+@lru_cache(maxsize=4096)
+def _canonical(name: str) -> str:
+    return parse(name).canonical
+
+
+@lru_cache(maxsize=4096)
+def _display(name: str) -> str:
     return parse(name).shortest
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ollama_wire.durations import FOREVER
+from ollama_wire.loop import run as run_loop
 
 from .catalogue import parse_size
 from .config import FleetConfig, NodeConfig, _seconds, default_fleet, load_config
@@ -156,5 +157,5 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         json.dump(_describe(config), sys.stdout, indent=2)
         print()
         return 0
-    asyncio.run(serve(config))
+    run_loop(serve(config), environ)
     return 0

@@ -7,11 +7,11 @@ Every flag also reads ``OLLAMA_FLEET_OPERATOR_<NAME>`` (e.g.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Mapping
 
 from ollama_wire.logs import LogFormat
+from ollama_wire.loop import run as run_loop
 
 from . import logs
 from .settings import ENV_PREFIX, LOG_LEVELS, OperatorSettings
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .handlers import run_operator
 
     try:
-        asyncio.run(run_operator(settings))
+        run_loop(run_operator(settings), environ)
     except ValueError as exc:  # e.g. the peering object in only some watched namespaces
         print(f"ollama-fleet operator: {exc}", file=sys.stderr)
         return 2

@@ -239,3 +239,24 @@ async def test_sessions_and_connections_survive_many_faults(rig_factory: RigFact
     assert statuses.count(200) >= 20
     assert started(rig) >= statuses.count(200)
     await assert_settled(rig, base)
+
+
+async def test_a_silent_stream_is_cut_after_idle_timeout(rig_factory: RigFactory) -> None:
+    """The idle watchdog: a stream that goes quiet for idle_timeout ends like a broken one
+    (Ollama's final error line, done), never earlier than idle_timeout, and leaks nothing."""
+    rig = await two(rig_factory, time_scale=0.05, idle_timeout=0.4)
+    base = baseline()
+    for n in rig.fleet.nodes:
+        n.faults.slow(5000.0)  # seconds between tokens: far longer than idle_timeout
+    t0 = time.monotonic()
+    resp = await rig.post("/api/generate", STREAM)
+    assert resp.status == 200
+    lines = [json.loads(line) for line in (await resp.read()).splitlines() if line.strip()]
+    elapsed = time.monotonic() - t0
+    last = lines[-1]
+    assert last["done"] is True and last["done_reason"] == "error", last
+    assert "stream broken: TimeoutError" in last["error"], last
+    assert 0.4 <= elapsed < 10, elapsed
+    for n in rig.fleet.nodes:
+        n.faults.slow(1.0)
+    await assert_settled(rig, base)

@@ -1,0 +1,172 @@
+"""Benchmark 5, instructions per request and per streamed chunk (valgrind callgrind).
+
+CPU seconds move with whatever else the machine runs (other processes' cache traffic,
+how many events one wake-up batches); instruction counts do not: the same code on the
+same input executes the same instructions.  Each balancer variant runs under
+``valgrind --tool=callgrind`` (about 50× slower, so the load is light), is warmed up,
+then its counters are zeroed (``callgrind_control -z``) and dumped (``-d``) around a
+measured phase: tiny POSTs from wrk, then streams from :mod:`bench.loadgen`.  Two
+counts of the same variant agree within a fraction of a percent, so this is how one
+change is measured against another (``--baseline REF``), and where the time goes
+(``callgrind_annotate`` on the dumps kept in ``bench/out/callgrind/``).
+
+Instructions are not seconds (a cache miss costs more than an add), so the
+seconds-based :mod:`bench.proxy` stays the benchmark of record for the targets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import common
+from .fleets import stream_fleet, zero_fleet
+from .proxy import BODY, STREAM_BODY
+
+
+@dataclass
+class Config:
+    seconds: int = 8  # measured wrk run (after a warm-up of the same length)
+    connections: int = 8
+    streams: int = 20
+    tokens: int = 200  # 10 s per stream at 20 tokens/s: the request itself is ~1/200th
+    baseline: str | None = None
+    #: Extra variants of the current balancer: name -> environment (e.g. the asyncio loop).
+    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+        ("balancer", ()),
+        ("balancer+asyncio", (("OLLAMA_FLEET_LOOP", "asyncio"),)),
+    )
+
+
+SMOKE = Config(seconds=2, streams=4, tokens=10, variants=(("balancer", ()),))
+
+
+def valgrind() -> str:
+    path = shutil.which("valgrind")
+    if path is None or shutil.which("callgrind_control") is None:
+        raise RuntimeError("valgrind is not installed: `apt-get install valgrind`")
+    return path
+
+
+def _counted(pid: int, dumps: Path, action: Any) -> tuple[int, Any]:
+    """Zero ``pid``'s counters, run ``action()``, dump: (instructions during it, its result)."""
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    result = action()
+    before = set(dumps.glob(f"callgrind.{pid}.out.*"))
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = set(dumps.glob(f"callgrind.{pid}.out.*")) - before
+        for path in new:
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1]), result
+        time.sleep(0.2)
+    raise RuntimeError(f"callgrind dump of {pid} not found in {dumps}")
+
+
+def _measure(
+    cfg: Config,
+    procs: common.Procs,
+    tmp: Path,
+    urls: list[str],
+    cores: common.Cores,
+    name: str,
+    source: Path | None,
+    env: dict[str, str],
+    streaming: bool,
+) -> dict[str, Any]:
+    dumps = common.OUT / "callgrind"
+    dumps.mkdir(parents=True, exist_ok=True)
+    wrapper = [valgrind(), "--tool=callgrind", "--cache-sim=no",
+               f"--callgrind-out-file={dumps}/callgrind.%p.out"]  # fmt: skip
+    proc, base = common.start_balancer(
+        procs, urls, cpus=cores.proxy, name=name.replace("@", "-"), source=source,
+        wrapper=wrapper, env=env, ready_timeout=240,
+        # No background polling inside the count; the first poll stays trusted.
+        extra=["--poll-interval", "3600", "--stale-after", "100000"],
+    )  # fmt: skip
+    url = base + "/api/chat"
+    row: dict[str, Any] = {"target": name}
+    if not streaming:
+        script = common.wrk_script(tmp, BODY)
+        common.run_wrk(url, script, cfg.connections, cfg.seconds, cores.load)  # warm-up
+        ir, res = _counted(
+            proc.pid,
+            dumps,
+            lambda: common.run_wrk(url, script, cfg.connections, cfg.seconds, cores.load),
+        )
+        n = res["requests"]
+        row.update(
+            requests=n,
+            instructions_per_req=ir / n if n else float("nan"),
+            errors=res["socket_errors"] + res["status_errors"] + res["timeouts"],
+        )
+    else:
+        spec = {
+            "mode": "stream",
+            "url": url,
+            "body": STREAM_BODY,
+            "streams": cfg.streams,
+            "ramp": 1.0,
+            "duration": cfg.tokens / 20 * 20 + 60,
+        }
+        common.run_loadgen(tmp, spec, float(str(spec["duration"])) + 30, cores.load)  # warm-up
+        ir, res = _counted(
+            proc.pid,
+            dumps,
+            lambda: common.run_loadgen(tmp, spec, float(str(spec["duration"])) + 30, cores.load),
+        )
+        chunks = res["chunks"]
+        row.update(
+            streams=cfg.streams,
+            chunks=chunks,
+            instructions_per_chunk=ir / chunks if chunks else float("nan"),
+            stream_errors=sum(res["errors"].values()),
+        )
+    proc.stop()
+    return row
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    cores = common.split_cores()
+    rows: list[dict[str, Any]] = []
+    variants: list[tuple[str, Path | None, dict[str, str]]] = [
+        (name, None, dict(env)) for name, env in cfg.variants
+    ]
+    for streaming in (False, True):
+        with common.workspace("instructions") as (tmp, procs):
+            if cfg.baseline and not any(v[0].startswith("balancer@") for v in variants):
+                src = common.checkout(cfg.baseline, tmp.parent / f"bench-src-{cfg.baseline}")
+                variants.append((f"balancer@{cfg.baseline}", src, {}))
+            fleet = stream_fleet(2, 64, cfg.tokens) if streaming else zero_fleet(2)
+            urls = common.start_emulator(procs, fleet, cpus=cores.load)
+            for name, source, env in variants:
+                row = _measure(cfg, procs, tmp, urls, cores, name, source, env, streaming)
+                key = "instructions_per_chunk" if streaming else "instructions_per_req"
+                print(f"  {name:22s} {key} {row[key]:,.0f}", flush=True)
+                rows.append(row)
+    for _, source, _ in variants:
+        if source is not None:
+            shutil.rmtree(source, ignore_errors=True)
+    return {"rows": rows, "config": cfg.__dict__, "pinning": cores.describe()}
+
+
+def render(doc: dict[str, Any]) -> str:
+    by_target: dict[str, dict[str, Any]] = {}
+    for r in doc["rows"]:
+        by_target.setdefault(r["target"], {}).update(r)
+    rows = [
+        [t, r.get("requests", 0), r.get("instructions_per_req", float("nan")) / 1e3,
+         r.get("chunks", 0), r.get("instructions_per_chunk", float("nan")) / 1e3,
+         r.get("errors", 0) + r.get("stream_errors", 0)]
+        for t, r in by_target.items()
+    ]  # fmt: skip
+    return common.table(
+        ["balancer", "requests", "k instructions/req", "chunks", "k instructions/chunk", "errors"],
+        rows,
+    )

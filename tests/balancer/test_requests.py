@@ -1,0 +1,137 @@
+"""Reading a request body (requests.py): orjson first, the standard library for what it refuses,
+and the affinity hash over what the opening messages are."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ollama_balancer.requests import InvalidRequest, affinity_key, parse_request
+
+KEY = "registry.ollama.ai/library/llama3:latest"
+IMG = "iVBORw0KGgo" + "A" * 4096
+USER = {"role": "user", "content": "hi"}
+SYSTEM = {"role": "system", "content": "be brief"}
+
+
+def chat(*messages: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "llama3", "messages": list(messages)}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        pytest.param(chat(SYSTEM, USER), chat(SYSTEM, USER), True, id="same opening"),
+        pytest.param(
+            chat(SYSTEM, USER),
+            chat(SYSTEM, USER, {"role": "assistant", "content": "hello"}, USER),
+            True,
+            id="later turns do not count",
+        ),
+        pytest.param(chat(SYSTEM, USER), chat(USER), False, id="system prompt counts"),
+        pytest.param(
+            chat({**USER, "images": [IMG]}),
+            chat({**USER, "images": [IMG[:-1] + "B"]}),
+            False,
+            id="image bytes count",
+        ),
+        pytest.param(
+            chat({**USER, "images": [IMG, "x"]}),
+            chat({**USER, "images": ["x", IMG]}),
+            False,
+            id="image order counts",
+        ),
+        pytest.param(
+            chat({"role": "user", "content": "ab", "images": None}),
+            chat({"role": "user", "content": "a", "images": "b"}),
+            False,
+            id="field boundaries count",
+        ),
+        pytest.param(
+            chat({**USER, "name": "x", "extra": {"b": 1, "a": 2}}),
+            chat({"extra": {"a": 2, "b": 1}, "name": "x", **USER}),
+            True,
+            id="key order does not count",
+        ),
+        pytest.param(
+            chat({"role": "user", "content": [{"type": "text", "text": "hi"}]}),
+            chat({"role": "user", "content": [{"text": "hi", "type": "text"}]}),
+            True,
+            id="content parts, key order",
+        ),
+        pytest.param(
+            {"model": "llama3", "system": "s", "prompt": "p"},
+            {"model": "llama3", "system": "s", "prompt": "q"},
+            True,
+            id="generate: the system prompt",
+        ),
+    ],
+)
+def test_affinity_key(a: dict[str, Any], b: dict[str, Any], same: bool) -> None:
+    ka, kb = affinity_key(a, KEY, None), affinity_key(b, KEY, None)
+    assert ka is not None and ka.startswith("p:")
+    assert (ka == kb) is same
+
+
+@pytest.mark.parametrize(
+    ("doc", "session", "expected"),
+    [
+        pytest.param(chat(USER), "abc", "s:abc", id="session id wins"),
+        pytest.param(chat(SYSTEM), None, None, id="no user turn yet"),
+        pytest.param({"model": "llama3", "prompt": "p"}, None, None, id="generate without system"),
+    ],
+)
+def test_affinity_key_without_hash(
+    doc: dict[str, Any], session: str | None, expected: str | None
+) -> None:
+    assert affinity_key(doc, KEY, session) == expected
+
+
+def test_affinity_key_depends_on_the_model() -> None:
+    other = "registry.ollama.ai/library/qwen3:latest"
+    assert affinity_key(chat(USER), KEY, None) != affinity_key(chat(USER), other, None)
+
+
+@pytest.mark.parametrize(
+    ("raw", "check"),
+    [
+        pytest.param(
+            b'{"model": "llama3", "prompt": "\\ud800"}',
+            lambda doc: doc["prompt"] == "\ud800",
+            id="lone surrogate escape (Go and Python accept it)",
+        ),
+    ],
+)
+def test_bodies_orjson_refuses_are_still_read(raw: bytes, check: Any) -> None:
+    req = parse_request(raw, "/api/generate", None)
+    assert check(req.doc)
+    assert req.body == raw  # forwarded untouched
+    pinned = parse_request(raw.replace(b'"llama3"', b'"llama3@a"'), "/api/generate", None)
+    assert pinned.pin == "a" and check(json.loads(pinned.body))  # re-encoded without loss
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        pytest.param(b"{not json", "invalid JSON: Expecting property name", id="syntax"),
+        pytest.param(b"\xff\xfe{}", "invalid JSON: ", id="not utf-8"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, "invalid JSON: nested", id="deep"),
+        pytest.param(b"[1, 2]", "invalid JSON: expected an object", id="not an object"),
+        pytest.param(
+            b'{"model":"x","a":' + b"[" * 64 + b"]" * 64 + b"}",
+            "invalid JSON: nested deeper than 64 levels",
+            id="one level too deep",
+        ),
+    ],
+)
+def test_invalid_bodies(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(raw, "/api/chat", None)
+    assert info.value.message.startswith(message)
+
+
+def test_depth_limit_is_exact() -> None:
+    ok = b'{"model":"x","a":' + b"[" * 62 + b"]" * 62 + b"}"
+    assert parse_request(ok, "/api/chat", None).model == "x"
