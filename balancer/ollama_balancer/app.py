@@ -19,6 +19,7 @@ from ollama_wire import OLLAMA_VERSION
 from ollama_wire.names import InvalidModelName, canonical
 
 from .admin import Admin
+from .auth import KeyState
 from .backends import Discovery
 from .errors import NotFound
 from .fleet import PollResult
@@ -31,7 +32,9 @@ from .proxy import Proxy
 from .record import RequestRecord
 from .routes import ROUTES, Kind
 from .settings import BalancerSettings
+from .shared.factory import create_shared_state
 from .state import BALANCER, Balancer
+from .telemetry import get_logger
 from .views import api_ps, api_tags, fleet_version, v1_model, v1_models
 
 __all__ = ["OPS_PATHS", "create_app", "ops_app", "serve"]
@@ -56,11 +59,16 @@ def create_app(
         return holder["b"].http()
 
     rng = rng or random.Random()
-    proxy = Proxy(settings, view, ledger, session, rng=rng, clock=clock)
+    quotas: dict[str, KeyState] = {}  # per-key limits, local (and the fallback's)
+    shared = create_shared_state(
+        settings, ledger, clock=clock, quotas=quotas, log=get_logger("ollama_fleet.shared")
+    )
+    proxy = Proxy(settings, view, ledger, session, rng=rng, clock=clock, shared=shared)
     bal = Balancer(
         settings=settings,
         view=view,
         ledger=ledger,
+        shared=shared,
         proxy=proxy,
         admin=Admin(settings, view, session, clock),
         discovery=discovery,
@@ -71,7 +79,7 @@ def create_app(
     holder["b"] = bal
     app[BALANCER] = bal
     install_observability(app)  # before the first set_backends, so "joined" is seen
-    install_security(app, bal.records)  # API keys and their quotas (enforced by the pipeline)
+    install_security(app, quotas)  # API keys and their quotas (enforced by the pipeline)
     if discovery is None and settings.discovery == "static":
         view.set_backends(settings.static_backends())
     app.cleanup_ctx.append(_lifecycle)
@@ -104,12 +112,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with asyncio.timeout(s.poll_timeout + 1):
             await bal.poller.poll_all()
     tasks.append(asyncio.create_task(bal.poller.run()))
+    await bal.shared.start()  # never fails: an unreachable store means local state for now
     try:
         yield
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await bal.shared.close()
         await bal.session.close()
         bal.session = None
 

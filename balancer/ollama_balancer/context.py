@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from .auth import ApiKey
 from .record import RequestRecord
 from .requests import ParsedRequest
+from .shared.model import QuotaTicket
 
-__all__ = ["API_KEY", "PARSED", "RECORD", "REQUEST_ID", "request_id"]
+__all__ = ["API_KEY", "PARSED", "QUOTA", "RECORD", "REQUEST_ID", "QuotaHold", "request_id"]
+
+
+@dataclass(slots=True)
+class QuotaHold:
+    """An admitted request's quota ticket; ``settled`` once its tokens were charged (the
+    proxy settles it with the slot's release: one round trip for both)."""
+
+    ticket: QuotaTicket
+    settled: bool = False
+
 
 REQUEST_ID = web.RequestKey("request_id", str)
 #: The one record of this request (opened by the pipeline, filled in by handlers).
@@ -19,6 +31,8 @@ RECORD = web.RequestKey("record", RequestRecord)
 PARSED = web.RequestKey("parsed", ParsedRequest)
 #: The caller's API key, when keys are on (its name, priority and weight).
 API_KEY = web.RequestKey("api_key", ApiKey)
+#: The key's quota ticket for this request, when the route counts against quotas.
+QUOTA = web.RequestKey("quota", QuotaHold)
 
 
 def request_id(request: web.Request) -> str:

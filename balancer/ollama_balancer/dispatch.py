@@ -39,13 +39,13 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
 from .errors import NoBackend, NotFound, Unroutable, for_outcome
 from .fleet import BackendState, FleetSnapshot
-from .ledger import Ledger
+from .ledger import Ledger, LedgerView
 from .queueing import Waiting, expected_wait
 from .rankers import COLD_REASONS, Choice, Reason
 from .routing import Decision, Policy, RouteRequest, route
@@ -98,9 +98,18 @@ class Occupancy:
     def load(self, model: str) -> float:
         return self.load_seconds.get(model, self.default_load_seconds)
 
+    def holding(self, held: Mapping[Key, int]) -> Occupancy:
+        """These figures with ``held`` more requests in flight (bound, lease not yet taken)."""
+        if not held:
+            return self
+        inflight = dict(self.inflight)
+        for key, n in held.items():
+            inflight[key] = inflight.get(key, 0) + n
+        return replace(self, inflight=inflight)
+
     @classmethod
     def from_ledger(
-        cls, ledger: Ledger, snapshot: FleetSnapshot, models: Iterable[str] = ()
+        cls, ledger: LedgerView, snapshot: FleetSnapshot, models: Iterable[str] = ()
     ) -> Occupancy:
         """This replica's ledger as a value (``models``: whose finished loads to carry over)."""
         view = ledger.snapshot()

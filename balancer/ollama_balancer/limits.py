@@ -28,7 +28,6 @@ from typing import Any
 from aiohttp import web
 
 from .auth import ApiKey, AuthConfigError, KeyState, KeyTable, parse_keys
-from .record import RequestRecord
 from .settings import BalancerSettings
 from .state import BALANCER
 from .telemetry import get_logger
@@ -110,13 +109,12 @@ def attach_server(app: web.Application, server: Any) -> None:
     app[SECURITY].server = server
 
 
-def install_security(
-    app: web.Application, on_record: list[Callable[[RequestRecord], None]]
-) -> None:
-    """Add the middlewares (and the keys-file watcher when ``auth_file`` is set)."""
+def install_security(app: web.Application, states: dict[str, KeyState]) -> None:
+    """The key table (and its watcher when ``auth_file`` is set); ``states`` are the keys'
+    local limits, shared with the local state that enforces them (:mod:`shared.local`)."""
 
     settings = app[BALANCER].settings
-    sec = Security(settings, clock=app[BALANCER].clock)
+    sec = Security(settings, states=states, clock=app[BALANCER].clock)
     if settings.auth_file:
         try:
             sec.load()
@@ -124,21 +122,6 @@ def install_security(
             raise AuthConfigError(f"auth_file: cannot read {settings.auth_file}: {exc}") from exc
         app.cleanup_ctx.append(_watcher)
     app[SECURITY] = sec
-
-    def charge_tokens(record: RequestRecord) -> None:
-        st = sec.states.get(record.client) if record.client else None
-        if st is None or not record.metrics:
-            return
-        used = _count(record.metrics, "eval_count") + _count(record.metrics, "prompt_eval_count")
-        if used:
-            st.tokens.charge(sec.clock(), used)
-
-    on_record.append(charge_tokens)
-
-
-def _count(metrics: dict[str, Any], key: str) -> int:
-    value = metrics.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 async def _watcher(app: web.Application) -> AsyncIterator[None]:

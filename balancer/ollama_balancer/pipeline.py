@@ -25,8 +25,8 @@ from aiohttp import web
 from ollama_wire.bodies import BodyError, request_body
 from ollama_wire.errors import error_body_for, ollama_error_body
 
-from .auth import ApiKey, KeyState, presented_key
-from .context import API_KEY, PARSED, RECORD, request_id
+from .auth import ApiKey, presented_key
+from .context import API_KEY, PARSED, QUOTA, RECORD, QuotaHold, request_id
 from .errors import (
     BadRequest,
     BalancerError,
@@ -132,13 +132,17 @@ async def _admit(
         raise BadRequest("missing request body")
     if key is None or not spec.quota:
         return await handler(request)
-    assert sec is not None
-    state = sec.state(key)
-    _take_quota(key, state, sec)
+    verdict = await bal.shared.admit(key, record.request_id)  # fleet-wide with shared state
+    if verdict.ticket is None:
+        raise TooManyRequests(
+            f"key '{key.name}': {verdict.reason}", retry_after=verdict.retry_after
+        )
+    hold = request[QUOTA] = QuotaHold(verdict.ticket)
     try:
         return await handler(request)
     finally:
-        state.inflight -= 1
+        if not hold.settled:
+            await bal.shared.finish_quota(hold.ticket, record.tokens_used())
 
 
 def _allowed(spec: RouteSpec, method: str) -> bool:
@@ -158,13 +162,6 @@ def _authenticate(request: web.Request, sec: Security) -> ApiKey:
     if key is None:
         raise Unauthorized("missing API key" if sent is None else "invalid API key")
     return key
-
-
-def _take_quota(key: ApiKey, state: KeyState, sec: Security) -> None:
-    refused = state.admit(key, sec.clock())
-    if refused is not None:
-        reason, retry_after = refused
-        raise TooManyRequests(f"key '{key.name}': {reason}", retry_after=retry_after)
 
 
 async def _read_body(request: web.Request, bal: Balancer) -> bytes:

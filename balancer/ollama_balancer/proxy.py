@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from aiohttp import web
 from ollama_wire.backend import Backend
 from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
-from .context import API_KEY, PARSED, RECORD
+from .context import API_KEY, PARSED, QUOTA, RECORD, QuotaHold
 from .errors import AttemptFailed, BadRequest, Forbidden, for_outcome, give_up
 from .ledger import COLD_LOAD_THRESHOLD, Ledger
 from .polling import FleetView
@@ -36,6 +36,10 @@ from .requests import Intent, ParsedRequest, affinity_key, with_num_ctx
 from .routes import spec_for
 from .routing import Policy, RouteRequest, route
 from .settings import BalancerSettings
+from .shared.gate import load_decision
+from .shared.local import LocalState
+from .shared.model import Learned, Lease
+from .shared.protocol import SharedState
 from .tokens import TokenCorrection, TokenEstimate, estimate_tokens
 from .unload import plan_unload, unload_answer
 from .waitroom import WaitRoom
@@ -73,7 +77,22 @@ _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 
 #: A failure faster than this is "fast": the pod is likely broken, not busy.
 FAST_FAIL_SECONDS = 1.0
-AFFINITY_ENTRIES = 10_000
+
+
+#: Reasons whose pod has (or is loading) the model: a slot there is worth a lease attempt.
+_WARM = frozenset({Reason.RESIDENT, Reason.LOADING, Reason.AFFINITY, Reason.PINNED})
+
+
+@dataclass(slots=True)
+class _Claim:
+    """One request's hold on the fleet: its slot lease (while it has one), what it learned,
+    its quota ticket and its conversation key, all given back in one release."""
+
+    model: str
+    lease: Lease | None = None
+    learned: Learned | None = None
+    quota: QuotaHold | None = None
+    affinity: str | None = None
 
 
 class Proxy:
@@ -86,10 +105,13 @@ class Proxy:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedState | None = None,
     ) -> None:
         self.settings = settings
         self.view = view
         self.ledger = ledger
+        #: Leases, loads, learning, affinity and quotas: fleet-wide with a store, else local.
+        self.shared: SharedState = shared or LocalState(ledger, clock=clock)
         self._session = session
         self.rng = rng or random.Random()
         self.clock = clock
@@ -101,7 +123,6 @@ class Proxy:
             strategy=settings.routing_policy,
         )
         self._turn = 0  # round-robin baseline's cursor
-        self._affinity: OrderedDict[str, str] = OrderedDict()
         self._pulls: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._client_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout
@@ -118,13 +139,15 @@ class Proxy:
                     settings.queue_batch_aging,
                 ),
                 view,
-                ledger,
+                self.shared.occupancy,
                 self.policy,
                 rng=self.rng,
                 clock=clock,
                 hold_unavailable=settings.queue_hold_unavailable,
             )
             view.subscribe(lambda _change: self._slot_freed())
+            # A slot freed here or on another replica (through the store): dispatch now.
+            self.shared.on_slot_freed(lambda _freed: self._slot_freed())
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -142,64 +165,147 @@ class Proxy:
         aff = None
         if self.settings.affinity and spec is not None and spec.affinity and req.pin is None:
             aff = affinity_key(req.doc, req.key, request.headers.get("X-Session-ID"))
-        aff_backend = self._affinity.get(aff) if aff else None
+        aff_backend = self.shared.affinity(aff) if aff else None
         counts = spec is not None and spec.quota  # /api/show takes no slot
-        reserved: str | None = None  # a slot the wait room already took for this request
+        route_req = RouteRequest(
+            req.key,
+            req.model,
+            req.pin,
+            aff_backend,
+            num_ctx=req.num_ctx,
+            load_only=req.intent is Intent.LOAD,
+        )
+        claim = _Claim(req.key, quota=request.get(QUOTA), affinity=aff)
         if self.waitroom is not None and counts and req.intent is Intent.INFER:
-            bound = await self.waitroom.wait(self._waiting(request, req, record, aff_backend))
-            ranked, reserved = bound.ranked, bound.backend
-            record.queue_wait = bound.waited
+            ranked = await self._wait_for_slot(request, req, record, aff_backend, claim)
         else:
-            decision = route(
-                RouteRequest(
-                    req.key,
-                    req.model,
-                    req.pin,
-                    aff_backend,
-                    num_ctx=req.num_ctx,
-                    load_only=req.intent is Intent.LOAD,
-                ),
-                self.view.snapshot,
-                self.ledger,
-                self.policy,
-                self.clock(),
-                self.rng,
-                self._turn,
-            )
-            self._turn += 1
-            if decision.unroutable is not None:
-                raise for_outcome(decision.unroutable)
-            ranked = decision.ranked
+            ranked = self._route(route_req)
+            if counts:
+                ranked = await self._claim(route_req, ranked, record.request_id, claim)
         snapshot = self.view.snapshot
         deadline = self.clock() + self.settings.retry_budget
         failures: list[AttemptFailed] = []
-        for attempt, choice in enumerate(ranked[: self.settings.max_attempts]):
-            adopt = reserved == choice.backend and attempt == 0
-            if attempt and self.clock() > deadline:
-                break
+        try:
+            for attempt, choice in enumerate(ranked[: self.settings.max_attempts]):
+                if attempt and self.clock() > deadline:
+                    break
+                state = snapshot.get(choice.backend)
+                if state is None:
+                    continue
+                record.attempts += 1
+                record.backend, record.reason = choice.backend, choice.reason
+                try:
+                    if choice.reason is Reason.PULL or (choice.backend, req.model) in self._pulls:
+                        # a pull under way there is the "load" a follower joins
+                        await self._pull_for(state.backend, req.model)
+                    return await self._forward(
+                        request, req, state.backend, choice, record, counts, note, claim
+                    )
+                except AttemptFailed as failed:
+                    failures.append(failed)
+                    record.retries.append(str(failed))
+                    if not failed.retry:
+                        break
+            raise give_up(record.model, failures)
+        finally:
+            if claim.lease is not None:  # claimed, never used (no attempt reached it)
+                await self._release(claim, record)
+
+    def _route(self, req: RouteRequest) -> tuple[Choice, ...]:
+        decision = route(
+            req,
+            self.view.snapshot,
+            self.shared.occupancy(),
+            self.policy,
+            self.clock(),
+            self.rng,
+            self._turn,
+        )
+        self._turn += 1
+        if decision.unroutable is not None:
+            raise for_outcome(decision.unroutable)
+        return decision.ranked
+
+    async def _claim(
+        self, req: RouteRequest, ranked: tuple[Choice, ...], rid: str, claim: _Claim
+    ) -> tuple[Choice, ...]:
+        """Take a slot lease before sending (early binding): the first ranked warm pod whose
+        slots are not all held fleet-wide, else the first choice anyway (it queues there, as
+        Ollama would, and is counted).  A cold load is decided by one replica at a time: the
+        model's load lock, a fresh view, routing again, then the lease that records the load.
+        """
+        if ranked[0].reason in COLD_REASONS and self.shared.status().get("mode") != "local":
+            async with load_decision(self.shared, req.model, rid):
+                ranked = self._route(req)  # a load another replica just started is now seen
+                return await self._take(ranked, rid, claim)
+        return await self._take(ranked, rid, claim)
+
+    async def _take(
+        self, ranked: tuple[Choice, ...], rid: str, claim: _Claim
+    ) -> tuple[Choice, ...]:
+        snapshot = self.view.snapshot
+        for i, choice in enumerate(ranked):
             state = snapshot.get(choice.backend)
             if state is None:
-                if adopt:
-                    self._release(choice.backend, req.key, record.request_id)
                 continue
-            record.attempts += 1
-            record.backend, record.reason = choice.backend, choice.reason
+            if i and choice.reason not in _WARM:
+                break  # past the warm pods: the first choice queues rather than spill
+            grant = await self.shared.acquire(
+                choice.backend,
+                claim.model,
+                slots=max(1, state.backend.slots),
+                request_id=rid,
+                cold=choice.reason in COLD_REASONS,
+            )
+            if grant.lease is not None:
+                claim.lease = grant.lease
+                return (choice, *(c for c in ranked if c is not choice))
+        first = ranked[0]
+        state = snapshot.get(first.backend)
+        if state is not None:
+            grant = await self.shared.acquire(
+                first.backend,
+                claim.model,
+                slots=max(1, state.backend.slots),
+                request_id=rid,
+                cold=first.reason in COLD_REASONS,
+                overflow=True,
+            )
+            claim.lease = grant.lease
+        return ranked
+
+    async def _wait_for_slot(
+        self,
+        request: web.Request,
+        req: ParsedRequest,
+        record: RequestRecord,
+        aff_backend: str | None,
+        claim: _Claim,
+    ) -> tuple[Choice, ...]:
+        """Late binding: wait in the balancer until dispatch binds the request to a pod, then
+        take the slot's lease; if another replica took that slot meanwhile, wait again."""
+        assert self.waitroom is not None
+        waiting = self._waiting(request, req, record, aff_backend)
+        while True:
+            bound = await self.waitroom.wait(waiting)
+            state = self.view.snapshot.get(bound.backend)
             try:
-                if choice.reason is Reason.PULL:
-                    await self._pull_for(state.backend, req.model)
-                resp = await self._forward(
-                    request, req, state.backend, choice, record, counts, note, adopt
+                grant = await self.shared.acquire(
+                    bound.backend,
+                    claim.model,
+                    slots=max(1, state.backend.slots) if state else 1,
+                    request_id=record.request_id,
+                    cold=bound.cold,
+                    # a pinned request, or one bound to a cold load, goes there regardless
+                    overflow=bound.cold or req.pin is not None,
                 )
-            except AttemptFailed as failed:
-                failures.append(failed)
-                record.retries.append(str(failed))
-                if not failed.retry:
-                    break
-                continue
-            if aff is not None:
-                self._remember(aff, choice.backend)
-            return resp
-        raise give_up(record.model, failures)
+            finally:
+                self.waitroom.settle(bound)
+            record.queue_wait = bound.waited
+            if grant.lease is not None:
+                claim.lease = grant.lease
+                return bound.ranked
+            waiting = replace(waiting, id=f"{waiting.id}+")  # lost the race: queue again
 
     def _waiting(
         self,
@@ -238,8 +344,24 @@ class Proxy:
             affinity_backend=affinity_backend,
         )
 
-    def _release(self, backend: str, model: str, request_id: str) -> None:
-        self.ledger.end(backend, model, request_id=request_id)
+    async def _release(self, claim: _Claim, record: RequestRecord, answered: bool = False) -> None:
+        """Give the slot back with what the request taught; an answered request also settles
+        its quota (tokens used) and remembers its conversation's pod — one call for all."""
+        lease, claim.lease = claim.lease, None
+        if lease is None:
+            return
+        quota, tokens = None, 0
+        if answered and claim.quota is not None and not claim.quota.settled:
+            quota, tokens = claim.quota.ticket, record.tokens_used()
+            claim.quota.settled = True
+        learned, claim.learned = claim.learned, None
+        await self.shared.release(
+            lease,
+            learned=learned,
+            affinity=claim.affinity if answered else None,
+            quota=quota,
+            tokens=tokens,
+        )
         self._slot_freed()
 
     def _slot_freed(self) -> None:
@@ -254,7 +376,7 @@ class Proxy:
         now = self.clock()
         plan = plan_unload(
             self.view.snapshot,
-            self.ledger,
+            self.shared.occupancy(),
             req.key,
             now=now,
             wall=datetime.now(UTC),
@@ -311,12 +433,6 @@ class Proxy:
         record.retries.extend(str(f) for f in failures)
         raise give_up(req.model, failures)
 
-    def _remember(self, key: str, backend: str) -> None:
-        self._affinity[key] = backend
-        self._affinity.move_to_end(key)
-        while len(self._affinity) > AFFINITY_ENTRIES:
-            self._affinity.popitem(last=False)
-
     # ---------------------------------------------------------------- forward
     async def _forward(
         self,
@@ -326,18 +442,30 @@ class Proxy:
         choice: Choice,
         record: RequestRecord,
         counts: bool,
-        note: str = "",
-        reserved: bool = False,
+        note: str,
+        claim: _Claim,
     ) -> web.StreamResponse:
         """Send to ``backend`` and stream back; :class:`AttemptFailed` before the first byte.
 
-        ``reserved``: the wait room already took this slot in the ledger for the request.
+        The slot's lease is the claim's (taken before the first attempt), or one taken here
+        for a failover attempt; it is released when the answer ends, fails or the client
+        leaves, with what the request taught and its quota, in one call.
         """
-        cold = choice.reason in COLD_REASONS
         rid = record.request_id
-        if counts and not reserved:
-            self.ledger.begin(backend.name, req.key, cold=cold, now=self.clock(), request_id=rid)
+        if claim.lease is not None and claim.lease.pod != backend.name:
+            await self._release(claim, record)  # claimed for a choice that was skipped
+        if counts and claim.lease is None:
+            grant = await self.shared.acquire(
+                backend.name,
+                req.key,
+                slots=max(1, backend.slots),
+                request_id=rid,
+                cold=choice.reason in COLD_REASONS,
+                overflow=True,  # a failover: the request goes here now
+            )
+            claim.lease = grant.lease
         headers = _forwarded(request)
+        answered = False
         t0 = self.clock()
         upstream: aiohttp.ClientResponse | None = None
         try:
@@ -359,24 +487,20 @@ class Proxy:
                     timeout=True,
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
-                self._penalise(backend.name, t0)
+                await self._penalise(backend.name, t0)
                 raise AttemptFailed(
                     backend.name, f"unreachable: {_describe(exc)}", fast=True
                 ) from None
             ttfb = self.clock() - t0
             record.ttfb = ttfb
-            loaded = (
-                self.ledger.first_byte(backend.name, req.key, now=self.clock(), request_id=rid)
-                if counts
-                else None
-            )
+            loaded = await self.shared.first_byte(claim.lease) if claim.lease else None
             if loaded is not None:
                 record.cold_load_seconds = loaded
                 self._slot_freed()  # followers of the load may bind to it now
             if upstream.status >= 500 or upstream.status == 404:
                 body = await _read_small(upstream, self.settings.idle_timeout)
                 if upstream.status >= 500 and ttfb < FAST_FAIL_SECONDS:
-                    self._penalise(backend.name, t0)
+                    await self._penalise(backend.name, t0)
                 answer = _error_message(body)
                 raise AttemptFailed(
                     backend.name,
@@ -384,13 +508,14 @@ class Proxy:
                     status=upstream.status,
                     answer=answer,
                 )
-            self.ledger.clear_penalty(backend.name)
-            return await self._stream(request, upstream, backend, choice, req, record, note)
+            await self.shared.clear_penalty(backend.name)
+            resp = await self._stream(request, upstream, backend, choice, req, record, note, claim)
+            answered = True
+            return resp
         finally:
             if upstream is not None:
                 upstream.close()  # idempotent after a complete read; aborts a live one
-            if counts:
-                self._release(backend.name, req.key, rid)
+            await self._release(claim, record, answered)
 
     async def _stream(
         self,
@@ -400,7 +525,8 @@ class Proxy:
         choice: Choice,
         req: ParsedRequest,
         record: RequestRecord,
-        note: str = "",
+        note: str,
+        claim: _Claim,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         out = resp.headers
@@ -445,7 +571,7 @@ class Proxy:
             await self._end_broken(resp, ctype, last, record.error)
             return resp
         await resp.write_eof()
-        self._learn(req.key, choice, record, prev + last, ctype)
+        claim.learned = self._learn(req.key, choice, record, prev + last, ctype)
         return resp
 
     async def _end_broken(
@@ -474,7 +600,8 @@ class Proxy:
 
     def _learn(
         self, key: str, choice: Choice, record: RequestRecord, tail: bytes, ctype: str
-    ) -> None:
+    ) -> Learned | None:
+        """What this answer taught about the model's load and service times."""
         metrics = (
             _final_metrics(tail) if ctype in ("application/x-ndjson", "application/json") else None
         )
@@ -490,19 +617,19 @@ class Proxy:
                 )
             load_ns = metrics.get("load_duration") or 0
             total_ns = metrics.get("total_duration") or 0
-            if load_ns / 1e9 > COLD_LOAD_THRESHOLD:
-                self.ledger.learn_load(key, load_ns / 1e9)
-            if total_ns:
-                self.ledger.learn_service(key, max(0.0, (total_ns - load_ns) / 1e9))
-            return
+            return Learned(
+                load_seconds=load_ns / 1e9 if load_ns / 1e9 > COLD_LOAD_THRESHOLD else None,
+                service_seconds=max(0.0, (total_ns - load_ns) / 1e9) if total_ns else None,
+            )
         if record.cold_load_seconds is not None and record.ttfb is not None:
-            self.ledger.learn_load(key, record.ttfb)
-        elif choice.reason is not Reason.COLD_LOAD:
-            self.ledger.learn_service(key, self.clock() - record.started)
+            return Learned(load_seconds=record.ttfb)
+        if choice.reason is not Reason.COLD_LOAD:
+            return Learned(service_seconds=self.clock() - record.started)
+        return None
 
-    def _penalise(self, backend: str, since: float) -> None:
+    async def _penalise(self, backend: str, since: float) -> None:
         if self.clock() - since < FAST_FAIL_SECONDS:
-            self.ledger.penalise(backend, self.clock() + self.settings.penalty_seconds)
+            await self.shared.penalise(backend, self.settings.penalty_seconds)
 
     # ------------------------------------------------------------ auto-pull
     async def _pull_for(self, backend: Backend, model: str) -> None:

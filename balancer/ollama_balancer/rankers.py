@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .fleet import BackendState, FleetSnapshot
-from .ledger import Ledger
+from .ledger import LedgerView
 
 __all__ = [
     "COLD_REASONS",
@@ -89,7 +89,7 @@ class Ranking:
     model: str  # canonical key
     holders: Sequence[BackendState]
     snapshot: FleetSnapshot
-    ledger: Ledger
+    ledger: LedgerView
     now: float
     rng: random.Random
     turn: int = 0  # a per-replica request counter (round-robin's cursor)
@@ -213,7 +213,7 @@ def mismatched(s: BackendState, model: str, num_ctx: int | None) -> bool:
     )
 
 
-def holds(s: BackendState, model: str, ledger: Ledger) -> bool:
+def holds(s: BackendState, model: str, ledger: LedgerView) -> bool:
     return (
         s.has_installed(model)
         or s.resident_model(model) is not None
@@ -221,7 +221,7 @@ def holds(s: BackendState, model: str, ledger: Ledger) -> bool:
     )
 
 
-def resident(s: BackendState, model: str, ledger: Ledger) -> bool:
+def resident(s: BackendState, model: str, ledger: LedgerView) -> bool:
     if s.resident_model(model) is not None:
         return True
     # A load this replica finished after the last good poll: /api/ps just hasn't caught up.
@@ -229,7 +229,7 @@ def resident(s: BackendState, model: str, ledger: Ledger) -> bool:
     return done is not None and (s.last_ok is None or done > s.last_ok)
 
 
-def _fresh_load(s: BackendState, model: str, ledger: Ledger) -> bool:
+def _fresh_load(s: BackendState, model: str, ledger: LedgerView) -> bool:
     """A load this replica finished after the last good poll (so /api/ps may show the old copy)."""
     done = ledger.loaded_at(s.name, model)
     return done is not None and s.last_ok is not None and done > s.last_ok
@@ -248,7 +248,7 @@ def _model_size(model: str, snapshot: FleetSnapshot) -> int:
     return on_disk
 
 
-def _free_vram(s: BackendState, ledger: Ledger) -> int:
+def _free_vram(s: BackendState, ledger: LedgerView) -> int:
     if s.backend.vram_bytes <= 0:
         return 0
     loading = sum(
@@ -257,14 +257,14 @@ def _free_vram(s: BackendState, ledger: Ledger) -> int:
     return s.backend.vram_bytes - s.vram_used - loading
 
 
-def room_left(s: BackendState, ledger: Ledger) -> int:
+def room_left(s: BackendState, ledger: LedgerView) -> int:
     """Free VRAM when the capacity is known, else minus what is resident (less is roomier)."""
     if s.backend.vram_bytes > 0:
         return _free_vram(s, ledger)
     return -s.vram_used
 
 
-def _room(s: BackendState, size: int, free: int, model: str, ledger: Ledger) -> int:
+def _room(s: BackendState, size: int, free: int, model: str, ledger: LedgerView) -> int:
     if s.backend.vram_bytes <= 0:
         return 1  # capacity unknown: Ollama decides, we only know it isn't loaded
     if size <= free:
@@ -291,7 +291,7 @@ def _apply_affinity(
     return [Choice(target, Reason.AFFINITY, match.wait), *rest]
 
 
-def _demote_penalised(ranked: list[Choice], ledger: Ledger, now: float) -> tuple[Choice, ...]:
+def _demote_penalised(ranked: list[Choice], ledger: LedgerView, now: float) -> tuple[Choice, ...]:
     ok = [c for c in ranked if not ledger.penalised(c.backend, now)]
     bad = [c for c in ranked if ledger.penalised(c.backend, now)]
     return tuple(ok + bad)

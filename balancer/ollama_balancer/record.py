@@ -39,3 +39,12 @@ class RequestRecord:
     priority: str = ""  # critical | standard | batch, when it went through the wait queue
     queue_wait: float | None = None  # seconds it waited in the balancer for a slot
     token_estimate: Any = None  # tokens.TokenEstimate made for the wait queue (learned from)
+
+    def tokens_used(self) -> int:
+        """Prompt + generated tokens Ollama reported (0 when it reported none)."""
+        total = 0
+        for key in ("prompt_eval_count", "eval_count"):
+            value = self.metrics.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                total += value
+        return total

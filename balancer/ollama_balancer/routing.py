@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .errors import HoldersDown, NoBackend, NoSuchModel, PinDown, PinUnknown, Unroutable
 from .fleet import BackendState, FleetSnapshot
-from .ledger import Ledger
+from .ledger import LedgerView
 from .rankers import RANKERS, Choice, Ranking, Reason, Strategy, holds, room_left
 
 __all__ = ["Decision", "Policy", "RouteRequest", "route"]
@@ -50,7 +50,7 @@ class Decision:
 def route(
     req: RouteRequest,
     snapshot: FleetSnapshot,
-    ledger: Ledger,
+    ledger: LedgerView,
     policy: Policy,
     now: float,
     rng: random.Random,
@@ -85,7 +85,7 @@ def _nowhere(
     req: RouteRequest,
     snapshot: FleetSnapshot,
     routable: Sequence[BackendState],
-    ledger: Ledger,
+    ledger: LedgerView,
     policy: Policy,
     rng: random.Random,
 ) -> Decision:

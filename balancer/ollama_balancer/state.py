@@ -17,6 +17,7 @@ from .polling import FleetView, Poller
 from .proxy import Proxy
 from .record import RequestRecord
 from .settings import BalancerSettings
+from .shared.protocol import SharedState
 
 __all__ = ["BALANCER", "Balancer"]
 
@@ -28,6 +29,7 @@ class Balancer:
     settings: BalancerSettings
     view: FleetView
     ledger: Ledger
+    shared: SharedState  # slot leases, loads, learning, quotas: fleet-wide or this replica's
     proxy: Proxy
     admin: Admin
     poller: Poller | None = None

@@ -17,7 +17,7 @@ from typing import Any
 from ollama_wire.models import parse_time
 
 from .fleet import FleetSnapshot
-from .ledger import Ledger
+from .ledger import LedgerView
 
 __all__ = ["FOREVER_AFTER", "UnloadPlan", "plan_unload", "unload_answer"]
 
@@ -33,7 +33,7 @@ class UnloadPlan:
 
 def plan_unload(
     snapshot: FleetSnapshot,
-    ledger: Ledger,
+    ledger: LedgerView,
     model: str,
     *,
     now: float,

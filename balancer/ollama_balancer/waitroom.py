@@ -6,8 +6,9 @@ handlers await and *when* to decide: :meth:`WaitRoom.pump` runs on an arrival, w
 a slot is released on this replica or a load finishes, when the fleet changes, when
 another replica frees a slot (through the shared state), at the queue's next
 deadline or promotion, and once a second while anything waits.  A pump has no
-``await``, so nothing interleaves with it.  A bind reserves its slot in the ledger
-at once (the proxy adopts that reservation), so the next pump sees it taken.
+``await``, so nothing interleaves with it.  A bind holds its slot here until the
+request's handler has taken the slot's lease (:meth:`WaitRoom.settle`), so the next
+pump sees it taken; if another replica took the slot first, the request waits again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 
 from .dispatch import Bind, Binding, Occupancy, dispatch
 from .errors import BalancerError, TooManyRequests, for_outcome
-from .ledger import Ledger
+from .ledger import LedgerView
 from .polling import FleetView
 from .queueing import QueueSettings, Waiting, WaitQueue, retry_after
 from .routing import Policy
@@ -38,22 +39,22 @@ class WaitRoom:
         self,
         settings: QueueSettings,
         view: FleetView,
-        ledger: Ledger,
+        occupancy: Callable[[], LedgerView],
         policy: Policy,
         *,
         rng: random.Random,
         clock: Callable[[], float] = time.monotonic,
         hold_unavailable: float = 0.0,
-        occupancy: Callable[[], Occupancy] | None = None,
     ) -> None:
         self.queue = WaitQueue(settings)
         self.view = view
-        self.ledger = ledger
+        self._occupancy = occupancy
         self.policy = policy
         self.rng = rng
         self.clock = clock
         self.hold_unavailable = hold_unavailable
-        self._occupancy = occupancy
+        #: Slots bound to a request whose handler has not yet taken the lease.
+        self._held: dict[tuple[str, str], int] = {}
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
         self._poked = False
         self._timer: asyncio.TimerHandle | None = None
@@ -86,12 +87,21 @@ class WaitRoom:
             elif future.done() and not future.cancelled():
                 bound = future.result()
                 if isinstance(bound, Bind):  # bound in the same loop turn: give the slot back
-                    self.ledger.end(bound.backend, bound.model, request_id=bound.id)
-                    self.poke()
+                    self.settle(bound)
             raise
         if isinstance(outcome, BalancerError):
             raise outcome
         return outcome
+
+    def settle(self, bound: Bind) -> None:
+        """The handler of ``bound`` took its lease (or could not): stop holding the slot."""
+        key = (bound.backend, bound.model)
+        left = self._held.get(key, 0) - 1
+        if left > 0:
+            self._held[key] = left
+        else:
+            self._held.pop(key, None)
+        self.poke()
 
     def poke(self) -> None:
         """Decide again soon (coalesced: one pump per event-loop turn)."""
@@ -126,11 +136,9 @@ class WaitRoom:
             self._arm(now)
             return
         snapshot = self.view.snapshot
-        occupancy = (
-            self._occupancy()
-            if self._occupancy is not None
-            else Occupancy.from_ledger(self.ledger, snapshot, {w.model for w in waiting})
-        )
+        occupancy = Occupancy.from_ledger(
+            self._occupancy(), snapshot, {w.model for w in waiting}
+        ).holding(self._held)
         decided = dispatch(
             waiting,
             snapshot,
@@ -143,8 +151,9 @@ class WaitRoom:
         )
         for bind in decided.binds:
             w = self.queue.take(bind.id)
-            # Reserve the slot now: the next pump (and routing) must see it taken.
-            self.ledger.begin(bind.backend, bind.model, cold=bind.cold, now=now, request_id=bind.id)
+            # Hold the slot until the handler has its lease: the next pump must see it taken.
+            key = (bind.backend, bind.model)
+            self._held[key] = self._held.get(key, 0) + 1
             self._resolve(w, bind, "dispatched", now)
         for reject in decided.rejects:
             w = self.queue.take(reject.id)
@@ -174,8 +183,8 @@ class WaitRoom:
         future = self._futures.pop(w.id, None)
         if future is not None and not future.done():
             future.set_result(outcome)
-        elif isinstance(outcome, Bind):  # its client is gone: release the reservation
-            self.ledger.end(outcome.backend, outcome.model, request_id=outcome.id)
+        elif isinstance(outcome, Bind):  # its client is gone: nobody will take the slot
+            self.settle(outcome)
         self._tell(w, how, now)
 
     def _tell(self, w: Waiting, how: str, now: float) -> None:
@@ -195,4 +204,4 @@ class WaitRoom:
             for s in self.view.snapshot.backends
             if s.resident_model(model) is not None
         )
-        return retry_after(position, self.ledger.service_seconds(model), max(1, slots))
+        return retry_after(position, self._occupancy().service_seconds(model), max(1, slots))

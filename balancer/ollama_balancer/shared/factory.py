@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..auth import KeyState
 from ..ledger import Ledger
 from .address import parse_store_url
 from .fallback import FallbackState, SharedObserver
@@ -29,13 +30,14 @@ def create_shared_state(
     observer: SharedObserver | None = None,
     replica: str | None = None,
     log: Any = None,
+    quotas: dict[str, KeyState] | None = None,
 ) -> SharedState:
     """LocalState on ``ledger`` without ``shared_state``; else Redis with local fallback.
 
     Call ``await state.start()`` once the event loop runs (it never raises for an
     unreachable store) and ``await state.close()`` on exit."""
     replica = replica or new_replica_id()
-    local = LocalState(ledger, replica=replica, clock=clock)
+    local = LocalState(ledger, replica=replica, clock=clock, quotas=quotas)
     if not settings.shared_state:
         return local
     store = RedisState(

@@ -36,13 +36,15 @@ class LocalState:
         clock: Callable[[], float] = time.monotonic,
         signal: FreedSignal | None = None,
         affinity: AffinityMap | None = None,
+        quotas: dict[str, KeyState] | None = None,
     ) -> None:
         self.ledger = ledger or Ledger()
         self.replica = replica
         self.clock = clock
         self.signal = signal or FreedSignal()
         self.affinities = affinity or AffinityMap(clock)
-        self.quotas: dict[str, KeyState] = {}
+        #: Per-key limits state (the keys file's reload prunes removed keys from it).
+        self.quotas: dict[str, KeyState] = {} if quotas is None else quotas
         self._locks: dict[str, tuple[str, float]] = {}
 
     # ---- reads
