@@ -29,7 +29,7 @@ other duration histogram.
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -332,3 +332,104 @@ def package_version() -> str:
         return metadata.version("ollama-fleet")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+# ----------------------------------------------------------------- wait queue and demand
+QUEUE_LENGTH = "ollama_fleet_queue_length"
+QUEUE_WAIT = "ollama_fleet_queue_wait_seconds"
+QUEUE_SHED = "ollama_fleet_queue_shed_total"
+QUEUE_EXPECTED_WAIT = "ollama_fleet_queue_expected_wait_seconds"
+MODEL_DEMAND = "ollama_fleet_model_demand"
+MODEL_SLOTS = "ollama_fleet_model_slots"
+FLEET_DEMAND_RATIO = "ollama_fleet_demand_capacity_ratio"
+
+#: Seconds a request may wait in the balancer: sub-second to minutes.
+_QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass(frozen=True, slots=True)
+class DemandView:
+    """Per model: requests in flight (fleet-wide with shared state), waiting here, warm slots,
+    and a newcomer's expected wait; the figures autoscalers and the operator act on."""
+
+    inflight: Mapping[str, int]
+    queued: Mapping[tuple[str, str], int]  # (model, class) -> waiting
+    slots: Mapping[str, int]  # model -> parallel slots on pods where it is resident
+    expected_wait: Mapping[str, float]
+
+    def demand(self) -> dict[str, int]:
+        out = dict(self.inflight)
+        for (model, _), n in self.queued.items():
+            out[model] = out.get(model, 0) + n
+        return {m: n for m, n in out.items() if n or m in self.slots}
+
+
+class _DemandCollector(Collector):
+    def __init__(self, view: Callable[[], DemandView]) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        v = self._view()
+        length = GaugeMetricFamily(
+            QUEUE_LENGTH,
+            "requests waiting in this balancer for a slot, by model and class",
+            labels=["model", "class"],
+        )
+        for (model, cls), n in sorted(v.queued.items()):
+            length.add_metric([model, cls], float(n))
+        expected = GaugeMetricFamily(
+            QUEUE_EXPECTED_WAIT,
+            "seconds a request arriving now would wait for a slot (0 when one is free)",
+            labels=["model"],
+        )
+        for model, seconds in sorted(v.expected_wait.items()):
+            expected.add_metric([model], seconds)
+        demand = v.demand()
+        per_model = GaugeMetricFamily(
+            MODEL_DEMAND,
+            "requests in flight (fleet-wide with shared state) plus waiting here, by model: "
+            "the autoscaling signal (sum over replicas without shared state)",
+            labels=["model"],
+        )
+        slots = GaugeMetricFamily(
+            MODEL_SLOTS,
+            "parallel slots of the warm copies of a model, fleet-wide",
+            labels=["model"],
+        )
+        for model in sorted(set(demand) | set(v.slots)):
+            per_model.add_metric([model], float(demand.get(model, 0)))
+            slots.add_metric([model], float(v.slots.get(model, 0)))
+        capacity = sum(v.slots.values())
+        ratio = GaugeMetricFamily(
+            FLEET_DEMAND_RATIO,
+            "fleet demand over warm slot capacity (above 1: requests wait; scale the GPU pool)",
+        )
+        total = float(sum(demand.values()))
+        ratio.add_metric([], total / capacity if capacity else total)
+        yield from (length, expected, per_model, slots, ratio)
+
+
+class QueueMetrics:
+    """The wait queue's counters and the demand gauges, in the balancer's registry."""
+
+    def __init__(self, registry: CollectorRegistry, view: Callable[[], DemandView]) -> None:
+        self.wait = Histogram(
+            QUEUE_WAIT,
+            "time a request waited in the balancer before a pod took it (or it left the queue), "
+            "by outcome: dispatched, expired, shed, cancelled, rejected",
+            ["model", "class", "outcome"],
+            buckets=_QUEUE_BUCKETS,
+            registry=registry,
+        )
+        self.shed = Counter(
+            QUEUE_SHED,
+            "requests refused by the wait queue (429): full, or waited the maximum",
+            ["model", "class", "reason"],
+            registry=registry,
+        )
+        registry.register(_DemandCollector(view))
+
+    def left_queue(self, model: str, cls: str, outcome: str, waited: float) -> None:
+        self.wait.labels(model, cls, outcome).observe(waited)
+        if outcome in ("shed", "expired"):
+            self.shed.labels(model, cls, "full" if outcome == "shed" else "expired").inc()

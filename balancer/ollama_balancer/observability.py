@@ -26,11 +26,13 @@ from ollama_wire.names import InvalidModelName, canonical
 
 from .fleet import FleetSnapshot, PollResult
 from .fleetview import FleetReport, build, model_display
-from .metrics import ANONYMOUS, NONE, OTHER, FleetMetrics, RequestSample
+from .metrics import ANONYMOUS, NONE, OTHER, DemandView, FleetMetrics, QueueMetrics, RequestSample
 from .polling import FleetChange
 from .rankers import COLD_REASONS
 from .record import RequestRecord
 from .routes import Kind
+from .shared.fallback import FallbackState
+from .shared.metrics import SharedMetrics
 from .state import BALANCER, Balancer
 from .telemetry import EVENT_FLEET_CHANGE, EVENT_REQUEST, get_logger
 
@@ -55,7 +57,7 @@ def fleet_report(bal: Balancer) -> FleetReport:
     s = bal.settings
     return build(
         bal.view.snapshot,
-        bal.ledger.snapshot(),
+        bal.shared.occupancy().snapshot(),  # fleet-wide with shared state
         bal.clock(),
         fail_threshold=s.fail_threshold,
         stale_after=s.stale_after,
@@ -173,6 +175,29 @@ def noteworthy(record: RequestRecord) -> bool:
     return record.kind not in (Kind.LISTING, Kind.OPS) or bool(record.error)
 
 
+def demand_view(bal: Balancer) -> DemandView:
+    """In flight (fleet-wide with shared state), waiting here, warm slots, expected waits."""
+    inflight: dict[str, int] = {}
+    rows = bal.shared.occupancy().snapshot().get("inflight")
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict):
+            model = model_display(str(row.get("model", "")))
+            inflight[model] = inflight.get(model, 0) + int(row.get("count") or 0)
+    slots: dict[str, int] = {}
+    for state in bal.routable_states():
+        for key in state.resident:
+            model = model_display(key)
+            slots[model] = slots.get(model, 0) + max(1, state.backend.slots)
+    queued: dict[tuple[str, str], int] = {}
+    expected: dict[str, float] = {}
+    room = bal.proxy.waitroom
+    if room is not None:
+        for (key, cls), n in room.queue.depth(bal.clock()).items():
+            queued[(model_display(key), str(cls))] = n
+        expected = {model_display(k): v for k, v in room.expected_wait.items()}
+    return DemandView(inflight, queued, slots, expected)
+
+
 class _PenaltyWatch:
     """Counts cool-downs by watching the ledger's penalty deadlines move forward.
 
@@ -241,13 +266,37 @@ def install(app: web.Application) -> None:
         metrics.observe_poll(result.backend, result.duration, bool(result.error))
 
     bal.records.append(on_record)
+    queue_metrics = QueueMetrics(metrics.registry, lambda: demand_view(bal))
+    if bal.proxy.waitroom is not None:
+        bal.proxy.waitroom.listeners.append(
+            lambda w, how, now: queue_metrics.left_queue(
+                model_display(w.model), str(w.priority), how, w.waited(now)
+            )
+        )
+    if bal.settings.shared_state and isinstance(bal.shared, FallbackState):
+        # Only with a store: a single replica without one has no "shared state down".
+        shared = bal.shared
+        shared.observer = SharedMetrics(metrics.registry, held=shared.own_leases)
     bal.view.subscribe(on_change)
     bal.polls.append(on_poll)
 
     metrics_handler = make_aiohttp_handler(metrics.registry)
 
     async def fleet_handler(request: web.Request) -> web.StreamResponse:
-        return web.json_response(fleet_report(bal).to_json(), headers={"Cache-Control": "no-store"})
+        doc = fleet_report(bal).to_json()
+        doc["shared_state"] = bal.shared.status()
+        view = demand_view(bal)
+        doc["demand"] = view.demand()
+        doc["queues"] = [
+            {
+                "model": model,
+                "class": cls,
+                "waiting": n,
+                "expected_wait": _r(view.expected_wait.get(model)),
+            }
+            for (model, cls), n in sorted(view.queued.items())
+        ]
+        return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
     async def dashboard_handler(request: web.Request) -> web.StreamResponse:
         return web.Response(

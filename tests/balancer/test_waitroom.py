@@ -66,10 +66,25 @@ async def test_at_saturation_requests_wait_in_the_balancer(
     ]
     await rig.until(lambda: room.waiting() == 4 and sum(r.in_flight for r in runners(rig)) == 2)
     assert all(r.waiting == 0 for r in runners(rig))  # nothing queued inside "Ollama"
-    metrics = await (await rig.session.get(rig.url + "/-/fleet")).json()
-    assert metrics  # the fleet view still answers while requests wait
+    fleet = await (await rig.session.get(rig.url + "/-/fleet")).json()
+    assert fleet["queues"] == [
+        {
+            "model": M,
+            "class": "standard",
+            "waiting": 4,
+            "expected_wait": fleet["queues"][0]["expected_wait"],
+        }
+    ]
+    assert fleet["demand"] == {M: 6}
+    exposition = await (await rig.session.get(rig.url + "/metrics")).text()
+    assert f'ollama_fleet_queue_length{{class="standard",model="{M}"}} 4.0' in exposition
+    assert f'ollama_fleet_model_demand{{model="{M}"}} 6.0' in exposition
+    assert "ollama_fleet_demand_capacity_ratio 3.0" in exposition  # 6 for 2 warm slots
     rig.node("a").faults.clear()
     answers = await asyncio.gather(*sent)
+    exposition = await (await rig.session.get(rig.url + "/metrics")).text()
+    dispatched = f'ollama_fleet_queue_wait_seconds_count{{class="standard",model="{M}",outcome="dispatched"}}'
+    assert f"{dispatched} 6.0" in exposition
     assert [a.status for a in answers] == [200] * 6
     waited = [float(a.headers["X-Queue-Wait"]) for a in answers]
     assert sum(1 for w in waited if w > 0) >= 4
