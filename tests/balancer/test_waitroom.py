@@ -83,7 +83,8 @@ async def test_at_saturation_requests_wait_in_the_balancer(
     rig.node("a").faults.clear()
     answers = await asyncio.gather(*sent)
     exposition = await (await rig.session.get(rig.url + "/metrics")).text()
-    dispatched = f'ollama_fleet_queue_wait_seconds_count{{class="standard",model="{M}",outcome="dispatched"}}'
+    labels = f'class="standard",model="{M}",outcome="dispatched"'
+    dispatched = f"ollama_fleet_queue_wait_seconds_count{{{labels}}}"
     assert f"{dispatched} 6.0" in exposition
     assert [a.status for a in answers] == [200] * 6
     waited = [float(a.headers["X-Queue-Wait"]) for a in answers]
