@@ -307,7 +307,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     upstream fleet {{
-        least_conn;
+        {balance}
 {servers}
         keepalive 512;
     }}
@@ -337,8 +337,15 @@ def nginx_binary() -> str | None:
 
 
 def start_nginx(
-    procs: Procs, urls: Sequence[str], workers: int = 1, cpus: str | None = None
+    procs: Procs,
+    urls: Sequence[str],
+    workers: int = 1,
+    cpus: str | None = None,
+    *,
+    balance: str = "least_conn",
+    name: str = "nginx",
 ) -> tuple[Proc, str]:
+    """nginx in front of ``urls``: ``balance`` is ``least_conn`` or ``round_robin``."""
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError(
@@ -346,7 +353,7 @@ def start_nginx(
             "installs it)"
         )
     port = free_port()
-    d = procs.workdir / "nginx"
+    d = procs.workdir / name
     d.mkdir(exist_ok=True)
     servers = "\n".join(f"        server {u.split('://', 1)[1]};" for u in urls)
     conf = NGINX_CONF.format(
@@ -355,14 +362,15 @@ def start_nginx(
         port=port,
         servers=servers,
         user="user root;" if os.geteuid() == 0 else "",
+        balance="least_conn;" if balance == "least_conn" else "# round-robin (nginx's default)",
     )
     (d / "nginx.conf").write_text(conf)
     proc = procs.start(
-        "nginx", [binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
+        name, [binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
         children=True, cpus=cpus,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/api/version")[0] == 200, 20, "nginx", proc)
+    wait_until(lambda: http_get(url + "/")[0] == 200, 20, "nginx", proc)  # "/" needs no key
     return proc, url
 
 

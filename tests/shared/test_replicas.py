@@ -1,0 +1,310 @@
+"""Replicas as one: three real balancer processes sharing state through a real redis-server,
+behind a round-robin nginx, in front of emulated Ollama pods.
+
+* a cold burst starts as many loads as one replica would;
+* six long streams fill three pods × two slots exactly, none waiting inside Ollama;
+* a key's requests-per-minute hold across the replicas;
+* a replica killed with SIGKILL frees its slots within the lease TTL;
+* the store stopping and starting again fails no request, and sharing resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from bench.redis_server import RedisServer
+
+from bench import common
+from ollama_balancer.auth import hash_key
+from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig, default_catalogue
+
+pytestmark = pytest.mark.slow
+
+WARM = "llama3.2:3b"
+COLD = "qwen2.5:7b"
+SECOND_COLD = "mistral:7b"
+TTL = 3.0
+
+
+@dataclass
+class Fleet:
+    fleet: EmulatedFleet
+    procs: common.Procs
+    session: aiohttp.ClientSession
+    balancers: list[common.Proc] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    front: str = ""
+
+    def node(self, name: str) -> Any:
+        return next(n for n in self.fleet.nodes if n.name == name)
+
+    def loads(self) -> int:
+        return sum(n.stats.loads_started for n in self.fleet.nodes)
+
+    async def fleet_view(self, url: str) -> dict[str, Any]:
+        async with self.session.get(url + "/-/fleet") as resp:
+            doc: dict[str, Any] = await resp.json()
+            return doc
+
+    async def post(self, url: str, body: dict[str, Any], **kw: Any) -> tuple[int, Any, Any]:
+        async with self.session.post(url, json=body, **kw) as resp:
+            return resp.status, resp.headers, await resp.read()
+
+
+def nodes(
+    specs: Sequence[tuple[str, Sequence[str], Sequence[str]]], slots: int
+) -> list[NodeConfig]:
+    return [
+        NodeConfig(
+            name=name,
+            host=f"127.0.0.{20 + i}",
+            port=0,
+            num_parallel=slots,
+            installed=list(installed),
+            loaded=list(loaded),
+            preload_keep_alive=3600.0,
+        )
+        for i, (name, installed, loaded) in enumerate(specs)
+    ]
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[AsyncExitStack, common.Procs]]:
+    procs = common.Procs(tmp_path)
+    async with AsyncExitStack() as stack:
+        stack.callback(procs.stop_all)  # every process this test started, by PID
+        yield stack, procs
+
+
+async def start(
+    stack: AsyncExitStack,
+    procs: common.Procs,
+    node_configs: list[NodeConfig],
+    *,
+    replicas: int,
+    slots: int,
+    redis_url: str | None,
+    extra: Sequence[str] = (),
+) -> Fleet:
+    config = FleetConfig(nodes=node_configs, catalogue=default_catalogue(), time_scale=0.02)
+    emulated = await stack.enter_async_context(EmulatedFleet(config))
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+    f = Fleet(emulated, procs, session)
+    urls = [n.url for n in emulated.nodes]
+    flags = ["--poll-interval", "0.3", "--log-level", "warning", *extra]
+    if redis_url:
+        flags += [
+            "--shared-state", redis_url,
+            "--lease-ttl", str(TTL), "--lease-renew-interval", "1",
+        ]  # fmt: skip
+    for _ in range(replicas):
+        proc, url = await asyncio.to_thread(
+            common.start_balancer,
+            procs,
+            urls,
+            extra=flags,
+            backend_opts=f";slots={slots}",
+            name=f"balancer-{len(f.balancers)}",
+        )
+        f.balancers.append(proc)
+        f.urls.append(url)
+    _, f.front = await asyncio.to_thread(
+        common.start_nginx, procs, f.urls, balance="round_robin", name="front"
+    )
+    if redis_url:
+        await until_shared(f, f.urls)
+    return f
+
+
+async def until_shared(f: Fleet, urls: Sequence[str], timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            views = [await f.fleet_view(u) for u in urls]
+            if all(v["shared_state"]["mode"] == "shared" for v in views):
+                return
+            await asyncio.sleep(0.1)
+
+
+def chat(model: str, content: str = "hi", **extra: Any) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "stream": False,
+        "options": {"num_predict": 4},
+        **extra,
+    }
+
+
+async def burst(f: Fleet, url: str, model: str, n: int) -> list[int]:
+    answers = await asyncio.gather(
+        *(f.post(url + "/api/chat", chat(model, f"q{i}")) for i in range(n))
+    )
+    return [status for status, _, _ in answers]
+
+
+# ------------------------------------------------------------------------------- the tests
+async def test_a_cold_burst_through_three_replicas_loads_like_one(
+    stack: tuple[AsyncExitStack, common.Procs], redis_url: str
+) -> None:
+    exits, procs = stack
+    spec = [(n, [WARM, COLD], [WARM]) for n in ("a", "b", "c")]
+    # One replica, alone: the reference.
+    one = await start(exits, procs, nodes(spec, 8), replicas=1, slots=8, redis_url=None)
+    assert await burst(one, one.front, COLD, 24) == [200] * 24
+    alone = one.loads()
+    assert alone >= 1
+    # Three replicas sharing state, round-robin, on a fresh fleet.
+    three = await start(exits, procs, nodes(spec, 8), replicas=3, slots=8, redis_url=redis_url)
+    assert await burst(three, three.front, COLD, 24) == [200] * 24
+    assert three.loads() == alone
+
+
+async def test_six_streams_fill_three_pods_two_slots_each(
+    stack: tuple[AsyncExitStack, common.Procs], redis_url: str
+) -> None:
+    exits, procs = stack
+    spec = [(n, [WARM], [WARM]) for n in ("a", "b", "c")]
+    f = await start(exits, procs, nodes(spec, 2), replicas=3, slots=2, redis_url=redis_url)
+    for n in f.fleet.nodes:
+        n.faults.slow(2000.0)  # streams that outlast the test
+
+    async def stream(i: int) -> None:
+        body = {**chat(WARM, f"s{i}"), "stream": True}
+        with suppress(aiohttp.ClientError, asyncio.CancelledError):
+            async with f.session.post(f.front + "/api/chat", json=body) as resp:
+                async for _ in resp.content:
+                    pass
+
+    tasks = [asyncio.ensure_future(stream(i)) for i in range(6)]
+    try:
+        runners = lambda: [r for n in f.fleet.nodes for r in n.scheduler.runners.values()]  # noqa: E731
+        async with asyncio.timeout(15):
+            while sum(r.refcount for r in runners()) < 6:
+                await asyncio.sleep(0.05)
+        busy = {
+            n.name: sum(r.in_flight for r in n.scheduler.runners.values()) for n in f.fleet.nodes
+        }
+        assert busy == {"a": 2, "b": 2, "c": 2}
+        assert all(r.waiting == 0 for r in runners())
+        view = await f.fleet_view(f.urls[0])
+        assert view["inflight"] == 6  # one replica sees the whole fleet's occupancy
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_requests_per_minute_hold_across_replicas(
+    stack: tuple[AsyncExitStack, common.Procs], redis_url: str, tmp_path: Path
+) -> None:
+    exits, procs = stack
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        f"keys:\n  - {{name: team, key_sha256: {hash_key('team-key')}, requests_per_minute: 30}}\n"
+    )
+    spec = [(n, [WARM], [WARM]) for n in ("a", "b")]
+    f = await start(
+        exits,
+        procs,
+        nodes(spec, 4),
+        replicas=3,
+        slots=4,
+        redis_url=redis_url,
+        extra=["--auth-file", str(keys)],
+    )
+    headers = {"Authorization": "Bearer team-key"}
+    statuses: list[int] = []
+    refusals: list[tuple[str, Any, Any]] = []
+    for i in range(60):
+        path = "/api/chat" if i % 2 else "/v1/chat/completions"
+        body = chat(WARM, f"r{i}")
+        status, resp_headers, raw = await f.post(f.front + path, body, headers=headers)
+        statuses.append(status)
+        if status == 429:
+            refusals.append((path, resp_headers.get("Retry-After"), json.loads(raw)))
+    assert 29 <= statuses.count(200) <= 31, statuses
+    assert statuses.count(200) + statuses.count(429) == 60
+    for path, retry_after, doc in refusals:
+        assert retry_after is not None and int(retry_after) >= 1
+        message = doc["error"] if path.startswith("/api/") else doc["error"]["message"]
+        assert "request rate limit" in message
+
+
+async def test_a_killed_replica_frees_its_slots_within_the_ttl(
+    stack: tuple[AsyncExitStack, common.Procs], redis_url: str
+) -> None:
+    exits, procs = stack
+    f = await start(
+        exits, procs, nodes([("a", [WARM], [WARM])], 2), replicas=3, slots=2, redis_url=redis_url
+    )
+    f.node("a").faults.slow(2000.0)
+
+    async def stream(i: int) -> None:
+        body = {**chat(WARM, f"k{i}"), "stream": True}
+        with suppress(aiohttp.ClientError, asyncio.CancelledError):
+            async with f.session.post(f.urls[0] + "/api/chat", json=body) as resp:
+                async for _ in resp.content:
+                    pass
+
+    held = [asyncio.ensure_future(stream(i)) for i in range(2)]
+    try:
+        async with asyncio.timeout(15):
+            while (await f.fleet_view(f.urls[1]))["inflight"] < 2:
+                await asyncio.sleep(0.05)
+        os.kill(f.balancers[0].popen.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        async with asyncio.timeout(TTL + 5):
+            while (await f.fleet_view(f.urls[1]))["inflight"] > 0:
+                await asyncio.sleep(0.1)
+        assert time.monotonic() - killed_at <= TTL + 3
+    finally:
+        for t in held:
+            t.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+    f.node("a").faults.clear()
+    status, headers, _ = await f.post(f.urls[1] + "/api/chat", chat(WARM, "after"))
+    assert status == 200 and headers["X-Ollama-Backend"] == "node-0"
+
+
+async def test_losing_the_store_fails_no_request_and_sharing_resumes(
+    stack: tuple[AsyncExitStack, common.Procs], redis_server: RedisServer, redis_url: str
+) -> None:
+    exits, procs = stack
+    spec = [(n, [WARM, COLD, SECOND_COLD], [WARM]) for n in ("a", "b", "c")]
+    f = await start(exits, procs, nodes(spec, 8), replicas=3, slots=8, redis_url=redis_url)
+    statuses: list[int] = []
+
+    async def traffic(n: int) -> None:
+        for i in range(n):
+            status, _, _ = await f.post(f.front + "/api/chat", chat(WARM, f"t{i}"))
+            statuses.append(status)
+
+    flow = asyncio.ensure_future(asyncio.gather(traffic(40), traffic(40)))
+    try:
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(redis_server.stop)
+        async with asyncio.timeout(10):
+            while any([(await f.fleet_view(u))["shared_state"]["up"] for u in f.urls]):
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # requests served with local state meanwhile
+        await asyncio.to_thread(redis_server.start)
+        await flow
+    finally:
+        if redis_server.proc is None:
+            redis_server.start()
+    assert statuses == [200] * 80
+    await until_shared(f, f.urls)
+    before = f.loads()
+    assert await burst(f, f.front, SECOND_COLD, 24) == [200] * 24
+    assert f.loads() - before == 1
