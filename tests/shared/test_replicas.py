@@ -308,3 +308,49 @@ async def test_losing_the_store_fails_no_request_and_sharing_resumes(
     before = f.loads()
     assert await burst(f, f.front, SECOND_COLD, 24) == [200] * 24
     assert f.loads() - before == 1
+
+
+async def test_a_slot_freed_on_one_replica_dispatches_a_request_waiting_on_another(
+    stack: tuple[AsyncExitStack, common.Procs], redis_url: str
+) -> None:
+    exits, procs = stack
+    f = await start(
+        exits,
+        procs,
+        nodes([("a", [WARM], [WARM])], 2),
+        replicas=2,
+        slots=2,
+        redis_url=redis_url,
+        extra=["--queue"],
+    )
+    f.node("a").faults.slow(2000.0)
+
+    async def stream(i: int) -> None:
+        body = {**chat(WARM, f"h{i}"), "stream": True}
+        with suppress(aiohttp.ClientError, asyncio.CancelledError):
+            async with f.session.post(f.urls[0] + "/api/chat", json=body) as resp:
+                async for _ in resp.content:
+                    pass
+
+    held = [asyncio.ensure_future(stream(i)) for i in range(2)]
+    try:
+        async with asyncio.timeout(15):
+            while (await f.fleet_view(f.urls[1]))["inflight"] < 2:
+                await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(f.post(f.urls[1] + "/api/chat", chat(WARM, "queued")))
+        async with asyncio.timeout(10):
+            while not (await f.fleet_view(f.urls[1]))["queues"]:
+                await asyncio.sleep(0.05)
+        assert f.node("a").stats.requests["/api/chat"] == 2  # it waits in B, not in Ollama
+        f.node("a").faults.clear()
+        held[0].cancel()  # A's client leaves: A releases the lease, B hears of it
+        freed_at = time.monotonic()
+        async with asyncio.timeout(10):
+            status, headers, _ = await waiting
+        assert status == 200
+        assert float(headers["X-Queue-Wait"]) > 0
+        assert time.monotonic() - freed_at < 1.0
+    finally:
+        for t in held:
+            t.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
