@@ -387,8 +387,8 @@ class _DemandCollector(Collector):
         demand = v.demand()
         per_model = GaugeMetricFamily(
             MODEL_DEMAND,
-            "requests in flight (fleet-wide with shared state) plus waiting here, by model: "
-            "the autoscaling signal (sum over replicas without shared state)",
+            "this replica's requests in flight plus waiting, by model: summed over replicas, "
+            "the fleet's demand (the autoscaling signal)",
             labels=["model"],
         )
         slots = GaugeMetricFamily(
@@ -402,7 +402,8 @@ class _DemandCollector(Collector):
         capacity = sum(v.slots.values())
         ratio = GaugeMetricFamily(
             FLEET_DEMAND_RATIO,
-            "fleet demand over warm slot capacity (above 1: requests wait; scale the GPU pool)",
+            "this replica's demand over the fleet's warm slots: summed over replicas, the "
+            "fleet's demand/capacity (above 1 requests wait; scale the GPU pool)",
         )
         total = float(sum(demand.values()))
         ratio.add_metric([], total / capacity if capacity else total)

@@ -53,11 +53,15 @@ _WARN_CHANGES = frozenset({"down", "left"})
 _MAX_LOGGED_MODEL = 200
 
 
-def fleet_report(bal: Balancer) -> FleetReport:
+def fleet_report(bal: Balancer, *, fleet_wide: bool = False) -> FleetReport:
+    """The fleet as this replica sees it.  Metrics carry this replica's own counts (a
+    ``sum`` over replicas is the fleet's, with or without shared state); ``/-/fleet`` is
+    ``fleet_wide``: every replica's requests, read from the shared state."""
     s = bal.settings
+    occupancy = bal.shared.occupancy() if fleet_wide else bal.ledger
     return build(
         bal.view.snapshot,
-        bal.shared.occupancy().snapshot(),  # fleet-wide with shared state
+        occupancy.snapshot(),
         bal.clock(),
         fail_threshold=s.fail_threshold,
         stale_after=s.stale_after,
@@ -176,9 +180,11 @@ def noteworthy(record: RequestRecord) -> bool:
 
 
 def demand_view(bal: Balancer) -> DemandView:
-    """In flight (fleet-wide with shared state), waiting here, warm slots, expected waits."""
+    """This replica's demand (its requests in flight and waiting), the warm slots and the
+    expected waits: summed over replicas it is the fleet's demand, with or without shared
+    state (waiting requests are always a replica's own)."""
     inflight: dict[str, int] = {}
-    rows = bal.shared.occupancy().snapshot().get("inflight")
+    rows = bal.ledger.snapshot().get("inflight")
     for row in rows if isinstance(rows, list) else []:
         if isinstance(row, dict):
             model = model_display(str(row.get("model", "")))
@@ -283,7 +289,7 @@ def install(app: web.Application) -> None:
     metrics_handler = make_aiohttp_handler(metrics.registry)
 
     async def fleet_handler(request: web.Request) -> web.StreamResponse:
-        doc = fleet_report(bal).to_json()
+        doc = fleet_report(bal, fleet_wide=True).to_json()
         doc["shared_state"] = bal.shared.status()
         view = demand_view(bal)
         doc["demand"] = view.demand()

@@ -87,8 +87,9 @@ async def front_door(request: web.Request, handler: Handler) -> web.StreamRespon
             resp = web.Response(status=405, text="405 method not allowed")
         record.status = resp.status
     except asyncio.CancelledError:
-        record.client_gone = True
-        record.status = 499  # nginx's "client closed request"
+        if not record.complete:  # a client closing after the last byte was served in full
+            record.client_gone = True
+            record.status = 499  # nginx's "client closed request"
         raise
     except Exception:
         record.status = record.status or 500
@@ -141,8 +142,8 @@ async def _admit(
     try:
         return await handler(request)
     finally:
-        if not hold.settled:
-            await bal.shared.finish_quota(hold.ticket, record.tokens_used())
+        if not hold.settled:  # shielded: even a cancelled handler gives its ticket back
+            await asyncio.shield(bal.shared.finish_quota(hold.ticket, record.tokens_used()))
 
 
 def _allowed(spec: RouteSpec, method: str) -> bool:

@@ -209,7 +209,7 @@ class Proxy:
             raise give_up(record.model, failures)
         finally:
             if claim.lease is not None:  # claimed, never used (no attempt reached it)
-                await self._release(claim, record)
+                await self._release_firmly(claim, record)
 
     def _route(self, req: RouteRequest) -> tuple[Choice, ...]:
         decision = route(
@@ -343,6 +343,18 @@ class Proxy:
             pin=req.pin,
             affinity_backend=affinity_backend,
         )
+
+    async def _release_firmly(
+        self, claim: _Claim, record: RequestRecord, answered: bool = False
+    ) -> None:
+        """Release even if this handler is being cancelled: a client that closes its
+        connection right after the last byte cancels the handler, and a shared lease must
+        still be given back (not left to expire with its TTL).  Local state releases at
+        once, without suspending."""
+        if isinstance(self.shared, LocalState):
+            await self._release(claim, record, answered)
+        else:
+            await asyncio.shield(self._release(claim, record, answered))
 
     async def _release(self, claim: _Claim, record: RequestRecord, answered: bool = False) -> None:
         """Give the slot back with what the request taught; an answered request also settles
@@ -515,7 +527,7 @@ class Proxy:
         finally:
             if upstream is not None:
                 upstream.close()  # idempotent after a complete read; aborts a live one
-            await self._release(claim, record, answered)
+            await self._release_firmly(claim, record, answered)
 
     async def _stream(
         self,
@@ -571,6 +583,7 @@ class Proxy:
             await self._end_broken(resp, ctype, last, record.error)
             return resp
         await resp.write_eof()
+        record.complete = True
         claim.learned = self._learn(req.key, choice, record, prev + last, ctype)
         return resp
 

@@ -31,6 +31,7 @@ class RequestRecord:
     cold_load_seconds: float | None = None
     broken_stream: bool = False
     client_gone: bool = False
+    complete: bool = False  # the whole answer was written (a later disconnect is not a 499)
     error: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     retries: list[str] = field(default_factory=list)

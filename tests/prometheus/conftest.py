@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from bench.redis_server import RedisServer
 from kubernetes import client
 
 from ollama_balancer.auth import hash_key
@@ -275,13 +276,17 @@ def observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
                 + f"  - {{name: {LIMITED[0]}, key_sha256: {hash_key(LIMITED[1])}, "
                 "requests_per_minute: 1}\n"
             )
+            # Shared state on a real redis-server, and late binding: their series are scraped too.
+            store = RedisServer(workdir)
+            store.start()
+            stack.callback(store.stop)
             port, ops_port = free_port(), free_port()
             start(
                 "balancer",
                 [
                     "balancer", "--host", "127.0.0.1", "--port", str(port),
                     "--ops-port", str(ops_port), "--auth-file", str(keys),
-                    "--poll-interval", "0.5",
+                    "--poll-interval", "0.5", "--shared-state", store.url, "--queue",
                     "--backends", ",".join(f"{n[0]}={u}" for n, u in zip(nodes, urls, strict=True)),
                 ],
             )  # fmt: skip

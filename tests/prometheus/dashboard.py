@@ -19,11 +19,7 @@ __all__ = ["DASHBOARD", "PENDING", "Query", "queries", "substitute", "variables"
 DASHBOARD = Path(__file__).resolve().parents[2] / "charts/ollama-fleet/files/dashboard.json"
 
 #: panel title -> the issue whose metric (or records) make it show data
-PENDING: dict[str, str] = {
-    "Queue wait (p95) by model": "#13 (ollama_fleet_queue_wait_seconds)",
-    "Requests queued per second by model": "#13 (ollama_fleet_queue_wait_seconds)",
-    "Shared state up by replica": "#12 (ollama_fleet_shared_state_up)",
-}
+PENDING: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

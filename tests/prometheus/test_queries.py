@@ -159,7 +159,7 @@ def test_requests_per_key(observed_fleet: ObservedFleet) -> None:
         "sum by (client, status) (ollama_fleet_client_requests_total)"
     )
     seen = {(s["metric"]["client"], s["metric"]["status"]): float(s["value"][1]) for s in result}
-    assert seen[("team-a", "200")] == 4 + 3  # llama each round, qwen three times
+    assert seen[("team-a", "200")] == 4 + 3, seen  # llama each round, qwen three times
     assert seen[("team-b", "200")] == 4
     assert seen[("team-b", "404")] == 4
     assert seen[("team-b", "500")] == 3
