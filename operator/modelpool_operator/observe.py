@@ -21,7 +21,7 @@ from ollama_wire.models import parse_installed, parse_resident
 from .spec import VRAM_ANNOTATION, LabelSelector, SpecError, parse_quantity
 from .state import Installed, Observation, PodState, Resident
 
-__all__ = ["PORT_ANNOTATION", "PodInfo", "observe", "pod_info"]
+__all__ = ["PORT_ANNOTATION", "PodInfo", "observe", "pod_info", "residents"]
 
 #: Optional pod annotation overriding the Ollama port (default: the container port
 #: named ``http``, else 11434, Ollama's default).
@@ -126,7 +126,11 @@ async def _observe_pod(
         )
         for m in parse_installed(tags)
     }
-    resident = {
+    return replace(base, installed=installed, resident=_residents(ps, now))
+
+
+def _residents(ps: list[dict[str, Any]], now: datetime) -> dict[str, Resident]:
+    return {
         m.key: Resident(
             name=m.name,
             size=m.size,
@@ -135,7 +139,17 @@ async def _observe_pod(
         )
         for m in parse_resident(ps)
     }
-    return replace(base, installed=installed, resident=resident)
+
+
+async def residents(
+    session: aiohttp.ClientSession, url: str, *, timeout: float = 5.0
+) -> dict[str, Resident] | None:
+    """What one pod has in memory (``/api/ps`` only), or None if it does not answer."""
+    try:
+        ps = await OllamaClient(session, url, timeout=timeout).ps()
+    except OllamaError:
+        return None
+    return _residents(ps, datetime.now(UTC))
 
 
 async def observe(

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 __all__ = [
     "Action",
     "ActionKind",
+    "Activity",
     "Installed",
     "Observation",
     "Owned",
     "PodState",
+    "Priority",
     "Problem",
     "Resident",
     "ledger_from_status",
@@ -117,8 +119,21 @@ class ActionKind(StrEnum):
     DELETE = "delete"
 
 
-#: Execution order on one pod: free memory and disk before filling them.
-ACTION_ORDER = {ActionKind.UNLOAD: 0, ActionKind.DELETE: 1, ActionKind.PULL: 2, ActionKind.LOAD: 3}
+class Priority(IntEnum):
+    """Order of work on one pod (lower first).
+
+    Freeing memory and disk is quick and makes room for what follows; a replica
+    that went missing (its pod is gone, or Ollama evicted it) is replaced before
+    anything else; then pins that drifted are repaired, then new warm replicas,
+    and only then pulls of models wanted on disk alone.  A pull that a load waits
+    for carries that load's priority.
+    """
+
+    FREE = 0
+    REPLACE = 1
+    REPAIR = 2
+    LOAD = 3
+    DISK = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +147,29 @@ class Action:
     keep_alive: float | int | None = None
     options: tuple[tuple[str, Any], ...] = ()
     embedding: bool = False
+    priority: Priority = Priority.LOAD
+    #: a pull of a model of unknown size: give up once Ollama's progress says the
+    #: model is bigger than this (the room the plan had for it)
+    max_bytes: int | None = None
 
     def describe(self) -> str:
         return f"{self.kind} {self.name} on {self.pod} ({self.reason})"
+
+    @property
+    def slot(self) -> tuple[str, str, str]:
+        """What the action acts on: (kind, pod, model).  One at a time per pool."""
+        return (self.kind.value, self.pod, self.model)
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """An action handed to the pod queues and not finished yet (for status)."""
+
+    action: Action
+    running: bool = False
+    #: pull progress in bytes, as Ollama reports it (0 = not known yet)
+    completed: int = 0
+    total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
