@@ -280,7 +280,7 @@ class _Planner:
             return Problem(
                 "ModelTooLarge",
                 f"{m.name}: needs {format_bytes(size)} of VRAM, more than any selected pod "
-                f"has (largest: {biggest}, {format_bytes(cap)}); nothing was downloaded. "
+                f"has (largest: {biggest}, {format_bytes(cap)}), so it is not pulled. "
                 "Select pods with bigger GPUs, raise ollamafleet.io/vram-bytes if it is "
                 "wrong, or remove the model",
                 m.key,

@@ -267,6 +267,7 @@ class PoolWorker:
             obs = await observe(self.shared.session, pods, timeout=settings.ollama_timeout_seconds)
             sizes = await self._sizes(spec, obs)
         self._drain(body)  # actions that finished while we observed
+        sizes.update(self.learned)
         pending = [t.action for t in self.inflight.values()]
         result = plan(
             spec,

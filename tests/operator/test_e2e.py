@@ -69,12 +69,6 @@ def _install_crd(api: client.ApiClient) -> None:
     raise TimeoutError("CRD not established")
 
 
-@pytest.fixture(scope="session")
-def modelpool_crd(kube_cluster: KubeCluster) -> None:
-    with kube_cluster.client() as api:
-        _install_crd(api)
-
-
 async def until(
     probe: Callable[[], Awaitable[T]],
     accept: Callable[[T], bool],
