@@ -81,9 +81,7 @@ class Executor:
                 if self.report is not None:
                     self.report(ticket.outcome)
 
-        # Pulls first, so the loads that need them see them.
-        ordered = sorted(actions, key=lambda a: a.kind is not ActionKind.PULL)
-        tickets = [lanes.submit(a, "batch", done) for a in ordered]
+        tickets = lanes.submit_all(list(actions), "batch", done)
         await asyncio.gather(*(t.future for t in tickets))
         return outcomes
 

@@ -103,8 +103,23 @@ class Lanes:
         self._by_identity: dict[tuple[Any, ...], Ticket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._holding = False
 
     # -- public --------------------------------------------------------------------
+    def submit_all(self, actions: list[Action], owner: Hashable, watcher: Watcher) -> list[Ticket]:
+        """Queue a whole plan before starting anything, so its order does not matter:
+        the pulls are queued first (the loads find what they wait for), and nothing
+        starts until every action is queued (a disk-only pull listed first does not
+        slip in ahead of the plan's loads)."""
+        ordered = sorted(actions, key=lambda a: a.kind is not ActionKind.PULL)
+        self._holding = True
+        try:
+            tickets = {id(a): self.submit(a, owner, watcher) for a in ordered}
+        finally:
+            self._holding = False
+        self._kick()
+        return [tickets[id(a)] for a in actions]
+
     def submit(self, action: Action, owner: Hashable, watcher: Watcher) -> Ticket:
         """Queue ``action`` for ``owner`` (or join the identical queued/running one)."""
         ident = _identity(action)
@@ -171,7 +186,7 @@ class Lanes:
         )
 
     def _kick(self) -> None:
-        if self._closed:
+        if self._closed or self._holding:
             return
         for t in sorted(self._queued, key=lambda x: (x.priority, x.seq)):
             failed = next((d for d in t.deps if d.done and not (d.outcome and d.outcome.ok)), None)

@@ -283,9 +283,11 @@ class PoolWorker:
         held = [a for a in fresh if self.cooldown.get(a.slot, (0.0, 0.0))[0] > clock]
         self.ledger = revert(self.actual, result.ledger, held)
         self.shared.claims[self.key] = self.ledger
-        for a in fresh:
-            if a not in held:
-                self.inflight[a.slot] = self.shared.lanes.submit(a, self.key, self._finished)
+        starting = [a for a in fresh if a not in held]
+        for a, t in zip(
+            starting, self.shared.lanes.submit_all(starting, self.key, self._finished), strict=True
+        ):
+            self.inflight[a.slot] = t
         self.actual = revert(
             self.actual, self.ledger, [t.action for t in self.inflight.values()] + held
         )
