@@ -1,4 +1,4 @@
-"""End to end: the operator (kopf, in-process) against the real kube-apiserver 1.20.
+"""End to end: the operator (in-process) against the real kube-apiserver 1.20.
 
 Pods are API objects whose ``status.podIP`` points at emulated Ollama nodes on
 127.0.0.x (no kubelet runs).  Every Kubernetes call of the test goes through a
@@ -593,8 +593,6 @@ def _service_account_kubeconfig(cluster: KubeCluster, namespace: str, path: Path
 
     docs = []
     for doc in yaml.safe_load_all(RBAC.read_text()):
-        if doc["apiVersion"].startswith("kopf.dev/"):
-            continue  # the KopfPeering: tests that peer create it (test_peering.py)
         text = json.dumps(doc).replace('"ollama"', json.dumps(namespace))
         doc = json.loads(text)
         if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
