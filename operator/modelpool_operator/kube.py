@@ -93,6 +93,17 @@ class KubeAccess:
             _content_type="application/merge-patch+json",
         )
 
+    async def patch_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> None:
+        api = client.CustomObjectsApi(self.api)
+        await self._call(
+            api.patch_namespaced_custom_object,
+            GROUP, VERSION, namespace, PLURAL, name,
+            {"metadata": {"annotations": dict(annotations)}},
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
+
     async def set_finalizer(
         self, namespace: str, name: str, finalizers: list[str], present: bool
     ) -> None:

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -49,7 +49,16 @@ from .plan import Plan, anticipate, model_size, plan, record, revert, serves
 from .recorder import EventSink
 from .settings import OperatorSettings
 from .spec import PoolSpec, SpecError, parse_pool_spec
-from .state import ActionKind, Observation, Owned, Problem, ledger_from_status, merge_claims
+from .state import (
+    LEDGER_ANNOTATION,
+    ActionKind,
+    Observation,
+    Owned,
+    Problem,
+    ledger_of,
+    ledger_to_annotation,
+    merge_claims,
+)
 from .status import build_status, invalid_spec_status
 from .verdicts import blocked_problem
 
@@ -72,6 +81,9 @@ _NOT_FAILURES = ("withdrawn", "operator stopping", "cancelled")
 
 class KubeWrites(Protocol):
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    async def patch_annotations(
+        self, namespace: str, name: str, annotations: Mapping[str, str]
+    ) -> None: ...
     async def set_finalizer(
         self, namespace: str, name: str, finalizers: list[str], present: bool
     ) -> None: ...
@@ -103,30 +115,37 @@ class Shared:
             if other[0] != namespace or other[1] == name:
                 continue
             ledger = self.claims.get(other)
-            ledgers.append(ledger if ledger is not None else ledger_from_status(body.get("status")))
+            ledgers.append(ledger if ledger is not None else ledger_of(body))
         return merge_claims(ledgers)
 
 
 class StatusWriter:
-    """Writes a pool's status at most every ``interval`` seconds, always the latest."""
+    """Writes a pool's status (and its ledger annotation) at most every ``interval``
+    seconds, always the latest.  The ledger goes first: it is what prune relies on."""
 
     def __init__(
         self,
-        patch: Callable[[str, str, Mapping[str, Any]], Awaitable[None]],
+        kube: KubeWrites,
         key: PoolKey,
         interval: float,
+        ledger_text: str | None = None,
     ) -> None:
-        self.patch = patch
+        self.kube = kube
         self.key = key
         self.interval = interval
         self.latest: dict[str, Any] | None = None
         self.written: dict[str, Any] | None = None
+        self.ledger: str | None = None
+        #: the annotation as the pool carries it (None: not there yet)
+        self.ledger_written = ledger_text
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def update(self, status: dict[str, Any]) -> None:
+    def update(self, status: dict[str, Any], ledger: str | None = None) -> None:
         self.latest = status
-        if status != self.written:
+        if ledger is not None:
+            self.ledger = ledger
+        if status != self.written or self.ledger != self.ledger_written:
             self._dirty.set()
             if self._task is None or self._task.done():
                 self._task = asyncio.ensure_future(self._loop())
@@ -135,12 +154,14 @@ class StatusWriter:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            status = self.latest
-            if status is None or status == self.written:
-                continue
+            status, ledger = self.latest, self.ledger
             try:
-                await self.patch(*self.key, status)
-                self.written = status
+                if ledger is not None and ledger != self.ledger_written:
+                    await self.kube.patch_annotations(*self.key, {LEDGER_ANNOTATION: ledger})
+                    self.ledger_written = ledger
+                if status is not None and status != self.written:
+                    await self.kube.patch_status(*self.key, status)
+                    self.written = status
             except Exception as exc:
                 if getattr(exc, "status", None) == 404:
                     return  # the pool is gone
@@ -161,7 +182,14 @@ class PoolWorker:
         self.key = key
         self.wake = asyncio.Event()
         settings = shared.settings
-        self.writer = StatusWriter(shared.kube.patch_status, key, settings.status_interval_seconds)
+        body = shared.pools().get(key) or {}
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        self.writer = StatusWriter(
+            shared.kube,
+            key,
+            settings.status_interval_seconds,
+            annotations.get(LEDGER_ANNOTATION),
+        )
         self.generation: Any = object()  # never equal to a real generation
         #: claims as planned (ahead of the pods); what other pools plan around
         self.ledger: tuple[Owned, ...] | None = None
@@ -233,7 +261,7 @@ class PoolWorker:
         generation = meta.get("generation")
         previous = dict(body.get("status") or {})
         if self.ledger is None:
-            self.ledger = self.actual = ledger_from_status(previous)
+            self.ledger = self.actual = ledger_of(body)
         if generation != self.generation:
             first = self.status is None
             self.generation = generation
@@ -255,7 +283,7 @@ class PoolWorker:
             status = invalid_spec_status(str(exc), generation, self.status or previous, _now())
             self._report(body, status, [("InvalidSpec", str(exc))], resync)
             self.status = status
-            self.writer.update(status)
+            self.writer.update(status, ledger_to_annotation(self.actual))
             return None
         if deleting:
             spec = replace(spec, models=(), keys=frozenset(), prune=True)
@@ -298,7 +326,7 @@ class PoolWorker:
         problems = [(p.reason, p.message) for p in result.problems]
         self._report(body, status, problems, resync)
         self.status = status
-        self.writer.update(status)
+        self.writer.update(status, ledger_to_annotation(self.actual))
         return result
 
     async def _sizes(self, spec: PoolSpec, obs: Observation) -> dict[str, int]:

@@ -1,6 +1,8 @@
 """ModelPool status and conditions from one reconcile (pure).
 
-Conditions follow the Kubernetes convention: ``Ready`` (every listed model is
+Conditions follow the Kubernetes API conventions (metav1.Condition: a list keyed
+on ``type``, each with ``status``, ``reason``, ``message``,
+``observedGeneration`` and ``lastTransitionTime``): ``Ready`` (every listed model is
 pulled and loaded as declared), ``Reconciling`` (work is queued or running: its
 message says which and how far a download got; the kstatus name, so tools that
 read kstatus understand it), and ``Degraded`` (something needs a human: a pod
@@ -28,12 +30,31 @@ from .state import Activity, Observation, Owned, Problem, Resident, ledger_to_st
 __all__ = ["build_status", "describe_activity", "invalid_spec_status", "merge_conditions"]
 
 
+#: metav1.Condition's cap on a message.
+MESSAGE_LIMIT = 32768
+_QUIET = {
+    ("Reconciling", False): "no pulls, loads, unloads or deletes queued or running",
+    ("Degraded", False): "no problems",
+}
+
+
 def _condition(
     kind: str, ok: bool, reason: str, message: str, generation: int | None
 ) -> dict[str, Any]:
-    cond: dict[str, Any] = {"type": kind, "status": "True" if ok else "False", "reason": reason}
-    if message:  # an empty string reaches the API server as null (schema: string)
-        cond["message"] = message
+    """A condition as metav1.Condition has it: every field there, the message capped.
+
+    The message is never empty: kube-apiserver 1.20 turns an empty string in a custom
+    resource into null, which the schema (message: string, required) then refuses.
+    """
+    message = message or _QUIET.get((kind, ok), reason)
+    if len(message) > MESSAGE_LIMIT:
+        message = message[: MESSAGE_LIMIT - 20] + " ... (truncated)"
+    cond: dict[str, Any] = {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+    }
     if generation is not None:
         cond["observedGeneration"] = generation
     return cond
