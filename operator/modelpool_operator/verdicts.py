@@ -10,6 +10,7 @@ stream) is transient and retried with backoff.
 
 from __future__ import annotations
 
+from .spec import explain_invalid_name
 from .state import ActionKind, Problem
 
 __all__ = ["MODEL_NOT_FOUND", "blocked_problem", "verdict"]
@@ -51,6 +52,11 @@ def blocked_problem(reason: str, name: str, key: str, detail: str) -> Problem:
             f"{name}: the registry refuses to serve it to the pods ({detail}); the model is "
             "private: give the Ollama pods a key that may pull it, or choose a public model "
             "(not retried until the spec changes)"
+        )
+    elif reason == INVALID_NAME:
+        text = (
+            f"{name}: Ollama refuses the name ({detail}): {explain_invalid_name(name)}; "
+            "fix it in spec.models (not retried until the spec changes)"
         )
     else:
         text = f"{name}: {detail} (not retried until the spec changes)"

@@ -55,6 +55,8 @@ def test_blocked_problems_say_what_to_do() -> None:
     auth = blocked_problem("Unauthorized", "acme/x:1b", "k", "unauthorized: access denied")
     assert "key that may pull it" in auth.message
     assert "not retried until the spec changes" in nf.message + auth.message
+    bad = blocked_problem("InvalidModelName", "a/b/c/d", "k", "invalid model name")
+    assert "4 '/'-separated parts; at most 3" in bad.message
 
 
 @pytest.mark.parametrize(
