@@ -309,6 +309,12 @@ class PoolWorker:
         clock = time.monotonic()
         fresh = [a for a in result.actions if a.slot not in self.inflight]
         held = [a for a in fresh if self.cooldown.get(a.slot, (0.0, 0.0))[0] > clock]
+        # What waits for a held pull waits with it (a load without its pull would fail).
+        waiting = {(a.pod, a.model) for a in held if a.kind is ActionKind.PULL}
+        held += [a for a in fresh if a not in held and (a.pod, a.model) in waiting]
+        # A failure is news while its action is still wanted, not after.
+        wanted = {a.slot for a in result.actions} | set(self.inflight)
+        self.failures = {k: v for k, v in self.failures.items() if k in wanted}
         self.ledger = revert(self.actual, result.ledger, held)
         self.shared.claims[self.key] = self.ledger
         starting = [a for a in fresh if a not in held]
@@ -369,6 +375,10 @@ class PoolWorker:
             self.ledger = revert(self.actual, self.ledger or (), [a])
             self.shared.claims[self.key] = self.ledger
             if o.error.startswith(_NOT_FAILURES):
+                continue
+            if o.attempts == 0:
+                # Skipped because what it needed failed (its pull, its pod): that failure
+                # is the one reported; this action is planned again with it.
                 continue
             reason = f"{a.kind.value.capitalize()}Failed"
             self.shared.events.post(body, "Warning", reason, f"{a.describe()}: {o.error}")
@@ -441,7 +451,11 @@ class PoolWorker:
             now = time.monotonic()
             if now >= deadline:
                 return True
-            timeout = min(deadline, next_pin) - now
+            # A transient failure's pause ending is a reason to try again before the resync.
+            retry = min((u for u, _ in self.cooldown.values() if u > now), default=deadline)
+            if retry <= now:
+                return False
+            timeout = min(deadline, next_pin, retry) - now
             if self._pulling():
                 timeout = min(timeout, max(settings.status_interval_seconds, 0.5))
             try:
@@ -450,6 +464,8 @@ class PoolWorker:
                 return False
             except TimeoutError:
                 pass
+            if retry < deadline and time.monotonic() >= retry:
+                return False
             if self._pulling():
                 self._refresh_status()
             if time.monotonic() >= next_pin:

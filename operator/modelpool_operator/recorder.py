@@ -24,6 +24,9 @@ __all__ = ["EventRecorder", "EventSink"]
 
 log = logging.getLogger(__name__)
 
+#: Event identities remembered (their counts) before starting over.
+_REMEMBERED = 5000
+
 
 class EventSink(Protocol):
     def post(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
@@ -48,6 +51,10 @@ class EventRecorder:
         key = event_key(obj, type_, reason, message, self.instance)
         if not key.uid:
             return
+        if len(self._counts) > _REMEMBERED and not self._tasks:
+            # Forgetting costs nothing but a read: a 409 on create finds the count.
+            self._counts.clear()
+            self._locks.clear()
         task = asyncio.ensure_future(self._post(key, dict(obj)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -421,3 +421,39 @@ async def test_a_client_reload_with_another_num_ctx_is_seen_and_repinned(
         assert runner.num_ctx == 4096 and runner.keep_alive == float("inf")
         loaded = [e.message for e in await events(env, "pinned") if e.reason == "Loaded"]
         assert any("reload: num_ctx differs" in m for m in loaded), loaded
+
+
+async def test_a_transient_failure_is_retried_after_a_pause_not_at_the_next_resync(
+    kube_cluster: KubeCluster, kube_namespace: str, modelpool_crd: None
+) -> None:
+    config = fleet_config(n=1, time_scale=0.01, bandwidth=1e9)
+    async with running_operator(
+        kube_cluster, kube_namespace, kube_cluster.kubeconfig, config, resync_seconds=60.0
+    ) as env:
+        await add_pods(env, 1)
+        # Both attempts of the first pull fail (the operator tries twice here).
+        env.fleet.nodes[0].faults.fail_next(
+            2, status=500, message="disk hiccup", paths=("/api/pull",)
+        )
+        start = time.monotonic()
+        await env.apply_pool(
+            "flaky", {"selector": SEL, "models": [{"name": "warm:1b", "pull": "loaded"}]}
+        )
+        cond = await until(
+            lambda: env.condition("flaky", "Degraded"),
+            lambda c: c.get("reason") == "ActionFailed",
+            "the failure in status",
+        )
+        assert "disk hiccup" in cond["message"]
+        await until(
+            lambda: env.get_pool("flaky"),
+            lambda p: _cond(p, "Ready").get("status") == "True",
+            "Ready after the retry",
+            timeout=20,
+        )
+        took = time.monotonic() - start
+        print(f"\nReady {took:.1f}s after a failed pull (resync is 60 s)")
+        assert took < 15.0
+        reasons = [e.reason for e in await events(env, "flaky")]
+        assert reasons.count("PullFailed") == 1 and "LoadFailed" not in reasons  # the cause only
+        assert (await env.condition("flaky", "Degraded"))["status"] == "False"
