@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from modelpool_operator.execute import Executor, Outcome
-from modelpool_operator.state import Action, ActionKind
+from modelpool_operator.state import Action, ActionKind, Priority
 from ollama_emulator import EmulatedFleet, FleetConfig, ModelSpec, NodeConfig, default_catalogue
 from ollama_emulator.registry import layers
 from ollama_wire.client import OllamaClient
@@ -146,3 +146,39 @@ async def test_a_pull_bigger_than_its_room_is_abandoned_at_its_first_progress_li
         small = replace(act(ActionKind.PULL, f, 0, "llama3.2:1b"), max_bytes=24 * 2**30)
         ok = await Executor(session).run_one(small, lambda done, total: seen.append((done, total)))
         assert ok.ok and seen[-1][0] == seen[-1][1] == node.catalogue["llama3.2:1b"].size_bytes
+
+
+async def test_warm_loads_go_before_disk_only_pulls_on_a_real_node() -> None:
+    """One plan on one pod (real time): a disk-only pull listed first starts only after the
+    warm load, which does not wait for it."""
+    spec = ModelSpec(name="warm:1b", size_bytes=10**9, load_seconds=0.5)
+    config = FleetConfig(
+        nodes=[
+            NodeConfig(name="n0", installed=("warm:1b",), context_length=4096, pull_bandwidth=1e10)
+        ],
+        catalogue=default_catalogue().with_specs([spec]),
+        time_scale=1.0,
+    )
+    async with EmulatedFleet(config) as f, aiohttp.ClientSession() as session:
+        node = f.nodes[0]
+        seen: dict[str, float] = {}
+
+        async def watch() -> None:
+            while True:
+                if "load" not in seen and node.scheduler.runner_for(spec) is not None:
+                    seen["load"] = asyncio.get_running_loop().time()
+                if "pull" not in seen and node.stats.pulls_started:
+                    seen["pull"] = asyncio.get_running_loop().time()
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.ensure_future(watch())
+        disk = replace(act(ActionKind.PULL, f, 0, "llama3.2:1b"), priority=Priority.DISK)
+        load = replace(act(ActionKind.LOAD, f, 0, "warm:1b"), priority=Priority.LOAD)
+        try:
+            outcomes = await Executor(session).run([disk, load])
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        assert all(o.ok for o in outcomes)
+        assert [o.action.kind for o in outcomes] == ["load", "pull"]
+        assert seen["load"] <= seen["pull"]
