@@ -272,9 +272,11 @@ class PoolWorker:
             self.cooldown.clear()
             self.learned.clear()
             if not first:
-                for t in list(self.inflight.values()):
+                for slot, t in list(self.inflight.items()):
                     if not t.running:
                         self.shared.lanes.withdraw(t, self.key)
+                        del self.inflight[slot]
+                        self.ledger = revert(self.actual, self.ledger or (), [t.action])
         self.last_full = time.monotonic()
         self._drain(body)
         try:
@@ -359,6 +361,8 @@ class PoolWorker:
     def _drain(self, body: Mapping[str, Any]) -> None:
         """Take in the outcomes of finished actions."""
         done, self.finished = self.finished, []
+        # A ticket can also end without telling us (withdrawn after we stopped watching it).
+        done += [t for t in self.inflight.values() if t.done and t not in done]
         settings = self.shared.settings
         for t in done:
             o, a = t.outcome, t.action

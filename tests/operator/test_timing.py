@@ -34,7 +34,8 @@ GB = 10**9
 BIG = ModelSpec(name="big:8b", size_bytes=8 * GB, load_seconds=5, context_length=8192)
 WARM = ModelSpec(name="warm:1b", size_bytes=1 * GB, load_seconds=1, context_length=8192)
 HUGE = ModelSpec(name="huge:70b", size_bytes=42 * GB, load_seconds=60, context_length=8192)
-CATALOGUE = default_catalogue().with_specs([BIG, WARM, HUGE])
+BIG2 = ModelSpec(name="other:8b", size_bytes=8 * GB, load_seconds=5, context_length=8192)
+CATALOGUE = default_catalogue().with_specs([BIG, WARM, HUGE, BIG2])
 
 
 def fleet_config(
@@ -457,3 +458,32 @@ async def test_a_transient_failure_is_retried_after_a_pause_not_at_the_next_resy
         reasons = [e.reason for e in await events(env, "flaky")]
         assert reasons.count("PullFailed") == 1 and "LoadFailed" not in reasons  # the cause only
         assert (await env.condition("flaky", "Degraded"))["status"] == "False"
+
+
+async def test_a_spec_change_drops_queued_work_and_plans_again(
+    kube_cluster: KubeCluster, kube_namespace: str, modelpool_crd: None
+) -> None:
+    """One pull at a time on the pod: the second model's pull waits in the queue.  The spec
+    drops that model for another: the queued pull never starts, the new model loads."""
+    config = fleet_config(n=1, installed=("warm:1b",))
+    async with running_operator(
+        kube_cluster, kube_namespace, kube_cluster.kubeconfig, config, pulls_per_pod=1
+    ) as env:
+        await add_pods(env, 1)
+        two = [{"name": "big:8b", "pull": "loaded"}, {"name": "other:8b", "pull": "loaded"}]
+        await env.apply_pool("queue", {"selector": SEL, "models": two})
+        await until(
+            lambda: env.condition("queue", "Reconciling"),
+            lambda c: "pull other:8b" in c.get("message", "") and "queued" in c["message"],
+            "the second pull queued",
+        )
+        await env.apply_pool("queue", {"selector": SEL, "models": [two[0], {"name": "warm:1b"}]})
+        await eventually(
+            lambda: asyncio.sleep(0, resident(env.fleet, 0, "warm:1b")), "warm:1b loaded"
+        )
+        await asyncio.sleep(0.5)
+        assert not downloading(env.fleet, 0, "other:8b")
+        assert layers(BIG2)[0][0] not in env.fleet.nodes[0].puller.blobs  # never started
+        assert downloading(env.fleet, 0, "big:8b")  # the wanted download went on
+        cond = await env.condition("queue", "Reconciling")
+        assert "other:8b" not in cond["message"]
