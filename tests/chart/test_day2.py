@@ -149,7 +149,7 @@ def test_operator_metrics_port_service_and_servicemonitor(day2: Objs) -> None:
     flags = {k: v for k, v in vars(args).items() if k != "log_level"}
     settings = OperatorSettings.from_sources(flags, env_of(c))
     assert settings.metrics_port == port["containerPort"] == 9191
-    assert settings.max_rounds == 5  # operator.extraArgs
+    assert settings.pulls_per_pod == 5  # operator.extraArgs
     svc = find(day2, "Service", "-operator-metrics")
     assert svc["spec"]["ports"] == [
         {"name": "metrics", "port": 9191, "targetPort": "metrics", "protocol": "TCP"}
