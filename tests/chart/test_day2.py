@@ -277,7 +277,9 @@ def test_extras_off_by_default(defaults: Objs) -> None:
     assert bal["args"] == ["balancer", "--config", "/etc/ollama-fleet/balancer.yaml"]
     assert [m["name"] for m in bal["volumeMounts"]] == ["config", "tmp"]
     op = find(defaults, "Deployment", "-operator")
-    assert container(op, "operator")["args"] == ["operator", "--log-level", "INFO"]
+    assert container(op, "operator")["args"] == [
+        "operator", "--log-format", "json", "--log-level", "INFO"
+    ]  # fmt: skip
     assert [v["name"] for v in _pod_spec(op)["volumes"]] == ["tmp"]
     sts = find(defaults, "StatefulSet", "-ollama")
     assert "args" not in container(sts, "ollama")  # the image's own `serve`

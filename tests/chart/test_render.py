@@ -88,13 +88,13 @@ def _pod_labels(obj: dict[str, Any]) -> dict[str, str]:
 # ------------------------------------------------------------------- lint & validate
 
 
-@pytest.mark.parametrize("name", list(VALUE_SETS))
 def needs_key(path: str) -> bool:
     """Whether the balancer asks a key for ``path`` (its route table says so)."""
     spec = spec_for(path)
     return spec is None or spec.needs_key
 
 
+@pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_lint_strict(helm: str, name: str) -> None:
     args = ["lint", "--strict", str(CHART)]
     for f in VALUE_SETS[name]:
