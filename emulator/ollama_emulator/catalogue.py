@@ -80,6 +80,8 @@ class ModelSpec:
     digest: str = ""
     """Manifest digest (64 hex, no ``sha256:``); derived from the name when empty."""
     families: tuple[str, ...] = field(default=())
+    private: bool = False
+    """The registry knows it but answers 401: the node's key may not pull it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", names.display(self.name))

@@ -148,6 +148,8 @@ async def serve(config: FleetConfig) -> None:
         for node in fleet.nodes:
             loaded = ", ".join(node.config.loaded) or "-"
             print(f"{node.name}\t{node.url}\tloaded: {loaded}", flush=True)
+        # After the nodes, so "one line per node first" stays true for scripts.
+        print(f"registry\t{fleet.registry.url}\tmanifests of the catalogue", flush=True)
         await stop.wait()
 
 

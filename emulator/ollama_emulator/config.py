@@ -6,6 +6,7 @@ every node; ``catalogue`` adds to or replaces entries of the built-in one)::
     time_scale: 0.01
     defaults: {vram: 24GiB, num_parallel: 2, keep_alive: 5m}
     catalogue: [{name: tiny:1b, size_bytes: 1GB, load_seconds: 2}]
+    registry: {bind: 127.0.0.1, port: 0}   # the emulated registry's manifests
     nodes:
       - {name: gpu-a, host: 127.0.0.2, port: 11434, installed: [llama3.2], loaded: [llama3.2]}
 """
@@ -109,6 +110,10 @@ class FleetConfig:
     catalogue: Catalogue = field(default_factory=default_catalogue)
     time_scale: float = 1.0
     """Multiplies every emulated duration (load, tokens, pulls, keep_alive): 0.01 = 100× faster."""
+    registry_bind: str = "127.0.0.1"
+    """Loopback address of the emulated registry (manifests over HTTP, registry_server.py)."""
+    registry_port: int = 0
+    """Its port; 0 picks a free one."""
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0 or math.isinf(self.time_scale):
@@ -142,7 +147,17 @@ def load_config(source: str | Path | Mapping[str, Any]) -> FleetConfig:
         catalogue = catalogue.with_specs(extra)
     defaults = dict(doc.get("defaults") or {})
     nodes = [NodeConfig.from_mapping({**defaults, **n}) for n in doc.get("nodes") or []]
-    return FleetConfig(nodes=nodes, catalogue=catalogue, time_scale=float(doc.get("time_scale", 1)))
+    registry = dict(doc.get("registry") or {})
+    unknown = set(registry) - {"bind", "port"}
+    if unknown:
+        raise ValueError(f"unknown registry field(s) {sorted(unknown)}")
+    return FleetConfig(
+        nodes=nodes,
+        catalogue=catalogue,
+        time_scale=float(doc.get("time_scale", 1)),
+        registry_bind=str(registry.get("bind", "127.0.0.1")),
+        registry_port=int(registry.get("port", 0)),
+    )
 
 
 def default_fleet() -> FleetConfig:

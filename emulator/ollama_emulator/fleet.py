@@ -1,4 +1,4 @@
-"""Start and stop every node of a :class:`~.config.FleetConfig` in one event loop."""
+"""Start and stop every node of a :class:`~.config.FleetConfig`, and the registry, in one loop."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from types import TracebackType
 
 from .config import FleetConfig
 from .node import EmulatedNode
+from .registry_server import EmulatedRegistry
 
 __all__ = ["EmulatedFleet"]
 
@@ -17,6 +18,10 @@ class EmulatedFleet:
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self.nodes = [EmulatedNode(n, config.catalogue, config.time_scale) for n in config.nodes]
+        self.registry = EmulatedRegistry(
+            config.catalogue, bind=config.registry_bind, port=config.registry_port
+        )
+        """The registry the nodes pull from, serving its manifests at ``registry.url``."""
 
     def node(self, name: str) -> EmulatedNode:
         for node in self.nodes:
@@ -30,6 +35,7 @@ class EmulatedFleet:
 
     async def start(self) -> None:
         try:
+            await self.registry.start()
             for node in self.nodes:
                 await node.start()
         except BaseException:
@@ -38,6 +44,7 @@ class EmulatedFleet:
 
     async def stop(self) -> None:
         await asyncio.gather(*(node.stop() for node in self.nodes))
+        await self.registry.stop()
 
     async def __aenter__(self) -> EmulatedFleet:
         await self.start()

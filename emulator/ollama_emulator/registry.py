@@ -1,11 +1,14 @@
 """Models on a node's disk, and pulls from the emulated registry (the catalogue).
 
-Layout of a pulled model: one big weights blob plus small template, license and
-params blobs, with digests derived from the manifest digest so every node sees
-the same blobs.  A download advances at the node's ``pull_bandwidth``; pulls of
-the same blob share one download; when the last waiter leaves, the download
-stops and keeps its partial bytes (a later pull resumes), like
-``server/download.go``.
+Layout of a pulled model, as the registry's manifest lists it (:func:`manifest`):
+one big weights blob plus small template, license and params layers and a
+config blob, with digests derived from the manifest digest so every node sees
+the same blobs; their sizes add up to the model's ``size_bytes`` (what
+``/api/tags`` reports).  Like Ollama's ``PullModel`` a pull reads the manifest
+first and downloads the layers in manifest order, the config last.  A download
+advances at the node's ``pull_bandwidth``; pulls of the same blob share one
+download; when the last waiter leaves, the download stops and keeps its partial
+bytes (a later pull resumes), like ``server/download.go``.
 """
 
 from __future__ import annotations
@@ -23,17 +26,52 @@ from .catalogue import Catalogue, ModelSpec
 from .clock import Clock
 from .stats import Stats
 
-__all__ = ["Library", "LibraryEntry", "PullError", "Puller", "layers"]
+__all__ = [
+    "MANIFEST_MEDIA_TYPE",
+    "UNAUTHORIZED",
+    "Library",
+    "LibraryEntry",
+    "PullError",
+    "Puller",
+    "layers",
+    "manifest",
+]
 
+MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+_CONFIG_MEDIA_TYPE = "application/vnd.docker.container.image.v1+json"
 _SMALL_LAYERS = (("template", 1429), ("license", 7711), ("params", 96))
+_CONFIG_SIZE = 485
+#: What Ollama's ``makeRequestWithRetry`` gives after a second 401 (server/images.go).
+UNAUTHORIZED = "unauthorized: access denied"
 
 
 def layers(spec: ModelSpec) -> list[tuple[str, int]]:
-    """``(sha256:<hex>, bytes)`` of every blob of ``spec``, weights first."""
-    small = sum(size for _, size in _SMALL_LAYERS)
+    """``(sha256:<hex>, bytes)`` of every blob of ``spec`` in download order: the
+    manifest's layers (weights first), then its config blob."""
+    small = sum(size for _, size in _SMALL_LAYERS) + _CONFIG_SIZE
     out = [(_blob(spec, "model"), max(1, spec.size_bytes - small))]
     out += [(_blob(spec, kind), size) for kind, size in _SMALL_LAYERS]
+    out.append((_blob(spec, "config"), _CONFIG_SIZE))
     return out
+
+
+def manifest(spec: ModelSpec) -> dict[str, Any]:
+    """The registry's manifest of ``spec`` (``GET /v2/<ns>/<model>/manifests/<tag>``).
+
+    The shape of the Ollama registry's answers (Docker distribution schema 2): the
+    layer sizes are what a client can learn about a model before downloading it.
+    """
+    blobs = layers(spec)
+    kinds = ("model", *(kind for kind, _ in _SMALL_LAYERS))
+    return {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": _CONFIG_MEDIA_TYPE, "digest": blobs[-1][0], "size": blobs[-1][1]},
+        "layers": [
+            {"mediaType": f"application/vnd.ollama.image.{kind}", "digest": digest, "size": size}
+            for kind, (digest, size) in zip(kinds, blobs[:-1], strict=True)
+        ],
+    }
 
 
 def _blob(spec: ModelSpec, kind: str) -> str:
@@ -151,8 +189,10 @@ class Puller:
         self.stats.pulls_started += 1
         yield {"status": "pulling manifest"}
         spec = self.catalogue.find(name)
-        if spec is None:
+        if spec is None:  # the registry's 404 is os.ErrNotExist in Ollama
             raise PullError("pull model manifest: file does not exist")
+        if spec.private:  # 401 twice: the node's key is not allowed to pull it
+            raise PullError(f"pull model manifest: {UNAUTHORIZED}")
         for digest, total in layers(spec):
             status = f"pulling {digest[7:19]}"
             async for completed in self._fetch(digest, total):

@@ -33,7 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--standalone", action="store_true", default=argparse.SUPPRESS,
-        help="no peering: for a single replica, tests and development",
+        help="no leader election: act at once (one replica, tests, development)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-manifest-lookup", dest="manifest_lookup", action="store_false",
+        default=argparse.SUPPRESS,
+        help="do not ask the registry for model sizes before pulling",
     )  # fmt: skip
     for flag, kind, help_text in _OPTIONS:
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
@@ -52,26 +57,35 @@ def configure(parser: argparse.ArgumentParser) -> None:
 _OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--resync-seconds", float,
      "reconcile every pool at least this often (default 60): Ollama evicts silently"),
-    ("--concurrency", int, "pods worked on at once (default 4)"),
+    ("--pin-check-seconds", float,
+     "between resyncs, check pinned copies on their pods this often (default 2)"),
+    ("--concurrency", int, "pulls at once over all pods (default 4)"),
+    ("--pulls-per-pod", int, "pulls at once on one pod (default 2)"),
+    ("--reconcile-concurrency", int, "pools observing and planning at once (default 8)"),
     ("--attempts", int, "attempts per Ollama action (default 3)"),
     ("--backoff-seconds", float, "first retry delay (default 1)"),
     ("--ollama-timeout-seconds", float, "timeout of /api/tags and /api/ps (default 5)"),
     ("--load-timeout-seconds", float, "warm-load timeout (default 600)"),
     ("--pull-idle-timeout-seconds", float,
      "abandon a silent pull stream after this long (default 300)"),
-    ("--max-rounds", int, "observe/plan/execute passes per reconcile (default 3)"),
+    ("--status-interval-seconds", float,
+     "at most one status write per pool this often while work runs (default 1)"),
+    ("--registry-mirrors", str,
+     "where to ask for manifests instead of the registry host, e.g. "
+     "registry.ollama.ai=http://mirror:5000 (comma-separated)"),
+    ("--manifest-timeout-seconds", float, "timeout of a manifest request (default 5)"),
     ("--default-vram-bytes", str,
      "VRAM of pods with no annotation and no pool default, e.g. 24Gi (default unlimited)"),
     ("--kubeconfig", str, "kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)"),
     ("--context", str, "kubeconfig context"),
-    ("--peering", str,
-     "kopf peering object; given, peering is mandatory (default: ollama-fleet if it exists, "
-     "else standalone)"),
-    ("--priority", str,
-     "peering priority of this replica: an integer, or 'random' (1..1000000) so replicas of "
-     "one Deployment differ (default 0; the highest acts)"),
+    ("--lease-name", str,
+     "coordination.k8s.io Lease for leader election; only its holder acts "
+     "(default ollama-fleet-operator)"),
+    ("--lease-namespace", str, "namespace of the Lease (default: the first watched one)"),
+    ("--lease-seconds", float,
+     "lease duration: a standby takes over this long after the leader stopped (default 10)"),
     ("--identity", str,
-     "this replica's name in the peering object and its Events (default hostname/pid)"),
+     "this replica's name in the Lease and its Events (default hostname/pid)"),
     ("--liveness", str, "liveness endpoint, e.g. http://0.0.0.0:8080/healthz"),
     ("--metrics-port", int, "serve Prometheus metrics on GET /metrics here (default 0 = off)"),
     ("--metrics-host", str, "address of the metrics port (default 0.0.0.0)"),
@@ -93,7 +107,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     try:
         run_loop(run_operator(settings), environ)
-    except ValueError as exc:  # e.g. the peering object in only some watched namespaces
+    except ValueError as exc:
         print(f"ollama-fleet operator: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,12 +1,15 @@
-"""Execute a plan: idempotent, concurrency-limited, retried, isolated per pod.
+"""Execute actions against Ollama: idempotent, retried, with verdicts never retried.
 
-Pods are worked on in parallel (at most ``concurrency`` at once); the actions
-of one pod run in order (unload, delete, pull, load: free memory and disk
-before filling them).  Every action is idempotent on Ollama's side (pulling an
-installed model is a fast no-op, loading a resident one only refreshes its
-keep_alive, unloading a model that is not loaded succeeds, deleting a missing
-one is treated as done), so a retried or repeated plan is harmless.  One pod's
-failures never delay or fail another pod's actions.
+Every action is idempotent on Ollama's side (pulling an installed model is a
+fast no-op, loading a resident one only refreshes its keep_alive, unloading a
+model that is not loaded succeeds, deleting a missing one is treated as done),
+so a retried or repeated action is harmless.  Transient failures (a pod that
+does not answer, 5xx, 429, a torn pull stream) are retried with backoff; a
+verdict (see :mod:`.verdicts`) ends the action at once and is reported as such.
+
+:meth:`Executor.run_one` does one action; the per-pod ordering and concurrency
+live in :mod:`.lanes`.  :meth:`Executor.run` runs a batch through a private
+:class:`~.lanes.Lanes`, for callers without a long-lived one.
 """
 
 from __future__ import annotations
@@ -28,20 +31,14 @@ from ollama_wire.client import (
     OllamaUnreachable,
 )
 
-from .state import ACTION_ORDER, Action, ActionKind
+from .lanes import Lanes, Outcome, Progress, Ticket
+from .plan import format_bytes
+from .state import Action, ActionKind
+from .verdicts import verdict
 
-__all__ = ["ActionObserver", "Executor", "Outcome"]
+__all__ = ["ActionObserver", "Executor", "Outcome", "TooLarge"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    action: Action
-    ok: bool
-    error: str = ""
-    attempts: int = 1
-
 
 #: Called once per finished action (for Kubernetes Events and logs).
 Report = Callable[[Outcome], None]
@@ -53,7 +50,23 @@ class ActionObserver(Protocol):
     def started(self, action: Action) -> None: ...
 
     def finished(self, action: Action, outcome: Outcome | None, seconds: float | None) -> None:
-        """``outcome`` None: cancelled mid-action; ``seconds`` None: skipped, never attempted."""
+        """``outcome`` None: cancelled; ``seconds`` None: never attempted."""
+
+
+#: Outcomes of actions nobody wants any more (withdrawn, or the operator stopping):
+#: cancelled, not skipped, for metrics.
+_CANCELLED = ("withdrawn", "operator stopping", "cancelled")
+
+
+class TooLarge(OllamaError):
+    """A pull abandoned because Ollama's progress showed the model cannot fit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the model is at least {format_bytes(size)}, more than the "
+            f"{format_bytes(limit)} of VRAM it was placed in; pull abandoned",
+        )
+        self.size = size
 
 
 def _retryable(exc: OllamaError) -> bool:
@@ -81,77 +94,71 @@ class Executor:
     observer: ActionObserver | None = None
 
     async def run(self, actions: Sequence[Action]) -> list[Outcome]:
-        by_pod: dict[str, list[Action]] = {}
-        for a in actions:
-            by_pod.setdefault(a.pod, []).append(a)
-        gate = asyncio.Semaphore(max(1, self.concurrency))
-        results = await asyncio.gather(*(self._pod(gate, acts) for acts in by_pod.values()))
-        return [o for pod_outcomes in results for o in pod_outcomes]
-
-    async def _pod(self, gate: asyncio.Semaphore, actions: list[Action]) -> list[Outcome]:
+        """Run a batch with the lanes' rules (per pod: pulls before the loads that need
+        them, one load at a time); outcomes in completion order."""
+        lanes = Lanes(self.run_one, pulls_per_pod=2, pulls_total=self.concurrency, unrun=self.unrun)
         outcomes: list[Outcome] = []
-        failed_pulls: set[str] = set()
-        unreachable = ""
-        async with gate:
-            for a in sorted(actions, key=lambda x: ACTION_ORDER[x.kind]):
-                if unreachable:
-                    outcome = Outcome(a, False, f"skipped: pod unreachable ({unreachable})", 0)
-                elif a.kind is ActionKind.LOAD and a.model in failed_pulls:
-                    outcome = Outcome(a, False, "skipped: pull failed", 0)
-                else:
-                    outcome = await self._observed(a)
-                    if not outcome.ok and outcome.error.startswith("unreachable"):
-                        unreachable = outcome.error
-                if not outcome.ok and a.kind is ActionKind.PULL:
-                    failed_pulls.add(a.model)
-                outcomes.append(outcome)
-                if self.observer is not None and outcome.attempts == 0:
-                    self.observer.finished(a, outcome, None)
+
+        def done(ticket: Ticket) -> None:
+            if ticket.outcome is not None:
+                outcomes.append(ticket.outcome)
                 if self.report is not None:
-                    self.report(outcome)
+                    self.report(ticket.outcome)
+
+        tickets = lanes.submit_all(list(actions), "batch", done)
+        try:
+            await asyncio.gather(*(t.future for t in tickets))
+        finally:
+            # Cancelled: stop what runs (a pull resumes later on Ollama's side), so no
+            # action outlives the batch.
+            await lanes.close()
         return outcomes
 
-    async def _observed(self, a: Action) -> Outcome:
+    def unrun(self, outcome: Outcome) -> None:
+        """An action the lanes ended without running it (skipped, withdrawn, stopping)."""
         if self.observer is None:
-            return await self._attempt(a)
+            return
+        cancelled = outcome.error.startswith(_CANCELLED)
+        self.observer.finished(outcome.action, None if cancelled else outcome, None)
+
+    async def run_one(self, a: Action, progress: Progress | None = None) -> Outcome:
+        if self.observer is None:
+            return await self._attempts(a, progress)
         self.observer.started(a)
         begin = time.monotonic()
         outcome = None
         try:
-            outcome = await self._attempt(a)
+            outcome = await self._attempts(a, progress)
             return outcome
         finally:
             self.observer.finished(a, outcome, time.monotonic() - begin)
 
-    async def _attempt(self, a: Action) -> Outcome:
+    async def _attempts(self, a: Action, progress: Progress | None) -> Outcome:
         delay = self.backoff
         for attempt in range(1, self.attempts + 1):
             try:
-                await self._do(a)
+                await self._do(a, progress)
                 return Outcome(a, True, attempts=attempt)
+            except TooLarge as exc:
+                log.warning("%s: %s", a.describe(), exc.message)
+                return Outcome(a, False, exc.message, attempt, size=exc.size)
             except OllamaError as exc:
                 prefix = "unreachable: " if isinstance(exc, OllamaUnreachable) else ""
                 error = f"{prefix}{exc.message or exc}"
-                if not _retryable(exc) or attempt == self.attempts:
+                status = exc.status if isinstance(exc, OllamaStatusError) else None
+                final = verdict(a.kind, status, exc.message)
+                if final or not _retryable(exc) or attempt == self.attempts:
                     log.warning("%s failed after %d attempt(s): %s", a.describe(), attempt, error)
-                    return Outcome(a, False, error, attempt)
+                    return Outcome(a, False, error, attempt, verdict=final)
                 log.info("%s failed (%s); retry in %.1fs", a.describe(), error, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _do(self, a: Action) -> None:
+    async def _do(self, a: Action, progress: Progress | None) -> None:
         client = OllamaClient(self.session, a.url, timeout=self.request_timeout)
         if a.kind is ActionKind.PULL:
-            last = ""
-            try:
-                async for progress in client.pull(a.name, idle_timeout=self.pull_idle_timeout):
-                    last = str(progress.get("status", ""))
-            except ValueError as exc:  # a torn NDJSON line
-                raise OllamaProtocolError(f"bad pull progress line: {exc}") from exc
-            # Follow the stream to its end: leaving early would cancel the download.
-            if last != "success":
-                raise OllamaProtocolError(f"pull stream ended at {last!r}, not 'success'")
+            await self._pull(client, a, progress)
         elif a.kind is ActionKind.LOAD:
             await client.load(
                 a.name,
@@ -171,3 +178,28 @@ class Executor:
             except OllamaStatusError as exc:
                 if exc.status != 404:
                     raise
+
+    async def _pull(self, client: OllamaClient, a: Action, progress: Progress | None) -> None:
+        last = ""
+        totals: dict[str, int] = {}
+        done: dict[str, int] = {}
+        try:
+            async for line in client.pull(a.name, idle_timeout=self.pull_idle_timeout):
+                last = str(line.get("status", ""))
+                digest, total = line.get("digest"), line.get("total")
+                if isinstance(digest, str) and isinstance(total, int):
+                    totals[digest] = total
+                    completed = line.get("completed")
+                    done[digest] = completed if isinstance(completed, int) else 0
+                    size = sum(totals.values())
+                    if a.max_bytes is not None and size > a.max_bytes:
+                        # Leaving the stream cancels the download (Ollama keeps the
+                        # partial blob for a later resume).
+                        raise TooLarge(size, a.max_bytes)
+                    if progress is not None:
+                        progress(sum(done.values()), size)
+        except ValueError as exc:  # a torn NDJSON line
+            raise OllamaProtocolError(f"bad pull progress line: {exc}") from exc
+        # Follow the stream to its end: leaving early would cancel the download.
+        if last != "success":
+            raise OllamaProtocolError(f"pull stream ended at {last!r}, not 'success'")

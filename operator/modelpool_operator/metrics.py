@@ -4,12 +4,16 @@ Metric names and label names are API (DESIGN.md §4.10): the constants below.
 Every :class:`OperatorMetrics` owns its registry, so several operators in one
 process (the tests) never share series.  It is fed from two places only:
 
-* the reconcile entry (:mod:`handlers`): :meth:`OperatorMetrics.reconciled`
-  with the status a reconcile wrote (pools by condition) or the error it
-  raised, and :meth:`OperatorMetrics.wanted` with a pool's parsed spec;
+* each pass of a pool worker (:mod:`reconcile`), through the
+  :class:`~modelpool_operator.reconcile.ReconcileObserver` protocol it declares:
+  :meth:`OperatorMetrics.reconciled` with the status the pass wrote (pools by
+  condition) or :meth:`OperatorMetrics.reconcile_failed`; and the pool watch
+  (:mod:`handlers`): :meth:`OperatorMetrics.wanted` with a pool's parsed spec;
 * the executor's action call (:mod:`execute`), through the
   :class:`~modelpool_operator.execute.ActionObserver` protocol it declares:
-  :meth:`OperatorMetrics.started` and :meth:`OperatorMetrics.finished`.
+  :meth:`OperatorMetrics.started` and :meth:`OperatorMetrics.finished`, plus
+  the actions the pod lanes end without running (skipped after a failed pull or
+  an unreachable pod; withdrawn or stopped: cancelled).
 
 ``ollama_fleet_operator_pool_model_wanted`` is what alerting joins with the
 balancer's ``ollama_fleet_model_routable_backends``: a model a pool lists but
@@ -123,7 +127,7 @@ class OperatorMetrics:
         )
         self.reconcile_duration = Histogram(
             RECONCILE_DURATION,
-            "duration of one reconcile (observe, plan, execute, status)",
+            "duration of one pass of a pool worker (observe, plan, hand-off, status)",
             buckets=_RECONCILE_BUCKETS,
             registry=r,
         )

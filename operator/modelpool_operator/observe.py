@@ -22,7 +22,7 @@ from ollama_wire.pods import pod_endpoint, pod_vram_bytes
 from .spec import LabelSelector
 from .state import Observation, PodState, Resident
 
-__all__ = ["PodInfo", "observe", "pod_info", "select"]
+__all__ = ["PodInfo", "observe", "pod_info", "residents", "select"]
 
 #: /api/ps ``expires_at`` further ahead than this means "forever" (a negative
 #: keep_alive is stored as MaxInt64 ns, ~292 years; the ollama CLI uses 20 years too).
@@ -91,7 +91,11 @@ async def _observe_pod(
         return replace(base, error=f"{info.url}: {exc.message or exc}")
     # The kernel's parsers and /api/tags record: one reading of Ollama's listings.
     installed = {m.key: m for m in parse_installed(tags)}
-    resident = {
+    return replace(base, installed=installed, resident=_residents(ps, now))
+
+
+def _residents(ps: list[dict[str, Any]], now: datetime) -> dict[str, Resident]:
+    return {
         m.key: Resident(
             name=m.name,
             size=m.size,
@@ -100,7 +104,17 @@ async def _observe_pod(
         )
         for m in parse_resident(ps)
     }
-    return replace(base, installed=installed, resident=resident)
+
+
+async def residents(
+    session: aiohttp.ClientSession, url: str, *, timeout: float = 5.0
+) -> dict[str, Resident] | None:
+    """What one pod has in memory (``/api/ps`` only), or None if it does not answer."""
+    try:
+        ps = await OllamaClient(session, url, timeout=timeout).ps()
+    except OllamaError:
+        return None
+    return _residents(ps, datetime.now(UTC))
 
 
 async def observe(

@@ -22,6 +22,18 @@ Placement rules, in the order they apply:
    desired set on a pod is the union of all pools' claims.  A pool only
    unloads or deletes what its own ledger says it put there, and never while
    another pool claims the same model on the same pod.
+5. **Size before download.** A model's size comes from a copy on some pod, else
+   from the registry's manifest (``sizes``).  A model bigger than every selected
+   pod's VRAM is refused outright (``ModelTooLarge``): nothing is pulled.  When
+   no size is known at all the pull carries ``max_bytes`` (the room it was
+   placed in), so it can be abandoned as soon as Ollama's progress tells the size.
+6. **Verdicts stick.** A model the registry refused for good (``blocked``: not
+   found, invalid name, unauthorized) is neither pulled nor loaded until the
+   spec changes; the refusal is the pool's problem.
+7. **Priorities.** Every action carries a :class:`~.state.Priority`: replacing a
+   lost replica first, disk-only pulls last (see :mod:`.lanes`).
+8. **pull: loaded** keeps a model on disk only where the pool keeps it loaded:
+   a copy the pool pulled on a pod where it is not placed is deleted again.
 """
 
 from __future__ import annotations
@@ -31,10 +43,31 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from .spec import ModelSpec, PoolSpec
-from .state import Action, ActionKind, Observation, Owned, PodState, Problem, Resident
+from ollama_wire.models import InstalledModel
 
-__all__ = ["Plan", "format_bytes", "model_size", "plan", "settle"]
+from .spec import ModelSpec, PoolSpec
+from .state import (
+    Action,
+    ActionKind,
+    Observation,
+    Owned,
+    PodState,
+    Priority,
+    Problem,
+    Resident,
+)
+
+__all__ = [
+    "Plan",
+    "anticipate",
+    "format_bytes",
+    "model_size",
+    "plan",
+    "record",
+    "revert",
+    "serves",
+    "settle",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +96,22 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def model_size(obs: Observation, key: str) -> int | None:
+def model_size(obs: Observation, key: str, registry: Mapping[str, int] | None = None) -> int | None:
     """Best known memory footprint of ``key``.
 
     A resident copy's ``/api/ps`` size includes the KV cache, so it beats the
     file size from ``/api/tags``; using the larger keeps placements honest (a
     plan that under-counts would have Ollama evict a pinned model, and the
-    next resync would reload it: thrash).
+    next resync would reload it: thrash).  Without any copy, the registry's
+    manifest (the sum of its layers, which is what ``/api/tags`` will say).
     """
     sizes = [p.resident[key].size for p in obs.pods if key in p.resident]
     sizes += [p.installed[key].size for p in obs.pods if key in p.installed]
     sizes = [s for s in sizes if s > 0]
-    return max(sizes) if sizes else None
+    if sizes:
+        return max(sizes)
+    known = (registry or {}).get(key)
+    return known if known else None
 
 
 def _is_embedding(m: ModelSpec, obs: Observation) -> bool:
@@ -94,10 +131,18 @@ class _Planner:
         obs: Observation,
         ledger: Iterable[Owned],
         others: Mapping[tuple[str, str], Owned],
+        sizes: Mapping[str, int],
+        blocked: Mapping[str, Problem],
     ) -> None:
         self.spec = spec
         self.obs = obs
         self.others = others
+        self.sizes = sizes
+        self.blocked = blocked
+        ledger = tuple(ledger)
+        # Replicas the pool had pinned, gone or not: new placements up to that count
+        # are replacements, which go first of all on their pods.
+        self.had: Counter[str] = Counter(o.model for o in ledger if o.loaded)
         # Claims on pods that no longer exist are forgotten: the pod took its memory with it.
         self.prev: dict[tuple[str, str], Owned] = {
             (o.pod, o.model): o for o in ledger if o.pod in obs.existing
@@ -126,7 +171,7 @@ class _Planner:
         # keep its room free rather than race it.
         for (pod, key), o in self.others.items():
             if pod == p.name and o.loaded and key not in p.resident:
-                total += model_size(self.obs, key) or 0
+                total += model_size(self.obs, key, self.sizes) or 0
         return total
 
     def _counted(self, p: PodState, key: str) -> bool:
@@ -169,6 +214,8 @@ class _Planner:
         *,
         load: ModelSpec | None = None,
         embedding: bool = False,
+        priority: Priority = Priority.FREE,
+        max_bytes: int | None = None,
     ) -> None:
         self.actions.append(
             Action(
@@ -181,6 +228,8 @@ class _Planner:
                 keep_alive=load.keep_alive_wire if load else None,
                 options=load.options if load else (),
                 embedding=embedding,
+                priority=priority,
+                max_bytes=max_bytes,
             )
         )
 
@@ -220,10 +269,29 @@ class _Planner:
             self.used[p.name] -= p.resident[key].size
         self._act(ActionKind.UNLOAD, p, key, name, reason, embedding=embedding)
 
+    def _refusal(self, m: ModelSpec, size: int | None) -> Problem | None:
+        """Why no new copy of ``m`` may be pulled or loaded at all, if so."""
+        if m.key in self.blocked:
+            return self.blocked[m.key]
+        caps = [(self._capacity(p), p.name) for p in self.avail]
+        if size is None or not caps or any(m.key in p.resident for p in self.avail):
+            return None  # a resident copy (its size includes the KV cache) evidently runs
+        cap, biggest = max(caps)
+        if size > cap:
+            return Problem(
+                "ModelTooLarge",
+                f"{m.name}: needs {format_bytes(size)} of VRAM, more than any selected pod "
+                f"has (largest: {biggest}, {format_bytes(cap)}), so it is not pulled. "
+                "Select pods with bigger GPUs, raise ollamafleet.io/vram-bytes if it is "
+                "wrong, or remove the model",
+                m.key,
+            )
+        return None
+
     def place(self, m: ModelSpec) -> tuple[list[str], int]:
         n = len(self.avail) if m.replicas is None else m.replicas
         embedding = _is_embedding(m, self.obs)
-        size = model_size(self.obs, m.key)
+        size = model_size(self.obs, m.key, self.sizes)
         forever = math.isinf(m.keep_alive)
 
         kept = [
@@ -258,18 +326,32 @@ class _Planner:
                     "reload: num_ctx differs",
                     load=m,
                     embedding=embedding,
+                    priority=Priority.REPAIR,
                 )
             elif forever and not p.resident[m.key].pinned:
                 # A client's own keep_alive replaced the pin (last writer wins).
-                self._act(ActionKind.LOAD, p, m.key, m.name, "re-pin", load=m, embedding=embedding)
+                self._act(
+                    ActionKind.LOAD,
+                    p,
+                    m.key,
+                    m.name,
+                    "re-pin",
+                    load=m,
+                    embedding=embedding,
+                    priority=Priority.REPAIR,
+                )
         # Claims whose model Ollama evicted are candidates again, not guarantees.
         for p in self.avail:
             o = self.prev.get((p.name, m.key))
             if o is not None and o.loaded and all(p.name != k.name for k in kept):
                 self._set(p.name, m.key, m.name, loaded=False)
 
-        pending_pull = 0
-        while len(chosen) < n:
+        refused = self._refusal(m, size)
+        if refused is not None:
+            self.problems.append(refused)
+        # Replicas that went missing since the pool pinned them: their replacements first.
+        lost = max(0, self.had[m.key] - len(kept))
+        while len(chosen) < n and refused is None:
             best: tuple[tuple[float, ...], PodState] | None = None
             for p in self.avail:
                 if p in chosen:
@@ -301,27 +383,53 @@ class _Planner:
             p = best[1]
             chosen.append(p)
             nodes[p.spread_key] += 1
+            priority = Priority.REPLACE if lost > 0 else Priority.LOAD
+            lost -= 1
             resident = m.key in p.resident
             if not resident and m.key not in p.installed:
-                self._act(ActionKind.PULL, p, m.key, m.name, "pull for load")
+                free = self.free(p)
+                self._act(
+                    ActionKind.PULL,
+                    p,
+                    m.key,
+                    m.name,
+                    "pull for load",
+                    priority=priority,
+                    # Unknown size: Ollama's first progress lines tell it; stop there if
+                    # it cannot fit where it was placed.
+                    max_bytes=None if size is not None or math.isinf(free) else int(free),
+                )
                 self._set(p.name, m.key, m.name, pulled=True)
                 if size is None:
-                    # Size unknown until the pull lands: load on the next round.
-                    pending_pull += 1
+                    # Size unknown until the pull lands: load on the next pass.
                     continue
             if not self._counted(p, m.key):
                 self.used[p.name] += p.resident[m.key].size if resident else (size or 0)
             prev = self.prev.get((p.name, m.key))
-            reason = "reload after eviction" if prev is not None and prev.loaded else "load"
+            if prev is not None and prev.loaded:
+                reason = "reload after eviction"
+            elif priority is Priority.REPLACE:
+                reason = "replace lost replica"
+            else:
+                reason = "load"
             # Already pinned (by anyone) with the right options: loading again could only
             # shorten someone's pin.
             if not (
                 resident and p.resident[m.key].pinned and not _wrong_context(m, p.resident[m.key])
             ):
-                self._act(ActionKind.LOAD, p, m.key, m.name, reason, load=m, embedding=embedding)
+                self._act(
+                    ActionKind.LOAD,
+                    p,
+                    m.key,
+                    m.name,
+                    reason,
+                    load=m,
+                    embedding=embedding,
+                    priority=priority,
+                )
             self._set(p.name, m.key, m.name, loaded=True, embedding=embedding)
 
-        if len(chosen) < n:
+        if len(chosen) < n and refused is None:
             if n > len(self.avail):
                 self.problems.append(
                     Problem(
@@ -345,14 +453,33 @@ class _Planner:
                     )
                 )
 
-        if m.pull == "all":
+        chosen_names = {p.name for p in chosen}
+        if m.pull == "all" and refused is None:
             pulling = {
                 a.pod for a in self.actions if a.kind is ActionKind.PULL and a.model == m.key
             }
             for p in self.avail:
                 if m.key not in p.installed and m.key not in p.resident and p.name not in pulling:
-                    self._act(ActionKind.PULL, p, m.key, m.name, "pull: all")
+                    self._act(
+                        ActionKind.PULL, p, m.key, m.name, "pull: all", priority=Priority.DISK
+                    )
                     self._set(p.name, m.key, m.name, pulled=True)
+        elif m.pull == "loaded":
+            # Only where it is loaded: a copy this pool pulled elsewhere (a replica moved,
+            # scaled down, or turned out not to fit) goes again.
+            for p in self.avail:
+                o = self.prev.get((p.name, m.key))
+                other = self.others.get((p.name, m.key))
+                if (
+                    o is not None
+                    and o.pulled
+                    and p.name not in chosen_names
+                    and m.key in p.installed
+                    and m.key not in p.resident
+                    and not (other and (other.loaded or other.pulled))
+                ):
+                    self._act(ActionKind.DELETE, p, m.key, m.name, "pull: loaded, not loaded here")
+                    self._set(p.name, m.key, m.name, pulled=False)
         return [p.name for p in chosen], n
 
 
@@ -361,14 +488,19 @@ def plan(
     obs: Observation,
     ledger: Iterable[Owned] = (),
     others: Mapping[tuple[str, str], Owned] | None = None,
+    *,
+    sizes: Mapping[str, int] | None = None,
+    blocked: Mapping[str, Problem] | None = None,
 ) -> Plan:
     """Decide what to pull, load, unload and delete so the pods match ``spec``.
 
     ``ledger`` is this pool's ownership from its last status; ``others`` is the
     union of every other pool's ledger in the namespace (see
-    :func:`state.merge_claims`).
+    :func:`state.merge_claims`); ``sizes`` are model sizes from the registry's
+    manifests (model key -> bytes); ``blocked`` the models the registry refused
+    for good, with the problem to report.
     """
-    planner = _Planner(spec, obs, ledger, others or {})
+    planner = _Planner(spec, obs, ledger, others or {}, sizes or {}, blocked or {})
     for p in obs.pods:
         if not p.available:
             planner.problems.append(Problem("PodUnreachable", f"pod {p.name}: {p.error}"))
@@ -397,9 +529,18 @@ def settle(before: Iterable[Owned], planned: Plan, failed: Iterable[Action]) -> 
     or load is not owned, a failed unload or delete is still owned (and retried
     on the next pass).
     """
+    return revert(before, planned.ledger, failed)
+
+
+def revert(
+    before: Iterable[Owned], after: Iterable[Owned], undone: Iterable[Action]
+) -> tuple[Owned, ...]:
+    """``after`` with the flags that ``undone`` actions would have changed taken from
+    ``before``: the ledger as it is while those actions are still running, or after they
+    failed."""
     old = {(o.pod, o.model): o for o in before}
-    new = {(o.pod, o.model): o for o in planned.ledger}
-    for a in failed:
+    new = {(o.pod, o.model): o for o in after}
+    for a in undone:
         k = (a.pod, a.model)
         prev = old.get(k) or Owned(pod=a.pod, model=a.model, name=a.name)
         cur = new.get(k) or Owned(pod=a.pod, model=a.model, name=a.name)
@@ -412,6 +553,77 @@ def settle(before: Iterable[Owned], planned: Plan, failed: Iterable[Action]) -> 
         else:
             new[k] = cur
     return tuple(sorted(new.values()))
+
+
+def record(ledger: Iterable[Owned], done: Action) -> tuple[Owned, ...]:
+    """``ledger`` after ``done`` succeeded."""
+    entries = {(o.pod, o.model): o for o in ledger}
+    k = (done.pod, done.model)
+    cur = entries.get(k) or Owned(pod=done.pod, model=done.model, name=done.name)
+    if done.kind is ActionKind.LOAD:
+        cur = replace(cur, loaded=True, embedding=done.embedding)
+    elif done.kind is ActionKind.UNLOAD:
+        cur = replace(cur, loaded=False)
+    elif done.kind is ActionKind.PULL:
+        cur = replace(cur, pulled=True)
+    else:
+        cur = replace(cur, pulled=False)
+    if cur.empty:
+        entries.pop(k, None)
+    else:
+        entries[k] = cur
+    return tuple(sorted(entries.values()))
+
+
+def anticipate(
+    obs: Observation, pending: Iterable[Action], sizes: Mapping[str, int] | None = None
+) -> Observation:
+    """``obs`` as it will be once ``pending`` actions (handed out, not finished) succeed.
+
+    Planning on this view while they run keeps a new plan from asking for them again
+    or from giving their room to something else; a failure undoes the assumption at
+    the next pass, which observes again.
+    """
+    by_pod: dict[str, list[Action]] = {}
+    for a in pending:
+        by_pod.setdefault(a.pod, []).append(a)
+    pods = []
+    for p in obs.pods:
+        acts = by_pod.get(p.name)
+        if not acts or not p.available:
+            pods.append(p)
+            continue
+        installed, resident = dict(p.installed), dict(p.resident)
+        for a in acts:
+            size = model_size(obs, a.model, sizes) or 0
+            if a.kind is ActionKind.PULL:
+                installed.setdefault(a.model, InstalledModel(name=a.name, size=size))
+            elif a.kind is ActionKind.DELETE:
+                installed.pop(a.model, None)
+            elif a.kind is ActionKind.UNLOAD:
+                resident.pop(a.model, None)
+            else:
+                num_ctx = dict(a.options).get("num_ctx")
+                before = resident.get(a.model)
+                resident[a.model] = Resident(
+                    name=a.name,
+                    size=before.size if before else size,
+                    pinned=isinstance(a.keep_alive, int | float) and a.keep_alive < 0,
+                    context_length=num_ctx if isinstance(num_ctx, int) else 0,
+                )
+                installed.setdefault(a.model, InstalledModel(name=a.name, size=size))
+        pods.append(replace(p, installed=installed, resident=resident))
+    return replace(obs, pods=tuple(pods))
+
+
+def serves(m: ModelSpec, resident: Resident | None) -> bool:
+    """Whether a resident copy is what the pool asked for: pinned when the pool pins
+    (a client's keep_alive did not replace the pin) and with the pool's ``num_ctx``."""
+    if resident is None:
+        return False
+    if math.isinf(m.keep_alive) and not resident.pinned:
+        return False
+    return not _wrong_context(m, resident)
 
 
 def _wrong_context(m: ModelSpec, resident: Resident) -> bool:

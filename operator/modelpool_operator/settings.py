@@ -8,7 +8,6 @@ else looks at the environment.
 from __future__ import annotations
 
 import os
-import random
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -17,21 +16,14 @@ from typing import Any
 from ollama_wire.kubesource import kubeconfig_path
 from ollama_wire.logs import LogFormat
 
+from .sizing import parse_mirrors
 from .spec import parse_quantity
 
-__all__ = [
-    "DEFAULT_PEERING",
-    "ENV_PREFIX",
-    "LOG_LEVELS",
-    "RANDOM_PRIORITY_MAX",
-    "OperatorSettings",
-]
+__all__ = ["DEFAULT_LEASE", "ENV_PREFIX", "LOG_LEVELS", "OperatorSettings"]
 
 ENV_PREFIX = "OLLAMA_FLEET_OPERATOR_"
-DEFAULT_PEERING = "ollama-fleet"
+DEFAULT_LEASE = "ollama-fleet-operator"
 LOG_LEVELS = ("debug", "info", "warning", "error")
-RANDOM_PRIORITY_MAX = 1_000_000
-"""``--priority random`` draws from 1..this; a priority above it always wins (development)."""
 
 
 def _bool(text: str) -> bool:
@@ -46,10 +38,17 @@ class OperatorSettings:
     """Watch ModelPools and pods cluster-wide (needs the ClusterRole variant of the RBAC)."""
     resync_seconds: float = 60.0
     """Full reconcile of every pool at least this often: Ollama evicts models silently."""
+    pin_check_seconds: float = 2.0
+    """Between resyncs, ask the pods holding a pool's pinned copies for ``/api/ps`` this
+    often: a copy a client reloaded with other options, or unpinned, is re-pinned at once."""
     concurrency: int = 4
-    """Pods worked on at once per reconcile (pulls are bandwidth-heavy)."""
+    """Pulls running at once, over all pods and pools (they share the registry's bandwidth)."""
+    pulls_per_pod: int = 2
+    """Pulls running at once on one pod (loads there are one at a time regardless)."""
+    reconcile_concurrency: int = 8
+    """Pools observing and planning at once (their actions then run in the pod queues)."""
     attempts: int = 3
-    """Attempts per pull/load/unload/delete, first included."""
+    """Attempts per pull/load/unload/delete, first included (verdicts are never retried)."""
     backoff_seconds: float = 1.0
     """First retry delay; doubles per attempt, capped at 30 s."""
     ollama_timeout_seconds: float = 5.0
@@ -58,8 +57,14 @@ class OperatorSettings:
     """A warm load may take minutes (Ollama's own stall timeout is 5 m)."""
     pull_idle_timeout_seconds: float = 300.0
     """A pull stream silent for this long is abandoned (Ollama resumes it next time)."""
-    max_rounds: int = 3
-    """observe -> plan -> execute passes per reconcile (a pull of an unknown model needs 2)."""
+    status_interval_seconds: float = 1.0
+    """At most one status write per pool this often while work progresses."""
+    manifest_lookup: bool = True
+    """Learn a model's size from its registry manifest before pulling it anywhere."""
+    registry_mirrors: tuple[tuple[str, str], ...] = ()
+    """Registry host -> base URL to ask for manifests instead (``host=url,...``)."""
+    manifest_timeout_seconds: float = 5.0
+    """Timeout of a manifest request; on timeout the size is unknown and the pull goes ahead."""
     default_vram_bytes: int | None = None
     """VRAM of a pod with neither the annotation nor a pool default; None = unlimited."""
     kubeconfig: str | None = None
@@ -67,19 +72,18 @@ class OperatorSettings:
     else ~/.kube/config (:mod:`ollama_wire.kubesource`, the balancer's rule too)."""
     context: str | None = None
     """kubeconfig context."""
-    peering: str | None = None
-    """kopf peering object: only the highest-priority operator replica acts.  None: use
-    ``ollama-fleet`` if that object exists (in every watched namespace, or the cluster one
-    with ``all_namespaces``), else run standalone.  A name given explicitly makes peering
-    mandatory: kopf waits for the object rather than act without it."""
     standalone: bool = False
-    """No peering (one replica, tests, development)."""
-    priority: int = 0
-    """This replica's peering priority (``random`` on the command line: 1..1000000).  Peers
-    of equal priority all pause, so replicas of one Deployment need distinct ones."""
+    """No leader election: this process acts at once (one replica, tests, development)."""
+    lease_name: str = DEFAULT_LEASE
+    """The coordination.k8s.io Lease the replicas elect a leader with; only its holder acts."""
+    lease_namespace: str | None = None
+    """Namespace of the Lease; None = the first watched namespace (``default`` with
+    ``all_namespaces``).  The chart passes the operator's own namespace."""
+    lease_seconds: float = 10.0
+    """Lease duration: a standby takes over this long after the leader's last renewal."""
     identity: str | None = None
-    """This replica's name in the peering object and as the ``reportingInstance`` of its
-    Events; None = ``<hostname>/<pid>`` (the hostname is the pod name in Kubernetes)."""
+    """This replica's name in the Lease and as the ``reportingInstance`` of its Events;
+    None = ``<hostname>/<pid>`` (the hostname is the pod name in Kubernetes)."""
     liveness: str | None = None
     """kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz."""
     metrics_port: int = 0
@@ -101,15 +105,17 @@ class OperatorSettings:
         for f in fields(cls):
             given = flags.get(f.name)
             env = environ.get(ENV_PREFIX + f.name.upper())
-            if given is not None and given != () and given is not False:
+            # False counts as given only for an option that defaults to True.
+            off = given is False and f.default is True
+            if given is not None and given != () and (given is not False or off):
                 values[f.name] = given
             elif env is not None and env != "":
                 values[f.name] = _convert(f.name, env)
         values["kubeconfig"] = kubeconfig_path(values.get("kubeconfig"), environ) or None
         if "home" not in values and environ.get("HOME"):
             values["home"] = environ["HOME"]
-        if isinstance(values.get("priority"), str):
-            values["priority"] = parse_priority(values["priority"])
+        if isinstance(values.get("registry_mirrors"), str):
+            values["registry_mirrors"] = parse_mirrors(values["registry_mirrors"])
         if "log_format" in values:
             try:
                 values["log_format"] = LogFormat(str(values["log_format"]).lower())
@@ -127,12 +133,17 @@ class OperatorSettings:
             raise ValueError(f"metrics port must be 0..65535, not {self.metrics_port}")
         if self.resync_seconds <= 0:
             raise ValueError("resync interval must be > 0 seconds")
-        if self.concurrency < 1 or self.attempts < 1 or self.max_rounds < 1:
-            raise ValueError("concurrency, attempts and max rounds must be >= 1")
+        counts = (self.concurrency, self.pulls_per_pod, self.reconcile_concurrency, self.attempts)
+        if min(counts) < 1:
+            raise ValueError(
+                "concurrency, pulls per pod, reconcile concurrency and attempts must be >= 1"
+            )
+        if self.pin_check_seconds <= 0 or self.status_interval_seconds < 0:
+            raise ValueError("pin check interval must be > 0 and status interval >= 0 seconds")
+        if self.lease_seconds < 3:
+            raise ValueError("the lease must last at least 3 seconds")
         if self.all_namespaces and self.namespaces:
             raise ValueError("--all-namespaces and --namespace are exclusive")
-        if self.standalone and self.peering:
-            raise ValueError("--standalone and --peering are exclusive")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
 
@@ -141,30 +152,33 @@ class OperatorSettings:
         return self.namespaces or ("default",)
 
     @property
-    def peering_name(self) -> str:
-        return self.peering or DEFAULT_PEERING
+    def lease_home(self) -> str:
+        """Where the Lease lives (see ``lease_namespace``)."""
+        if self.lease_namespace:
+            return self.lease_namespace
+        if self.all_namespaces:
+            return "default"
+        # A namespace pattern cannot hold an object; take the first plain name.
+        plain = [ns for ns in self.watched_namespaces if not set("*?[]!,") & set(ns)]
+        return plain[0] if plain else "default"
 
     @property
     def own_identity(self) -> str:
         return self.identity or f"{socket.gethostname()}/{os.getpid()}"
 
 
-def parse_priority(text: str) -> int:
-    """An integer, or ``random`` (1..RANDOM_PRIORITY_MAX: distinct replicas, no coordination)."""
-    if text.strip().lower() == "random":
-        return random.SystemRandom().randint(1, RANDOM_PRIORITY_MAX)
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"priority must be an integer or 'random', not {text!r}") from None
-
-
 def _convert(name: str, text: str) -> Any:
     if name == "namespaces":
         return tuple(n.strip() for n in text.split(",") if n.strip())
-    if name in ("all_namespaces", "standalone"):
+    if name in ("all_namespaces", "standalone", "manifest_lookup"):
         return _bool(text)
-    if name in ("concurrency", "attempts", "max_rounds", "metrics_port"):
+    if name in (
+        "concurrency",
+        "pulls_per_pod",
+        "reconcile_concurrency",
+        "attempts",
+        "metrics_port",
+    ):
         return int(text)
     if name.endswith("_seconds"):
         return float(text)

@@ -27,6 +27,7 @@ __all__ = [
     "ModelSpec",
     "PoolSpec",
     "SpecError",
+    "explain_invalid_name",
     "parse_pool_spec",
     "parse_quantity",
 ]
@@ -130,6 +131,61 @@ def parse_quantity(value: JsonValue) -> int:
         raise SpecError(str(exc)) from None
 
 
+_CHARS = "letters, digits, '_', '-' and '.'"
+
+
+def explain_invalid_name(name: object) -> str:
+    """Why Ollama would refuse ``name`` (its grammar, types/model/name.go), in words.
+
+    Ollama itself only ever says ``invalid model name``; a person fixing a spec
+    needs to know which part is wrong.
+    """
+    if not isinstance(name, str) or not name:
+        return "the name is empty"
+    if name != name.strip():
+        return "the name starts or ends with whitespace"
+    if "://" in name:
+        return "a model name has no URL scheme: write host/namespace/model:tag"
+    rest, tag = name, None
+    if rest.rfind(":") > rest.rfind("/"):
+        rest, _, tag = rest.rpartition(":")
+    parts = rest.split("/")
+    if len(parts) > 3:
+        return f"{len(parts)} '/'-separated parts; at most 3 (host/namespace/model)"
+    if any(not part for part in parts):
+        return "an empty part between '/'"
+    labels = {3: ("host", "namespace", "model"), 2: ("namespace", "model"), 1: ("model",)}
+    for label, part in zip(labels[len(parts)], parts, strict=True):
+        limit = {"host": 350, "namespace": 80}.get(label, 80)
+        allowed = {
+            "host": _CHARS + " and ':' (a port)",
+            "namespace": "letters, digits, '_' and '-' (no dots)",
+        }.get(label, _CHARS)
+        if len(part) > limit:
+            return f"the {label} {part!r} is longer than {limit} characters"
+        if not (part[0].isascii() and (part[0].isalnum() or part[0] == "_")):
+            return f"the {label} {part!r} must start with a letter, a digit or '_'"
+        ok = (
+            set("_-")
+            | ({"."} if label != "namespace" else set())
+            | ({".", ":"} if label == "host" else set())
+        )
+        bad = sorted({c for c in part if not (c.isascii() and c.isalnum()) and c not in ok})
+        if bad:
+            return f"the {label} {part!r} contains {''.join(bad)!r}; allowed: {allowed}"
+    if tag is not None:
+        if not tag:
+            return "an empty tag after ':'"
+        if len(tag) > 80:
+            return f"the tag {tag!r} is longer than 80 characters"
+        if not (tag[0].isascii() and (tag[0].isalnum() or tag[0] == "_")):
+            return f"the tag {tag!r} must start with a letter, a digit or '_'"
+        bad = sorted({c for c in tag if not (c.isascii() and c.isalnum()) and c not in "_-."})
+        if bad:
+            return f"the tag {tag!r} contains {''.join(bad)!r}; allowed: {_CHARS}"
+    return "Ollama's name grammar refuses it"
+
+
 def _selector(raw: JsonValue) -> LabelSelector:
     if not isinstance(raw, Mapping):
         raise SpecError("spec.selector: must be a label selector object")
@@ -177,8 +233,10 @@ def _model(raw: JsonValue, i: int) -> ModelSpec:
     name = raw.get("name")
     try:
         key = parse(name if isinstance(name, str) else "").canonical
-    except InvalidModelName as exc:
-        raise SpecError(f"{where}.name: {exc}") from exc
+    except InvalidModelName:
+        raise SpecError(
+            f"{where}.name: invalid model name {name!r}: {explain_invalid_name(name)}"
+        ) from None
     assert isinstance(name, str)
     pull = raw.get("pull", "all")
     if pull not in ("all", "loaded"):

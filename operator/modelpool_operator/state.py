@@ -1,29 +1,40 @@
 """Immutable values shared by observe, plan, execute and status (pure).
 
 An :class:`Observation` is what the operator saw on the selected pods in one
-pass; :class:`Owned` entries are the pool's ownership ledger, persisted in
-``status.owned`` so that prune only ever removes what this pool put there and
-two pools selecting the same pods can see each other's claims.
+pass; :class:`Owned` entries are the pool's ownership ledger, so that prune only
+ever removes what this pool put there and two pools selecting the same pods can
+see each other's claims.  The ledger is kept in the pool's annotation
+``ollamafleet.io/owned`` (:data:`LEDGER_ANNOTATION`), where a backup restore
+that drops ``status`` (as Velero and GitOps re-creates do) cannot lose it, and
+mirrored in ``status.owned`` for people; :func:`ledger_of` reads the annotation
+first and falls back to the status of pools written before it existed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 from ollama_wire.models import InstalledModel
 
 __all__ = [
+    "LEDGER_ANNOTATION",
     "Action",
     "ActionKind",
+    "Activity",
     "Observation",
     "Owned",
     "PodState",
+    "Priority",
     "Problem",
     "Resident",
+    "ledger_from_annotation",
     "ledger_from_status",
+    "ledger_of",
+    "ledger_to_annotation",
     "ledger_to_status",
     "merge_claims",
 ]
@@ -108,8 +119,21 @@ class ActionKind(StrEnum):
     DELETE = "delete"
 
 
-#: Execution order on one pod: free memory and disk before filling them.
-ACTION_ORDER = {ActionKind.UNLOAD: 0, ActionKind.DELETE: 1, ActionKind.PULL: 2, ActionKind.LOAD: 3}
+class Priority(IntEnum):
+    """Order of work on one pod (lower first).
+
+    Freeing memory and disk is quick and makes room for what follows; a replica
+    that went missing (its pod is gone, or Ollama evicted it) is replaced before
+    anything else; then pins that drifted are repaired, then new warm replicas,
+    and only then pulls of models wanted on disk alone.  A pull that a load waits
+    for carries that load's priority.
+    """
+
+    FREE = 0
+    REPLACE = 1
+    REPAIR = 2
+    LOAD = 3
+    DISK = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +147,29 @@ class Action:
     keep_alive: float | int | None = None
     options: tuple[tuple[str, Any], ...] = ()
     embedding: bool = False
+    priority: Priority = Priority.LOAD
+    #: a pull of a model of unknown size: give up once Ollama's progress says the
+    #: model is bigger than this (the room the plan had for it)
+    max_bytes: int | None = None
 
     def describe(self) -> str:
         return f"{self.kind} {self.name} on {self.pod} ({self.reason})"
+
+    @property
+    def slot(self) -> tuple[str, str, str]:
+        """What the action acts on: (kind, pod, model).  One at a time per pool."""
+        return (self.kind.value, self.pod, self.model)
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """An action handed to the pod queues and not finished yet (for status)."""
+
+    action: Action
+    running: bool = False
+    #: pull progress in bytes, as Ollama reports it (0 = not known yet)
+    completed: int = 0
+    total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +231,47 @@ def ledger_from_status(status: Mapping[str, Any] | None) -> tuple[Owned, ...]:
         if not o.empty:
             out.append(o)
     return tuple(sorted(out))
+
+
+#: Metadata annotation holding the pool's ledger (see the module docstring).
+LEDGER_ANNOTATION = "ollamafleet.io/owned"
+
+_FLAGS = (("L", "loaded"), ("P", "pulled"), ("E", "embedding"))
+
+
+def ledger_to_annotation(ledger: Iterable[Owned]) -> str:
+    """Compact JSON: ``[[pod, model key, wire name, "LPE"], ...]`` sorted (stable text)."""
+    rows = [
+        [o.pod, o.model, o.name, "".join(c for c, f in _FLAGS if getattr(o, f))]
+        for o in sorted(ledger)
+        if not o.empty
+    ]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def ledger_from_annotation(text: object) -> tuple[Owned, ...] | None:
+    """The ledger from the annotation; None when it is absent or not ours to read."""
+    if not isinstance(text, str):
+        return None
+    try:
+        rows = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(rows, list):
+        return None
+    out = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 4 and all(isinstance(x, str) for x in row)):
+            continue
+        pod, model, name, flags = row
+        o = Owned(pod, model, name, **{f: c in flags for c, f in _FLAGS})
+        if not o.empty:
+            out.append(o)
+    return tuple(sorted(out))
+
+
+def ledger_of(body: Mapping[str, Any]) -> tuple[Owned, ...]:
+    """A pool's ledger: the annotation, else (pools from before it) ``status.owned``."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    found = ledger_from_annotation(annotations.get(LEDGER_ANNOTATION))
+    return found if found is not None else ledger_from_status(body.get("status"))

@@ -1,31 +1,60 @@
 """ModelPool status and conditions from one reconcile (pure).
 
-Conditions follow the Kubernetes convention: ``Ready`` (every listed model is
-pulled and loaded as declared), ``Progressing`` (work is still pending), and
-``Degraded`` (something needs a human: a pod that does not answer, not enough
-VRAM or pods, failed pulls or loads, an invalid spec).  ``lastTransitionTime``
-only moves when a condition's status flips, so watchers see real transitions.
+Conditions follow the Kubernetes API conventions (metav1.Condition: a list keyed
+on ``type``, each with ``status``, ``reason``, ``message``,
+``observedGeneration`` and ``lastTransitionTime``): ``Ready`` (every listed model is
+pulled and loaded as declared), ``Reconciling`` (work is queued or running: its
+message says which and how far a download got; the kstatus name, so tools that
+read kstatus understand it), and ``Degraded`` (something needs a human: a pod
+that does not answer, not enough VRAM or pods, a model too large for any pod, a
+model the registry refuses, an invalid spec).  ``lastTransitionTime`` only moves
+when a condition's status flips, so watchers see real transitions.
+
+A replica counts as loaded only while it is what the pool asked for: pinned
+(when the pool pins) and with the pool's ``num_ctx``.  A copy a client reloaded
+with other options, or whose pin a client's keep_alive replaced, is reported as
+not loaded, with why, until the operator has pinned it again.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from .plan import Plan
-from .spec import PoolSpec
-from .state import Observation, Owned, Problem, ledger_to_status
+from .plan import Plan, format_bytes, serves
+from .spec import ModelSpec, PoolSpec
+from .state import Activity, Observation, Owned, Problem, Resident, ledger_to_status
 
-__all__ = ["build_status", "invalid_spec_status", "merge_conditions"]
+__all__ = ["build_status", "describe_activity", "invalid_spec_status", "merge_conditions"]
+
+
+#: metav1.Condition's cap on a message.
+MESSAGE_LIMIT = 32768
+_QUIET = {
+    ("Reconciling", False): "no pulls, loads, unloads or deletes queued or running",
+    ("Degraded", False): "no problems",
+}
 
 
 def _condition(
     kind: str, ok: bool, reason: str, message: str, generation: int | None
 ) -> dict[str, Any]:
-    cond: dict[str, Any] = {"type": kind, "status": "True" if ok else "False", "reason": reason}
-    if message:  # an empty string reaches the API server as null (schema: string)
-        cond["message"] = message
+    """A condition as metav1.Condition has it: every field there, the message capped.
+
+    The message is never empty: kube-apiserver 1.20 turns an empty string in a custom
+    resource into null, which the schema (message: string, required) then refuses.
+    """
+    message = message or _QUIET.get((kind, ok), reason)
+    if len(message) > MESSAGE_LIMIT:
+        message = message[: MESSAGE_LIMIT - 20] + " ... (truncated)"
+    cond: dict[str, Any] = {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+    }
     if generation is not None:
         cond["observedGeneration"] = generation
     return cond
@@ -58,11 +87,13 @@ def build_status(
     failures: Sequence[str] = (),
     previous_conditions: Iterable[Mapping[str, Any]] | None = None,
     now: datetime,
+    activities: Sequence[Activity] = (),
 ) -> dict[str, Any]:
     """The whole ``status`` for the pool, from the last observation and plan.
 
-    ``plan`` is the plan made from ``obs`` (after executing earlier rounds):
-    its actions are the work still pending, its problems why it cannot finish.
+    ``plan`` is the plan made from ``obs``: its problems say why it cannot finish;
+    ``activities`` are the actions handed out and not finished (queued or running),
+    ``plan.actions`` not among them are pending too.
     """
     ledger = tuple(ledger)
     loaded_by_me = {(o.pod, o.model) for o in ledger if o.loaded}
@@ -70,13 +101,14 @@ def build_status(
     problem_models = {p.model for p in plan.problems if p.model}
     models = []
     not_ready: list[str] = []
+    drifts: list[str] = []
     satisfied = 0
     loaded_total = desired_total = 0
     for m in spec.models:
         desired = plan.desired.get(m.key, 0)
-        loaded_on = sorted(
-            p.name for p in avail if m.key in p.resident and (p.name, m.key) in loaded_by_me
-        )
+        mine = [p for p in avail if m.key in p.resident and (p.name, m.key) in loaded_by_me]
+        loaded_on = sorted(p.name for p in mine if serves(m, p.resident[m.key]))
+        drifts += [_drift(m, p.name, p.resident[m.key]) for p in mine if p.name not in loaded_on]
         pulled_on = sorted(p.name for p in avail if m.key in p.installed or m.key in p.resident)
         want_pulled = {p.name for p in avail} if m.pull == "all" else set(loaded_on)
         ok = (
@@ -103,20 +135,24 @@ def build_status(
     problems: list[Problem] = list(plan.problems)
     problems += [Problem("ActionFailed", f) for f in failures]
     ready = satisfied == len(spec.models) and not failures
+    handed = {a.action.slot for a in activities}
+    work = list(activities) + [Activity(a) for a in plan.actions if a.slot not in handed]
     conditions = [
         _condition(
             "Ready",
             ready,
             "AllModelsReady" if ready else "ModelsNotReady",
             f"{satisfied}/{len(spec.models)} models ready"
-            + (f"; waiting for {', '.join(not_ready)}" if not_ready else ""),
+            + (f"; waiting for {', '.join(not_ready)}" if not_ready else "")
+            + "".join(f"; {d}" for d in drifts),
             generation,
         ),
         _condition(
-            "Progressing",
-            not plan.empty,
-            "ActionsPending" if not plan.empty else "Reconciled",
-            "; ".join(a.describe() for a in plan.actions[:10]) if not plan.empty else "",
+            "Reconciling",
+            bool(work),
+            _work_reason(work),
+            "; ".join(describe_activity(w) for w in work[:8])
+            + (f"; and {len(work) - 8} more" if len(work) > 8 else ""),
             generation,
         ),
         _condition(
@@ -144,6 +180,40 @@ def build_status(
     return status
 
 
+def _drift(m: ModelSpec, pod: str, r: Resident) -> str:
+    want = m.options_dict.get("num_ctx")
+    if isinstance(want, int) and r.context_length and r.context_length != want:
+        return (
+            f"{m.name} on {pod} runs with num_ctx {r.context_length}, not the pool's {want} "
+            "(a client reloaded it with other options)"
+        )
+    if math.isinf(m.keep_alive) and not r.pinned:
+        return f"{m.name} on {pod} is no longer pinned (a client's keep_alive replaced the pin)"
+    return f"{m.name} on {pod} does not match the pool's options"
+
+
+_WORKING = {"pull": "Pulling", "load": "Loading", "unload": "Unloading", "delete": "Deleting"}
+
+
+def _work_reason(work: Sequence[Activity]) -> str:
+    if not work:
+        return "Reconciled"
+    running = [w for w in work if w.running]
+    first = sorted(running or work, key=lambda w: w.action.priority)[0]
+    return _WORKING[first.action.kind.value] if running else "Queued"
+
+
+def describe_activity(w: Activity) -> str:
+    """``pull llama3.3:70b on ollama-0 (pull for load): 31% of 39.6 GiB`` and the like."""
+    text = w.action.describe()
+    if not w.running:
+        return text + ": queued"
+    if w.total:
+        pct = 100 * w.completed // w.total
+        return f"{text}: {pct}% of {format_bytes(w.total)}"
+    return text + ": running"
+
+
 def invalid_spec_status(
     message: str,
     generation: int | None,
@@ -158,7 +228,7 @@ def invalid_spec_status(
     prev = dict(previous or {})
     conditions = [
         _condition("Ready", False, "InvalidSpec", message, generation),
-        _condition("Progressing", False, "InvalidSpec", "", generation),
+        _condition("Reconciling", False, "InvalidSpec", "", generation),
         _condition("Degraded", True, "InvalidSpec", message, generation),
     ]
     out = {k: v for k, v in prev.items() if k in ("owned", "models", "pods")}

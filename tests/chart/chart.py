@@ -19,7 +19,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "ollama-fleet"
 CRD = ROOT / "manifests" / "crds" / "modelpools.ollamafleet.io.yaml"
-PEERING_CRD = ROOT / "manifests" / "crds" / "kopf-peering.yaml"
 INSTALL_YAML = ROOT / "manifests" / "install.yaml"
 EXAMPLES = ROOT / "manifests" / "examples"
 VALUES = Path(__file__).resolve().parent / "values"
@@ -31,7 +30,7 @@ INSTALL_HEADER = f"""\
 # ollama-fleet: everything the Helm chart installs with its default values, as plain
 # manifests (CRD included), for clusters without Helm:
 #
-#   kubectl apply -f manifests/crds/     # first: the KopfPeering below needs its CRD served
+#   kubectl apply -f manifests/crds/     # first: the ModelPool CRD
 #   kubectl create namespace {INSTALL_NAMESPACE}
 #   kubectl apply -n {INSTALL_NAMESPACE} -f manifests/install.yaml
 #
@@ -165,14 +164,7 @@ def kubernetes_validate_cmd() -> list[str]:
 
 
 #: Kinds not in Kubernetes' own schemas: checked otherwise (CRD schema, field checks).
-CUSTOM_KINDS = {
-    "ModelPool",
-    "ServiceMonitor",
-    "PrometheusRule",
-    "HTTPRoute",
-    "KopfPeering",
-    "ClusterKopfPeering",
-}
+CUSTOM_KINDS = {"ModelPool", "ServiceMonitor", "PrometheusRule", "HTTPRoute"}
 
 
 def validate_builtin(objs: Sequence[Mapping[str, Any]], workdir: Path) -> None:

@@ -18,12 +18,12 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.chart.chart import CHART, CRD, PEERING_CRD, ROOT, helm_path, run_helm
+from tests.chart.chart import CHART, CRD, ROOT, helm_path, run_helm
 from tests.kube.cluster import KubeBinaries, KubeCluster, create_namespace
 
 CRD_CHART = ROOT / "charts" / "ollama-fleet-crds"
 UPGRADING = ROOT / "docs" / "upgrading.md"
-CRD_NAMES = ["modelpools.ollamafleet.io", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"]
+CRD_NAMES = ["modelpools.ollamafleet.io"]
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -40,17 +40,19 @@ def _render(helm: str, chart: Path = CRD_CHART, *sets: str) -> list[dict[str, An
 
 
 def test_files_are_the_source_crds() -> None:
-    for source in (CRD, PEERING_CRD):
+    sources = sorted((ROOT / "manifests" / "crds").glob("*.yaml"))
+    assert [p.name for p in sources] == [CRD.name]
+    for source in sources:
         assert (CRD_CHART / "files" / source.name).read_bytes() == source.read_bytes()
-    assert sorted(p.name for p in (CRD_CHART / "files").iterdir()) == sorted(
-        [CRD.name, PEERING_CRD.name]
-    )
+        assert (CHART / "crds" / source.name).read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in (CRD_CHART / "files").iterdir()) == [CRD.name]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD.name]
 
 
 def test_rendered_crds_are_the_sources_plus_helm_metadata() -> None:
     helm = helm_path()
     rendered = {d["metadata"]["name"]: d for d in _render(helm)}
-    sources = {d["metadata"]["name"]: d for p in (CRD, PEERING_CRD) for d in _docs(p)}
+    sources = {d["metadata"]["name"]: d for d in _docs(CRD)}
     assert sorted(rendered) == sorted(sources) == sorted(CRD_NAMES)
     for name, source in sources.items():
         got = rendered[name]

@@ -149,7 +149,7 @@ def test_operator_metrics_port_service_and_servicemonitor(day2: Objs) -> None:
     flags = {k: v for k, v in vars(args).items() if k != "log_level"}
     settings = OperatorSettings.from_sources(flags, env_of(c))
     assert settings.metrics_port == port["containerPort"] == 9191
-    assert settings.max_rounds == 5  # operator.extraArgs
+    assert settings.pulls_per_pod == 5  # operator.extraArgs
     svc = find(day2, "Service", "-operator-metrics")
     assert svc["spec"]["ports"] == [
         {"name": "metrics", "port": 9191, "targetPort": "metrics", "protocol": "TCP"}
@@ -277,7 +277,9 @@ def test_extras_off_by_default(defaults: Objs) -> None:
     assert bal["args"] == ["balancer", "--config", "/etc/ollama-fleet/balancer.yaml"]
     assert [m["name"] for m in bal["volumeMounts"]] == ["config", "tmp"]
     op = find(defaults, "Deployment", "-operator")
-    assert container(op, "operator")["args"] == ["operator", "--log-level", "INFO"]
+    assert container(op, "operator")["args"] == [
+        "operator", "--log-format", "json", "--log-level", "INFO"
+    ]  # fmt: skip
     assert [v["name"] for v in _pod_spec(op)["volumes"]] == ["tmp"]
     sts = find(defaults, "StatefulSet", "-ollama")
     assert "args" not in container(sts, "ollama")  # the image's own `serve`

@@ -228,6 +228,9 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
             ("operator", "patch", "modelpools/status", "ollamafleet.io", True),
             ("operator", "watch", "modelpools", "ollamafleet.io", True),
             ("operator", "create", "events", "", True),
+            ("operator", "patch", "events", "", True),  # repeats bump one Event's count
+            ("operator", "create", "leases", "coordination.k8s.io", True),  # leader election
+            ("operator", "delete", "leases", "coordination.k8s.io", False),
             ("operator", "delete", "pods", "", False),
             ("operator", "get", "secrets", "", False),
         ]:

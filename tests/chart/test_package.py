@@ -87,7 +87,7 @@ def test_packaged_chart_renders_and_validates(packaged: dict[str, Path], tmp_pat
     assert len(rules) == 1 and rules[0]["spec"]["groups"]
     crds = run_helm(helm, ["template", "c", str(packaged["ollama-fleet-crds"])])
     assert crds.returncode == 0, crds.stderr
-    assert crds.stdout.count("kind: CustomResourceDefinition") == 3
+    assert crds.stdout.count("kind: CustomResourceDefinition") == 1
 
 
 def test_release_targets_follow_values() -> None:

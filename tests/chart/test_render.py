@@ -38,7 +38,6 @@ from tests.chart.chart import (
     CRD,
     EXAMPLES,
     INSTALL_YAML,
-    PEERING_CRD,
     VALUES,
     container,
     env_of,
@@ -89,13 +88,13 @@ def _pod_labels(obj: dict[str, Any]) -> dict[str, str]:
 # ------------------------------------------------------------------- lint & validate
 
 
-@pytest.mark.parametrize("name", list(VALUE_SETS))
 def needs_key(path: str) -> bool:
     """Whether the balancer asks a key for ``path`` (its route table says so)."""
     spec = spec_for(path)
     return spec is None or spec.needs_key
 
 
+@pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_lint_strict(helm: str, name: str) -> None:
     args = ["lint", "--strict", str(CHART)]
     for f in VALUE_SETS[name]:
@@ -114,7 +113,7 @@ def test_objects_validate(
     validate_modelpools(objs)
     for obj in objs:
         assert obj["metadata"]["name"], obj
-        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"):
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert obj["metadata"].get("namespace"), f"{obj['kind']} without namespace"
 
 
@@ -516,17 +515,25 @@ def test_operator_deployment_and_least_rbac(rendered: dict[str, list[dict[str, A
     assert c["args"][0] == "operator"
     settings = OperatorSettings.from_sources({}, env_of(c))
     assert settings.namespaces == ("ai",)
-    # peering on: the chart's KopfPeering, a random priority per pod, the pod name as identity
+    # leader election on: a Lease in the release namespace, the pod name as identity
     assert settings.standalone is False
-    assert settings.peering == "ollama-fleet"
-    assert 1 <= settings.priority <= 1_000_000
+    assert (settings.lease_name, settings.lease_home, settings.lease_seconds) == (
+        "ollama-fleet-operator", "ai", 10.0,
+    )  # fmt: skip
+    assert settings.manifest_lookup is True and settings.registry_mirrors == ()
     env = {e["name"]: e for e in c["env"]}
     assert env["OLLAMA_FLEET_OPERATOR_IDENTITY"]["valueFrom"] == {
         "fieldRef": {"fieldPath": "metadata.name"}
     }
-    peering = find(objs, "KopfPeering", "ollama-fleet")
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    assert peering["metadata"]["namespace"] == "ai"
+    lease = find(objs, "Role", "-operator-lease")
+    assert lease["metadata"]["namespace"] == "ai"
+    assert lease["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": ["ollama-fleet-operator"], "verbs": ["get", "update"]},
+    ]  # fmt: skip
+    lease_binding = find(objs, "RoleBinding", "-operator-lease")
+    assert lease_binding["roleRef"]["name"] == lease["metadata"]["name"]
     assert c["livenessProbe"]["httpGet"]["port"] == "liveness"
     assert settings.liveness and settings.liveness.endswith(":8080/healthz")
     role = find(objs, "Role", "-operator")
@@ -534,8 +541,8 @@ def test_operator_deployment_and_least_rbac(rendered: dict[str, list[dict[str, A
     assert rules[(("ollamafleet.io",), ("modelpools",))] >= {"get", "list", "watch", "patch"}
     assert rules[(("ollamafleet.io",), ("modelpools/status",))] >= {"patch"}
     assert rules[(("",), ("pods",))] == {"get", "list", "watch"}
-    assert "create" in rules[(("",), ("events",))]
-    assert rules[(("kopf.dev",), ("kopfpeerings",))] == {"get", "list", "watch", "patch"}
+    assert rules[(("",), ("events",))] == {"create", "get", "patch"}
+    assert not any("kopf.dev" in groups for groups, _ in rules)
     for r in role["rules"]:
         assert "*" not in r["verbs"] and "*" not in r["resources"]
         assert not {"secrets", "configmaps"} & set(r["resources"])
@@ -567,20 +574,20 @@ def test_operator_cluster_wide(rendered: dict[str, list[dict[str, Any]]]) -> Non
     objs = rendered["ha"]
     c = container(find(objs, "Deployment", "-operator"), "operator")
     assert OperatorSettings.from_sources({}, env_of(c)).all_namespaces is True
-    # two replicas, one acting: a cluster-wide peering object and the rule to use it
+    # two replicas, one acting: the Lease stays in the release namespace
     assert find(objs, "Deployment", "-operator")["spec"]["replicas"] == 2
-    assert find(objs, "ClusterKopfPeering", "ollama-fleet")["apiVersion"] == "kopf.dev/v1"
-    assert not find_all(objs, "KopfPeering")
+    assert find(objs, "Role", "-operator-lease")["metadata"]["namespace"] == "ai"
     cluster = find(objs, "ClusterRole", "-operator-cluster")
-    assert {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
-            "verbs": ["get", "list", "watch", "patch"]} in cluster["rules"]  # fmt: skip
+    assert not any("coordination.k8s.io" in r["apiGroups"] for r in cluster["rules"])
     role = find(objs, "ClusterRole", "-operator")
     assert any(r["resources"] == ["pods"] for r in role["rules"])
     assert (
         find(objs, "ClusterRoleBinding", "-operator")["roleRef"]["name"]
         == (role["metadata"]["name"])
     )
-    assert not [o for o in objs if o["kind"] == "Role" and "operator" in o["metadata"]["name"]]
+    assert not [
+        o for o in objs if o["kind"] == "Role" and o["metadata"]["name"].endswith("-operator")
+    ]
 
 
 # ------------------------------------------------------------------- existing fleet
@@ -720,31 +727,9 @@ def test_modelpool_needs_selector_with_existing_fleet(helm: str) -> None:
 
 
 def test_crd_is_the_same_file() -> None:
-    for crd in (CRD, PEERING_CRD):
-        assert (CHART / "crds" / crd.name).read_bytes() == crd.read_bytes(), crd.name
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(
-        [CRD.name, PEERING_CRD.name]
-    )
-
-
-def test_peering_crds_are_kopfs() -> None:
-    """The two CRDs kopf looks for (kopf.dev/v1), and the kinds the chart creates of them."""
-    from kopf._cogs.structs import references
-
-    crds = [d for d in yaml.safe_load_all(PEERING_CRD.read_text()) if d]
-    served = {}
-    for crd in crds:
-        spec = crd["spec"]
-        assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{spec['group']}"
-        (version,) = spec["versions"]
-        served[spec["names"]["plural"]] = (spec["group"], version["name"], spec["scope"])
-        status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
-        assert status["x-kubernetes-preserve-unknown-fields"] is True  # kopf's keep-alives
-    for selector, scope in (
-        (references.CLUSTER_PEERINGS_K, "Cluster"),
-        (references.NAMESPACED_PEERINGS_K, "Namespaced"),
-    ):
-        assert served[selector.any_name] == (selector.group, selector.version, scope)
+    assert (CHART / "crds" / CRD.name).read_bytes() == CRD.read_bytes()
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD.name]
+    assert sorted(p.name for p in CRD.parent.iterdir()) == [CRD.name]
 
 
 def test_crd_upgrade_policy_documented() -> None:

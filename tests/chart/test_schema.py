@@ -18,7 +18,11 @@ CASES = [
     ),
     ("balancer.replica=3", "balancer: Additional property replica is not allowed"),
     ("operator.replicas=-1", "operator.replicas: Must be greater than or equal to 0"),
-    ("operator.peering.priority=high", "operator.peering.priority: Must validate at least one"),
+    (
+        "operator.leaderElection.leaseSeconds=1",
+        "operator.leaderElection.leaseSeconds: Must be greater than or equal to 3",
+    ),
+    ("operator.registryMirrors=mirror:5000", "operator.registryMirrors: Does not match pattern"),
     ("string:ollama.gpu.count=one", "ollama.gpu.count: Invalid type. Expected: integer"),
     ("ollama.keepAlive=soon", "ollama.keepAlive: Does not match pattern"),
     ("existingFleet.discovery=consul", "existingFleet.discovery: existingFleet.discovery must be"),
@@ -95,10 +99,6 @@ def test_schema_rejects(helm: str, command: str, setting: str, message: str) -> 
             "existingFleet.backends is required when existingFleet.discovery=static",
         ),
         (
-            ["operator.replicas=2", "operator.peering.priority=5"],
-            "operator.replicas > 1 needs operator.peering.priority=random",
-        ),
-        (
             ["balancer.autoscaling.enabled=true", "balancer.autoscaling.minReplicas=9"],
             "balancer.autoscaling.minReplicas must not exceed maxReplicas",
         ),
@@ -116,10 +116,10 @@ def test_inconsistent_values_fail_with_a_message(helm: str, sets: list[str], mes
     assert message in result.stderr, result.stderr
 
 
-def test_operator_replicas_above_one_need_peering(helm: str) -> None:
+def test_operator_replicas_above_one_need_leader_election(helm: str) -> None:
     assert run_helm(helm, template_args(sets=["operator.replicas=2"])).returncode == 0
     result = run_helm(
-        helm, template_args(sets=["operator.replicas=2", "operator.peering.enabled=false"])
+        helm, template_args(sets=["operator.replicas=2", "operator.leaderElection.enabled=false"])
     )
     assert result.returncode != 0
     assert "operator.replicas: Must be less than or equal to 1" in result.stderr, result.stderr

@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from ollama_emulator import EmulatedNode
-from ollama_emulator.registry import layers
+from ollama_emulator import EmulatedNode, ModelSpec
+from ollama_emulator.registry import layers, manifest
 
 from .conftest import MakeNode, until
 
@@ -49,7 +49,7 @@ async def test_already_present_is_reported_complete(
 ) -> None:
     lines = await pull(http, node, "llama3.2")
     blob_lines = [x for x in lines if "digest" in x]
-    assert len(blob_lines) == 4 and all(x["completed"] == x["total"] for x in blob_lines)
+    assert len(blob_lines) == 5 and all(x["completed"] == x["total"] for x in blob_lines)
     assert node.stats.downloads_started == 0
 
 
@@ -70,7 +70,7 @@ async def test_concurrent_pulls_share_the_download(
         pull(http, node, "llama3.2"), pull(http, node, "Llama3.2:latest")
     )
     assert first[-1] == second[-1] == {"status": "success"}
-    assert node.stats.downloads_started == 4  # one per blob, not per pull
+    assert node.stats.downloads_started == 5  # one per blob, not per pull
     assert node.stats.pulls_completed == 2
 
 
@@ -90,3 +90,37 @@ async def test_disconnect_stops_the_download_and_a_later_pull_resumes(
     lines = await pull(http, node, "llama3.2")
     resumed = [x for x in lines if x.get("digest") == weights and "completed" in x]
     assert resumed[0]["completed"] >= partial and lines[-1] == {"status": "success"}
+
+
+async def test_pull_reads_the_same_manifest_the_registry_serves(
+    make_node: MakeNode, http: aiohttp.ClientSession
+) -> None:
+    """The registry's layer sizes are what the pull then downloads (config last), and they
+    add up to the size /api/tags reports."""
+    node = await make_node(installed=[])
+    spec = node.catalogue["llama3.2"]
+    doc = manifest(spec)
+    sizes = [layer["size"] for layer in doc["layers"]] + [doc["config"]["size"]]
+    assert sum(sizes) == spec.size_bytes
+    lines = await pull(http, node, "llama3.2")
+    totals = {x["digest"]: x["total"] for x in lines if "digest" in x}
+    order = list(dict.fromkeys(x["digest"] for x in lines if "digest" in x))
+    assert order == [layer["digest"] for layer in doc["layers"]] + [doc["config"]["digest"]]
+    assert list(totals.values()) == sizes
+    async with http.get(node.url + "/api/tags") as r:
+        assert (await r.json())["models"][0]["size"] == spec.size_bytes
+
+
+async def test_unauthorized_model_fails_after_the_manifest(
+    make_node: MakeNode, http: aiohttp.ClientSession
+) -> None:
+    node = await make_node(installed=[])
+    node.puller.catalogue = node.catalogue.with_specs(
+        [ModelSpec(name="secret/model:1b", size_bytes=10**9, private=True)]
+    )
+    lines = await pull(http, node, "secret/model:1b")
+    assert lines == [
+        {"status": "pulling manifest"},
+        {"error": "pull model manifest: unauthorized: access denied"},
+    ]
+    assert node.stats.downloads_started == 0

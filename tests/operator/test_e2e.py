@@ -1,4 +1,4 @@
-"""End to end: the operator (kopf, in-process) against the real kube-apiserver 1.20.
+"""End to end: the operator (in-process) against the real kube-apiserver 1.20.
 
 Pods are API objects whose ``status.podIP`` points at emulated Ollama nodes on
 127.0.0.x (no kubelet runs).  Every Kubernetes call of the test goes through a
@@ -52,12 +52,6 @@ T = TypeVar("T")
 
 def _install_crd(api: client.ApiClient) -> None:
     install_crd(api, CRD)
-
-
-@pytest.fixture(scope="session")
-def modelpool_crd(kube_cluster: KubeCluster) -> None:
-    with kube_cluster.client() as api:
-        _install_crd(api)
 
 
 async def until(
@@ -224,44 +218,71 @@ def three_gpu_fleet() -> FleetConfig:
     )
 
 
+def operator_settings(
+    namespace: str, kubeconfig: Path, fleet: EmulatedFleet, **overrides: Any
+) -> OperatorSettings:
+    """Fast test settings; manifests come from the fleet's emulated registry."""
+    values: dict[str, Any] = {
+        "namespaces": (namespace,),
+        "standalone": True,
+        "kubeconfig": str(kubeconfig),
+        "resync_seconds": 1.0,
+        "backoff_seconds": 0.1,
+        "attempts": 2,
+        "ollama_timeout_seconds": 1.0,
+        "status_interval_seconds": 0.2,
+        "registry_mirrors": (("registry.ollama.ai", fleet.registry.url),),
+    }
+    values.update(overrides)
+    return OperatorSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def operator_thread(settings: OperatorSettings) -> AsyncIterator[None]:
+    """The operator in a thread with a loop of its own, until the block ends."""
+    stop, ready = threading.Event(), threading.Event()
+    # kopf gets a loop of its own: it cancels every task started after it in its loop.
+    errors: list[BaseException] = []
+
+    def operate() -> None:
+        try:
+            asyncio.run(run_operator(settings, stop_flag=stop, ready_flag=ready))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=operate, name="operator", daemon=True)
+    thread.start()
+    try:
+        assert await asyncio.to_thread(ready.wait, 30), "operator not ready"
+        yield
+    finally:
+        stop.set()
+        await asyncio.to_thread(thread.join, 30)
+    assert not thread.is_alive(), "operator did not stop"
+    assert not errors, errors
+
+
 @contextlib.asynccontextmanager
 async def running_operator(
-    cluster: KubeCluster, namespace: str, kubeconfig: Path
+    cluster: KubeCluster,
+    namespace: str,
+    kubeconfig: Path,
+    config: FleetConfig | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Env]:
-    """An emulated fleet of 3 Ollama nodes and the operator (as ``kubeconfig``'s user)."""
-    config = three_gpu_fleet()
-    settings = OperatorSettings(
-        namespaces=(namespace,),
-        standalone=True,
-        kubeconfig=str(kubeconfig),
-        resync_seconds=1.0,
-        backoff_seconds=0.1,
-        attempts=2,
-        ollama_timeout_seconds=1.0,
-    )
-    stop, ready = threading.Event(), threading.Event()
+    """An emulated fleet (3 Ollama nodes by default) and the operator (as ``kubeconfig``'s
+    user)."""
     api = cluster.api_client()
-    async with EmulatedFleet(config) as fleet, aiohttp.ClientSession() as session:
-        # kopf gets a loop of its own: it cancels every task started after it in its loop.
-        errors: list[BaseException] = []
-
-        def operate() -> None:
-            try:
-                asyncio.run(run_operator(settings, stop_flag=stop, ready_flag=ready))
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
-
-        thread = threading.Thread(target=operate, name="operator", daemon=True)
-        thread.start()
-        try:
-            assert await asyncio.to_thread(ready.wait, 30), "operator not ready"
-            yield Env(cluster, api, namespace, fleet, session)
-        finally:
-            stop.set()
-            await asyncio.to_thread(thread.join, 30)
-            api.close()
-        assert not thread.is_alive(), "operator did not stop"
-        assert not errors, errors
+    try:
+        async with (
+            EmulatedFleet(config or three_gpu_fleet()) as fleet,
+            aiohttp.ClientSession() as session,
+        ):
+            settings = operator_settings(namespace, kubeconfig, fleet, **overrides)
+            async with operator_thread(settings):
+                yield Env(cluster, api, namespace, fleet, session)
+    finally:
+        api.close()
 
 
 @pytest.fixture
@@ -541,9 +562,9 @@ async def test_two_pools_on_the_same_pods_do_not_fight(env: Env) -> None:
     assert (await env.condition("first", "Ready"))["status"] == "True"
     table = await asyncio.to_thread(env.kubectl, "get", "mp", "-o", "wide")
     print("\n$ kubectl get mp -o wide\n" + table)  # for the README
-    assert [line.split()[:5] for line in table.splitlines()[1:]] == [
-        ["first", "True", "1/1", "1/1", "AsExpected"],
-        ["second", "False", "1/2", "1/2", "InsufficientVRAM"],
+    assert [line.split()[:7] for line in table.splitlines()[1:]] == [
+        ["first", "True", "1/1", "1/1", "False", "Reconciled", "AsExpected"],
+        ["second", "False", "1/2", "1/2", "False", "Reconciled", "InsufficientVRAM"],
     ]
     shared = await env.model_status("second", "llama3.2:3b")
     assert shared["loadedOn"] == ["ollama-0"]  # the same copy counts for both pools
@@ -560,8 +581,6 @@ def _service_account_kubeconfig(cluster: KubeCluster, namespace: str, path: Path
 
     docs = []
     for doc in yaml.safe_load_all(RBAC.read_text()):
-        if doc["apiVersion"].startswith("kopf.dev/"):
-            continue  # the KopfPeering: tests that peer create it (test_peering.py)
         text = json.dumps(doc).replace('"ollama"', json.dumps(namespace))
         doc = json.loads(text)
         if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
@@ -621,7 +640,8 @@ async def test_minimal_rbac_is_enough(
     kubeconfig = await asyncio.to_thread(
         _service_account_kubeconfig, cluster, namespace, tmp_path / "kubeconfig"
     )
-    async with running_operator(cluster, namespace, kubeconfig) as e:
+    # Leader election on: the Lease rules of rbac.yaml are exercised too.
+    async with running_operator(cluster, namespace, kubeconfig, standalone=False) as e:
         await _all_pods(e, 2)
         await e.apply_pool(
             "rbac",
@@ -639,6 +659,9 @@ async def test_minimal_rbac_is_enough(
         assert "ollamafleet.io/finalizer" in pool["metadata"]["finalizers"]
         reasons = {r for _, r, _ in await e.events("rbac")}
         assert {"Pulled", "Loaded"} <= reasons  # events: create
+        coordination = client.CoordinationV1Api(e.api)
+        lease = await e.k(coordination.read_namespaced_lease, "ollama-fleet-operator", namespace)
+        assert lease.spec.holder_identity  # leases: create, get, update
         await e.delete_pool("rbac")
 
         async def gone() -> bool:

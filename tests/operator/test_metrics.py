@@ -89,8 +89,9 @@ async def test_actions_by_kind_and_result(
             act(ActionKind.PULL, fleet, 1),  # refused: failed
             act(ActionKind.LOAD, fleet, 1),  # then skipped, never attempted
         ]
-        outcomes = await ex.run(plan)
-        assert [o.ok for o in outcomes] == [True, True, False, False]
+        outcomes = {o.action: o for o in await ex.run(plan)}  # in completion order
+        assert [outcomes[a].ok for a in plan] == [True, True, False, False]
+        assert outcomes[plan[3]].attempts == 0  # skipped by the pod lanes
         m = await scrape(session, url)
     actions = "ollama_fleet_operator_actions_total"
     assert value(m, actions, kind="pull", result="ok") == 1

@@ -8,12 +8,16 @@ from typing import Any
 
 import pytest
 
-from modelpool_operator.plan import plan
+from modelpool_operator.plan import anticipate, plan, record, revert, serves
 from modelpool_operator.spec import parse_pool_spec
 from modelpool_operator.state import (
+    Action,
+    ActionKind,
     Observation,
     Owned,
     PodState,
+    Priority,
+    Problem,
     Resident,
     merge_claims,
 )
@@ -83,6 +87,23 @@ class Case:
     problems: set[str] = field(default_factory=set)
     #: expected ledger as "model@pod[:LP]" strings, None = don't check
     ledger_after: set[str] | None = None
+    #: sizes from the registry's manifests, by short name
+    sizes: dict[str, int] = field(default_factory=dict)
+    #: models the registry refused for good, by short name -> reason
+    blocked: dict[str, str] = field(default_factory=dict)
+
+    def run(self, obs: Observation | None = None, ledger: tuple[Owned, ...] | None = None) -> Any:
+        return plan(
+            self.spec,
+            obs or self.obs,
+            self.ledger if ledger is None else ledger,
+            merge_claims([self.others]),
+            sizes={canonical(k): v for k, v in self.sizes.items()},
+            blocked={
+                canonical(k): Problem(r, f"{k}: refused", canonical(k))
+                for k, r in self.blocked.items()
+            },
+        )
 
 
 def short(key: str) -> str:
@@ -408,12 +429,77 @@ CASES = [
         ),
         id="more replicas than pods",
     ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", "replicas": 1}),
+            obs=obs(pod("p0", vram=24 * GB), pod("p1", vram=16 * GB)),
+            sizes={"a": 40 * GB},
+            problems={"ModelTooLarge"},
+            targets={"a": set()},
+            ledger_after=set(),
+        ),
+        id="bigger than every pod (registry size): refused, not even pulled (pull: all)",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", "replicas": 1, "pull": "loaded"}),
+            obs=obs(pod("p0", vram=24 * GB), pod("p1", vram=16 * GB)),
+            sizes={"a": 40 * GB},
+            problems={"ModelTooLarge"},
+            targets={"a": set()},
+        ),
+        id="bigger than every pod, pull: loaded",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", "replicas": 1}),
+            obs=obs(
+                pod("p0", vram=10 * GB, resident={"b": 8 * GB}),
+                pod("p1", vram=10 * GB),
+            ),
+            sizes={"a": 6 * GB},
+            actions={"pull a@p1", "load a@p1", "pull a@p0"},
+            targets={"a": {"p1"}},
+        ),
+        id="registry size places before the download; pull: all still fills p0's disk",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", "replicas": 1}, {"name": "b", "replicas": 1}),
+            obs=obs(pod("p0", installed={"b": GB})),
+            blocked={"a": "ModelNotFound"},
+            actions={"load b@p0"},
+            problems={"ModelNotFound"},
+            targets={"a": set(), "b": {"p0"}},
+        ),
+        id="a verdict blocks its model only",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", "replicas": 1, "pull": "loaded"}),
+            obs=obs(pod("p0", resident={"a": GB}), pod("p1", installed={"a": GB})),
+            ledger=(own("p0", "a", pulled=True), own("p1", "a", loaded=False, pulled=True)),
+            actions={"delete a@p1"},
+            targets={"a": {"p0"}},
+            ledger_after={"a@p0:LP"},
+        ),
+        id="pull: loaded: a copy the pool pulled where it is not loaded goes",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", "replicas": 1, "pull": "loaded"}),
+            obs=obs(pod("p0", resident={"a": GB}), pod("p1", installed={"a": GB})),
+            ledger=(own("p0", "a"),),
+            targets={"a": {"p0"}},
+        ),
+        id="pull: loaded: a copy the pool did not pull stays",
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_plan(case: Case) -> None:
-    result = plan(case.spec, case.obs, case.ledger, merge_claims([case.others]))
+    result = case.run()
     got = {f"{a.kind} {short(a.model)}@{a.pod}" for a in result.actions}
     assert got == case.actions
     assert {p.reason for p in result.problems} == case.problems
@@ -427,7 +513,7 @@ def test_plan(case: Case) -> None:
 @pytest.mark.parametrize("case", CASES)
 def test_plan_converges(case: Case) -> None:
     """Applying a plan's loads/unloads and re-planning yields no further load/unload: no thrash."""
-    first = plan(case.spec, case.obs, case.ledger, merge_claims([case.others]))
+    first = case.run()
     pods = []
     for p in case.obs.pods:
         installed = dict(p.installed)
@@ -447,22 +533,12 @@ def test_plan_converges(case: Case) -> None:
                 ).size
                 resident[a.model] = Resident(name=a.name, size=size, pinned=True)
         pods.append(PodState(p.name, p.url, p.node, p.vram_bytes, installed, resident, p.error))
-    second = plan(
-        case.spec,
-        Observation(tuple(pods), case.obs.existing),
-        first.ledger,
-        merge_claims([case.others]),
-    )
+    second = case.run(Observation(tuple(pods), case.obs.existing), first.ledger)
     moves = {a.describe() for a in second.actions if a.kind in ("unload", "delete")}
     assert not moves
     # once sizes are known, the only follow-up is loading what was pulled
     assert all(a.kind == "load" for a in second.actions), [a.describe() for a in second.actions]
-    again = plan(
-        case.spec,
-        Observation(tuple(pods), case.obs.existing),
-        first.ledger,
-        merge_claims([case.others]),
-    )
+    again = case.run(Observation(tuple(pods), case.obs.existing), first.ledger)
     assert again == second  # deterministic
 
 
@@ -498,3 +574,114 @@ def test_num_ctx_mismatch_reloads(
     result = plan(spec(model), obs(p0), (own("p0", "a"),), merge_claims([()]))
     assert {f"{a.kind} {short(a.model)}@{a.pod}" for a in result.actions} == actions
     assert {short(k): set(v) for k, v in result.targets.items()} == {"a": {"p0"}}
+
+
+def actions_of(result: Any) -> dict[str, tuple[str, int]]:
+    return {f"{a.kind} {short(a.model)}@{a.pod}": (a.reason, a.priority) for a in result.actions}
+
+
+@pytest.mark.parametrize(
+    ("ledger", "residents", "expected"),
+    [
+        pytest.param(
+            (own("gone", "a"),), {}, {"load a@p0": ("replace lost replica", Priority.REPLACE)},
+            id="pod gone: its replacement goes first",
+        ),
+        pytest.param(
+            (own("p0", "a"),), {}, {"load a@p0": ("reload after eviction", Priority.REPLACE)},
+            id="evicted: reloading it is a replacement too",
+        ),
+        pytest.param(
+            (), {}, {"load a@p0": ("load", Priority.LOAD)},
+            id="a new replica is an ordinary load",
+        ),
+        pytest.param(
+            (own("p0", "a"),), {"a": Resident("a:latest", GB, pinned=False)},
+            {"load a@p0": ("re-pin", Priority.REPAIR)},
+            id="a replica whose pin a client replaced is repaired",
+        ),
+    ],
+)  # fmt: skip
+def test_priorities(
+    ledger: tuple[Owned, ...], residents: dict[str, Resident], expected: dict[str, Any]
+) -> None:
+    p0 = pod("p0", installed={"a": GB})
+    p0 = replace(p0, resident={canonical(k): r for k, r in residents.items()})
+    result = plan(spec({"name": "a", "replicas": 1}), obs(p0), ledger)
+    assert actions_of(result) == expected
+
+
+def test_pull_priorities_follow_what_they_are_for() -> None:
+    result = plan(
+        spec({"name": "a", "replicas": 1}, {"name": "b", "replicas": 0}),
+        obs(pod("p0"), pod("p1", installed={"a": GB})),
+        (own("gone", "a"),),
+        sizes={A: GB, B: GB},
+    )
+    got = actions_of(result)
+    assert got["load a@p1"][1] == Priority.REPLACE
+    assert got["pull a@p0"] == ("pull: all", Priority.DISK)
+    assert got["pull b@p0"][1] == got["pull b@p1"][1] == Priority.DISK
+    # a pull a replacement waits for carries the replacement's priority
+    moved = plan(
+        spec({"name": "a", "replicas": 1}), obs(pod("p0")), (own("gone", "a"),), sizes={A: GB}
+    )
+    assert actions_of(moved)["pull a@p0"] == ("pull for load", Priority.REPLACE)
+
+
+def test_a_pull_of_unknown_size_carries_its_room() -> None:
+    result = plan(
+        spec({"name": "a", "replicas": 1, "pull": "loaded"}),
+        obs(pod("p0", vram=10 * GB, resident={"b": 4 * GB})),
+    )
+    [pull] = result.actions
+    assert (pull.kind, pull.max_bytes) == ("pull", 6 * GB)
+    known = plan(spec({"name": "a", "pull": "loaded"}), obs(pod("p0")), sizes={A: GB})
+    assert all(a.max_bytes is None for a in known.actions)
+
+
+def test_planning_on_the_anticipated_view_asks_nothing_twice() -> None:
+    """While a pull and the load waiting for it run, a new pass plans neither again and
+    keeps their room: the second model goes to the other pod."""
+    a = {"name": "a", "replicas": 1, "pull": "loaded"}
+    s = spec(a, {"name": "b", "replicas": 1, "pull": "loaded"})
+    o = obs(pod("p0", vram=10 * GB), pod("p1", vram=10 * GB))
+    first = plan(spec(a), o, sizes={A: 6 * GB})
+    pending = list(first.actions)
+    assert {a.kind.value for a in pending} == {"pull", "load"}
+    view = anticipate(o, pending, {A: 6 * GB})
+    p = view.pod(pending[0].pod)
+    assert p is not None and A in p.installed and p.resident[A].pinned
+    second = plan(s, view, first.ledger, sizes={A: 6 * GB, B: 6 * GB})
+    got = {f"{a.kind} {short(a.model)}@{a.pod}" for a in second.actions}
+    other = "p1" if pending[0].pod == "p0" else "p0"
+    assert f"pull b@{other}" in got and f"load b@{other}" in got
+    assert not any(a.model == A and a.kind in ("pull", "load") for a in second.actions)
+
+
+def test_record_and_revert_keep_the_ledger_true() -> None:
+    load = Action(ActionKind.LOAD, "p0", "u", A, "a", "load", embedding=True)
+    pull = Action(ActionKind.PULL, "p0", "u", A, "a", "pull")
+    after = record(record((), pull), load)
+    assert after == (Owned("p0", A, "a", loaded=True, pulled=True, embedding=True),)
+    unload = Action(ActionKind.UNLOAD, "p0", "u", A, "a", "prune")
+    delete = Action(ActionKind.DELETE, "p0", "u", A, "a", "prune")
+    assert record(record(after, unload), delete) == ()
+    # a planned claim whose action has not succeeded yet is not (yet) owned
+    assert revert((), after, [load]) == (Owned("p0", A, "a", pulled=True, embedding=True),)
+    assert revert((), after, [load, pull]) == ()
+
+
+@pytest.mark.parametrize(
+    ("model", "resident", "expected"),
+    [
+        pytest.param({"name": "a"}, Resident("a", GB, pinned=True), True, id="pinned"),
+        pytest.param({"name": "a"}, Resident("a", GB), False, id="pin replaced"),
+        pytest.param({"name": "a", "keepAlive": "1h"}, Resident("a", GB), True, id="1h by choice"),
+        pytest.param({"name": "a", "options": {"num_ctx": 4096}},
+                     Resident("a", GB, pinned=True, context_length=2048), False, id="num_ctx"),
+        pytest.param({"name": "a"}, None, False, id="gone"),
+    ],
+)  # fmt: skip
+def test_serves(model: dict[str, Any], resident: Resident | None, expected: bool) -> None:
+    assert serves(spec(model).models[0], resident) is expected

@@ -181,7 +181,7 @@ def test_status_ready_counts_pods_and_conditions() -> None:
     conds = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conds == {
         "Ready": ("True", "AllModelsReady"),
-        "Progressing": ("False", "Reconciled"),
+        "Reconciling": ("False", "Reconciled"),
         "Degraded": ("False", "AsExpected"),
     }
     assert status["owned"] == [

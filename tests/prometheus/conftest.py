@@ -134,6 +134,14 @@ def _request(url: str, body: dict[str, Any], key: str | None = None) -> int:
         return int(e.code)
 
 
+MODELS: list[dict[str, Any]] = [
+    {"name": LLAMA, "replicas": 1},
+    {"name": EMBED, "replicas": 1},
+    # no registry has it: the pull fails, the pool is Degraded, the model unroutable
+    {"name": MISSING, "replicas": 1},
+]
+
+
 def _kube_side(api: client.ApiClient, nodes: list[tuple[str, str, int]]) -> None:
     """The CRD, the namespace, Ollama pods pointing at the emulated nodes, one ModelPool."""
     install_crd(api, CRD)
@@ -151,12 +159,7 @@ def _kube_side(api: client.ApiClient, nodes: list[tuple[str, str, int]]) -> None
         "metadata": {"name": "chat"},
         "spec": {
             "selector": {"matchLabels": {"app": "ollama"}},
-            "models": [
-                {"name": LLAMA, "replicas": 1},
-                {"name": EMBED, "replicas": 1},
-                # no registry has it: the pull fails, the pool is Degraded, the model unroutable
-                {"name": MISSING, "replicas": 1},
-            ],
+            "models": MODELS,
         },
     }
     client.CustomObjectsApi(api).create_namespaced_custom_object(
@@ -263,6 +266,9 @@ def observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
                     "operator", "--kubeconfig", str(kube_cluster.kubeconfig), "--standalone",
                     "-n", NAMESPACE, "--resync-seconds", "2", "--attempts", "1",
                     "--metrics-port", str(operator_port), "--metrics-host", "127.0.0.1",
+                    # no manifest lookup: the missing model's pull runs and fails (a failed
+                    # pull series), and nothing asks the real registry
+                    "--no-manifest-lookup",
                 ],
             )  # fmt: skip
             operator_metrics = f"http://127.0.0.1:{operator_port}/metrics"
@@ -312,6 +318,18 @@ def observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
                 'ollama_fleet_operator_pools{condition="Degraded", status="True"}',
                 lambda r: bool(r) and float(r[0]["value"][1]) == 1,
             )
+            # A verdict is not retried until the spec changes, and the first actions may all
+            # have run before the first scrape: a new generation (the missing model's default
+            # keepAlive written out) pulls it once more while Prometheus watches, so the
+            # action series increase within the queries' window.
+            failed = 'sum(ollama_fleet_operator_actions_total{kind="pull", result="failed"})'
+            before = float(prometheus.wait_for(failed, bool)[0]["value"][1])
+            with kube_cluster.client() as api:
+                client.CustomObjectsApi(api).patch_namespaced_custom_object(
+                    "ollamafleet.io", "v1alpha1", NAMESPACE, "modelpools", "chat",
+                    {"spec": {"models": [*MODELS[:2], {**MODELS[2], "keepAlive": -1}]}},
+                )  # fmt: skip
+            prometheus.wait_for(failed, lambda r: bool(r) and float(r[0]["value"][1]) > before)
             sent = _traffic(balancer, ops, urls)
             prometheus.wait_for(
                 "sum(ollama_fleet_requests_total)",

@@ -163,13 +163,9 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{- if and .Values.balancer.autoscaling.enabled (gt (int .Values.balancer.autoscaling.minReplicas) (int .Values.balancer.autoscaling.maxReplicas)) }}
 {{- fail "balancer.autoscaling.minReplicas must not exceed maxReplicas" }}
 {{- end }}
-{{- $peering := .Values.operator.peering }}
 {{- if and .Values.operator.enabled (gt (int .Values.operator.replicas) 1) }}
-{{- if not $peering.enabled }}
-{{- fail "operator.replicas > 1 needs operator.peering.enabled=true (else two operators act at once)" }}
-{{- end }}
-{{- if ne (toString $peering.priority) "random" }}
-{{- fail "operator.replicas > 1 needs operator.peering.priority=random (replicas of equal priority all pause)" }}
+{{- if not .Values.operator.leaderElection.enabled }}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled=true (else two operators act at once)" }}
 {{- end }}
 {{- end }}
 {{- $auth := .Values.balancer.auth }}
@@ -210,7 +206,7 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{/* RBAC rules of the operator (see operator-rbac.yaml). */}}
 {{- define "ollama-fleet.operatorRules" -}}
 rules:
-  # ModelPools: watch them, add/remove kopf's finalizer and its progress annotations
+  # ModelPools: watch them; patch adds/removes the finalizer of prune: true pools
   - apiGroups: [ollamafleet.io]
     resources: [modelpools]
     verbs: [get, list, watch, patch]
@@ -222,20 +218,10 @@ rules:
   - apiGroups: [""]
     resources: [pods]
     verbs: [get, list, watch]
-  # Events on ModelPools: pulls, loads, unloads and failures (kubectl describe mp)
+  # Events on ModelPools (kubectl describe mp); a repeat bumps the same Event's count
   - apiGroups: [""]
     resources: [events]
-    verbs: [create]
-  # The same events through the newer events API (kopf uses either, by version)
-  - apiGroups: [events.k8s.io]
-    resources: [events]
-    verbs: [create]
-{{- if and .Values.operator.peering.enabled (not .Values.operator.allNamespaces) }}
-  # Peering (per namespace): the start-up look-up, watch the peers, patch own keep-alive
-  - apiGroups: [kopf.dev]
-    resources: [kopfpeerings]
-    verbs: [get, list, watch, patch]
-{{- end }}
+    verbs: [create, get, patch]
 {{- end }}
 
 {{/*
