@@ -249,9 +249,12 @@ def start_emulator(
     )
     count = len(config["nodes"])
 
+    names = {str(n["name"]) for n in config["nodes"]}
+
     def urls() -> list[str]:
+        # "NAME<TAB>URL<TAB>..." per node (then a "registry" line: not a node)
         lines = [ln.split("\t") for ln in proc.log.read_text().splitlines() if "\thttp" in ln]
-        return [parts[1] for parts in lines]
+        return [parts[1] for parts in lines if parts[0] in names]
 
     wait_until(lambda: len(urls()) >= count, 60, f"{count} emulated nodes", proc)
     proc.extra["urls"] = urls()
