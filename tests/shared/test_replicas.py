@@ -57,6 +57,14 @@ class Fleet:
             doc: dict[str, Any] = await resp.json()
             return doc
 
+    async def stream(self, url: str, content: str) -> None:
+        """A streamed chat through ``url``, read until it ends or the test cancels it."""
+        body = {**chat(WARM, content), "stream": True}
+        with suppress(aiohttp.ClientError, asyncio.CancelledError):
+            async with self.session.post(url + "/api/chat", json=body) as resp:
+                async for _ in resp.content:
+                    pass
+
     async def post(self, url: str, body: dict[str, Any], **kw: Any) -> tuple[int, Any, Any]:
         async with self.session.post(url, json=body, **kw) as resp:
             return resp.status, resp.headers, await resp.read()
@@ -179,14 +187,7 @@ async def test_six_streams_fill_three_pods_two_slots_each(
     for n in f.fleet.nodes:
         n.faults.slow(2000.0)  # streams that outlast the test
 
-    async def stream(i: int) -> None:
-        body = {**chat(WARM, f"s{i}"), "stream": True}
-        with suppress(aiohttp.ClientError, asyncio.CancelledError):
-            async with f.session.post(f.front + "/api/chat", json=body) as resp:
-                async for _ in resp.content:
-                    pass
-
-    tasks = [asyncio.ensure_future(stream(i)) for i in range(6)]
+    tasks = [asyncio.ensure_future(f.stream(f.front, f"s{i}")) for i in range(6)]
     try:
         runners = lambda: [r for n in f.fleet.nodes for r in n.scheduler.runners.values()]  # noqa: E731
         async with asyncio.timeout(15):
@@ -250,14 +251,7 @@ async def test_a_killed_replica_frees_its_slots_within_the_ttl(
     )
     f.node("a").faults.slow(2000.0)
 
-    async def stream(i: int) -> None:
-        body = {**chat(WARM, f"k{i}"), "stream": True}
-        with suppress(aiohttp.ClientError, asyncio.CancelledError):
-            async with f.session.post(f.urls[0] + "/api/chat", json=body) as resp:
-                async for _ in resp.content:
-                    pass
-
-    held = [asyncio.ensure_future(stream(i)) for i in range(2)]
+    held = [asyncio.ensure_future(f.stream(f.urls[0], f"k{i}")) for i in range(2)]
     try:
         async with asyncio.timeout(15):
             while (await f.fleet_view(f.urls[1]))["inflight"] < 2:
@@ -325,14 +319,7 @@ async def test_a_slot_freed_on_one_replica_dispatches_a_request_waiting_on_anoth
     )
     f.node("a").faults.slow(2000.0)
 
-    async def stream(i: int) -> None:
-        body = {**chat(WARM, f"h{i}"), "stream": True}
-        with suppress(aiohttp.ClientError, asyncio.CancelledError):
-            async with f.session.post(f.urls[0] + "/api/chat", json=body) as resp:
-                async for _ in resp.content:
-                    pass
-
-    held = [asyncio.ensure_future(stream(i)) for i in range(2)]
+    held = [asyncio.ensure_future(f.stream(f.urls[0], f"h{i}")) for i in range(2)]
     try:
         async with asyncio.timeout(15):
             while (await f.fleet_view(f.urls[1]))["inflight"] < 2:
