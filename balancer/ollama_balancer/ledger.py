@@ -16,7 +16,9 @@ routing needs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 __all__ = ["Ledger", "LedgerView", "LoadRecord"]
@@ -80,6 +82,10 @@ class Ledger:
     def loaded_at(self, backend: str, model: str) -> float | None:
         """When a load this replica started finished (first byte), if not yet forgotten."""
         return self._loaded.get((backend, model))
+
+    def penalties(self) -> Mapping[str, float]:
+        """Pod -> end of its fast-fail cool-down (read-only view)."""
+        return MappingProxyType(self._penalties)
 
     def penalised(self, backend: str, now: float) -> bool:
         until = self._penalties.get(backend)

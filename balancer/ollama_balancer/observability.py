@@ -16,6 +16,7 @@ gzip), ``GET /-/fleet`` (JSON, see
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -215,9 +216,7 @@ class _PenaltyWatch:
     def __init__(self) -> None:
         self._seen: dict[str, float] = {}
 
-    def new(self, penalties: object) -> list[str]:
-        if not isinstance(penalties, dict):
-            return []
+    def new(self, penalties: Mapping[str, float]) -> list[str]:
         fresh = []
         for backend, until in penalties.items():
             if isinstance(until, int | float) and until > self._seen.get(backend, float("-inf")):
@@ -247,7 +246,7 @@ def install(app: web.Application) -> None:
             return
         sample = request_sample(record, snap())
         metrics.observe_request(sample)
-        for backend in penalties.new(bal.ledger.snapshot().get("penalties")):
+        for backend in penalties.new(bal.ledger.penalties()):
             metrics.observe_penalty(backend)
         fields = request_fields(record, sample)
         if record.status >= 500 and not record.client_gone:

@@ -134,7 +134,7 @@ def parse_quantity(value: JsonValue) -> int:
 _CHARS = "letters, digits, '_', '-' and '.'"
 
 
-def explain_invalid_name(name: object) -> str:
+def explain_invalid_name(name: JsonValue) -> str:
     """Why Ollama would refuse ``name`` (its grammar, types/model/name.go), in words.
 
     Ollama itself only ever says ``invalid model name``; a person fixing a spec

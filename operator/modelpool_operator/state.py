@@ -249,7 +249,7 @@ def ledger_to_annotation(ledger: Iterable[Owned]) -> str:
     return json.dumps(rows, separators=(",", ":"))
 
 
-def ledger_from_annotation(text: object) -> tuple[Owned, ...] | None:
+def ledger_from_annotation(text: str | None) -> tuple[Owned, ...] | None:
     """The ledger from the annotation; None when it is absent or not ours to read."""
     if not isinstance(text, str):
         return None
