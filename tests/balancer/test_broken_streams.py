@@ -37,9 +37,10 @@ async def test_ollama_python_raises_the_error_line(rig: Rig) -> None:
 
 async def test_openai_sdk_ends_the_iteration_without_a_finish_reason(rig: Rig) -> None:
     client = openai.AsyncOpenAI(base_url=rig.url + "/v1", api_key="x", max_retries=0)
-    chunks = [
-        c async for c in await client.chat.completions.create(model=M, messages=HI, stream=True)
-    ]  # type: ignore[arg-type]
+    stream = await client.chat.completions.create(
+        model=M, messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = [c async for c in stream]
     assert chunks
     assert all(c.choices[0].finish_reason is None for c in chunks if c.choices)
 
