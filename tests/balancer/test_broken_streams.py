@@ -26,21 +26,21 @@ async def rig(rig_factory: RigFactory) -> Rig:
 
 
 async def test_ollama_python_raises_the_error_line(rig: Rig) -> None:
-    client = ollama.AsyncClient(host=rig.url)
     parts = []
-    with pytest.raises(ollama.ResponseError) as err:
-        async for part in await client.chat(model=M, messages=HI, stream=True):
-            parts.append(part)
+    async with ollama.AsyncClient(host=rig.url) as client:
+        with pytest.raises(ollama.ResponseError) as err:
+            async for part in await client.chat(model=M, messages=HI, stream=True):
+                parts.append(part)
     assert "stream broken" in err.value.error
     assert parts  # what arrived before the break was delivered
 
 
 async def test_openai_sdk_ends_the_iteration_without_a_finish_reason(rig: Rig) -> None:
-    client = openai.AsyncOpenAI(base_url=rig.url + "/v1", api_key="x", max_retries=0)
-    stream = await client.chat.completions.create(
-        model=M, messages=[{"role": "user", "content": "hi"}], stream=True
-    )
-    chunks = [c async for c in stream]
+    async with openai.AsyncOpenAI(base_url=rig.url + "/v1", api_key="x", max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model=M, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        chunks = [c async for c in stream]
     assert chunks
     assert all(c.choices[0].finish_reason is None for c in chunks if c.choices)
 
