@@ -214,7 +214,12 @@ def ops_app(app: web.Application) -> web.Application:
 
 
 async def serve(
-    app: web.Application, host: str, port: int, *, shutdown_timeout: float = 30.0
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout: float = 30.0,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, int]:
     """Start ``app`` on host:port; returns the runner and the bound port.
 
@@ -231,7 +236,9 @@ async def serve(
     await runner.setup()
     if SECURITY in app:  # the operations app has no connection cap of its own
         attach_server(app, runner.server)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    # reuse_port: several worker processes listen on one port and the kernel spreads
+    # connections between them (SO_REUSEPORT).
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     bound = port
     for address in runner.addresses:

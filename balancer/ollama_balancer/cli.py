@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import sys
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from .app import create_app, ops_app, serve
 from .backends import Discovery
 from .settings import BalancerSettings, SettingsError, add_arguments, load_settings
 from .state import BALANCER, Balancer
+from .workers import command_line, detect_cpus, supervise, worker_overrides
 
 __all__ = ["configure", "run"]
 
@@ -55,13 +57,23 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ollama_wire.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
+    overrides = worker_overrides(environ)
+    if overrides is not None:  # one of a supervisor's workers
+        settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
+    count = settings.workers or detect_cpus()
+    if count > 1:
+        return run_loop(supervise(settings, count, command_line()), environ)
     return run_loop(_main(settings), environ)
 
 
 async def _main(settings: BalancerSettings) -> int:
     app = create_app(settings, discovery=build_discovery(settings))
     runner, port = await serve(
-        app, settings.host, settings.port, shutdown_timeout=settings.drain_grace
+        app,
+        settings.host,
+        settings.port,
+        shutdown_timeout=settings.drain_grace,
+        reuse_port=settings.reuse_port,
     )
     bal = app[BALANCER]
     loop = asyncio.get_running_loop()
@@ -72,8 +84,9 @@ async def _main(settings: BalancerSettings) -> int:
     )
     ops_runner = None
     if settings.ops_port:
-        ops_runner, ops_port = await serve(ops_app(app), settings.host, settings.ops_port)
-        print(f"ollama-fleet operations endpoints on http://{settings.host}:{ops_port}", flush=True)
+        ops_host = settings.ops_host or settings.host
+        ops_runner, ops_port = await serve(ops_app(app), ops_host, settings.ops_port)
+        print(f"ollama-fleet operations endpoints on http://{ops_host}:{ops_port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -264,6 +264,19 @@ class BalancerSettings:
         0.0, "SIGTERM: seconds to keep accepting while endpoints update", "process"
     )
     drain_grace: float = _f(30.0, "SIGTERM: seconds in-flight requests get to finish", "process")
+    workers: int = _f(
+        1,
+        "balancer processes on the port (SO_REUSEPORT), acting as one through the shared "
+        "state (shared_state, else a private redis-server/valkey-server the first process "
+        "starts); 0 = the CPUs this container may use (its cgroup quota)",
+        "process",
+    )
+    reuse_port: bool = _f(
+        False,
+        "listen with SO_REUSEPORT, so several processes share the port (set for workers)",
+        "listen",
+    )
+    ops_host: str = _f("", "address of the operations port (empty = host)", "listen")
 
     def num_ctx_pins(self) -> dict[str, int]:
         """``pin_num_ctx`` as {canonical model: num_ctx}."""
@@ -486,6 +499,8 @@ def _validate(s: BalancerSettings) -> None:
         raise SettingsError("queue_max_wait: must be > 0")
     if s.queue_batch_aging < 0 or s.queue_hold_unavailable < 0:
         raise SettingsError("queue_batch_aging, queue_hold_unavailable: must be >= 0")
+    if s.workers < 0:
+        raise SettingsError("workers: must be >= 0 (0 = one per CPU the container may use)")
     if s.affinity_bound < 1:
         raise SettingsError("affinity_bound: must be >= 1")
     s.num_ctx_pins()
