@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -29,7 +30,13 @@ from ollama_balancer.settings import BalancerSettings
 from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig
 from ollama_wire.names import canonical
 from tests.kube.cluster import KubeCluster
-from tests.operator.test_e2e import Env, eventually, operator_settings, operator_thread, until
+from tests.operator.test_e2e import (
+    Env,
+    eventually,
+    operator_settings,
+    operator_thread,
+    until,
+)
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -45,9 +52,17 @@ class Rig:
     env: Env
     #: the balancers' client URLs (main port)
     balancers: list[str]
+    settings: Any = None
+    operator: Any = None  # the running operator_thread context
     stops: list[asyncio.Event] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    async def restart_operator(self) -> None:
+        """Stop the operator and start a new one (a restart, or a standby taking over)."""
+        await self.operator.__aexit__(None, None, None)
+        self.operator = operator_thread(self.settings)
+        await self.operator.__aenter__()
 
     def traffic(self, model: str, clients: int) -> asyncio.Event:
         """``clients`` loops sending generate requests for ``model``, spread over the balancer
@@ -172,12 +187,14 @@ async def autoscaling_rig(
             }
             values.update(overrides)
             settings = operator_settings(namespace, cluster.kubeconfig, fleet, **values)
-            async with operator_thread(settings):
-                rig = Rig(Env(cluster, api, namespace, fleet, session), urls)
-                try:
-                    yield rig
-                finally:
-                    await rig.quiet()
+            rig = Rig(Env(cluster, api, namespace, fleet, session), urls, settings)
+            rig.operator = operator_thread(settings)
+            await rig.operator.__aenter__()
+            try:
+                yield rig
+            finally:
+                await rig.quiet()
+                await rig.operator.__aexit__(None, None, None)
     finally:
         api.close()
 
@@ -270,6 +287,54 @@ async def test_warm_copies_follow_demand_up_and_back_down(
             "Ready at one copy",
         )
         assert ready["reason"] == "AllModelsReady"
+
+
+async def test_the_decision_survives_an_operator_restart(
+    kube_cluster: KubeCluster, kube_namespace: str, modelpool_crd: None
+) -> None:
+    """The decision's memory is in status: a new operator resumes the wait of a scale-down
+    where the old one left it (same lowSince), and scales down on the original schedule."""
+    delay = 8
+    async with autoscaling_rig(kube_cluster, kube_namespace, nodes=2) as rig:
+        env = rig.env
+        for i in range(2):
+            await env.add_pod(f"ollama-{i}", i)
+        model = {
+            "name": "llama3.2:1b",
+            "minReplicas": 1,
+            "maxReplicas": 2,
+            "targetRequests": 1,
+            "scaleDownDelaySeconds": delay,
+        }
+        await env.apply_pool("keep", {"selector": SEL, "models": [model]})
+        stop = rig.traffic("llama3.2:1b", 3)
+        await until(lambda: rig.copies("keep", "llama3.2:1b"), lambda c: len(c) == 2, "two copies")
+        stop.set()
+        await rig.quiet()
+        before = await until(
+            lambda: rig.autoscale("keep", "llama3.2:1b"),
+            lambda a: "lowSince" in a,
+            "the scale-down's wait to start",
+        )
+        await asyncio.sleep(3)  # a part of the delay passes before the restart
+        await rig.restart_operator()
+        restarted = time.time()
+        done = await until(
+            lambda: rig.autoscale("keep", "llama3.2:1b"),
+            lambda a: a.get("replicas") == 1,
+            "the scale-down",
+            timeout=3 * delay,
+        )
+        low = datetime.fromisoformat(before["lowSince"].replace("Z", "+00:00")).timestamp()
+        down = datetime.fromisoformat(done["lastScaleDown"].replace("Z", "+00:00")).timestamp()
+        print(
+            f"scaled down {down - low:.1f}s after demand fell (delay {delay}s), "
+            f"{down - restarted:.1f}s after the restart"
+        )
+        assert delay <= down - low < delay + 2
+        # A new operator that had forgotten would have waited a whole delay from its start.
+        assert down - restarted < delay - 1
+        assert done["lastScaleUp"] == before["lastScaleUp"]
 
 
 async def test_scale_to_zero_releases_then_cold_loads_and_pins_again(
