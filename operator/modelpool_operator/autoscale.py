@@ -21,7 +21,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-__all__ = ["TOLERANCE", "Autoscale", "ScaleDecision", "ScaleMemory", "desired_replicas"]
+__all__ = [
+    "TOLERANCE",
+    "Autoscale",
+    "ScaleDecision",
+    "ScaleMemory",
+    "Scaled",
+    "desired_replicas",
+    "needed",
+]
 
 #: Scale down only when the smaller count would be at most 90% busy (HPA's 10% tolerance).
 TOLERANCE = 0.1
@@ -52,6 +60,19 @@ class ScaleDecision:
     replicas: int
     memory: ScaleMemory
     reason: str  # for status and Events; "" when nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class Scaled:
+    """An autoscaled model's decision as the planner takes it."""
+
+    replicas: int
+    demand: float | None  # None: unknown
+    target: float
+
+    def unmet(self, placed: int) -> float:
+        """Requests beyond what ``placed`` copies serve at their target."""
+        return max(0.0, (self.demand or 0.0) - placed * self.target)
 
 
 def needed(demand: float, target: float) -> int:

@@ -40,6 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="do not ask the registry for model sizes before pulling",
     )  # fmt: skip
+    parser.add_argument(
+        "--balancer-url", dest="balancer_urls", action="append", default=argparse.SUPPRESS,
+        help="a balancer base URL whose /-/fleet demand autoscaled models follow "
+        "(repeatable; summed with --balancer-service's replicas)",
+    )  # fmt: skip
     for flag, kind, help_text in _OPTIONS:
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
     parser.add_argument(
@@ -86,6 +91,17 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
      "lease duration: a standby takes over this long after the leader stopped (default 10)"),
     ("--identity", str,
      "this replica's name in the Lease and its Events (default hostname/pid)"),
+    ("--balancer-service", str,
+     "the balancer's ops Service, NAMESPACE/NAME: every ready replica's /-/fleet demand is "
+     "summed for autoscaled models"),
+    ("--balancer-port", str,
+     "port name or number on that Service's endpoints (default: ops, else http)"),
+    ("--demand-interval-seconds", float, "poll the balancer's demand this often (default 5)"),
+    ("--demand-window-seconds", float,
+     "autoscaling follows the mean demand of this many last seconds (default 60)"),
+    ("--release-keep-alive-seconds", float,
+     "keep_alive of a model's last copy when it scales to zero: Ollama unloads it this long "
+     "after its last request (default 300)"),
     ("--liveness", str, "liveness endpoint, e.g. http://0.0.0.0:8080/healthz"),
     ("--metrics-port", int, "serve Prometheus metrics on GET /metrics here (default 0 = off)"),
     ("--metrics-host", str, "address of the metrics port (default 0.0.0.0)"),
@@ -94,8 +110,9 @@ _OPTIONS: tuple[tuple[str, type, str], ...] = (
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     flags = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    if flags.get("namespaces"):
-        flags["namespaces"] = tuple(flags["namespaces"])
+    for name in ("namespaces", "balancer_urls"):
+        if flags.get(name):
+            flags[name] = tuple(flags[name])
     try:
         settings = OperatorSettings.from_sources(flags, environ)
     except ValueError as exc:

@@ -15,7 +15,9 @@ Everything that acts is the operator's own, because kopf's versions do not fit:
 - **leader election** on a coordination.k8s.io/v1 Lease (:mod:`.leader`) instead
   of kopf peering, whose dead peers count until their 60 s lifetime ends; every
   replica watches, only the Lease holder runs workers;
-- **Events** through :mod:`.recorder`, aggregated (kopf posts a new Event per call).
+- **Events** through :mod:`.recorder`, aggregated (kopf posts a new Event per call);
+- **the balancer's demand** (:mod:`.demandfeed`), polled by the leader only, for the
+  autoscaled models of every pool: each poll lets every worker re-decide.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from .demandfeed import DemandFeed
 from .execute import Executor
 from .kube import GROUP, PLURAL, VERSION, KubeAccess
 from .lanes import Lanes
@@ -65,6 +68,7 @@ class OperatorRuntime:
     executor: Executor | None = None
     recorder: EventRecorder | None = None
     elector: Elector | None = None
+    demand: DemandFeed | None = None
     pools: dict[PoolKey, dict[str, Any]] = field(default_factory=dict)
     seen: dict[PoolKey, tuple[Any, bool]] = field(default_factory=dict)
     selectors: dict[PoolKey, LabelSelector] = field(default_factory=dict)
@@ -98,9 +102,17 @@ class OperatorRuntime:
         self.leading = True
         for key in list(self.pools):
             self.ensure_worker(key)
+        if self.demand is not None:
+            self.demand.start()
+
+    def demand_polled(self) -> None:
+        for worker in list(self.workers.values()):
+            worker.on_demand()
 
     async def follow(self) -> None:
         self.leading = False
+        if self.demand is not None:
+            await self.demand.stop()
         workers, self.workers = self.workers, {}
         await asyncio.gather(*(w.stop() for w in workers.values()))
         if self.shared is not None:
@@ -162,6 +174,25 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             observer=runtime.metrics,
         )
         runtime.recorder = EventRecorder(runtime.kube, COMPONENT, s.own_identity)
+        runtime.demand = DemandFeed(
+            runtime.session,
+            urls=s.balancer_urls,
+            service=s.balancer_ref,
+            port=s.balancer_port,
+            kube=runtime.kube,
+            interval=s.demand_interval_seconds,
+            window=s.demand_window_seconds,
+            timeout=s.ollama_timeout_seconds,
+        )
+        runtime.demand.listeners.append(runtime.demand_polled)
+        if runtime.demand.configured:
+            log.info(
+                "autoscaling follows the balancer's demand at %s (mean over %.0fs)",
+                ", ".join(
+                    [*s.balancer_urls] + (["/".join(s.balancer_ref)] if s.balancer_ref else [])
+                ),
+                s.demand_window_seconds,
+            )
         runtime.shared = Shared(
             settings=s,
             session=runtime.session,
@@ -178,6 +209,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             pods=runtime.pods_of,
             gate=asyncio.Semaphore(s.reconcile_concurrency),
             observer=runtime.metrics,
+            demand=runtime.demand,
         )
         if s.standalone:
             log.info("standalone: acting without leader election (one replica only)")

@@ -149,6 +149,14 @@ class KubeAccess:
         ev = await self._call(client.CoreV1Api(self.api).read_namespaced_event, name, namespace)
         return int(ev.count or 1)
 
+    # -- the balancer's replicas (see demandfeed.py) --------------------------------------
+    async def read_endpoints(self, namespace: str, name: str) -> dict[str, Any]:
+        """The v1 Endpoints of a Service, as a dict (raises ApiException, e.g. 404)."""
+        core = client.CoreV1Api(self.api)
+        found = await self._call(core.read_namespaced_endpoints, name, namespace)
+        out: dict[str, Any] = self.api.sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
+        return out
+
     # -- the leader-election Lease (see lease.py, leader.py) ------------------------------
     async def _lease_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()

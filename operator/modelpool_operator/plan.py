@@ -33,7 +33,15 @@ Placement rules, in the order they apply:
 7. **Priorities.** Every action carries a :class:`~.state.Priority`: replacing a
    lost replica first, disk-only pulls last (see :mod:`.lanes`).
 8. **pull: loaded** keeps a model on disk only where the pool keeps it loaded:
-   a copy the pool pulled on a pod where it is not placed is deleted again.
+   a copy the pool pulled on a pod where it is not placed is deleted again
+   (autoscaled models excepted: their copies come and go, the disk copy stays for the
+   next scale-up or cold load).
+9. **Autoscaled models** get the count their demand decided (``scaled``), placed by the
+   rules above: a copy that does not fit is reported with the demand it leaves unmet,
+   never made room for.  Scaling down to zero releases the last copies' pin instead of
+   unloading them: they are loaded again with a finite keep_alive
+   (``release_keep_alive``), so Ollama unloads them once idle, never under a running
+   request, and the next request finds them warm until then.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from dataclasses import dataclass, field, replace
 
 from ollama_wire.models import InstalledModel
 
+from .autoscale import Scaled
 from .spec import ModelSpec, PoolSpec
 from .state import (
     Action,
@@ -133,8 +142,12 @@ class _Planner:
         others: Mapping[tuple[str, str], Owned],
         sizes: Mapping[str, int],
         blocked: Mapping[str, Problem],
+        scaled: Mapping[str, Scaled] | None = None,
+        release_keep_alive: float = 300.0,
     ) -> None:
         self.spec = spec
+        self.scaled = scaled or {}
+        self.release_keep_alive = release_keep_alive
         self.obs = obs
         self.others = others
         self.sizes = sizes
@@ -288,8 +301,27 @@ class _Planner:
             )
         return None
 
+    def _release(self, p: PodState, m: ModelSpec, embedding: bool) -> None:
+        """Give up the pin of a copy scaled to zero without unloading it (rule 9)."""
+        if self._counted(p, m.key) and not self._other_loaded(p.name, m.key):
+            self.used[p.name] -= p.resident[m.key].size
+        seconds = self.release_keep_alive
+        self._act(
+            ActionKind.LOAD,
+            p,
+            m.key,
+            m.name,
+            f"release: scaled to zero, unloads after {seconds:g}s idle",
+            load=replace(m, keep_alive=float(seconds)),
+            embedding=embedding,
+        )
+
     def place(self, m: ModelSpec) -> tuple[list[str], int]:
-        n = len(self.avail) if m.replicas is None else m.replicas
+        scaled = self.scaled.get(m.key) if m.autoscale is not None else None
+        if scaled is not None:
+            n = scaled.replicas
+        else:
+            n = len(self.avail) if m.replicas is None else m.replicas
         embedding = _is_embedding(m, self.obs)
         size = model_size(self.obs, m.key, self.sizes)
         forever = math.isinf(m.keep_alive)
@@ -311,7 +343,11 @@ class _Planner:
             chosen.append(p)
             nodes[p.spread_key] += 1
         for p in spare:
-            if not self._other_loaded(p.name, m.key):
+            if self._other_loaded(p.name, m.key):
+                pass  # another pool pins it: it stays, pinned, whatever this pool does
+            elif m.autoscale is not None and n == 0:
+                self._release(p, m, embedding)
+            else:
                 self._unload(p, m.key, m.name, embedding, "scale-down")
             self._set(p.name, m.key, m.name, loaded=False)
         for p in chosen:
@@ -444,10 +480,17 @@ class _Planner:
                     for p in self.avail
                     if p not in chosen
                 )
+                demand = (
+                    f" for a demand of {scaled.demand:g} ({scaled.target:g} per copy): "
+                    f"{scaled.unmet(len(chosen)):g} requests beyond what the placed copies "
+                    "serve, left unmet rather than evicting"
+                    if scaled is not None and scaled.demand is not None
+                    else ""
+                )
                 self.problems.append(
                     Problem(
                         "InsufficientVRAM",
-                        f"{m.name}: {len(chosen)}/{n} replicas placed; needs "
+                        f"{m.name}: {len(chosen)}/{n} replicas placed{demand}; needs "
                         f"{format_bytes(size or 0)} of VRAM, free: {frees}",
                         m.key,
                     )
@@ -471,7 +514,8 @@ class _Planner:
                 o = self.prev.get((p.name, m.key))
                 other = self.others.get((p.name, m.key))
                 if (
-                    o is not None
+                    m.autoscale is None
+                    and o is not None
                     and o.pulled
                     and p.name not in chosen_names
                     and m.key in p.installed
@@ -491,6 +535,8 @@ def plan(
     *,
     sizes: Mapping[str, int] | None = None,
     blocked: Mapping[str, Problem] | None = None,
+    scaled: Mapping[str, Scaled] | None = None,
+    release_keep_alive: float = 300.0,
 ) -> Plan:
     """Decide what to pull, load, unload and delete so the pods match ``spec``.
 
@@ -498,9 +544,13 @@ def plan(
     union of every other pool's ledger in the namespace (see
     :func:`state.merge_claims`); ``sizes`` are model sizes from the registry's
     manifests (model key -> bytes); ``blocked`` the models the registry refused
-    for good, with the problem to report.
+    for good, with the problem to report; ``scaled`` the counts autoscaled models'
+    demand decided (model key -> decision; a model missing there gets its
+    ``minReplicas``) and ``release_keep_alive`` the keep_alive of a copy scaled to zero.
     """
-    planner = _Planner(spec, obs, ledger, others or {}, sizes or {}, blocked or {})
+    planner = _Planner(
+        spec, obs, ledger, others or {}, sizes or {}, blocked or {}, scaled, release_keep_alive
+    )
     for p in obs.pods:
         if not p.available:
             planner.problems.append(Problem("PodUnreachable", f"pod {p.name}: {p.error}"))

@@ -13,7 +13,13 @@ needs serialised (one load at a time per pod) is serialised per pod in
 4. wait for: an action of the pool finishing (a finished pull lets the lanes
    start the load waiting for it at once; the worker re-plans), a spec or pod
    change, a pinned copy that drifted (``/api/ps`` of the pool's pods every
-   ``pin_check_seconds``), or the resync timer.
+   ``pin_check_seconds``), an autoscaled model's count changing with the
+   balancer's demand (:meth:`PoolWorker.on_demand`, after every poll of the
+   :class:`DemandSource`), or the resync timer.
+
+Autoscaled models (:mod:`.scaling`) are decided before each plan and after each
+demand poll; their decision's memory is part of the status, so a restarted
+operator resumes it.  Unknown demand holds every count where it is.
 
 A failed action fails only what depends on it (the lanes skip a load whose pull
 failed); everything else goes on.  A verdict (see :mod:`.verdicts`) blocks its
@@ -41,12 +47,15 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from .autoscale import Scaled
+from .demand import UNCONFIGURED, DemandReading
 from .kube import FINALIZER
 from .lanes import Lanes, Ticket
 from .manifests import ManifestCache
 from .observe import PodInfo, observe, residents, select
 from .plan import Plan, anticipate, model_size, plan, record, revert, serves
 from .recorder import EventSink
+from .scaling import ScaleState, initial_state, state_from_status, step
 from .settings import OperatorSettings
 from .spec import PoolSpec, SpecError, parse_pool_spec
 from .state import (
@@ -62,7 +71,15 @@ from .state import (
 from .status import build_status, invalid_spec_status
 from .verdicts import blocked_problem
 
-__all__ = ["KubeWrites", "PoolKey", "PoolWorker", "ReconcileObserver", "Shared", "StatusWriter"]
+__all__ = [
+    "DemandSource",
+    "KubeWrites",
+    "PoolKey",
+    "PoolWorker",
+    "ReconcileObserver",
+    "Shared",
+    "StatusWriter",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +104,12 @@ class KubeWrites(Protocol):
     async def set_finalizer(
         self, namespace: str, name: str, finalizers: list[str], present: bool
     ) -> None: ...
+
+
+class DemandSource(Protocol):
+    """The balancer's averaged demand (modelpool_operator.demandfeed implements it)."""
+
+    def reading(self) -> DemandReading: ...
 
 
 class ReconcileObserver(Protocol):
@@ -117,6 +140,8 @@ class Shared:
     gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
     #: told about every pass of every worker (metrics)
     observer: ReconcileObserver | None = None
+    #: the balancer's demand, for autoscaled models (None: not configured)
+    demand: DemandSource | None = None
 
     def others(self, key: PoolKey) -> dict[tuple[str, str], Owned]:
         """Claims of the other pools of the namespace (memory first, then their status)."""
@@ -218,6 +243,10 @@ class PoolWorker:
         self.plan: Plan | None = None
         self.status: dict[str, Any] | None = None
         self.reported: set[tuple[str, str]] = set()
+        #: autoscaled models' decisions, by model key
+        self.scaling: dict[str, ScaleState] = {}
+        self.reading: DemandReading = UNCONFIGURED
+        self.demand_known: bool | None = None
         self.last_full = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
@@ -318,6 +347,7 @@ class PoolWorker:
         self._drain(body)  # actions that finished while we observed
         sizes.update(self.learned)
         pending = [t.action for t in self.inflight.values()]
+        scaled, _ = self._rescale(spec, body)
         result = plan(
             spec,
             anticipate(obs, pending, sizes),
@@ -325,6 +355,8 @@ class PoolWorker:
             self.shared.others(self.key),
             sizes=sizes,
             blocked=self.blocked,
+            scaled=scaled,
+            release_keep_alive=settings.release_keep_alive_seconds,
         )
         # From here to the submit, no await: the claims are taken atomically.
         clock = time.monotonic()
@@ -355,6 +387,71 @@ class PoolWorker:
         self.status = status
         self.writer.update(status, ledger_to_annotation(self.actual))
         return result
+
+    # -- autoscaling -------------------------------------------------------------------------
+    def _rescale(self, spec: PoolSpec, body: Mapping[str, Any]) -> tuple[dict[str, Scaled], bool]:
+        """Decide every autoscaled model's count from the latest demand (an Event for each
+        change); the decisions for the plan and whether any count or memory changed."""
+        models = [m for m in spec.models if m.autoscale is not None]
+        keys = {m.key for m in models}
+        for key in list(self.scaling):
+            if key not in keys:
+                del self.scaling[key]  # no longer autoscaled: a fixed count again
+        if not models:
+            return {}, False
+        reading = self.shared.demand.reading() if self.shared.demand is not None else UNCONFIGURED
+        events = self.shared.events
+        # An Event when demand becomes unknown and when it is back (not before the first poll).
+        if not reading.pending:
+            if not reading.known and self.demand_known is not False:
+                events.post(
+                    body, "Warning", "DemandUnknown", f"{reading.error}: autoscaled counts hold"
+                )
+            elif reading.known and self.demand_known is False:
+                events.post(body, "Normal", "DemandKnown", "the balancer's demand answers again")
+            self.demand_known = reading.known
+        self.reading = reading
+        previous = {
+            str(item.get("name")): item
+            for item in ((self.status or body.get("status") or {}).get("models") or ())
+            if isinstance(item, Mapping)
+        }
+        loaded = {o.model: 0 for o in self.actual}
+        for o in self.actual:
+            loaded[o.model] += o.loaded
+        now = time.time()
+        out: dict[str, Scaled] = {}
+        changed = False
+        for m in models:
+            auto = m.autoscale
+            assert auto is not None
+            state = self.scaling.get(m.key)
+            if state is None:
+                raw = (previous.get(m.name) or {}).get("autoscale")
+                state = state_from_status(raw) or initial_state(auto, loaded.get(m.key, 0))
+            new, change = step(auto, state, reading.of(m.key), now, unknown=reading.error)
+            if change is not None:
+                kind = "ScaledUp" if change.up else "ScaledDown"
+                events.post(body, "Normal", kind, f"{m.name}: {change.reason}")
+                log.info("%s/%s: %s: %s", *self.key, m.name, change.reason)
+            changed = changed or new.memory != state.memory or m.key not in self.scaling
+            self.scaling[m.key] = new
+            out[m.key] = Scaled(new.replicas, new.demand, auto.target_requests)
+        return out, changed
+
+    def on_demand(self) -> None:
+        """A new demand poll: re-decide; a changed count re-plans at once, a changed memory
+        (a scale-down's wait starting or ending) is written to status."""
+        spec, body = self.spec, self._body()
+        if spec is None or body is None or not any(m.autoscale for m in spec.models):
+            return
+        before = {k: s.replicas for k, s in self.scaling.items()}
+        known = self.reading.known
+        _, changed = self._rescale(spec, body)
+        if {k: s.replicas for k, s in self.scaling.items()} != before:
+            self.poke()
+        elif changed or known != self.reading.known:
+            self._refresh_status()
 
     async def _sizes(self, spec: PoolSpec, obs: Observation) -> dict[str, int]:
         """Registry sizes of the models no pod has yet (verdicts go to ``blocked``)."""
@@ -393,7 +490,9 @@ class PoolWorker:
                 self.actual = record(self.actual, a)
                 self.failures.pop(a.slot, None)
                 self.cooldown.pop(a.slot, None)
-                self.shared.events.post(body, "Normal", _DONE_REASON[a.kind], a.describe())
+                released = a.kind is ActionKind.LOAD and a.reason.startswith("release")
+                reason = "Released" if released else _DONE_REASON[a.kind]
+                self.shared.events.post(body, "Normal", reason, a.describe())
                 continue
             self.ledger = revert(self.actual, self.ledger or (), [a])
             self.shared.claims[self.key] = self.ledger
@@ -430,6 +529,8 @@ class PoolWorker:
             previous_conditions=(self.status or previous).get("conditions"),
             now=_now(),
             activities=self.shared.lanes.activities(self.key),
+            scaling=self.scaling,
+            demand=self.reading,
         )
 
     def _refresh_status(self) -> None:

@@ -84,6 +84,22 @@ class OperatorSettings:
     identity: str | None = None
     """This replica's name in the Lease and as the ``reportingInstance`` of its Events;
     None = ``<hostname>/<pid>`` (the hostname is the pod name in Kubernetes)."""
+    balancer_service: str | None = None
+    """Where the balancer's demand comes from (autoscaled ModelPool models): its ops Service,
+    ``NAMESPACE/NAME`` (or ``NAME`` in the Lease's namespace).  Its Endpoints are read every
+    poll (``get`` on endpoints) and every ready replica's ``/-/fleet`` is summed."""
+    balancer_urls: tuple[str, ...] = ()
+    """Fixed balancer base URLs to poll as well (outside the cluster, development, tests)."""
+    balancer_port: str = ""
+    """Port name or number on the Service's Endpoints; empty = ``ops``, else ``http``."""
+    demand_interval_seconds: float = 5.0
+    """Poll the balancer's demand this often."""
+    demand_window_seconds: float = 60.0
+    """Autoscaling acts on the mean of the polls of this many last seconds."""
+    release_keep_alive_seconds: float = 300.0
+    """keep_alive given to the last copy of a model scaled to zero (``minReplicas: 0``):
+    the pin is released, not the copy, so Ollama unloads it this long after its last request
+    (never under a running one)."""
     liveness: str | None = None
     """kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz."""
     metrics_port: int = 0
@@ -144,6 +160,15 @@ class OperatorSettings:
             raise ValueError("the lease must last at least 3 seconds")
         if self.all_namespaces and self.namespaces:
             raise ValueError("--all-namespaces and --namespace are exclusive")
+        if self.demand_interval_seconds <= 0 or self.demand_window_seconds <= 0:
+            raise ValueError("demand interval and window must be > 0 seconds")
+        if self.release_keep_alive_seconds <= 0:
+            raise ValueError("release keep-alive must be > 0 seconds (0 would unload at once)")
+        if self.balancer_service is not None:
+            parts = self.balancer_service.split("/")
+            if len(parts) > 2 or not all(parts):
+                given = self.balancer_service
+                raise ValueError(f"balancer service must be NAMESPACE/NAME or NAME, not {given!r}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
 
@@ -163,12 +188,20 @@ class OperatorSettings:
         return plain[0] if plain else "default"
 
     @property
+    def balancer_ref(self) -> tuple[str, str] | None:
+        """(namespace, name) of the balancer's Service, if set."""
+        if not self.balancer_service:
+            return None
+        namespace, _, name = self.balancer_service.rpartition("/")
+        return (namespace or self.lease_home, name)
+
+    @property
     def own_identity(self) -> str:
         return self.identity or f"{socket.gethostname()}/{os.getpid()}"
 
 
 def _convert(name: str, text: str) -> Any:
-    if name == "namespaces":
+    if name in ("namespaces", "balancer_urls"):
         return tuple(n.strip() for n in text.split(",") if n.strip())
     if name in ("all_namespaces", "standalone", "manifest_lookup"):
         return _bool(text)

@@ -21,8 +21,13 @@ from ollama_wire.jsonvalue import JsonValue
 from ollama_wire.names import InvalidModelName, parse
 from ollama_wire.quantity import parse_quantity as _parse_quantity
 
+from .autoscale import Autoscale
+
 __all__ = [
     "ALL",
+    "AUTOSCALE_FIELDS",
+    "DEFAULT_SCALE_DOWN_DELAY",
+    "DEFAULT_TARGET_REQUESTS",
     "LabelSelector",
     "ModelSpec",
     "PoolSpec",
@@ -36,6 +41,15 @@ __all__ = [
 ALL: Literal["all"] = "all"
 
 PullPolicy = Literal["all", "loaded"]
+
+#: The per-model autoscaling fields (KubeAI's names); any of them replaces ``replicas``.
+AUTOSCALE_FIELDS = ("minReplicas", "maxReplicas", "targetRequests", "scaleDownDelaySeconds")
+#: One request in flight or queued per warm copy: Ollama's default of one slot per model
+#: (``OLLAMA_NUM_PARALLEL=1``, the chart's ``ollama.numParallel``).
+DEFAULT_TARGET_REQUESTS = 1.0
+#: Five minutes, the HorizontalPodAutoscaler's scale-down stabilization window: a warm copy
+#: costs a load (seconds to minutes) to bring back, so it is not given up for a lull.
+DEFAULT_SCALE_DOWN_DELAY = 300.0
 
 
 class SpecError(ValueError):
@@ -78,7 +92,8 @@ class ModelSpec:
     name: str
     #: canonical key (names.canonical): identity for every comparison
     key: str
-    #: pinned copies wanted; None means "all selected pods"
+    #: pinned copies wanted; None means "all selected pods".  For an autoscaled model
+    #: ``minReplicas``: the count it starts from before any demand is known.
     replicas: int | None = 1
     pull: PullPolicy = "all"
     #: seconds; math.inf = forever (Ollama's negative keep_alive)
@@ -88,6 +103,8 @@ class ModelSpec:
     options: tuple[tuple[str, Any], ...] = ()
     #: True/False when declared; None = decide from /api/tags capabilities
     embedding: bool | None = None
+    #: min/max/target/delay when the count follows demand instead of ``replicas``
+    autoscale: Autoscale | None = None
 
     @property
     def keep_alive_wire(self) -> float | int:
@@ -226,6 +243,47 @@ def _replicas(raw: JsonValue, where: str) -> int | None:
     return raw
 
 
+def _count(raw: JsonValue, where: str, lowest: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < lowest:
+        raise SpecError(f"{where}: must be an integer >= {lowest}, got {raw!r}")
+    return raw
+
+
+def _autoscale(raw: Mapping[str, Any], where: str) -> Autoscale | None:
+    """The autoscaling fields of one model, or None when it has a fixed ``replicas``."""
+    given = [f for f in AUTOSCALE_FIELDS if raw.get(f) is not None]
+    if not given:
+        return None
+    if raw.get("replicas") is not None:
+        raise SpecError(
+            f"{where}: replicas and {', '.join(given)} are exclusive: "
+            "give a fixed replicas or the autoscaling fields"
+        )
+    if raw.get("maxReplicas") is None:
+        raise SpecError(f"{where}.maxReplicas: required with {', '.join(given)}")
+    lo = _count(raw.get("minReplicas", 1), f"{where}.minReplicas", 0)
+    hi = _count(raw["maxReplicas"], f"{where}.maxReplicas", 1)
+    if hi < lo:
+        raise SpecError(f"{where}.maxReplicas: {hi} is below minReplicas {lo}")
+    target = raw.get("targetRequests", DEFAULT_TARGET_REQUESTS)
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, int | float)
+        or not math.isfinite(target)
+        or target <= 0
+    ):
+        raise SpecError(f"{where}.targetRequests: must be a number > 0, got {target!r}")
+    delay = raw.get("scaleDownDelaySeconds", DEFAULT_SCALE_DOWN_DELAY)
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < math.inf:
+        raise SpecError(f"{where}.scaleDownDelaySeconds: must be a number >= 0, got {delay!r}")
+    return Autoscale(
+        min_replicas=lo,
+        max_replicas=hi,
+        target_requests=float(target),
+        scale_down_delay=float(delay),
+    )
+
+
 def _model(raw: JsonValue, i: int) -> ModelSpec:
     where = f"spec.models[{i}]"
     if not isinstance(raw, Mapping):
@@ -258,14 +316,18 @@ def _model(raw: JsonValue, i: int) -> ModelSpec:
     embedding = raw.get("embedding")
     if embedding is not None and not isinstance(embedding, bool):
         raise SpecError(f"{where}.embedding: must be a boolean")
+    autoscale = _autoscale(raw, where)
     return ModelSpec(
         name=name,
         key=key,
-        replicas=_replicas(raw.get("replicas"), where),
+        replicas=(
+            _replicas(raw.get("replicas"), where) if autoscale is None else autoscale.min_replicas
+        ),
         pull="loaded" if pull == "loaded" else "all",
         keep_alive=keep_alive,
         options=tuple(sorted((str(k), v) for k, v in options.items())),
         embedding=embedding,
+        autoscale=autoscale,
     )
 
 

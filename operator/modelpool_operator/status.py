@@ -10,6 +10,13 @@ that does not answer, not enough VRAM or pods, a model too large for any pod, a
 model the registry refuses, an invalid spec).  ``lastTransitionTime`` only moves
 when a condition's status flips, so watchers see real transitions.
 
+Pools with autoscaled models get a fourth condition, ``ScalingActive`` (the
+HorizontalPodAutoscaler's name): True while the balancer's demand is known, False
+with why while it is not (every autoscaled count then holds).  Per autoscaled
+model, ``models[].autoscale`` carries the demand, the count decided, the reason of
+the last change and the decision's memory (:mod:`.scaling`); ``scaledReplicas``
+and ``demand`` sum them up for ``kubectl get``.
+
 A replica counts as loaded only while it is what the pool asked for: pinned
 (when the pool pins) and with the pool's ``num_ctx``.  A copy a client reloaded
 with other options, or whose pin a client's keep_alive replaced, is reported as
@@ -23,7 +30,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from .demand import DemandReading
 from .plan import Plan, format_bytes, serves
+from .scaling import ScaleState, state_to_status
 from .spec import ModelSpec, PoolSpec
 from .state import Activity, Observation, Owned, Problem, Resident, ledger_to_status
 
@@ -88,13 +97,17 @@ def build_status(
     previous_conditions: Iterable[Mapping[str, Any]] | None = None,
     now: datetime,
     activities: Sequence[Activity] = (),
+    scaling: Mapping[str, ScaleState] | None = None,
+    demand: DemandReading | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` for the pool, from the last observation and plan.
 
     ``plan`` is the plan made from ``obs``: its problems say why it cannot finish;
     ``activities`` are the actions handed out and not finished (queued or running),
-    ``plan.actions`` not among them are pending too.
+    ``plan.actions`` not among them are pending too; ``scaling`` the autoscaled models'
+    decisions (by model key) and ``demand`` the reading they were made from.
     """
+    scaling = scaling or {}
     ledger = tuple(ledger)
     loaded_by_me = {(o.pod, o.model) for o in ledger if o.loaded}
     avail = [p for p in obs.pods if p.available]
@@ -104,6 +117,8 @@ def build_status(
     drifts: list[str] = []
     satisfied = 0
     loaded_total = desired_total = 0
+    scaled_loaded = scaled_desired = 0
+    demand_total = 0.0
     for m in spec.models:
         desired = plan.desired.get(m.key, 0)
         mine = [p for p in avail if m.key in p.resident and (p.name, m.key) in loaded_by_me]
@@ -121,16 +136,21 @@ def build_status(
             not_ready.append(m.name)
         loaded_total += min(len(loaded_on), desired)
         desired_total += desired
-        models.append(
-            {
-                "name": m.name,
-                "desired": desired,
-                "pulled": len(pulled_on),
-                "loaded": len(loaded_on),
-                "pulledOn": pulled_on,
-                "loadedOn": loaded_on,
-            }
-        )
+        item: dict[str, Any] = {
+            "name": m.name,
+            "desired": desired,
+            "pulled": len(pulled_on),
+            "loaded": len(loaded_on),
+            "pulledOn": pulled_on,
+            "loadedOn": loaded_on,
+        }
+        state = scaling.get(m.key) if m.autoscale is not None else None
+        if state is not None:
+            item["autoscale"] = state_to_status(state)
+            scaled_loaded += min(len(loaded_on), desired)
+            scaled_desired += desired
+            demand_total += state.demand or 0.0
+        models.append(item)
 
     problems: list[Problem] = list(plan.problems)
     problems += [Problem("ActionFailed", f) for f in failures]
@@ -175,9 +195,50 @@ def build_status(
         "owned": ledger_to_status(ledger),
         "conditions": merge_conditions(previous_conditions, conditions, now),
     }
+    autoscaled = [m for m in spec.models if m.autoscale is not None and m.key in scaling]
+    if autoscaled:
+        known = demand is not None and demand.known
+        status["scaledReplicas"] = f"{scaled_loaded}/{scaled_desired}"
+        status["demand"] = f"{demand_total:.3g}" if known else "unknown"
+        conditions.append(_scaling_condition(autoscaled, scaling, demand, generation))
+        status["conditions"] = merge_conditions(previous_conditions, conditions, now)
     if generation is not None:
         status["observedGeneration"] = generation
     return status
+
+
+def _scaling_condition(
+    models: Sequence[ModelSpec],
+    scaling: Mapping[str, ScaleState],
+    demand: DemandReading | None,
+    generation: int | None,
+) -> dict[str, Any]:
+    if demand is None or not demand.known:
+        why = demand.error if demand is not None else "no balancer configured"
+        held = ", ".join(f"{m.name} at {scaling[m.key].replicas}" for m in models)
+        return _condition(
+            "ScalingActive",
+            False,
+            "DemandUnknown",
+            f"{why}; holding {held}",
+            generation,
+        )
+    parts = []
+    for m in models:
+        st, auto = scaling[m.key], m.autoscale
+        assert auto is not None
+        parts.append(
+            f"{m.name}: demand {st.demand or 0:.3g} at {auto.target_requests:g} per copy -> "
+            f"{st.replicas} (min {auto.min_replicas}, max {auto.max_replicas})"
+            + (f", {st.message}" if st.message else "")
+        )
+    return _condition(
+        "ScalingActive",
+        True,
+        "DemandKnown",
+        f"following the balancer's demand (mean of {demand.samples} polls): " + "; ".join(parts),
+        generation,
+    )
 
 
 def _drift(m: ModelSpec, pod: str, r: Resident) -> str:

@@ -415,6 +415,8 @@ async def test_evicted_model_is_reloaded(env: Env) -> None:
 
 
 async def test_bad_spec_is_refused_by_the_api_server(env: Env) -> None:
+    # The 1.20 API server names no field for a failed junctor: the CRD's descriptions do.
+    exclusive = '"spec.models" must not validate the schema (not)'
     cases: Sequence[tuple[dict[str, Any], str]] = [
         ({"name": "llama3.2:1b!"}, "spec.models.name in body should match"),
         ({"name": "llama3.2:1b", "replicas": -1}, "should be greater than or equal to 0"),
@@ -427,6 +429,15 @@ async def test_bad_spec_is_refused_by_the_api_server(env: Env) -> None:
             "spec.models.keepAlive in body should match",
         ),
         ({"name": "llama3.2:1b", "pull": "never"}, 'supported values: "all", "loaded"'),
+        # A fixed count or autoscaling, not both; autoscaling needs its bound.
+        ({"name": "llama3.2:1b", "replicas": 2, "maxReplicas": 3}, exclusive),
+        ({"name": "llama3.2:1b", "replicas": 1, "minReplicas": 0}, exclusive),
+        ({"name": "llama3.2:1b", "minReplicas": 1}, exclusive),
+        ({"name": "llama3.2:1b", "maxReplicas": 0}, "should be greater than or equal to 1"),
+        (
+            {"name": "llama3.2:1b", "maxReplicas": 2, "targetRequests": 0},
+            "should be greater than 0",
+        ),
     ]
     for model, message in cases:
         with pytest.raises(ApiException) as info:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from modelpool_operator.autoscale import Scaled
 from modelpool_operator.plan import anticipate, plan, record, revert, serves
 from modelpool_operator.spec import parse_pool_spec
 from modelpool_operator.state import (
@@ -91,6 +92,10 @@ class Case:
     sizes: dict[str, int] = field(default_factory=dict)
     #: models the registry refused for good, by short name -> reason
     blocked: dict[str, str] = field(default_factory=dict)
+    #: autoscaled models' decisions, by short name
+    scaled: dict[str, Scaled] = field(default_factory=dict)
+    #: expected substrings of the problems' messages
+    messages: tuple[str, ...] = ()
 
     def run(self, obs: Observation | None = None, ledger: tuple[Owned, ...] | None = None) -> Any:
         return plan(
@@ -103,6 +108,8 @@ class Case:
                 canonical(k): Problem(r, f"{k}: refused", canonical(k))
                 for k, r in self.blocked.items()
             },
+            scaled={canonical(k): v for k, v in self.scaled.items()},
+            release_keep_alive=120,
         )
 
 
@@ -497,12 +504,126 @@ CASES = [
 ]
 
 
+AUTO = {"minReplicas": 1, "maxReplicas": 4, "targetRequests": 2}
+ZERO = {"minReplicas": 0, "maxReplicas": 2}
+CASES += [
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", **AUTO}),
+            obs=obs(
+                pod("p0", "n0", resident={"a": GB}),
+                pod("p1", "n1", installed={"a": GB}),
+                pod("p2", "n0", installed={"a": GB}),
+                pod("p3", "n1", installed={"a": GB}),
+            ),
+            ledger=(own("p0", "a"),),
+            scaled={"a": Scaled(3, 5.0, 2)},
+            actions={"load a@p1", "load a@p2"},
+            targets={"a": {"p0", "p1", "p2"}},
+        ),
+        id="autoscaled: up to the decided count, spread over nodes",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", **AUTO}),
+            obs=obs(pod("p0", resident={"a": GB}), pod("p1", installed={"a": GB})),
+            ledger=(own("p0", "a"),),
+            actions=set(),
+            targets={"a": {"p0"}},
+        ),
+        id="autoscaled without a decision yet: minReplicas",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", **AUTO}),
+            obs=obs(
+                pod("p0", "n0", resident={"a": GB}),
+                pod("p1", "n1", resident={"a": GB}),
+                pod("p2", "n0", resident={"a": GB}),
+            ),
+            ledger=(own("p0", "a"), own("p1", "a"), own("p2", "a")),
+            scaled={"a": Scaled(1, 1.0, 2)},
+            actions={"unload a@p1", "unload a@p2"},
+            targets={"a": {"p0"}},
+        ),
+        id="autoscaled down to one: surplus copies unloaded",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", **ZERO}),
+            obs=obs(pod("p0", resident={"a": GB}), pod("p1", installed={"a": GB})),
+            ledger=(own("p0", "a"),),
+            scaled={"a": Scaled(0, 0.0, 1)},
+            actions={"load a@p0"},  # the release: a finite keep_alive, not an unload
+            targets={"a": set()},
+            ledger_after=set(),
+        ),
+        id="autoscaled to zero: the last copy's pin is released",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", **ZERO}),
+            obs=obs(pod("p0", resident={"a": GB})),
+            ledger=(own("p0", "a"),),
+            others=(own("p0", "a"),),
+            scaled={"a": Scaled(0, 0.0, 1)},
+            actions=set(),
+            ledger_after=set(),
+        ),
+        id="autoscaled to zero: a copy another pool pins stays pinned",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", **ZERO}),
+            obs=obs(pod("p0", transient={"a": GB}), pod("p1", installed={"a": GB})),
+            scaled={"a": Scaled(1, 0.5, 1)},
+            actions={"load a@p0"},
+            targets={"a": {"p0"}},
+        ),
+        id="from zero: the copy a request loaded is pinned again where it is",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", **AUTO}),
+            obs=obs(
+                pod("p0", resident={"a": 4 * GB}),
+                pod("p1", vram=5 * GB, installed={"a": 4 * GB}),
+                pod("p2", vram=5 * GB, resident={"b": 2 * GB}, installed={"a": 4 * GB}),
+            ),
+            ledger=(own("p0", "a"),),
+            scaled={"a": Scaled(3, 7.0, 2)},
+            actions={"load a@p1"},
+            targets={"a": {"p0", "p1"}},
+            problems={"InsufficientVRAM"},
+            messages=(
+                "a: 2/3 replicas placed for a demand of 7 (2 per copy): 3 requests beyond",
+                "free: p2 2.8 GiB",
+            ),
+        ),
+        id="autoscaled at the VRAM limit: unmet demand reported, nothing evicted",
+    ),
+    pytest.param(
+        Case(
+            spec=spec({"name": "a", "pull": "loaded", **AUTO}),
+            obs=obs(pod("p0", resident={"a": GB}), pod("p1", resident={"a": GB})),
+            ledger=(own("p0", "a", pulled=True), own("p1", "a", pulled=True)),
+            scaled={"a": Scaled(1, 0.0, 2)},
+            actions={"unload a@p1"},
+            ledger_after={"a@p0:LP", "a@p1:P"},
+        ),
+        id="autoscaled, pull: loaded: the disk copy stays for the next scale-up",
+    ),
+]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_plan(case: Case) -> None:
     result = case.run()
     got = {f"{a.kind} {short(a.model)}@{a.pod}" for a in result.actions}
     assert got == case.actions
     assert {p.reason for p in result.problems} == case.problems
+    text = "; ".join(p.message for p in result.problems)
+    assert all(m in text for m in case.messages), text
     if case.targets is not None:
         assert {short(k): set(v) for k, v in result.targets.items()} == case.targets
     if case.ledger_after is not None:
@@ -540,6 +661,23 @@ def test_plan_converges(case: Case) -> None:
     assert all(a.kind == "load" for a in second.actions), [a.describe() for a in second.actions]
     again = case.run(Observation(tuple(pods), case.obs.existing), first.ledger)
     assert again == second  # deterministic
+
+
+def test_release_keeps_the_copy_with_a_finite_keep_alive() -> None:
+    """Scale to zero loads the last copy again with the release keep_alive: Ollama unloads
+    it when idle, never under a running request; the plan's view counts its room free."""
+    s = spec({"name": "a", **ZERO})
+    o = obs(pod("p0", vram=2 * GB, resident={"a": GB}))
+    result = plan(s, o, (own("p0", "a"),), scaled={A: Scaled(0, 0.0, 1)}, release_keep_alive=120)
+    (action,) = result.actions
+    assert (action.kind, action.keep_alive, action.priority) == (
+        ActionKind.LOAD,
+        120,
+        Priority.FREE,
+    )
+    assert action.reason.startswith("release: scaled to zero")
+    after = anticipate(o, [action])
+    assert after.pods[0].resident[A].pinned is False
 
 
 def test_pulled_entry_kept_when_pod_unreachable_for_prune() -> None:

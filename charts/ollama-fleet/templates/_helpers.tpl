@@ -91,6 +91,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/* Headless Service of the Ollama StatefulSet. */}}
+{{/*
+The balancer ops Service whose Endpoints the operator polls for demand, NAMESPACE/NAME;
+empty when operator.demand is off or there is no balancer to ask.
+*/}}
+{{- define "ollama-fleet.demandService" -}}
+{{- $d := .Values.operator.demand }}
+{{- if and .Values.operator.enabled $d.enabled }}
+{{- if $d.service }}
+{{- if contains "/" $d.service }}{{ $d.service }}{{ else }}{{ printf "%s/%s" .Release.Namespace $d.service }}{{ end }}
+{{- else if .Values.balancer.enabled }}
+{{- printf "%s/%s" .Release.Namespace (include "ollama-fleet.componentName" (dict "ctx" . "component" "balancer-ops")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "ollama-fleet.ollamaName" -}}
 {{- include "ollama-fleet.componentName" (dict "ctx" . "component" "ollama") }}
 {{- end }}
@@ -162,6 +177,18 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{- end }}
 {{- if and .Values.balancer.autoscaling.enabled (gt (int .Values.balancer.autoscaling.minReplicas) (int .Values.balancer.autoscaling.maxReplicas)) }}
 {{- fail "balancer.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- $keda := .Values.ollama.autoscaling.keda }}
+{{- if $keda.enabled }}
+{{- if not .Values.ollama.enabled }}
+{{- fail "ollama.autoscaling.keda scales the chart's Ollama StatefulSet: it needs ollama.enabled=true" }}
+{{- end }}
+{{- if not $keda.prometheusServerAddress }}
+{{- fail "ollama.autoscaling.keda.enabled needs ollama.autoscaling.keda.prometheusServerAddress (the Prometheus that scrapes the balancer)" }}
+{{- end }}
+{{- if gt (int $keda.minReplicas) (int $keda.maxReplicas) }}
+{{- fail "ollama.autoscaling.keda.minReplicas must not exceed maxReplicas" }}
+{{- end }}
 {{- end }}
 {{- if and .Values.operator.enabled (gt (int .Values.operator.replicas) 1) }}
 {{- if not .Values.operator.leaderElection.enabled }}
