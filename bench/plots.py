@@ -89,7 +89,7 @@ def streaming(doc: dict[str, Any]) -> Path:
     return _save(fig, "streaming-gap-cdf.png")
 
 
-def routing(doc: dict[str, Any]) -> list[Path]:
+def routing(doc: dict[str, Any], prefix: str = "routing") -> list[Path]:
     scenarios = list(dict.fromkeys(r["scenario"] for r in doc["rows"]))
     outs = []
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.8), squeeze=False)
@@ -106,7 +106,7 @@ def routing(doc: dict[str, Any]) -> list[Path]:
             "fraction of requests",
             legend=7,
         )
-    outs.append(_save(fig, "routing-ttft-cdf.png"))
+    outs.append(_save(fig, f"{prefix}-ttft-cdf.png"))
 
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.8), squeeze=False)
     for j, sc in enumerate(scenarios):
@@ -122,14 +122,15 @@ def routing(doc: dict[str, Any]) -> list[Path]:
             "cumulative model loads (all nodes)",
             legend=7,
         )
-    outs.append(_save(fig, "routing-cold-loads.png"))
+    outs.append(_save(fig, f"{prefix}-cold-loads.png"))
     return outs
 
 
 def saturation(doc: dict[str, Any], sim: dict[str, Any] | None) -> Path:
-    """TTFT CDFs by tenant and by class; simulated policies (bench.queue_sim) dashed."""
+    """TTFT CDFs by tenant and by class; simulated policies (bench.queue_sim) dashed, only
+    while the real run lacks late binding."""
     runs = [(r, "", "-") for r in doc["rows"]]
-    if sim is not None:
+    if sim is not None and "late" not in {r["policy"] for r in doc["rows"]}:
         runs += [(r, " (simulated)", "--") for r in sim["rows"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
     for r, suffix, style in runs:
@@ -163,6 +164,8 @@ def main() -> None:
         made.append(streaming(doc))
     if doc := _load("routing"):
         made += routing(doc)
+    if doc := _load("routing-replicas"):
+        made += routing(doc, "routing-replicas")
     if doc := _load("saturation"):
         made.append(saturation(doc, _load("queue-sim")))
     for p in made:
