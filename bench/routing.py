@@ -17,7 +17,9 @@ Scenarios: ``steady`` (Poisson, Zipf), ``bursty`` (rate alternating 1.7x / 0.3x 
 Replicas (``--replicas N``, issue #12): the same traces through our balancer as 1 replica,
 N replicas sharing state through a real ``redis-server`` the benchmark starts, and N replicas
 each keeping its own counts; every set-up sits behind the same round-robin nginx front (what
-a Kubernetes Service does), so only the replicas differ.
+a Kubernetes Service does), so only the replicas differ.  One run of a trace can start a few
+more loads than the next (process timing decides which side of a poll a decision falls on),
+so ``--repeats K`` runs each set-up K times, interleaved, and compares medians.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -62,6 +65,7 @@ class Config:
     scenarios: tuple[str, ...] = ("steady", "bursty", "hot-shift")
     targets: tuple[str, ...] = POLICIES[:5]  # --litellm adds the sixth
     replicas: int = 1  # > 1: compare 1, N shared and N unshared replicas instead of policies
+    repeats: int = 1  # runs of each (scenario, policy); the replicas summary compares medians
 
 
 QUICK = Config(duration=150.0, scenarios=("steady",))
@@ -247,22 +251,25 @@ def run(cfg: Config) -> dict[str, Any]:
     rows = []
     targets = tuple(replica_setups(cfg.replicas)) if cfg.replicas > 1 else cfg.targets
     for scenario in cfg.scenarios:
-        for policy in targets:
-            if policy == "litellm least-busy" and common.litellm_binary() is None:
-                continue
-            try:
-                row = run_one(cfg, scenario, policy)
-            except (RuntimeError, TimeoutError) as exc:
-                if not policy.startswith("litellm"):
-                    raise
-                print(f"  {scenario:9s} {policy:20s} FAILED to run: {exc}", flush=True)
-                continue
-            print(
-                f"  {scenario:9s} {policy:20s} cold={row['cold_loads']:<4d} "
-                f"ttft p99={row['ttft_p99']:.1f}s failed={row['failed']}",
-                flush=True,
-            )
-            rows.append(row)
+        # Repeats interleaved, so a busier minute on the machine hits every set-up alike.
+        for rep in range(1, cfg.repeats + 1):
+            for policy in targets:
+                if policy == "litellm least-busy" and common.litellm_binary() is None:
+                    continue
+                try:
+                    row = run_one(cfg, scenario, policy)
+                except (RuntimeError, TimeoutError) as exc:
+                    if not policy.startswith("litellm"):
+                        raise
+                    print(f"  {scenario:9s} {policy:20s} FAILED to run: {exc}", flush=True)
+                    continue
+                row["run"] = rep
+                print(
+                    f"  {scenario:9s} {policy:20s} run {rep} cold={row['cold_loads']:<4d} "
+                    f"ttft p99={row['ttft_p99']:.1f}s failed={row['failed']}",
+                    flush=True,
+                )
+                rows.append(row)
     return {"rows": rows, "config": cfg.__dict__, "replica_summary": replica_summary(cfg, rows)}
 
 
@@ -270,27 +277,36 @@ def run(cfg: Config) -> dict[str, Any]:
 REPLICA_TOLERANCE = 0.10
 
 
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    vals = [float(r[key]) for r in rows if r[key] == r[key]]
+    return statistics.median(vals) if vals else float("nan")
+
+
 def replica_summary(cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per scenario: each N-replica set-up's cold loads and TTFT p99 over one replica's."""
+    """Per scenario: each N-replica set-up's cold loads and TTFT p99 (medians over the
+    runs) over one replica's."""
     if cfg.replicas <= 1:
         return []
     names = list(replica_setups(cfg.replicas))
     out = []
     for scenario in cfg.scenarios:
-        by = {r["policy"]: r for r in rows if r["scenario"] == scenario}
-        one = by.get(names[0])
-        if one is None:
+        by: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["scenario"] == scenario:
+                by.setdefault(r["policy"], []).append(r)
+        if names[0] not in by:
             continue
+        one_loads, one_ttft = _median(by[names[0]], "cold_loads"), _median(by[names[0]], "ttft_p99")
         for name in names[1:]:
-            r = by.get(name)
-            if r is None:
+            if name not in by:
                 continue
-            loads = r["cold_loads"] / one["cold_loads"] if one["cold_loads"] else float("nan")
-            ttft = r["ttft_p99"] / one["ttft_p99"] if one["ttft_p99"] else float("nan")
+            loads = _median(by[name], "cold_loads") / one_loads if one_loads else float("nan")
+            ttft = _median(by[name], "ttft_p99") / one_ttft if one_ttft else float("nan")
             out.append(
                 {
                     "scenario": scenario,
                     "setup": name,
+                    "runs": len(by[name]),
                     "cold_loads_ratio": loads,
                     "ttft_p99_ratio": ttft,
                     # "within 10%": not more than 10% worse (fewer loads or a lower p99 pass).
@@ -298,6 +314,39 @@ def replica_summary(cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, A
                 }
             )
     return out
+
+
+def _spread(rows: list[dict[str, Any]], key: str) -> str:
+    """``median (min–max)`` over runs, or the single value."""
+    vals = [float(r[key]) for r in rows if r.get(key, float("nan")) == r.get(key, float("nan"))]
+    if not vals:
+        return "—"
+
+    def f(v: float) -> str:
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+
+    if len(vals) == 1:
+        return f(vals[0])
+    return f"{f(statistics.median(vals))} ({f(min(vals))}–{f(max(vals))})"
+
+
+def medians_table(doc: dict[str, Any]) -> str:
+    """One row per (scenario, set-up): medians over the runs, with their range."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in doc["rows"]:
+        groups.setdefault((r["scenario"], r["policy"]), []).append(r)
+    rows = [
+        [sc, pol, len(rs), sum(r["failed"] for r in rs), _spread(rs, "cold_loads"),
+         _spread(rs, "evictions"), _spread(rs, "ttft_p50"), _spread(rs, "ttft_p99"),
+         _spread(rs, "proxy_cpu_s"), _spread(rs, "store_cpu_s"),
+         sum(int(r.get("fallbacks", 0)) for r in rs)]
+        for (sc, pol), rs in groups.items()
+    ]  # fmt: skip
+    return common.table(
+        ["scenario", "set-up", "runs", "failed (all runs)", "cold loads", "evictions",
+         "TTFT p50 s", "TTFT p99 s", "proxy CPU s", "redis CPU s", "fallbacks"],
+        rows,
+    )  # fmt: skip
 
 
 HEADERS = [
@@ -325,19 +374,23 @@ def render(doc: dict[str, Any]) -> str:
         return head + common.table(HEADERS, rows)
     # Replica set-ups: add the store's CPU and how often a replica fell back to local state.
     for row, r in zip(rows, doc["rows"], strict=True):
-        row += [r.get("store_cpu_s", float("nan")), r.get("fallbacks", 0)]
-    table = common.table([*HEADERS, "redis CPU s", "fallbacks"], rows)
+        row += [r.get("run", 1), r.get("store_cpu_s", float("nan")), r.get("fallbacks", 0)]
+    table = common.table([*HEADERS, "run", "redis CPU s", "fallbacks"], rows)
     summary = common.table(
-        ["scenario", "set-up", "cold loads / 1 replica", "TTFT p99 / 1 replica",
+        ["scenario", "set-up", "runs", "cold loads / 1 replica", "TTFT p99 / 1 replica",
          "within 10%?"],
-        [[x["scenario"], x["setup"], x["cold_loads_ratio"], x["ttft_p99_ratio"],
-          "yes" if x["met"] else "**no**"] for x in doc["replica_summary"]],
+        [[x["scenario"], x["setup"], x.get("runs", 1), x["cold_loads_ratio"],
+          x["ttft_p99_ratio"], "yes" if x["met"] else "**no**"]
+         for x in doc["replica_summary"]],
     )  # fmt: skip
     return (
         head
-        + "All set-ups behind one nginx round-robin front; proxy CPU s = the replicas' sum.\n\n"
-        + table
-        + "\n\nTarget (issue #12): with shared state, cold loads and TTFT p99 within 10% of one "
-        + "replica's.\n\n"
+        + "All set-ups behind one nginx round-robin front; proxy CPU s = the replicas' sum; "
+        + "values are medians over the runs (min–max).\n\n"
+        + medians_table(doc)
+        + "\n\nTarget (issue #12): with shared state, cold loads and TTFT p99 (medians) within "
+        + "10% of one replica's.\n\n"
         + summary
+        + "\n\nEvery run:\n\n"
+        + table
     )

@@ -87,6 +87,16 @@ ONE, SHARED, UNSHARED = routing.replica_setups(3)
             [],
             id="no-one-replica-row-no-ratios",
         ),
+        pytest.param(
+            [
+                *(_row(ONE, n, 20.0) for n in (10, 12, 30)),
+                *(_row(SHARED, n, p) for n, p in ((11, 60.0), (13, 21.0), (9, 22.0))),
+                _row(UNSHARED, 40, 50.0),
+                _row(SHARED, 99, 99.0, scenario="bursty"),
+            ],
+            [(SHARED, 0.92, 1.1, True), (UNSHARED, 3.33, 2.5, False)],
+            id="medians-over-runs-one-outlier-each-side",
+        ),
     ],
 )
 def test_replica_summary(
