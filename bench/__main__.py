@@ -1,4 +1,5 @@
-"""``python -m bench NAME [--smoke] [--litellm] [--policies A,B]``: run one benchmark, print it."""
+"""``python -m bench NAME [--smoke] [--litellm] [--policies A,B] [--replicas N] [--repeats K]``:
+run one benchmark, print it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def _run(
     quick: bool,
     baseline: str | None = None,
     policies: tuple[str, ...] = (),
+    replicas: int = 1,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     mod: Any = importlib.import_module(f"bench.{name}")
     cfg = mod.SMOKE if smoke else (getattr(mod, "QUICK", mod.Config()) if quick else mod.Config())
@@ -33,11 +36,17 @@ def _run(
         cfg.policies = policies
     if baseline and hasattr(cfg, "baseline"):
         cfg.baseline = baseline
+    if replicas > 1 and hasattr(cfg, "replicas"):
+        cfg.replicas = replicas
+    if repeats > 1 and hasattr(cfg, "repeats"):
+        cfg.repeats = repeats
     t = time.monotonic()
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
     text = mod.render(doc)
-    out = common.write_result(name + ("-smoke" if smoke else ""), doc, text)
+    # A replicas run is its own result (and plot), not a replacement of the policies table.
+    stem = name + ("-replicas" if getattr(cfg, "replicas", 1) > 1 else "")
+    out = common.write_result(stem + ("-smoke" if smoke else ""), doc, text)
     print(f"\ncommand: {common.command_line()}\nmachine: {common.machine()}\n")
     print(text)
     print(f"\n({doc['wall_seconds']:.0f} s; raw results: {out})")
@@ -60,7 +69,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REF",
         help="proxy: also run the balancer of git REF (e.g. main), pinned like ours, same run",
     )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="routing: 1 replica vs N sharing state (redis-server) vs N without, behind a "
+        "round-robin nginx",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        metavar="K",
+        help="routing: run each set-up K times (interleaved) and compare medians",
+    )
     args = p.parse_args(argv)
+    if args.replicas < 1 or args.repeats < 1:
+        p.error("--replicas and --repeats must be at least 1")
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped by its PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.name == "install-litellm" or args.litellm:
@@ -74,7 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name in NAMES if args.name == "all" else (args.name,):
         policies = tuple(x.strip() for x in args.policies.split(",") if x.strip())
-        _run(name, args.smoke, args.litellm, args.quick, args.baseline, policies)
+        _run(
+            name,
+            args.smoke,
+            args.litellm,
+            args.quick,
+            args.baseline,
+            policies,
+            args.replicas,
+            args.repeats,
+        )
     return 0
 
 

@@ -377,6 +377,104 @@ def start_nginx(
     return proc, url
 
 
+def start_redis(procs: Procs, cpus: str | None = None, name: str = "redis") -> tuple[Proc, str]:
+    """A real ``redis-server`` (Debian; .ci/tools.sh installs it) on loopback, no persistence,
+    stopped by its PID with everything else the benchmark started.  Returns its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "redis-server is not installed: `apt-get install redis-server` (.ci/tools.sh "
+            "installs it)"
+        )
+    port = free_port()
+    d = procs.workdir / name
+    d.mkdir(exist_ok=True)
+    argv = [
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--dir", str(d),
+    ]  # fmt: skip
+    proc = procs.start(name, argv, cpus=cpus)
+
+    def pong() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    wait_until(pong, 20, "redis-server", proc)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def shared_status(url: str) -> dict[str, Any]:
+    """The ``shared_state`` block of a balancer's ``/-/fleet``."""
+    doc: dict[str, Any] = json.loads(http_get(url + "/-/fleet")[1])
+    status: dict[str, Any] = doc["shared_state"]
+    return status
+
+
+def wait_shared(urls: Sequence[str], timeout: float = 30.0) -> None:
+    """Until every balancer at ``urls`` says its shared state is up (mode ``shared``)."""
+    wait_until(
+        lambda: all(shared_status(u).get("mode") == "shared" for u in urls),
+        timeout,
+        f"shared state up on {len(urls)} balancer(s)",
+    )
+
+
+@dataclass
+class Replicas:
+    """N balancer processes behind a round-robin nginx front (and the redis-server they share)."""
+
+    balancers: list[Proc]
+    urls: list[str]
+    front: Proc
+    url: str  # the front's
+    store: Proc | None = None
+
+    def cpu(self) -> float:
+        """Balancers' CPU seconds (the front and the store are reported apart)."""
+        return sum(p.cpu() for p in self.balancers)
+
+    def fallbacks(self) -> int:
+        """Times any replica fell back to local state (0 without a store)."""
+        if self.store is None:
+            return 0
+        return sum(int(shared_status(u).get("fallbacks", 0)) for u in self.urls)
+
+
+def start_replicas(
+    procs: Procs,
+    urls: Sequence[str],
+    replicas: int,
+    *,
+    shared: bool,
+    extra: Sequence[str] = (),
+    backend_opts: str = "",
+    policy: str = "residency",
+    cpus: str | None = None,
+    store_cpus: str | None = None,
+) -> Replicas:
+    """``replicas`` balancers in front of ``urls``, sharing a fresh redis-server when ``shared``,
+    behind nginx round-robin (what a Kubernetes Service does with several balancer pods)."""
+    store: Proc | None = None
+    flags = list(extra)
+    if shared:
+        store, store_url = start_redis(procs, cpus=store_cpus)
+        flags += ["--shared-state", store_url]
+    balancers: list[Proc] = []
+    bal_urls: list[str] = []
+    for i in range(replicas):
+        proc, url = start_balancer(
+            procs, urls, policy=policy, extra=flags, backend_opts=backend_opts, cpus=cpus,
+            name=f"balancer-{i}",
+        )  # fmt: skip
+        balancers.append(proc)
+        bal_urls.append(url)
+    if shared:
+        wait_shared(bal_urls)
+    front, url = start_nginx(procs, bal_urls, balance="round_robin", name="front")
+    return Replicas(balancers, bal_urls, front, url, store)
+
+
 LITELLM_VENV = (
     Path(os.environ.get("OLLAMA_FLEET_CACHE", Path.home() / ".cache" / "ollama-fleet"))
     / "litellm-venv"

@@ -89,15 +89,32 @@ def streaming(doc: dict[str, Any]) -> Path:
     return _save(fig, "streaming-gap-cdf.png")
 
 
-def routing(doc: dict[str, Any]) -> list[Path]:
+def routing(doc: dict[str, Any], prefix: str = "routing") -> list[Path]:
+    """TTFT CDFs and cumulative cold loads per scenario; with ``--repeats``, every run of a
+    policy in its colour (labelled once)."""
     scenarios = list(dict.fromkeys(r["scenario"] for r in doc["rows"]))
+    policies = list(dict.fromkeys(r["policy"] for r in doc["rows"]))
+    colours = {p: f"C{i % 10}" for i, p in enumerate(policies)}
     outs = []
+
+    def style(r: dict[str, Any], seen: set[str]) -> dict[str, Any]:
+        first = r["policy"] not in seen
+        seen.add(r["policy"])
+        return {
+            "color": colours[r["policy"]],
+            "label": r["policy"] if first else None,
+            "linewidth": 1.4 if first else 0.8,
+            "alpha": 1.0 if first else 0.6,
+        }
+
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.8), squeeze=False)
     for j, sc in enumerate(scenarios):
-        ax = axes[0][j]
+        ax, seen = axes[0][j], set[str]()
         for r in doc["rows"]:
-            if r["scenario"] == sc:
-                _cdf(ax, r["ttft_all"], r["policy"])
+            if r["scenario"] == sc and r["ttft_all"]:
+                xs = sorted(r["ttft_all"])
+                ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                ax.plot(xs, ys, **style(r, seen))
         ax.set_xscale("symlog", linthresh=0.1)
         _finish_axes(
             ax,
@@ -106,15 +123,16 @@ def routing(doc: dict[str, Any]) -> list[Path]:
             "fraction of requests",
             legend=7,
         )
-    outs.append(_save(fig, "routing-ttft-cdf.png"))
+    outs.append(_save(fig, f"{prefix}-ttft-cdf.png"))
 
     fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 3.8), squeeze=False)
     for j, sc in enumerate(scenarios):
-        ax = axes[0][j]
+        ax, seen = axes[0][j], set[str]()
         for r in doc["rows"]:
             if r["scenario"] == sc and r["loads_series"]:
-                xs, ys = zip(*r["loads_series"], strict=True)
-                ax.plot(xs, ys, label=r["policy"], linewidth=1.4)
+                times = [t for t, _ in r["loads_series"]]
+                loads = [n for _, n in r["loads_series"]]
+                ax.plot(times, loads, **style(r, seen))
         _finish_axes(
             ax,
             f"Cold loads over time, {sc} trace",
@@ -122,14 +140,15 @@ def routing(doc: dict[str, Any]) -> list[Path]:
             "cumulative model loads (all nodes)",
             legend=7,
         )
-    outs.append(_save(fig, "routing-cold-loads.png"))
+    outs.append(_save(fig, f"{prefix}-cold-loads.png"))
     return outs
 
 
 def saturation(doc: dict[str, Any], sim: dict[str, Any] | None) -> Path:
-    """TTFT CDFs by tenant and by class; simulated policies (bench.queue_sim) dashed."""
+    """TTFT CDFs by tenant and by class; simulated policies (bench.queue_sim) dashed, only
+    while the real run lacks late binding."""
     runs = [(r, "", "-") for r in doc["rows"]]
-    if sim is not None:
+    if sim is not None and "late" not in {r["policy"] for r in doc["rows"]}:
         runs += [(r, " (simulated)", "--") for r in sim["rows"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
     for r, suffix, style in runs:
@@ -163,6 +182,8 @@ def main() -> None:
         made.append(streaming(doc))
     if doc := _load("routing"):
         made += routing(doc)
+    if doc := _load("routing-replicas"):
+        made += routing(doc, "routing-replicas")
     if doc := _load("saturation"):
         made.append(saturation(doc, _load("queue-sim")))
     for p in made:

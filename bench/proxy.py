@@ -8,6 +8,11 @@ per streamed chunk, from the proxy's utime+stime in /proc over the measured phas
 machine shared with other work, CPU time per unit of work stays put where latencies do
 not.  Latency added at concurrency 1 and 32 and the inter-chunk p99 added at 100 and 500
 streams are measured against the emulator reached directly, in the same run.
+
+``balancer+shared`` is the same balancer with shared state on (issue #12): a slot lease taken
+in a real ``redis-server`` (pinned with the emulator, so its CPU is not the proxy's) before
+each request and released after it.  What it adds over ``balancer`` (CPU per request, p50 and
+p99 latency) is reported from the same run.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ STREAM_BODY = {
 }
 
 
+#: The balancer with shared state on, a local redis-server holding its slot leases.
+SHARED = "balancer+shared"
+
+
 @dataclass
 class Config:
     concurrency: tuple[int, ...] = (1, 32)
@@ -36,7 +45,7 @@ class Config:
     warmup: int = 2
     streams: tuple[int, ...] = (100, 500)
     tokens: int = 100  # 5 s per stream at 20 tokens/s
-    targets: tuple[str, ...] = ("direct", "balancer", "nginx")
+    targets: tuple[str, ...] = ("direct", "balancer", SHARED, "nginx")
     baseline: str | None = None  # a git ref: its balancer runs too, as "balancer@REF"
     log_level: str = "warning"  # the balancer's; "info" adds the per-request log line
 
@@ -67,6 +76,13 @@ def _endpoints(
         out["balancer"] = common.start_balancer(
             procs, urls, cpus=cores.proxy, log_level=cfg.log_level
         )
+    if SHARED in cfg.targets:
+        _, store = common.start_redis(procs, cpus=cores.load)
+        out[SHARED] = common.start_balancer(
+            procs, urls, cpus=cores.proxy, log_level=cfg.log_level, name="balancer-shared",
+            extra=["--shared-state", store],
+        )  # fmt: skip
+        common.wait_shared([out[SHARED][1]])
     if cfg.baseline:
         src = common.checkout(cfg.baseline, tmp / "baseline")
         name = f"balancer@{cfg.baseline}"
@@ -175,6 +191,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "streams": stream_rows,
         "pinning": cores.describe(),
         "summary": summary(tiny_rows, stream_rows),
+        "shared_cost": shared_cost(tiny_rows),
         "config": {k: v for k, v in cfg.__dict__.items()},
         "wrk": " ".join(common.wrk_command("URL", Path(tempfile.gettempdir()) / "post.lua", 32, 10))
         if common.wrk_binary()
@@ -204,6 +221,30 @@ def summary(tiny_rows: list[dict[str, Any]], stream_rows: list[dict[str, Any]]) 
     return out
 
 
+def shared_cost(tiny_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What shared state adds to a tiny request, per concurrency: ``balancer+shared`` minus
+    ``balancer`` (CPU µs per request, p50 and p99 ms), both measured in this run."""
+    by = {(r["target"], r["concurrency"]): r for r in tiny_rows}
+    out = []
+    for (target, c), on in by.items():
+        off = by.get(("balancer", c))
+        if target != SHARED or off is None:
+            continue
+        out.append(
+            {
+                "concurrency": c,
+                "cpu_us_per_req": on["cpu_us_per_req"] - off["cpu_us_per_req"],
+                "cpu_ratio": on["cpu_us_per_req"] / off["cpu_us_per_req"]
+                if off["cpu_us_per_req"]
+                else float("nan"),
+                "p50_ms": on["p50_ms"] - off["p50_ms"],
+                "p99_ms": on["p99_ms"] - off["p99_ms"],
+                "rps_ratio": on["rps"] / off["rps"] if off["rps"] else float("nan"),
+            }
+        )
+    return out
+
+
 def render(doc: dict[str, Any]) -> str:
     tiny_t = common.table(
         ["target", "conc", "requests", "req/s", "p50 ms", "p99 ms", "added p50 ms",
@@ -226,10 +267,21 @@ def render(doc: dict[str, Any]) -> str:
              vals["cpu_us_per_chunk"], vals["cpu_us_per_chunk_vs_nginx"]]
         )  # fmt: skip
     summary_t = common.table(["proxy", "CPU µs/req", "× nginx", "CPU µs/chunk", "× nginx"], rows)
+    cost = doc.get("shared_cost") or []
+    cost_t = ""
+    if cost:
+        cost_rows = [
+            [x["concurrency"], x["cpu_us_per_req"], x["cpu_ratio"], x["p50_ms"], x["p99_ms"],
+             x["rps_ratio"]]
+            for x in cost
+        ]  # fmt: skip
+        cost_t = "\n\nAdded by shared state (balancer+shared − balancer, same run):\n\n" + (
+            common.table(["conc", "CPU µs/req", "CPU ×", "p50 ms", "p99 ms", "req/s ×"], cost_rows)
+        )
     return (
         f"Pinning: {doc['pinning']}.\n\n"
         f"Tiny POST /api/chat (wrk, one thread):\n\n{tiny_t}\n\n"
         f"Streams of 20 tokens/s (bench.loadgen):\n\n{stream_t}\n\n"
         f"CPU per unit of work (targets: ≤ 150 µs/req and ≤ 6× nginx; ≤ 20 µs/chunk and "
-        f"≤ 2× nginx):\n\n{summary_t}"
+        f"≤ 2× nginx):\n\n{summary_t}{cost_t}"
     )

@@ -13,6 +13,13 @@ API (the only one LiteLLM speaks); TTFT is the first content chunk.
 
 Scenarios: ``steady`` (Poisson, Zipf), ``bursty`` (rate alternating 1.7x / 0.3x every 20 s),
 ``hot-shift`` (halfway through, the least popular model takes half of all traffic).
+
+Replicas (``--replicas N``, issue #12): the same traces through our balancer as 1 replica,
+N replicas sharing state through a real ``redis-server`` the benchmark starts, and N replicas
+each keeping its own counts; every set-up sits behind the same round-robin nginx front (what
+a Kubernetes Service does), so only the replicas differ.  One run of a trace can start a few
+more loads than the next (process timing decides which side of a poll a decision falls on),
+so ``--repeats K`` runs each set-up K times, interleaved, and compares medians.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -56,6 +64,8 @@ class Config:
     timeout: float = 300.0  # emulated seconds a client waits before giving up
     scenarios: tuple[str, ...] = ("steady", "bursty", "hot-shift")
     targets: tuple[str, ...] = POLICIES[:5]  # --litellm adds the sixth
+    replicas: int = 1  # > 1: compare 1, N shared and N unshared replicas instead of policies
+    repeats: int = 1  # runs of each (scenario, policy); the replicas summary compares medians
 
 
 QUICK = Config(duration=150.0, scenarios=("steady",))
@@ -69,6 +79,23 @@ SMOKE = Config(
     targets=("ollama-fleet", "least-connections", "nginx least_conn"),
     timeout=400.0,
 )
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Our balancer (residency) as ``replicas`` processes behind a round-robin front."""
+
+    replicas: int
+    shared: bool
+
+
+def replica_setups(n: int) -> dict[str, Setup]:
+    """The three set-ups of ``--replicas n``, by the name the table shows."""
+    return {
+        "1 replica": Setup(1, False),
+        f"{n} replicas, shared state": Setup(n, True),
+        f"{n} replicas, no shared state": Setup(n, False),
+    }
 
 
 def make_trace(cfg: Config, scenario: str, models: list[str]) -> list[dict[str, Any]]:
@@ -132,28 +159,42 @@ def run_one(cfg: Config, scenario: str, policy: str) -> dict[str, Any]:
     with common.workspace("routing") as (tmp, procs):
         urls = common.start_emulator(procs, fleet)
         headers: dict[str, str] = {}
-        if policy in _BALANCER_POLICY:
-            # The balancer's clocks scaled like the emulator's: a 2 s poll at 1/10 time
-            # would be a 20 s poll in the fleet's time.
-            extra = [
-                "--poll-interval", f"{max(0.1, 5 * s):g}",
-                "--default-load-seconds", f"{15 * s:g}",
-                "--default-service-seconds", f"{3 * s:g}",
-                "--stale-after", f"{max(3.0, 150 * s):g}",
-            ]  # fmt: skip
-            node = fleet["nodes"][0]
+        node = fleet["nodes"][0]
+        backend_opts = f";slots={node['num_parallel']};vram={node['vram']}"
+        # The balancer's clocks scaled like the emulator's: a 2 s poll at 1/10 time
+        # would be a 20 s poll in the fleet's time.
+        extra = [
+            "--poll-interval", f"{max(0.1, 5 * s):g}",
+            "--default-load-seconds", f"{15 * s:g}",
+            "--default-service-seconds", f"{3 * s:g}",
+            "--stale-after", f"{max(3.0, 150 * s):g}",
+        ]  # fmt: skip
+        setup = replica_setups(cfg.replicas).get(policy) if cfg.replicas > 1 else None
+        group: common.Replicas | None = None
+        measured: list[common.Proc]  # whose CPU is the proxy's (all replicas, not the front)
+        if setup is not None:
+            group = common.start_replicas(
+                procs, urls, setup.replicas, shared=setup.shared, extra=extra,
+                backend_opts=backend_opts,
+            )  # fmt: skip
+            base, measured = group.url, group.balancers
+        elif policy in _BALANCER_POLICY:
             proc, base = common.start_balancer(
-                procs,
-                urls,
-                policy=_BALANCER_POLICY[policy],
-                extra=extra,
-                backend_opts=f";slots={node['num_parallel']};vram={node['vram']}",
-            )
+                procs, urls, policy=_BALANCER_POLICY[policy], extra=extra,
+                backend_opts=backend_opts,
+            )  # fmt: skip
+            measured = [proc]
         elif policy == "nginx least_conn":
             proc, base = common.start_nginx(procs, urls)
+            measured = [proc]
         else:
             proc, base = common.start_litellm(procs, urls, models)
             headers = {"Authorization": "Bearer sk-bench"}
+            measured = [proc]
+
+        def cpu() -> float:
+            return sum(p.cpu() for p in measured)
+
         hard_timeout = (cfg.duration + cfg.timeout) * s + 60
         spec = {
             "mode": "trace",
@@ -168,14 +209,17 @@ def run_one(cfg: Config, scenario: str, policy: str) -> dict[str, Any]:
         sampler = threading.Thread(
             target=lambda: series.extend(_sample_loads(urls, stop, max(0.2, 2 * s))), daemon=True
         )
-        cpu0 = proc.cpu()
+        cpu0 = cpu()
+        store0 = group.store.cpu() if group and group.store else 0.0
         sampler.start()
         try:
             res = common.run_loadgen(tmp, spec, timeout=hard_timeout + 30)
         finally:
             stop.set()
             sampler.join(10)
-        cpu = proc.cpu() - cpu0
+        proxy_cpu = cpu() - cpu0
+        store_cpu = group.store.cpu() - store0 if group and group.store else float("nan")
+        fallbacks = group.fallbacks() if group is not None else 0
         stats = _final_stats(urls)
     recs = res["records"]
     ok = [r for r in recs if r.get("ok")]
@@ -194,7 +238,10 @@ def run_one(cfg: Config, scenario: str, policy: str) -> dict[str, Any]:
         "e2e_p50": common.pct(e2e, 50),
         "e2e_p99": common.pct(e2e, 99),
         "throughput": len(ok) / (res["elapsed"] / s),
-        "proxy_cpu_s": cpu,
+        "proxy_cpu_s": proxy_cpu,
+        "store_cpu_s": store_cpu,
+        "fallbacks": fallbacks,
+        "replicas": setup.replicas if setup else 1,
         "ttft_all": ttft,
         "loads_series": [(t / s, n) for t, n in series],
     }
@@ -202,24 +249,104 @@ def run_one(cfg: Config, scenario: str, policy: str) -> dict[str, Any]:
 
 def run(cfg: Config) -> dict[str, Any]:
     rows = []
+    targets = tuple(replica_setups(cfg.replicas)) if cfg.replicas > 1 else cfg.targets
     for scenario in cfg.scenarios:
-        for policy in cfg.targets:
-            if policy == "litellm least-busy" and common.litellm_binary() is None:
+        # Repeats interleaved, so a busier minute on the machine hits every set-up alike.
+        for rep in range(1, cfg.repeats + 1):
+            for policy in targets:
+                if policy == "litellm least-busy" and common.litellm_binary() is None:
+                    continue
+                try:
+                    row = run_one(cfg, scenario, policy)
+                except (RuntimeError, TimeoutError) as exc:
+                    if not policy.startswith("litellm"):
+                        raise
+                    print(f"  {scenario:9s} {policy:20s} FAILED to run: {exc}", flush=True)
+                    continue
+                row["run"] = rep
+                print(
+                    f"  {scenario:9s} {policy:20s} run {rep} cold={row['cold_loads']:<4d} "
+                    f"ttft p99={row['ttft_p99']:.1f}s failed={row['failed']}",
+                    flush=True,
+                )
+                rows.append(row)
+    return {"rows": rows, "config": cfg.__dict__, "replica_summary": replica_summary(cfg, rows)}
+
+
+#: Issue #12's target: N replicas sharing state within 10% of one replica.
+REPLICA_TOLERANCE = 0.10
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    vals = [float(r[key]) for r in rows if r[key] == r[key]]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def replica_summary(cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scenario: each N-replica set-up's cold loads and TTFT p99 (medians over the
+    runs) over one replica's."""
+    if cfg.replicas <= 1:
+        return []
+    names = list(replica_setups(cfg.replicas))
+    out = []
+    for scenario in cfg.scenarios:
+        by: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["scenario"] == scenario:
+                by.setdefault(r["policy"], []).append(r)
+        if names[0] not in by:
+            continue
+        one_loads, one_ttft = _median(by[names[0]], "cold_loads"), _median(by[names[0]], "ttft_p99")
+        for name in names[1:]:
+            if name not in by:
                 continue
-            try:
-                row = run_one(cfg, scenario, policy)
-            except (RuntimeError, TimeoutError) as exc:
-                if not policy.startswith("litellm"):
-                    raise
-                print(f"  {scenario:9s} {policy:20s} FAILED to run: {exc}", flush=True)
-                continue
-            print(
-                f"  {scenario:9s} {policy:20s} cold={row['cold_loads']:<4d} "
-                f"ttft p99={row['ttft_p99']:.1f}s failed={row['failed']}",
-                flush=True,
+            loads = _median(by[name], "cold_loads") / one_loads if one_loads else float("nan")
+            ttft = _median(by[name], "ttft_p99") / one_ttft if one_ttft else float("nan")
+            out.append(
+                {
+                    "scenario": scenario,
+                    "setup": name,
+                    "runs": len(by[name]),
+                    "cold_loads_ratio": loads,
+                    "ttft_p99_ratio": ttft,
+                    # "within 10%": not more than 10% worse (fewer loads or a lower p99 pass).
+                    "met": loads <= 1 + REPLICA_TOLERANCE and ttft <= 1 + REPLICA_TOLERANCE,
+                }
             )
-            rows.append(row)
-    return {"rows": rows, "config": cfg.__dict__}
+    return out
+
+
+def _spread(rows: list[dict[str, Any]], key: str) -> str:
+    """``median (min–max)`` over runs, or the single value."""
+    vals = [float(r[key]) for r in rows if r.get(key, float("nan")) == r.get(key, float("nan"))]
+    if not vals:
+        return "—"
+
+    def f(v: float) -> str:
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+
+    if len(vals) == 1:
+        return f(vals[0])
+    return f"{f(statistics.median(vals))} ({f(min(vals))}–{f(max(vals))})"
+
+
+def medians_table(doc: dict[str, Any]) -> str:
+    """One row per (scenario, set-up): medians over the runs, with their range."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in doc["rows"]:
+        groups.setdefault((r["scenario"], r["policy"]), []).append(r)
+    rows = [
+        [sc, pol, len(rs), sum(r["failed"] for r in rs), _spread(rs, "cold_loads"),
+         _spread(rs, "evictions"), _spread(rs, "ttft_p50"), _spread(rs, "ttft_p99"),
+         _spread(rs, "proxy_cpu_s"), _spread(rs, "store_cpu_s"),
+         sum(int(r.get("fallbacks", 0)) for r in rs)]
+        for (sc, pol), rs in groups.items()
+    ]  # fmt: skip
+    return common.table(
+        ["scenario", "set-up", "runs", "failed (all runs)", "cold loads", "evictions",
+         "TTFT p50 s", "TTFT p99 s", "proxy CPU s", "redis CPU s", "fallbacks"],
+        rows,
+    )  # fmt: skip
 
 
 HEADERS = [
@@ -243,4 +370,27 @@ def render(doc: dict[str, Any]) -> str:
         ]
         for r in doc["rows"]
     ]  # fmt: skip
-    return head + common.table(HEADERS, rows)
+    if not doc.get("replica_summary"):
+        return head + common.table(HEADERS, rows)
+    # Replica set-ups: add the store's CPU and how often a replica fell back to local state.
+    for row, r in zip(rows, doc["rows"], strict=True):
+        row += [r.get("run", 1), r.get("store_cpu_s", float("nan")), r.get("fallbacks", 0)]
+    table = common.table([*HEADERS, "run", "redis CPU s", "fallbacks"], rows)
+    summary = common.table(
+        ["scenario", "set-up", "runs", "cold loads / 1 replica", "TTFT p99 / 1 replica",
+         "within 10%?"],
+        [[x["scenario"], x["setup"], x.get("runs", 1), x["cold_loads_ratio"],
+          x["ttft_p99_ratio"], "yes" if x["met"] else "**no**"]
+         for x in doc["replica_summary"]],
+    )  # fmt: skip
+    return (
+        head
+        + "All set-ups behind one nginx round-robin front; proxy CPU s = the replicas' sum; "
+        + "values are medians over the runs (min–max).\n\n"
+        + medians_table(doc)
+        + "\n\nTarget (issue #12): with shared state, cold loads and TTFT p99 (medians) within "
+        + "10% of one replica's.\n\n"
+        + summary
+        + "\n\nEvery run:\n\n"
+        + table
+    )

@@ -11,10 +11,10 @@ user) ``critical`` / ``standard``.
 
 Policies (``--policies``, comma-separated):
 
-* ``early``: today's balancer, every request bound to a pod on arrival (Ollama queues it);
-* ``late``: the balancer's wait queue (``--queue on``): requests wait in the balancer by class
-  and fair share and are bound when a slot frees.  Skipped, with a note, by a balancer that
-  has no ``--queue`` flag yet.
+* ``early``: ``--no-queue``, every request bound to a pod on arrival (Ollama queues it);
+* ``late``: ``--queue`` (with ``--queue-max-wait`` and ``--queue-batch-aging``): requests wait
+  in the balancer by class and fair share and are bound when a slot frees.  Skipped, with a
+  note, by a balancer that has no ``--queue`` flag.
 
 Every policy runs twice on the same trace: with both tenants, and with the light tenant alone
 (its baseline).  Times are *emulated* seconds (real / time_scale).  TTFT = first content chunk.

@@ -1,7 +1,7 @@
 """The saturation benchmark (issue #13): its smoke run on real processes, and its simulation.
 
-The smoke run starts the emulator and the balancer for real.  Late binding runs only when
-the balancer has a ``--queue`` flag; until then the benchmark must say it skipped it.
+The smoke run starts the emulator and the balancer for real, early binding (``--no-queue``)
+against late binding (``--queue``) on the same trace.
 """
 
 from __future__ import annotations
@@ -17,25 +17,42 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_saturation_smoke() -> None:
     doc = saturation.run(saturation.SMOKE)
-    has_queue = "--queue" in saturation.balancer_flags()
-    ran = [r["policy"] for r in doc["rows"]]
-    assert ran == (["early", "late"] if has_queue else ["early"])
-    assert doc["skipped"] == ([] if has_queue else ["late"])
-    early = doc["rows"][0]
-    g = early["groups"]
-    assert g["all"]["requests"] == doc["trace_size"]
-    assert g["all"]["failed"] == 0, g["all"]
-    assert g["tenant heavy"]["requests"] > 3 * g["tenant light"]["requests"]
-    assert g["light alone"]["requests"] == g["tenant light"]["requests"]
-    assert all(not math.isnan(g[k]["ttft_p99"]) for k in ("all", "class critical", "class batch"))
-    # Offered load above capacity: with early binding requests queue inside Ollama.
+    assert [r["policy"] for r in doc["rows"]] == ["early", "late"]
+    assert doc["skipped"] == []
+    early, late = doc["rows"]
+    for row in (early, late):
+        g = row["groups"]
+        assert g["all"]["requests"] == doc["trace_size"]
+        assert g["all"]["failed"] == 0, (row["policy"], g["all"])
+        assert g["tenant heavy"]["requests"] > 3 * g["tenant light"]["requests"]
+        assert g["light alone"]["requests"] == g["tenant light"]["requests"]
+        keys = ("all", "class critical", "class batch")
+        assert all(not math.isnan(g[k]["ttft_p99"]) for k in keys)
+    e, lt = early["groups"], late["groups"]
+    # Offered load above capacity: with early binding requests queue inside Ollama ...
     assert early["ollama_waiting_peak"] > 0
     # ... and the light tenant pays for the heavy one's flood.
-    assert g["tenant light"]["ttft_p99"] > g["light alone"]["ttft_p99"]
+    assert e["tenant light"]["ttft_p99"] > e["light alone"]["ttft_p99"]
+    # Late binding: they wait in the balancer instead, critical before batch.
+    assert late["ollama_waiting_peak"] == 0
+    assert lt["class critical"]["ttft_p99"] < lt["class batch"]["ttft_p99"]
     text = saturation.render(doc)
     assert "| early | tenant light |" in text
-    if not has_queue:
-        assert "late: not run" in text
+    assert "| late | class critical |" in text
+    assert "late/early overall TTFT p99" in text
+
+
+def test_policy_flags_are_the_balancers() -> None:
+    """Every flag the benchmark passes exists in this balancer's ``--help`` (bool flags are
+    ``--queue``/``--no-queue``), so neither policy can silently run as the other."""
+    flags = saturation.balancer_flags()
+    cfg = saturation.Config()
+    early = saturation.policy_flags("early", cfg)
+    late = saturation.policy_flags("late", cfg)
+    assert early == ["--no-queue"]
+    assert late is not None and late[0] == "--queue"
+    assert {f for f in late if f.startswith("--")} <= flags
+    assert "--no-queue" in flags
 
 
 def test_unknown_policy_is_refused() -> None:
