@@ -102,7 +102,7 @@ _of_main() {
 
         # redis-server: the shared-state tests start it as a test process on loopback
         # (the package's own service does not start here: apt.sh forbids it).
-        _of_apt ca-certificates openssl etcd-server chromium nginx prometheus redis-server
+        _of_apt ca-certificates openssl etcd-server chromium nginx prometheus redis-server wrk
         # npm may come with a non-Debian nodejs (nodesource bundles it; Debian's npm conflicts).
         command -v npm >/dev/null 2>&1 || _of_apt npm
 

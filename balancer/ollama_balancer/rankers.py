@@ -254,7 +254,14 @@ def _free_vram(s: BackendState, ledger: LedgerView) -> int:
     loading = sum(
         s.installed[m].size for m in ledger.loading_sizes().get(s.name, []) if m in s.installed
     )
-    return s.backend.vram_bytes - s.vram_used - loading
+    # A load that finished after the last poll takes VRAM that /api/ps does not show yet:
+    # without it the pod looks roomy and the next cold load there makes Ollama evict.
+    fresh = sum(
+        inst.size
+        for m, inst in s.installed.items()
+        if m not in s.resident and _fresh_load(s, m, ledger)
+    )
+    return s.backend.vram_bytes - s.vram_used - loading - fresh
 
 
 def room_left(s: BackendState, ledger: LedgerView) -> int:

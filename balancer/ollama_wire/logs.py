@@ -60,6 +60,8 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
+            # A library-style call (``log.info("%s: %s", a, b)``) reads as a sentence.
+            structlog.stdlib.PositionalArgumentsFormatter(),
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

@@ -305,3 +305,19 @@ def test_least_connections_baseline_ignores_residency() -> None:
         random.Random(1),
     )
     assert d.ranked[0].backend == "b"
+
+
+def test_a_load_finished_after_the_last_poll_takes_vram() -> None:
+    """Just after a load, /api/ps has not shown it yet: the pod is not roomy for another."""
+    fleet = snap(
+        Pod("a", ["llama3", "mistral"], [], vram_gb=16),
+        Pod("b", ["mistral"], [], vram_gb=14),
+    )
+    led = ledger()
+    led.begin("a", M, cold=True, now=NOW - 5, request_id="r1")
+    led.first_byte("a", M, now=NOW - 0.5, request_id="r1")  # done after a's last poll (NOW - 1)
+    led.end("a", M, request_id="r1")
+    mistral = canonical("mistral")
+    d = route(RouteRequest(mistral, "mistral"), fleet, led, Policy(), NOW, random.Random(1))
+    # 4 of a's 16 GiB hold llama3 now (12 free): mistral goes to b (14 free)
+    assert d.ranked[0].backend == "b"
