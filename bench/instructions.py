@@ -35,11 +35,9 @@ class Config:
     streams: int = 20
     tokens: int = 200  # 10 s per stream at 20 tokens/s: the request itself is ~1/200th
     baseline: str | None = None
-    #: Extra variants of the current balancer: name -> environment (e.g. the asyncio loop).
-    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-        ("balancer", ()),
-        ("balancer+asyncio", (("OLLAMA_FLEET_LOOP", "asyncio"),)),
-    )
+    #: Variants of the current balancer: name -> environment.  Add
+    #: ``("balancer+asyncio", (("OLLAMA_FLEET_LOOP", "asyncio"),))`` to weigh uvloop.
+    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (("balancer", ()),)
 
 
 SMOKE = Config(seconds=2, streams=4, tokens=10, variants=(("balancer", ()),))

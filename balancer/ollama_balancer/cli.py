@@ -63,10 +63,8 @@ async def _main(settings: BalancerSettings) -> int:
     )
     bal = app[BALANCER]
     loop = asyncio.get_running_loop()
-    print(
-        f"ollama-fleet balancer listening on http://{settings.host}:{port} ({loop_name(loop)})",
-        flush=True,
-    )
+    print(f"ollama-fleet balancer listening on http://{settings.host}:{port}", flush=True)
+    print(f"ollama-fleet balancer event loop: {loop_name(loop)}", flush=True)
     ops_runner = None
     if settings.ops_port:
         ops_runner, ops_port = await serve(ops_app(app), settings.host, settings.ops_port)

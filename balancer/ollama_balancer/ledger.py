@@ -13,6 +13,7 @@ tie-breaking keeps replicas from herding onto the same pod.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = ["Ledger", "LoadRecord"]
@@ -71,6 +72,10 @@ class Ledger:
         for backend, model in self._loading:
             out.setdefault(backend, []).append(model)
         return out
+
+    def penalties(self) -> Mapping[str, float]:
+        """Each penalised backend's cool-down deadline (read-only; not a copy)."""
+        return self._penalties
 
     def snapshot(self) -> dict[str, object]:
         """A JSON-able view for /-/fleet and tests."""

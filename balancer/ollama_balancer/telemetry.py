@@ -8,10 +8,12 @@ pure code.  Prompt and response text is never logged.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
+import orjson
 import structlog
 
 __all__ = [
@@ -43,7 +45,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     tty = out.isatty()
     json_logs = fmt == "json" or (fmt == "auto" and not tty)
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if json_logs
         else structlog.dev.ConsoleRenderer(colors=tty)
     )
@@ -79,6 +81,15 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    """orjson for the JSON lines (one per request); the standard library for what orjson
+    refuses (an integer beyond 64 bits, a lone surrogate)."""
+    try:
+        return orjson.dumps(obj, default=kw.get("default")).decode()
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        return json.dumps(obj, **kw)
 
 
 def get_logger(name: str = LOGGER_NAME) -> structlog.stdlib.BoundLogger:

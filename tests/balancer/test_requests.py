@@ -135,3 +135,14 @@ def test_invalid_bodies(raw: bytes, message: str) -> None:
 def test_depth_limit_is_exact() -> None:
     ok = b'{"model":"x","a":' + b"[" * 62 + b"]" * 62 + b"}"
     assert parse_request(ok, "/api/chat", None).model == "x"
+
+
+def test_request_ids_are_unique_hex() -> None:
+    from ollama_balancer.context import _Ids, new_request_id
+
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    prefix = next(iter(ids))[:16]
+    _Ids.reset()  # what a forked worker does: a new random prefix
+    assert new_request_id()[:16] != prefix
