@@ -97,7 +97,7 @@ _of_main() {
         exec 9>"$cache/.lock"
         flock 9
 
-        _of_apt ca-certificates openssl etcd-server chromium nginx
+        _of_apt ca-certificates openssl etcd-server chromium nginx wrk
         # npm may come with a non-Debian nodejs (nodesource bundles it; Debian's npm conflicts).
         command -v npm >/dev/null 2>&1 || _of_apt npm
 

@@ -18,7 +18,12 @@ EXTRA = ("instructions",)
 
 
 def _run(
-    name: str, smoke: bool, litellm: bool, quick: bool, baseline: str | None = None
+    name: str,
+    smoke: bool,
+    litellm: bool,
+    quick: bool,
+    baseline: str | None = None,
+    pythons: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     mod: Any = importlib.import_module(f"bench.{name}")
     cfg = mod.SMOKE if smoke else (getattr(mod, "QUICK", mod.Config()) if quick else mod.Config())
@@ -26,6 +31,8 @@ def _run(
         cfg.targets = (*cfg.targets, "litellm")
     if baseline and hasattr(cfg, "baseline"):
         cfg.baseline = baseline
+    if pythons and hasattr(cfg, "pythons"):
+        cfg.pythons = pythons
     t = time.monotonic()
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
@@ -48,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REF",
         help="proxy: also run the balancer of git REF (e.g. main), pinned like ours, same run",
     )
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="proxy, instructions: also run the balancer on this interpreter (ollama-fleet "
+        "installed in its environment); repeatable",
+    )
     args = p.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped by its PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -61,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         plots.main()
         return 0
     for name in NAMES if args.name == "all" else (args.name,):
-        _run(name, args.smoke, args.litellm, args.quick, args.baseline)
+        _run(name, args.smoke, args.litellm, args.quick, args.baseline, tuple(args.python))
     return 0
 
 

@@ -272,6 +272,7 @@ def start_balancer(
     wrapper: Sequence[str] = (),
     env: dict[str, str] | None = None,
     ready_timeout: float = 60,
+    python: str = PY,
 ) -> tuple[Proc, str]:
     """``backend_opts`` (e.g. ``;slots=4;vram=16GiB``) tells the balancer what each node is,
     as an operator would (the chart passes OLLAMA_NUM_PARALLEL and the VRAM annotation).
@@ -279,9 +280,9 @@ def start_balancer(
     port = free_port()
     backends = ",".join(f"node-{i}={u}{backend_opts}" for i, u in enumerate(urls))
     argv = [
-        *wrapper, PY, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1", "--port", str(port),
-        "--backends", backends, "--routing-policy", policy, "--log-level", log_level,
-        "--log-format", "json", *extra,
+        *wrapper, python, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1",
+        "--port", str(port), "--backends", backends, "--routing-policy", policy,
+        "--log-level", log_level, "--log-format", "json", *extra,
     ]  # fmt: skip
     env = dict(env or {})
     if source is not None:
@@ -444,6 +445,15 @@ def checkout(ref: str, into: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def python_version(python: str) -> str:
+    """``3.12.1`` for the interpreter at ``python`` (which must have ollama-fleet installed)."""
+    out = subprocess.run(
+        [python, "-c", "import platform, ollama_fleet; print(platform.python_version())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
 
 
 # ----------------------------------------------------------------- wrk

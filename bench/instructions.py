@@ -38,6 +38,7 @@ class Config:
     #: Variants of the current balancer: name -> environment.  Add
     #: ``("balancer+asyncio", (("OLLAMA_FLEET_LOOP", "asyncio"),))`` to weigh uvloop.
     variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (("balancer", ()),)
+    pythons: tuple[str, ...] = ()  # other interpreters: "balancer@py3.12" each
 
 
 SMOKE = Config(seconds=2, streams=4, tokens=10, variants=(("balancer", ()),))
@@ -77,6 +78,7 @@ def _measure(
     source: Path | None,
     env: dict[str, str],
     streaming: bool,
+    python: str = common.PY,
 ) -> dict[str, Any]:
     dumps = common.OUT / "callgrind"
     dumps.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def _measure(
                f"--callgrind-out-file={dumps}/callgrind.%p.out"]  # fmt: skip
     proc, base = common.start_balancer(
         procs, urls, cpus=cores.proxy, name=name.replace("@", "-"), source=source,
-        wrapper=wrapper, env=env, ready_timeout=240,
+        wrapper=wrapper, env=env, ready_timeout=240, python=python,
         # No background polling inside the count; the first poll stays trusted.
         extra=["--poll-interval", "3600", "--stale-after", "100000"],
     )  # fmt: skip
@@ -133,22 +135,23 @@ def _measure(
 def run(cfg: Config) -> dict[str, Any]:
     cores = common.split_cores()
     rows: list[dict[str, Any]] = []
-    variants: list[tuple[str, Path | None, dict[str, str]]] = [
-        (name, None, dict(env)) for name, env in cfg.variants
+    variants: list[tuple[str, Path | None, dict[str, str], str]] = [
+        (name, None, dict(env), common.PY) for name, env in cfg.variants
     ]
+    variants += [(f"balancer@py{common.python_version(py)}", None, {}, py) for py in cfg.pythons]
     for streaming in (False, True):
         with common.workspace("instructions") as (tmp, procs):
             if cfg.baseline and not any(v[0].startswith("balancer@") for v in variants):
                 src = common.checkout(cfg.baseline, tmp.parent / f"bench-src-{cfg.baseline}")
-                variants.append((f"balancer@{cfg.baseline}", src, {}))
+                variants.append((f"balancer@{cfg.baseline}", src, {}, common.PY))
             fleet = stream_fleet(2, 64, cfg.tokens) if streaming else zero_fleet(2)
             urls = common.start_emulator(procs, fleet, cpus=cores.load)
-            for name, source, env in variants:
-                row = _measure(cfg, procs, tmp, urls, cores, name, source, env, streaming)
+            for name, source, env, python in variants:
+                row = _measure(cfg, procs, tmp, urls, cores, name, source, env, streaming, python)
                 key = "instructions_per_chunk" if streaming else "instructions_per_req"
                 print(f"  {name:22s} {key} {row[key]:,.0f}", flush=True)
                 rows.append(row)
-    for _, source, _ in variants:
+    for _, source, _, _ in variants:
         if source is not None:
             shutil.rmtree(source, ignore_errors=True)
     return {"rows": rows, "config": cfg.__dict__, "pinning": cores.describe()}

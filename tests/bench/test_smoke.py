@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from bench import common, control, overhead, routing, streaming
+from bench import common, control, overhead, proxy, routing, streaming
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -22,6 +22,27 @@ def _need_nginx() -> None:
             "nginx is not installed: the benchmark smoke tests compare against it; "
             "run `bash .ci/tools.sh` (it installs Debian's nginx) or `apt-get install nginx`"
         )
+
+
+def test_proxy_smoke() -> None:
+    """The isolated benchmark: pinned proxies, wrk, CPU per request and per chunk."""
+    _need_nginx()
+    if common.wrk_binary() is None:
+        pytest.fail("wrk is not installed: run `bash .ci/tools.sh` or `apt-get install wrk`")
+    doc = proxy.run(proxy.SMOKE)
+    assert {r["target"] for r in doc["tiny"]} == {"direct", "balancer", "nginx"}
+    for r in doc["tiny"]:
+        assert r["errors"] == 0 and r["requests"] > 0, r
+        assert r["p50_ms"] > 0
+    for r in doc["streams"]:
+        assert r["errors"] == 0 and r["chunks"] == 10 * 11, r  # 10 tokens + the final line
+    for target in ("balancer", "nginx"):
+        cpu = doc["summary"][target]
+        # /proc counts CPU in 10 ms ticks: nginx's share of a smoke run may round to 0.
+        assert cpu["cpu_us_per_req"] >= 0 and cpu["cpu_us_per_chunk"] >= 0, cpu
+    assert doc["summary"]["balancer"]["cpu_us_per_req"] > 0
+    text = proxy.render(doc)
+    assert "| balancer |" in text and "CPU µs/req" in text and "Pinning:" in text
 
 
 def test_overhead_smoke() -> None:
