@@ -13,8 +13,8 @@ from typing import Any
 from . import common
 
 NAMES = ("proxy", "overhead", "streaming", "routing", "control")
-#: Not part of ``all``: minutes under valgrind (instruction counts, for A/B of one change).
-EXTRA = ("instructions",)
+#: Not part of ``all``: instruction counts under valgrind (minutes), py-spy profiles.
+EXTRA = ("instructions", "profile")
 
 
 def _run(

@@ -338,8 +338,15 @@ def nginx_binary() -> str | None:
 
 
 def start_nginx(
-    procs: Procs, urls: Sequence[str], workers: int = 1, cpus: str | None = None
+    procs: Procs,
+    urls: Sequence[str],
+    workers: int = 1,
+    cpus: str | None = None,
+    wrapper: Sequence[str] = (),
+    ready_timeout: float = 20,
 ) -> tuple[Proc, str]:
+    """nginx in front of ``urls``.  With a ``wrapper`` (valgrind) it runs as one process
+    (``master_process off``), so that the wrapped process is the one serving."""
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError(
@@ -358,12 +365,13 @@ def start_nginx(
         user="user root;" if os.geteuid() == 0 else "",
     )
     (d / "nginx.conf").write_text(conf)
+    directives = "daemon off;" + (" master_process off;" if wrapper else "")
     proc = procs.start(
-        "nginx", [binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
+        "nginx", [*wrapper, binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", directives],
         children=True, cpus=cpus,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/api/version")[0] == 200, 20, "nginx", proc)
+    wait_until(lambda: http_get(url + "/api/version")[0] == 200, ready_timeout, "nginx", proc)
     return proc, url
 
 

@@ -39,9 +39,10 @@ class Config:
     #: ``("balancer+asyncio", (("OLLAMA_FLEET_LOOP", "asyncio"),))`` to weigh uvloop.
     variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (("balancer", ()),)
     pythons: tuple[str, ...] = ()  # other interpreters: "balancer@py3.12" each
+    nginx: bool = True  # nginx (one process) counted the same way, for the ratio
 
 
-SMOKE = Config(seconds=2, streams=4, tokens=10, variants=(("balancer", ()),))
+SMOKE = Config(seconds=2, streams=4, tokens=10)
 
 
 def valgrind() -> str:
@@ -84,12 +85,17 @@ def _measure(
     dumps.mkdir(parents=True, exist_ok=True)
     wrapper = [valgrind(), "--tool=callgrind", "--cache-sim=no",
                f"--callgrind-out-file={dumps}/callgrind.%p.out"]  # fmt: skip
-    proc, base = common.start_balancer(
-        procs, urls, cpus=cores.proxy, name=name.replace("@", "-"), source=source,
-        wrapper=wrapper, env=env, ready_timeout=240, python=python,
-        # No background polling inside the count; the first poll stays trusted.
-        extra=["--poll-interval", "3600", "--stale-after", "100000"],
-    )  # fmt: skip
+    if name == "nginx":
+        proc, base = common.start_nginx(
+            procs, urls, cpus=cores.proxy, wrapper=wrapper, ready_timeout=120
+        )
+    else:
+        proc, base = common.start_balancer(
+            procs, urls, cpus=cores.proxy, name=name.replace("@", "-"), source=source,
+            wrapper=wrapper, env=env, ready_timeout=240, python=python,
+            # No background polling inside the count; the first poll stays trusted.
+            extra=["--poll-interval", "3600", "--stale-after", "100000"],
+        )  # fmt: skip
     url = base + "/api/chat"
     row: dict[str, Any] = {"target": name}
     if not streaming:
@@ -167,7 +173,13 @@ def render(doc: dict[str, Any]) -> str:
          r.get("errors", 0) + r.get("stream_errors", 0)]
         for t, r in by_target.items()
     ]  # fmt: skip
+    nginx = by_target.get("nginx")
+    for row, r in zip(rows, by_target.values(), strict=True):
+        for key in ("instructions_per_req", "instructions_per_chunk"):
+            ref = nginx.get(key) if nginx else None
+            row.append(r.get(key, float("nan")) / ref if ref else float("nan"))
     return common.table(
-        ["balancer", "requests", "k instructions/req", "chunks", "k instructions/chunk", "errors"],
+        ["proxy", "requests", "k instructions/req", "chunks", "k instructions/chunk", "errors",
+         "× nginx /req", "× nginx /chunk"],
         rows,
-    )
+    )  # fmt: skip
