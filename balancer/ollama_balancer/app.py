@@ -34,6 +34,7 @@ from .record import RequestRecord
 from .routes import ROUTES, Kind
 from .settings import BalancerSettings
 from .state import BALANCER, Balancer
+from .upstream import UpstreamPool
 from .views import api_ps, api_tags, fleet_version, v1_model, v1_models
 
 __all__ = ["OPS_PATHS", "create_app", "ops_app", "serve"]
@@ -88,6 +89,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     bal.session = aiohttp.ClientSession(
         connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
     )
+    bal.proxy.pool = UpstreamPool(connect_timeout=s.connect_timeout, keepalive=UPSTREAM_KEEPALIVE)
     bal.poller = Poller(
         bal.session,
         bal.view,
@@ -114,6 +116,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         await bal.session.close()
         bal.session = None
+        bal.proxy.pool.close()
+        bal.proxy.pool = None
 
 
 #: Seconds an idle upstream connection is kept for the next request.  Ollama (Go's

@@ -36,6 +36,7 @@ from .routes import spec_for
 from .routing import Policy, RouteRequest, route
 from .settings import BalancerSettings
 from .unload import plan_unload, unload_answer
+from .upstream import AiohttpResponse, Upstream, UpstreamPool, supports
 
 __all__ = ["Proxy"]
 
@@ -103,6 +104,9 @@ class Proxy:
             total=None, sock_connect=settings.connect_timeout
         )
         self._num_ctx_pins = settings.num_ctx_pins()
+        #: The hot path's own client to plain-http pods (set by the app's lifecycle);
+        #: aiohttp's session serves https pods and everything else.
+        self.pool: UpstreamPool | None = None
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -257,18 +261,11 @@ class Proxy:
             self.ledger.begin(backend.name, req.key, cold=cold, now=self.clock(), request_id=rid)
         headers = _forwarded(request)
         t0 = self.clock()
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: Upstream | None = None
         try:
             try:
                 async with asyncio.timeout(self.settings.first_byte_timeout):
-                    upstream = await self._session().request(
-                        request.method,
-                        backend.url + request.path_qs,
-                        data=req.body,
-                        headers=headers,
-                        timeout=self._client_timeout,
-                        allow_redirects=False,
-                    )
+                    upstream = await self._send(request, req, backend, headers)
             except TimeoutError:
                 raise AttemptFailed(
                     backend.name,
@@ -309,10 +306,25 @@ class Proxy:
             if counts:
                 self.ledger.end(backend.name, req.key, request_id=rid)
 
+    async def _send(
+        self, request: web.Request, req: ParsedRequest, backend: Backend, headers: dict[str, str]
+    ) -> Upstream:
+        if self.pool is not None and request.method == "POST" and supports(backend.url):
+            return await self.pool.post(backend.url, request.path_qs, headers, req.body)
+        resp = await self._session().request(
+            request.method,
+            backend.url + request.path_qs,
+            data=req.body,
+            headers=headers,
+            timeout=self._client_timeout,
+            allow_redirects=False,
+        )
+        return AiohttpResponse(resp)
+
     async def _stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Upstream,
         backend: Backend,
         choice: Choice,
         req: ParsedRequest,
@@ -321,7 +333,7 @@ class Proxy:
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         out = resp.headers
-        for name, value in upstream.headers.items():
+        for name, value in upstream.header_items:
             if name.lower() not in _DROP_RESPONSE:
                 out.add(name, value)
         out["X-Request-ID"] = record.request_id
@@ -329,15 +341,14 @@ class Proxy:
         out["X-Route-Reason"] = f"{choice.reason}; {note}" if note else choice.reason
         record.status = upstream.status
         length = upstream.content_length
-        chunked = "chunked" in upstream.headers.get("Transfer-Encoding", "").lower()
-        if length is not None and not chunked:
+        if length is not None and not upstream.chunked:
             resp.content_length = length
         await resp.prepare(request)
         ctype = upstream.content_type
         # The relay: per chunk one read, one write, a byte count and two references kept
         # (the final metrics line may straddle the last two reads).  Silence is watched
         # by a timer that fires a few times per idle_timeout, not re-armed per chunk.
-        read = upstream.content.readany
+        read = upstream.readany
         write = resp.write
         prev = last = b""
         try:
@@ -437,10 +448,10 @@ class Proxy:
             ) from None
 
 
-async def _read_small(resp: aiohttp.ClientResponse, timeout: float) -> bytes:
+async def _read_small(resp: Upstream, timeout: float) -> bytes:
     try:
         async with asyncio.timeout(min(timeout, 10.0)):
-            return await resp.content.read(1 << 20)
+            return await resp.read(1 << 20)
     except (aiohttp.ClientError, TimeoutError, OSError):
         return b""
 

@@ -146,3 +146,12 @@ def test_request_ids_are_unique_hex() -> None:
     prefix = next(iter(ids))[:16]
     _Ids.reset()  # what a forked worker does: a new random prefix
     assert new_request_id()[:16] != prefix
+
+
+async def test_balancer_tests_run_on_the_production_loop() -> None:
+    """conftest's pytest_asyncio_loop_factories: what these tests exercise is what runs."""
+    import asyncio
+
+    from ollama_wire.loop import loop_name
+
+    assert loop_name(asyncio.get_running_loop()) == "uvloop"

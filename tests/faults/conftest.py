@@ -6,7 +6,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from tests.balancer.conftest import Rig, rig_factory  # noqa: F401
+from tests.balancer.conftest import Rig, pytest_asyncio_loop_factories, rig_factory  # noqa: F401
 
 
 def open_fds() -> int:
