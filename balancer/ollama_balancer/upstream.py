@@ -205,6 +205,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.paused = False
         self.closed = False
+        self.reusable = False  # what the parser said of the last complete response
         self.idle_since = 0.0
         self._header_name = b""
 
@@ -284,6 +285,8 @@ class _Connection(asyncio.Protocol):
         assert resp is not None
         if 100 <= resp.status < 200:
             return
+        # Asked here: once feed_data returns, the parser has reset its keep-alive flag.
+        self.reusable = self.parser.should_keep_alive()
         resp._done = True
         resp._wake()
 
@@ -303,7 +306,8 @@ class _Connection(asyncio.Protocol):
     def finish(self, reuse: bool) -> None:
         self.response = None
         self.headers_ready = None
-        if reuse and not self.closed and self.parser.should_keep_alive():
+        if reuse and not self.closed and self.reusable:
+            self.reusable = False
             self.pool.release(self)
         else:
             self.abort()
