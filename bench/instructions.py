@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,11 +146,13 @@ def run(cfg: Config) -> dict[str, Any]:
         (name, None, dict(env), common.PY) for name, env in cfg.variants
     ]
     variants += [(f"balancer@py{common.python_version(py)}", None, {}, py) for py in cfg.pythons]
+    if cfg.baseline:
+        src = common.checkout(cfg.baseline, Path(tempfile.mkdtemp(prefix="bench-src-")))
+        variants.append((f"balancer@{cfg.baseline}", src, {}, common.PY))
+    if cfg.nginx and common.nginx_binary():
+        variants.append(("nginx", None, {}, ""))
     for streaming in (False, True):
         with common.workspace("instructions") as (tmp, procs):
-            if cfg.baseline and not any(v[0].startswith("balancer@") for v in variants):
-                src = common.checkout(cfg.baseline, tmp.parent / f"bench-src-{cfg.baseline}")
-                variants.append((f"balancer@{cfg.baseline}", src, {}, common.PY))
             fleet = stream_fleet(2, 64, cfg.tokens) if streaming else zero_fleet(2)
             urls = common.start_emulator(procs, fleet, cpus=cores.load)
             for name, source, env, python in variants:
