@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,16 @@ def summarise(raw: Path, top: int) -> dict[str, Any]:
     }
 
 
-def _record(pid: int, seconds: int, out: Path) -> threading.Thread:
+def _record(pid: int, seconds: int, out: Path, after: float = 0.0) -> threading.Thread:
+    """py-spy on ``pid`` for ``seconds``, starting ``after`` seconds from now (in a thread)."""
     argv = [py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "250",
             "--format", "raw", "--output", str(out), "--nonblocking"]  # fmt: skip
-    t = threading.Thread(target=subprocess.run, args=(argv,), kwargs={"capture_output": True})
+
+    def sample() -> None:
+        time.sleep(after)
+        subprocess.run(argv, capture_output=True)
+
+    t = threading.Thread(target=sample)
     t.start()
     return t
 
@@ -109,7 +116,8 @@ def run(cfg: Config) -> dict[str, Any]:
                 spec = {"mode": "stream", "url": base + "/api/chat", "body": STREAM_BODY,
                         "streams": cfg.streams, "ramp": 1.0,
                         "duration": cfg.tokens / 20 * 4 + 30}  # fmt: skip
-                sampler = _record(proc.pid, max(1, int(cfg.tokens / 20)), raw)
+                # The streams open over the first second: sample the steady state after it.
+                sampler = _record(proc.pid, max(1, int(cfg.tokens / 20) - 2), raw, after=1.5)
                 common.run_loadgen(tmp, spec, spec["duration"] + 30, cores.load)
             sampler.join(cfg.seconds + 60)
             out[phase] = summarise(raw, cfg.top) if raw.exists() else {"samples": 0}

@@ -168,6 +168,8 @@ async def _read_body(request: web.Request, bal: Balancer) -> bytes:
         # Refuse at once instead of waiting for bytes that will be refused anyway.
         raise PayloadTooLarge(limit)
     try:
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+            return await request.read()
         async with asyncio.timeout(s.client_body_timeout):
             return await request.read()
     except TimeoutError:
