@@ -56,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         help="proxy: also run the balancer of git REF (e.g. main), pinned like ours, same run",
     )
     p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="proxy, instructions, profile: run every pinned process at niceness N "
+        "(e.g. -10 as root, against other work on a shared machine)",
+    )
+    p.add_argument(
         "--python",
         action="append",
         default=[],
@@ -64,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "installed in its environment); repeatable",
     )
     args = p.parse_args(argv)
+    common.NICE = args.nice
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped by its PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.name == "install-litellm" or args.litellm:

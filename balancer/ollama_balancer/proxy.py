@@ -68,6 +68,9 @@ _DROP_REQUEST = HOP_BY_HOP | {
 }
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 
+#: A body this small that is complete when its headers arrive is relayed without an
+#: idle watchdog: it fits the client socket's write buffer (aiohttp's 64 KiB high water).
+_AT_HAND = 64 * 1024
 #: A failure faster than this is "fast": the pod is likely broken, not busy.
 FAST_FAIL_SECONDS = 1.0
 AFFINITY_ENTRIES = 10_000
@@ -352,16 +355,25 @@ class Proxy:
         write = resp.write
         prev = last = b""
         try:
-            async with asyncio.timeout(None) as deadline:
-                watchdog = _IdleWatchdog(deadline, record, self.settings.idle_timeout)
-                try:
-                    while chunk := await read():
-                        await write(chunk)
-                        record.bytes_out += len(chunk)
-                        prev = last
-                        last = chunk
-                finally:
-                    watchdog.stop()
+            # All of it came with the headers and fits the socket's buffer: nothing can go
+            # silent, no write can wait, so no watchdog (the common small answer).
+            if upstream.at_hand(_AT_HAND):
+                while chunk := await read():
+                    await write(chunk)
+                    record.bytes_out += len(chunk)
+                    prev = last
+                    last = chunk
+            else:
+                async with asyncio.timeout(None) as deadline:
+                    watchdog = _IdleWatchdog(deadline, record, self.settings.idle_timeout)
+                    try:
+                        while chunk := await read():
+                            await write(chunk)
+                            record.bytes_out += len(chunk)
+                            prev = last
+                            last = chunk
+                    finally:
+                        watchdog.stop()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if isinstance(exc, ConnectionResetError) and request.transport is None:
                 record.client_gone = True

@@ -63,6 +63,10 @@ class Upstream(Protocol):
     content_type: str
     chunked: bool
 
+    def at_hand(self, limit: int) -> bool:
+        """The whole body is already here and is at most ``limit`` bytes."""
+        ...
+
     async def readany(self) -> bytes: ...
 
     async def read(self, limit: int = ...) -> bytes: ...
@@ -93,6 +97,9 @@ class AiohttpResponse:
         self.content_type = resp.content_type
         self.chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
         self.readany = resp.content.readany
+
+    def at_hand(self, limit: int) -> bool:
+        return False  # aiohttp's buffer is not worth asking: https pods take the long way
 
     async def read(self, limit: int = 1 << 20) -> bytes:
         return await self._resp.content.read(limit)
@@ -130,6 +137,9 @@ class UpstreamResponse:
         self.content_length: int | None = None
         self.content_type = "application/octet-stream"
         self.chunked = False
+
+    def at_hand(self, limit: int) -> bool:
+        return self._done and self._error is None and self._conn.buffered <= limit
 
     def header(self, name: str, default: str = "") -> str:
         lname = name.lower()
