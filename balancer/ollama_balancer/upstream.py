@@ -216,6 +216,8 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self.reusable = False  # what the parser said of the last complete response
+        self.reused = False  # this exchange runs on a kept-alive connection
+        self.answered = False  # some byte of this exchange's response has arrived
         self.idle_since = 0.0
         self._header_name = b""
 
@@ -228,6 +230,7 @@ class _Connection(asyncio.Protocol):
         if self.response is None:
             self.abort()  # bytes nobody asked for: the connection is not safe to reuse
             return
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -364,13 +367,25 @@ class UpstreamPool:
         """Send ``body`` to ``base_url + path_qs``; returns once the status and headers
         are in (the caller bounds that wait)."""
         host, port, host_line = self._target(base_url)
-        head = _request_head(path_qs, host_line, headers, len(body))
+        data = _request_head(path_qs, host_line, headers, len(body)) + body
         conn = await self._acquire((host, port))
+        try:
+            return await self._exchange(conn, data)
+        except ServerDisconnected:
+            if not conn.reused or conn.answered:
+                raise
+        # A kept-alive connection that the pod (or something on the way) had closed while
+        # it sat idle: not a byte of an answer came, so the request was not served.  Once
+        # more on a new connection, as Go's and urllib3's clients do.
+        return await self._exchange(await self._connect((host, port)), data)
+
+    async def _exchange(self, conn: _Connection, data: bytes) -> UpstreamResponse:
         resp = UpstreamResponse(conn)
         conn.response = resp
+        conn.answered = False
         conn.headers_ready = conn.loop.create_future()
         assert conn.transport is not None
-        conn.transport.write(head + body)
+        conn.transport.write(data)
         try:
             await conn.headers_ready
         except BaseException:
@@ -386,8 +401,12 @@ class UpstreamPool:
             transport = conn.transport
             fresh = now - conn.idle_since < self.keepalive
             if fresh and not conn.closed and transport is not None and not transport.is_closing():
+                conn.reused = True
                 return conn
             conn.abort()
+        return await self._connect(key)
+
+    async def _connect(self, key: tuple[str, int]) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):

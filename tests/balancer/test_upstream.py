@@ -249,3 +249,49 @@ async def test_a_slow_reader_pauses_the_pod_and_loses_nothing() -> None:
         assert got == payload and not conn.paused
         resp.close()
         p.close()
+
+
+async def test_a_kept_alive_connection_closed_while_idle_is_retried_once() -> None:
+    """The pod (or a middlebox) dropped the idle connection just as the next request went
+    out: not a byte came back, so it is sent again on a new connection — once."""
+    connections = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _request(reader)
+        writer.write(FIXED)
+        await writer.drain()
+        if connections == 1:
+            await _request(reader)  # the second request, on the kept-alive connection
+            writer.transport.abort()  # ... is dropped unanswered
+            return
+        await reader.read()
+
+    async with server(answer) as (url, _):
+        p = pool()
+        first = await p.post(url, "/", {}, b"1")
+        assert await first.read() == b'{"error":1}'
+        first.close()
+        second = await p.post(url, "/", {}, b"2")
+        assert second.status == 404 and await second.read() == b'{"error":1}'
+        second.close()
+        p.close()
+    assert connections == 2
+
+
+async def test_a_new_connection_dropped_unanswered_is_not_retried() -> None:
+    connections = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _request(reader)
+        writer.transport.abort()
+
+    async with server(answer) as (url, _):
+        p = pool()
+        with pytest.raises(ServerDisconnected):
+            await p.post(url, "/", {}, b"")
+        p.close()
+    assert connections == 1
