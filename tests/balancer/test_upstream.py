@@ -295,3 +295,23 @@ async def test_a_new_connection_dropped_unanswered_is_not_retried() -> None:
             await p.post(url, "/", {}, b"")
         p.close()
     assert connections == 1
+
+
+async def test_an_interim_100_continue_is_skipped() -> None:
+    """A client's `Expect: 100-continue` goes upstream with the body already sent: Go's
+    server answers 100 first, then the real response."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + FIXED)
+        await writer.drain()
+        await reader.read()
+
+    async with server(answer) as (url, _):
+        p = pool()
+        resp = await p.post(url, "/", {"Expect": "100-continue"}, b"x" * 2000)
+        assert (resp.status, resp.content_length) == (404, 11)
+        assert resp.header("Content-Type") == "application/json"
+        assert await resp.read() == b'{"error":1}'
+        resp.close()
+        p.close()
