@@ -14,8 +14,8 @@ from typing import Any
 from . import common
 
 NAMES = ("proxy", "overhead", "streaming", "routing", "control", "saturation")
-#: Not part of ``all``: minutes under valgrind (instruction counts, for A/B of one change).
-EXTRA = ("instructions",)
+#: Not part of ``all``: instruction counts under valgrind (minutes), py-spy profiles.
+EXTRA = ("instructions", "profile")
 
 
 def _run(
@@ -27,6 +27,7 @@ def _run(
     policies: tuple[str, ...] = (),
     replicas: int = 1,
     repeats: int = 1,
+    pythons: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     mod: Any = importlib.import_module(f"bench.{name}")
     cfg = mod.SMOKE if smoke else (getattr(mod, "QUICK", mod.Config()) if quick else mod.Config())
@@ -40,6 +41,8 @@ def _run(
         cfg.replicas = replicas
     if repeats > 1 and hasattr(cfg, "repeats"):
         cfg.repeats = repeats
+    if pythons and hasattr(cfg, "pythons"):
+        cfg.pythons = pythons
     t = time.monotonic()
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
@@ -84,9 +87,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="routing: run each set-up K times (interleaved) and compare medians",
     )
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="proxy, instructions, profile: run every pinned process at niceness N "
+        "(e.g. -10 as root, against other work on a shared machine)",
+    )
+    p.add_argument(
+        "--python",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="proxy, instructions: also run the balancer on this interpreter (ollama-fleet "
+        "installed in its environment); repeatable",
+    )
     args = p.parse_args(argv)
     if args.replicas < 1 or args.repeats < 1:
         p.error("--replicas and --repeats must be at least 1")
+    common.NICE = args.nice
     # SIGTERM unwinds like Ctrl-C, so every started process is stopped by its PID.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.name == "install-litellm" or args.litellm:
@@ -109,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             policies,
             args.replicas,
             args.repeats,
+            tuple(args.python),
         )
     return 0
 

@@ -57,9 +57,16 @@ def split_cores() -> Cores:
     return Cores(str(cpus[-1]), ",".join(str(c) for c in cpus[:-1]))
 
 
+#: ``--nice N``: a niceness for every pinned process (the proxies, the emulator, the load
+#: generators).  On a machine shared with other work, a negative one (root only) keeps the
+#: others from taking the measured CPUs; 0 (the default) leaves the scheduler alone.
+NICE = 0
+
+
 def pinned(argv: Sequence[str], cpus: str | None) -> list[str]:
-    """``argv`` under ``taskset -c cpus`` (taskset execs it: the PID is the program's)."""
-    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+    """``argv`` under ``taskset -c cpus`` (taskset and nice exec it: the PID is the program's)."""
+    out = ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+    return ["nice", "-n", str(NICE), *out] if NICE and cpus else out
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -275,6 +282,7 @@ def start_balancer(
     wrapper: Sequence[str] = (),
     env: dict[str, str] | None = None,
     ready_timeout: float = 60,
+    python: str = PY,
 ) -> tuple[Proc, str]:
     """``backend_opts`` (e.g. ``;slots=4;vram=16GiB``) tells the balancer what each node is,
     as an operator would (the chart passes OLLAMA_NUM_PARALLEL and the VRAM annotation).
@@ -282,9 +290,9 @@ def start_balancer(
     port = free_port()
     backends = ",".join(f"node-{i}={u}{backend_opts}" for i, u in enumerate(urls))
     argv = [
-        *wrapper, PY, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1", "--port", str(port),
-        "--backends", backends, "--routing-policy", policy, "--log-level", log_level,
-        "--log-format", "json", *extra,
+        *wrapper, python, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1",
+        "--port", str(port), "--backends", backends, "--routing-policy", policy,
+        "--log-level", log_level, "--log-format", "json", *extra,
     ]  # fmt: skip
     env = dict(env or {})
     if source is not None:
@@ -344,11 +352,15 @@ def start_nginx(
     urls: Sequence[str],
     workers: int = 1,
     cpus: str | None = None,
+    wrapper: Sequence[str] = (),
+    ready_timeout: float = 20,
     *,
     balance: str = "least_conn",
     name: str = "nginx",
 ) -> tuple[Proc, str]:
-    """nginx in front of ``urls``: ``balance`` is ``least_conn`` or ``round_robin``."""
+    """nginx in front of ``urls``: ``balance`` is ``least_conn`` or ``round_robin``.  With a
+    ``wrapper`` (valgrind) it runs as one process (``master_process off``), so that the
+    wrapped process is the one serving."""
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError(
@@ -368,12 +380,15 @@ def start_nginx(
         balance="least_conn;" if balance == "least_conn" else "# round-robin (nginx's default)",
     )
     (d / "nginx.conf").write_text(conf)
+    directives = "daemon off;" + (" master_process off;" if wrapper else "")
     proc = procs.start(
-        name, [binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
+        name, [*wrapper, binary, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", directives],
         children=True, cpus=cpus,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/")[0] == 200, 20, "nginx", proc)  # "/" needs no key
+    wait_until(
+        lambda: http_get(url + "/")[0] == 200, ready_timeout, "nginx", proc
+    )  # "/" needs no key
     return proc, url
 
 
@@ -553,6 +568,15 @@ def checkout(ref: str, into: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
+
+
+def python_version(python: str) -> str:
+    """``3.12.1`` for the interpreter at ``python`` (which must have ollama-fleet installed)."""
+    out = subprocess.run(
+        [python, "-c", "import platform, ollama_fleet; print(platform.python_version())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.strip()
 
 
 # ----------------------------------------------------------------- wrk

@@ -10,14 +10,19 @@ counts of the same variant agree within a fraction of a percent, so this is how 
 change is measured against another (``--baseline REF``), and where the time goes
 (``callgrind_annotate`` on the dumps kept in ``bench/out/callgrind/``).
 
-Instructions are not seconds (a cache miss costs more than an add), so the
-seconds-based :mod:`bench.proxy` stays the benchmark of record for the targets.
+Instructions are not seconds (a cache miss costs more than an add) and callgrind counts
+user space only — the kernel's share of a proxy's work (sockets, epoll), most of nginx's,
+is not in them — so the seconds-based :mod:`bench.proxy` stays the benchmark of record
+for the targets and for ratios to nginx.  Per chunk, the count also depends on how many
+lines one upstream read carries (a proxy slowed down by valgrind reads several at once),
+so streams are few and slow: 8 at 20 tokens/s.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +37,17 @@ from .proxy import BODY, STREAM_BODY
 class Config:
     seconds: int = 8  # measured wrk run (after a warm-up of the same length)
     connections: int = 8
-    streams: int = 20
+    streams: int = 8
     tokens: int = 200  # 10 s per stream at 20 tokens/s: the request itself is ~1/200th
     baseline: str | None = None
-    #: Extra variants of the current balancer: name -> environment (e.g. the asyncio loop).
-    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-        ("balancer", ()),
-        ("balancer+asyncio", (("OLLAMA_FLEET_LOOP", "asyncio"),)),
-    )
+    #: Variants of the current balancer: name -> environment.  Add
+    #: ``("balancer+asyncio", (("OLLAMA_FLEET_LOOP", "asyncio"),))`` to weigh uvloop.
+    variants: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (("balancer", ()),)
+    pythons: tuple[str, ...] = ()  # other interpreters: "balancer@py3.12" each
+    nginx: bool = True  # nginx (one process) counted the same way, for the ratio
 
 
-SMOKE = Config(seconds=2, streams=4, tokens=10, variants=(("balancer", ()),))
+SMOKE = Config(seconds=2, streams=4, tokens=10)
 
 
 def valgrind() -> str:
@@ -79,17 +84,23 @@ def _measure(
     source: Path | None,
     env: dict[str, str],
     streaming: bool,
+    python: str = common.PY,
 ) -> dict[str, Any]:
     dumps = common.OUT / "callgrind"
     dumps.mkdir(parents=True, exist_ok=True)
     wrapper = [valgrind(), "--tool=callgrind", "--cache-sim=no",
                f"--callgrind-out-file={dumps}/callgrind.%p.out"]  # fmt: skip
-    proc, base = common.start_balancer(
-        procs, urls, cpus=cores.proxy, name=name.replace("@", "-"), source=source,
-        wrapper=wrapper, env=env, ready_timeout=240,
-        # No background polling inside the count; the first poll stays trusted.
-        extra=["--poll-interval", "3600", "--stale-after", "100000"],
-    )  # fmt: skip
+    if name == "nginx":
+        proc, base = common.start_nginx(
+            procs, urls, cpus=cores.proxy, wrapper=wrapper, ready_timeout=120
+        )
+    else:
+        proc, base = common.start_balancer(
+            procs, urls, cpus=cores.proxy, name=name.replace("@", "-"), source=source,
+            wrapper=wrapper, env=env, ready_timeout=240, python=python,
+            # No background polling inside the count; the first poll stays trusted.
+            extra=["--poll-interval", "3600", "--stale-after", "100000"],
+        )  # fmt: skip
     url = base + "/api/chat"
     row: dict[str, Any] = {"target": name}
     if not streaming:
@@ -135,22 +146,25 @@ def _measure(
 def run(cfg: Config) -> dict[str, Any]:
     cores = common.split_cores()
     rows: list[dict[str, Any]] = []
-    variants: list[tuple[str, Path | None, dict[str, str]]] = [
-        (name, None, dict(env)) for name, env in cfg.variants
+    variants: list[tuple[str, Path | None, dict[str, str], str]] = [
+        (name, None, dict(env), common.PY) for name, env in cfg.variants
     ]
+    variants += [(f"balancer@py{common.python_version(py)}", None, {}, py) for py in cfg.pythons]
+    if cfg.baseline:
+        src = common.checkout(cfg.baseline, Path(tempfile.mkdtemp(prefix="bench-src-")))
+        variants.append((f"balancer@{cfg.baseline}", src, {}, common.PY))
+    if cfg.nginx and common.nginx_binary():
+        variants.append(("nginx", None, {}, ""))
     for streaming in (False, True):
         with common.workspace("instructions") as (tmp, procs):
-            if cfg.baseline and not any(v[0].startswith("balancer@") for v in variants):
-                src = common.checkout(cfg.baseline, tmp.parent / f"bench-src-{cfg.baseline}")
-                variants.append((f"balancer@{cfg.baseline}", src, {}))
             fleet = stream_fleet(2, 64, cfg.tokens) if streaming else zero_fleet(2)
             urls = common.start_emulator(procs, fleet, cpus=cores.load)
-            for name, source, env in variants:
-                row = _measure(cfg, procs, tmp, urls, cores, name, source, env, streaming)
+            for name, source, env, python in variants:
+                row = _measure(cfg, procs, tmp, urls, cores, name, source, env, streaming, python)
                 key = "instructions_per_chunk" if streaming else "instructions_per_req"
                 print(f"  {name:22s} {key} {row[key]:,.0f}", flush=True)
                 rows.append(row)
-    for _, source, _ in variants:
+    for _, source, _, _ in variants:
         if source is not None:
             shutil.rmtree(source, ignore_errors=True)
     return {"rows": rows, "config": cfg.__dict__, "pinning": cores.describe()}
@@ -166,7 +180,13 @@ def render(doc: dict[str, Any]) -> str:
          r.get("errors", 0) + r.get("stream_errors", 0)]
         for t, r in by_target.items()
     ]  # fmt: skip
+    nginx = by_target.get("nginx")
+    for row, r in zip(rows, by_target.values(), strict=True):
+        for key in ("instructions_per_req", "instructions_per_chunk"):
+            ref = nginx.get(key) if nginx else None
+            row.append(r.get(key, float("nan")) / ref if ref else float("nan"))
     return common.table(
-        ["balancer", "requests", "k instructions/req", "chunks", "k instructions/chunk", "errors"],
+        ["proxy", "requests", "k instructions/req", "chunks", "k instructions/chunk", "errors",
+         "× nginx /req", "× nginx /chunk"],
         rows,
-    )
+    )  # fmt: skip

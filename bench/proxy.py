@@ -48,6 +48,7 @@ class Config:
     targets: tuple[str, ...] = ("direct", "balancer", SHARED, "nginx")
     baseline: str | None = None  # a git ref: its balancer runs too, as "balancer@REF"
     log_level: str = "warning"  # the balancer's; "info" adds the per-request log line
+    pythons: tuple[str, ...] = ()  # other interpreters: "balancer@py3.12" each
 
 
 SMOKE = Config(concurrency=(1, 8), seconds=1, warmup=0, streams=(10,), tokens=10)
@@ -89,6 +90,12 @@ def _endpoints(
         out[name] = common.start_balancer(
             procs, urls, cpus=cores.proxy, name="baseline", source=src, log_level=cfg.log_level
         )
+    for python in cfg.pythons:
+        name = f"balancer@py{common.python_version(python)}"
+        out[name] = common.start_balancer(
+            procs, urls, cpus=cores.proxy, name=name.replace("@", "-"), python=python,
+            log_level=cfg.log_level,
+        )  # fmt: skip
     if "nginx" in cfg.targets:
         out["nginx"] = common.start_nginx(procs, urls, cpus=cores.proxy)
     return out

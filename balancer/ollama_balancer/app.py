@@ -11,11 +11,13 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from ollama_wire import OLLAMA_VERSION
+from ollama_wire.loop import loop_name
 from ollama_wire.names import InvalidModelName, canonical
 
 from .admin import Admin
@@ -35,6 +37,7 @@ from .settings import BalancerSettings
 from .shared.factory import create_shared_state
 from .state import BALANCER, Balancer
 from .telemetry import get_logger
+from .upstream import UpstreamPool
 from .views import api_ps, api_tags, fleet_version, v1_model, v1_models
 
 __all__ = ["OPS_PATHS", "create_app", "ops_app", "serve"]
@@ -90,10 +93,11 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     bal = app[BALANCER]
     s = bal.settings
-    connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+    connector = aiohttp.TCPConnector(**_pool_options(asyncio.get_running_loop()))
     bal.session = aiohttp.ClientSession(
         connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
     )
+    bal.proxy.pool = UpstreamPool(connect_timeout=s.connect_timeout, keepalive=UPSTREAM_KEEPALIVE)
     bal.poller = Poller(
         bal.session,
         bal.view,
@@ -122,6 +126,32 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await bal.shared.close()
         await bal.session.close()
         bal.session = None
+        bal.proxy.pool.close()
+        bal.proxy.pool = None
+
+
+#: Seconds an idle upstream connection is kept for the next request.  Ollama (Go's
+#: net/http, no IdleTimeout) keeps them forever; aiohttp servers (the emulator) close
+#: theirs after 75 s: closing first means never sending on a connection being closed.
+UPSTREAM_KEEPALIVE = 60.0
+
+
+def _pool_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """The upstream connection pool: keep-alive per backend, no limit of its own.
+
+    Routing already bounds what each pod gets (its slots, then Ollama's own queue); a
+    connector limit would only add a second, invisible queue in front of Ollama's.
+    Closed-TLS-transport cleanup (a timer every 2 s) is for asyncio's own loop on the
+    Pythons that leak them; uvloop has its own TLS.
+    """
+    leaks = bool(getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", True))
+    return {
+        "limit": 0,
+        "limit_per_host": 0,
+        "keepalive_timeout": UPSTREAM_KEEPALIVE,
+        "ttl_dns_cache": 10,  # DNS discovery re-resolves on its own schedule anyway
+        "enable_cleanup_closed": leaks and loop_name(loop) == "asyncio",
+    }
 
 
 def _fan_out(listeners: list[Callable[[PollResult], None]]) -> Callable[[PollResult], None]:

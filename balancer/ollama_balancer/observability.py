@@ -16,6 +16,7 @@ gzip), ``GET /-/fleet`` (JSON, see
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -205,6 +206,12 @@ def demand_view(bal: Balancer) -> DemandView:
     return DemandView(inflight, queued, slots, expected)
 
 
+def _enabled(log: Any, level: int) -> bool:
+    """Whether ``log`` writes ``level`` (structlog's stdlib and filtering loggers both say)."""
+    check = getattr(log, "is_enabled_for", None)
+    return True if check is None else bool(check(level))
+
+
 class _PenaltyWatch:
     """Counts cool-downs by watching the ledger's penalty deadlines move forward.
 
@@ -242,17 +249,19 @@ def install(app: web.Application) -> None:
 
     def on_record(record: RequestRecord) -> None:
         if not noteworthy(record):
-            log.debug(EVENT_REQUEST, **request_fields(record, request_sample(record, snap())))
+            if _enabled(log, logging.DEBUG):
+                log.debug(EVENT_REQUEST, **request_fields(record, request_sample(record, snap())))
             return
         sample = request_sample(record, snap())
         metrics.observe_request(sample)
         for backend in penalties.new(bal.ledger.penalties()):
             metrics.observe_penalty(backend)
-        fields = request_fields(record, sample)
+        # The log event's fields are built only when a line will be written.
         if record.status >= 500 and not record.client_gone:
-            log.warning(EVENT_REQUEST, **fields)
-        else:
-            log.info(EVENT_REQUEST, **fields)
+            if _enabled(log, logging.WARNING):
+                log.warning(EVENT_REQUEST, **request_fields(record, sample))
+        elif _enabled(log, logging.INFO):
+            log.info(EVENT_REQUEST, **request_fields(record, sample))
 
     def on_change(change: FleetChange) -> None:
         metrics.observe_change(change.kind)

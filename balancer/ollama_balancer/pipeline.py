@@ -173,8 +173,11 @@ async def _read_body(request: web.Request, bal: Balancer) -> bytes:
         # Refuse at once instead of waiting for bytes that will be refused anyway.
         raise PayloadTooLarge(limit)
     try:
-        async with asyncio.timeout(s.client_body_timeout):
+        if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(s.client_body_timeout):
+                raw = await request.read()
     except TimeoutError:
         raise RequestTimeout(
             f"request body not received within {s.client_body_timeout:g}s"

@@ -42,6 +42,7 @@ from .shared.model import Learned, Lease
 from .shared.protocol import SharedState
 from .tokens import TokenCorrection, TokenEstimate, estimate_tokens
 from .unload import plan_unload, unload_answer
+from .upstream import AiohttpResponse, Upstream, UpstreamPool, supports
 from .waitroom import WaitRoom
 
 __all__ = ["Proxy"]
@@ -75,6 +76,9 @@ _DROP_REQUEST = HOP_BY_HOP | {
 }
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "date", "server"}
 
+#: A body this small that is complete when its headers arrive is relayed without an
+#: idle watchdog: it fits the client socket's write buffer (aiohttp's 64 KiB high water).
+_AT_HAND = 64 * 1024
 #: A failure faster than this is "fast": the pod is likely broken, not busy.
 FAST_FAIL_SECONDS = 1.0
 
@@ -148,6 +152,9 @@ class Proxy:
             view.subscribe(lambda _change: self._slot_freed())
             # A slot freed here or on another replica (through the store): dispatch now.
             self.shared.on_slot_freed(lambda _freed: self._slot_freed())
+        #: The hot path's own client to plain-http pods (set by the app's lifecycle);
+        #: aiohttp's session serves https pods and everything else.
+        self.pool: UpstreamPool | None = None
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -479,18 +486,11 @@ class Proxy:
         headers = _forwarded(request)
         answered = False
         t0 = self.clock()
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: Upstream | None = None
         try:
             try:
                 async with asyncio.timeout(self.settings.first_byte_timeout):
-                    upstream = await self._session().request(
-                        request.method,
-                        backend.url + request.path_qs,
-                        data=req.body,
-                        headers=headers,
-                        timeout=self._client_timeout,
-                        allow_redirects=False,
-                    )
+                    upstream = await self._send(request, req, backend, headers)
             except TimeoutError:
                 raise AttemptFailed(
                     backend.name,
@@ -529,10 +529,25 @@ class Proxy:
                 upstream.close()  # idempotent after a complete read; aborts a live one
             await self._release_firmly(claim, record, answered)
 
+    async def _send(
+        self, request: web.Request, req: ParsedRequest, backend: Backend, headers: dict[str, str]
+    ) -> Upstream:
+        if self.pool is not None and request.method == "POST" and supports(backend.url):
+            return await self.pool.post(backend.url, request.path_qs, headers, req.body)
+        resp = await self._session().request(
+            request.method,
+            backend.url + request.path_qs,
+            data=req.body,
+            headers=headers,
+            timeout=self._client_timeout,
+            allow_redirects=False,
+        )
+        return AiohttpResponse(resp)
+
     async def _stream(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Upstream,
         backend: Backend,
         choice: Choice,
         req: ParsedRequest,
@@ -542,7 +557,7 @@ class Proxy:
     ) -> web.StreamResponse:
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         out = resp.headers
-        for name, value in upstream.headers.items():
+        for name, value in upstream.header_items:
             if name.lower() not in _DROP_RESPONSE:
                 out.add(name, value)
         out["X-Request-ID"] = record.request_id
@@ -552,28 +567,36 @@ class Proxy:
             out["X-Queue-Wait"] = f"{record.queue_wait:.3f}"
         record.status = upstream.status
         length = upstream.content_length
-        chunked = "chunked" in upstream.headers.get("Transfer-Encoding", "").lower()
-        if length is not None and not chunked:
+        if length is not None and not upstream.chunked:
             resp.content_length = length
         await resp.prepare(request)
         ctype = upstream.content_type
         # The relay: per chunk one read, one write, a byte count and two references kept
         # (the final metrics line may straddle the last two reads).  Silence is watched
         # by a timer that fires a few times per idle_timeout, not re-armed per chunk.
-        read = upstream.content.readany
+        read = upstream.readany
         write = resp.write
         prev = last = b""
         try:
-            async with asyncio.timeout(None) as deadline:
-                watchdog = _IdleWatchdog(deadline, record, self.settings.idle_timeout)
-                try:
-                    while chunk := await read():
-                        await write(chunk)
-                        record.bytes_out += len(chunk)
-                        prev = last
-                        last = chunk
-                finally:
-                    watchdog.stop()
+            # All of it came with the headers and fits the socket's buffer: nothing can go
+            # silent, no write can wait, so no watchdog (the common small answer).
+            if upstream.at_hand(_AT_HAND):
+                while chunk := await read():
+                    await write(chunk)
+                    record.bytes_out += len(chunk)
+                    prev = last
+                    last = chunk
+            else:
+                async with asyncio.timeout(None) as deadline:
+                    watchdog = _IdleWatchdog(deadline, record, self.settings.idle_timeout)
+                    try:
+                        while chunk := await read():
+                            await write(chunk)
+                            record.bytes_out += len(chunk)
+                            prev = last
+                            last = chunk
+                    finally:
+                        watchdog.stop()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if isinstance(exc, ConnectionResetError) and request.transport is None:
                 record.client_gone = True
@@ -670,10 +693,10 @@ class Proxy:
             ) from None
 
 
-async def _read_small(resp: aiohttp.ClientResponse, timeout: float) -> bytes:
+async def _read_small(resp: Upstream, timeout: float) -> bytes:
     try:
         async with asyncio.timeout(min(timeout, 10.0)):
-            return await resp.content.read(1 << 20)
+            return await resp.read(1 << 20)
     except (aiohttp.ClientError, TimeoutError, OSError):
         return b""
 

@@ -8,12 +8,14 @@ this module only decides how a record looks on the wire.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import TextIO
+from typing import Any, TextIO
 
+import orjson
 import structlog
 
 __all__ = ["LogFormat", "configure_logging", "get_logger"]
@@ -47,7 +49,7 @@ def configure_logging(
     tty = out.isatty()
     json_logs = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not tty)
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_dumps)
         if json_logs
         else structlog.dev.ConsoleRenderer(colors=tty)
     )
@@ -84,6 +86,15 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    """orjson for the JSON lines (one per request); the standard library for what orjson
+    refuses (an integer beyond 64 bits, a lone surrogate)."""
+    try:
+        return orjson.dumps(obj, default=kw.get("default")).decode()
+    except (orjson.JSONEncodeError, UnicodeDecodeError):
+        return json.dumps(obj, **kw)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from ollama_balancer.state import BALANCER, Balancer
 from ollama_emulator import EmulatedFleet, NodeConfig
+from ollama_wire.loop import loop_factory
 from tests.rig import start_balanced_fleet, until
 
 
@@ -57,6 +59,15 @@ def nodes(*specs: tuple[str, Sequence[str], Sequence[str]], **kw: Any) -> list[N
         )
         for i, (name, installed, loaded) in enumerate(specs)
     ]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The balancer's tests run on the loop production runs on (ollama_wire.loop): uvloop,
+    unless OLLAMA_FLEET_LOOP=asyncio."""
+    factory = loop_factory()
+    return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture

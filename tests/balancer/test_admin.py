@@ -136,7 +136,10 @@ async def test_pull_fanout_follows_the_slowest_pod(rig_factory: RigFactory) -> N
         NodeConfig(name="fast", host="127.0.0.10", pull_bandwidth=5e10),
         NodeConfig(name="slow", host="127.0.0.11", pull_bandwidth=5e7),
     ]
-    rig = await rig_factory(configs, admin="fanout")
+    # 0.02: the emulated download's 0.05 s ticks are 1 ms real.  At 0.01 they are 0.5 ms,
+    # which uvloop (millisecond timers) rounds to 0: the slow pod then finishes its 2 GB
+    # inside one progress interval and there is no partial bar to check.
+    rig = await rig_factory(configs, admin="fanout", time_scale=0.02)
     slow = rig.node("slow")
     partial = 0
     async with rig.session.post(rig.url + "/api/pull", json={"model": M}) as resp:

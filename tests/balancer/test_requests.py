@@ -135,3 +135,23 @@ def test_invalid_bodies(raw: bytes, message: str) -> None:
 def test_depth_limit_is_exact() -> None:
     ok = b'{"model":"x","a":' + b"[" * 62 + b"]" * 62 + b"}"
     assert parse_request(ok, "/api/chat", None).model == "x"
+
+
+def test_request_ids_are_unique_hex() -> None:
+    from ollama_balancer.context import _Ids, new_request_id
+
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    prefix = next(iter(ids))[:16]
+    _Ids.reset()  # what a forked worker does: a new random prefix
+    assert new_request_id()[:16] != prefix
+
+
+async def test_balancer_tests_run_on_the_production_loop() -> None:
+    """conftest's pytest_asyncio_loop_factories: what these tests exercise is what runs."""
+    import asyncio
+
+    from ollama_wire.loop import loop_name
+
+    assert loop_name(asyncio.get_running_loop()) == "uvloop"

@@ -37,16 +37,23 @@ def test_proxy_smoke_with_shared_state() -> None:
     for r in doc["tiny"]:
         assert r["errors"] == 0, r
         assert r["requests"] > 0, r
+        assert r["p50_ms"] > 0, r
     for r in doc["streams"]:
         assert r["errors"] == 0, r
-        assert r["chunks"] > 0, r
+        assert r["chunks"] == 10 * 11, r  # 10 streams × (10 tokens + the final line)
+    for target in ("balancer", "nginx"):
+        cpu = doc["summary"][target]
+        # /proc counts CPU in 10 ms ticks: nginx's share of a smoke run may round to 0.
+        assert cpu["cpu_us_per_req"] >= 0 and cpu["cpu_us_per_chunk"] >= 0, cpu
+    assert doc["summary"]["balancer"]["cpu_us_per_req"] > 0
     shared = [r for r in doc["tiny"] if r["target"] == proxy.SHARED]
     assert all(r["cpu_us_per_req"] > 0 for r in shared)
     cost = doc["shared_cost"]
     assert [x["concurrency"] for x in cost] == list(proxy.SMOKE.concurrency)
     assert all(not math.isnan(x["cpu_us_per_req"]) for x in cost)
     text = proxy.render(doc)
-    assert "| balancer+shared |" in text
+    assert "| balancer+shared |" in text and "| balancer |" in text
+    assert "CPU µs/req" in text and "Pinning:" in text
     assert "Added by shared state" in text
 
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from tests.balancer.conftest import Rig, rig_factory  # noqa: F401
+from tests.balancer.conftest import Rig, pytest_asyncio_loop_factories, rig_factory  # noqa: F401
 
 
 def open_fds() -> int:
@@ -49,11 +49,13 @@ async def assert_settled(rig: Rig, base: Baseline, *, fd_slack: int = 2) -> None
     await rig.until(lambda: rig.bal.ledger.total_inflight() == 0, timeout=10)
     snap = rig.bal.ledger.snapshot()
     assert snap["inflight"] == [] and snap["loading"] == [], snap
-    # Idle keep-alive connections are pooled, not leaked: close both pools (the
-    # test client's and the balancer's), then every server-side connection task
+    # Idle keep-alive connections are pooled, not leaked: close the pools (the test
+    # client's and the balancer's two), then every server-side connection task
     # and socket must go away.
     await rig.session.connector.close()  # type: ignore[union-attr]
     await rig.bal.http().connector.close()  # type: ignore[union-attr]
+    if rig.bal.proxy.pool is not None:  # the proxy's own keep-alive connections to the pods
+        rig.bal.proxy.pool.close()
     deadline = asyncio.get_running_loop().time() + 10
     while len(asyncio.all_tasks()) > base.tasks or open_fds() > base.fds + fd_slack:
         if asyncio.get_running_loop().time() > deadline:

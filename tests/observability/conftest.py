@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_balancer.state import BALANCER, Balancer
 from ollama_emulator import EmulatedFleet, EmulatedNode, NodeConfig
+from tests.balancer.conftest import pytest_asyncio_loop_factories  # noqa: F401
 from tests.rig import start_balanced_fleet, until
 
 __all__ = ["Rig", "RigFactory", "Scrape", "labels", "node", "until"]

@@ -207,6 +207,12 @@ async def test_failover_counts_retries_failures_penalties_and_a_pod_going_down(
     rig = await rig_factory(
         [node("a", [LLAMA], [LLAMA]), node("b", [LLAMA], [LLAMA])], poll_interval=30
     )
+    # The poller's own first round (it starts with one) must not land after the stop below.
+    poller = rig.bal().poller
+    assert poller is not None
+    async with asyncio.timeout(10):
+        while poller.rounds < 2:
+            await asyncio.sleep(0.01)
     await rig.node("a").stop_listening()  # refused: a fast failure, still routable until polled
     sent = 0
     async with asyncio.timeout(20):

@@ -1,3 +1,3 @@
 """Security tests reuse the balancer rig: emulated nodes + a balancer, all on loopback."""
 
-from tests.balancer.conftest import rig_factory  # noqa: F401
+from tests.balancer.conftest import pytest_asyncio_loop_factories, rig_factory  # noqa: F401
