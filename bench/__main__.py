@@ -12,7 +12,7 @@ from typing import Any
 
 from . import common
 
-NAMES = ("proxy", "overhead", "streaming", "routing", "control", "saturation")
+NAMES = ("proxy", "overhead", "streaming", "routing", "control", "saturation", "autoscale")
 #: Not part of ``all``: minutes under valgrind (instruction counts, for A/B of one change).
 EXTRA = ("instructions",)
 
