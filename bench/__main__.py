@@ -13,7 +13,7 @@ from typing import Any
 
 from . import common
 
-NAMES = ("proxy", "overhead", "streaming", "routing", "control", "saturation")
+NAMES = ("proxy", "overhead", "streaming", "routing", "control", "saturation", "autoscale")
 #: Not part of ``all``: instruction counts under valgrind (minutes), py-spy profiles.
 EXTRA = ("instructions", "profile")
 

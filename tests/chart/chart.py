@@ -192,7 +192,8 @@ def validate_modelpools(objs: Iterable[Mapping[str, Any]]) -> int:
     """Rendered ModelPools against the CRD's own openAPIV3Schema; returns how many."""
     import jsonschema
 
-    validator = jsonschema.Draft7Validator(crd_schema())
+    # OpenAPI v3.0 schemas are JSON Schema draft 4's dialect (a boolean exclusiveMinimum).
+    validator = jsonschema.Draft4Validator(crd_schema())
     n = 0
     for obj in objs:
         if obj["kind"] != "ModelPool":

@@ -27,6 +27,7 @@ from tests.chart.chart import (
     render,
     run_helm,
     template_args,
+    validate_modelpools,
 )
 from tests.kube.cluster import KubeCluster, install_crd
 
@@ -244,3 +245,30 @@ def test_crd_is_reference_data_not_copied() -> None:
         copies = list((ROOT / where).rglob("keda.sh_scaledobjects.yaml"))
         assert copies == [], copies
     assert "Apache-2.0" in (KEDA_CRD.parent / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("model", "ok"),
+    [
+        ({"name": "a", "maxReplicas": 2, "targetRequests": 0.5}, True),
+        ({"name": "a", "minReplicas": 0, "maxReplicas": 2}, True),
+        ({"name": "a", "replicas": 1, "maxReplicas": 2}, False),
+        ({"name": "a", "scaleDownDelaySeconds": 60}, False),
+        ({"name": "a", "maxReplicas": 2, "targetRequests": 0}, False),
+    ],
+)
+def test_modelpool_values_validate_autoscaling_as_the_api_server_does(
+    model: dict[str, Any], ok: bool
+) -> None:
+    """Chart values' ModelPools are checked against the CRD the way 1.20 checks them."""
+    pool = {
+        "apiVersion": "ollamafleet.io/v1alpha1",
+        "kind": "ModelPool",
+        "metadata": {"name": "x"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "models": [model]},
+    }
+    if ok:
+        assert validate_modelpools([pool]) == 1
+    else:
+        with pytest.raises(AssertionError):
+            validate_modelpools([pool])
