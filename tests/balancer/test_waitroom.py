@@ -54,17 +54,26 @@ def bearer(key: str, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", **extra}
 
 
+def send(rig: Rig, n: int, first: int = 0) -> list[asyncio.Future[Any]]:
+    """``n`` chats from the bulk key, in flight concurrently (numbered from ``first``)."""
+    return [
+        asyncio.ensure_future(rig.post("/api/chat", chat(first + i), headers=bearer("bulk-key")))
+        for i in range(n)
+    ]
+
+
+def busy_slots(rig: Rig) -> int:
+    return sum(r.in_flight for r in runners(rig))
+
+
 async def test_at_saturation_requests_wait_in_the_balancer(
     rig_factory: RigFactory, tmp_path: Path
 ) -> None:
     rig = await queued_rig(rig_factory, tmp_path)
     room = rig.bal.proxy.waitroom
     assert room is not None
-    sent = [
-        asyncio.ensure_future(rig.post("/api/chat", chat(i), headers=bearer("bulk-key")))
-        for i in range(6)
-    ]
-    await rig.until(lambda: room.waiting() == 4 and sum(r.in_flight for r in runners(rig)) == 2)
+    sent = send(rig, 6)
+    await rig.until(lambda: room.waiting() == 4 and busy_slots(rig) == 2)
     assert all(r.waiting == 0 for r in runners(rig))  # nothing queued inside "Ollama"
     fleet = await (await rig.session.get(rig.url + "/-/fleet")).json()
     assert fleet["queues"] == [
@@ -98,11 +107,8 @@ async def test_critical_behind_fifty_batch_is_served_next(
     rig = await queued_rig(rig_factory, tmp_path)
     room = rig.bal.proxy.waitroom
     assert room is not None
-    first = [
-        asyncio.ensure_future(rig.post("/api/chat", chat(i), headers=bearer("bulk-key")))
-        for i in range(2)
-    ]
-    await rig.until(lambda: sum(r.in_flight for r in runners(rig)) == 2)
+    first = send(rig, 2)
+    await rig.until(lambda: busy_slots(rig) == 2)
     batch = [
         asyncio.ensure_future(
             rig.post(
@@ -132,12 +138,9 @@ async def test_a_request_cancelled_while_queued_never_reaches_a_pod(
     rig = await queued_rig(rig_factory, tmp_path)
     room = rig.bal.proxy.waitroom
     assert room is not None
-    held = [
-        asyncio.ensure_future(rig.post("/api/chat", chat(i), headers=bearer("bulk-key")))
-        for i in range(2)
-    ]
-    await rig.until(lambda: sum(r.in_flight for r in runners(rig)) == 2)
-    leaving = asyncio.ensure_future(rig.post("/api/chat", chat(7), headers=bearer("bulk-key")))
+    held = send(rig, 2)
+    await rig.until(lambda: busy_slots(rig) == 2)
+    (leaving,) = send(rig, 1, first=7)
     await rig.until(lambda: room.waiting() == 1)
     leaving.cancel()
     await asyncio.gather(leaving, return_exceptions=True)
@@ -166,11 +169,8 @@ async def test_a_full_queue_answers_429_with_retry_after(
     rig = await queued_rig(rig_factory, tmp_path, queue_max_per_model=1)
     room = rig.bal.proxy.waitroom
     assert room is not None
-    held = [
-        asyncio.ensure_future(rig.post("/api/chat", chat(i), headers=bearer("bulk-key")))
-        for i in range(3)
-    ]
-    await rig.until(lambda: room.waiting() == 1 and sum(r.in_flight for r in runners(rig)) == 2)
+    held = send(rig, 3)
+    await rig.until(lambda: room.waiting() == 1 and busy_slots(rig) == 2)
     resp = await rig.post(path, body, headers=bearer("bulk-key"))
     assert resp.status == 429
     assert int(resp.headers["Retry-After"]) >= 1

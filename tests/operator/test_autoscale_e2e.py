@@ -209,6 +209,17 @@ async def _reasons(env: Env, pool: str) -> list[str]:
     return [r for _, r, _ in await env.events(pool)]
 
 
+def autoscaled(name: str, lo: int, hi: int, target: float, delay: int) -> dict[str, Any]:
+    """A ModelPool model that autoscales between ``lo`` and ``hi`` warm copies."""
+    return {
+        "name": name,
+        "minReplicas": lo,
+        "maxReplicas": hi,
+        "targetRequests": target,
+        "scaleDownDelaySeconds": delay,
+    }
+
+
 async def test_warm_copies_follow_demand_up_and_back_down(
     kube_cluster: KubeCluster, kube_namespace: str, modelpool_crd: None
 ) -> None:
@@ -217,13 +228,7 @@ async def test_warm_copies_follow_demand_up_and_back_down(
         env = rig.env
         for i in range(3):
             await env.add_pod(f"ollama-{i}", i)
-        model = {
-            "name": "llama3.2:1b",
-            "minReplicas": 1,
-            "maxReplicas": 3,
-            "targetRequests": 2,
-            "scaleDownDelaySeconds": delay,
-        }
+        model = autoscaled("llama3.2:1b", 1, 3, 2, delay)
         await env.apply_pool("hot", {"selector": SEL, "models": [model]})
 
         def pinned(n: int, copies: bool = False) -> Callable[[], Any]:
@@ -299,13 +304,7 @@ async def test_the_decision_survives_an_operator_restart(
         env = rig.env
         for i in range(2):
             await env.add_pod(f"ollama-{i}", i)
-        model = {
-            "name": "llama3.2:1b",
-            "minReplicas": 1,
-            "maxReplicas": 2,
-            "targetRequests": 1,
-            "scaleDownDelaySeconds": delay,
-        }
+        model = autoscaled("llama3.2:1b", 1, 2, 1, delay)
         await env.apply_pool("keep", {"selector": SEL, "models": [model]})
         stop = rig.traffic("llama3.2:1b", 3)
         await until(lambda: rig.copies("keep", "llama3.2:1b"), lambda c: len(c) == 2, "two copies")
@@ -345,13 +344,7 @@ async def test_scale_to_zero_releases_then_cold_loads_and_pins_again(
         env = rig.env
         for i in range(2):
             await env.add_pod(f"ollama-{i}", i)
-        model = {
-            "name": "gemma2:2b",
-            "minReplicas": 0,
-            "maxReplicas": 2,
-            "targetRequests": 4,
-            "scaleDownDelaySeconds": delay,
-        }
+        model = autoscaled("gemma2:2b", 0, 2, 4, delay)
         await env.apply_pool("cold", {"selector": SEL, "models": [model]})
         # minReplicas 0 and no demand: pulled everywhere (pull: all), loaded nowhere, Ready.
         await until(
@@ -420,13 +413,7 @@ async def test_two_pools_competing_for_vram_never_thrash(
         for i in range(3):
             await env.add_pod(f"ollama-{i}", i, vram="2Gi")
         for pool, name in (("alpha", "llama3.2:1b"), ("beta", "gemma2:2b")):
-            model = {
-                "name": name,
-                "minReplicas": 1,
-                "maxReplicas": 2,
-                "targetRequests": 1,
-                "scaleDownDelaySeconds": int(delay),
-            }
+            model = autoscaled(name, 1, 2, 1, int(delay))
             await env.apply_pool(pool, {"selector": SEL, "models": [model]})
         for pool in ("alpha", "beta"):
             await until(
