@@ -432,7 +432,8 @@ async def test_two_pools_competing_for_vram_never_thrash(
                 now |= {(i, model) for i in await rig.resident_any(model)}
             return now
 
-        baseline = await in_memory()
+        # Ready can come a moment before both pinned copies show in /api/ps: wait for them.
+        baseline = await until(in_memory, lambda b: len(b) == 2, "one copy of each in memory")
         assert len(baseline) == 2, baseline  # one copy of each, one pod free
 
         async def watch() -> None:
