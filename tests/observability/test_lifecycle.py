@@ -56,13 +56,18 @@ async def balancer_process(*args: str) -> AsyncIterator[tuple[asyncio.subprocess
 
 
 async def probe(url: str) -> tuple[int, Any] | None:
-    """One request on a fresh connection; None when the connection is refused."""
+    """One request on a fresh connection; None when the connection is refused, or cut as the
+    listener closes under it (at the end of drain_delay either can happen)."""
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as s:
         try:
             async with s.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 return resp.status, await resp.json()
-        except aiohttp.ClientConnectorError:
+        except (
+            aiohttp.ClientConnectorError,
+            aiohttp.ClientConnectionResetError,
+            aiohttp.ServerDisconnectedError,
+        ):
             return None
 
 
