@@ -10,6 +10,8 @@
 # python3 and python3-venv (what the test suite builds when no registry is reachable).
 # Python 3.13 by default: of the current Pythons it measured cheaper per request than 3.12
 # (docs/benchmarks.md, "Python versions"); every locked package has cp311-cp313 wheels.
+# Versions: exactly the lock's runtime set, requirements/runtime.txt (exported from uv.lock by
+# `bash .ci/lock`, with hashes); tests/chart/test_image.py compares the image with it.
 ARG BASE_IMAGE=python:3.13-slim-bookworm
 
 # ---------------------------------------------------------------------------- build stage
@@ -18,10 +20,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/ollama-fleet
-# Dependencies first (pinned, exact versions): this layer is cached until the lock changes.
-COPY docker/requirements.lock /src/docker/requirements.lock
-RUN /opt/ollama-fleet/bin/pip install --no-deps --only-binary=:all: \
-        -r /src/docker/requirements.lock
+# Dependencies first (the lock's exact versions, every file checked against its sha256):
+# this layer is cached until the lock changes.
+COPY requirements/runtime.txt /src/requirements/runtime.txt
+RUN /opt/ollama-fleet/bin/pip install --no-deps --only-binary=:all: --require-hashes \
+        -r /src/requirements/runtime.txt
 COPY pyproject.toml README.md /src/
 COPY balancer /src/balancer
 COPY emulator /src/emulator

@@ -8,13 +8,15 @@
 
 The image goes to `image.repository` of values.yaml (so the chart's default image is the one
 pushed), the charts to `charts` beside it on the same registry.  Fails when the tag does not
-match the package version in pyproject.toml and the chart's version.
+match the package version in pyproject.toml, the lock (uv.lock, from which the image installs
+its packages) and the chart's version: one version names the chart, its image and its lock.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -29,8 +31,13 @@ def targets(tag: str, root: Path = ROOT) -> dict[str, str]:
     pyproject = (root / "pyproject.toml").read_text()
     package = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
     chart = yaml.safe_load((root / "charts/ollama-fleet/Chart.yaml").read_text())
-    for what, found in (("pyproject.toml", package and package.group(1)),
-                        ("charts/ollama-fleet/Chart.yaml", chart["version"])):  # fmt: skip
+    sources = [
+        ("pyproject.toml", package and package.group(1)),
+        ("uv.lock", locked_version(root)),
+        ("charts/ollama-fleet/Chart.yaml", chart["version"]),
+        ("charts/ollama-fleet/Chart.yaml appVersion", chart["appVersion"]),
+    ]
+    for what, found in sources:
         if found != version:
             raise ValueError(f"tag {tag} does not match version {found} in {what}")
     repository = yaml.safe_load((root / "charts/ollama-fleet/values.yaml").read_text())["image"][
@@ -46,6 +53,15 @@ def targets(tag: str, root: Path = ROOT) -> dict[str, str]:
         "image": repository,
         "charts": f"oci://{registry}/{owner}/charts",
     }
+
+
+def locked_version(root: Path = ROOT) -> str | None:
+    """The project's own version as uv.lock recorded it when it was last locked."""
+    lock = tomllib.loads((root / "uv.lock").read_text())
+    for package in lock.get("package", []):
+        if package.get("name") == "ollama-fleet":
+            return str(package.get("version"))
+    return None
 
 
 def main(argv: list[str]) -> int:

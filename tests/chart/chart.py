@@ -45,13 +45,25 @@ class HelmMissing(RuntimeError):
     pass
 
 
-def helm_path(environ: Mapping[str, str] | None = None) -> str:
-    """helm from ``OLLAMA_FLEET_HELM`` (set by .ci/tools.sh), else its default cache."""
-    env = os.environ if environ is None else environ
-    cache = Path(
+def _cache(env: Mapping[str, str]) -> Path:
+    return Path(
         env.get("OLLAMA_FLEET_CACHE") or Path(env.get("HOME", "~")) / ".cache/ollama-fleet"
     ).expanduser()
-    helm = env.get("OLLAMA_FLEET_HELM") or str(cache / "helm/node_modules/.bin/helm")
+
+
+def node_modules(environ: Mapping[str, str] | None = None) -> Path:
+    """The npm packages of ``.ci/npm`` (``OLLAMA_FLEET_NODE_MODULES``, set by .ci/tools.sh)."""
+    env = os.environ if environ is None else environ
+    found = Path(env.get("OLLAMA_FLEET_NODE_MODULES") or _cache(env) / "npm/node_modules")
+    if not found.is_dir():
+        raise HelmMissing(f"npm packages not found at {found}: run `bash .ci/tools.sh`")
+    return found
+
+
+def helm_path(environ: Mapping[str, str] | None = None) -> str:
+    """helm from ``OLLAMA_FLEET_HELM`` (set by .ci/tools.sh), else the npm packages' cache."""
+    env = os.environ if environ is None else environ
+    helm = env.get("OLLAMA_FLEET_HELM") or str(_cache(env) / "npm/node_modules/.bin/helm")
     if not os.access(helm, os.X_OK):
         raise HelmMissing(f"helm not found at {helm}: run `bash .ci/tools.sh`")
     return helm

@@ -12,15 +12,18 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import textwrap
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
 
 from tests.chart.chart import ROOT, container, find, helm_path, render
 
@@ -268,3 +271,44 @@ def test_emulator_and_balancer_run_in_the_image(docker: Docker, image: str) -> N
     chat = json.loads(body)
     assert status == "200" and chat["done"] is True and chat["message"]["role"] == "assistant"
     assert lines["BALANCER_EXIT"] == "0"
+
+
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
+_INSPECT = (
+    "import importlib.metadata as m, json, platform, sys\n"
+    "print(json.dumps({'python_version': '%d.%d' % sys.version_info[:2],"
+    " 'python_full_version': platform.python_version(), 'platform_machine': platform.machine(),"
+    " 'dists': {d.metadata['Name']: d.version for d in m.distributions()}}))"
+)
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_image_installs_exactly_the_locked_runtime_set(docker: Docker, image: str) -> None:
+    """Every package in the image is the lock's runtime export at its exact version (for the
+    image's Python and machine), and nothing else is installed but the project itself."""
+    out = docker("run", "--rm", *LOCKED_DOWN, "--entrypoint", "python3", image, "-c", _INSPECT)
+    seen = json.loads(out.stdout)
+    env = {
+        "python_version": seen["python_version"],
+        "python_full_version": seen["python_full_version"],
+        "platform_machine": seen["platform_machine"],
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+    }
+    locked: dict[str, str] = {}
+    for line in (ROOT / "requirements" / "runtime.txt").read_text().splitlines():
+        m = _LOCK_LINE.match(line)
+        if m and (m.group(3) is None or Marker(m.group(3)).evaluate(env)):
+            locked[_norm(m.group(1))] = m.group(2)
+    installed = {_norm(k): v for k, v in seen["dists"].items()}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert installed.pop("ollama-fleet") == project
+    for tool in ("pip", "setuptools", "wheel"):  # the venv's own, not the project's
+        installed.pop(tool, None)
+    assert installed == locked

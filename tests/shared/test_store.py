@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,6 +18,12 @@ from tests.shared.conftest import StoreFactory
 pytestmark = pytest.mark.timeout(60)
 
 POD, MODEL = "gpu-0", "registry.ollama.ai/library/llama3:latest"
+
+
+async def reply(aw: object) -> Any:
+    """A raw client's reply, typed the same with every redis-py release (before 8 the
+    stubs said "awaitable or value" for the asyncio client)."""
+    return await cast(Awaitable[Any], aw)
 
 
 async def replicas(make_store: StoreFactory, n: int, **kw: object) -> list[RedisState]:
@@ -63,7 +71,7 @@ async def test_release_frees_the_slot_and_the_index(
     assert grant.lease is not None
     assert (await b.acquire(POD, MODEL, slots=1, request_id="2")).lease is None
     await a.release(grant.lease)
-    assert await raw.smembers("test:leases") == set()
+    assert await reply(raw.smembers("test:leases")) == set()
     assert (await b.acquire(POD, MODEL, slots=1, request_id="3")).lease is not None
 
 
@@ -102,7 +110,7 @@ async def test_renew_keeps_leases_alive_and_re_adds_lost_ones(
     await raw.flushall()  # the store restarted empty
     assert await a.renew(entries) == 1
     assert await raw.zcard(f"test:lease:{POD}|{MODEL}") == 1
-    assert await raw.sismember("test:leases", f"{POD}|{MODEL}")
+    assert await reply(raw.sismember("test:leases", f"{POD}|{MODEL}"))
 
 
 async def test_events_keep_other_replicas_mirrors_current(make_store: StoreFactory) -> None:
@@ -245,9 +253,9 @@ async def test_release_carries_learning_affinity_and_quota_in_one_round_trip(
     assert calls == 1
     assert await raw.zcard(f"test:lease:{POD}|{MODEL}") == 0
     assert await raw.zcard("test:quota:team:inflight") == 0
-    assert await raw.get("test:affinity:conv") == POD
-    assert float(str(await raw.hget("test:learn:service", MODEL))) == 3.0
-    level = await raw.hget("test:quota:team:tokens", "level")
+    assert await reply(raw.get("test:affinity:conv")) == POD
+    assert float(str(await reply(raw.hget("test:learn:service", MODEL)))) == 3.0
+    level = await reply(raw.hget("test:quota:team:tokens", "level"))
     assert float(str(level)) == pytest.approx(100, abs=1)
 
 

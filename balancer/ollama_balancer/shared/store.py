@@ -23,6 +23,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from ollama_wire.loose import loose
+
 from ..auth import ApiKey
 from ..ledger import LedgerView
 from . import scripts as S
@@ -126,7 +128,7 @@ class RedisState:
             retry=Retry(NoBackoff(), 0),
             client_name=f"ollama-fleet:{self.replica}"[:64].replace(" ", "_"),
         )
-        await self._io(self._client.ping())
+        await self._io(loose(self._client.ping)())  # typed bool | Awaitable before 8
         await self._load_scripts()
 
     async def close(self) -> None:
@@ -181,7 +183,7 @@ class RedisState:
         raise AssertionError("unreachable")
 
     async def ping(self) -> None:
-        await self._io(self._redis().ping())
+        await self._io(loose(self._redis().ping)())
 
     # ------------------------------------------------------------------ reads
     def occupancy(self) -> LedgerView:
@@ -440,7 +442,7 @@ class RedisState:
                     self._on_event(ev)
         finally:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await asyncio.wait_for(pubsub.aclose(), self.op_timeout * 4)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(loose(pubsub.aclose)(), self.op_timeout * 4)
 
     # ------------------------------------------------------- slot-freed signal
     def on_slot_freed(self, listener: Callable[[SlotFreed], None]) -> Callable[[], None]:
