@@ -26,9 +26,11 @@ COPY requirements/runtime.txt /src/requirements/runtime.txt
 RUN /opt/ollama-fleet/bin/pip install --no-deps --only-binary=:all: --require-hashes \
         -r /src/requirements/runtime.txt
 COPY pyproject.toml README.md /src/
+COPY kernel /src/kernel
 COPY balancer /src/balancer
 COPY emulator /src/emulator
 COPY operator /src/operator
+COPY cli /src/cli
 # --no-deps: everything it needs is in the lock; the install fails the build if not.
 RUN /opt/ollama-fleet/bin/pip install --no-deps /src \
     && /opt/ollama-fleet/bin/pip check \

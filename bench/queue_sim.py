@@ -2,8 +2,8 @@
 
 A discrete-event simulation, no processes: the same seeded trace as
 ``python -m bench saturation`` (:func:`bench.saturation.make_trace`), the same fleet
-shape, and the balancer's *pure* decisions, :class:`~ollama_balancer.queueing.WaitQueue`
-and :func:`~ollama_balancer.dispatch.dispatch`, driving simulated pods:
+shape, and the balancer's *pure* decisions, :class:`~ollama_balancer.core.queueing.WaitQueue`
+and :func:`~ollama_balancer.core.dispatch.dispatch`, driving simulated pods:
 
 * ``early``: every request bound on arrival (``Binding.EARLY``); each pod then serves
   its requests first come, first served on its slots, as Ollama's slot semaphore does;
@@ -25,12 +25,12 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from ollama_balancer.dispatch import Binding, Occupancy, dispatch
-from ollama_balancer.errors import for_outcome
-from ollama_balancer.fleet import BackendState, FleetSnapshot
-from ollama_balancer.queueing import Priority, QueueSettings, Waiting, WaitQueue
-from ollama_balancer.routing import Policy
-from ollama_balancer.tokens import estimate_tokens
+from ollama_balancer.core.dispatch import Binding, Occupancy, dispatch
+from ollama_balancer.core.errors import for_outcome
+from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.queueing import Priority, QueueSettings, Waiting, WaitQueue
+from ollama_balancer.core.routing import Policy
+from ollama_balancer.core.tokens import estimate_tokens
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from bench.redis_server import RedisServer
-from ollama_balancer.shared.address import parse_store_url
-from ollama_balancer.shared.keys import Keys
-from ollama_balancer.shared.local import LocalState
+from ollama_balancer.core.shared.address import parse_store_url
+from ollama_balancer.core.shared.keys import Keys
+from ollama_balancer.core.shared.local import LocalState
 from ollama_balancer.shared.store import RedisState
 
 

@@ -1,4 +1,4 @@
-"""Layer rules (DESIGN.md §3), checked by import-linter against the real import graph.
+"""Layer rules (docs/architecture.md), checked by import-linter against the real import graph.
 
 The contracts live in ``pyproject.toml`` (``[tool.importlinter]``); ``.ci/run`` runs
 ``lint-imports`` too.  These tests also prove the contracts bite: a reversed import fails.
@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LINT = Path(sys.executable).with_name("lint-imports")
-SOURCE_ROOTS = ("balancer", "emulator", "operator")
+SOURCE_ROOTS = ("kernel", "balancer", "emulator", "operator", "cli")
 
 
 def lint(root: Path) -> subprocess.CompletedProcess[str]:
@@ -49,14 +49,14 @@ def test_every_contract_is_kept() -> None:
     ("module", "line", "contract"),
     [
         pytest.param(
-            "balancer/ollama_wire/names.py",
-            "import ollama_balancer.fleet",
+            "kernel/ollama_wire/names.py",
+            "import ollama_balancer.core.fleet",
             "CLI above the applications",
             id="kernel imports the balancer",
         ),
         pytest.param(
             "operator/modelpool_operator/plan.py",
-            "import ollama_balancer.routing",
+            "import ollama_balancer.core.routing",
             "CLI above the applications",
             id="operator imports the balancer",
         ),
@@ -67,13 +67,13 @@ def test_every_contract_is_kept() -> None:
             id="emulator imports the CLI",
         ),
         pytest.param(
-            "balancer/ollama_balancer/routing.py",
+            "balancer/ollama_balancer/core/routing.py",
             "import aiohttp",
             "Pure modules import no I/O library",
             id="pure routing imports aiohttp",
         ),
         pytest.param(
-            "balancer/ollama_balancer/fleet.py",
+            "balancer/ollama_balancer/core/fleet.py",
             "import ollama_balancer.proxy",
             "No import circles",
             id="import circle",

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from modelpool_operator.observe import pod_info
-from ollama_balancer.discovery.pods import PodRules, backend_from_pod
+from ollama_balancer.core.pods import PodRules, backend_from_pod
 from ollama_wire.pods import pod_endpoint, pod_port, pod_vram_bytes
 
 

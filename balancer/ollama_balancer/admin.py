@@ -44,8 +44,8 @@ from ollama_wire.client import (
 from ollama_wire.progress import ProgressMerge
 
 from .context import PARSED, request_id
-from .errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
-from .polling import FleetView
+from .core.errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
+from .polling import FleetTracker
 from .settings import BalancerSettings
 
 __all__ = ["FANNED_OUT", "Admin", "merge_answers", "refusal"]
@@ -108,7 +108,7 @@ class Admin:
     def __init__(
         self,
         settings: BalancerSettings,
-        view: FleetView,
+        view: FleetTracker,
         session: Callable[[], aiohttp.ClientSession],
         clock: Callable[[], float],
     ) -> None:

@@ -21,24 +21,24 @@ from ollama_wire.loop import loop_name
 from ollama_wire.names import InvalidModelName, canonical
 
 from .admin import Admin
-from .auth import KeyState
 from .backends import Discovery
-from .errors import NotFound
-from .fleet import PollResult
-from .ledger import Ledger
-from .limits import SECURITY, attach_server, install_security, runner_kwargs
+from .core.auth import KeyState
+from .core.errors import NotFound
+from .core.fleet import PollResult
+from .core.ledger import Ledger
+from .core.listings import api_ps, api_tags, fleet_version, v1_model, v1_models
+from .core.record import RequestRecord
+from .core.routes import ROUTES, Kind
 from .observability import install as install_observability
 from .pipeline import front_door
-from .polling import FleetView, Poller
+from .polling import FleetTracker, Poller
 from .proxy import Proxy
-from .record import RequestRecord
-from .routes import ROUTES, Kind
+from .security import SECURITY, attach_server, install_security, runner_kwargs
 from .settings import BalancerSettings
 from .shared.factory import create_shared_state
 from .state import BALANCER, Balancer
 from .telemetry import get_logger
 from .upstream import UpstreamPool
-from .views import api_ps, api_tags, fleet_version, v1_model, v1_models
 
 __all__ = ["OPS_PATHS", "create_app", "ops_app", "serve"]
 
@@ -54,7 +54,7 @@ def create_app(
     on_record: Callable[[RequestRecord], None] | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[front_door])
-    view = FleetView(clock)
+    view = FleetTracker(clock)
     ledger = Ledger(settings.default_load_seconds, settings.default_service_seconds)
     holder: dict[str, Balancer] = {}
 

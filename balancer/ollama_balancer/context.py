@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .auth import ApiKey
-from .record import RequestRecord
-from .requests import ParsedRequest
-from .shared.model import QuotaTicket
+from .core.auth import ApiKey
+from .core.record import RequestRecord
+from .core.requests import ParsedRequest
+from .core.shared.model import QuotaTicket
 
 __all__ = [
     "API_KEY",

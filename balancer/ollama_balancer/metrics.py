@@ -45,7 +45,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .fleetview import FleetReport
+from .core.report import FleetReport
 
 __all__ = [
     "ANONYMOUS",

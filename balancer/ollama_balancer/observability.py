@@ -26,13 +26,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ollama_wire.names import InvalidModelName, canonical
 
-from .fleet import FleetSnapshot, PollResult
-from .fleetview import FleetReport, build, model_display
+from .core.fleet import FleetSnapshot, PollResult
+from .core.rankers import COLD_REASONS
+from .core.record import RequestRecord
+from .core.report import FleetReport, build, model_display
+from .core.routes import Kind
 from .metrics import ANONYMOUS, NONE, OTHER, DemandView, FleetMetrics, QueueMetrics, RequestSample
 from .polling import FleetChange
-from .rankers import COLD_REASONS
-from .record import RequestRecord
-from .routes import Kind
 from .shared.fallback import FallbackState
 from .shared.metrics import SharedMetrics
 from .state import BALANCER, Balancer

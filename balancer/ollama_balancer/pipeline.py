@@ -9,7 +9,7 @@
 
 The route table (:mod:`routes`) says what each step applies to.  Handlers read
 the parsed request (:data:`PARSED`) and the record (:data:`RECORD`) from the
-request; they raise :class:`~ollama_balancer.errors.BalancerError` and never pick
+request; they raise :class:`~ollama_balancer.core.errors.BalancerError` and never pick
 a status or an error shape themselves.  Every answer, refusals included, becomes
 exactly one :class:`RequestRecord`, so every 401/403/408/413/429/503 reaches the
 metrics and the log with the key's name as ``client``.
@@ -25,9 +25,9 @@ from aiohttp import web
 from ollama_wire.bodies import BodyError, request_body
 from ollama_wire.errors import error_body_for, ollama_error_body
 
-from .auth import ApiKey, presented_key
 from .context import API_KEY, PARSED, QUOTA, RECORD, QuotaHold, request_id
-from .errors import (
+from .core.auth import ApiKey, presented_key
+from .core.errors import (
     BadRequest,
     BalancerError,
     Forbidden,
@@ -37,10 +37,10 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
-from .limits import SECURITY, Security
-from .record import RequestRecord
-from .requests import InvalidRequest, ParsedRequest, parse_request, with_model
-from .routes import Kind, RouteSpec, spec_for
+from .core.record import RequestRecord
+from .core.requests import InvalidRequest, ParsedRequest, parse_request, with_model
+from .core.routes import Kind, RouteSpec, spec_for
+from .security import SECURITY, Security
 from .state import BALANCER, Balancer
 
 __all__ = ["error_response", "front_door"]

@@ -1,6 +1,6 @@
 """Polling: every backend's ``/api/ps`` and ``/api/tags``, concurrently, into the snapshot.
 
-:class:`FleetView` is the one mutable cell holding the current immutable
+:class:`FleetTracker` is the one mutable cell holding the current immutable
 :class:`FleetSnapshot`; discovery replaces the backend set, the poller folds
 results in, everyone else reads ``view.snapshot``.  Changes (a pod joined or
 left, a model loaded or unloaded somewhere) are reported to listeners so logs
@@ -23,9 +23,9 @@ from ollama_wire.backend import Backend
 from ollama_wire.client import OllamaClient, OllamaError
 from ollama_wire.models import parse_installed, parse_resident
 
-from .fleet import FleetSnapshot, PollResult, apply_poll
+from .core.fleet import FleetSnapshot, PollResult, apply_poll
 
-__all__ = ["ChangeKind", "FleetChange", "FleetView", "Poller", "poll_backend"]
+__all__ = ["ChangeKind", "FleetChange", "FleetTracker", "Poller", "poll_backend"]
 
 
 class ChangeKind(StrEnum):
@@ -54,7 +54,10 @@ class FleetChange:
 Listener = Callable[[FleetChange], None]
 
 
-class FleetView:
+class FleetTracker:
+    """The current fleet snapshot, replaced whole by each poll and discovery change, and the
+    listeners told what changed (pod joined/left/up/down, model loaded/unloaded)."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.snapshot = FleetSnapshot()
         self._clock = clock
@@ -133,7 +136,7 @@ class Poller:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        view: FleetView,
+        view: FleetTracker,
         *,
         interval: float,
         jitter: float,

@@ -26,22 +26,22 @@ from ollama_wire.backend import Backend
 from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
 from .context import API_KEY, PARSED, QUOTA, RECORD, QuotaHold
-from .errors import AttemptFailed, BadRequest, Forbidden, for_outcome, give_up
-from .ledger import COLD_LOAD_THRESHOLD, Ledger
-from .polling import FleetView
-from .queueing import BadPriority, QueueSettings, Waiting, request_priority, tenant_of
-from .rankers import COLD_REASONS, Choice, Reason
-from .record import RequestRecord
-from .requests import Intent, ParsedRequest, affinity_key, with_num_ctx
-from .routes import spec_for
-from .routing import Policy, RouteRequest, route
+from .core.errors import AttemptFailed, BadRequest, Forbidden, for_outcome, give_up
+from .core.ledger import COLD_LOAD_THRESHOLD, Ledger
+from .core.queueing import BadPriority, QueueSettings, Waiting, request_priority, tenant_of
+from .core.rankers import COLD_REASONS, Choice, Reason
+from .core.record import RequestRecord
+from .core.requests import Intent, ParsedRequest, affinity_key, with_num_ctx
+from .core.routes import spec_for
+from .core.routing import Policy, RouteRequest, route
+from .core.shared.gate import load_decision
+from .core.shared.local import LocalState
+from .core.shared.model import Learned, Lease
+from .core.shared.protocol import SharedState
+from .core.tokens import TokenCorrection, TokenEstimate, estimate_tokens
+from .core.unload import plan_unload, unload_answer
+from .polling import FleetTracker
 from .settings import BalancerSettings
-from .shared.gate import load_decision
-from .shared.local import LocalState
-from .shared.model import Learned, Lease
-from .shared.protocol import SharedState
-from .tokens import TokenCorrection, TokenEstimate, estimate_tokens
-from .unload import plan_unload, unload_answer
 from .upstream import AiohttpResponse, Upstream, UpstreamPool, supports
 from .waitroom import WaitRoom
 
@@ -103,7 +103,7 @@ class Proxy:
     def __init__(
         self,
         settings: BalancerSettings,
-        view: FleetView,
+        view: FleetTracker,
         ledger: Ledger,
         session: Callable[[], aiohttp.ClientSession],
         *,

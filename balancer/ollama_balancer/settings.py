@@ -27,8 +27,8 @@ from ollama_wire.kubesource import kubeconfig_path
 from ollama_wire.logs import LogFormat
 from ollama_wire.names import InvalidModelName, canonical
 
-from .rankers import Strategy
-from .shared.address import parse_store_url
+from .core.rankers import Strategy
+from .core.shared.address import parse_store_url
 
 __all__ = [
     "ENV_PREFIX",

@@ -11,13 +11,13 @@ from aiohttp import web
 
 from .admin import Admin
 from .backends import Discovery
-from .fleet import BackendState, PollResult
-from .ledger import Ledger
-from .polling import FleetView, Poller
+from .core.fleet import BackendState, PollResult
+from .core.ledger import Ledger
+from .core.record import RequestRecord
+from .core.shared.protocol import SharedState
+from .polling import FleetTracker, Poller
 from .proxy import Proxy
-from .record import RequestRecord
 from .settings import BalancerSettings
-from .shared.protocol import SharedState
 
 __all__ = ["BALANCER", "Balancer"]
 
@@ -27,7 +27,7 @@ class Balancer:
     """Everything one balancer process owns, reachable from handlers and tests."""
 
     settings: BalancerSettings
-    view: FleetView
+    view: FleetTracker
     ledger: Ledger
     shared: SharedState  # slot leases, loads, learning, quotas: fleet-wide or this replica's
     proxy: Proxy

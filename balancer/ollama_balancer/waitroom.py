@@ -18,12 +18,12 @@ import random
 import time
 from collections.abc import Callable
 
-from .dispatch import Bind, Binding, Occupancy, dispatch
-from .errors import BalancerError, TooManyRequests, for_outcome
-from .ledger import LedgerView
-from .polling import FleetView
-from .queueing import QueueSettings, Waiting, WaitQueue, retry_after
-from .routing import Policy
+from .core.dispatch import Bind, Binding, Occupancy, dispatch
+from .core.errors import BalancerError, TooManyRequests, for_outcome
+from .core.ledger import LedgerView
+from .core.queueing import QueueSettings, Waiting, WaitQueue, retry_after
+from .core.routing import Policy
+from .polling import FleetTracker
 
 __all__ = ["WaitRoom"]
 
@@ -38,7 +38,7 @@ class WaitRoom:
     def __init__(
         self,
         settings: QueueSettings,
-        view: FleetView,
+        view: FleetTracker,
         occupancy: Callable[[], LedgerView],
         policy: Policy,
         *,

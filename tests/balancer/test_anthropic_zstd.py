@@ -16,7 +16,7 @@ import anthropic
 import pytest
 import zstandard
 
-from ollama_balancer.auth import hash_key
+from ollama_balancer.core.auth import hash_key
 
 from .conftest import Rig, RigFactory, nodes
 

@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from ollama_balancer.dispatch import Binding, Dispatch, Occupancy, dispatch
-from ollama_balancer.errors import for_outcome
-from ollama_balancer.fleet import FleetSnapshot
-from ollama_balancer.ledger import Ledger
-from ollama_balancer.queueing import Waiting
-from ollama_balancer.routing import Policy, RouteRequest, route
+from ollama_balancer.core.dispatch import Binding, Dispatch, Occupancy, dispatch
+from ollama_balancer.core.errors import for_outcome
+from ollama_balancer.core.fleet import FleetSnapshot
+from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.queueing import Waiting
+from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.names import canonical
 from tests.balancer.test_routing import NOW, Pod, snap
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ollama_balancer.errors import (
+from ollama_balancer.core.errors import (
     AttemptFailed,
     BackendAnswer,
     BalancerError,

@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ollama_balancer.fleet import BackendState, FleetSnapshot
-from ollama_balancer.ledger import Ledger
-from ollama_balancer.rankers import Reason
-from ollama_balancer.requests import Intent, parse_request
-from ollama_balancer.routing import Policy, RouteRequest, route
-from ollama_balancer.unload import plan_unload, unload_answer
+from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.rankers import Reason
+from ollama_balancer.core.requests import Intent, parse_request
+from ollama_balancer.core.routing import Policy, RouteRequest, route
+from ollama_balancer.core.unload import plan_unload, unload_answer
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical

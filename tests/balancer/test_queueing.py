@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from ollama_balancer.queueing import (
+from ollama_balancer.core.queueing import (
     SHARED_TENANT,
     BadPriority,
     Priority,

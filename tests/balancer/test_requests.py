@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.requests import InvalidRequest, affinity_key, parse_request
+from ollama_balancer.core.requests import InvalidRequest, affinity_key, parse_request
 
 KEY = "registry.ollama.ai/library/llama3:latest"
 IMG = "iVBORw0KGgo" + "A" * 4096

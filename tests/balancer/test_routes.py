@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ollama_balancer.app import OPS_PATHS
-from ollama_balancer.routes import ROUTES, Kind, spec_for
+from ollama_balancer.core.routes import ROUTES, Kind, spec_for
 
 
 @pytest.mark.parametrize(

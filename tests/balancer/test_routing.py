@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ollama_balancer.errors import (
+from ollama_balancer.core.errors import (
     HoldersDown,
     NoBackend,
     NoSuchModel,
@@ -16,10 +16,10 @@ from ollama_balancer.errors import (
     PinUnknown,
     Unroutable,
 )
-from ollama_balancer.fleet import BackendState, FleetSnapshot
-from ollama_balancer.ledger import Ledger
-from ollama_balancer.rankers import Strategy
-from ollama_balancer.routing import Policy, RouteRequest, route
+from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.rankers import Strategy
+from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical

@@ -8,11 +8,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_balancer.errors import for_outcome
-from ollama_balancer.fleet import BackendState, FleetSnapshot
-from ollama_balancer.ledger import Ledger
-from ollama_balancer.rankers import Strategy
-from ollama_balancer.routing import Policy, RouteRequest, route
+from ollama_balancer.core.errors import for_outcome
+from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.rankers import Strategy
+from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.tokens import (
+from ollama_balancer.core.tokens import (
     DEFAULT_OUTPUT,
     IMAGE_TOKENS,
     TokenCorrection,

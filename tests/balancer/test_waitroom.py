@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.auth import hash_key
+from ollama_balancer.core.auth import hash_key
 
 from .conftest import Rig, RigFactory, nodes
 

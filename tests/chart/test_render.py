@@ -24,14 +24,14 @@ import yaml
 from modelpool_operator import metrics as operator_metrics
 from ollama_balancer import metrics
 from ollama_balancer.app import OPS_PATHS
-from ollama_balancer.auth import hash_key, parse_keys
-from ollama_balancer.discovery.pods import (
+from ollama_balancer.core.auth import hash_key, parse_keys
+from ollama_balancer.core.pods import (
     ANNOTATION_NUM_PARALLEL,
     ANNOTATION_VRAM_BYTES,
     PodRules,
     backend_from_pod,
 )
-from ollama_balancer.routes import spec_for
+from ollama_balancer.core.routes import spec_for
 from ollama_balancer.settings import load_settings
 from tests.chart.chart import (
     CHART,

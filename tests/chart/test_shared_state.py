@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from ollama_balancer.core.shared.address import parse_store_url
 from ollama_balancer.settings import load_settings
-from ollama_balancer.shared.address import parse_store_url
 from tests.chart.chart import (
     CHART,
     EXAMPLES,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ollama_balancer.discovery.backoff import Backoff
+from ollama_balancer.core.backoff import Backoff
 
 
 class Fixed(random.Random):

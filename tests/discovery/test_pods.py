@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.discovery.dns import backends_from_addresses
-from ollama_balancer.discovery.pods import (
+from ollama_balancer.core.pods import (
     PodRules,
     apply_event,
     backend_from_pod,
     backends_from_pods,
 )
+from ollama_balancer.discovery.dns import backends_from_addresses
 from ollama_wire.backend import Backend
 from ollama_wire.quantity import parse_quantity
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.fleet import BackendState, FleetSnapshot
-from ollama_balancer.fleetview import DOWN, PENDING, STALE, UP, build
-from ollama_balancer.ledger import Ledger
+from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.report import DOWN, PENDING, STALE, UP, build
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical

@@ -13,8 +13,8 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 
-from ollama_balancer.auth import hash_key
-from ollama_balancer.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.auth import hash_key
+from ollama_balancer.core.fleet import BackendState, FleetSnapshot
 from ollama_balancer.metrics import OTHER
 from ollama_balancer.observability import model_label, slot_wait_seconds
 from ollama_wire.backend import Backend

@@ -34,7 +34,7 @@ import pytest
 from bench.redis_server import RedisServer
 from kubernetes import client
 
-from ollama_balancer.auth import hash_key
+from ollama_balancer.core.auth import hash_key
 from tests.kube.cluster import (
     KubeCluster,
     create_default_service_account,

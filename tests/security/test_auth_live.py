@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.auth import AuthConfigError, hash_key
-from ollama_balancer.limits import SECURITY
-from ollama_balancer.record import RequestRecord
+from ollama_balancer.core.auth import AuthConfigError, hash_key
+from ollama_balancer.core.record import RequestRecord
+from ollama_balancer.security import SECURITY
 from tests.balancer.conftest import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"

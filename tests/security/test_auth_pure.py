@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from ollama_balancer.auth import (
+from ollama_balancer.auth import main
+from ollama_balancer.core.auth import (
     ApiKey,
     AuthConfigError,
     KeyState,
     TokenBucket,
     hash_key,
-    main,
     parse_keys,
     presented_key,
 )
-from ollama_balancer.queueing import Priority
+from ollama_balancer.core.queueing import Priority
 
 H1 = hash_key("secret-1")
 H2 = hash_key("secret-2")

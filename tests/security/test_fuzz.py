@@ -9,7 +9,7 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ollama_balancer.requests import InvalidRequest, parse_request
+from ollama_balancer.core.requests import InvalidRequest, parse_request
 from ollama_wire.durations import KeepAliveError, parse_keep_alive
 from ollama_wire.names import InvalidModelName, parse
 from tests.balancer.conftest import RigFactory, nodes

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import structlog
 
-from ollama_balancer.record import RequestRecord
+from ollama_balancer.core.record import RequestRecord
 from ollama_balancer.telemetry import EVENT_REQUEST
 from ollama_wire.logs import configure_logging
 from tests.balancer.conftest import RigFactory

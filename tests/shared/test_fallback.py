@@ -12,12 +12,12 @@ import redis.asyncio as aioredis
 from bench.redis_server import RedisServer
 from prometheus_client import CollectorRegistry
 
-from ollama_balancer.auth import ApiKey
-from ollama_balancer.ledger import Ledger
-from ollama_balancer.shared.address import parse_store_url
+from ollama_balancer.core.auth import ApiKey
+from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.shared.address import parse_store_url
+from ollama_balancer.core.shared.keys import Keys
+from ollama_balancer.core.shared.local import LocalState
 from ollama_balancer.shared.fallback import FallbackState
-from ollama_balancer.shared.keys import Keys
-from ollama_balancer.shared.local import LocalState
 from ollama_balancer.shared.metrics import SharedMetrics
 from ollama_balancer.shared.store import RedisState
 

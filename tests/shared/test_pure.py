@@ -7,19 +7,19 @@ import asyncio
 
 import pytest
 
-from ollama_balancer.auth import ApiKey
-from ollama_balancer.fleet import FleetSnapshot
-from ollama_balancer.ledger import Ledger, LoadRecord
+from ollama_balancer.core.auth import ApiKey
+from ollama_balancer.core.fleet import FleetSnapshot
+from ollama_balancer.core.ledger import Ledger, LoadRecord
+from ollama_balancer.core.shared.address import StoreAddress, parse_store_url
+from ollama_balancer.core.shared.gate import load_decision
+from ollama_balancer.core.shared.keys import Keys
+from ollama_balancer.core.shared.local import LocalState
+from ollama_balancer.core.shared.model import Lease, QuotaTicket, SlotFreed
+from ollama_balancer.core.shared.occupancy import Event, Mirror, Occupancy, Refresh, parse_event
+from ollama_balancer.core.shared.quota import CONCURRENCY, REQUESTS, TOKENS, refusal
+from ollama_balancer.core.shared.resync import Entry, plan_resync
+from ollama_balancer.core.shared.signals import AffinityMap
 from ollama_balancer.settings import SettingsError, load_settings
-from ollama_balancer.shared.address import StoreAddress, parse_store_url
-from ollama_balancer.shared.gate import load_decision
-from ollama_balancer.shared.keys import Keys
-from ollama_balancer.shared.local import LocalState
-from ollama_balancer.shared.model import Lease, QuotaTicket, SlotFreed
-from ollama_balancer.shared.occupancy import Event, Mirror, Occupancy, Refresh, parse_event
-from ollama_balancer.shared.quota import CONCURRENCY, REQUESTS, TOKENS, refusal
-from ollama_balancer.shared.resync import Entry, plan_resync
-from ollama_balancer.shared.signals import AffinityMap
 from tests.balancer import test_routing as routing_cases
 
 

@@ -26,7 +26,7 @@ import pytest
 from bench.redis_server import RedisServer
 
 from bench import common
-from ollama_balancer.auth import hash_key
+from ollama_balancer.core.auth import hash_key
 from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig, default_catalogue
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ from typing import Any, cast
 import pytest
 import redis.asyncio as aioredis
 
-from ollama_balancer.auth import ApiKey, KeyState
-from ollama_balancer.shared.model import Learned, SlotFreed
-from ollama_balancer.shared.resync import entries_of
+from ollama_balancer.core.auth import ApiKey, KeyState
+from ollama_balancer.core.shared.model import Learned, SlotFreed
+from ollama_balancer.core.shared.resync import entries_of
 from ollama_balancer.shared.store import RedisState
 from tests.shared.conftest import StoreFactory
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..backends import Discovery
+from ..core.pods import ANNOTATION_NUM_PARALLEL, ANNOTATION_VRAM_BYTES, PodRules
 from .dns import DnsDiscovery, DnsDiscoveryConfig
 from .kubernetes import KubernetesDiscovery, KubernetesDiscoveryConfig
-from .pods import ANNOTATION_NUM_PARALLEL, ANNOTATION_VRAM_BYTES, PodRules
 from .static import StaticDiscovery
 
 if TYPE_CHECKING:

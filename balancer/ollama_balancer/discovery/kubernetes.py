@@ -35,9 +35,9 @@ from ollama_wire.kubeconfig import load_async
 from ollama_wire.kubesource import KubeSource
 
 from ..backends import Publish
+from ..core.backoff import Backoff
+from ..core.pods import PodKey, PodRules, apply_event, backends_from_pods
 from ..telemetry import get_logger
-from .backoff import Backoff
-from .pods import PodKey, PodRules, apply_event, backends_from_pods
 
 __all__ = ["ALL_NAMESPACES", "KubernetesDiscovery", "KubernetesDiscoveryConfig", "WatchStats"]
 

@@ -19,8 +19,8 @@ parser without loading redis.
 
 from __future__ import annotations
 
-from .model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
-from .protocol import SharedState, StoreUnavailable
+from ..core.shared.model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
+from ..core.shared.protocol import SharedState, StoreUnavailable
 
 __all__ = [
     "Grant",

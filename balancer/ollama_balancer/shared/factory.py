@@ -6,14 +6,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..auth import KeyState
-from ..ledger import Ledger
-from .address import parse_store_url
+from ..core.auth import KeyState
+from ..core.ledger import Ledger
+from ..core.shared.address import parse_store_url
+from ..core.shared.keys import Keys
+from ..core.shared.local import LocalState
+from ..core.shared.model import new_replica_id
+from ..core.shared.protocol import SharedState
 from .fallback import FallbackState, SharedObserver
-from .keys import Keys
-from .local import LocalState
-from .model import new_replica_id
-from .protocol import SharedState
 from .store import RedisState
 
 if TYPE_CHECKING:  # the settings import this package's address parser: no runtime circle

@@ -26,12 +26,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from ..auth import ApiKey
-from ..ledger import LedgerView
-from .local import LocalState
-from .model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
-from .protocol import StoreUnavailable
-from .resync import Entry, entries_of, plan_resync
+from ..core.auth import ApiKey
+from ..core.ledger import LedgerView
+from ..core.shared.local import LocalState
+from ..core.shared.model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
+from ..core.shared.protocol import StoreUnavailable
+from ..core.shared.resync import Entry, entries_of, plan_resync
 from .store import RedisState
 
 __all__ = ["FallbackState", "SharedObserver"]

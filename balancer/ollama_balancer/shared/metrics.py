@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .model import Lease
+from ..core.shared.model import Lease
 
 __all__ = [
     "FALLBACKS",

@@ -25,12 +25,12 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ollama_wire.loose import loose
 
-from ..auth import ApiKey
-from ..ledger import LedgerView
-from . import scripts as S
-from .address import StoreAddress
-from .keys import Keys
-from .model import (
+from ..core.auth import ApiKey
+from ..core.ledger import LedgerView
+from ..core.shared import scripts as S
+from ..core.shared.address import StoreAddress
+from ..core.shared.keys import Keys
+from ..core.shared.model import (
     Grant,
     Learned,
     Lease,
@@ -40,11 +40,11 @@ from .model import (
     field_of,
     member_of,
 )
-from .occupancy import LOADED_MEMORY, Event, Mirror, parse_event, parse_refresh
-from .protocol import StoreUnavailable
-from .quota import ADMITTED, refusal
-from .resync import Entry
-from .signals import AffinityMap, FreedSignal
+from ..core.shared.occupancy import LOADED_MEMORY, Event, Mirror, parse_event, parse_refresh
+from ..core.shared.protocol import StoreUnavailable
+from ..core.shared.quota import ADMITTED, refusal
+from ..core.shared.resync import Entry
+from ..core.shared.signals import AffinityMap, FreedSignal
 
 __all__ = ["RedisState"]
 
@@ -61,7 +61,7 @@ def _int(x: Any) -> int:
 
 
 class RedisState:
-    """The shared implementation; see :mod:`ollama_balancer.shared.protocol`."""
+    """The shared implementation; see :mod:`ollama_balancer.core.shared.protocol`."""
 
     def __init__(
         self,

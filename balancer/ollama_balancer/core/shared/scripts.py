@@ -254,7 +254,7 @@ return 1
 """,
 )
 
-# The token buckets of ollama_balancer.auth.TokenBucket, server-side: level and the time
+# The token buckets of ollama_balancer.core.auth.TokenBucket, server-side: level and the time
 # it was computed at; missing = full.  A bucket idle for 120 s is full again whatever its
 # level was (it is floored at -1 minute), so it may expire then.
 _BUCKETS = """

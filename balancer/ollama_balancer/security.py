@@ -10,7 +10,7 @@ table, each key's in-flight count and token buckets, the connection cap.
 * Header lines longer than ``max_header_bytes`` are rejected by aiohttp's
   parser with 400 (plain text: that answer is produced before any middleware).
 
-The pure parts (key table, buckets) are :mod:`ollama_balancer.auth`.
+The pure parts (key table, buckets) are :mod:`ollama_balancer.core.auth`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .auth import ApiKey, AuthConfigError, KeyState, KeyTable, parse_keys
+from .core.auth import ApiKey, AuthConfigError, KeyState, KeyTable, parse_keys
 from .settings import BalancerSettings
 from .state import BALANCER
 from .telemetry import get_logger

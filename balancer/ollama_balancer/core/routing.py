@@ -2,8 +2,8 @@
 
 Filters first (routable pods; a pinned pod; the pods that hold the model), then
 the policy's ranker (:mod:`rankers`) orders the holders.  A request that cannot be
-placed gets a domain outcome (:data:`~ollama_balancer.errors.Unroutable`), never an
-HTTP status: the edge chooses statuses (:func:`~ollama_balancer.errors.for_outcome`).
+placed gets a domain outcome (:data:`~ollama_balancer.core.errors.Unroutable`), never an
+HTTP status: the edge chooses statuses (:func:`~ollama_balancer.core.errors.for_outcome`).
 Ties are broken by the injected :class:`random.Random`, so several balancer replicas
 do not herd onto the same pod.
 """

@@ -2,7 +2,7 @@
 
 Three implementations:
 
-* :class:`~ollama_balancer.shared.local.LocalState` — this replica's own
+* :class:`~ollama_balancer.core.shared.local.LocalState` — this replica's own
   counts (today's per-replica semantics, on the :class:`Ledger`); used when
   ``shared_state`` is empty (one replica only) and as the fallback;
 * :class:`~ollama_balancer.shared.store.RedisState` — fleet-wide counts in

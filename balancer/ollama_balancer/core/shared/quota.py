@@ -1,6 +1,6 @@
 """Fleet-wide quota verdicts (pure).
 
-The arithmetic is the local one of :class:`ollama_balancer.auth.KeyState`, run
+The arithmetic is the local one of :class:`ollama_balancer.core.auth.KeyState`, run
 server-side by the ``quota_admit`` script so every replica debits the same
 buckets.  Requests and tokens per minute are **token buckets** (continuous
 refill at ``limit / 60`` a second, a burst of one minute's allowance), not

@@ -36,7 +36,7 @@ LOADED_MEMORY = 120.0
 
 @dataclass(frozen=True)
 class Occupancy:
-    """Fleet-wide counts at one moment: a :class:`~ollama_balancer.ledger.LedgerView`."""
+    """Fleet-wide counts at one moment: a :class:`~ollama_balancer.core.ledger.LedgerView`."""
 
     held: Mapping[LeaseKey, int] = field(default_factory=dict)
     loads: Mapping[LeaseKey, LoadRecord] = field(default_factory=dict)

@@ -38,7 +38,7 @@ class LoadRecord:
 
 class LedgerView(Protocol):
     """What routing reads: this replica's :class:`Ledger`, or a fleet-wide
-    :class:`ollama_balancer.shared.occupancy.Occupancy` snapshot."""
+    :class:`ollama_balancer.core.shared.occupancy.Occupancy` snapshot."""
 
     @property
     def default_load_seconds(self) -> float: ...
