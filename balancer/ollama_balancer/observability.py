@@ -65,8 +65,8 @@ def fleet_report(bal: Balancer, *, fleet_wide: bool = False) -> FleetReport:
         bal.view.snapshot,
         occupancy.snapshot(),
         bal.clock(),
-        fail_threshold=s.fail_threshold,
-        stale_after=s.stale_after,
+        fail_threshold=s.routing.fail_threshold,
+        stale_after=s.routing.stale_after,
         draining=bal.draining,
     )
 
@@ -287,7 +287,7 @@ def install(app: web.Application) -> None:
                 model_display(w.model), str(w.priority), how, w.waited(now)
             )
         )
-    if bal.settings.shared_state and isinstance(bal.shared, FallbackState):
+    if bal.settings.shared.url and isinstance(bal.shared, FallbackState):
         # Only with a store: a single replica without one has no "shared state down".
         shared = bal.shared
         shared.observer = SharedMetrics(metrics.registry, held=shared.own_leases)

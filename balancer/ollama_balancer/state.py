@@ -56,7 +56,7 @@ class Balancer:
         return [
             b.name
             for b in self.view.snapshot.backends
-            if b.routable(now, s.fail_threshold, s.stale_after)
+            if b.routable(now, s.routing.fail_threshold, s.routing.stale_after)
         ]
 
     def routable_states(self) -> list[BackendState]:
@@ -65,7 +65,7 @@ class Balancer:
         return [
             b
             for b in self.view.snapshot.backends
-            if b.routable(now, s.fail_threshold, s.stale_after)
+            if b.routable(now, s.routing.fail_threshold, s.routing.stale_after)
         ]
 
 

@@ -99,9 +99,9 @@ def test_settings_from_yaml_env_and_flags() -> None:
         environ={"OLLAMA_FLEET_SHARED_STATE_PASSWORD_FILE": "/run/secrets/redis/password"},
         yaml_text="shared_state: rediss://valkey:6380/0\nlease_ttl: 60\nlease_renew_interval: 20\n",
     )
-    assert s.shared_state == "rediss://valkey:6380/0"
-    assert (s.lease_ttl, s.lease_renew_interval, s.shared_state_timeout) == (60, 20, 0.25)
-    assert load_settings().shared_state == ""  # per-replica by default
+    assert s.shared.url == "rediss://valkey:6380/0"
+    assert (s.shared.lease_ttl, s.shared.lease_renew_interval, s.shared.timeout) == (60, 20, 0.25)
+    assert load_settings().shared.url == ""  # per-replica by default
 
 
 # ------------------------------------------------------------------ resync plans

@@ -14,6 +14,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ollama_wire.config import Group, SettingsError, setting
+from ollama_wire.names import InvalidModelName, canonical
+
 from .errors import HoldersDown, NoBackend, NoSuchModel, PinDown, PinUnknown, Unroutable
 from .fleet import BackendState, FleetSnapshot
 from .ledger import LedgerView
@@ -23,12 +26,66 @@ __all__ = ["Decision", "Policy", "RouteRequest", "route"]
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
-    fail_threshold: int = 3
-    stale_after: float = 15.0
-    affinity_bound: float = 1.25
-    auto_pull: bool = False
-    strategy: Strategy = Strategy.RESIDENCY
+class Policy(Group):
+    """The routing group of the balancer's settings (``settings.routing``): which pods
+    count as routable, how holders are ranked, and what is assumed until measured."""
+
+    fail_threshold: int = setting(
+        3, "failed polls in a row before a backend leaves the routing set", ge=1
+    )
+    stale_after: float = setting(
+        15.0, "seconds after which a backend's last good poll is no longer trusted", unit="seconds"
+    )
+    default_load_seconds: float = setting(
+        20.0, "assumed cold-load time of a model until one is measured", unit="seconds", gt=0
+    )
+    default_service_seconds: float = setting(
+        5.0, "assumed request duration of a model until one is measured", unit="seconds", gt=0
+    )
+    affinity: bool = setting(True, "send requests of one conversation/session to the same pod")
+    affinity_bound: float = setting(
+        1.25, "affinity is ignored when its pod is loaded above this × the mean", ge=1
+    )
+    auto_pull: bool = setting(False, "pull a model that no pod has, instead of answering 404")
+    strategy: Strategy = setting(
+        Strategy.RESIDENCY,
+        "residency | least-connections | round-robin | random (the last three are "
+        "model-unaware baselines for benchmarks)",
+        key="routing_policy",
+    )
+    penalty_seconds: float = setting(
+        10.0, "cool-down for a backend that failed fast (refused, 5xx)", unit="seconds"
+    )
+    pin_num_ctx: tuple[str, ...] = setting(
+        (),
+        "MODEL=NUM_CTX pairs, comma-separated in env/flags: every request for MODEL runs with "
+        "that options.num_ctx (a client's own is rewritten), so clients cannot make Ollama "
+        "reload a pinned copy with another context",
+    )
+    allow_client_unload: bool = setting(
+        False,
+        "let clients unload copies pinned forever (keep_alive -1, e.g. by a ModelPool); "
+        "other copies are always unloadable",
+    )
+
+    def check(self) -> None:
+        self.num_ctx_pins()
+
+    def num_ctx_pins(self) -> dict[str, int]:
+        """``pin_num_ctx`` as {canonical model: num_ctx}."""
+        out: dict[str, int] = {}
+        for item in self.pin_num_ctx:
+            model, sep, value = item.rpartition("=")
+            try:
+                if not sep or not model.strip():
+                    raise ValueError("expected MODEL=NUM_CTX")
+                ctx = int(value)
+                if ctx <= 0:
+                    raise ValueError("num_ctx must be > 0")
+                out[canonical(model.strip())] = ctx
+            except (ValueError, InvalidModelName) as exc:
+                raise SettingsError(f"pin_num_ctx: {item!r}: {exc}") from None
+        return out
 
 
 @dataclass(frozen=True, slots=True)
