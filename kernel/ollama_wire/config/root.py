@@ -2,7 +2,7 @@
 its sources.  Pure: the environment is always passed in as a mapping, never read here.
 
 Precedence, lowest first: the defaults, ``base`` (e.g. a YAML file's keys), the
-environment, the flags.  A flag or key whose value is None counts as not given.
+environment, the flags.  A flag whose value is None counts as not given.
 """
 
 from __future__ import annotations
