@@ -309,6 +309,26 @@ def test_dispatch_routes_on_the_ledgers_value() -> None:
     assert [c.backend for c in via.binds[0].ranked] == [c.backend for c in direct.ranked]
 
 
+def test_a_fresh_load_of_another_model_takes_vram_in_dispatch_as_in_routing() -> None:
+    """Pod a finished loading llama3 after its last poll (so /api/ps does not show it yet):
+    a waiting mistral request is loaded on b, which has more room left, exactly as routing
+    places it on arrival."""
+    fleet = snap(
+        Pod("a", ["llama3", "mistral"], vram_gb=16),
+        Pod("b", ["mistral"], vram_gb=14),
+    )
+    led = Ledger()
+    led.begin("a", M, cold=True, now=NOW - 5, request_id="r1")
+    led.first_byte("a", M, now=NOW - 0.5, request_id="r1")  # after a's last poll (NOW - 1)
+    led.end("a", M, request_id="r1")
+    mistral = canonical("mistral")
+    waiting = [Waiting("m1", mistral, "t", display="mistral", enqueued=NOW - 1)]
+    late = run(fleet, led.occupancy(), waiting)
+    early = route(RouteRequest(mistral, "mistral"), at(fleet, led), Policy(), random.Random(7))
+    assert binds(late) == [("m1", "b", "cold-load")]
+    assert early.ranked[0].backend == "b"
+
+
 @pytest.mark.parametrize(
     ("waiting", "service_s", "scan_limit", "spill"),
     [
