@@ -1,7 +1,7 @@
 """What this balancer replica knows that Ollama does not expose: the writer of its figures.
 
-Ollama reports residency (``/api/ps``) but not occupancy: no in-flight count,
-no queue, no loads in progress (shared/ollama-api.md §1.1, §3).  The ledger
+Ollama reports residency (``/api/ps``: which models are loaded, until when) but
+not occupancy: no in-flight count, no queue, no loads in progress.  The ledger
 counts the requests this replica sent to each (backend, model), remembers the
 loads it triggered until the first byte proves them done, keeps cool-down
 penalties for backends that failed fast, and learns per-model load and service
