@@ -3,7 +3,7 @@
 Regenerate the file with ``.venv/bin/python -m tests.balancer.resume_streams`` after a
 change to the emulator's wire shapes; ``test_resume_streams.py`` fails while the two
 differ (ids and times aside).  Each request asks for four tokens of ``llama3.2``
-(``*_json``: the same request, not streamed); the ``anthropic_tool`` answer is
+(``*_json``: the same request, not streamed); the ``anthropic_tool`` answers are
 ``qwen3:8b`` calling its tool, thinking turned off.
 """
 
@@ -18,7 +18,7 @@ import aiohttp
 
 from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig, default_catalogue
 
-__all__ = ["CAPTURED", "FRAMES", "REQUESTS", "capture", "frames", "frames_of"]
+__all__ = ["CAPTURED", "FRAMES", "REQUESTS", "VOLATILE", "capture", "frames", "frames_of", "steady"]
 
 _FILE = Path(__file__).with_name("resume_streams.json")
 
@@ -66,7 +66,7 @@ REQUESTS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
-for _name in ("chat", "generate", "openai", "anthropic"):
+for _name in ("chat", "generate", "openai", "anthropic", "anthropic_tool"):
     _path, _body = REQUESTS[_name]
     REQUESTS[_name + "_json"] = (_path, {**_body, "stream": False})
 REQUESTS["openai_json"][1].pop("stream_options")
@@ -95,6 +95,19 @@ async def capture() -> dict[str, bytes]:
             async with http.post(fleet.nodes[0].url + path, json=body) as resp:
                 out[name] = await resp.read()
     return out
+
+
+#: Fields that differ between two answers to the same request: ids, clocks, timings.
+VOLATILE = frozenset({"id", "created", "created_at", "total_duration", "load_duration"})
+
+
+def steady(value: Any) -> Any:
+    """``value`` with its volatile fields blanked, keys kept in their order."""
+    if isinstance(value, dict):
+        return [(k, None if k in VOLATILE else steady(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [steady(v) for v in value]
+    return value
 
 
 def frames_of(raw: bytes) -> list[str]:

@@ -24,7 +24,7 @@ GENERATED = ["So", " sunsets", " shorter", " and."]
 
 
 def chat_line(**message: Any) -> bytes:
-    doc = {"model": "qwen3", "created_at": "2026-08-22T09:15:01.12Z"}
+    doc: dict[str, Any] = {"model": "qwen3", "created_at": "2026-08-22T09:15:01.12Z"}
     doc |= {"message": {"role": "assistant", "content": "", **message}, "done": False}
     return orjson.dumps(doc) + b"\n"
 
@@ -37,7 +37,7 @@ def openai_frame(delta: dict[str, Any], finish: str | None = None, index: int = 
 
 
 def anthropic_event(doc: dict[str, Any]) -> bytes:
-    return b"event: " + doc["type"].encode() + b"\ndata: " + orjson.dumps(doc) + b"\n\n"
+    return b"event: " + str(doc["type"]).encode() + b"\ndata: " + orjson.dumps(doc) + b"\n\n"
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))

@@ -297,7 +297,7 @@ class _Anthropic(Stitcher):
         return b"".join(self._event(event) for event in block.split(b"\n\n") if event)
 
     def _event(self, event: bytes) -> bytes:
-        name = event[7 : event.find(b"\n")] if event.startswith(b"event: ") else b""
+        name = event[7:].partition(b"\n")[0] if event.startswith(b"event: ") else b""
         if name == b"content_block_delta":
             return self._shifted(event)  # the per-token event: usually passed untouched
         if not name:  # no event line: the data's type names it
