@@ -140,6 +140,10 @@ class _Native(Stitcher):
     _end = b"\n"
 
     def _frames(self, block: bytes) -> bytes:
+        # The final line (done or error) is the stream's last: a block ending in a content
+        # line has none, whatever came before it in the block.
+        if block.endswith(b'"done":false}\n'):
+            return block
         # Inside a JSON string a quote is escaped, so these bytes only occur as keys.
         if b'"done":true' not in block and b'"error"' not in block:
             return block
@@ -208,9 +212,21 @@ class _OpenAI(Stitcher):
         self._their_head: bytes | None = None
 
     def _frames(self, block: bytes) -> bytes:
+        if block.find(b"\n\n") == len(block) - 2:
+            return self._event(block[:-2])  # one event, the usual read
         return b"".join(self._event(event) for event in block.split(b"\n\n") if event)
 
     def _event(self, event: bytes) -> bytes:
+        ident, theirs = self._ident, self._their_head
+        if (
+            theirs
+            and ident is not None
+            and ident.head
+            and event.endswith(b'"finish_reason":null}]}')
+            and event.startswith(theirs, 6)
+        ):
+            # A content chunk, the per-token case: only its head changes.
+            return b"data: " + ident.head + event[6 + len(theirs) :] + b"\n\n"
         _, data = sse_event(event)
         if data == b"[DONE]":
             self.ended = True
@@ -281,6 +297,9 @@ def _sse(doc: dict[str, Any]) -> bytes:
     return b"data: " + go_json(doc) + b"\n\n"
 
 
+_DELTA = b"event: content_block_delta\n"
+
+
 class _Anthropic(Stitcher):
     _end = b"\n\n"
 
@@ -294,6 +313,8 @@ class _Anthropic(Stitcher):
         """Client index minus continuation index, fixed at the continuation's first block."""
 
     def _frames(self, block: bytes) -> bytes:
+        if not self._offset and block.startswith(_DELTA) and block.count(b"\n\n") == 1:
+            return block  # one delta in the client's block: the per-token case
         return b"".join(self._event(event) for event in block.split(b"\n\n") if event)
 
     def _event(self, event: bytes) -> bytes:
