@@ -141,6 +141,21 @@ def test_resumable(path: str, doc: dict[str, Any], thinks: bool, obstacle: Obsta
 
 
 @pytest.mark.parametrize(
+    ("path", "doc", "obstacle"),
+    [
+        pytest.param("/api/chat", {"messages": USER}, Obstacle.TEMPLATE, id="chat"),
+        pytest.param("/v1/chat/completions", {"messages": USER}, Obstacle.TEMPLATE, id="openai"),
+        pytest.param("/v1/messages", {"messages": USER}, Obstacle.TEMPLATE, id="anthropic"),
+        pytest.param("/api/generate", {"prompt": "x", "raw": True}, None, id="raw: no template"),
+    ],
+)
+def test_a_template_that_closes_the_turn(
+    path: str, doc: dict[str, Any], obstacle: Obstacle | None
+) -> None:
+    assert resumable(path, doc, continues=False).obstacle is obstacle
+
+
+@pytest.mark.parametrize(
     ("path", "doc", "expected"),
     [
         pytest.param(

@@ -28,6 +28,9 @@ might be preempted, and assembled from the (stitched) stream when it ends.
 * non-raw ``/api/generate``, ``/v1/completions`` and any ``suffix`` — the prompt goes
   through a template the balancer cannot see, so there is nowhere to put the partial
   answer; ``/v1/responses``, embeddings and everything else have no continuation at all;
+* a model whose chat template closes a trailing assistant turn instead of continuing it
+  (the scheduler says so: ``resumable(..., continues=False)``) — its continuation would
+  be a second answer glued to the first, so its long work gets no lent slot;
 * thinking (asked for, or the default of a thinking model) — templates drop or reshape a
   trailing assistant message's thinking, so the continuation would not see its own
   reasoning; once thinking shows up in a stream, that stream is not continued either;

@@ -23,17 +23,28 @@ from .partial import Partial
 __all__ = ["continuation", "resumable", "streamed"]
 
 
-def resumable(path: str, doc: Mapping[str, Any], *, thinks: bool = False) -> Verdict:
+def resumable(
+    path: str, doc: Mapping[str, Any], *, thinks: bool = False, continues: bool = True
+) -> Verdict:
     """Whether an answer to this request could be continued if its slot were taken back.
 
-    ``thinks``: the model thinks unless told not to (its capabilities list ``thinking``);
-    Ollama then turns thinking on for a request that does not say.  A tool call, or
-    thinking the model does anyway, can still show up in the answer: the relayed partial
-    answer is checked again (:attr:`Partial.obstacle`) before a continuation is built.
+    What the balancer knows of the model, when it knows it:
+
+    * ``thinks`` — the model thinks unless told not to (its capabilities list
+      ``thinking``): Ollama then turns thinking on for a request that does not say;
+    * ``continues`` — the model's chat template continues a trailing assistant message;
+      False for one known to close the turn anyway (the continuation would be a new answer
+      glued to the old one).  Raw generate needs no template and ignores it.
+
+    A tool call, or thinking the model does anyway, can still show up in the answer: the
+    relayed partial answer is checked again (:attr:`Partial.obstacle`) before a
+    continuation is built.
     """
     dialect = dialect_of(path)
     if dialect is None:
         return Verdict(Obstacle.API)
+    if not continues and dialect is not Dialect.GENERATE:
+        return Verdict(Obstacle.TEMPLATE)
     return Verdict(_CHECKS[dialect](doc, thinks))
 
 

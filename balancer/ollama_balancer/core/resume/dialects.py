@@ -45,20 +45,22 @@ def dialect_of(path: str) -> Dialect | None:
 
 
 class Obstacle(StrEnum):
-    """Why a request, or what was relayed of its answer, cannot be continued."""
+    """Why a request, or what was relayed of its answer, cannot be continued (the values
+    are fit for a metric label or a log field)."""
 
     API = "api"
     """The path has no way to continue a partial answer (embeddings, /v1/responses…)."""
     TEMPLATE = "template"
     """The prompt goes through a template the balancer cannot see (non-raw generate,
-    /v1/completions, a ``suffix``): nowhere to put the partial answer."""
+    /v1/completions, a ``suffix``): nowhere to put the partial answer; or the model's chat
+    template closes a trailing assistant turn instead of continuing it."""
     FORMAT = "format"
     """A JSON ``format`` or schema: its grammar constrains the generated tokens from their
     first, so a continuation would start a second document after the partial one."""
     THINKING = "thinking"
     """The model thinks (asked to, or by default): templates reshape or drop a trailing
     assistant message's thinking, so the continuation would not see its own reasoning."""
-    TOOL_CALL = "tool call"
+    TOOL_CALL = "tool_call"
     """A tool call was emitted: what follows a call cannot be continued as plain text."""
     CHOICES = "choices"
     """More than one choice (OpenAI ``n`` > 1)."""

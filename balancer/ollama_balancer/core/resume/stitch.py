@@ -115,7 +115,10 @@ class Stitcher:
         return self._frames(data[:cut])
 
     def end(self) -> bytes:
-        """Upstream ended cleanly: a last frame it left unterminated, if any."""
+        """Upstream ended cleanly: a last frame it left unterminated, if any.
+
+        Not for a continuation that broke: its incomplete frame was never relayed, and the
+        next attempt's partial answer is read from what was."""
         held, self._held = self._held, b""
         return self._frames(held + self._end) if held.strip() else b""
 
