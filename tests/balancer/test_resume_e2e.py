@@ -81,7 +81,9 @@ class ResumingRelay:
         body, partial = streamed(path, doc), None
         for i in range(len(self.cuts) + 1):
             limit = self.cuts[i] if i < len(self.cuts) else None
-            stitch = stitcher(partial, doc, clock=clock, started=started) if partial else None
+            stitch = None
+            if partial is not None:
+                stitch = stitcher(partial, doc, clock=clock, started=started)
             attempt = Attempt(body)
             self.attempts.append(attempt)
             async with self.session.post(self.upstream + path, json=body) as resp:
@@ -103,7 +105,11 @@ class ResumingRelay:
                             await out.write(data)
             # Leaving the block closed upstream mid-answer: the emulator stops generating.
             if limit is None:
-                assert stitch is None or stitch.ended
+                if stitch is not None:
+                    relayed.append(stitch.end())
+                    assert stitch.ended
+                    if out is not None:
+                        await out.write(relayed[-1])
                 break
             partial = partial_of(dialect, relayed)
             assert partial.resumable and partial.dangling == 0
