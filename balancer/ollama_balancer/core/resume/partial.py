@@ -29,7 +29,7 @@ from typing import Any
 from .dialects import Dialect, Obstacle
 from .frames import loads, split, sse_event, terminator
 
-__all__ = ["ChunkIdentity", "MessageIdentity", "Partial", "partial_of"]
+__all__ = ["ChunkIdentity", "MessageIdentity", "Partial", "chunk_head", "partial_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +211,7 @@ def _openai(reading: _Reading, frame: bytes) -> None:
         return
     if reading.chunk_doc is None:
         reading.chunk_doc = doc
-        reading.head = _head(data)
+        reading.head = chunk_head(data)
         if isinstance(doc.get("model"), str):
             reading.model = doc["model"]
     usage = doc.get("usage")
@@ -245,10 +245,16 @@ def _openai(reading: _Reading, frame: bytes) -> None:
             reading.ended = True  # the generation is over; [DONE] is only framing
 
 
-def _head(data: bytes) -> bytes:
-    """The chunk JSON before ``"choices"`` (Go writes struct fields in a fixed order)."""
+def chunk_head(data: bytes) -> bytes:
+    """An OpenAI chunk's JSON before ``"choices"``: ``{"id":…,`` up to the comma.
+
+    Go writes struct fields in a fixed order, ``id`` first and ``choices`` after the fields
+    every chunk repeats; ``b""`` for a chunk laid out otherwise (then nothing is spliced).
+    """
     cut = data.find(b'"choices"')
-    return data[:cut] if data.startswith(b"{") and cut > 0 else b""
+    if cut > 0 and data.startswith(b'{"id":') and data[cut - 1 : cut] == b",":
+        return data[:cut]
+    return b""
 
 
 _THINKING_BLOCKS = ("thinking", "redacted_thinking")

@@ -28,7 +28,7 @@ from typing import Any
 
 from .dialects import Dialect
 from .frames import go_json, loads, sse_event
-from .partial import Partial
+from .partial import Partial, chunk_head
 
 __all__ = ["METRICS", "Spent", "Stitcher", "stitcher"]
 
@@ -245,7 +245,7 @@ class _OpenAI(Stitcher):
             self._role_pending = False
             return self._first_delta(data)
         if self._their_head is None:
-            self._their_head = _head(data)
+            self._their_head = chunk_head(data)
         theirs = self._their_head
         if theirs and ident.head and data.startswith(theirs):
             return b"data: " + ident.head + data[len(theirs) :] + b"\n\n"
@@ -289,11 +289,6 @@ class _OpenAI(Stitcher):
                 prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
             )
         return _sse(self._own(doc))
-
-
-def _head(data: bytes) -> bytes:
-    cut = data.find(b'"choices"')
-    return data[:cut] if cut > 0 else b""
 
 
 def _sse(doc: dict[str, Any]) -> bytes:
