@@ -298,7 +298,9 @@ def test_openai_chunks_laid_out_otherwise_are_rewritten_field_by_field() -> None
     relayed = frames("openai", 2)
     partial = partial_of(Dialect.OPENAI, relayed)
     original = orjson.loads(relayed[0][6:])
-    chunk = {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
+    chunk: dict[str, Any] = {
+        "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]
+    }
     chunk |= {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 5, "model": "m"}
     stitch = make(partial)
     stitch.feed(b"data: " + orjson.dumps(chunk) + b"\n\n")  # the first: loses its (absent) role
