@@ -197,3 +197,5 @@ def test_the_plan_estimates_every_waiting_request() -> None:
     p = plan(view(2, ending("h", [10.0]), queue), DEFAULTS, 1)
     assert [c.id for c in p.grants] == ["a"]
     assert p.waits == {"a": 0.0, "b": pytest.approx(5.0)}
+    lean = plan(view(2, ending("h", [10.0]), queue), DEFAULTS, 1, estimate=False)
+    assert (lean.grants, lean.waits) == (p.grants, {})

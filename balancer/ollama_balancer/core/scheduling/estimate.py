@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..queueing import Priority
@@ -68,16 +68,21 @@ def entitled(order: Sequence[Candidate], tally: Tally) -> dict[str, Reason]:
     """The waiting requests entitled to a share at their place in ``order``, and to which."""
     seen = dict.fromkeys(CLASSES, 0)
     ahead: dict[TenantKey, int] = {}
+    fair: dict[TenantKey, float] = {}
     out: dict[str, Reason] = {}
     for x in order:
         key = (x.cls, x.tenant)
         before_class = seen[x.cls]
-        before_tenant = ahead.get(key, 0)
         seen[x.cls] = before_class + 1
-        ahead[key] = before_tenant + 1
         if tally.held[x.cls] + before_class < tally.nominal[x.cls]:
             out[x.id] = Reason.CLASS_SHARE
-        elif tally.tenant_held.get(key, 0) + before_tenant < tally.fair(x.cls, x.tenant):
+        before_tenant = ahead.get(key, 0)
+        ahead[key] = before_tenant + 1
+        if x.id in out:
+            continue
+        if key not in fair:
+            fair[key] = tally.fair(x.cls, x.tenant) - tally.tenant_held.get(key, 0)
+        if before_tenant < fair[key]:
             out[x.id] = Reason.TENANT_SHARE
     return out
 
@@ -88,8 +93,12 @@ def estimate_waits(
     order: Sequence[Candidate],
     free_slots: int,
     tally: Tally,
+    rights: Mapping[str, Reason] | None = None,
 ) -> dict[str, float]:
-    """Estimated seconds until each request of ``order`` gets a slot (see the module doc)."""
+    """Estimated seconds until each request of ``order`` gets a slot (see the module doc).
+
+    ``rights`` are :func:`entitled`'s answer for ``order``, if the caller has it already.
+    """
     if view.slots <= 0:
         return {x.id: math.inf for x in order}
     now = view.now
@@ -104,7 +113,7 @@ def estimate_waits(
         heapq.heapify(ends)
     # A class that may take no seat now still gets one once a lender's demand passes.
     limits = {c: max(1, tally.limit(c)) for c in CLASSES}
-    capped = entitled(order, tally)
+    capped = entitled(order, tally) if rights is None else rights
     victims = _victims(view, policy, tally)
     out: dict[str, float] = {}
     for x in order:
@@ -176,8 +185,9 @@ def admit(
     tally = Tally(view, policy)
     order = dispatch_order(view, policy, tally)
     position = next(i for i, x in enumerate(order) if x.id == candidate.id)
-    wait = estimate_waits(view, policy, order, free, tally)[candidate.id]
-    is_entitled = candidate.id in entitled(order, tally)
+    rights = entitled(order, tally)
+    wait = estimate_waits(view, policy, order, free, tally, rights)[candidate.id]
+    is_entitled = candidate.id in rights
     # No estimate (no warm slot known) refuses no one: loading is routing's decision.
     if math.isinf(wait) or is_entitled or wait <= policy.of(candidate.cls).max_wait:
         return Admission(True, wait, position, is_entitled)

@@ -47,7 +47,7 @@ class SchedulePlan:
     shares: tuple[ClassShare, ...]
     """Per class, before this pump's grants: seats, held, waiting, lent, borrowed, limit."""
     waits: Mapping[str, float] = field(default_factory=dict)
-    """Estimated seconds from now until each waiting request gets a slot."""
+    """Estimated seconds from now until each waiting request gets a slot (if asked for)."""
 
     def granted_to(self, replica: str) -> tuple[Candidate, ...]:
         """The grants ``replica`` binds (it holds those requests)."""
@@ -58,12 +58,18 @@ class SchedulePlan:
         return tuple(p for p in self.preemptions if p.victim.replica == replica)
 
 
-def plan(view: PoolView, policy: SchedulerPolicy, free_slots: int) -> SchedulePlan:
-    """Decide one pump for ``view``'s pool with ``free_slots`` slots free now."""
+def plan(
+    view: PoolView, policy: SchedulerPolicy, free_slots: int, *, estimate: bool = True
+) -> SchedulePlan:
+    """Decide one pump for ``view``'s pool with ``free_slots`` slots free now.
+
+    ``estimate=False`` leaves :attr:`SchedulePlan.waits` empty: the estimates are about
+    a third of the cost, and a pump that only binds and preempts does not need them.
+    """
     tally = Tally(view, policy)
     shares = tally.shares()
     order = dispatch_order(view, policy, tally)
-    waits = estimate_waits(view, policy, order, free_slots, tally)
+    waits = estimate_waits(view, policy, order, free_slots, tally) if estimate else {}
     grants: list[Candidate] = []
     granted: set[str] = set()
     for x in order:

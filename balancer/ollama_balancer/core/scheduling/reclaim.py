@@ -94,6 +94,7 @@ def reclaim(
     # A search that found no victim finds none again until the counts change.
     version = 0
     barren: dict[tuple[Reason, Priority, str], int] = {}
+    overs = _Overs(tally, pending)
     out: list[Preemption] = []
     for x in waiting:
         cls, key = x.cls, (x.cls, x.tenant)
@@ -122,25 +123,27 @@ def reclaim(
                     and h.lease not in in_time
                     and tally.held[h.cls] - 1 >= tally.nominal[h.cls]
                 ],
-                tally,
+                overs,
+                version,
             )
             if victim is None:
                 barren[(Reason.CLASS_SHARE, cls, "")] = version
             else:
                 found = (victim, Reason.CLASS_SHARE)
         if found is None and fair and barren.get((Reason.TENANT_SHARE, cls, x.tenant)) != version:
+            over = overs.get(cls, version)
             victim = _best(
                 [
                     h
                     for h in takeable
                     if h.cls is cls
                     and h.tenant != x.tenant
+                    and over[h.tenant] >= 1.0
                     and h.lease not in claimed
                     and h.lease not in in_time
-                    and tally.tenant_held[(cls, h.tenant)] - 1
-                    >= tally.fair(cls, h.tenant, pending[cls])
                 ],
-                tally,
+                overs,
+                version,
             )
             if victim is None:
                 barren[(Reason.TENANT_SHARE, cls, x.tenant)] = version
@@ -171,13 +174,38 @@ class _Soon:
         return self.holders[self._next] if self._next < len(self.holders) else None
 
 
-def _best(holders: list[Holder], tally: Tally) -> Holder | None:
+class _Overs:
+    """Seats each active tenant holds beyond its fair share (negative: below), per class.
+
+    Recomputed only when the counts changed (``version``): the victim searches of
+    one pump ask again and again.
+    """
+
+    def __init__(self, tally: Tally, pending: dict[Priority, int]) -> None:
+        self._tally = tally
+        self._pending = pending
+        self._cache: dict[Priority, tuple[int, dict[str, float]]] = {}
+
+    def get(self, cls: Priority, version: int) -> dict[str, float]:
+        hit = self._cache.get(cls)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        tally, pending = self._tally, self._pending[cls]
+        over = {
+            t: tally.tenant_held.get((cls, t), 0) - tally.fair(cls, t, pending)
+            for t in tally.weights[cls]
+        }
+        self._cache[cls] = (version, over)
+        return over
+
+
+def _best(holders: list[Holder], overs: _Overs, version: int) -> Holder | None:
     """The preferred victim: lowest class, tenant furthest over its share, cheapest, youngest."""
     if not holders:
         return None
 
     def key(h: Holder) -> tuple[int, float, float, float, str]:
-        over = tally.tenant_held[(h.cls, h.tenant)] - tally.fair(h.cls, h.tenant)
+        over = overs.get(h.cls, version)[h.tenant]
         return (-h.cls.rank, -over, h.redo_cost, -h.started, h.lease)
 
     return min(holders, key=key)
