@@ -200,6 +200,13 @@ def test_requests_given_a_free_slot_need_no_victim() -> None:
             id="tenant share: the same exclusions (not the one still reading its prompt)",
         ),
         pytest.param(
+            6,
+            [*many("h", 4, S, "heavy", weight=0.1), *many("l", 2, S, "light", weight=0.1)],
+            [cand("l9", S, "light", weight=0.1)],
+            [("h0", "l9", TEN)],
+            id="weights 0.1 and 0.1 on six: shares of 3 seats, not 3.0000000000000004",
+        ),
+        pytest.param(
             8,
             many("h", 8, S, "heavy", resumable=False),
             [cand("l1", S, "light")],

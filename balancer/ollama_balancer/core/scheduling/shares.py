@@ -171,7 +171,9 @@ class Tally:
         weight = self.weights[cls].get(tenant)
         if weight is None:
             return 0.0
-        return max(self.nominal[cls], self.held[cls] + pending) * weight / self.weight_total[cls]
+        share = max(self.nominal[cls], self.held[cls] + pending) * weight / self.weight_total[cls]
+        # Rounded: 6 × 0.1 / 0.2 is 3.0000000000000004, which must compare as 3 held seats.
+        return round(share, 9)
 
     # ---- summary
     def shares(self) -> tuple[ClassShare, ...]:
