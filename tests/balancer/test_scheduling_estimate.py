@@ -199,3 +199,8 @@ def test_the_plan_estimates_every_waiting_request() -> None:
     assert p.waits == {"a": 0.0, "b": pytest.approx(5.0)}
     lean = plan(view(2, ending("h", [10.0]), queue), DEFAULTS, 1, estimate=False)
     assert (lean.grants, lean.waits) == (p.grants, {})
+
+
+def test_an_arrival_already_waiting_is_a_caller_bug() -> None:
+    with pytest.raises(ValueError, match="already waiting"):
+        admit(view(2, [], [cand("new")]), DEFAULTS, new())

@@ -150,8 +150,11 @@ class _Victims:
 
 
 def _victims(view: PoolView, policy: SchedulerPolicy, tally: Tally) -> _Victims:
-    """Holders reclaim could take, by class and tenant: resumable, preempted fewer than the
-    maximum times (generating or not: a holder still reading its prompt soon will be)."""
+    """Holders reclaim could take, by class and by tenant.
+
+    Resumable and preempted fewer than the maximum times; generating or not (a holder
+    still reading its prompt soon will be).
+    """
     classes: set[Priority] = set()
     tenants: dict[Priority, set[str]] = {c: set() for c in CLASSES}
     for h in view.holders:
@@ -180,6 +183,8 @@ def admit(
 
     ``free_slots`` defaults to the slots no holder uses.
     """
+    if any(w.id == candidate.id for w in view.waiting):
+        raise ValueError(f"request {candidate.id!r} is already waiting")
     free = max(0, view.slots - len(view.holders)) if free_slots is None else free_slots
     view = replace(view, waiting=(*view.waiting, candidate))
     tally = Tally(view, policy)
