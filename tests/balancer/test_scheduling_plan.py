@@ -1,4 +1,4 @@
-"""The whole pump: the worked example of docs/scheduling.md, and properties of any plan."""
+"""The whole pump: the worked example of docs/scheduling.md §3, and properties of any plan."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ TENANTS = ["a", "b", "c"]
 
 
 def test_worked_example() -> None:
-    """docs/scheduling.md, "A worked example": 4 pods × 2 slots, a heavy tenant holds all 8."""
+    """docs/scheduling.md §3: 4 pods × 2 slots, a heavy tenant holds all 8."""
     heavy = [
         holder(
             f"h{i}",

@@ -233,7 +233,7 @@ def test_class_shares(
 
 
 def test_defaults() -> None:
-    """The documented defaults (docs/scheduling.md and the policy module's docstring)."""
+    """The documented defaults (docs/scheduling.md §4 and the policy module's docstring)."""
     p = SchedulerPolicy()
     assert (p.critical.nominal, p.standard.nominal, p.batch.nominal) == (0.2, 0.6, 0.2)
     assert {p.of(c).lendable for c in (C, S, B)} == {1.0}
