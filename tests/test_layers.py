@@ -78,6 +78,12 @@ def test_every_contract_is_kept() -> None:
             "No import circles",
             id="import circle",
         ),
+        pytest.param(
+            "emulator/ollama_emulator/state.py",
+            "import typing\nif typing.TYPE_CHECKING:\n    import ollama_emulator.node",
+            "No import circles",
+            id="import circle under TYPE_CHECKING only",
+        ),
     ],
 )
 def test_a_broken_rule_fails_the_lint(
