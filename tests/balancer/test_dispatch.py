@@ -13,7 +13,7 @@ from ollama_balancer.core.ledger import Ledger
 from ollama_balancer.core.queueing import Waiting
 from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.names import canonical
-from tests.balancer.test_routing import NOW, Pod, snap
+from tests.harness.routing_cases import NOW, Pod, snap
 
 M = canonical("llama3")
 

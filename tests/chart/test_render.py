@@ -33,7 +33,7 @@ from ollama_balancer.core.pods import (
 )
 from ollama_balancer.core.routes import spec_for
 from ollama_balancer.settings import load_settings
-from tests.chart.chart import (
+from tests.harness.chart import (
     CHART,
     CRD,
     EXAMPLES,
@@ -740,7 +740,7 @@ def test_crd_upgrade_policy_documented() -> None:
 def test_install_yaml_matches_chart(helm: str) -> None:
     expected = render_install_yaml(helm)
     assert INSTALL_YAML.read_text() == expected, (
-        "manifests/install.yaml drifted from the chart: run `python -m tests.chart.chart --write`"
+        "manifests/install.yaml drifted from the chart: run `python -m tests.harness.chart --write`"
     )
     objs = [d for d in yaml.safe_load_all(expected) if d]
     assert objs[0]["kind"] == "CustomResourceDefinition"

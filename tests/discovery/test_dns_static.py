@@ -12,8 +12,7 @@ from ollama_balancer.discovery import (
 )
 from ollama_wire.backend import Backend
 from ollama_wire.hosts import parse_backends
-
-from .recorder import running
+from tests.harness.discovery import running
 
 
 async def test_static_publishes_its_list_once() -> None:

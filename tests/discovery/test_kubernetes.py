@@ -13,7 +13,8 @@ import yaml
 from kubernetes import client
 
 from ollama_balancer.discovery import KubernetesDiscovery, KubernetesDiscoveryConfig, PodRules
-from tests.kube.cluster import (
+from tests.harness.discovery import Recorder, discovery_threads, running
+from tests.harness.kube import (
     KubeCluster,
     create_default_service_account,
     create_namespace,
@@ -24,8 +25,6 @@ from tests.kube.cluster import (
     set_pod_ready,
     set_pod_status,
 )
-
-from .recorder import Recorder, discovery_threads, running
 
 pytestmark = pytest.mark.kube
 

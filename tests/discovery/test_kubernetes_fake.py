@@ -13,8 +13,7 @@ import yaml
 from aiohttp import web
 
 from ollama_balancer.discovery import KubernetesDiscovery, KubernetesDiscoveryConfig
-
-from .recorder import running
+from tests.harness.discovery import running
 
 POD = {
     "metadata": {"name": "ollama-0", "namespace": "ai", "resourceVersion": "5"},
