@@ -45,7 +45,7 @@ from ollama_wire.progress import ProgressMerge
 
 from .context import PARSED, request_id
 from .core.errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
-from .polling import FleetTracker
+from .core.fleet import BackendState
 from .settings import BalancerSettings
 
 __all__ = ["FANNED_OUT", "Admin", "merge_answers", "refusal"]
@@ -108,21 +108,20 @@ class Admin:
     def __init__(
         self,
         settings: BalancerSettings,
-        view: FleetTracker,
+        routable: Callable[[], Sequence[BackendState]],
         session: Callable[[], aiohttp.ClientSession],
-        clock: Callable[[], float],
     ) -> None:
         self.settings = settings
-        self.view = view
+        #: The routable pods now (the balancer's fleet state decides which).
+        self._routable = routable
         self._session = session
-        self._clock = clock
 
     # ------------------------------------------------------------ entry points
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Any admin request: the one entry the app can route every admin path to."""
         path, method = request.path, request.method
-        if self.settings.admin != "fanout" or path == "/api/push":
-            raise Forbidden(refusal(path, self.settings.admin))
+        if self.settings.proxy.admin != "fanout" or path == "/api/push":
+            raise Forbidden(refusal(path, self.settings.proxy.admin))
         if path.startswith("/api/blobs/"):
             if method == "HEAD":
                 return await self._has_blob(request)
@@ -155,16 +154,12 @@ class Admin:
 
     # ----------------------------------------------------------------- shared
     def _client(self, backend: Backend) -> OllamaClient:
-        return OllamaClient(self._session(), backend.url, timeout=self.settings.connect_timeout)
+        return OllamaClient(
+            self._session(), backend.url, timeout=self.settings.proxy.connect_timeout
+        )
 
     def _targets(self, request: web.Request) -> list[Backend]:
-        snap = self.view.snapshot
-        now = self._clock()
-        routable = [
-            s.backend
-            for s in snap.backends
-            if s.routable(now, self.settings.fail_threshold, self.settings.stale_after)
-        ]
+        routable = [s.backend for s in self._routable()]
         pin = request.headers.get("X-Ollama-Backend")
         if pin:
             routable = [b for b in routable if b.name == pin]
@@ -176,8 +171,8 @@ class Admin:
 
     async def _prologue(self, request: web.Request) -> tuple[dict[str, Any], list[Backend]]:
         """Refused unless fan-out is on; a JSON object body; the target pods."""
-        if self.settings.admin != "fanout":
-            raise Forbidden(refusal(request.path, self.settings.admin))
+        if self.settings.proxy.admin != "fanout":
+            raise Forbidden(refusal(request.path, self.settings.proxy.admin))
         parsed = request.get(PARSED)
         if parsed is not None:  # a body naming a model: parsed once by the pipeline
             return parsed.doc, self._targets(request)
@@ -223,7 +218,7 @@ class Admin:
             last = ""
             try:
                 async for progress in self._client(b).progress(
-                    path, doc, idle_timeout=self.settings.idle_timeout
+                    path, doc, idle_timeout=self.settings.proxy.idle_timeout
                 ):
                     last = str(progress.get("status", ""))
                     await queue.put((b.name, progress, None))

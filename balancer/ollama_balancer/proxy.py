@@ -1,6 +1,6 @@
 """The reverse proxy: route, forward, stream back byte for byte, fail over before the first byte.
 
-Streams are sacred (DESIGN.md §2): upstream bytes are written to the client
+Streams are sacred (docs/design.md §1.3): upstream bytes are written to the client
 as they arrive, never parsed or re-encoded on the way (only the last chunk is
 kept, to learn timings from Ollama's final metrics line).  A request is
 retried on the next-ranked pod only while nothing has reached the client.
@@ -27,13 +27,14 @@ from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
 from .context import API_KEY, PARSED, QUOTA, RECORD, QuotaHold
 from .core.errors import AttemptFailed, BadRequest, Forbidden, for_outcome, give_up
+from .core.fleetstate import FleetState
 from .core.ledger import COLD_LOAD_THRESHOLD, Ledger
-from .core.queueing import BadPriority, QueueSettings, Waiting, request_priority, tenant_of
+from .core.queueing import BadPriority, Waiting, request_priority, tenant_of
 from .core.rankers import COLD_REASONS, Choice, Reason
 from .core.record import RequestRecord
 from .core.requests import Intent, ParsedRequest, affinity_key, with_num_ctx
 from .core.routes import spec_for
-from .core.routing import Policy, RouteRequest, route
+from .core.routing import RouteRequest, route
 from .core.shared.gate import load_decision
 from .core.shared.local import LocalState
 from .core.shared.model import Learned, Lease
@@ -119,35 +120,25 @@ class Proxy:
         self._session = session
         self.rng = rng or random.Random()
         self.clock = clock
-        self.policy = Policy(
-            fail_threshold=settings.fail_threshold,
-            stale_after=settings.stale_after,
-            affinity_bound=settings.affinity_bound,
-            auto_pull=settings.auto_pull,
-            strategy=settings.routing_policy,
-        )
+        self.policy = settings.routing
         self._turn = 0  # round-robin baseline's cursor
         self._pulls: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout
+            total=None, sock_connect=settings.proxy.connect_timeout
         )
-        self._num_ctx_pins = settings.num_ctx_pins()
+        self._num_ctx_pins = settings.routing.num_ctx_pins()
         #: Late binding (``queue``): requests wait here for a slot instead of inside Ollama.
         self.waitroom: WaitRoom | None = None
         self.tokens = TokenCorrection()
-        if settings.queue:
+        if settings.queue.enabled:
             self.waitroom = WaitRoom(
-                QueueSettings(
-                    settings.queue_max_per_model,
-                    settings.queue_max_wait,
-                    settings.queue_batch_aging,
-                ),
+                settings.queue,
                 view,
                 self.shared.occupancy,
                 self.policy,
                 rng=self.rng,
                 clock=clock,
-                hold_unavailable=settings.queue_hold_unavailable,
+                hold_unavailable=settings.queue.hold_unavailable,
             )
             view.subscribe(lambda _change: self._slot_freed())
             # A slot freed here or on another replica (through the store): dispatch now.
@@ -170,7 +161,12 @@ class Proxy:
         if req.intent is Intent.UNLOAD and req.pin is None:
             return await self._unload_everywhere(request, req, record)
         aff = None
-        if self.settings.affinity and spec is not None and spec.affinity and req.pin is None:
+        if (
+            self.settings.routing.affinity
+            and spec is not None
+            and spec.affinity
+            and req.pin is None
+        ):
             aff = affinity_key(req.doc, req.key, request.headers.get("X-Session-ID"))
         aff_backend = self.shared.affinity(aff) if aff else None
         counts = spec is not None and spec.quota  # /api/show takes no slot
@@ -190,10 +186,10 @@ class Proxy:
             if counts:
                 ranked = await self._claim(route_req, ranked, record.request_id, claim)
         snapshot = self.view.snapshot
-        deadline = self.clock() + self.settings.retry_budget
+        deadline = self.clock() + self.settings.proxy.retry_budget
         failures: list[AttemptFailed] = []
         try:
-            for attempt, choice in enumerate(ranked[: self.settings.max_attempts]):
+            for attempt, choice in enumerate(ranked[: self.settings.proxy.max_attempts]):
                 if attempt and self.clock() > deadline:
                     break
                 state = snapshot.get(choice.backend)
@@ -218,16 +214,17 @@ class Proxy:
             if claim.lease is not None:  # claimed, never used (no attempt reached it)
                 await self._release_firmly(claim, record)
 
-    def _route(self, req: RouteRequest) -> tuple[Choice, ...]:
-        decision = route(
-            req,
+    def _fleet(self) -> FleetState:
+        return FleetState.at(
             self.view.snapshot,
             self.shared.occupancy(),
-            self.policy,
             self.clock(),
-            self.rng,
-            self._turn,
+            fail_threshold=self.policy.fail_threshold,
+            stale_after=self.policy.stale_after,
         )
+
+    def _route(self, req: RouteRequest) -> tuple[Choice, ...]:
+        decision = route(req, self._fleet(), self.policy, self.rng, self._turn)
         self._turn += 1
         if decision.unroutable is not None:
             raise for_outcome(decision.unroutable)
@@ -324,8 +321,8 @@ class Proxy:
         """The request as the wait queue sees it: tenant, class, estimated tokens, weight."""
         key = request.get(API_KEY)
         header = (
-            request.headers.get(self.settings.tenant_header)
-            if self.settings.tenant_header
+            request.headers.get(self.settings.queue.tenant_header)
+            if self.settings.queue.tenant_header
             else None
         )
         tenant = tenant_of(key.name if key else None, header)
@@ -335,7 +332,7 @@ class Proxy:
             )
         except BadPriority as exc:
             raise BadRequest(str(exc)) from None
-        raw = estimate_tokens(req.doc, request.path, self.settings.default_output_tokens)
+        raw = estimate_tokens(req.doc, request.path, self.settings.queue.default_output_tokens)
         estimate = self.tokens.correct(tenant, req.key, raw)
         record.tenant, record.priority = tenant, priority
         record.token_estimate = raw
@@ -392,16 +389,11 @@ class Proxy:
     ) -> web.StreamResponse:
         """An unload goes to every pod where the model is loaded or loading, answered once."""
         record.reason = Reason.UNLOAD
-        now = self.clock()
         plan = plan_unload(
-            self.view.snapshot,
-            self.shared.occupancy(),
+            self._fleet(),
             req.key,
-            now=now,
             wall=datetime.now(UTC),
-            fail_threshold=self.settings.fail_threshold,
-            stale_after=self.settings.stale_after,
-            allow_pinned=self.settings.allow_client_unload,
+            allow_pinned=self.settings.routing.allow_client_unload,
         )
         if plan.refused:
             raise Forbidden(
@@ -420,7 +412,7 @@ class Proxy:
             if state is None:
                 return name, 0, b""
             try:
-                async with asyncio.timeout(self.settings.first_byte_timeout):
+                async with asyncio.timeout(self.settings.proxy.first_byte_timeout):
                     async with self._session().post(
                         state.backend.url + request.path_qs,
                         data=req.body,
@@ -489,12 +481,12 @@ class Proxy:
         upstream: Upstream | None = None
         try:
             try:
-                async with asyncio.timeout(self.settings.first_byte_timeout):
+                async with asyncio.timeout(self.settings.proxy.first_byte_timeout):
                     upstream = await self._send(request, req, backend, headers)
             except TimeoutError:
                 raise AttemptFailed(
                     backend.name,
-                    f"sent nothing for {self.settings.first_byte_timeout:g}s",
+                    f"sent nothing for {self.settings.proxy.first_byte_timeout:g}s",
                     retry=False,
                     timeout=True,
                 ) from None
@@ -510,7 +502,7 @@ class Proxy:
                 record.cold_load_seconds = loaded
                 self._slot_freed()  # followers of the load may bind to it now
             if upstream.status >= 500 or upstream.status == 404:
-                body = await _read_small(upstream, self.settings.idle_timeout)
+                body = await _read_small(upstream, self.settings.proxy.idle_timeout)
                 if upstream.status >= 500 and ttfb < FAST_FAIL_SECONDS:
                     await self._penalise(backend.name, t0)
                 answer = _error_message(body)
@@ -588,7 +580,7 @@ class Proxy:
                     last = chunk
             else:
                 async with asyncio.timeout(None) as deadline:
-                    watchdog = _IdleWatchdog(deadline, record, self.settings.idle_timeout)
+                    watchdog = _IdleWatchdog(deadline, record, self.settings.proxy.idle_timeout)
                     try:
                         while chunk := await read():
                             await write(chunk)
@@ -665,7 +657,7 @@ class Proxy:
 
     async def _penalise(self, backend: str, since: float) -> None:
         if self.clock() - since < FAST_FAIL_SECONDS:
-            await self.shared.penalise(backend, self.settings.penalty_seconds)
+            await self.shared.penalise(backend, self.settings.routing.penalty_seconds)
 
     # ------------------------------------------------------------ auto-pull
     async def _pull_for(self, backend: Backend, model: str) -> None:
@@ -674,11 +666,11 @@ class Proxy:
         task = self._pulls.get(key)
         if task is None:
             client = OllamaClient(
-                self._session(), backend.url, timeout=self.settings.connect_timeout
+                self._session(), backend.url, timeout=self.settings.proxy.connect_timeout
             )
 
             async def pull() -> None:
-                async for _ in client.pull(model, idle_timeout=self.settings.idle_timeout):
+                async for _ in client.pull(model, idle_timeout=self.settings.proxy.idle_timeout):
                     pass
 
             task = asyncio.ensure_future(pull())

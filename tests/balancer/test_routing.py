@@ -20,7 +20,7 @@ from ollama_balancer.core.ledger import Ledger
 from ollama_balancer.core.rankers import Strategy
 from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.names import canonical
-from tests.harness.routing_cases import CASES, NOW, M, Pod, decide, ledger, snap
+from tests.harness.routing_cases import CASES, NOW, M, Pod, at, decide, ledger, snap
 
 
 @pytest.mark.parametrize(("fleet", "led", "expected"), CASES)
@@ -70,7 +70,7 @@ def test_pinned() -> None:
 )
 def test_unroutable_outcomes(fleet: FleetSnapshot, model: str, outcome: Unroutable) -> None:
     d = route(
-        RouteRequest(canonical(model), model), fleet, ledger(), Policy(), NOW, random.Random(1)
+        RouteRequest(canonical(model), model), at(fleet, ledger()), Policy(), random.Random(1)
     )
     assert d.unroutable == outcome
     assert not d.ranked
@@ -86,10 +86,8 @@ def test_unroutable_outcomes(fleet: FleetSnapshot, model: str, outcome: Unroutab
 def test_pin_outcomes(pin: str, outcome: Unroutable) -> None:
     d = route(
         RouteRequest(M, "llama3", pin=pin),
-        snap(Pod("a", ["llama3"]), Pod("b", ["llama3"], down=True)),
-        ledger(),
+        at(snap(Pod("a", ["llama3"]), Pod("b", ["llama3"], down=True)), ledger()),
         Policy(),
-        NOW,
         random.Random(1),
     )
     assert d.unroutable == outcome
@@ -101,7 +99,7 @@ def test_auto_pull_targets_most_free_room() -> None:
         Pod("b", [], [], vram_gb=8),
     )
     d = route(
-        RouteRequest(M, "llama3"), fleet, ledger(), Policy(auto_pull=True), NOW, random.Random(1)
+        RouteRequest(M, "llama3"), at(fleet, ledger()), Policy(auto_pull=True), random.Random(1)
     )
     assert [(c.backend, c.reason) for c in d.ranked] == [("b", "pull")]
 
@@ -112,7 +110,7 @@ def test_ties_spread_evenly() -> None:
     led = ledger()
     counts: Counter[str] = Counter()
     for _ in range(4000):
-        d = route(RouteRequest(M, "llama3"), fleet, led, Policy(), NOW, rng)
+        d = route(RouteRequest(M, "llama3"), at(fleet, led), Policy(), rng)
         counts[d.ranked[0].backend] += 1
     assert set(counts) == set("abcd")
     assert max(counts.values()) / min(counts.values()) < 1.15, counts
@@ -122,10 +120,8 @@ def test_least_connections_baseline_ignores_residency() -> None:
     fleet = snap(Pod("a", ["llama3"], ["llama3"]), Pod("b", ["llama3"]))
     d = route(
         RouteRequest(M, "llama3"),
-        fleet,
-        ledger({("a", "mistral"): 1}),
+        at(fleet, ledger({("a", "mistral"): 1})),
         Policy(strategy=Strategy.LEAST_CONNECTIONS),
-        NOW,
         random.Random(1),
     )
     assert d.ranked[0].backend == "b"
@@ -142,6 +138,6 @@ def test_a_load_finished_after_the_last_poll_takes_vram() -> None:
     led.first_byte("a", M, now=NOW - 0.5, request_id="r1")  # done after a's last poll (NOW - 1)
     led.end("a", M, request_id="r1")
     mistral = canonical("mistral")
-    d = route(RouteRequest(mistral, "mistral"), fleet, led, Policy(), NOW, random.Random(1))
+    d = route(RouteRequest(mistral, "mistral"), at(fleet, led), Policy(), random.Random(1))
     # 4 of a's 16 GiB hold llama3 now (12 free): mistral goes to b (14 free)
     assert d.ranked[0].backend == "b"

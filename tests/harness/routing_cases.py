@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 import pytest
 
 from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.fleetstate import FleetState
 from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.occupancy import Occupancy
 from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical
 
-__all__ = ["CASES", "GB", "NOW", "OTHER", "E", "M", "Pod", "decide", "ledger", "snap"]
+__all__ = ["CASES", "GB", "NOW", "OTHER", "E", "M", "Pod", "at", "decide", "ledger", "snap"]
 
 GB = 1024**3
 NOW = 1000.0
@@ -82,11 +84,22 @@ def ledger(
     return led
 
 
+def at(
+    s: FleetSnapshot, figures: Ledger | Occupancy, now: float = NOW, policy: Policy | None = None
+) -> FleetState:
+    """What a decision at ``now`` sees: ``s``, and the ledger's figures as a value."""
+    policy = policy or Policy()
+    occupancy = figures.occupancy() if isinstance(figures, Ledger) else figures
+    return FleetState.at(
+        s, occupancy, now, fail_threshold=policy.fail_threshold, stale_after=policy.stale_after
+    )
+
+
 def decide(
-    s: FleetSnapshot, led: Ledger, model: str = "llama3", **kw: object
+    s: FleetSnapshot, led: Ledger | Occupancy, model: str = "llama3", **kw: object
 ) -> list[tuple[str, str]]:
     req = RouteRequest(model=canonical(model), display=model, **kw)  # type: ignore[arg-type]
-    d = route(req, s, led, Policy(), NOW, random.Random(7))
+    d = route(req, at(s, led), Policy(), random.Random(7))
     assert d.unroutable is None, d.unroutable
     return [(c.backend, c.reason) for c in d.ranked]
 
