@@ -59,7 +59,9 @@ from .scheduling.policy import (
 )
 
 __all__ = [
+    "DEADLINE_HEADER",
     "SHARED_TENANT",
+    "BadDeadline",
     "BadPriority",
     "Offer",
     "Priority",
@@ -70,6 +72,7 @@ __all__ = [
     "Waiting",
     "demand",
     "expected_wait",
+    "parse_deadline",
     "parse_priority",
     "request_priority",
     "retry_after",
@@ -80,6 +83,31 @@ __all__ = [
 SHARED_TENANT = "-"
 #: Retry-After is capped: a client should come back within the hour, not tomorrow.
 MAX_RETRY_AFTER = 3600
+
+
+#: A client's deadline for its answer, in seconds from now: orders it within its class.
+DEADLINE_HEADER = "X-Request-Deadline"
+_MAX_DEADLINE = 86400.0
+
+
+class BadDeadline(ValueError):
+    """An ``X-Request-Deadline`` that is not a number of seconds in (0, 86400]."""
+
+
+def parse_deadline(text: str | None, now: float) -> float | None:
+    """The absolute deadline ``now + seconds`` an ``X-Request-Deadline`` header asks for."""
+    if text is None or not text.strip():
+        return None
+    try:
+        seconds = float(text.strip().removesuffix("s"))
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= _MAX_DEADLINE:
+        raise BadDeadline(
+            f"{DEADLINE_HEADER} must be the seconds until the answer is due, "
+            f"a number in (0, {_MAX_DEADLINE:g}], not {text.strip()[:40]!r}"
+        )
+    return now + seconds
 
 
 def tenant_of(key_name: str | None, header: str | None) -> str:
