@@ -50,12 +50,10 @@ async def assert_settled(rig: Rig, base: Baseline, *, fd_slack: int = 2) -> None
     snap = rig.bal.ledger.snapshot()
     assert snap["inflight"] == [] and snap["loading"] == [], snap
     # Idle keep-alive connections are pooled, not leaked: close the pools (the test
-    # client's and the balancer's two), then every server-side connection task
+    # client's and the balancer's transport), then every server-side connection task
     # and socket must go away.
     await rig.session.connector.close()  # type: ignore[union-attr]
-    await rig.bal.http().connector.close()  # type: ignore[union-attr]
-    if rig.bal.proxy.pool is not None:  # the proxy's own keep-alive connections to the pods
-        rig.bal.proxy.pool.close()
+    await rig.bal.transport.close()
     deadline = asyncio.get_running_loop().time() + 10
     while len(asyncio.all_tasks()) > base.tasks or open_fds() > base.fds + fd_slack:
         if asyncio.get_running_loop().time() > deadline:

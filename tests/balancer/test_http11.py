@@ -1,4 +1,4 @@
-"""The proxy's own HTTP/1.1 client (upstream.py) against real loopback servers that answer
+"""The proxy's own HTTP/1.1 client (upstream/http11.py) against real loopback servers that answer
 with exact bytes: framing, keep-alive, broken and invalid answers, flow control."""
 
 from __future__ import annotations
@@ -9,13 +9,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from ollama_balancer.upstream import (
-    HIGH_WATER,
-    ProtocolError,
-    ServerDisconnected,
-    UpstreamPool,
-    UpstreamResponse,
-)
+from ollama_balancer.upstream.errors import ConnectError, Disconnected, ProtocolError
+from ollama_balancer.upstream.http11 import HIGH_WATER, Http11Pool, Http11Response
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -57,11 +52,11 @@ async def server(answer: Answer) -> AsyncIterator[tuple[str, list[bytes]]]:
         await srv.wait_closed()
 
 
-def pool() -> UpstreamPool:
-    return UpstreamPool(connect_timeout=2.0, keepalive=30.0)
+def pool() -> Http11Pool:
+    return Http11Pool(connect_timeout=2.0, keepalive=30.0)
 
 
-async def body(resp: UpstreamResponse) -> bytes:
+async def body(resp: Http11Response) -> bytes:
     parts = []
     while chunk := await resp.readany():
         parts.append(chunk)
@@ -162,7 +157,7 @@ async def test_server_gone_mid_body_is_an_error_after_the_bytes_it_sent() -> Non
         p = pool()
         resp = await p.post(url, "/", {}, b"")
         assert await resp.readany() == b"abc"
-        with pytest.raises(ServerDisconnected):
+        with pytest.raises(Disconnected):
             await resp.readany()
         resp.close()
         p.close()
@@ -189,11 +184,11 @@ async def test_invalid_answers_are_protocol_errors(answer: bytes) -> None:
         p.close()
 
 
-async def test_refused_connection_is_an_os_error() -> None:
+async def test_refused_connection_is_a_connect_error() -> None:
     async with server(keep_alive()) as (url, _):
         pass  # closed: nothing listens there any more
     p = pool()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectError):
         await p.post(url, "/", {}, b"")
     p.close()
 
@@ -291,7 +286,7 @@ async def test_a_new_connection_dropped_unanswered_is_not_retried() -> None:
 
     async with server(answer) as (url, _):
         p = pool()
-        with pytest.raises(ServerDisconnected):
+        with pytest.raises(Disconnected):
             await p.post(url, "/", {}, b"")
         p.close()
     assert connections == 1
