@@ -39,7 +39,7 @@ from .core.errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavail
 from .fanout import PodReply, fan_out
 from .polling import FleetTracker
 from .settings import BalancerSettings
-from .upstream import ErrorAnswer, ProtocolError, Transport, UpstreamError, describe
+from .upstream import ErrorAnswer, ProtocolError, Sender, UpstreamError, describe
 from .upstream.calls import progress
 
 __all__ = ["FANNED_OUT", "Admin", "merge_answers", "refusal"]
@@ -111,7 +111,7 @@ class Admin:
         self,
         settings: BalancerSettings,
         view: FleetTracker,
-        transport: Transport,
+        transport: Sender,
         clock: Callable[[], float],
     ) -> None:
         self.settings = settings

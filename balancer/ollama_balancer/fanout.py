@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ollama_wire.backend import Backend
 
-from .upstream import Transport, UpstreamError, describe
+from .upstream import Sender, UpstreamError, describe
 from .upstream.calls import JSON, call, error_message
 
 __all__ = ["PodReply", "fan_out"]
@@ -40,7 +40,7 @@ class PodReply:
 
 
 async def fan_out(
-    transport: Transport,
+    transport: Sender,
     targets: Sequence[Backend],
     method: str,
     path: str,

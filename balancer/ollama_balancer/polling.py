@@ -21,7 +21,7 @@ from ollama_wire.backend import Backend
 from ollama_wire.models import parse_installed, parse_resident
 
 from .core.fleet import FleetSnapshot, PollResult, apply_poll
-from .upstream import Transport, UpstreamError, describe
+from .upstream import Sender, UpstreamError, describe
 from .upstream.calls import get_json
 
 __all__ = ["ChangeKind", "FleetChange", "FleetTracker", "Poller", "poll_backend"]
@@ -101,7 +101,7 @@ class FleetTracker:
 
 
 async def poll_backend(
-    transport: Transport,
+    transport: Sender,
     backend: Backend,
     timeout: float,
     clock: Callable[[], float] = time.monotonic,
@@ -139,7 +139,7 @@ class Poller:
 
     def __init__(
         self,
-        transport: Transport,
+        transport: Sender,
         view: FleetTracker,
         *,
         interval: float,

@@ -48,7 +48,7 @@ from .proxying.router import Router, policy_of
 from .proxying.waiting import waiting_for
 from .settings import BalancerSettings
 from .unloader import Unloader
-from .upstream import Response, Transport, UpstreamError, describe
+from .upstream import Response, Sender, UpstreamError, describe
 from .upstream.calls import LIMIT, error_message
 from .waitroom import WaitRoom
 
@@ -68,7 +68,7 @@ class Proxy:
         settings: BalancerSettings,
         view: FleetTracker,
         ledger: Ledger,
-        transport: Transport,
+        transport: Sender,
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,

@@ -24,7 +24,7 @@ from .fanout import PodReply, fan_out
 from .polling import FleetTracker
 from .proxying.headers import forwarded
 from .settings import BalancerSettings
-from .upstream import Transport
+from .upstream import Sender
 
 __all__ = ["Unloader"]
 
@@ -37,7 +37,7 @@ class Unloader:
         settings: BalancerSettings,
         view: FleetTracker,
         shared: SharedState,
-        transport: Transport,
+        transport: Sender,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings

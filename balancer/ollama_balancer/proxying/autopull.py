@@ -8,7 +8,7 @@ import asyncio
 from ollama_wire.backend import Backend
 
 from ..core.errors import AttemptFailed
-from ..upstream import ErrorAnswer, Transport, UpstreamError, describe
+from ..upstream import ErrorAnswer, Sender, UpstreamError, describe
 from ..upstream.calls import progress
 
 __all__ = ["AutoPull"]
@@ -17,7 +17,7 @@ __all__ = ["AutoPull"]
 class AutoPull:
     """The pulls under way, per (pod, model)."""
 
-    def __init__(self, transport: Transport, *, idle_timeout: float) -> None:
+    def __init__(self, transport: Sender, *, idle_timeout: float) -> None:
         self.transport = transport
         self.idle_timeout = idle_timeout
         self._pulls: dict[tuple[str, str], asyncio.Task[None]] = {}

@@ -19,7 +19,7 @@ from .errors import (
     UpstreamTimeout,
     describe,
 )
-from .transport import Response, Transport
+from .transport import Response, Sender, Transport
 
 __all__ = [
     "ConnectError",
@@ -28,6 +28,7 @@ __all__ = [
     "ErrorAnswer",
     "ProtocolError",
     "Response",
+    "Sender",
     "Transport",
     "UpstreamError",
     "UpstreamTimeout",

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from .errors import ErrorAnswer, ProtocolError, UpstreamTimeout
-from .transport import Transport
+from .transport import Sender
 
 __all__ = ["JSON", "Reply", "call", "error_message", "get_json", "progress"]
 
@@ -59,7 +59,7 @@ def error_message(body: bytes) -> str:
 
 
 async def call(
-    transport: Transport,
+    transport: Sender,
     base_url: str,
     method: str,
     path: str,
@@ -81,7 +81,7 @@ async def call(
     return Reply(resp.status, resp.reason, data)
 
 
-async def get_json(transport: Transport, base_url: str, path: str, *, timeout: float) -> Any:
+async def get_json(transport: Sender, base_url: str, path: str, *, timeout: float) -> Any:
     """``GET path``'s JSON document (``None`` for an empty body)."""
     reply = await call(transport, base_url, "GET", path, timeout=timeout)
     if reply.status >= 400:
@@ -95,7 +95,7 @@ async def get_json(transport: Transport, base_url: str, path: str, *, timeout: f
 
 
 async def progress(
-    transport: Transport,
+    transport: Sender,
     base_url: str,
     path: str,
     doc: Mapping[str, Any],

@@ -22,7 +22,7 @@ import aiohttp
 from . import aio
 from .http11 import Http11Pool
 
-__all__ = ["UPSTREAM_KEEPALIVE", "Response", "Transport"]
+__all__ = ["UPSTREAM_KEEPALIVE", "Response", "Sender", "Transport"]
 
 #: Seconds an idle connection to a pod is kept for the next request.  Ollama (Go's
 #: net/http, no IdleTimeout) keeps them forever; aiohttp servers (the emulator) close
@@ -60,8 +60,18 @@ class Response(Protocol):
     def close(self) -> None: ...
 
 
+class Sender(Protocol):
+    """What talking to a pod needs of the transport (the proxy, the fan-outs, the pulls and
+    the poller take this; tests hand in an in-memory one)."""
+
+    async def send(
+        self, method: str, base_url: str, path_qs: str, headers: Mapping[str, str], body: bytes
+    ) -> Response: ...
+
+
 class Transport:
-    """Requests to pods over keep-alive connections, one error tree, open while in use."""
+    """Requests to pods over keep-alive connections, one error tree, open while in use
+    (a :class:`Sender`)."""
 
     def __init__(
         self,
