@@ -9,7 +9,7 @@
         ─ a complete answer teaches (Lessons) ─ the slot given back, once
         ─ every attempt failed: one error from all of them
 
-Streams are sacred (DESIGN.md §2): the relay (:mod:`.proxying.relay`) writes upstream
+Streams are sacred: the relay (:mod:`.proxying.relay`) writes upstream
 bytes to the client as they arrive.  A request is retried on the next-ranked pod only
 while nothing has reached the client.  When the client goes away the upstream connection
 is closed at once, which makes Ollama stop generating or abort the load it started for us.

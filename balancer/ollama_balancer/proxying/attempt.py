@@ -16,7 +16,7 @@ from .claims import Claim
 __all__ = ["Attempt"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per attempt on the hot path, never changed after
 class Attempt:
     """The request (as the client sent it and as parsed), its record and its claim on a
     slot — the same for every attempt — and the ranked ``choice`` tried now, on
