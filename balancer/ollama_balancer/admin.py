@@ -246,9 +246,10 @@ class Admin:
                 if update is not None:
                     lines = merge.add(name, update)
                 else:
-                    if error is not None:
-                        errors.append(answer_of(name, error))
-                    lines = merge.finish(name, answer_of(name, error)[2] if error else None)
+                    failed = answer_of(name, error) if error is not None else None
+                    if failed is not None:
+                        errors.append(failed)
+                    lines = merge.finish(name, failed[2] if failed else None)
                 if stream and lines:
                     if resp is None:
                         resp = await self._start_stream(request)
