@@ -39,12 +39,12 @@ async def start_balanced_fleet(
     **settings: Any,
 ) -> tuple[EmulatedFleet, list[web.Application], list[str]]:
     """Start the nodes and ``replicas`` balancers (each with its own seeded RNG) on loopback;
-    ``stack`` stops them.  ``settings`` are BalancerSettings fields."""
+    ``stack`` stops them.  ``settings`` are settings by key (:meth:`BalancerSettings.build`)."""
     config = FleetConfig(
         nodes=nodes, catalogue=catalogue or default_catalogue(), time_scale=time_scale
     )
     fleet = await stack.enter_async_context(EmulatedFleet(config))
-    balancer = BalancerSettings(
+    balancer = BalancerSettings.build(
         host="127.0.0.1",
         port=0,
         backends=tuple(f"{n.name}={n.url}" for n in fleet.nodes),

@@ -32,9 +32,9 @@ def test_help_lists_subcommands() -> None:
 
 def test_balancer_help_documents_every_setting() -> None:
     out = run("balancer", "--help")
-    for name in BalancerSettings.__dataclass_fields__:
-        assert "--" + name.replace("_", "-") in out, name
-        assert "OLLAMA_FLEET_" + name.upper() in out, name
+    for row in BalancerSettings.declared():
+        assert "--" + row.key.replace("_", "-") in out, row.key
+        assert "OLLAMA_FLEET_" + row.key.upper() in out, row.key
 
 
 def test_balancer_help_shows_each_real_default_once() -> None:
@@ -42,10 +42,10 @@ def test_balancer_help_shows_each_real_default_once() -> None:
     out = " ".join(run("balancer", "--help").split())  # undo argparse's line wrapping
     assert "(default:" not in out
     defaults = BalancerSettings()
-    for name in BalancerSettings.__dataclass_fields__:
-        value = getattr(defaults, name)
+    for row in BalancerSettings.declared():
+        value = getattr(getattr(defaults, row.group), row.attr)
         shown = ",".join(value) if isinstance(value, tuple) else str(value)
-        entry = f"[env OLLAMA_FLEET_{name.upper()}; default: {shown}]"
+        entry = f"[env OLLAMA_FLEET_{row.key.upper()}; default: {shown}]"
         assert out.count(entry) == 1, entry
 
 

@@ -142,5 +142,5 @@ def test_cli_backends_bare_host_reaches_ollama_port() -> None:
 
     Parsed only: no traffic leaves loopback."""
     args = build_parser().parse_args(["balancer", "--backends", "a=10.0.0.1"])
-    (backend,) = load_settings(args, {}).static_backends()
+    (backend,) = load_settings(args, {}).discovery.static_backends()
     assert (backend.name, backend.url) == ("a", "http://10.0.0.1:11434")

@@ -129,4 +129,4 @@ def test_balancer_and_operator_settings_agree(
 ) -> None:
     balancer = load_settings(None, {**environ, "OLLAMA_FLEET_KUBECONFIG": flag})
     operator = OperatorSettings.from_sources({"kubeconfig": flag or None}, environ)
-    assert balancer.kubeconfig == (operator.kubeconfig or "") == path
+    assert balancer.discovery.kubeconfig == (operator.cluster.kubeconfig or "") == path

@@ -36,8 +36,8 @@ from ollama_wire.progress import ProgressMerge
 
 from .context import PARSED, request_id
 from .core.errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
+from .core.fleet import BackendState
 from .fanout import PodReply, fan_out
-from .polling import FleetTracker
 from .settings import BalancerSettings
 from .upstream import ErrorAnswer, ProtocolError, Sender, UpstreamError, describe
 from .upstream.calls import progress
@@ -110,21 +110,20 @@ class Admin:
     def __init__(
         self,
         settings: BalancerSettings,
-        view: FleetTracker,
+        routable: Callable[[], Sequence[BackendState]],
         transport: Sender,
-        clock: Callable[[], float],
     ) -> None:
         self.settings = settings
-        self.view = view
+        #: The routable pods now (the balancer's fleet state decides which).
+        self._routable = routable
         self.transport = transport
-        self._clock = clock
 
     # ------------------------------------------------------------ entry points
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Any admin request: the one entry the app can route every admin path to."""
         path, method = request.path, request.method
-        if self.settings.admin != "fanout" or path == "/api/push":
-            raise Forbidden(refusal(path, self.settings.admin))
+        if self.settings.proxy.admin != "fanout" or path == "/api/push":
+            raise Forbidden(refusal(path, self.settings.proxy.admin))
         if path.startswith("/api/blobs/"):
             if method == "HEAD":
                 return await self._has_blob(request)
@@ -160,13 +159,7 @@ class Admin:
 
     # ----------------------------------------------------------------- shared
     def _targets(self, request: web.Request) -> list[Backend]:
-        snap = self.view.snapshot
-        now = self._clock()
-        routable = [
-            s.backend
-            for s in snap.backends
-            if s.routable(now, self.settings.fail_threshold, self.settings.stale_after)
-        ]
+        routable = [s.backend for s in self._routable()]
         pin = request.headers.get("X-Ollama-Backend")
         if pin:
             routable = [b for b in routable if b.name == pin]
@@ -178,8 +171,8 @@ class Admin:
 
     async def _prologue(self, request: web.Request) -> tuple[dict[str, Any], list[Backend]]:
         """Refused unless fan-out is on; a JSON object body; the target pods."""
-        if self.settings.admin != "fanout":
-            raise Forbidden(refusal(request.path, self.settings.admin))
+        if self.settings.proxy.admin != "fanout":
+            raise Forbidden(refusal(request.path, self.settings.proxy.admin))
         parsed = request.get(PARSED)
         if parsed is not None:  # a body naming a model: parsed once by the pipeline
             return parsed.doc, self._targets(request)
@@ -209,7 +202,7 @@ class Admin:
             method,
             request.path,
             json.dumps(body(doc)).encode(),
-            timeout=self.settings.connect_timeout,
+            timeout=self.settings.proxy.connect_timeout,
         )
         return _answer(*merge_answers([reply_answer(r) for r in replies], action))
 
@@ -225,7 +218,7 @@ class Admin:
             last = ""
             try:
                 async for line in progress(
-                    self.transport, b.url, path, doc, idle_timeout=self.settings.idle_timeout
+                    self.transport, b.url, path, doc, idle_timeout=self.settings.proxy.idle_timeout
                 ):
                     last = str(line.get("status", ""))
                     await queue.put((b.name, line, None))
@@ -288,7 +281,11 @@ class Admin:
         targets = self._targets(request)
         digest = request.match_info["digest"]
         replies = await fan_out(
-            self.transport, targets, "HEAD", request.path, timeout=self.settings.connect_timeout
+            self.transport,
+            targets,
+            "HEAD",
+            request.path,
+            timeout=self.settings.proxy.connect_timeout,
         )
 
         def answer(r: PodReply) -> Answer:

@@ -51,11 +51,12 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     on_record: Callable[[RequestRecord], None] | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[front_door])
+    app = web.Application(client_max_size=settings.proxy.max_body_bytes, middlewares=[front_door])
     view = FleetTracker(clock)
-    ledger = Ledger(settings.default_load_seconds, settings.default_service_seconds)
+    ledger = Ledger(settings.routing.default_load_seconds, settings.routing.default_service_seconds)
     # Built here, opened by the lifecycle: everything that talks to pods is handed it now.
-    transport = Transport(connect_timeout=settings.connect_timeout, clock=clock)
+    transport = Transport(connect_timeout=settings.proxy.connect_timeout, clock=clock)
+    holder: dict[str, Balancer] = {}
     rng = rng or random.Random()
     quotas: dict[str, KeyState] = {}  # per-key limits, local (and the fallback's)
     shared = create_shared_state(
@@ -69,17 +70,18 @@ def create_app(
         shared=shared,
         transport=transport,
         proxy=proxy,
-        admin=Admin(settings, view, transport, clock),
+        admin=Admin(settings, lambda: holder["b"].routable_states(), transport),
         discovery=discovery,
         clock=clock,
     )
     if on_record is not None:
         bal.records.append(on_record)
+    holder["b"] = bal
     app[BALANCER] = bal
     install_observability(app)  # before the first set_backends, so "joined" is seen
     install_security(app, quotas)  # API keys and their quotas (enforced by the pipeline)
-    if discovery is None and settings.discovery == "static":
-        view.set_backends(settings.static_backends())
+    if discovery is None and settings.discovery.kind == "static":
+        view.set_backends(settings.discovery.static_backends())
     app.cleanup_ctx.append(_lifecycle)
     _add_routes(app, bal)
     return app
@@ -92,10 +94,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     bal.poller = Poller(
         bal.transport,
         bal.view,
-        interval=s.poll_interval,
-        jitter=s.poll_jitter,
-        timeout=s.poll_timeout,
-        fail_threshold=s.fail_threshold,
+        interval=s.polling.interval,
+        jitter=s.polling.jitter,
+        timeout=s.polling.timeout,
+        fail_threshold=s.routing.fail_threshold,
         clock=bal.clock,
         on_result=_fan_out(bal.polls),
     )
@@ -104,7 +106,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(bal.discovery.run(bal.view.set_backends)))
     # First poll before serving, so the first request sees the fleet.
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(s.poll_timeout + 1):
+        async with asyncio.timeout(s.polling.timeout + 1):
             await bal.poller.poll_all()
     tasks.append(asyncio.create_task(bal.poller.run()))
     await bal.shared.start()  # never fails: an unreachable store means local state for now
@@ -225,7 +227,7 @@ async def serve(
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=shutdown_timeout,
-        **runner_kwargs(app[BALANCER].settings),
+        **runner_kwargs(app[BALANCER].settings.security),
     )
     await runner.setup()
     if SECURITY in app:  # the operations app has no connection cap of its own

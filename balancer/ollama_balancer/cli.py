@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import signal
 import sys
 from collections.abc import Mapping
@@ -33,12 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def build_discovery(settings: BalancerSettings) -> Discovery | None:
-    """The discovery loop for ``settings.discovery`` (None for a static list)."""
-    if settings.discovery == "static":
+    """The discovery loop ``settings.discovery`` asks for (None for a static list)."""
+    if settings.discovery.kind == "static":
         return None
     from . import discovery  # imported lazily: pulls in the kubernetes client
 
-    return discovery.build(settings)
+    return discovery.build(settings.discovery)
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except SettingsError as exc:
         print(f"ollama-fleet balancer: configuration error: {exc}", file=sys.stderr)
         return 2
-    if settings.discovery == "static" and not settings.backends:
+    if settings.discovery.kind == "static" and not settings.discovery.backends:
         print(
             "ollama-fleet balancer: no backends: pass --backends URL[,URL...] "
             "(or OLLAMA_FLEET_BACKENDS), or choose --discovery dns|kubernetes",
@@ -56,11 +55,11 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
     from ollama_wire.logs import configure_logging
 
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.process.log_format, settings.process.log_level)
     overrides = worker_overrides(environ)
     if overrides is not None:  # one of a supervisor's workers
-        settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
-    count = settings.workers or detect_cpus()
+        settings = settings.replace(**overrides)
+    count = settings.process.workers or detect_cpus()
     if count > 1:
         return run_loop(supervise(settings, count, command_line()), environ)
     return run_loop(_main(settings), environ)
@@ -70,22 +69,22 @@ async def _main(settings: BalancerSettings) -> int:
     app = create_app(settings, discovery=build_discovery(settings))
     runner, port = await serve(
         app,
-        settings.host,
-        settings.port,
-        shutdown_timeout=settings.drain_grace,
-        reuse_port=settings.reuse_port,
+        settings.listen.host,
+        settings.listen.port,
+        shutdown_timeout=settings.process.drain_grace,
+        reuse_port=settings.listen.reuse_port,
     )
     bal = app[BALANCER]
     loop = asyncio.get_running_loop()
     print(
         # The URL ends the line: scripts and tests take its last word.
-        f"ollama-fleet balancer ({loop_name(loop)}) listening on http://{settings.host}:{port}",
+        f"ollama-fleet balancer ({loop_name(loop)}) listening on http://{settings.listen.host}:{port}",
         flush=True,
     )
     ops_runner = None
-    if settings.ops_port:
-        ops_host = settings.ops_host or settings.host
-        ops_runner, ops_port = await serve(ops_app(app), ops_host, settings.ops_port)
+    if settings.listen.ops_port:
+        ops_host = settings.listen.ops_host or settings.listen.host
+        ops_runner, ops_port = await serve(ops_app(app), ops_host, settings.listen.ops_port)
         print(f"ollama-fleet operations endpoints on http://{ops_host}:{ops_port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,8 +99,8 @@ async def _main(settings: BalancerSettings) -> int:
 async def drain(bal: Balancer, runner: web.AppRunner, settings: BalancerSettings) -> None:
     """SIGTERM: unready at once, keep accepting for drain_delay, then let in-flight finish."""
     bal.draining = True
-    if settings.drain_delay > 0:
-        await asyncio.sleep(settings.drain_delay)
+    if settings.process.drain_delay > 0:
+        await asyncio.sleep(settings.process.drain_delay)
     # cleanup() stops listening, waits up to shutdown_timeout (drain_grace) for
     # in-flight handlers, then cancels the rest and closes upstream connections.
     await runner.cleanup()

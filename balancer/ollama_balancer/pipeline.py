@@ -168,7 +168,7 @@ def _authenticate(request: web.Request, sec: Security) -> ApiKey:
 async def _read_body(request: web.Request, bal: Balancer) -> bytes:
     """The body, read once (aiohttp keeps it for the handler), within the size and time limits."""
     s = bal.settings
-    limit = s.max_body_bytes
+    limit = s.proxy.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         # Refuse at once instead of waiting for bytes that will be refused anyway.
         raise PayloadTooLarge(limit)
@@ -176,11 +176,11 @@ async def _read_body(request: web.Request, bal: Balancer) -> bytes:
         if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
             raw = await request.read()
         else:
-            async with asyncio.timeout(s.client_body_timeout):
+            async with asyncio.timeout(s.security.client_body_timeout):
                 raw = await request.read()
     except TimeoutError:
         raise RequestTimeout(
-            f"request body not received within {s.client_body_timeout:g}s"
+            f"request body not received within {s.security.client_body_timeout:g}s"
         ) from None
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(limit) from None

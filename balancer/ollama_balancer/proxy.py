@@ -29,7 +29,6 @@ from aiohttp import web
 from .context import PARSED, QUOTA, RECORD
 from .core.errors import AttemptFailed, give_up
 from .core.ledger import Ledger
-from .core.queueing import QueueSettings
 from .core.rankers import Choice, Reason
 from .core.record import RequestRecord
 from .core.requests import Intent, ParsedRequest, affinity_key, with_num_ctx
@@ -44,7 +43,7 @@ from .proxying.claims import Claim, SlotClaims
 from .proxying.headers import forwarded, response_head
 from .proxying.lessons import Lessons
 from .proxying.relay import Ending, Relay, end_broken
-from .proxying.router import Router, policy_of
+from .proxying.router import Router
 from .proxying.waiting import waiting_for
 from .settings import BalancerSettings
 from .unloader import Unloader
@@ -81,28 +80,29 @@ class Proxy:
         self.transport = transport
         self.clock = clock
         rng = rng or random.Random()
-        self.route = Router(view, self.shared.occupancy, policy_of(settings), rng=rng, clock=clock)
+        self.route = Router(view, self.shared.occupancy, settings.routing, rng=rng, clock=clock)
         #: Late binding (``queue``): requests wait here for a slot instead of inside Ollama.
         self.waitroom: WaitRoom | None = None
-        if settings.queue:
+        if settings.queue.enabled:
             self.waitroom = WaitRoom(
-                QueueSettings(
-                    settings.queue_max_per_model,
-                    settings.queue_max_wait,
-                    settings.queue_batch_aging,
-                ),
+                settings.queue,
                 view,
                 self.shared.occupancy,
-                self.route.policy,
+                settings.routing,
                 rng=rng,
                 clock=clock,
-                hold_unavailable=settings.queue_hold_unavailable,
+                hold_unavailable=settings.queue.hold_unavailable,
             )
         self.claims = SlotClaims(self.shared, view, self.route, self.waitroom)
         self.lessons = Lessons(clock)
-        self.pulls = AutoPull(transport, idle_timeout=settings.idle_timeout)
-        self.unloader = Unloader(settings, view, self.shared, transport, clock)
-        self._num_ctx_pins = settings.num_ctx_pins()
+        self.pulls = AutoPull(transport, idle_timeout=settings.proxy.idle_timeout)
+        self.unloader = Unloader(
+            self.route.fleet,
+            transport,
+            allow_pinned=settings.routing.allow_client_unload,
+            timeout=settings.proxy.first_byte_timeout,
+        )
+        self._num_ctx_pins = settings.routing.num_ctx_pins()
 
     # ------------------------------------------------------------------ entry
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -113,7 +113,8 @@ class Proxy:
             return await self.unloader.handle(request, req, record)
         spec = spec_for(request.path)
         affinity = None
-        if self.settings.affinity and spec is not None and spec.affinity and req.pin is None:
+        wanted = self.settings.routing.affinity and spec is not None and spec.affinity
+        if wanted and req.pin is None:
             affinity = affinity_key(req.doc, req.key, request.headers.get("X-Session-ID"))
         aff_backend = self.shared.affinity(affinity) if affinity else None
         claim = Claim(
@@ -150,8 +151,8 @@ class Proxy:
                 req,
                 record,
                 aff_backend,
-                tenant_header=self.settings.tenant_header,
-                default_output_tokens=self.settings.default_output_tokens,
+                tenant_header=self.settings.queue.tenant_header,
+                default_output_tokens=self.settings.queue.default_output_tokens,
                 tokens=self.lessons.tokens,
             )
             return await self.claims.late(waiting, record, claim, pinned=req.pin is not None)
@@ -180,9 +181,9 @@ class Proxy:
         """Try the ranked pods in turn, within the attempt and time budgets, until one
         answers; a failure before the first byte moves on unless retrying is unsafe."""
         snapshot = self.view.snapshot
-        deadline = self.clock() + self.settings.retry_budget
+        deadline = self.clock() + self.settings.proxy.retry_budget
         failures: list[AttemptFailed] = []
-        for n, choice in enumerate(ranked[: self.settings.max_attempts]):
+        for n, choice in enumerate(ranked[: self.settings.proxy.max_attempts]):
             if n and self.clock() > deadline:
                 break
             state = snapshot.get(choice.backend)
@@ -226,7 +227,7 @@ class Proxy:
     async def _send(self, at: Attempt, t0: float) -> Response:
         """The pod's answer, once its status and headers are in."""
         request, backend = at.request, at.backend
-        timeout = self.settings.first_byte_timeout
+        timeout = self.settings.proxy.first_byte_timeout
         try:
             async with asyncio.timeout(timeout):
                 return await self.transport.send(
@@ -252,7 +253,9 @@ class Proxy:
         if status >= 500 or status == 404:
             body = b""
             try:
-                async with asyncio.timeout(min(self.settings.idle_timeout, _ERROR_BODY_SECONDS)):
+                async with asyncio.timeout(
+                    min(self.settings.proxy.idle_timeout, _ERROR_BODY_SECONDS)
+                ):
                     body = await upstream.read(LIMIT)
             except (UpstreamError, TimeoutError):
                 pass
@@ -275,7 +278,7 @@ class Proxy:
         await resp.prepare(at.request)
         relay = Relay()
         try:
-            ending = await relay.run(upstream, at.request, resp, self.settings.idle_timeout)
+            ending = await relay.run(upstream, at.request, resp, self.settings.proxy.idle_timeout)
         finally:
             record.bytes_out += relay.sent  # also when the client's leaving cancels the relay
         if ending is Ending.COMPLETE:
@@ -294,4 +297,4 @@ class Proxy:
     async def _penalise(self, backend: str, since: float) -> None:
         """A pod that failed fast (refused, 5xx at once) is broken rather than busy: cool it."""
         if self.clock() - since < FAST_FAIL_SECONDS:
-            await self.shared.penalise(backend, self.settings.penalty_seconds)
+            await self.shared.penalise(backend, self.settings.routing.penalty_seconds)

@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from .core.auth import ApiKey, AuthConfigError, KeyState, KeyTable, parse_keys
-from .settings import BalancerSettings
+from .settings import SecuritySettings
 from .state import BALANCER
 from .telemetry import get_logger
 
@@ -40,7 +40,7 @@ EVENT_AUTH_ERROR = "auth_keys_error"
 
 @dataclass
 class Security:
-    settings: BalancerSettings
+    settings: SecuritySettings
     table: KeyTable | None = None  # None: authentication is off
     states: dict[str, KeyState] = field(default_factory=dict)
     server: Any = None  # aiohttp's web.Server once serving
@@ -92,7 +92,7 @@ class Security:
 SECURITY = web.AppKey("security", Security)
 
 
-def runner_kwargs(settings: BalancerSettings) -> dict[str, Any]:
+def runner_kwargs(settings: SecuritySettings) -> dict[str, Any]:
     """Keyword arguments for ``web.AppRunner`` that bound header sizes and idle time."""
     return {
         "keepalive_timeout": settings.keepalive_timeout,
@@ -113,7 +113,7 @@ def install_security(app: web.Application, states: dict[str, KeyState]) -> None:
     """The key table (and its watcher when ``auth_file`` is set); ``states`` are the keys'
     local limits, shared with the local state that enforces them (:mod:`shared.local`)."""
 
-    settings = app[BALANCER].settings
+    settings = app[BALANCER].settings.security
     sec = Security(settings, states=states, clock=app[BALANCER].clock)
     if settings.auth_file:
         try:

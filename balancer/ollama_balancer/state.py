@@ -11,7 +11,9 @@ from aiohttp import web
 from .admin import Admin
 from .backends import Discovery
 from .core.fleet import BackendState, PollResult
+from .core.fleetstate import FleetState
 from .core.ledger import Ledger
+from .core.occupancy import Occupancy
 from .core.record import RequestRecord
 from .core.shared.protocol import SharedState
 from .polling import FleetTracker, Poller
@@ -45,23 +47,23 @@ class Balancer:
         for listener in self.records:
             listener(record)
 
-    def routable(self) -> list[str]:
-        now = self.clock()
+    def fleet(self, occupancy: Occupancy | None = None) -> FleetState:
+        """The fleet now, with ``occupancy`` (default: the shared state's, fleet-wide when a
+        store serves)."""
         s = self.settings
-        return [
-            b.name
-            for b in self.view.snapshot.backends
-            if b.routable(now, s.fail_threshold, s.stale_after)
-        ]
+        return FleetState.at(
+            self.view.snapshot,
+            self.shared.occupancy() if occupancy is None else occupancy,
+            self.clock(),
+            fail_threshold=s.routing.fail_threshold,
+            stale_after=s.routing.stale_after,
+        )
+
+    def routable(self) -> list[str]:
+        return [b.name for b in self.fleet().routable]
 
     def routable_states(self) -> list[BackendState]:
-        now = self.clock()
-        s = self.settings
-        return [
-            b
-            for b in self.view.snapshot.backends
-            if b.routable(now, s.fail_threshold, s.stale_after)
-        ]
+        return list(self.fleet().routable)
 
 
 BALANCER = web.AppKey("balancer", Balancer)

@@ -8,22 +8,19 @@ the first pod that unloaded answers, else the request fails as every attempt did
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from .core.errors import AttemptFailed, Forbidden, give_up
+from .core.fleetstate import FleetState
 from .core.rankers import Reason
 from .core.record import RequestRecord
 from .core.requests import ParsedRequest
-from .core.shared.protocol import SharedState
 from .core.unload import plan_unload, unload_answer
-from .fanout import PodReply, fan_out
-from .polling import FleetTracker
+from .fanout import fan_out
 from .proxying.headers import forwarded
-from .settings import BalancerSettings
 from .upstream import Sender
 
 __all__ = ["Unloader"]
@@ -34,32 +31,25 @@ class Unloader:
 
     def __init__(
         self,
-        settings: BalancerSettings,
-        view: FleetTracker,
-        shared: SharedState,
+        fleet: Callable[[], FleetState],
         transport: Sender,
-        clock: Callable[[], float] = time.monotonic,
+        *,
+        allow_pinned: bool,
+        timeout: float,
     ) -> None:
-        self.settings = settings
-        self.view = view
-        self.shared = shared
+        """``allow_pinned``: copies pinned forever may be unloaded too; ``timeout``: seconds
+        each pod has to answer (its first-byte timeout)."""
+        self.fleet = fleet
         self.transport = transport
-        self.clock = clock
+        self.allow_pinned = allow_pinned
+        self.timeout = timeout
 
     async def handle(
         self, request: web.Request, req: ParsedRequest, record: RequestRecord
     ) -> web.StreamResponse:
         record.reason = Reason.UNLOAD
-        plan = plan_unload(
-            self.view.snapshot,
-            self.shared.occupancy(),
-            req.key,
-            now=self.clock(),
-            wall=datetime.now(UTC),
-            fail_threshold=self.settings.fail_threshold,
-            stale_after=self.settings.stale_after,
-            allow_pinned=self.settings.allow_client_unload,
-        )
+        fleet = self.fleet()
+        plan = plan_unload(fleet, req.key, wall=datetime.now(UTC), allow_pinned=self.allow_pinned)
         if plan.refused:
             raise Forbidden(
                 f"model '{req.model}' is pinned (keep_alive forever, e.g. by a ModelPool) on "
@@ -70,19 +60,15 @@ class Unloader:
         if not plan.targets:
             # Loaded nowhere: what Ollama answers, without touching a pod or a load metric.
             return web.json_response(unload_answer(request.path, req.model, datetime.now(UTC)))
-        snapshot = self.view.snapshot
-        targets = [s.backend for name in plan.targets if (s := snapshot.get(name)) is not None]
         replies = await fan_out(
             self.transport,
-            targets,
+            [fleet.by_name[name].backend for name in plan.targets],  # planned on this state
             "POST",
             request.path_qs,
             req.body,
-            timeout=self.settings.first_byte_timeout,
+            timeout=self.timeout,
             headers=forwarded(request),
         )
-        by_pod = {r.pod: r for r in replies}  # a pod that left the fleet meanwhile: no reply
-        replies = [by_pod.get(name, PodReply(name, 0)) for name in plan.targets]
         record.attempts = len(replies)
         for reply in replies:
             if reply.status == 200:

@@ -199,7 +199,7 @@ async def supervise(settings: BalancerSettings, count: int, argv: Sequence[str])
     """Run ``count`` workers (``argv``: the balancer's own command line) until SIGTERM."""
     with tempfile.TemporaryDirectory(prefix="ollama-fleet-workers-") as tmp:
         store = None
-        url = settings.shared_state
+        url = settings.shared.url
         if not url:
             store = PrivateStore.find(Path(tmp))
             if store is None:
@@ -250,9 +250,9 @@ async def _run(settings: BalancerSettings, count: int, argv: Sequence[str], url:
             await asyncio.sleep(RESTART_DELAY)
 
     keepers = [asyncio.create_task(keep(w)) for w in workers]
-    ops_runner = await _serve_ops(settings, workers, stopping) if settings.ops_port else None
+    ops_runner = await _serve_ops(settings, workers, stopping) if settings.listen.ops_port else None
     print(
-        f"ollama-fleet balancer: {count} workers on http://{settings.host}:{settings.port}",
+        f"ollama-fleet balancer: {count} workers on http://{settings.listen.host}:{settings.listen.port}",
         flush=True,
     )
     await stopping.wait()
@@ -260,7 +260,7 @@ async def _run(settings: BalancerSettings, count: int, argv: Sequence[str], url:
         if w.proc is not None and w.proc.returncode is None:
             w.proc.send_signal(signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(settings.drain_delay + settings.drain_grace + 5):
+        async with asyncio.timeout(settings.process.drain_delay + settings.process.drain_grace + 5):
             await asyncio.gather(*keepers, return_exceptions=True)
     for w in workers:
         if w.proc is not None and w.proc.returncode is None:
@@ -324,7 +324,9 @@ async def _serve_ops(
     app.on_cleanup.append(close_session)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.ops_port, reuse_address=True).start()
+    await web.TCPSite(
+        runner, settings.listen.host, settings.listen.ops_port, reuse_address=True
+    ).start()
     return runner
 
 

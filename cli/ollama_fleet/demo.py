@@ -139,7 +139,7 @@ async def _main(args: argparse.Namespace) -> int:
         args.nodes, base_ip=args.node_base_ip, port=args.node_port, time_scale=args.time_scale
     )
     async with EmulatedFleet(config) as fleet:
-        settings = BalancerSettings(
+        settings = BalancerSettings.build(
             host=args.host,
             port=args.port,
             backends=tuple(f"{n.name}={n.url}" for n in fleet.nodes),

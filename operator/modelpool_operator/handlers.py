@@ -88,8 +88,8 @@ class OperatorRuntime:
         s = self.settings
         return Lanes(
             self.executor.run_one,
-            pulls_per_pod=s.pulls_per_pod,
-            pulls_total=s.concurrency,
+            pulls_per_pod=s.actions.pulls_per_pod,
+            pulls_total=s.actions.concurrency,
             unrun=self.executor.unrun,
         )
 
@@ -165,33 +165,34 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
         runtime.session = aiohttp.ClientSession()
         runtime.executor = Executor(
             runtime.session,
-            concurrency=s.concurrency,
-            attempts=s.attempts,
-            backoff=s.backoff_seconds,
-            request_timeout=s.ollama_timeout_seconds,
-            pull_idle_timeout=s.pull_idle_timeout_seconds,
-            load_timeout=s.load_timeout_seconds,
+            concurrency=s.actions.concurrency,
+            attempts=s.actions.attempts,
+            backoff=s.actions.backoff_seconds,
+            request_timeout=s.actions.ollama_timeout_seconds,
+            pull_idle_timeout=s.actions.pull_idle_timeout_seconds,
+            load_timeout=s.actions.load_timeout_seconds,
             observer=runtime.metrics,
         )
-        runtime.recorder = EventRecorder(runtime.kube, COMPONENT, s.own_identity)
+        runtime.recorder = EventRecorder(runtime.kube, COMPONENT, s.leader.own_identity)
         runtime.demand = DemandFeed(
             runtime.session,
-            urls=s.balancer_urls,
+            urls=s.demand.balancer_urls,
             service=s.balancer_ref,
-            port=s.balancer_port,
+            port=s.demand.balancer_port,
             kube=runtime.kube,
-            interval=s.demand_interval_seconds,
-            window=s.demand_window_seconds,
-            timeout=s.ollama_timeout_seconds,
+            interval=s.demand.demand_interval_seconds,
+            window=s.demand.demand_window_seconds,
+            timeout=s.actions.ollama_timeout_seconds,
         )
         runtime.demand.listeners.append(runtime.demand_polled)
         if runtime.demand.configured:
             log.info(
                 "autoscaling follows the balancer's demand at %s (mean over %.0fs)",
                 ", ".join(
-                    [*s.balancer_urls] + (["/".join(s.balancer_ref)] if s.balancer_ref else [])
+                    [*s.demand.balancer_urls]
+                    + (["/".join(s.balancer_ref)] if s.balancer_ref else [])
                 ),
-                s.demand_window_seconds,
+                s.demand.demand_window_seconds,
             )
         runtime.shared = Shared(
             settings=s,
@@ -199,34 +200,34 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             lanes=runtime.new_lanes(),
             manifests=ManifestCache(
                 runtime.session,
-                dict(s.registry_mirrors),
-                timeout=s.manifest_timeout_seconds,
-                enabled=s.manifest_lookup,
+                dict(s.sizing.registry_mirrors),
+                timeout=s.sizing.manifest_timeout_seconds,
+                enabled=s.sizing.manifest_lookup,
             ),
             kube=runtime.kube,
             events=runtime.recorder,
             pools=lambda: runtime.pools,
             pods=runtime.pods_of,
-            gate=asyncio.Semaphore(s.reconcile_concurrency),
+            gate=asyncio.Semaphore(s.watch.reconcile_concurrency),
             observer=runtime.metrics,
             demand=runtime.demand,
         )
-        if s.standalone:
+        if s.leader.standalone:
             log.info("standalone: acting without leader election (one replica only)")
             await runtime.lead()
         else:
             runtime.elector = Elector(
                 runtime.kube,
                 s.lease_home,
-                s.lease_name,
-                s.own_identity,
-                duration=s.lease_seconds,
+                s.leader.lease_name,
+                s.leader.own_identity,
+                duration=s.leader.lease_seconds,
                 on_start=runtime.lead,
                 on_stop=runtime.follow,
             )
             log.info(
                 "leader election on Lease %s/%s as %s (duration %.0fs)",
-                s.lease_home, s.lease_name, s.own_identity, s.lease_seconds,
+                s.lease_home, s.leader.lease_name, s.leader.own_identity, s.leader.lease_seconds,
             )  # fmt: skip
             runtime.elector.start()
 
@@ -327,22 +328,22 @@ async def run_operator(
     them on exit, so give it a loop of its own (``asyncio.run`` in a thread, as
     the tests do) rather than sharing one.
     """
-    kube = KubeAccess(settings.kubeconfig, settings.context, settings.home)
+    kube = KubeAccess(settings.cluster.kubeconfig, settings.cluster.context, settings.cluster.home)
     runtime = OperatorRuntime(settings=settings, kube=kube)
     metrics_runner = None
     try:
-        if settings.metrics_port:
+        if settings.process.metrics_port:
             # Started before kopf, which cancels every task begun after it on exit.
             metrics_runner, port = await serve_metrics(
-                runtime.metrics, settings.metrics_host, settings.metrics_port
+                runtime.metrics, settings.process.metrics_host, settings.process.metrics_port
             )
-            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+            log.info("metrics on http://%s:%d/metrics", settings.process.metrics_host, port)
         await kopf.operator(
             registry=build_registry(runtime),
             standalone=True,  # kopf peering is replaced by the Lease (leader.py)
-            clusterwide=settings.all_namespaces,
-            namespaces=() if settings.all_namespaces else settings.watched_namespaces,
-            liveness_endpoint=settings.liveness,
+            clusterwide=settings.watch.all_namespaces,
+            namespaces=() if settings.watch.all_namespaces else settings.watch.watched_namespaces,
+            liveness_endpoint=settings.process.liveness,
             stop_flag=stop_flag,
             ready_flag=ready_flag,
             memo=runtime,

@@ -223,7 +223,7 @@ class PoolWorker:
         self.writer = StatusWriter(
             shared.kube,
             key,
-            settings.status_interval_seconds,
+            settings.watch.status_interval_seconds,
             annotations.get(LEDGER_ANNOTATION),
         )
         self.generation: Any = object()  # never equal to a real generation
@@ -337,12 +337,14 @@ class PoolWorker:
             return None
         if deleting:
             spec = replace(spec, models=(), keys=frozenset(), prune=True)
-        if spec.default_vram_bytes is None and settings.default_vram_bytes is not None:
-            spec = replace(spec, default_vram_bytes=settings.default_vram_bytes)
+        if spec.default_vram_bytes is None and settings.sizing.default_vram_bytes is not None:
+            spec = replace(spec, default_vram_bytes=settings.sizing.default_vram_bytes)
         pods = select(self.shared.pods(self.key[0]), spec.selector)
         self.selected = frozenset(p.name for p in pods)
         async with self.shared.gate:
-            obs = await observe(self.shared.session, pods, timeout=settings.ollama_timeout_seconds)
+            obs = await observe(
+                self.shared.session, pods, timeout=settings.actions.ollama_timeout_seconds
+            )
             sizes = await self._sizes(spec, obs)
         self._drain(body)  # actions that finished while we observed
         sizes.update(self.learned)
@@ -356,7 +358,7 @@ class PoolWorker:
             sizes=sizes,
             blocked=self.blocked,
             scaled=scaled,
-            release_keep_alive=settings.release_keep_alive_seconds,
+            release_keep_alive=settings.demand.release_keep_alive_seconds,
         )
         # From here to the submit, no await: the claims are taken atomically.
         clock = time.monotonic()
@@ -512,8 +514,8 @@ class PoolWorker:
             else:
                 self.failures[a.slot] = f"{a.describe()}: {o.error}"
                 _, pause = self.cooldown.get(a.slot, (0.0, 0.0))
-                pause = min(max(5.0, pause * 2, settings.backoff_seconds * 5),
-                            settings.resync_seconds)  # fmt: skip
+                pause = min(max(5.0, pause * 2, settings.actions.backoff_seconds * 5),
+                            settings.watch.resync_seconds)  # fmt: skip
                 self.cooldown[a.slot] = (time.monotonic() + pause, pause)
 
     def _build_status(self, previous: Mapping[str, Any]) -> dict[str, Any]:
@@ -569,8 +571,8 @@ class PoolWorker:
     async def _wait(self) -> bool:
         """Until something to do; True when it is the resync timer."""
         settings = self.shared.settings
-        deadline = self.last_full + settings.resync_seconds
-        next_pin = time.monotonic() + settings.pin_check_seconds
+        deadline = self.last_full + settings.watch.resync_seconds
+        next_pin = time.monotonic() + settings.watch.pin_check_seconds
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -581,7 +583,7 @@ class PoolWorker:
                 return False
             timeout = min(deadline, next_pin, retry) - now
             if self._pulling():
-                timeout = min(timeout, max(settings.status_interval_seconds, 0.5))
+                timeout = min(timeout, max(settings.watch.status_interval_seconds, 0.5))
             try:
                 await asyncio.wait_for(self.wake.wait(), max(timeout, 0.0))
                 self.wake.clear()
@@ -593,7 +595,7 @@ class PoolWorker:
             if self._pulling():
                 self._refresh_status()
             if time.monotonic() >= next_pin:
-                next_pin = time.monotonic() + settings.pin_check_seconds
+                next_pin = time.monotonic() + settings.watch.pin_check_seconds
                 if await self._pins_drifted():
                     return False
 
@@ -610,7 +612,7 @@ class PoolWorker:
         urls = {p.name: p.url for p in obs.pods if p.available and p.name in claims}
         if not urls:
             return False
-        timeout = self.shared.settings.ollama_timeout_seconds
+        timeout = self.shared.settings.actions.ollama_timeout_seconds
         names = list(urls)
         answers = await asyncio.gather(
             *(residents(self.shared.session, urls[n], timeout=timeout) for n in names)

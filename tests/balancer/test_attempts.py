@@ -71,7 +71,7 @@ def url_of(pod: str) -> str:
 @asynccontextmanager
 async def stage(pod: Pod, **overrides: Any) -> AsyncIterator[Stage]:
     """Pods a and b, the model resident on both, each answering through ``pod``."""
-    settings = BalancerSettings(**overrides)
+    settings = BalancerSettings.build(**overrides)
     view = FleetTracker()
     view.set_backends([Backend(name, url_of(name), slots=2) for name in PODS])
     for name in PODS:
@@ -88,7 +88,7 @@ async def stage(pod: Pod, **overrides: Any) -> AsyncIterator[Stage]:
         shared=shared,
         transport=Transport(connect_timeout=1.0),  # never opened: the proxy has the pods
         proxy=proxy,
-        admin=Admin(settings, view, transport, time.monotonic),
+        admin=Admin(settings, lambda: [], transport),
     )
     records: list[RequestRecord] = []
     bal.records.append(records.append)

@@ -21,7 +21,7 @@ from ollama_balancer.core.shared.model import Lease, QuotaTicket
 from ollama_balancer.core.shared.protocol import SharedState
 from ollama_balancer.polling import FleetTracker
 from ollama_balancer.proxying.claims import Claim, SlotClaims
-from ollama_balancer.proxying.router import Router, policy_of
+from ollama_balancer.proxying.router import Router
 from ollama_balancer.settings import BalancerSettings
 from ollama_balancer.waitroom import WaitRoom
 from ollama_wire.backend import Backend
@@ -182,14 +182,14 @@ async def test_late_binding_waits_for_a_freed_slot() -> None:
     view = fleet("a")
     settings = BalancerSettings()
     room = WaitRoom(
-        QueueSettings(8, 10.0, 30.0),
+        QueueSettings(enabled=True, max_per_model=8, max_wait=10.0),
         view,
         shared.occupancy,
-        policy_of(settings),
+        settings.routing,
         rng=random.Random(0),
     )
     route = Router(
-        view, shared.occupancy, policy_of(settings), rng=random.Random(0), clock=time.monotonic
+        view, shared.occupancy, settings.routing, rng=random.Random(0), clock=time.monotonic
     )
     claims = SlotClaims(shared, view, route, room)
     busy = Claim(K)

@@ -21,7 +21,7 @@ async def test_ops_port_serves_health_and_metrics_without_keys(tmp_path: Path) -
     keys.write_text(f"keys:\n  - name: team\n    key_sha256: {digest}\n")
     config = FleetConfig(nodes=nodes(("a", ["llama3.2:3b"], ["llama3.2:3b"])), time_scale=0.01)
     async with EmulatedFleet(config) as fleet, aiohttp.ClientSession() as http:
-        settings = BalancerSettings(
+        settings = BalancerSettings.build(
             port=0, backends=(f"a={fleet.nodes[0].url}",), auth_file=str(keys)
         )
         app = create_app(settings, rng=random.Random(0))

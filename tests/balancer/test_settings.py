@@ -21,10 +21,10 @@ def test_precedence_flags_over_env_over_yaml() -> None:
     yaml_text = "poll_interval: 1\naffinity: false\nmax_attempts: 5\nbackends: [http://a:1]\n"
     env = {"OLLAMA_FLEET_POLL_INTERVAL": "3", "OLLAMA_FLEET_MAX_ATTEMPTS": "4"}
     s = load_settings(flags("--poll-interval", "7"), env, yaml_text)
-    assert s.poll_interval == 7.0  # flag
-    assert s.max_attempts == 4  # env over YAML
-    assert s.affinity is False  # YAML over default
-    assert s.first_byte_timeout == 300.0  # default
+    assert s.polling.interval == 7.0  # flag
+    assert s.proxy.max_attempts == 4  # env over YAML
+    assert s.routing.affinity is False  # YAML over default
+    assert s.proxy.first_byte_timeout == 300.0  # default
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_precedence_flags_over_env_over_yaml() -> None:
     ],
 )
 def test_static_backends(item: str, name: str, url: str, slots: int, vram: int) -> None:
-    (backend,) = load_settings(None, {"OLLAMA_FLEET_BACKENDS": item}).static_backends()
+    (backend,) = load_settings(None, {"OLLAMA_FLEET_BACKENDS": item}).discovery.static_backends()
     assert (backend.name, backend.url, backend.slots, backend.vram_bytes) == (
         name,
         url,
@@ -68,7 +68,7 @@ def test_yaml_backend_mappings() -> None:
     s = load_settings(
         None, {}, "backends:\n  - {name: a, url: 'h:1', slots: 2, vram: 8Gi}\n  - http://b:2\n"
     )
-    a, b = s.static_backends()
+    a, b = s.discovery.static_backends()
     assert (a.name, a.slots, a.vram_bytes) == ("a", 2, 8 * GI)
     assert b.name == "b:2"
 

@@ -148,8 +148,8 @@ def test_operator_metrics_port_service_and_servicemonitor(day2: Objs) -> None:
     args = parser.parse_args(c["args"][1:])  # the real CLI, given the rendered args
     flags = {k: v for k, v in vars(args).items() if k != "log_level"}
     settings = OperatorSettings.from_sources(flags, env_of(c))
-    assert settings.metrics_port == port["containerPort"] == 9191
-    assert settings.pulls_per_pod == 5  # operator.extraArgs
+    assert settings.process.metrics_port == port["containerPort"] == 9191
+    assert settings.actions.pulls_per_pod == 5  # operator.extraArgs
     svc = find(day2, "Service", "-operator-metrics")
     assert svc["spec"]["ports"] == [
         {"name": "metrics", "port": 9191, "targetPort": "metrics", "protocol": "TCP"}
@@ -186,8 +186,9 @@ def test_balancer_extras_reach_the_real_settings(day2: Objs) -> None:
     add_arguments(parser)
     args = parser.parse_args(c["args"][1:])
     settings = load_settings(args, env_of(c), yaml_text="{}")
-    assert settings.auto_pull is True and settings.affinity_bound == 1.5  # extraArgs
-    assert settings.poll_interval == 3  # extraEnv
+    assert settings.routing.auto_pull is True  # extraArgs
+    assert settings.routing.affinity_bound == 1.5
+    assert settings.polling.interval == 3  # extraEnv
     assert {"name": "ca", "mountPath": "/etc/ssl/corporate", "readOnly": True} in c["volumeMounts"]
     assert {"name": "ca", "configMap": {"name": "corporate-ca"}} in _pod_spec(dep)["volumes"]
 

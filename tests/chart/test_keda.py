@@ -169,8 +169,11 @@ def test_operator_polls_this_releases_balancer(helm: str) -> None:
     ops = find(objs, "Service", "-balancer-ops")
     assert settings.balancer_ref == ("ai", ops["metadata"]["name"])
     assert [p["name"] for p in ops["spec"]["ports"]] == ["ops"]  # the port the feed picks
-    assert (settings.demand_interval_seconds, settings.demand_window_seconds) == (5.0, 60.0)
-    assert settings.release_keep_alive_seconds == 300.0
+    assert (settings.demand.demand_interval_seconds, settings.demand.demand_window_seconds) == (
+        5.0,
+        60.0,
+    )
+    assert settings.demand.release_keep_alive_seconds == 300.0
     # least RBAC: `get` on that one Endpoints object
     role = find(objs, "Role", "-operator-demand")
     assert role["metadata"]["namespace"] == "ai"

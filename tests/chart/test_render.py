@@ -153,7 +153,7 @@ def test_balancer_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
     settings = load_settings(environ=env_of(c))
-    assert settings.ops_port == values["balancer"]["opsPort"]
+    assert settings.listen.ops_port == values["balancer"]["opsPort"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["path"] in OPS_PATHS
     drain = values["balancer"]["drain"]
@@ -212,13 +212,15 @@ def test_balancer_env_is_accepted_by_the_real_settings_loader(
         cm = find(objs, "ConfigMap", "-balancer")
         env = env_of(container(dep, "balancer"))
         settings = load_settings(environ=env, yaml_text=cm["data"]["balancer.yaml"])
-        assert settings.host == "0.0.0.0" and settings.port == 11434, name
-        assert settings.drain_grace == float(env["OLLAMA_FLEET_DRAIN_GRACE"])
+        assert settings.listen.host == "0.0.0.0" and settings.listen.port == 11434, name
+        assert settings.process.drain_grace == float(env["OLLAMA_FLEET_DRAIN_GRACE"])
         grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         sleep = 0
         if "lifecycle" in container(dep, "balancer"):
             sleep = int(container(dep, "balancer")["lifecycle"]["preStop"]["exec"]["command"][1])
-        assert grace >= sleep + math.ceil(settings.drain_delay) + math.ceil(settings.drain_grace)
+        assert grace >= sleep + math.ceil(settings.process.drain_delay) + math.ceil(
+            settings.process.drain_grace
+        )
 
 
 def test_production_config_reaches_the_balancer(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -226,9 +228,9 @@ def test_production_config_reaches_the_balancer(rendered: dict[str, list[dict[st
     cm = find(objs, "ConfigMap", "-balancer")
     env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
     settings = load_settings(environ=env, yaml_text=cm["data"]["balancer.yaml"])
-    assert settings.first_byte_timeout == 600
-    assert settings.drain_grace == 120
-    assert settings.default_slots == 4
+    assert settings.proxy.first_byte_timeout == 600
+    assert settings.process.drain_grace == 120
+    assert settings.discovery.default_slots == 4
     dep = find(objs, "Deployment", "-balancer")
     assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 10 + 0 + 120 + 5
     # only labelled clients (and the test pod) may call the balancer; monitoring reaches only
@@ -268,7 +270,7 @@ def test_auth_off_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
         objs = rendered[name]
         c = container(find(objs, "Deployment", "-balancer"), "balancer")
         assert "OLLAMA_FLEET_AUTH_FILE" not in env_of(c), name
-        assert load_settings(environ=env_of(c)).auth_file == "", name
+        assert load_settings(environ=env_of(c)).security.auth_file == "", name
         assert not [m for m in c["volumeMounts"] if m["mountPath"].startswith(AUTH_DIR)], name
         assert not find_all(objs, "Secret"), name
 
@@ -290,7 +292,7 @@ def test_production_mounts_the_keys_secret(rendered: dict[str, list[dict[str, An
     settings = load_settings(
         environ=env_of(container(dep, "balancer")), yaml_text=cm["data"]["balancer.yaml"]
     )
-    assert settings.auth_file == path
+    assert settings.security.auth_file == path
     # probes stay on paths the balancer never asks a key for
     c = container(dep, "balancer")
     for probe in ("readinessProbe", "livenessProbe"):
@@ -336,7 +338,7 @@ def test_auth_keys_from_values_render_a_secret_the_balancer_parses(
     assert admin.admin and admin.models == ("*",)
     assert "test-key" not in content  # hashes only
     env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
-    assert load_settings(environ=env).auth_file == path
+    assert load_settings(environ=env).security.auth_file == path
 
 
 @pytest.mark.parametrize(
@@ -444,12 +446,18 @@ def test_balancer_learns_slots_from_the_same_value(
     }
     env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
     settings = load_settings(environ=env)
-    assert settings.discovery == "kubernetes"
-    assert settings.default_slots == num_parallel
-    assert selector_matches(parse_selector(settings.kube_selector), pod["metadata"]["labels"])
-    assert settings.kube_namespaces == ("ai",)
+    assert settings.discovery.kind == "kubernetes"
+    assert settings.discovery.default_slots == num_parallel
+    assert selector_matches(
+        parse_selector(settings.discovery.kube_selector), pod["metadata"]["labels"]
+    )
+    assert settings.discovery.kube_namespaces == ("ai",)
     backend = backend_from_pod(
-        pod, PodRules(default_port=settings.kube_port, default_slots=settings.default_slots)
+        pod,
+        PodRules(
+            default_port=settings.discovery.kube_port,
+            default_slots=settings.discovery.default_slots,
+        ),
     )
     assert backend is not None
     assert backend.slots == num_parallel
@@ -514,13 +522,13 @@ def test_operator_deployment_and_least_rbac(rendered: dict[str, list[dict[str, A
     c = container(dep, "operator")
     assert c["args"][0] == "operator"
     settings = OperatorSettings.from_sources({}, env_of(c))
-    assert settings.namespaces == ("ai",)
+    assert settings.watch.namespaces == ("ai",)
     # leader election on: a Lease in the release namespace, the pod name as identity
-    assert settings.standalone is False
-    assert (settings.lease_name, settings.lease_home, settings.lease_seconds) == (
+    assert settings.leader.standalone is False
+    assert (settings.leader.lease_name, settings.lease_home, settings.leader.lease_seconds) == (
         "ollama-fleet-operator", "ai", 10.0,
     )  # fmt: skip
-    assert settings.manifest_lookup is True and settings.registry_mirrors == ()
+    assert settings.sizing.manifest_lookup is True and settings.sizing.registry_mirrors == ()
     env = {e["name"]: e for e in c["env"]}
     assert env["OLLAMA_FLEET_OPERATOR_IDENTITY"]["valueFrom"] == {
         "fieldRef": {"fieldPath": "metadata.name"}
@@ -535,7 +543,7 @@ def test_operator_deployment_and_least_rbac(rendered: dict[str, list[dict[str, A
     lease_binding = find(objs, "RoleBinding", "-operator-lease")
     assert lease_binding["roleRef"]["name"] == lease["metadata"]["name"]
     assert c["livenessProbe"]["httpGet"]["port"] == "liveness"
-    assert settings.liveness and settings.liveness.endswith(":8080/healthz")
+    assert settings.process.liveness and settings.process.liveness.endswith(":8080/healthz")
     role = find(objs, "Role", "-operator")
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
     assert rules[(("ollamafleet.io",), ("modelpools",))] >= {"get", "list", "watch", "patch"}
@@ -573,7 +581,7 @@ def test_operator_cluster_wide(rendered: dict[str, list[dict[str, Any]]]) -> Non
 
     objs = rendered["ha"]
     c = container(find(objs, "Deployment", "-operator"), "operator")
-    assert OperatorSettings.from_sources({}, env_of(c)).all_namespaces is True
+    assert OperatorSettings.from_sources({}, env_of(c)).watch.all_namespaces is True
     # two replicas, one acting: the Lease stays in the release namespace
     assert find(objs, "Deployment", "-operator")["spec"]["replicas"] == 2
     assert find(objs, "Role", "-operator-lease")["metadata"]["namespace"] == "ai"
@@ -598,10 +606,10 @@ def test_existing_fleet_by_selector(rendered: dict[str, list[dict[str, Any]]]) -
     assert not find_all(objs, "StatefulSet")
     env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
     settings = load_settings(environ=env)
-    assert settings.discovery == "kubernetes"
-    assert settings.kube_selector == "app=ollama,tier=gpu"
-    assert settings.kube_namespaces == ("ai",)
-    assert settings.default_slots == 4
+    assert settings.discovery.kind == "kubernetes"
+    assert settings.discovery.kube_selector == "app=ollama,tier=gpu"
+    assert settings.discovery.kube_namespaces == ("ai",)
+    assert settings.discovery.default_slots == 4
     (role,) = [o for o in find_all(objs, "Role") if o["metadata"]["name"].endswith("balancer")]
     assert role["metadata"]["namespace"] == "ai"
     (pool,) = find_all(objs, "ModelPool")
@@ -615,9 +623,9 @@ def test_existing_fleet_by_dns_needs_no_api_access(
     dep = find(objs, "Deployment", "-balancer")
     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     settings = load_settings(environ=env_of(container(dep, "balancer")))
-    assert settings.discovery == "dns"
-    assert settings.dns_name == "ollama-headless.ai.svc.cluster.local"
-    assert settings.default_slots == 2
+    assert settings.discovery.kind == "dns"
+    assert settings.discovery.dns_name == "ollama-headless.ai.svc.cluster.local"
+    assert settings.discovery.default_slots == 2
     assert not [o for o in objs if o["kind"] in ("Role", "ClusterRole", "StatefulSet")]
     assert not [o for o in objs if "operator" in o["metadata"]["name"]]
 
@@ -634,7 +642,7 @@ def test_existing_fleet_static(helm: str) -> None:
     )
     env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
     settings = load_settings(environ=env)
-    assert [b.name for b in settings.static_backends()] == ["a", "b"]
+    assert [b.name for b in settings.discovery.static_backends()] == ["a", "b"]
 
 
 # ------------------------------------------------------------------ HA, monitoring

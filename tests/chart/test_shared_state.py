@@ -70,16 +70,16 @@ def test_bundled_store(helm: str, tmp_path: Path) -> None:
     deploy, c = _balancer(objs)
     env = env_of(c)
     settings = load_settings(environ=env)  # what the balancer would start with
-    address = parse_store_url(settings.shared_state)
+    address = parse_store_url(settings.shared.url)
     assert (address.host, address.port, address.password) == (
         "fleet-ollama-fleet-shared-state.ai.svc",
         6379,
         None,
     )
-    secret_name = _mounted_secret(deploy, settings.shared_state_password_file)
+    secret_name = _mounted_secret(deploy, settings.shared.password_file)
     secret = find(objs, "Secret", "-shared-state")
     assert secret["metadata"]["name"] == secret_name
-    assert settings.shared_state_password_file.endswith("/password")
+    assert settings.shared.password_file.endswith("/password")
     assert len(secret["data"]["password"]) >= 40  # base64 of 40 random characters
 
     store = find(objs, "Deployment", "-shared-state")
@@ -134,11 +134,11 @@ def test_external_store(helm: str, tmp_path: Path) -> None:
     validate_builtin(objs, tmp_path)
     deploy, c = _balancer(objs)
     settings = load_settings(environ=env_of(c))
-    assert settings.shared_state == "rediss://redis.infra.svc:6380/2"
-    assert settings.shared_state_password_file == "/etc/ollama-fleet/shared-state/redis-password"
-    assert _mounted_secret(deploy, settings.shared_state_password_file) == "fleet-redis"
-    assert settings.shared_state_ca_file == "/etc/ollama-fleet/shared-state-ca/ca.pem"
-    assert _mounted_secret(deploy, settings.shared_state_ca_file) == "fleet-redis-ca"
+    assert settings.shared.url == "rediss://redis.infra.svc:6380/2"
+    assert settings.shared.password_file == "/etc/ollama-fleet/shared-state/redis-password"
+    assert _mounted_secret(deploy, settings.shared.password_file) == "fleet-redis"
+    assert settings.shared.ca_file == "/etc/ollama-fleet/shared-state-ca/ca.pem"
+    assert _mounted_secret(deploy, settings.shared.ca_file) == "fleet-redis-ca"
     assert not [o for o in objs if o["metadata"]["name"].endswith("-shared-state")]
 
 

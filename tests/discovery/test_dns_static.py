@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from ollama_balancer.discovery import (
-    DnsDiscovery,
-    DnsDiscoveryConfig,
-    StaticDiscovery,
-)
+from ollama_balancer.discovery import DnsDiscovery, StaticDiscovery
+from ollama_balancer.settings import DiscoveryKind, DiscoverySettings
 from ollama_wire.backend import Backend
 from ollama_wire.hosts import parse_backends
 
 from .recorder import running
+
+
+def dns(name: str, port: int = 11434) -> DiscoverySettings:
+    return DiscoverySettings(kind=DiscoveryKind.DNS, dns_name=name, dns_port=port)
 
 
 async def test_static_publishes_its_list_once() -> None:
@@ -25,7 +26,7 @@ async def test_static_publishes_its_list_once() -> None:
 
 
 async def test_dns_resolves_localhost() -> None:
-    discovery = DnsDiscovery(DnsDiscoveryConfig(name="localhost", port=11500, interval=0.05))
+    discovery = DnsDiscovery(dns("localhost", port=11500), interval=0.05)
     async with running(discovery) as rec:
         latest = await rec.wait_for(lambda s: "127.0.0.1:11500" in s)
         await asyncio.sleep(0.3)  # several more resolutions with the same answer
@@ -35,7 +36,7 @@ async def test_dns_resolves_localhost() -> None:
 
 
 async def test_dns_failure_publishes_nothing() -> None:
-    discovery = DnsDiscovery(DnsDiscoveryConfig(name="no-such-host.invalid", interval=0.05))
+    discovery = DnsDiscovery(dns("no-such-host.invalid"), interval=0.05)
     async with running(discovery) as rec:
         async with asyncio.timeout(10):
             while discovery.failures < 2:
@@ -56,7 +57,7 @@ class FlakyDns(DnsDiscovery):
 
 
 async def test_dns_keeps_last_set_on_failure() -> None:
-    discovery = FlakyDns(DnsDiscoveryConfig(name="localhost", interval=0.02))
+    discovery = FlakyDns(dns("localhost"), interval=0.02)
     async with running(discovery) as rec:
         await rec.wait_for(lambda s: "127.0.0.1:11434" in s)
         async with asyncio.timeout(10):

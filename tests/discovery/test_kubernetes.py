@@ -12,7 +12,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from ollama_balancer.discovery import KubernetesDiscovery, KubernetesDiscoveryConfig, PodRules
+from ollama_balancer.discovery import KubernetesDiscovery, WatchTuning
+from ollama_balancer.settings import DiscoveryKind, DiscoverySettings
 from tests.kube.cluster import (
     KubeCluster,
     create_default_service_account,
@@ -32,18 +33,21 @@ pytestmark = pytest.mark.kube
 SELECTOR = "app=ollama"
 
 
+def watching(
+    namespaces: tuple[str, ...], kubeconfig: Path, selector: str = SELECTOR
+) -> DiscoverySettings:
+    return DiscoverySettings(
+        kind=DiscoveryKind.KUBERNETES,
+        kube_namespaces=namespaces,
+        kube_selector=selector,
+        kubeconfig=str(kubeconfig),
+    )
+
+
 def make_discovery(cluster: KubeCluster, *namespaces: str, **kw: Any) -> KubernetesDiscovery:
     kw.setdefault("backoff_initial", 0.1)
     kw.setdefault("backoff_max", 0.5)
-    return KubernetesDiscovery(
-        KubernetesDiscoveryConfig(
-            namespaces=namespaces,
-            label_selector=SELECTOR,
-            kubeconfig=str(cluster.kubeconfig),
-            rules=PodRules(default_slots=1),
-            **kw,
-        )
-    )
+    return KubernetesDiscovery(watching(namespaces, cluster.kubeconfig), tuning=WatchTuning(**kw))
 
 
 class Pods:
@@ -220,12 +224,8 @@ async def unreachable_kubeconfig(kube_cluster: KubeCluster, tmp_path: Path) -> A
 
 async def test_unreachable_apiserver_publishes_nothing(unreachable_kubeconfig: Path) -> None:
     discovery = KubernetesDiscovery(
-        KubernetesDiscoveryConfig(
-            namespaces=("ai",),
-            kubeconfig=str(unreachable_kubeconfig),
-            backoff_initial=0.05,
-            backoff_max=0.1,
-        )
+        watching(("ai",), unreachable_kubeconfig),
+        tuning=WatchTuning(backoff_initial=0.05, backoff_max=0.1),
     )
     async with running(discovery) as rec:
         async with asyncio.timeout(20):
@@ -310,11 +310,8 @@ async def test_all_namespaces(
         await pods.add("a-0", ip="127.0.0.2", labels=labels)
         await Pods(kube_api, other).add("b-0", ip="127.0.0.3", labels=labels)
         discovery = KubernetesDiscovery(
-            KubernetesDiscoveryConfig(
-                namespaces=("*", kube_namespace),  # the named one overlaps "*"
-                label_selector=f"fleet={kube_namespace}",
-                kubeconfig=str(kube_cluster.kubeconfig),
-            )
+            # the named namespace overlaps "*"
+            watching(("*", kube_namespace), kube_cluster.kubeconfig, f"fleet={kube_namespace}")
         )
         async with running(discovery) as rec:
             await rec.wait_names("a-0", "b-0")

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from ollama_balancer.discovery import KubernetesDiscovery, KubernetesDiscoveryConfig
+from ollama_balancer.discovery import KubernetesDiscovery, WatchTuning
+from ollama_balancer.settings import DiscoveryKind, DiscoverySettings
 
 from .recorder import running
 
@@ -87,9 +88,10 @@ async def test_a_misbehaving_server_does_not_make_discovery_spin(
 ) -> None:
     fake, path = fake_kubeconfig
     discovery = KubernetesDiscovery(
-        KubernetesDiscoveryConfig(
-            namespaces=("ai",), kubeconfig=str(path), backoff_initial=0.2, backoff_max=0.4
-        )
+        DiscoverySettings(
+            kind=DiscoveryKind.KUBERNETES, kube_namespaces=("ai",), kubeconfig=str(path)
+        ),
+        tuning=WatchTuning(backoff_initial=0.2, backoff_max=0.4),
     )
     async with running(discovery) as rec:
         await rec.wait_names("ollama-0")

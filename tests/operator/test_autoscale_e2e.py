@@ -162,7 +162,7 @@ async def autoscaling_rig(
         async with AsyncExitStack() as stack:
             fleet = await stack.enter_async_context(EmulatedFleet(config))
             session = await stack.enter_async_context(aiohttp.ClientSession())
-            balancer = BalancerSettings(
+            balancer = BalancerSettings.build(
                 host="127.0.0.1",
                 port=0,
                 # Each pod's VRAM, as kube discovery reads it from the pods' annotation.

@@ -192,7 +192,7 @@ async def balancers() -> AsyncIterator[list[str]]:
         )
         urls = []
         for i in range(2):
-            settings = BalancerSettings(
+            settings = BalancerSettings.build(
                 host="127.0.0.1",
                 port=0,
                 ops_port=0,

@@ -234,7 +234,7 @@ def operator_settings(
         "registry_mirrors": (("registry.ollama.ai", fleet.registry.url),),
     }
     values.update(overrides)
-    return OperatorSettings(**values)
+    return OperatorSettings.build(**values)
 
 
 @contextlib.asynccontextmanager

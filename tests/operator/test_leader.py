@@ -106,7 +106,11 @@ def test_record_of_reads_a_lease_and_what_counts_as_a_sign_of_life() -> None:
 
 def test_lease_settings() -> None:
     s = OperatorSettings.from_sources({"namespaces": ("ml", "ai")}, {})
-    assert (s.lease_name, s.lease_home, s.lease_seconds) == (DEFAULT_LEASE, "ml", 10.0)
+    assert (s.leader.lease_name, s.lease_home, s.leader.lease_seconds) == (
+        DEFAULT_LEASE,
+        "ml",
+        10.0,
+    )
     assert OperatorSettings.from_sources({"all_namespaces": True}, {}).lease_home == "default"
     assert OperatorSettings.from_sources({"namespaces": ("ml-*", "x")}, {}).lease_home == "x"
     env = {"OLLAMA_FLEET_OPERATOR_LEASE_NAMESPACE": "ops"}

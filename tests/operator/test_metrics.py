@@ -204,7 +204,7 @@ async def test_pools_by_condition_and_the_models_they_want(
     ],
 )
 def test_metrics_port_setting(flags: dict[str, int], environ: dict[str, str], port: int) -> None:
-    assert OperatorSettings.from_sources(flags, environ).metrics_port == port
+    assert OperatorSettings.from_sources(flags, environ).process.metrics_port == port
 
 
 def test_metrics_port_out_of_range_is_refused() -> None:

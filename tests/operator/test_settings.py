@@ -36,7 +36,7 @@ def test_log_settings(
     flags: dict[str, str], env: dict[str, str], fmt: LogFormat, level: str
 ) -> None:
     s = OperatorSettings.from_sources(flags, env)
-    assert (s.log_format, s.log_level) == (fmt, level)
+    assert (s.process.log_format, s.process.log_level) == (fmt, level)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +86,7 @@ def test_balancer_settings(
 ) -> None:
     s = OperatorSettings.from_sources(flags, env)
     assert s.balancer_ref == ref
-    assert s.balancer_urls == urls
+    assert s.demand.balancer_urls == urls
 
 
 @pytest.mark.parametrize(

@@ -230,11 +230,11 @@ def test_settings_flags_over_env_over_defaults() -> None:
         "KUBECONFIG": "/k/config:/other",
     }
     s = OperatorSettings.from_sources({"resync_seconds": 5.0}, env)
-    assert s.namespaces == ("a", "b")
-    assert s.resync_seconds == 5.0
-    assert s.standalone is True
-    assert s.default_vram_bytes == 16 * 2**30
-    assert s.kubeconfig == "/k/config"
-    assert OperatorSettings.from_sources({}, {}).watched_namespaces == ("default",)
+    assert s.watch.namespaces == ("a", "b")
+    assert s.watch.resync_seconds == 5.0
+    assert s.leader.standalone is True
+    assert s.sizing.default_vram_bytes == 16 * 2**30
+    assert s.cluster.kubeconfig == "/k/config"
+    assert OperatorSettings.from_sources({}, {}).watch.watched_namespaces == ("default",)
     with pytest.raises(ValueError, match="exclusive"):
         OperatorSettings.from_sources({"all_namespaces": True, "namespaces": ("x",)}, {})

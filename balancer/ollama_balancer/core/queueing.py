@@ -45,6 +45,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from ollama_wire.config import Group, setting
+
 __all__ = [
     "SHARED_TENANT",
     "BadPriority",
@@ -118,24 +120,58 @@ def tenant_of(key_name: str | None, header: str | None) -> str:
     return SHARED_TENANT
 
 
+_AGING = "queue_batch_aging, queue_hold_unavailable: must be >= 0"
+
+
 @dataclass(frozen=True, slots=True)
-class QueueSettings:
-    """Admission bounds and aging; defaults are the balancer's documented defaults."""
+class QueueSettings(Group):
+    """The queue group of the balancer's settings (``settings.queue``): late binding,
+    admission bounds, aging and fair share (docs/queueing.md)."""
 
-    max_per_model: int = 256
-    """Requests waiting per model; one more sheds the newest batch (else lowest-class) one."""
-    max_wait: float = 120.0
-    """Seconds a request may wait for a slot before it is answered 429."""
-    batch_aging: float = 30.0
-    """Seconds after which a waiting batch request competes as standard (no starvation)."""
-
-    def __post_init__(self) -> None:
-        if self.max_per_model < 1:
-            raise ValueError("max_per_model must be >= 1")
-        if self.max_wait <= 0:
-            raise ValueError("max_wait must be > 0")
-        if self.batch_aging < 0:
-            raise ValueError("batch_aging must be >= 0")
+    enabled: bool = setting(
+        False,
+        "late binding: hold a request in the balancer until a warm slot frees (or a cold load "
+        "is the better deal) instead of queueing it inside Ollama",
+        key="queue",
+    )
+    max_per_model: int = setting(
+        256,
+        "requests waiting per model; one more sheds the newest batch (else lowest) one",
+        key="queue_max_per_model",
+        ge=1,
+    )
+    max_wait: float = setting(
+        120.0,
+        "seconds a request may wait in the balancer before it is answered 429",
+        key="queue_max_wait",
+        unit="seconds",
+        gt=0,
+    )
+    batch_aging: float = setting(
+        30.0,
+        "seconds after which a waiting batch request competes as standard",
+        key="queue_batch_aging",
+        unit="seconds",
+        ge=0,
+        invalid=_AGING,
+    )
+    hold_unavailable: float = setting(
+        0.0,
+        "seconds a request waits when no pod can serve its model (none ready, scaling up from "
+        "zero) before the 503 (0 = answer at once)",
+        key="queue_hold_unavailable",
+        unit="seconds",
+        ge=0,
+        invalid=_AGING,
+    )
+    tenant_header: str = setting(
+        "",
+        "request header naming the tenant when no API key does (e.g. X-OpenWebUI-User-Id); "
+        "tenants share the fleet fairly while requests wait",
+    )
+    default_output_tokens: int = setting(
+        256, "output tokens assumed for a request that sets no limit (fair share)"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,33 +9,18 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from ollama_wire.backend import Backend
 from ollama_wire.hosts import endpoint_url, host_port
 
 from ..backends import Publish
+from ..settings import DiscoverySettings
 from ..telemetry import get_logger
 
-__all__ = ["DnsDiscovery", "DnsDiscoveryConfig", "backends_from_addresses"]
+__all__ = ["DnsDiscovery", "backends_from_addresses"]
 
 log = get_logger("ollama_fleet.discovery.dns")
-
-
-@dataclass(frozen=True, slots=True)
-class DnsDiscoveryConfig:
-    name: str
-    """Host name to resolve, e.g. ``ollama-headless.ai.svc.cluster.local``."""
-    port: int = 11434
-    """Ollama's port on every address."""
-    interval: float = 5.0
-    """Seconds between resolutions (CoreDNS caches headless answers for 5 s by default)."""
-    timeout: float = 5.0
-    """Seconds one resolution may take before it counts as failed."""
-    slots: int = 1
-    """Parallel slots of every backend (their ``OLLAMA_NUM_PARALLEL``)."""
-    scheme: str = "http"
 
 
 def backends_from_addresses(
@@ -57,21 +42,27 @@ def _address(info: tuple[Any, ...]) -> str:
 class DnsDiscovery:
     """:class:`~ollama_balancer.backends.Discovery` from periodic ``getaddrinfo``."""
 
-    def __init__(self, cfg: DnsDiscoveryConfig) -> None:
-        self.config = cfg
+    def __init__(
+        self, settings: DiscoverySettings, *, interval: float = 5.0, timeout: float = 5.0
+    ) -> None:
+        """``settings``: its ``dns_name``, ``dns_port`` and ``default_slots``.  ``interval``:
+        seconds between resolutions (CoreDNS caches headless answers for 5 s by default);
+        ``timeout``: seconds one resolution may take before it counts as failed."""
+        self.settings = settings
+        self.interval = interval
+        self.timeout = timeout
         self.failures = 0
 
     async def resolve(self) -> list[Backend]:
-        cfg = self.config
+        s = self.settings
         loop = asyncio.get_running_loop()
         infos = await asyncio.wait_for(
-            loop.getaddrinfo(cfg.name, cfg.port, type=socket.SOCK_STREAM), cfg.timeout
+            loop.getaddrinfo(s.dns_name, s.dns_port, type=socket.SOCK_STREAM), self.timeout
         )
         return backends_from_addresses(
             (_address(i) for i in infos if i[0] in (socket.AF_INET, socket.AF_INET6)),
-            port=cfg.port,
-            slots=cfg.slots,
-            scheme=cfg.scheme,
+            port=s.dns_port,
+            slots=s.default_slots,
         )
 
     async def run(self, publish: Publish) -> None:
@@ -81,9 +72,11 @@ class DnsDiscovery:
                 backends = await self.resolve()
             except (OSError, TimeoutError) as exc:  # socket.gaierror is an OSError
                 self.failures += 1
-                log.warning("discovery.dns.error", name=self.config.name, error=str(exc), kept=last)
+                log.warning(
+                    "discovery.dns.error", name=self.settings.dns_name, error=str(exc), kept=last
+                )
             else:
                 if backends != last:
                     last = backends
                     publish(list(backends))
-            await asyncio.sleep(self.config.interval)
+            await asyncio.sleep(self.interval)

@@ -23,7 +23,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -36,10 +36,11 @@ from ollama_wire.kubesource import KubeSource
 
 from ..backends import Publish
 from ..core.backoff import Backoff
-from ..core.pods import PodKey, PodRules, apply_event, backends_from_pods
+from ..core.pods import PodKey, apply_event, backends_from_pods
+from ..settings import DiscoveryKind, DiscoverySettings
 from ..telemetry import get_logger
 
-__all__ = ["ALL_NAMESPACES", "KubernetesDiscovery", "KubernetesDiscoveryConfig", "WatchStats"]
+__all__ = ["ALL_NAMESPACES", "KubernetesDiscovery", "WatchStats", "WatchTuning"]
 
 #: Namespace value that means "every namespace" (needs cluster-wide list/watch RBAC).
 ALL_NAMESPACES = "*"
@@ -50,18 +51,13 @@ log = get_logger("ollama_fleet.discovery.kubernetes")
 
 
 @dataclass(frozen=True, slots=True)
-class KubernetesDiscoveryConfig:
-    namespaces: tuple[str, ...] = ()
-    """Namespaces to watch; empty = the balancer's own (in-cluster), else the kubeconfig
-    context's namespace, else ``default``.  ``"*"`` watches all namespaces."""
-    label_selector: str = "app.kubernetes.io/name=ollama"
-    """Pods to consider (a Kubernetes label selector)."""
-    rules: PodRules = field(default_factory=PodRules)
-    """Port name, default port and default slots (see :class:`PodRules`)."""
-    kubeconfig: str = ""
-    """Path of a kubeconfig; empty = in-cluster config, then ``$KUBECONFIG``/``~/.kube/config``."""
-    context: str = ""
-    """kubeconfig context; empty = the current one."""
+class WatchTuning:
+    """How the watch talks to the API server (fixed in production; tests shorten it).
+
+    What to watch (namespaces, selector, kubeconfig, port and slots of a pod) is the
+    discovery group of the settings (:class:`~ollama_balancer.settings.DiscoverySettings`).
+    """
+
     watch_timeout: int = 240
     """Seconds the server keeps one watch open (``timeoutSeconds``) before the client
     re-watches from its resourceVersion; bounds how long a silently dead connection lasts."""
@@ -115,16 +111,17 @@ class _PodSource:
     """The list and watch calls of one namespace."""
 
     def __init__(
-        self, api: client.ApiClient, namespace: str, cfg: KubernetesDiscoveryConfig
+        self, api: client.ApiClient, namespace: str, selector: str, tuning: WatchTuning
     ) -> None:
         self._core = client.CoreV1Api(api)
         self._namespace = namespace
-        self._cfg = cfg
+        self._selector = selector
+        self._tuning = tuning
 
     async def _request(self, **kwargs: Any) -> aiohttp.ClientResponse:
         # The *_without_preload_content calls return the raw aiohttp response: the watch
         # stream is read line by line, and statuses are ours to interpret.
-        common: dict[str, Any] = {"label_selector": self._cfg.label_selector}
+        common: dict[str, Any] = {"label_selector": self._selector}
         if self._namespace == ALL_NAMESPACES:
             response = await self._core.list_pod_for_all_namespaces_without_preload_content(
                 **common, **kwargs
@@ -137,14 +134,14 @@ class _PodSource:
         return response
 
     async def list(self) -> tuple[list[dict[str, Any]], str]:
-        response = await self._request(_request_timeout=float(self._cfg.request_timeout))
+        response = await self._request(_request_timeout=float(self._tuning.request_timeout))
         async with response:
             body = json.loads(await response.read())
         return list(body.get("items") or ()), str(body["metadata"]["resourceVersion"])
 
     async def open_watch(self, resource_version: str) -> aiohttp.ClientResponse:
         """A watch from ``resource_version`` the server accepted (events: :func:`_events`)."""
-        timeout = self._cfg.watch_timeout
+        timeout = self._tuning.watch_timeout
         return await self._request(
             watch=True,
             resource_version=resource_version,
@@ -169,24 +166,30 @@ class KubernetesDiscovery:
     """:class:`~ollama_balancer.backends.Discovery` from a Kubernetes pod watch."""
 
     def __init__(
-        self, cfg: KubernetesDiscoveryConfig | None = None, *, rng: random.Random | None = None
+        self,
+        settings: DiscoverySettings | None = None,
+        *,
+        tuning: WatchTuning | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        self.config = cfg or KubernetesDiscoveryConfig()
+        self.settings = settings or DiscoverySettings(kind=DiscoveryKind.KUBERNETES)
+        self.tuning = tuning or WatchTuning()
+        self.rules = self.settings.pod_rules()
         self.stats: dict[str, WatchStats] = {}
         self._backoff = Backoff(
-            initial=self.config.backoff_initial,
-            maximum=self.config.backoff_max,
-            jitter=self.config.backoff_jitter,
+            initial=self.tuning.backoff_initial,
+            maximum=self.tuning.backoff_max,
+            jitter=self.tuning.backoff_jitter,
         )
         self._rng = rng or random.Random()
         self._sets: dict[str, dict[PodKey, Backend]] = {}
         self._published: tuple[Backend, ...] | None = None
 
     async def run(self, publish: Publish) -> None:
-        source = KubeSource(kubeconfig=self.config.kubeconfig, context=self.config.context)
+        source = KubeSource(kubeconfig=self.settings.kubeconfig)
         configuration, own_namespace = await load_async(source)
         async with client.ApiClient(configuration) as api:
-            namespaces = tuple(dict.fromkeys(self.config.namespaces or (own_namespace,)))
+            namespaces = tuple(dict.fromkeys(self.settings.kube_namespaces or (own_namespace,)))
             async with asyncio.TaskGroup() as group:
                 for namespace in namespaces:
                     self.stats[namespace] = WatchStats()
@@ -207,9 +210,8 @@ class KubernetesDiscovery:
             publish(list(merged))
 
     async def _watch(self, api: client.ApiClient, namespace: str, publish: Publish) -> None:
-        cfg = self.config
         stats = self.stats[namespace]
-        source = _PodSource(api, namespace, cfg)
+        source = _PodSource(api, namespace, self.settings.kube_selector, self.tuning)
         pods: dict[PodKey, Backend] = {}
         resource_version: str | None = None
         failures = 0
@@ -243,7 +245,7 @@ class KubernetesDiscovery:
                 if resource_version is None:
                     items, resource_version = await source.list()
                     stats.lists += 1
-                    pods = backends_from_pods(items, cfg.rules)
+                    pods = backends_from_pods(items, self.rules)
                     self._update(namespace, pods, publish)
                 response = await source.open_watch(resource_version)
                 stats.watches += 1
@@ -281,4 +283,4 @@ class KubernetesDiscovery:
                 status=obj.get("code"), reason=obj.get("reason"), error=obj.get("message")
             )
         new_version = (obj.get("metadata") or {}).get("resourceVersion") or resource_version
-        return str(new_version), apply_event(pods, str(kind), obj, self.config.rules)
+        return str(new_version), apply_event(pods, str(kind), obj, self.rules)

@@ -1,5 +1,5 @@
 """The routing call: the pure decision (:mod:`~ollama_balancer.core.routing`) fed with this
-process's fleet snapshot, slot occupancy, clock, random source and round-robin turn."""
+process's fleet state (snapshot, occupancy, clock), random source and round-robin turn."""
 
 from __future__ import annotations
 
@@ -7,24 +7,13 @@ import random
 from collections.abc import Callable
 
 from ..core.errors import for_outcome
-from ..core.ledger import LedgerView
+from ..core.fleetstate import FleetState
+from ..core.occupancy import Occupancy
 from ..core.rankers import Choice
 from ..core.routing import Policy, RouteRequest, route
 from ..polling import FleetTracker
-from ..settings import BalancerSettings
 
-__all__ = ["Router", "policy_of"]
-
-
-def policy_of(settings: BalancerSettings) -> Policy:
-    """The routing policy the settings describe."""
-    return Policy(
-        fail_threshold=settings.fail_threshold,
-        stale_after=settings.stale_after,
-        affinity_bound=settings.affinity_bound,
-        auto_pull=settings.auto_pull,
-        strategy=settings.routing_policy,
-    )
+__all__ = ["Router"]
 
 
 class Router:
@@ -33,7 +22,7 @@ class Router:
     def __init__(
         self,
         view: FleetTracker,
-        occupancy: Callable[[], LedgerView],
+        occupancy: Callable[[], Occupancy],
         policy: Policy,
         *,
         rng: random.Random,
@@ -46,16 +35,18 @@ class Router:
         self.clock = clock
         self._turn = 0  # round-robin baseline's cursor
 
-    def __call__(self, req: RouteRequest) -> tuple[Choice, ...]:
-        decision = route(
-            req,
+    def fleet(self) -> FleetState:
+        """The fleet as a decision sees it now (routable pods decided once)."""
+        return FleetState.at(
             self.view.snapshot,
             self._occupancy(),
-            self.policy,
             self.clock(),
-            self.rng,
-            self._turn,
+            fail_threshold=self.policy.fail_threshold,
+            stale_after=self.policy.stale_after,
         )
+
+    def __call__(self, req: RouteRequest) -> tuple[Choice, ...]:
+        decision = route(req, self.fleet(), self.policy, self.rng, self._turn)
         self._turn += 1
         if decision.unroutable is not None:
             raise for_outcome(decision.unroutable)

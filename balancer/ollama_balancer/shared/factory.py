@@ -38,26 +38,26 @@ def create_shared_state(
     unreachable store) and ``await state.close()`` on exit."""
     replica = replica or new_replica_id()
     local = LocalState(ledger, replica=replica, clock=clock, quotas=quotas)
-    if not settings.shared_state:
+    if not settings.shared.url:
         return local
     store = RedisState(
-        parse_store_url(settings.shared_state),
+        parse_store_url(settings.shared.url),
         replica=replica,
-        keys=Keys(settings.shared_state_prefix),
+        keys=Keys(settings.shared.prefix),
         clock=clock,
-        lease_ttl=settings.lease_ttl,
-        op_timeout=settings.shared_state_timeout,
+        lease_ttl=settings.shared.lease_ttl,
+        op_timeout=settings.shared.timeout,
         # A load is over by its first byte, and no later than the first-byte timeout.
-        load_ttl=settings.first_byte_timeout,
-        password_file=settings.shared_state_password_file,
-        ca_file=settings.shared_state_ca_file,
-        default_load_seconds=settings.default_load_seconds,
-        default_service_seconds=settings.default_service_seconds,
+        load_ttl=settings.proxy.first_byte_timeout,
+        password_file=settings.shared.password_file,
+        ca_file=settings.shared.ca_file,
+        default_load_seconds=settings.routing.default_load_seconds,
+        default_service_seconds=settings.routing.default_service_seconds,
     )
     return FallbackState(
         store,
         local,
-        renew_interval=settings.lease_renew_interval,
+        renew_interval=settings.shared.lease_renew_interval,
         observer=observer,
         log=log,
     )

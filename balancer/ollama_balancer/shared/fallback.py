@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.auth import ApiKey
-from ..core.ledger import LedgerView
+from ..core.occupancy import Occupancy
 from ..core.shared.local import LocalState
 from ..core.shared.model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
 from ..core.shared.resync import entries_of
@@ -101,7 +101,7 @@ class FallbackState:
             "leases_reclaimed": self.store.reclaimed,
         }
 
-    def occupancy(self) -> LedgerView:
+    def occupancy(self) -> Occupancy:
         if self.link.up and self.store.mirror.synced:
             return self.store.occupancy()
         return self.local.occupancy()
