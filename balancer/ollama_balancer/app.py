@@ -90,34 +90,34 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     bal = app[BALANCER]
     s = bal.settings
-    bal.transport.open()
-    bal.poller = Poller(
-        bal.transport,
-        bal.view,
-        interval=s.polling.interval,
-        jitter=s.polling.jitter,
-        timeout=s.polling.timeout,
-        fail_threshold=s.routing.fail_threshold,
-        clock=bal.clock,
-        on_result=_fan_out(bal.polls),
-    )
-    tasks: list[asyncio.Task[None]] = []
-    if bal.discovery is not None:
-        tasks.append(asyncio.create_task(bal.discovery.run(bal.view.set_backends)))
-    # First poll before serving, so the first request sees the fleet.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(s.polling.timeout + 1):
-            await bal.poller.poll_all()
-    tasks.append(asyncio.create_task(bal.poller.run()))
-    await bal.shared.start()  # never fails: an unreachable store means local state for now
-    try:
-        yield
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await bal.shared.close()
-        await bal.transport.close()
+    # The connections to the pods live exactly as long as the application.
+    async with bal.transport:
+        bal.poller = Poller(
+            bal.transport,
+            bal.view,
+            interval=s.polling.interval,
+            jitter=s.polling.jitter,
+            timeout=s.polling.timeout,
+            fail_threshold=s.routing.fail_threshold,
+            clock=bal.clock,
+            on_result=_fan_out(bal.polls),
+        )
+        tasks: list[asyncio.Task[None]] = []
+        if bal.discovery is not None:
+            tasks.append(asyncio.create_task(bal.discovery.run(bal.view.set_backends)))
+        # First poll before serving, so the first request sees the fleet.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(s.polling.timeout + 1):
+                await bal.poller.poll_all()
+        tasks.append(asyncio.create_task(bal.poller.run()))
+        await bal.shared.start()  # never fails: an unreachable store means local state for now
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await bal.shared.close()
 
 
 def _fan_out(listeners: list[Callable[[PollResult], None]]) -> Callable[[PollResult], None]:

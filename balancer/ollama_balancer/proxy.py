@@ -127,7 +127,8 @@ class Proxy:
             ranked = await self._claim(request, req, record, aff_backend, claim)
             return await self._attempts(request, req, record, claim, ranked, note)
         finally:
-            await self.claims.release(claim, record)  # claimed, never used by an attempt
+            if claim.lease is not None:  # claimed, never used by an attempt
+                await self.claims.release(claim, record)
 
     def _pin_num_ctx(self, req: ParsedRequest) -> tuple[ParsedRequest, str]:
         """The request with its model's pinned ``num_ctx``, and a note when that changed it."""
