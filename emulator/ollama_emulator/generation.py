@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "OPENINGS",
     "count_tokens",
     "embedding",
     "generate_tokens",
@@ -33,6 +34,9 @@ every request finds a warm model quickly
 """
 _WORDS = tuple(_TEXT.split())
 
+OPENINGS = frozenset(w.capitalize() for w in _WORDS)
+"""The words an answer can start with (its first token, without a leading space)."""
+
 
 def seed_for(seed: int | None, model: str, text: str) -> int:
     """A stable 64-bit seed (Python's ``hash`` is salted per process, so use sha256)."""
@@ -40,14 +44,20 @@ def seed_for(seed: int | None, model: str, text: str) -> int:
     return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")
 
 
-def generate_tokens(seed: int, count: int) -> list[str]:
-    """``count`` tokens forming a sentence-like text; each but the first starts with a space."""
+def generate_tokens(seed: int, count: int, *, opening: bool = True) -> list[str]:
+    """``count`` tokens forming a sentence-like text; each but the first starts with a space.
+
+    A natural answer ends with a period on its last token, so a prefix of it
+    (``num_predict`` reached, or a partial answer being continued) is the
+    same tokens cut short.  ``opening=False`` gives text that continues
+    something already said: its first token starts with a space too.
+    """
     rng = random.Random(seed)
     out: list[str] = []
     for i in range(count):
         word = rng.choice(_WORDS)
         if i == 0:
-            word = word.capitalize()
+            word = word.capitalize() if opening else " " + word
         elif out[-1].endswith("."):
             word = " " + word.capitalize()
         else:
