@@ -21,7 +21,8 @@ the partial, as with Ollama's templates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import generation
@@ -110,29 +111,34 @@ def answer_text(parts: Iterable[tuple[str, str]], *, thinking_open: bool = False
     return "".join(out)
 
 
-def resume(tokens: Sequence[str], said: str) -> list[str] | None:
+def resume(tokens: Iterable[str], said: str) -> Iterator[str] | None:
     """The rest of ``tokens`` once ``said`` was said, or None when they do not start with it.
 
-    A cut inside a token resumes with the rest of that token.
+    A cut inside a token resumes with the rest of that token.  Tokens are read
+    only as far as ``said`` goes: the rest stays lazy.
     """
-    joined = "".join(tokens)
-    if not joined.startswith(said):
-        return None
+    rest = iter(tokens)
     start = 0
-    for i, token in enumerate(tokens):
+    for token in rest:
         end = start + len(token)
         if end > len(said):
-            return [token[len(said) - start :], *tokens[i + 1 :]]
+            if not token.startswith(said[start:]):
+                return None
+            return itertools.chain([token[len(said) - start :]], rest)
+        if said[start:end] != token:
+            return None
         start = end
-    return []
+    return iter(()) if start == len(said) else None
 
 
 @dataclass(frozen=True)
 class Script:
-    """What the model says from where the prompt leaves off to its natural end."""
+    """What the model says from where the prompt leaves off, up to a limit."""
 
     parts: tuple[tuple[str, str], ...]
     """``("thinking" | "content" | "tool", token)`` in order."""
+    cut: bool = False
+    """The limit stopped it before its natural end (``done_reason: length``)."""
     continued: bool = False
     """The prompt ended with a partial answer."""
     resumed: bool = False
@@ -142,32 +148,49 @@ class Script:
 
 
 def plan_script(
-    seed: int, *, think: int, answer: int, kind: str = "content", partial: Turn | None = None
+    seed: int,
+    *,
+    think: int,
+    answer: int,
+    kind: str = "content",
+    partial: Turn | None = None,
+    limit: int | None = None,
 ) -> Script:
     """What a generation seeded by ``seed`` says (reasoning, answer), resumed after ``partial``.
 
     A partial with answer text continues the answer without more reasoning (Ollama's
     thinking parsers start in their content state after such a prefill); a partial
-    with reasoning only continues the reasoning, then answers.
+    with reasoning only continues the reasoning, then answers.  ``limit`` (``num_predict``)
+    counts every new token; tokens past it are never made, however long the answer.
     """
-    thoughts = generation.generate_tokens(seed ^ 1, think)
-    words = generation.generate_tokens(seed, answer)
+    thoughts = generation.iter_tokens(seed ^ 1, think)
+    words = generation.iter_tokens(seed, answer)
+    flags: dict[str, bool] = {}
+    parts: Iterator[tuple[str, str]]
     if partial is None:
-        return Script((*(("thinking", t) for t in thoughts), *((kind, w) for w in words)))
-    if partial.content:
+        parts = itertools.chain(_tagged("thinking", thoughts), _tagged(kind, words))
+    elif partial.content:
         rest = resume(words, partial.content)
-        if rest is not None:
-            return Script(tuple(("content", w) for w in rest), continued=True, resumed=True)
-        fresh_seed = generation.seed_for(None, str(seed), partial.content)
-        count = max(1, answer - len(partial.content.split()))
-        fresh = generation.generate_tokens(fresh_seed, count, opening=False)
-        return Script(tuple(("content", w) for w in fresh), continued=True)
-    more = resume(thoughts, partial.thinking)
-    parts = [("thinking", t) for t in more or []] + [("content", w) for w in words]
-    return Script(tuple(parts), continued=True, resumed=more is not None, thinking_open=True)
+        flags = {"continued": True, "resumed": rest is not None}
+        if rest is None:
+            fresh_seed = generation.seed_for(None, str(seed), partial.content)
+            count = max(1, answer - len(partial.content.split()))
+            rest = generation.iter_tokens(fresh_seed, count, opening=False)
+        parts = _tagged("content", rest)
+    else:
+        more = resume(thoughts, partial.thinking)
+        flags = {"continued": True, "resumed": more is not None, "thinking_open": True}
+        parts = itertools.chain(_tagged("thinking", more or iter(())), _tagged("content", words))
+    taken = tuple(itertools.islice(parts, limit))
+    cut = limit is not None and next(parts, None) is not None
+    return Script(taken, cut=cut, **flags)
 
 
-def split_raw(prompt: str, answer_for: Callable[[str], Sequence[str]]) -> tuple[str, str]:
+def _tagged(kind: str, tokens: Iterable[str]) -> Iterator[tuple[str, str]]:
+    return ((kind, token) for token in tokens)
+
+
+def split_raw(prompt: str, answer_for: Callable[[str], Iterable[str]]) -> tuple[str, str]:
     """A raw prompt split into (prompt, partial answer); the partial is empty when there is none.
 
     ``answer_for(text)`` is the natural answer to a raw prompt ``text``.  Only

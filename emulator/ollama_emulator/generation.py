@@ -11,7 +11,7 @@ import hashlib
 import math
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "count_tokens",
     "embedding",
     "generate_tokens",
+    "iter_tokens",
     "seed_for",
     "think_tokens",
     "tool_arguments",
@@ -44,6 +45,24 @@ def seed_for(seed: int | None, model: str, text: str) -> int:
     return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")
 
 
+def iter_tokens(seed: int, count: int, *, opening: bool = True) -> Iterator[str]:
+    """The ``count`` tokens of :func:`generate_tokens`, made only as far as they are read."""
+    rng = random.Random(seed)
+    previous = ""
+    for i in range(count):
+        word = rng.choice(_WORDS)
+        if i == 0:
+            word = word.capitalize() if opening else " " + word
+        elif previous.endswith("."):
+            word = " " + word.capitalize()
+        else:
+            word = " " + word
+        if i == count - 1 or rng.random() < 0.08:
+            word += "."
+        previous = word
+        yield word
+
+
 def generate_tokens(seed: int, count: int, *, opening: bool = True) -> list[str]:
     """``count`` tokens forming a sentence-like text; each but the first starts with a space.
 
@@ -52,20 +71,7 @@ def generate_tokens(seed: int, count: int, *, opening: bool = True) -> list[str]
     same tokens cut short.  ``opening=False`` gives text that continues
     something already said: its first token starts with a space too.
     """
-    rng = random.Random(seed)
-    out: list[str] = []
-    for i in range(count):
-        word = rng.choice(_WORDS)
-        if i == 0:
-            word = word.capitalize() if opening else " " + word
-        elif out[-1].endswith("."):
-            word = " " + word.capitalize()
-        else:
-            word = " " + word
-        if i == count - 1 or rng.random() < 0.08:
-            word += "."
-        out.append(word)
-    return out
+    return list(iter_tokens(seed, count, opening=opening))
 
 
 def count_tokens(text: str) -> int:

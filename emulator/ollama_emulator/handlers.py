@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -155,9 +156,9 @@ def _generate_plan(
     if doc.get("raw") is True:
         spec = model.spec
 
-        def answer_for(text: str) -> list[str]:
+        def answer_for(text: str) -> Iterator[str]:
             base = generation.seed_for(seed, spec.digest, system + text)
-            return generation.generate_tokens(base, spec.response_tokens)
+            return generation.iter_tokens(base, spec.response_tokens)
 
         head, said = split_raw(prompt, answer_for)
         return GenerationPlan(

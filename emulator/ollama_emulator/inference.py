@@ -218,16 +218,15 @@ class Generation:
             answer=plan.tool_call_tokens or spec.response_tokens,
             kind="tool" if plan.tool_call_tokens else "content",
             partial=plan.partial,
+            limit=plan.num_predict,
         )
-        limit = plan.num_predict
-        parts = script.parts if limit is None else script.parts[:limit]
-        self.done_reason = "length" if len(parts) < len(script.parts) else "stop"
+        self.done_reason = "length" if script.cut else "stop"
         slow = node.faults.token_rate_factor
         return Job(
             model=self.runner.name if self.runner else spec.name,
             prompt=plan.prompt,
             prompt_tokens=plan.prompt_tokens,
-            parts=parts,
+            parts=script.parts,
             per_token=slow / spec.tokens_per_second,
             prompt_rate=spec.prompt_tokens_per_second / slow,
             batch=node.config.num_batch,

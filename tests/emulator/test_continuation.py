@@ -70,7 +70,8 @@ def test_split_partial(turns: list[Turn], partial: Turn | None) -> None:
     ],
 )
 def test_resume(said_: str, rest: list[str] | None) -> None:
-    assert resume(["A", " b", " c."], said_) == rest
+    got = resume(["A", " b", " c."], said_)
+    assert (None if got is None else list(got)) == rest
 
 
 @pytest.mark.parametrize("cut", [1, 5, 23, 24])
@@ -109,7 +110,19 @@ def test_a_partial_the_model_did_not_write_gets_a_fresh_continuation() -> None:
 def test_num_predict_cuts_are_prefixes_of_the_natural_answer() -> None:
     tokens = generation.generate_tokens(SEED, 24)
     assert tokens[-1].endswith(".")
-    assert [t for _, t in natural().parts][:5] == tokens[:5]
+    five = plan_script(SEED, think=0, answer=24, limit=5)
+    assert [t for _, t in five.parts] == tokens[:5] and five.cut
+    assert not plan_script(SEED, think=0, answer=24, limit=24).cut
+
+
+def test_tokens_past_the_limit_are_never_made() -> None:
+    """Benchmarks give answers a huge natural length and end them with ``max_tokens``."""
+    endless = plan_script(SEED, think=0, answer=10**12, limit=3)
+    assert len(endless.parts) == 3 and endless.cut
+    whole = plan_script(SEED, think=0, answer=10**12, limit=40)
+    partial = Turn("assistant", said(whole.parts[:30]))
+    rest = plan_script(SEED, think=0, answer=10**12, partial=partial, limit=10)
+    assert rest.parts == whole.parts[30:]
 
 
 def answer_for(text: str) -> list[str]:
