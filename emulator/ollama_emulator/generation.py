@@ -47,6 +47,8 @@ def seed_for(seed: int | None, model: str, text: str) -> int:
 
 def iter_tokens(seed: int, count: int, *, opening: bool = True) -> Iterator[str]:
     """The ``count`` tokens of :func:`generate_tokens`, made only as far as they are read."""
+    if count <= 0:
+        return  # seeding a generator costs more than the tokens of a short answer
     rng = random.Random(seed)
     previous = ""
     for i in range(count):

@@ -11,7 +11,6 @@ slot evaluated by then (prompt and tokens) stays in its cache.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 from .cancellation import TOKENS_AFTER_NOTICE, prefill_cut
@@ -75,7 +74,7 @@ class Sequence:
             continuation=job.continuation,
         )
         self._left_at: float | None = None
-        self._left = asyncio.Event()
+        self._prefilling = False
         self._out: asyncio.Queue[Part | None] = asyncio.Queue()
         self._done = asyncio.Event()
         self._consumed = False
@@ -98,7 +97,8 @@ class Sequence:
         if self._left_at is None and not self._consumed:
             self._left_at = self.clock.monotonic()
             self.record.left_after = self._left_at - self._started
-            self._left.set()
+            if self._prefilling:
+                self.task.cancel()  # wakes the prompt's sleep, see _prefill_until
             self._settle()
 
     def consumed(self) -> None:
@@ -163,21 +163,26 @@ class Sequence:
             self._finish(phase, cache_text)
 
     async def _prefill_until(self, deadline: float) -> bool:
-        """Sleep until ``deadline``; False as soon as the client leaves before it."""
-        if self._left.is_set():
-            return False
-        sleep = asyncio.ensure_future(self.clock.sleep(deadline - self.clock.monotonic()))
-        left = asyncio.ensure_future(self._left.wait())
+        """Sleep until ``deadline``; False as soon as the client leaves before it.
+
+        :meth:`abandon` wakes the sleep by cancelling this task; that one
+        cancellation is taken back here, any other (the runner unloaded) goes on.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        if self._left_at is not None:
+            return False  # gone before this task first ran
+        self._prefilling = True
         try:
-            await asyncio.wait([sleep, left], return_when=asyncio.FIRST_COMPLETED)
-            slept = sleep.done()
+            await self._sleep_until(deadline)
+        except asyncio.CancelledError:
+            if self._left_at is None or task.cancelling() > 1:
+                raise
+            task.uncancel()
+            return False
         finally:
-            for waiter in (sleep, left):
-                if not waiter.done():
-                    waiter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await waiter
-        return slept
+            self._prefilling = False
+        return True
 
     async def _sleep_until(self, deadline: float) -> None:
         # Pace against a schedule, not per-token sleeps: at small time scales each real
