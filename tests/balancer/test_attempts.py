@@ -36,9 +36,8 @@ from ollama_balancer.upstream import (
 )
 from ollama_wire.backend import Backend
 from ollama_wire.models import parse_resident
-from tests.rig import until
-
-from .memory import MemoryResponse, MemoryTransport, Pod, Sent
+from tests.harness.eventually import eventually
+from tests.harness.memory_pods import MemoryResponse, MemoryTransport, Pod, Sent
 
 M = "llama3.2:3b"
 GEN = {"model": M, "prompt": "hi", "stream": False}
@@ -241,6 +240,6 @@ async def test_the_client_leaving_closes_the_pods_answer_and_frees_the_slot() ->
         await live.feed(b'{"response":"a","done":false}\n')
         assert (await resp.content.readline()).startswith(b'{"response":"a"')
         resp.close()  # the client goes away
-        await until(lambda: live.closed)  # closing it makes Ollama stop generating
-        await until(lambda: bool(s.records))
+        await eventually(lambda: live.closed)  # closing it makes Ollama stop generating
+        await eventually(lambda: bool(s.records))
         assert s.records[-1].client_gone

@@ -27,7 +27,7 @@ from ollama_balancer.waitroom import WaitRoom
 from ollama_wire.backend import Backend
 from ollama_wire.models import parse_resident
 from ollama_wire.names import canonical
-from tests.rig import until
+from tests.harness.eventually import eventually
 
 M = "llama3.2:3b"
 K = canonical(M)  # how leases and the wait queue name it
@@ -196,7 +196,7 @@ async def test_late_binding_waits_for_a_freed_slot() -> None:
     await claims.early(RouteRequest(K, M), (Choice("a", RESIDENT),), "busy", busy)
     claim, rec = Claim(K), record("r2")
     waiting = asyncio.create_task(claims.late(Waiting("r2", K, "tenant"), rec, claim, pinned=False))
-    await until(lambda: room.waiting() == 1)
+    await eventually(lambda: room.waiting() == 1)
     assert not waiting.done() and claim.lease is None
     await claims.release(busy, record("busy"))  # the slot frees: the wait room binds r2
     ranked = await asyncio.wait_for(waiting, 5)

@@ -16,9 +16,8 @@ from aiohttp import web
 
 from ollama_balancer.proxying.relay import Ending, Relay, end_broken
 from ollama_balancer.upstream import Disconnected, ProtocolError
-from tests.rig import until
-
-from .memory import MemoryResponse
+from tests.harness.eventually import eventually
+from tests.harness.memory_pods import MemoryResponse
 
 BROKEN = "pod-a: stream broken"
 
@@ -186,7 +185,7 @@ async def test_a_client_that_left_is_seen_on_the_next_write() -> None:
         await upstream.feed(LINES[0])
         assert await resp.content.readline() == LINES[0]
         resp.close()  # the client goes away mid-stream
-        await until(lambda: served.request is not None and served.request.transport is None)
+        await eventually(lambda: served.request is not None and served.request.transport is None)
         await upstream.feed(LINES[1])  # the write of this one finds the connection gone
         await asyncio.wait_for(served.done.wait(), 5)
     relay = served.relay

@@ -23,8 +23,7 @@ from ollama_balancer.upstream import (
 )
 from ollama_balancer.upstream.calls import call, get_json, progress
 from ollama_balancer.upstream.errors import upstream_error
-
-from .test_http11 import Answer, _request, server
+from tests.harness.rawhttp import Answer, read_request, server
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def once(raw: bytes, *, then_abort: bool = False) -> Answer:
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            await _request(reader)
+            await read_request(reader)
             writer.write(raw)
             await writer.drain()
             if then_abort:
@@ -51,7 +50,7 @@ def once(raw: bytes, *, then_abort: bool = False) -> Answer:
 def recording(raw: bytes, seen: list[bytes]) -> Answer:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
-            seen.append(await _request(reader))
+            seen.append(await read_request(reader))
             writer.write(raw)
             await writer.drain()
 
@@ -183,7 +182,7 @@ async def test_get_json(transport: Transport, raw: bytes, expected: object) -> N
 
 async def test_a_call_past_its_deadline_is_a_timeout(transport: Transport) -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
+        await read_request(reader)
         await reader.read()
 
     async with server(silent) as (url, _):
@@ -224,7 +223,7 @@ async def test_progress_failures(
     transport: Transport, raw: bytes, error: type[UpstreamError], in_stream: bool | None
 ) -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
+        await read_request(reader)
         writer.write(raw)
         await writer.drain()
         await reader.read()

@@ -1,6 +1,6 @@
 """Real answers for the resume tests, captured from the emulator into ``resume_streams.json``.
 
-Regenerate the file with ``.venv/bin/python -m tests.balancer.resume_streams`` after a
+Regenerate the file with ``.venv/bin/python -m tests.harness.resume_streams`` after a
 change to the emulator's wire shapes; ``test_resume_streams.py`` fails while the two
 differ (ids and times aside).  Each request asks for four tokens of ``llama3.2``
 (``*_json``: the same request, not streamed); the ``anthropic_tool`` answers are
@@ -98,7 +98,11 @@ async def capture() -> dict[str, bytes]:
 
 
 #: Fields that differ between two answers to the same request: ids, clocks, timings.
-VOLATILE = frozenset({"id", "created", "created_at", "total_duration", "load_duration"})
+#: Fields that differ between two answers to the same request: ids, clocks, and the prompt's
+#: reading time (the second answer finds the first one's prompt in the slot's cache).
+VOLATILE = frozenset(
+    {"id", "created", "created_at", "total_duration", "load_duration", "prompt_eval_duration"}
+)
 
 
 def steady(value: Any) -> Any:
