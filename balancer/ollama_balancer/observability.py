@@ -293,7 +293,15 @@ def install(app: web.Application) -> None:
                 metrics.registry,
                 lambda: {model_display(m): p.shares for m, p in room.plans.items()},
             )
-            bal.proxy.scheduler_metrics = scheduler
+            resumer = bal.proxy.resumer
+            if resumer is not None:
+
+                def resumed(model: str, outcome: str, waste: float) -> None:
+                    scheduler.resumes.labels(model_display(model), outcome).inc()
+                    if waste > 0:
+                        scheduler.waste.labels(model_display(model)).inc(waste)
+
+                resumer.observe = resumed
             room.preempt_listeners.append(
                 lambda model, cls, reason: scheduler.preemptions.labels(
                     model_display(model), cls, reason

@@ -43,6 +43,7 @@ from .proxying.claims import Claim, SlotClaims
 from .proxying.headers import forwarded, response_head
 from .proxying.lessons import Lessons
 from .proxying.relay import Ending, Relay, end_broken
+from .proxying.resumer import Resumer
 from .proxying.router import Router
 from .proxying.waiting import waiting_for
 from .settings import BalancerSettings
@@ -92,9 +93,23 @@ class Proxy:
                 rng=rng,
                 clock=clock,
                 hold_unavailable=settings.queue.hold_unavailable,
+                shared=self.shared,
+                replica=str(self.shared.status().get("replica") or "local"),
             )
-        self.claims = SlotClaims(self.shared, view, self.route, self.waitroom)
+        self.claims = SlotClaims(self.shared, view, self.route, self.waitroom, clock=clock)
         self.lessons = Lessons(clock)
+        #: Relays the scheduler may take back, and their resumes (``queue_policy=reclaim``).
+        self.resumer: Resumer | None = None
+        if self.claims.scheduling:
+            self.resumer = Resumer(
+                self.claims,
+                transport,
+                idle_timeout=settings.proxy.idle_timeout,
+                first_byte_timeout=settings.proxy.first_byte_timeout,
+                max_attempts=settings.proxy.max_attempts,
+                rates=self.lessons.rates,
+                clock=clock,
+            )
         self.pulls = AutoPull(transport, idle_timeout=settings.proxy.idle_timeout)
         self.unloader = Unloader(
             self.route.fleet,
@@ -147,6 +162,7 @@ class Proxy:
     ) -> tuple[Choice, ...]:
         """The ranked pods to try, a slot claimed on the first when the route takes one."""
         if self.waitroom is not None and claim.takes_slot and req.intent is Intent.INFER:
+            resumer = self.resumer
             waiting = waiting_for(
                 request,
                 req,
@@ -155,8 +171,15 @@ class Proxy:
                 tenant_header=self.settings.queue.tenant_header,
                 default_output_tokens=self.settings.queue.default_output_tokens,
                 tokens=self.lessons.tokens,
+                rates=self.lessons.rates if resumer is not None else None,
+                now=self.clock(),
             )
-            return await self.claims.late(waiting, record, claim, pinned=req.pin is not None)
+            if resumer is not None:
+                claim.resume = resumer.prepare(request.path, req.doc, waiting, req.stream)
+            ranked = await self.claims.late(waiting, record, claim, pinned=req.pin is not None)
+            if self.waitroom.scheduler is not None:
+                record.queue_estimate = self.waitroom.granted_estimates.pop(waiting.id, None)
+            return ranked
         route_req = RouteRequest(
             req.key,
             req.model,
@@ -211,6 +234,8 @@ class Proxy:
         if at.choice.reason is Reason.PULL or self.pulls.under_way(at.backend.name, at.req.model):
             await self.pulls.pull(at.backend, at.req.model)
         await self.claims.lease_for(at.claim, at.backend, at.choice, at.record)
+        if self.resumer is not None:
+            self.resumer.watch(at)
         answered = False
         upstream: Response | None = None
         try:
@@ -223,16 +248,20 @@ class Proxy:
         finally:
             if upstream is not None:
                 upstream.close()  # idempotent after a complete read; aborts a live one
+            if self.resumer is not None:
+                self.resumer.forget(at)
             await self.claims.release(at.claim, at.record, answered)
 
     async def _send(self, at: Attempt, t0: float) -> Response:
         """The pod's answer, once its status and headers are in."""
         request, backend = at.request, at.backend
         timeout = self.settings.proxy.first_byte_timeout
+        resume = at.claim.resume
+        body = (resume.first_body() if resume is not None else None) or at.req.body
         try:
             async with asyncio.timeout(timeout):
                 return await self.transport.send(
-                    request.method, backend.url, request.path_qs, forwarded(request), at.req.body
+                    request.method, backend.url, request.path_qs, forwarded(request), body
                 )
         except TimeoutError:
             # Not retried: the request may be running there (no double execution).
@@ -273,6 +302,8 @@ class Proxy:
 
     async def _relay(self, at: Attempt, upstream: Response) -> web.StreamResponse:
         """Relay the answer to the client and end its stream as the relay's ending says."""
+        if self.resumer is not None and at.claim.resume is not None:
+            return await self.resumer.relay(at, upstream)
         record = at.record
         resp = response_head(at, upstream)
         record.status = upstream.status

@@ -109,7 +109,7 @@ class WaitRoom:
         #: The scheduler's policy when it decides (``queue_policy=reclaim`` with a board).
         self.scheduler = (
             settings.scheduler()
-            if settings.policy is QueuePolicy.RECLAIM and shared is not None
+            if settings.policy == QueuePolicy.RECLAIM and shared is not None
             else None
         )
         #: Requests bound to a slot whose handler has not taken the lease yet.

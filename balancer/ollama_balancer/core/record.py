@@ -39,6 +39,8 @@ class RequestRecord:
     tenant: str = ""  # whose fair share it counted against while waiting
     priority: str = ""  # critical | standard | batch, when it went through the wait queue
     queue_wait: float | None = None  # seconds it waited in the balancer for a slot
+    queue_estimate: float | None = None  # the wait estimated when it arrived (reclaim)
+    preemptions: int = 0  # times the scheduler took its slot back (each resumed)
     token_estimate: Any = None  # tokens.TokenEstimate made for the wait queue (learned from)
 
     def tokens_used(self) -> int:
