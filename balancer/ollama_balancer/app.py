@@ -11,7 +11,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -40,6 +40,9 @@ from .state import BALANCER, Balancer
 from .telemetry import get_logger
 from .upstream import UpstreamPool
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 __all__ = ["OPS_PATHS", "create_app", "ops_app", "serve"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,7 +55,10 @@ def create_app(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     on_record: Callable[[RequestRecord], None] | None = None,
+    tracer: Tracer | None = None,
 ) -> web.Application:
+    """The balancer's application; ``tracer`` (from :func:`ollama_wire.tracing.tracing_from_env`)
+    traces its requests, None (tracing off) traces none."""
     app = web.Application(client_max_size=settings.proxy.max_body_bytes, middlewares=[front_door])
     view = FleetTracker(clock)
     ledger = Ledger(settings.routing.default_load_seconds, settings.routing.default_service_seconds)
@@ -76,6 +82,7 @@ def create_app(
         admin=Admin(settings, view, session, clock),
         discovery=discovery,
         clock=clock,
+        tracer=tracer,
     )
     if on_record is not None:
         bal.records.append(on_record)
