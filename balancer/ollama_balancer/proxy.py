@@ -31,7 +31,7 @@ from .core.ledger import COLD_LOAD_THRESHOLD, Ledger
 from .core.queueing import BadPriority, Waiting, request_priority, tenant_of
 from .core.rankers import COLD_REASONS, Choice, Reason
 from .core.record import RequestRecord
-from .core.requests import Intent, ParsedRequest, affinity_key, with_num_ctx
+from .core.requests import Intent, ParsedRequest, affinity_key, session_header, with_num_ctx
 from .core.routes import spec_for
 from .core.routing import RouteRequest, route
 from .core.shared.gate import load_decision
@@ -166,7 +166,7 @@ class Proxy:
             and spec.affinity
             and req.pin is None
         ):
-            aff = affinity_key(req.doc, req.key, request.headers.get("X-Session-ID"))
+            aff = affinity_key(req.doc, req.key, session_header(request.headers))
         aff_backend = self.shared.affinity(aff) if aff else None
         counts = spec is not None and spec.quota  # /api/show takes no slot
         route_req = RouteRequest(
