@@ -1,4 +1,4 @@
-"""zstd request bodies as Ollama decodes them (kernel, pure; ollama-anthropic.md §6)."""
+"""zstd request bodies as Ollama decodes them (kernel, pure; docs/anthropic.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Error bodies per path (kernel, pure): native, OpenAI, Anthropic (ollama-anthropic.md §5)."""
+"""Error bodies per path (kernel, pure): native, OpenAI, Anthropic (docs/anthropic.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Merging pods' progress streams into one (kernel, pure; ollama-api.md §1.6)."""
+"""Merging pods' progress streams into one (kernel, pure; docs/ollama.md §2.7)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SUCCESS = {"status": "success"}
 
 
 def single(total1: int = 100, total2: int = 10) -> list[dict[str, Any]]:
-    """One Ollama's pull, as ollama-api.md §1.6 shows it."""
+    """One Ollama's pull, as docs/ollama.md §2.7 describes it."""
     return [
         MANIFEST,
         layer(D1, total1),

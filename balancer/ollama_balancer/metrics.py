@@ -1,6 +1,6 @@
 """Prometheus metrics of one balancer replica: names, types, labels and how they are fed.
 
-Metric names and label names are API (DESIGN.md §4.10): they are the
+Metric names and label names are API (docs/design.md §2.10): they are the
 constants below and nowhere else.  Every :class:`FleetMetrics` owns its own
 :class:`CollectorRegistry`, so several apps in one process (tests, the demo)
 never share or collide on series.

@@ -104,7 +104,7 @@ def _int(metrics: dict[str, Any], key: str) -> int | None:
 
 
 def slot_wait_seconds(metrics: dict[str, Any]) -> float | None:
-    """total − load − prompt_eval − eval (ollama-api.md §5); None without generation timings."""
+    """total − load − prompt_eval − eval (docs/ollama.md §6.2); None without generation timings."""
     total = _int(metrics, "total_duration")
     evaluated = _int(metrics, "eval_duration")
     if total is None or evaluated is None:

@@ -1,6 +1,6 @@
 """The reverse proxy: route, forward, stream back byte for byte, fail over before the first byte.
 
-Streams are sacred (DESIGN.md §2): upstream bytes are written to the client
+Streams are sacred (docs/design.md §1.3): upstream bytes are written to the client
 as they arrive, never parsed or re-encoded on the way (only the last chunk is
 kept, to learn timings from Ollama's final metrics line).  A request is
 retried on the next-ranked pod only while nothing has reached the client.

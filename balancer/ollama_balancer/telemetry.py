@@ -1,6 +1,6 @@
 """The balancer's log events; rendering is the kernel's (:mod:`ollama_wire.logs`).
 
-Log event names and their keys are API, like metric names (DESIGN.md §4.10):
+Log event names and their keys are API, like metric names (docs/design.md §2.10):
 they are the ``EVENT_*`` constants below.  Events are emitted by the I/O shell
 (:mod:`observability`) from finished records and fleet changes, never from
 pure code.  Prompt and response text is never logged.

@@ -1,6 +1,6 @@
 """A faithful Ollama emulator: N independent emulated servers in one process.
 
-It follows shared/ollama-api.md (wire shapes, error bodies, scheduler,
+It follows docs/ollama.md (wire shapes, error bodies, scheduler,
 keep_alive, pull progress, names) so the balancer's tests, benchmarks and demo
 measure something real.  Python API::
 

@@ -1,6 +1,6 @@
 """Anthropic's Messages API, ``POST /v1/messages``, as Ollama serves it.
 
-The contract is shared/ollama-anthropic.md.
+The contract is docs/anthropic.md.
 
 Ollama runs it as middleware over ``ChatHandler``: the body is validated and
 turned into a native chat request (:mod:`.anthropic_request`), the chat runs

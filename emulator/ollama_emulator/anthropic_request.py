@@ -1,6 +1,6 @@
 """Anthropic Messages requests read the way Ollama reads them (pure).
 
-shared/ollama-anthropic.md §2 and §8: gin binds the body into
+docs/anthropic.md §3 and §8: gin binds the body into
 ``anthropic.MessagesRequest`` (first JSON value only, keys matched without regard
 to case, the last duplicate winning, ``null`` meaning absent, a wrong type anywhere
 a 400 carrying Go's text), the middleware validates ``model``, ``max_tokens`` and
@@ -73,7 +73,7 @@ class MessagesRequest:
     """``think`` for the handler: unset (None), a bool, or a level."""
     options: Mapping[str, Any]
     estimate: int
-    """``message_start.usage.input_tokens``: the byte-length/4 estimate of §8."""
+    """``message_start.usage.input_tokens``: the byte-length/4 estimate of docs/anthropic.md §8."""
 
 
 # --------------------------------------------------------------------- decoding
@@ -422,7 +422,7 @@ def _block_json(block: Mapping[str, Any]) -> bytes:
 
 
 def estimate_input_tokens(doc: Mapping[str, Any]) -> int:
-    """§8: UTF-8 bytes of system, roles, texts, thinking, tool blocks and tools, / 4.
+    """anthropic.md §8: UTF-8 bytes of system, roles, texts, thinking, tool blocks and tools, / 4.
 
     At least 1 when there is any message or a system prompt, else 0.
     """

@@ -1,6 +1,6 @@
 """Native chat chunks → Anthropic Messages answers, as Ollama's ``AnthropicWriter`` does (pure).
 
-shared/ollama-anthropic.md §3 (the non-streamed body) and §4 (the event stream):
+docs/anthropic.md §4 (the non-streamed body) and §5 (the event stream):
 ``message_start`` on the first chunk, then per chunk thinking → text → tool calls,
 at most one block open at a time, one ``input_json_delta`` carrying a tool call's
 whole arguments, calls de-duplicated by id, thinking dropped once its block has
@@ -43,7 +43,7 @@ class NativeChunk:
 
 
 def stop_reason(done_reason: str, tool_calls: bool) -> str:
-    """§3.2: ``tool_use`` whenever a tool was called; ``""`` means the key is left out."""
+    """anthropic.md §4.2: ``tool_use`` if a tool was called; ``""``: the key is left out."""
     if tool_calls:
         return "tool_use"
     return {"stop": "end_turn", "length": "max_tokens", "": ""}.get(done_reason, "stop_sequence")
@@ -97,7 +97,7 @@ def message_body(
 
 @dataclass
 class EventStream:
-    """The stream state machine of §4.3: :meth:`feed` one native chunk, get its events."""
+    """The state machine of anthropic.md §5.3: :meth:`feed` one native chunk, get its events."""
 
     message_id: str
     model: str

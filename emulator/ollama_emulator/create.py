@@ -1,4 +1,4 @@
-"""``/api/blobs/:digest`` and ``/api/create`` (shared/ollama-api.md §1.1, §1.3).
+"""``/api/blobs/:digest`` and ``/api/create`` (docs/ollama.md §2.1, §2.4).
 
 How ``ollama create`` makes a model: ``HEAD /api/blobs/<digest>`` for each file
 (404: upload it with ``POST``), then ``POST /api/create`` naming the files by

@@ -1,4 +1,4 @@
-"""Ollama's DNS-rebinding Host check and CORS origin check (shared/ollama-api.md §6).
+"""Ollama's DNS-rebinding Host check and CORS origin check (docs/ollama.md §7.4, §7.5).
 
 Ollama applies the Host check only when it listens on a loopback address,
 which every emulated node does: a request whose ``Host`` is not loopback,

@@ -1,4 +1,4 @@
-"""Native ``/api/*`` handlers (shared/ollama-api.md §1.2–1.3, §3)."""
+"""Native ``/api/*`` handlers (docs/ollama.md §2.2–2.4, §4)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def _check_think(doc: dict[str, Any], model: LibraryEntry, name: str) -> None:
 async def _load_only(
     request: web.Request, model: LibraryEntry, doc: dict[str, Any], body: dict[str, Any]
 ) -> web.Response:
-    """Empty prompt/messages: load (or, with keep_alive 0, unload at once) — §3."""
+    """Empty prompt/messages: load, or with keep_alive 0 unload at once (ollama.md §4.2, §4.3)."""
     node = request.app[NODE]
     keep_alive = keep_alive_of(doc)
     name = doc["model"]

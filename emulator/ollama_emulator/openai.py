@@ -1,4 +1,4 @@
-"""OpenAI-compatible ``/v1`` handlers (shared/ollama-api.md §1.5).
+"""OpenAI-compatible ``/v1`` handlers (docs/ollama.md §2.6).
 
 Ollama implements these as middleware over the native handlers, so errors
 keep the native message and status, rewritten into the OpenAI shape (done by
@@ -259,7 +259,7 @@ def _responses_input(doc: dict[str, Any]) -> list[tuple[str, str]]:
 
 @routes.post("/v1/responses")
 async def responses(request: web.Request) -> web.StreamResponse:
-    """Stateless Responses API: ``event:`` + ``data:`` frames, no ``[DONE]`` (§1.5)."""
+    """Stateless Responses API: ``event:`` + ``data:`` frames, no ``[DONE]`` (ollama.md §2.6)."""
     node = request.app[NODE]
     request[STARTED] = node.clock.monotonic()
     doc = await read_json(request, "openai.ResponsesRequest")

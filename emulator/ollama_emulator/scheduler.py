@@ -1,6 +1,6 @@
 """One node's model scheduler: VRAM, runners, slots, the pending queue, eviction, keep_alive.
 
-A faithful miniature of Ollama's ``server/sched.go`` (shared/ollama-api.md §3, §4):
+A faithful miniature of Ollama's ``server/sched.go`` (docs/ollama.md §4, §5):
 
 * A loaded runner whose ``num_ctx`` matches is handed out at once (no queue);
   its ``num_parallel`` slots are a semaphore whose wait is unbounded.

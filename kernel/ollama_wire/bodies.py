@@ -1,5 +1,5 @@
 """Request bodies as Ollama reads them: ``Content-Encoding: zstd`` on the ``/v1`` inference
-paths (pure; shared/ollama-anthropic.md §6, ollama-api.md §6).
+paths (pure; docs/ollama.md §7.3, docs/anthropic.md §7).
 
 Ollama decodes zstd in ``cloudPassthroughMiddleware``, which sits in front of exactly
 five routes; ``/api/*`` never decodes, so a zstd body there reaches the JSON decoder
@@ -10,7 +10,7 @@ Limits: an 8 MiB decoder window and 20 MiB after decompression.  Every failure i
 Anthropic and OpenAI writers are installed only after this step.
 
 The decoder is the ``zstandard`` package; its error texts are mapped onto those of
-Ollama's decoder (klauspost/compress) where the contract or that library names them.
+Ollama's decoder (klauspost/compress) where docs/anthropic.md §7 or that library names them.
 """
 
 from __future__ import annotations

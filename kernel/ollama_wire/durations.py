@@ -1,6 +1,6 @@
 """Go duration strings and Ollama's ``keep_alive`` semantics (pure).
 
-``keep_alive`` (shared/ollama-api.md §3): a JSON number is seconds (negative =
+``keep_alive`` (docs/ollama.md §4.1): a JSON number is seconds (negative =
 forever); a string is parsed by Go's ``time.ParseDuration`` (negative = forever,
 no unit other than for ``"0"`` is an error); absent/null means "inherit".
 """

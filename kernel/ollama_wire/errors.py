@@ -3,7 +3,7 @@
 * ``/api/*``: ``{"error": "..."}`` (Ollama's native shape);
 * ``/v1/messages``: Anthropic's ``{"type": "error", "error": {"type", "message"},
   "request_id"}``, the type picked from the status as Ollama's Anthropic middleware
-  does (shared/ollama-anthropic.md §5.2);
+  does (docs/anthropic.md §6.2);
 * the other ``/v1/*`` paths: ``{"error": {"message", "type", "param", "code"}}`` with
   the type picked from the status exactly as Ollama's OpenAI middleware does.
 """

@@ -2,7 +2,7 @@
 readable lines in a terminal, and the standard library's records (aiohttp, kubernetes,
 kopf, our own ``logging.getLogger`` users) go through the same renderer.
 
-Each application keeps its own event names and keys (they are API, DESIGN.md §4.10);
+Each application keeps its own event names and keys (they are API, docs/design.md §2.10);
 this module only decides how a record looks on the wire.
 """
 

@@ -1,6 +1,6 @@
 """Ollama model names: parsing, validation and normalisation (pure).
 
-Mirrors ``types/model/name.go`` of Ollama (see shared/ollama-api.md §2)::
+Mirrors ``types/model/name.go`` of Ollama (see docs/ollama.md §3)::
 
     [host/][namespace/]model[:tag]
 

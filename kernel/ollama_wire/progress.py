@@ -1,7 +1,7 @@
 """Progress streams of several Ollama servers merged into the one a single server sends (pure).
 
 ``/api/pull`` and ``/api/create`` answer NDJSON progress objects ``{status, digest?,
-total?, completed?}`` in a fixed order (ollama-api.md §1.6): ``pulling manifest``, then
+total?, completed?}`` in a fixed order (docs/ollama.md §2.7): ``pulling manifest``, then
 ``pulling <12 hex>`` per layer with byte counts, ``verifying sha256 digest``,
 ``writing manifest``, maybe ``removing unused layers``, ``success``.  Front ends (Open
 WebUI, the ``ollama`` CLI) draw one progress bar per digest and show every other status

@@ -88,7 +88,7 @@ class Executor:
     request_timeout: float = 5.0
     #: a pull stream that is silent this long is dead (progress lines arrive every ~second)
     pull_idle_timeout: float = 300.0
-    #: a load may legitimately take minutes (ollama-api.md §4.1 OLLAMA_LOAD_TIMEOUT is 5m)
+    #: a load may legitimately take minutes (docs/ollama.md §5.1: OLLAMA_LOAD_TIMEOUT is 5m)
     load_timeout: float = 600.0
     report: Report | None = None
     observer: ActionObserver | None = None

@@ -4,7 +4,7 @@ Each pool's plan hands its actions here and goes on; nothing holds a lock per
 namespace or per pool.  What Ollama needs is serialised per pod:
 
 - **memory lane** (one at a time per pod): unloads, deletes and loads.  Ollama's
-  scheduler loads one model at a time anyway (ollama-api.md §4.2); queueing here
+  scheduler loads one model at a time anyway (docs/ollama.md §5.3); queueing here
   lets the most urgent load go next instead of whichever request came first.
 - **pull lane** (``pulls_per_pod`` at once per pod, ``pulls_total`` operator-wide,
   since downloads share the registry's and the node's bandwidth).

@@ -1,6 +1,6 @@
 """Prometheus metrics of one operator process: names, how they are fed, and their server.
 
-Metric names and label names are API (DESIGN.md §4.10): the constants below.
+Metric names and label names are API (docs/design.md §2.10): the constants below.
 Every :class:`OperatorMetrics` owns its registry, so several operators in one
 process (the tests) never share series.  It is fed from two places only:
 

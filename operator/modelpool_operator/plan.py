@@ -15,7 +15,7 @@ Placement rules, in the order they apply:
 3. **Fit.** Only *pinned* memory counts as used: residents with a forever
    ``expires_at``, and anything any pool claims on that pod (resident or about
    to be reloaded).  Transient residents loaded by clients are Ollama's to evict
-   (it picks the shortest keep-alive first, ollama-api.md §4.4), so they never
+   (it picks the shortest keep-alive first, docs/ollama.md §5.5), so they never
    block a placement.  A replica that does not fit is *not* placed: the pool
    reports Degraded instead of evicting anything, so there is nothing to thrash.
 4. **Two pools.** Other pools' claims are occupied memory and untouchable; the

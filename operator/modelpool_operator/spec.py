@@ -99,7 +99,7 @@ class ModelSpec:
     #: seconds; math.inf = forever (Ollama's negative keep_alive)
     keep_alive: float = FOREVER
     #: runner options for the warm load; they must match what clients send,
-    #: or Ollama reloads the model on the first request (ollama-api.md §4.4)
+    #: or Ollama reloads the model on the first request (docs/ollama.md §5.6)
     options: tuple[tuple[str, Any], ...] = ()
     #: True/False when declared; None = decide from /api/tags capabilities
     embedding: bool | None = None

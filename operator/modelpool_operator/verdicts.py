@@ -25,7 +25,7 @@ def verdict(kind: ActionKind, status: int | None, message: str) -> str | None:
 
     Pull errors arrive in-stream (``pull model manifest: file does not exist``,
     ``pull model manifest: unauthorized: access denied``) or as a 400 ``invalid
-    model name`` before the stream; ollama-api.md §1.3.  ``status`` is None for
+    model name`` before the stream; docs/ollama.md §2.4.  ``status`` is None for
     failures without an HTTP error status (an in-stream error line).
     """
     text = message.lower()

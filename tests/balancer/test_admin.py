@@ -1,5 +1,5 @@
 """Admin endpoints through the balancer: refusals that say what is allowed, and a fan-out
-whose answers front ends read as one Ollama's (ollama-api.md §1.3, §1.6)."""
+whose answers front ends read as one Ollama's (docs/ollama.md §2.4, §2.7)."""
 
 # ruff: noqa: E501  (tables read best one case per line)
 

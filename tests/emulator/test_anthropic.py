@@ -1,6 +1,6 @@
 """``/v1/messages`` through the official ``anthropic`` SDK and at the byte level.
 
-The contract is shared/ollama-anthropic.md; each test names the section it pins.
+The contract is docs/anthropic.md; each test names the section it pins.
 """
 
 # ruff: noqa: E501  (the error tables read best one case per line)
@@ -98,7 +98,7 @@ async def test_max_tokens_cuts_the_answer(claude: anthropic.AsyncAnthropic) -> N
 
 
 async def test_non_stream_bytes(thinker: EmulatedNode, http: aiohttp.ClientSession) -> None:
-    """§3.1, §10: one JSON object + newline, no ``stop_sequence`` key, two usage keys."""
+    """anthropic.md §4.1, §11: one JSON object + newline, no ``stop_sequence`` key, two usage keys."""
     status, headers, raw = await post(
         http, thinker, {"model": "llama3.2", "max_tokens": 100, "messages": HI}
     )
@@ -133,7 +133,7 @@ async def test_stream_with_the_sdk(claude: anthropic.AsyncAnthropic) -> None:
 
 
 async def test_stream_bytes(thinker: EmulatedNode, http: aiohttp.ClientSession) -> None:
-    """§4.1–4.2, §11.2: exact framing and event sequence, no ping, no [DONE]."""
+    """anthropic.md §5.1–5.2, §12.2: exact framing and event sequence, no ping, no [DONE]."""
     body = {"model": "llama3.2", "max_tokens": 100, "messages": HI, "stream": True}
     status, headers, raw = await post(http, thinker, body)
     assert status == 200
@@ -171,7 +171,7 @@ async def test_stream_bytes(thinker: EmulatedNode, http: aiohttp.ClientSession) 
 async def test_drop_fault_ends_the_stream_silently(
     thinker: EmulatedNode, http: aiohttp.ClientSession
 ) -> None:
-    """§4.7: a failure after the first event just ends the stream: no error, no message_stop."""
+    """anthropic.md §5.7: a failure after the first event just ends the stream: no error, no message_stop."""
     thinker.faults.drop_after(5, times=1, paths="/v1/messages")
     body = {"model": "llama3.2", "max_tokens": 100, "messages": HI, "stream": True}
     status, _, raw = await post(http, thinker, body)
@@ -211,7 +211,7 @@ async def test_max_tokens_zero_is_refused_by_the_server(
 async def test_errors_keep_their_status_when_streaming(
     thinker: EmulatedNode, http: aiohttp.ClientSession
 ) -> None:
-    """§4.7: before the first byte an error is a JSON answer with its real status."""
+    """anthropic.md §5.7: before the first byte an error is a JSON answer with its real status."""
     body = {"model": "nope", "max_tokens": 10, "messages": HI, "stream": True}
     status, headers, raw = await post(http, thinker, body)
     assert status == 404 and headers["Content-Type"] == "application/json"
@@ -292,7 +292,7 @@ async def test_error_bodies(
     status: int,
     expected: tuple[str, str],
 ) -> None:
-    """§5: Anthropic's body; the status picks the type."""
+    """anthropic.md §6: Anthropic's body; the status picks the type."""
     got, _, raw = await post(http, thinker, body)
     assert got == status
     doc = json.loads(raw)
@@ -374,7 +374,7 @@ async def test_tool_use_stream(claude: anthropic.AsyncAnthropic) -> None:
 
 # ------------------------------------------------------------------ thinking
 async def test_thinking_models_think_by_default(claude: anthropic.AsyncAnthropic) -> None:
-    """§2.5: thinking is on for thinking-capable models unless turned off."""
+    """anthropic.md §3.6: thinking is on for thinking-capable models unless turned off."""
     reply = await claude.messages.create(model="qwen3:8b", max_tokens=200, messages=HI)
     assert [b.type for b in reply.content] == ["thinking", "text"]
     thinking = reply.content[0]
@@ -397,7 +397,7 @@ async def test_thinking_models_think_by_default(claude: anthropic.AsyncAnthropic
 async def test_thinking_then_tool_call_stream(
     thinker: EmulatedNode, http: aiohttp.ClientSession
 ) -> None:
-    """§11.3: thinking block 0, tool_use block 1 with one input_json_delta, tool_use."""
+    """anthropic.md §12.3: thinking block 0, tool_use block 1 with one input_json_delta, tool_use."""
     body = {
         "model": "qwen3:8b",
         "max_tokens": 200,
@@ -437,7 +437,7 @@ async def test_thinking_then_tool_call_stream(
 async def test_all_messages_empty_loads_the_model(
     make_node: MakeNode, http: aiohttp.ClientSession
 ) -> None:
-    """§3.3: nothing to say is a load: content null, stop_sequence, usage 0/0."""
+    """anthropic.md §4.3: nothing to say is a load: content null, stop_sequence, usage 0/0."""
     node = await make_node(installed=["llama3.2"])
     body = {"model": "llama3.2", "max_tokens": 10, "messages": [{"role": "user", "content": ""}]}
     status, _, raw = await post(http, node, body)
@@ -451,7 +451,7 @@ async def test_all_messages_empty_loads_the_model(
 async def test_keys_match_without_case_and_extra_fields_are_ignored(
     thinker: EmulatedNode, http: aiohttp.ClientSession
 ) -> None:
-    """§2.1: ``Model`` works, unknown keys (and keep_alive/options) are dropped."""
+    """anthropic.md §3.1, §3.2: ``Model`` works, unknown keys (and keep_alive/options) are dropped."""
     body = {
         "Model": "llama3.2",
         "MAX_TOKENS": 3,

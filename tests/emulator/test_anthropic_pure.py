@@ -1,6 +1,6 @@
 """The pure halves of ``/v1/messages``: request conversion and the event state machine.
 
-Tables from shared/ollama-anthropic.md §2, §3.2, §4.3 and §8.
+Tables from docs/anthropic.md §3, §4.2, §5.3 and §8.
 """
 
 # ruff: noqa: E501  (tables read best one case per line)
@@ -155,7 +155,7 @@ def test_refusals(body: bytes, message: str) -> None:
 
 
 def test_go_decoding_rules() -> None:
-    """§2.1: case-insensitive keys, the last duplicate wins, null is absent, trailing bytes ignored."""
+    """anthropic.md §3.2: case-insensitive keys, the last duplicate wins, null is absent, trailing bytes ignored."""
     raw = b'{"MODEL":"a","model":"b","max_tokens":5,"Max_Tokens":7,"stream":null,"messages":[{"role":"user","content":"x"}]} trailing'
     req = parse_request(raw)
     assert (req.model, req.max_tokens, req.stream) == ("b", 7, False)
@@ -232,14 +232,14 @@ CALL = ToolCall("call_abc", "ask_user", {"question": "cats or dogs?"})
             [NativeChunk(content="Hello "), NativeChunk(content="world"), DONE],
             ["message_start", "content_block_start:0:text", "content_block_delta:0:text_delta", "content_block_delta:0:text_delta",
              "content_block_stop:0", "message_delta:end_turn", "message_stop"],
-            id="text only (§11.2)",
+            id="text only (anthropic.md §12.2)",
         ),
         pytest.param(
             [NativeChunk(thinking="I should call the tool."), NativeChunk(tool_calls=[CALL], done=True, done_reason="stop", prompt_eval_count=10, eval_count=5)],
             ["message_start", "content_block_start:0:thinking", "content_block_delta:0:thinking_delta", "content_block_stop:0",
              "content_block_start:1:tool_use", "content_block_delta:1:input_json_delta", "content_block_stop:1",
              "message_delta:tool_use", "message_stop"],
-            id="thinking then tool (§11.3)",
+            id="thinking then tool (anthropic.md §12.3)",
         ),
         pytest.param(
             [NativeChunk(content="a"), NativeChunk(thinking="b"), NativeChunk(content="c"), DONE],

@@ -1,4 +1,4 @@
-"""``/api/blobs`` and ``/api/create`` as ``ollama create`` uses them (ollama-api.md §1.3)."""
+"""``/api/blobs`` and ``/api/create`` as ``ollama create`` uses them (docs/ollama.md §2.4)."""
 
 # ruff: noqa: E501  (the refusal table reads best one case per line)
 

@@ -1,4 +1,7 @@
-"""``/api/pull`` from the emulated registry: progress, shared downloads, resume (§1.3, §1.6)."""
+"""``/api/pull`` from the emulated registry: progress, shared downloads, resume.
+
+As docs/ollama.md §2.4 and §2.7 describe them.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/v1/responses`` through the openai client and at the frame level (§1.5)."""
+"""``/v1/responses`` through the openai client and at the frame level (docs/ollama.md §2.6)."""
 
 from __future__ import annotations
 

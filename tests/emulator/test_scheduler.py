@@ -1,4 +1,4 @@
-"""Scheduler behaviour (contract §3–§5): slots, serial loads, queue, eviction, keep_alive, cancels.
+"""Scheduler behaviour (ollama.md §4–§6): slots, serial loads, queue, eviction, keep_alive, cancels.
 
 Models ``tiny``, ``small``, ``other`` and ``slow`` are 4 GiB each with a 10 s
 load (0.1 s real at the 0.01 time scale of these tests).

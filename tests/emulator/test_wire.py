@@ -1,4 +1,4 @@
-"""Byte-level wire behaviour: bodies, content types, framing and field order (contract §0, §1)."""
+"""Byte-level wire behaviour: bodies, content types, framing and field order (docs/ollama.md §1, §2)."""
 
 # ruff: noqa: E501  (the error table reads best one case per line)
 

@@ -1,5 +1,5 @@
 """zstd request bodies on a live node: decoded on every ``/v1`` path Ollama decodes,
-refused in Ollama's own words everywhere else (shared/ollama-anthropic.md §6)."""
+refused in Ollama's own words everywhere else (docs/anthropic.md §7)."""
 
 # ruff: noqa: E501  (the refusal table reads best one case per line)
 

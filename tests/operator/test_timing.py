@@ -397,7 +397,7 @@ async def test_a_client_reload_with_another_num_ctx_is_seen_and_repinned(
             timeout=20,
         )
         # A client sends another num_ctx and no keep_alive: Ollama reloads the model with
-        # that context and the default keep_alive (ollama-api.md §1.4, §3).
+        # that context and the default keep_alive (docs/ollama.md §2.5, §4).
         body = {"model": "warm:1b", "prompt": "hi", "stream": False, "options": {"num_ctx": 2048}}
         async with env.session.post(env.fleet.nodes[0].url + "/api/generate", json=body) as r:
             assert r.status == 200, await r.text()

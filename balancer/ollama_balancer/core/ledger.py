@@ -1,7 +1,7 @@
 """What this balancer replica knows that Ollama does not expose.
 
 Ollama reports residency (``/api/ps``) but not occupancy: no in-flight count,
-no queue, no loads in progress (shared/ollama-api.md §1.1, §3).  The ledger
+no queue, no loads in progress (docs/ollama.md §2.3, §4.5).  The ledger
 counts the requests this replica sent to each (backend, model), remembers the
 loads it triggered until the first byte proves them done, keeps cool-down
 penalties for backends that failed fast, and learns per-model load and service
@@ -25,7 +25,7 @@ __all__ = ["Ledger", "LedgerView", "LoadRecord"]
 
 Key = tuple[str, str]  # (backend name, canonical model)
 
-#: load_duration above this means the request paid for a cold load (ollama-api.md §5).
+#: load_duration above this means the request paid for a cold load (docs/ollama.md §6.2).
 COLD_LOAD_THRESHOLD = 1.0
 _EWMA = 0.3
 

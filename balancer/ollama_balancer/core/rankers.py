@@ -1,7 +1,7 @@
 """Rankers: given the pods that hold a model, the order in which to try them (pure).
 
 The product's policy is :func:`residency`; the others are the named baselines the
-benchmarks compare it with (DESIGN.md §4.3: filters → scorers → a ranked list, so a
+benchmarks compare it with (docs/design.md §2.3: filters → scorers → a ranked list, so a
 retry needs no second decision).  Each ranker is a pure function of a :class:`Ranking`.
 
 Residency scores expected wait in seconds:

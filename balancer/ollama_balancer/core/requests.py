@@ -33,7 +33,7 @@ __all__ = [
 
 
 class Intent(StrEnum):
-    """What a request asks of the model (ollama-api.md §3)."""
+    """What a request asks of the model (docs/ollama.md §4.2, §4.3)."""
 
     INFER = "infer"
     LOAD = "load"  # an empty prompt/messages/input: load (and maybe pin) without generating

@@ -51,7 +51,7 @@ ROUTES: tuple[RouteSpec, ...] = (
     _inference("/v1/completions", affinity=True),
     _inference("/v1/embeddings"),
     _inference("/v1/responses", affinity=True),
-    _inference("/v1/messages", affinity=True),  # Anthropic's Messages API (ollama-anthropic.md)
+    _inference("/v1/messages", affinity=True),  # Anthropic's Messages API (docs/anthropic.md)
     RouteSpec("/", ("GET", "HEAD"), Kind.OPS),  # Ollama's "is it up" answer
     RouteSpec("/api/version", ("GET",), Kind.LISTING),
     RouteSpec("/api/tags", ("GET",), Kind.LISTING),

@@ -1,7 +1,7 @@
 """Unloading a model from the whole fleet (pure).
 
 Ollama unloads one server's copy when it gets an empty prompt with
-``keep_alive: 0`` (ollama-api.md §3).  Sent through the balancer, the same request
+``keep_alive: 0`` (docs/ollama.md §4.3).  Sent through the balancer, the same request
 must reach every pod where the model is loaded or loading, or the model stays
 warm on the others.  A model loaded nowhere is answered here, touching no pod.
 Copies pinned forever (``keep_alive: -1``, as a ModelPool pins them) are kept
