@@ -51,7 +51,9 @@ CRD = ROOT / "manifests" / "crds" / "modelpools.ollamafleet.io.yaml"
 NAMESPACE = "observed"  # the namespace label Prometheus gives both targets, like a ServiceMonitor
 BALANCER_JOB = "ollama-fleet-balancer"
 OPERATOR_JOB = "ollama-fleet-operator"
-KEYS = {"team-a": "test-key-team-a", "team-b": "test-key-team-b"}
+KEYS = {"team-a": "test-key-team-a", "team-b": "test-key-team-b", "team-d": "test-key-team-d"}
+#: The header naming the tenant (usage per tenant): team-d sends it for two tenants.
+TENANT_HEADER = "X-Tenant"
 #: A key limited to one request a minute: its second request each round is a 429.
 LIMITED = ("team-c", "test-key-team-c")
 LLAMA, QWEN, EMBED, MISSING = "llama3.2:1b", "qwen2.5:7b", "nomic-embed-text:latest", "nosuch:7b"
@@ -65,6 +67,8 @@ class ObservedFleet:
     operator_metrics: str
     namespace: str
     sent: int  # requests sent through the balancer
+    #: (client, tenant) -> prompt + generated tokens the answers reported to their clients
+    usage: dict[tuple[str, str], int]
 
 
 class _Process:
@@ -120,18 +124,59 @@ def _get(url: str, timeout: float = 30.0) -> bytes:
             time.sleep(0.2)
 
 
-def _request(url: str, body: dict[str, Any], key: str | None = None) -> int:
-    headers = {"Content-Type": "application/json"}
+def _request(
+    url: str, body: dict[str, Any], key: str | None = None, headers: dict[str, str] | None = None
+) -> int:
+    return _exchange(url, body, key, headers)[0]
+
+
+def _exchange(
+    url: str, body: dict[str, Any], key: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    sent = {"Content-Type": "application/json", **(headers or {})}
     if key:
-        headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(url, json.dumps(body).encode(), headers=headers)
+        sent["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers=sent)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            resp.read()
-            return int(resp.status)
+            return int(resp.status), resp.read()
     except urllib.error.HTTPError as e:
-        e.read()
-        return int(e.code)
+        return int(e.code), e.read()
+
+
+def _tenant_traffic(url: str) -> tuple[int, dict[tuple[str, str], int]]:
+    """team-d's requests for two tenants and none, through all three APIs, streamed and not;
+    returns how many, and the tokens each (client, tenant) was told it used."""
+    key = KEYS["team-d"]
+    usage: dict[tuple[str, str], int] = {}
+    sent = 0
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("/api/generate", {"model": LLAMA, "prompt": "count to three", "stream": False}),
+        ("/api/chat", {"model": LLAMA, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/chat/completions", {"model": LLAMA, "messages": [{"role": "user", "content": "a"}]}),
+        (
+            "/v1/messages",
+            {"model": LLAMA, "max_tokens": 64, "messages": [{"role": "user", "content": "b"}]},
+        ),
+    ]
+    for tenant in ("acme", "globex", ""):
+        headers = {TENANT_HEADER: tenant} if tenant else {}
+        for path, body in calls:
+            status, answer = _exchange(url + path, body, key, headers)
+            assert status == 200, (path, answer[:300])
+            sent += 1
+            total = 0
+            for line in answer.splitlines() or [answer]:
+                if not line.strip():
+                    continue
+                doc = json.loads(line)
+                u = doc.get("usage") or {}
+                total += int(doc.get("prompt_eval_count") or 0) + int(doc.get("eval_count") or 0)
+                total += int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
+                total += int(u.get("input_tokens") or 0) + int(u.get("output_tokens") or 0)
+            label = ("team-d", tenant or "none")
+            usage[label] = usage.get(label, 0) + total
+    return sent, usage
 
 
 MODELS: list[dict[str, Any]] = [
@@ -293,6 +338,7 @@ def observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
                     "balancer", "--host", "127.0.0.1", "--port", str(port),
                     "--ops-port", str(ops_port), "--auth-file", str(keys),
                     "--poll-interval", "0.5", "--shared-state", store.url, "--queue",
+                    "--tenant-header", TENANT_HEADER,
                     "--backends", ",".join(f"{n[0]}={u}" for n, u in zip(nodes, urls, strict=True)),
                 ],
             )  # fmt: skip
@@ -331,12 +377,14 @@ def observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
                 )  # fmt: skip
             prometheus.wait_for(failed, lambda r: bool(r) and float(r[0]["value"][1]) > before)
             sent = _traffic(balancer, ops, urls)
+            tenants_sent, usage = _tenant_traffic(balancer)
+            sent += tenants_sent
             prometheus.wait_for(
                 "sum(ollama_fleet_requests_total)",
                 lambda r: bool(r) and float(r[0]["value"][1]) == sent,
             )
             time.sleep(2)  # two more scrapes: every series has samples after the traffic
-            yield ObservedFleet(prometheus, balancer, ops, operator_metrics, NAMESPACE, sent)
+            yield ObservedFleet(prometheus, balancer, ops, operator_metrics, NAMESPACE, sent, usage)
         except BaseException:
             for p in procs:
                 print(p.tail(), file=sys.stderr)
