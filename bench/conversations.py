@@ -46,8 +46,8 @@ MODEL = "agent:latest"
 @dataclass
 class Config:
     nodes: int = 4
-    slots: int = 2
-    conversations: int = 24
+    slots: int = 4  # the fleet has a slot per conversation: what is cached is routing's doing
+    conversations: int = 16
     turns: int = 6
     system_words: int = 1200  # about 1.6k tokens: an agent's instructions and tools
     turn_words: int = 120
@@ -58,8 +58,8 @@ class Config:
     setups: tuple[str, ...] = SETUPS
 
 
-QUICK = Config(conversations=16, turns=5)
-SMOKE = Config(nodes=2, conversations=6, turns=3, system_words=200, turn_words=30)
+QUICK = Config(turns=5)
+SMOKE = Config(nodes=2, slots=2, conversations=4, turns=3, system_words=200, turn_words=30)
 
 
 def fleet(cfg: Config) -> dict[str, Any]:

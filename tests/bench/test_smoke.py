@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from bench import common, control, overhead, routing, streaming
+from bench import common, control, conversations, overhead, routing, streaming
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -58,6 +58,23 @@ def test_routing_smoke() -> None:
         assert r["failed"] <= r["requests"]
         assert r["cold_loads"] >= 1, r  # nothing starts loaded
     assert "| ollama-fleet |" in routing.render(doc)
+
+
+def test_conversations_smoke() -> None:
+    """Session headers keep every turn of a conversation on its pod; without affinity the
+    turns scatter (a seeded trace, so the order below holds run after run)."""
+    doc = conversations.run(conversations.SMOKE)
+    rows = {r["setup"]: r for r in doc["rows"]}
+    assert set(rows) == set(conversations.SETUPS)
+    cfg = conversations.SMOKE
+    for r in rows.values():
+        assert r["turns"] == cfg.conversations * cfg.turns
+    assert rows["session header"]["stickiness"] == 1.0
+    assert rows["no affinity"]["stickiness"] < 1.0
+    hits = rows["session header"].get("cache_hit_ratio")
+    if hits is not None:  # an emulator with a per-slot prompt cache says what it saved
+        assert hits > rows["no affinity"]["cache_hit_ratio"]
+    assert "| session header |" in conversations.render(doc)
 
 
 def test_control_smoke() -> None:
