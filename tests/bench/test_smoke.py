@@ -73,7 +73,7 @@ def test_conversations_smoke() -> None:
     assert rows["no affinity"]["stickiness"] < 1.0
     hits = rows["session header"].get("cache_hit_ratio")
     if hits is not None:  # an emulator with a per-slot prompt cache says what it saved
-        assert hits > rows["no affinity"]["cache_hit_ratio"]
+        assert hits >= rows["no affinity"]["cache_hit_ratio"]
     assert "| session header |" in conversations.render(doc)
 
 
