@@ -178,9 +178,7 @@ def run_one(cfg: Config, setup: str) -> dict[str, Any]:
 
         asyncio.run(everyone())
         after = _stats(urls)
-    follow = [
-        c.pods[i] == c.pods[i - 1] for c in conversations for i in range(1, len(c.pods))
-    ]
+    follow = [c.pods[i] == c.pods[i - 1] for c in conversations for i in range(1, len(c.pods))]
     row: dict[str, Any] = {
         "setup": setup,
         "turns": sum(len(c.pods) for c in conversations),
