@@ -79,7 +79,7 @@ def create_app(
         ledger=ledger,
         shared=shared,
         proxy=proxy,
-        admin=Admin(settings, view, session, clock),
+        admin=Admin(settings, lambda: holder["b"].routable_states(), session),
         discovery=discovery,
         clock=clock,
         tracer=tracer,

@@ -17,7 +17,9 @@ from ollama_balancer.core.errors import (
     Unroutable,
 )
 from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.fleetstate import FleetState
 from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.occupancy import Occupancy
 from ollama_balancer.core.rankers import Strategy
 from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.backend import Backend
@@ -85,11 +87,22 @@ def ledger(
     return led
 
 
+def at(
+    s: FleetSnapshot, figures: Ledger | Occupancy, now: float = NOW, policy: Policy | None = None
+) -> FleetState:
+    """What a decision at ``now`` sees: ``s``, and the ledger's figures as a value."""
+    policy = policy or Policy()
+    occupancy = figures.occupancy() if isinstance(figures, Ledger) else figures
+    return FleetState.at(
+        s, occupancy, now, fail_threshold=policy.fail_threshold, stale_after=policy.stale_after
+    )
+
+
 def decide(
-    s: FleetSnapshot, led: Ledger, model: str = "llama3", **kw: object
+    s: FleetSnapshot, led: Ledger | Occupancy, model: str = "llama3", **kw: object
 ) -> list[tuple[str, str]]:
     req = RouteRequest(model=canonical(model), display=model, **kw)  # type: ignore[arg-type]
-    d = route(req, s, led, Policy(), NOW, random.Random(7))
+    d = route(req, at(s, led), Policy(), random.Random(7))
     assert d.unroutable is None, d.unroutable
     return [(c.backend, c.reason) for c in d.ranked]
 
@@ -246,7 +259,7 @@ def test_pinned() -> None:
 )
 def test_unroutable_outcomes(fleet: FleetSnapshot, model: str, outcome: Unroutable) -> None:
     d = route(
-        RouteRequest(canonical(model), model), fleet, ledger(), Policy(), NOW, random.Random(1)
+        RouteRequest(canonical(model), model), at(fleet, ledger()), Policy(), random.Random(1)
     )
     assert d.unroutable == outcome
     assert not d.ranked
@@ -262,10 +275,8 @@ def test_unroutable_outcomes(fleet: FleetSnapshot, model: str, outcome: Unroutab
 def test_pin_outcomes(pin: str, outcome: Unroutable) -> None:
     d = route(
         RouteRequest(M, "llama3", pin=pin),
-        snap(Pod("a", ["llama3"]), Pod("b", ["llama3"], down=True)),
-        ledger(),
+        at(snap(Pod("a", ["llama3"]), Pod("b", ["llama3"], down=True)), ledger()),
         Policy(),
-        NOW,
         random.Random(1),
     )
     assert d.unroutable == outcome
@@ -277,7 +288,7 @@ def test_auto_pull_targets_most_free_room() -> None:
         Pod("b", [], [], vram_gb=8),
     )
     d = route(
-        RouteRequest(M, "llama3"), fleet, ledger(), Policy(auto_pull=True), NOW, random.Random(1)
+        RouteRequest(M, "llama3"), at(fleet, ledger()), Policy(auto_pull=True), random.Random(1)
     )
     assert [(c.backend, c.reason) for c in d.ranked] == [("b", "pull")]
 
@@ -288,7 +299,7 @@ def test_ties_spread_evenly() -> None:
     led = ledger()
     counts: Counter[str] = Counter()
     for _ in range(4000):
-        d = route(RouteRequest(M, "llama3"), fleet, led, Policy(), NOW, rng)
+        d = route(RouteRequest(M, "llama3"), at(fleet, led), Policy(), rng)
         counts[d.ranked[0].backend] += 1
     assert set(counts) == set("abcd")
     assert max(counts.values()) / min(counts.values()) < 1.15, counts
@@ -298,10 +309,8 @@ def test_least_connections_baseline_ignores_residency() -> None:
     fleet = snap(Pod("a", ["llama3"], ["llama3"]), Pod("b", ["llama3"]))
     d = route(
         RouteRequest(M, "llama3"),
-        fleet,
-        ledger({("a", "mistral"): 1}),
+        at(fleet, ledger({("a", "mistral"): 1})),
         Policy(strategy=Strategy.LEAST_CONNECTIONS),
-        NOW,
         random.Random(1),
     )
     assert d.ranked[0].backend == "b"
@@ -318,6 +327,6 @@ def test_a_load_finished_after_the_last_poll_takes_vram() -> None:
     led.first_byte("a", M, now=NOW - 0.5, request_id="r1")  # done after a's last poll (NOW - 1)
     led.end("a", M, request_id="r1")
     mistral = canonical("mistral")
-    d = route(RouteRequest(mistral, "mistral"), fleet, led, Policy(), NOW, random.Random(1))
+    d = route(RouteRequest(mistral, "mistral"), at(fleet, led), Policy(), random.Random(1))
     # 4 of a's 16 GiB hold llama3 now (12 free): mistral goes to b (14 free)
     assert d.ranked[0].backend == "b"

@@ -47,8 +47,8 @@ def baseline() -> Baseline:
 async def assert_settled(rig: Rig, base: Baseline, *, fd_slack: int = 2) -> None:
     """In-flight counters back to zero, and no task or fd growth beyond a pooled few."""
     await rig.until(lambda: rig.bal.ledger.total_inflight() == 0, timeout=10)
-    snap = rig.bal.ledger.snapshot()
-    assert snap["inflight"] == [] and snap["loading"] == [], snap
+    figures = rig.bal.ledger.occupancy()
+    assert not figures.held and not figures.loads, figures
     # Idle keep-alive connections are pooled, not leaked: close the pools (the test
     # client's and the balancer's two), then every server-side connection task
     # and socket must go away.

@@ -216,7 +216,7 @@ async def test_failover_counts_retries_failures_penalties_and_a_pod_going_down(
     await rig.node("a").stop_listening()  # refused: a fast failure, still routable until polled
     sent = 0
     async with asyncio.timeout(20):
-        while not rig.bal().ledger.penalised("a", rig.bal().clock()):
+        while not rig.bal().ledger.occupancy().penalised("a", rig.bal().clock()):
             status, _ = await rig.generate(LLAMA)
             assert status == 200
             sent += 1
