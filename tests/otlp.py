@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,28 +162,35 @@ async def http_receiver(sink: SpanSink) -> AsyncIterator[str]:
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, sink: SpanSink) -> None:
-        self.sink = sink
+    """Runs in the gRPC server's threads; hands what it decoded to the test's loop."""
 
-    async def Export(  # the service's method name
+    def __init__(self, sink: SpanSink, loop: asyncio.AbstractEventLoop) -> None:
+        self.sink = sink
+        self.loop = loop
+
+    def Export(  # the service's method name
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         metadata = {str(k): str(v) for k, v in context.invocation_metadata()}
-        self.sink.add(decode(request), metadata)
+        self.loop.call_soon_threadsafe(self.sink.add, decode(request), metadata)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
 @asynccontextmanager
 async def grpc_receiver(sink: SpanSink) -> AsyncIterator[str]:
-    """An OTLP/gRPC receiver on 127.0.0.1 (plaintext); yields its ``http://`` endpoint."""
-    server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(sink), server)
+    """An OTLP/gRPC receiver on 127.0.0.1 (plaintext); yields its ``http://`` endpoint.
+
+    grpcio's own threads serve it (not grpc.aio), so it works under any event loop the
+    test runs on (the balancer's tests run on uvloop)."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    service = _TraceService(sink, asyncio.get_running_loop())
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server.start()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        await server.stop(grace=None)
+        await asyncio.to_thread(lambda: server.stop(grace=None).wait())
 
 
 def otel_env(endpoint: str, protocol: str, **extra: str) -> dict[str, str]:
