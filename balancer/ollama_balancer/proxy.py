@@ -25,7 +25,7 @@ from aiohttp import web
 from ollama_wire.backend import Backend
 from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
-from .context import API_KEY, PARSED, QUOTA, RECORD, QuotaHold
+from .context import API_KEY, PARSED, QUOTA, RECORD, TRACE, QuotaHold
 from .core.errors import AttemptFailed, BadRequest, Forbidden, for_outcome, give_up
 from .core.fleetstate import FleetState
 from .core.ledger import COLD_LOAD_THRESHOLD, Ledger
@@ -41,6 +41,7 @@ from .core.shared.model import Learned, Lease
 from .core.shared.protocol import SharedState
 from .core.tokens import TokenCorrection, TokenEstimate, estimate_tokens
 from .core.unload import plan_unload, unload_answer
+from .core.usage import chunk_separator, usage_of
 from .polling import FleetTracker
 from .settings import BalancerSettings
 from .upstream import AiohttpResponse, Upstream, UpstreamPool, supports
@@ -179,12 +180,14 @@ class Proxy:
             load_only=req.intent is Intent.LOAD,
         )
         claim = _Claim(req.key, quota=request.get(QUOTA), affinity=aff)
+        trace = request[TRACE]
         if self.waitroom is not None and counts and req.intent is Intent.INFER:
             ranked = await self._wait_for_slot(request, req, record, aff_backend, claim)
         else:
             ranked = self._route(route_req)
             if counts:
                 ranked = await self._claim(route_req, ranked, record.request_id, claim)
+        trace.routed(req.model, ranked[0].backend, ranked[0].reason, [c.backend for c in ranked])
         snapshot = self.view.snapshot
         deadline = self.clock() + self.settings.proxy.retry_budget
         failures: list[AttemptFailed] = []
@@ -197,6 +200,13 @@ class Proxy:
                     continue
                 record.attempts += 1
                 record.backend, record.reason = choice.backend, choice.reason
+                trace.attempt(
+                    record.attempts,
+                    choice.backend,
+                    state.backend.url,
+                    request.path,
+                    record.retries[-1] if record.retries else "",
+                )
                 try:
                     if choice.reason is Reason.PULL or (choice.backend, req.model) in self._pulls:
                         # a pull under way there is the "load" a follower joins
@@ -205,6 +215,7 @@ class Proxy:
                         request, req, state.backend, choice, record, counts, note, claim
                     )
                 except AttemptFailed as failed:
+                    trace.attempt_failed(str(failed), failed.status)
                     failures.append(failed)
                     record.retries.append(str(failed))
                     if not failed.retry:
@@ -290,8 +301,11 @@ class Proxy:
         take the slot's lease; if another replica took that slot meanwhile, wait again."""
         assert self.waitroom is not None
         waiting = self._waiting(request, req, record, aff_backend)
+        trace = request[TRACE]
         while True:
+            trace.waiting(waiting.tenant, str(waiting.priority))
             bound = await self.waitroom.wait(waiting)
+            trace.waited(bound.backend, bound.waited)
             state = self.view.snapshot.get(bound.backend)
             try:
                 grant = await self.shared.acquire(
@@ -476,6 +490,8 @@ class Proxy:
             )
             claim.lease = grant.lease
         headers = _forwarded(request)
+        trace = request[TRACE]
+        trace.propagate(headers)
         answered = False
         t0 = self.clock()
         upstream: Upstream | None = None
@@ -501,6 +517,7 @@ class Proxy:
             if loaded is not None:
                 record.cold_load_seconds = loaded
                 self._slot_freed()  # followers of the load may bind to it now
+            trace.first_byte(ttfb, loaded)
             if upstream.status >= 500 or upstream.status == 404:
                 body = await _read_small(upstream, self.settings.proxy.idle_timeout)
                 if upstream.status >= 500 and ttfb < FAST_FAIL_SECONDS:
@@ -515,10 +532,13 @@ class Proxy:
             await self.shared.clear_penalty(backend.name)
             resp = await self._stream(request, upstream, backend, choice, req, record, note, claim)
             answered = True
+            trace.attempt_ended(record.status)
             return resp
         finally:
             if upstream is not None:
                 upstream.close()  # idempotent after a complete read; aborts a live one
+            if counts:
+                record.slot_seconds += self.clock() - t0
             await self._release_firmly(claim, record, answered)
 
     async def _send(
@@ -569,38 +589,58 @@ class Proxy:
         read = upstream.readany
         write = resp.write
         prev = last = b""
+        # Chunks relayed (NDJSON lines, SSE events): what a stream without usage figures made.
+        sep = chunk_separator(ctype)
+        chunks = 0
         try:
-            # All of it came with the headers and fits the socket's buffer: nothing can go
-            # silent, no write can wait, so no watchdog (the common small answer).
-            if upstream.at_hand(_AT_HAND):
-                while chunk := await read():
-                    await write(chunk)
-                    record.bytes_out += len(chunk)
-                    prev = last
-                    last = chunk
-            else:
-                async with asyncio.timeout(None) as deadline:
-                    watchdog = _IdleWatchdog(deadline, record, self.settings.proxy.idle_timeout)
-                    try:
-                        while chunk := await read():
-                            await write(chunk)
-                            record.bytes_out += len(chunk)
-                            prev = last
-                            last = chunk
-                    finally:
-                        watchdog.stop()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if isinstance(exc, ConnectionResetError) and request.transport is None:
-                record.client_gone = True
-                return resp  # the client left; closing upstream (finally) stops Ollama
-            record.broken_stream = True
-            record.error = f"{backend.name}: stream broken: {_describe(exc)}"
-            await self._end_broken(resp, ctype, last, record.error)
+            try:
+                # All of it came with the headers and fits the socket's buffer: nothing can go
+                # silent, no write can wait, so no watchdog (the common small answer).
+                if upstream.at_hand(_AT_HAND):
+                    while chunk := await read():
+                        await write(chunk)
+                        record.bytes_out += len(chunk)
+                        if sep:
+                            chunks += chunk.count(sep)
+                        prev = last
+                        last = chunk
+                else:
+                    async with asyncio.timeout(None) as deadline:
+                        watchdog = _IdleWatchdog(deadline, record, self.settings.proxy.idle_timeout)
+                        try:
+                            while chunk := await read():
+                                await write(chunk)
+                                record.bytes_out += len(chunk)
+                                if sep:
+                                    chunks += chunk.count(sep)
+                                prev = last
+                                last = chunk
+                        finally:
+                            watchdog.stop()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if isinstance(exc, ConnectionResetError) and request.transport is None:
+                    record.client_gone = True
+                    return resp  # the client left; closing upstream (finally) stops Ollama
+                record.broken_stream = True
+                record.error = f"{backend.name}: stream broken: {_describe(exc)}"
+                await self._end_broken(resp, ctype, last, record.error)
+                return resp
+            await resp.write_eof()
+            record.complete = True
+            claim.learned = self._learn(req.key, choice, record, prev + last, ctype)
             return resp
-        await resp.write_eof()
-        record.complete = True
-        claim.learned = self._learn(req.key, choice, record, prev + last, ctype)
-        return resp
+        finally:
+            # every ending counts: complete, broken, or the client gone (also when its
+            # leaving cancels the relay): what went out was generated
+            self._count_usage(req, request.path, record, prev + last, chunks)
+
+    @staticmethod
+    def _count_usage(
+        req: ParsedRequest, path: str, record: RequestRecord, tail: bytes, chunks: int
+    ) -> None:
+        """What the answer used (core.usage): its own figures, else the chunks relayed with
+        the balancer's estimate of the prompt (computed only then)."""
+        record.usage = usage_of(tail, chunks, lambda: estimate_tokens(req.doc, path).prompt)
 
     async def _end_broken(
         self, resp: web.StreamResponse, ctype: str, last: bytes, message: str

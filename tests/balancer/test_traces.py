@@ -10,14 +10,19 @@ the preemption hook the scheduler's resume path calls.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from ollama_balancer.app import create_app, serve
 from ollama_balancer.core.record import RequestRecord
+from ollama_balancer.settings import BalancerSettings
 from ollama_balancer.traces import NO_TRACE, SpanTrace, start_trace
+from ollama_emulator import EmulatedFleet, FleetConfig
 from ollama_wire.tracing import Tracing, tracing_from_env
 from tests.balancer.conftest import Rig, RigFactory, nodes
 from tests.otlp import ReceivedSpan, SpanSink, grpc_receiver, http_receiver, otel_env
@@ -161,4 +166,141 @@ def test_no_trace_does_nothing() -> None:
     assert NO_TRACE.trace_id == ""
 
 
-Waiter = Callable[[], Awaitable[None]]
+async def test_the_tree_a_retry_and_a_cold_load(
+    rig_factory: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm pod fails before its first byte: the request is retried on a pod that loads
+    the model.  One trace: route, two attempts (the second says why), the cold load under
+    the second, its first byte, usage on the server span."""
+    async with traced(monkeypatch) as (sink, tracing):
+        rig = await rig_factory(nodes(("a", [M], [M]), ("b", [M], [])), tracer=tracing.tracer)
+        rig.node("a").faults.fail_next(1, status=500, message="boom", paths=["/api/chat"])
+        resp = await rig.post("/api/chat", CHAT)
+        assert resp.status == 200
+        assert resp.headers["X-Ollama-Backend"] == "b"
+        spans = await flushed(tracing, sink, lambda s: bool(server_spans(s)))
+    (server,) = server_spans(spans)
+    tree = sink.trace(server.trace_id)
+    children = [c for c in tree if c.parent_id == server.span_id]
+    (route,) = [c for c in children if c.name == "ollama_fleet.route"]
+    assert route.attributes["ollama_fleet.pod"] == "a"
+    assert route.attributes["ollama_fleet.route.reason"] == "resident"
+    assert route.attributes["ollama_fleet.route.candidates"] == ["a", "b"]
+    attempts = sorted((c for c in children if c.kind == "client"), key=lambda c: c.start_ns)
+    assert [a.name for a in attempts] == [f"chat {M}", f"chat {M}"]
+    first, second = attempts
+    assert first.attributes["ollama_fleet.pod"] == "a"
+    assert first.attributes["http.response.status_code"] == 500
+    assert first.status == 2  # ERROR
+    assert second.attributes["ollama_fleet.pod"] == "b"
+    assert second.attributes["ollama_fleet.attempt"] == 2
+    assert "boom" in second.attributes["ollama_fleet.retry.reason"]
+    assert second.attributes["http.response.status_code"] == 200
+    assert second.attributes["gen_ai.request.model"] == M
+    assert second.event("first_byte") is not None
+    (load,) = [c for c in tree if c.name == "ollama_fleet.cold_load"]
+    assert load.parent_id == second.span_id
+    assert load.attributes["ollama_fleet.cold_load.seconds"] > 0
+    assert server.attributes["ollama_fleet.attempts"] == 2
+    assert server.attributes["ollama_fleet.usage.counted"] == "reported"
+
+
+async def test_the_wait_in_the_balancer(
+    rig_factory: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Late binding: a request that waited for the one slot has a wait span, then its route."""
+    async with traced(monkeypatch) as (sink, tracing):
+        rig = await rig_factory(
+            nodes(("a", [M], [M]), num_parallel=1), tracer=tracing.tracer, queue=True
+        )
+        slow = {**CHAT, "options": {"num_predict": 40}}
+        first = asyncio.ensure_future(rig.post("/api/chat", slow))
+        await rig.until(lambda: rig.bal.ledger.total_inflight() >= 1)
+        second = await rig.post("/api/chat", CHAT)
+        assert second.status == 200 and (await first).status == 200
+        assert float(second.headers["X-Queue-Wait"]) > 0
+        spans = await flushed(tracing, sink, lambda s: len(server_spans(s)) >= 2)
+    waits = [s for s in spans if s.name == "ollama_fleet.wait"]
+    assert len(waits) == 2  # both went through the wait room; one waited for the slot
+    longest = max(waits, key=lambda w: w.attributes["ollama_fleet.wait.seconds"])
+    assert longest.attributes["ollama_fleet.wait.seconds"] > 0
+    assert longest.attributes["ollama_fleet.wait.outcome"] == "dispatched"
+    assert longest.attributes["ollama_fleet.pod"] == "a"
+    assert longest.attributes["ollama_fleet.tenant"]
+    parent = next(s for s in server_spans(spans) if s.span_id == longest.parent_id)
+    assert [c.name for c in sink.children(parent) if c.kind == "internal"] == [
+        "ollama_fleet.wait",
+        "ollama_fleet.route",
+    ]
+
+
+async def test_the_pod_receives_the_attempts_traceparent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between the balancer and the pod, a recorder on loopback sees what is sent on: the
+    attempt span's context, not the caller's; tracing off, the caller's passes untouched."""
+    seen: list[dict[str, str]] = []
+    async with (
+        EmulatedFleet(FleetConfig(nodes=nodes(("a", [M], [M])), time_scale=0.01)) as fleet,
+        aiohttp.ClientSession() as session,
+        recorder(fleet.nodes[0].url, session, seen) as pod,
+    ):
+        for tracing_on in (True, False):
+            async with traced(monkeypatch) as (sink, tracing):
+                tracer = tracing.tracer if tracing_on else None
+                settings = BalancerSettings.build(host="127.0.0.1", port=0, backends=(f"a={pod}",))
+                app = create_app(settings, tracer=tracer)
+                runner, port = await serve(app, "127.0.0.1", 0, shutdown_timeout=1.0)
+                try:
+                    url = f"http://127.0.0.1:{port}/api/chat"
+                    async with session.post(
+                        url, json=CHAT, headers={"traceparent": TRACEPARENT}
+                    ) as resp:
+                        assert resp.status == 200
+                    if tracing_on:
+                        spans = await flushed(
+                            tracing, sink, lambda s: any(x.kind == "client" for x in s)
+                        )
+                finally:
+                    await runner.cleanup()
+            sent = seen[-1]
+            if tracing_on:
+                (attempt,) = [x for x in spans if x.kind == "client"]
+                assert sent["traceparent"] == f"00-{CALLER_TRACE}-{attempt.span_id}-01"
+            else:
+                assert sent["traceparent"] == TRACEPARENT
+
+
+@asynccontextmanager
+async def recorder(
+    target: str, session: aiohttp.ClientSession, seen: list[dict[str, str]]
+) -> AsyncIterator[str]:
+    """A loopback pass-through in front of an emulated pod, keeping each request's headers."""
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            seen.append({k.lower(): v for k, v in request.headers.items()})
+        async with session.request(
+            request.method,
+            target + request.path_qs,
+            data=await request.read(),
+            headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
+        ) as upstream:
+            body = await upstream.read()
+            return web.Response(
+                status=upstream.status,
+                body=body,
+                content_type=upstream.content_type,
+            )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -33,10 +33,19 @@ request: the answer reaches the client exactly as Ollama sent it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["Counted", "Usage", "chunk_separator", "operation_of", "usage_of"]
+__all__ = [
+    "NO_USAGE",
+    "SEARCHED",
+    "Counted",
+    "Usage",
+    "chunk_separator",
+    "operation_of",
+    "usage_of",
+]
 
 
 class Counted(StrEnum):
@@ -70,13 +79,22 @@ _COUNT = re.compile(
 _REASON = re.compile(rb'(?<!\\)"(?:done_reason|finish_reason|stop_reason)"\s*:\s*"([^"\\]{1,64})"')
 
 
-def usage_of(tail: bytes, chunks: int = 0, prompt_estimate: int = 0) -> Usage:
+#: The figures sit at the very end of every answer (the final line, the last events, the
+#: body's last key): only this much of the tail is searched, however long the answer.
+SEARCHED = 4096
+
+
+def usage_of(tail: bytes, chunks: int = 0, estimate: Callable[[], int] = lambda: 0) -> Usage:
     """The usage an answer ending in ``tail`` reported, else what ``chunks`` relayed say.
 
-    ``chunks`` are the NDJSON lines or SSE events relayed (0 for a plain JSON body);
-    ``prompt_estimate`` is used only when no figure arrived.
+    ``chunks`` are the NDJSON lines or SSE events relayed (0 for a plain JSON body).
+    Generated tokens reported make it :attr:`Counted.REPORTED` (an embedding's answer
+    reports its prompt only: reported too, when no chunk was counted).  Otherwise a
+    stream that relayed chunks is :attr:`Counted.CHUNKS`, its prompt the figure the stream
+    gave early (Anthropic's ``message_start``) or ``estimate()``, called only then.
     """
     prompt = generated = None
+    tail = tail[-SEARCHED:]
     for match in _COUNT.finditer(tail):
         key, value = match.group(1), int(match.group(2))
         if key in _PROMPT_KEYS:
@@ -85,10 +103,10 @@ def usage_of(tail: bytes, chunks: int = 0, prompt_estimate: int = 0) -> Usage:
             generated = value
     reasons = _REASON.findall(tail)
     reason = reasons[-1].decode("utf-8", "replace") if reasons else ""
-    if prompt is not None or generated is not None:
+    if generated is not None or (prompt is not None and chunks == 0):
         return Usage(prompt or 0, generated or 0, Counted.REPORTED, reason)
     if chunks > 0:
-        return Usage(prompt_estimate, chunks, Counted.CHUNKS, reason)
+        return Usage(prompt if prompt is not None else estimate(), chunks, Counted.CHUNKS, reason)
     return Usage(0, 0, Counted.NONE, reason)
 
 
