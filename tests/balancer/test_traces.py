@@ -211,9 +211,12 @@ async def test_the_wait_in_the_balancer(
     """Late binding: a request that waited for the one slot has a wait span, then its route."""
     async with traced(monkeypatch) as (sink, tracing):
         rig = await rig_factory(
-            nodes(("a", [M], [M]), num_parallel=1), tracer=tracing.tracer, queue=True
+            nodes(("a", [M], [M]), num_parallel=1),
+            tracer=tracing.tracer,
+            queue=True,
+            time_scale=1.0,  # the first answer takes a while: the second waits for its slot
         )
-        slow = {**CHAT, "options": {"num_predict": 40}}
+        slow = {**CHAT, "options": {"num_predict": 30}}
         first = asyncio.ensure_future(rig.post("/api/chat", slow))
         await rig.until(lambda: rig.bal.ledger.total_inflight() >= 1)
         second = await rig.post("/api/chat", CHAT)

@@ -138,7 +138,7 @@ def _told(path: str, raw: bytes) -> tuple[int, int]:
     return prompt, generated
 
 
-CASES = [
+CASES: list[tuple[str, dict[str, Any]]] = [
     ("/api/chat", {"messages": USER}),
     ("/api/chat", {"messages": USER, "stream": False}),
     ("/api/generate", {"prompt": "a story"}),
