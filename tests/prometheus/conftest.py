@@ -159,6 +159,22 @@ def _tenant_traffic(url: str) -> tuple[int, dict[tuple[str, str], int]]:
             {"model": LLAMA, "max_tokens": 64, "messages": [{"role": "user", "content": "b"}]},
         ),
     ]
+    # Two rounds a few scrapes apart: a series is born with the first, and the second makes
+    # it *increase* while Prometheus watches (the recording rule's increase() sees that).
+    for round_ in range(2):
+        if round_:
+            time.sleep(2.5)
+        sent += _tenant_round(url, key, calls, usage)
+    return sent, usage
+
+
+def _tenant_round(
+    url: str,
+    key: str,
+    calls: list[tuple[str, dict[str, Any]]],
+    usage: dict[tuple[str, str], int],
+) -> int:
+    sent = 0
     for tenant in ("acme", "globex", ""):
         headers = {TENANT_HEADER: tenant} if tenant else {}
         for path, body in calls:
@@ -176,7 +192,7 @@ def _tenant_traffic(url: str) -> tuple[int, dict[tuple[str, str], int]]:
                 total += int(u.get("input_tokens") or 0) + int(u.get("output_tokens") or 0)
             label = ("team-d", tenant or "none")
             usage[label] = usage.get(label, 0) + total
-    return sent, usage
+    return sent
 
 
 MODELS: list[dict[str, Any]] = [

@@ -199,8 +199,8 @@ def test_usage_per_key_and_tenant(observed_fleet: ObservedFleet) -> None:
         assert told > 0
         assert tokens[label] == told, (label, tokens)
     requests = by_tenant("sum by (client, tenant) (ollama_fleet_usage_requests_total)")
-    assert requests[("team-d", "acme")] == requests[("team-d", "globex")] == 4
-    assert requests[("team-d", "none")] == 4
+    assert requests[("team-d", "acme")] == requests[("team-d", "globex")] == 2 * 4
+    assert requests[("team-d", "none")] == 2 * 4
     slots = by_tenant("sum by (client, tenant) (ollama_fleet_usage_slot_seconds_total)")
     assert all(slots[label] > 0 for label in observed_fleet.usage)
     counted = {
