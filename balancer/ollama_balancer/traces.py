@@ -44,6 +44,7 @@ __all__ = [
     "PROPAGATION_HEADERS",
     "RequestTrace",
     "SpanTrace",
+    "UnsampledTrace",
     "start_trace",
 ]
 
@@ -274,7 +275,8 @@ class SpanTrace(RequestTrace):
         self._server.add_event(name, dict(attributes or {}))
 
     def finish(self, record: RequestRecord) -> None:
-        self.waited("", record.queue_wait or 0.0, "cancelled")
+        # A wait still open ended without a slot: shed (429) or its client left.
+        self.waited("", record.queue_wait or 0.0, "shed" if record.status == 429 else "cancelled")
         self.resumed("")
         if self._attempt is not None:
             if record.client_gone:
@@ -316,6 +318,28 @@ class SpanTrace(RequestTrace):
         span.end()
 
 
+class UnsampledTrace(RequestTrace):
+    """A request the sampler left out: no span is recorded, but its trace id is logged and
+    its context (with the "not sampled" flag) goes on to the pod, so the decision holds
+    downstream.  Children of an unsampled span would be unsampled too: none is started."""
+
+    __slots__ = ("_ctx", "_trace_id")
+
+    def __init__(self, server: Span) -> None:
+        self._ctx: Context = trace.set_span_in_context(server)
+        context = server.get_span_context()
+        self._trace_id = format(context.trace_id, "032x") if context.is_valid else ""
+
+    @property
+    def trace_id(self) -> str:
+        return self._trace_id
+
+    def propagate(self, headers: MutableMapping[str, str]) -> None:
+        for name in [k for k in headers if k.lower() in PROPAGATION_HEADERS]:
+            del headers[name]
+        propagate.inject(headers, context=self._ctx)
+
+
 def start_trace(
     tracer: Tracer,
     headers: Mapping[str, str],
@@ -325,7 +349,7 @@ def start_trace(
     *,
     client_address: str | None = None,
     user_agent: str | None = None,
-) -> SpanTrace:
+) -> RequestTrace:
     """The server span of a request, child of the caller's trace context if it sent one."""
     parent = propagate.extract(headers)
     operation = operation_of(path)
@@ -344,4 +368,6 @@ def start_trace(
         attrs["user_agent.original"] = user_agent[:256]
     name = f"{method} {route}" if route else method
     server = tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attrs)
+    if not server.is_recording():
+        return UnsampledTrace(server)
     return SpanTrace(tracer, server, operation)

@@ -39,12 +39,12 @@ Receiver = Callable[[SpanSink], Any]
 
 @asynccontextmanager
 async def traced(
-    monkeypatch: pytest.MonkeyPatch, protocol: str = "http/protobuf"
+    monkeypatch: pytest.MonkeyPatch, protocol: str = "http/protobuf", **extra: str
 ) -> AsyncIterator[tuple[SpanSink, Tracing]]:
     sink = SpanSink()
     receiver = http_receiver if protocol == "http/protobuf" else grpc_receiver
     async with receiver(sink) as endpoint:
-        env = otel_env(endpoint, protocol)
+        env = otel_env(endpoint, protocol, **extra)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         tracing = tracing_from_env(env, service_name="ollama-fleet-balancer", scope="test")
@@ -119,6 +119,28 @@ async def test_without_traceparent_a_new_trace(
     (record,) = [r for r in records if r.path == "/api/chat"]
     assert record.trace_id == server.trace_id
     assert all(r.trace_id == "" for r in records if r.path != "/api/chat")
+
+
+async def test_an_unsampled_request_records_nothing_and_says_so_downstream(
+    rig_factory: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampler leaves a request out: no span, but its trace id is logged and the pod is
+    told "not sampled", so nothing below records a half trace."""
+    async with traced(monkeypatch, OTEL_TRACES_SAMPLER="always_off") as (sink, tracing):
+        rig = await rig_factory(nodes(("a", [M], [M])), tracer=tracing.tracer)
+        records = recorded(rig)
+        assert (await rig.post("/api/chat", CHAT)).status == 200
+        trace = start_trace(tracing.tracer, {}, "POST", "/api/chat", "/api/chat")
+        headers = {"TraceParent": TRACEPARENT}
+        trace.propagate(headers)
+        await asyncio.to_thread(tracing.flush)
+    assert sink.spans == []
+    (record,) = records
+    assert len(record.trace_id) == 32
+    assert list(headers) == ["traceparent"]  # the caller's, in any case, is replaced
+    assert headers["traceparent"].startswith(f"00-{trace.trace_id}-")
+    flags = int(headers["traceparent"].rsplit("-", 1)[1], 16)
+    assert flags & 1 == 0  # W3C's "sampled" bit: off
 
 
 async def test_tracing_off_traces_nothing(rig_factory: RigFactory) -> None:
