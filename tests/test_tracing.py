@@ -12,7 +12,7 @@ import pytest
 from opentelemetry import trace
 
 from ollama_wire.tracing import Tracing, TracingError, tracing_enabled, tracing_from_env
-from tests.otlp import SpanSink, grpc_receiver, http_receiver, otel_env
+from tests.harness.otlp import SpanSink, grpc_receiver, http_receiver, otel_env
 
 
 def _started(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> Tracing:

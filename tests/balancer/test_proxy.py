@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import RigFactory, nodes
+from tests.harness.fleet import RigFactory, nodes
 
 M = "llama3.2:3b"
 M2 = "qwen2.5:7b"

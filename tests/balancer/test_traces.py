@@ -24,8 +24,8 @@ from ollama_balancer.settings import BalancerSettings
 from ollama_balancer.traces import NO_TRACE, SpanTrace, start_trace
 from ollama_emulator import EmulatedFleet, FleetConfig
 from ollama_wire.tracing import Tracing, tracing_from_env
-from tests.balancer.conftest import Rig, RigFactory, nodes
-from tests.otlp import ReceivedSpan, SpanSink, grpc_receiver, http_receiver, otel_env
+from tests.harness.fleet import Rig, RigFactory, nodes
+from tests.harness.otlp import ReceivedSpan, SpanSink, grpc_receiver, http_receiver, otel_env
 
 M = "llama3.2:3b"
 CHAT = {"model": M, "messages": [{"role": "user", "content": "hi"}], "stream": False}

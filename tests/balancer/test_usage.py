@@ -16,7 +16,7 @@ import pytest
 
 from ollama_balancer.core.record import RequestRecord
 from ollama_balancer.core.usage import SEARCHED, Counted, Usage, usage_of
-from tests.balancer.conftest import Rig, RigFactory, nodes
+from tests.harness.fleet import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"
 USER = [{"role": "user", "content": "tell me a story"}]

@@ -8,9 +8,10 @@ import asyncio
 import pytest
 
 from ollama_wire.tracing import tracing_from_env
-from tests.kube.cluster import KubeCluster
-from tests.operator.test_e2e import _cond, running_operator, until
-from tests.otlp import ReceivedSpan, SpanSink, grpc_receiver, otel_env
+from tests.harness.eventually import eventually
+from tests.harness.kube import KubeCluster
+from tests.harness.operator_env import pool_condition, running_operator
+from tests.harness.otlp import ReceivedSpan, SpanSink, grpc_receiver, otel_env
 
 pytestmark = [pytest.mark.kube]
 
@@ -40,10 +41,10 @@ async def test_reconciles_and_their_actions_are_traced(
                     "models": [{"name": "llama3.2:1b", "replicas": 2}],
                 },
             )
-            await until(
+            await eventually(
                 lambda: fleet_env.get_pool("chat"),
-                lambda p: _cond(p, "Ready").get("status") == "True",
                 "pool chat Ready",
+                accept=lambda p: pool_condition(p, "Ready").get("status") == "True",
             )
 
             def loads_done(spans: list[ReceivedSpan]) -> bool:

@@ -14,6 +14,8 @@ lives one package up and calls in here.
   ``errors`` (the error tree), ``auth`` (API keys and limits), ``tokens`` (cost estimates);
 * decisions: ``rankers`` and ``routing`` (which pod), ``queueing`` and ``dispatch`` (who
   waits, who goes), ``unload`` (a fleet-wide unload);
+* ``scheduling``: the scheduler that makes room (class shares with lending, fair share in
+  slot-seconds, reclaim, admission estimates; docs/scheduling.md);
 * answers made from the snapshot: ``listings`` (``/api/tags``, ``/api/ps``, ``/v1/models``),
   ``report`` (``/-/fleet``);
 * ``shared``: the values, key names, scripts and local implementation behind the fleet-wide
