@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from bench import common, control, conversations, overhead, routing, streaming
+from bench import common, control, conversations, overhead, routing, streaming, tracing_cost
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -84,3 +84,11 @@ def test_control_smoke() -> None:
     assert doc["propagation"], doc
     assert all(p < 30 for p in doc["propagation"])
     assert "backends" in control.render(doc)
+
+
+def test_tracing_cost_smoke() -> None:
+    """Tracing off costs (next to) nothing; a sampled request costs more than an unsampled one."""
+    cost = tracing_cost.measure(requests=200, rounds=1)
+    assert set(cost) == set(tracing_cost.VARIANTS)
+    assert cost["off"] < cost["unsampled"] < cost["sampled, no export"]
+    assert cost["sampled, no export"] < cost["sampled, OTLP encoding"]
