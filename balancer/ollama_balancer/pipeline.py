@@ -2,7 +2,7 @@
 
 ::
 
-    open the record ─ connection cap (503) ─ API key (401) ─ admin key (403)
+    open the record (and its trace) ─ connection cap (503) ─ API key (401) ─ admin key (403)
         ─ body read once (408, 413) ─ parsed once, alias resolved (400)
         ─ model allowed for the key (403) ─ quota (429) ─ handler
         ─ errors rendered in the client's shape ─ the record published, once
@@ -12,7 +12,9 @@ the parsed request (:data:`PARSED`) and the record (:data:`RECORD`) from the
 request; they raise :class:`~ollama_balancer.core.errors.BalancerError` and never pick
 a status or an error shape themselves.  Every answer, refusals included, becomes
 exactly one :class:`RequestRecord`, so every 401/403/408/413/429/503 reaches the
-metrics and the log with the key's name as ``client``.
+metrics and the log with the key's name as ``client``.  Inference and admin requests are
+traced (:mod:`.traces`) when a tracer is configured: the server span opens with the record
+and ends with it, and the record carries its trace id into the log line.
 """
 
 from __future__ import annotations
