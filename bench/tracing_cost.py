@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased as Ratio
 
+from ollama_balancer.core.rankers import Choice, Reason
 from ollama_balancer.core.record import RequestRecord
 from ollama_balancer.core.usage import Counted, Usage
 from ollama_balancer.traces import NO_TRACE, RequestTrace, start_trace
@@ -56,6 +57,7 @@ class _Encode(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+RANKED = (Choice("node-0", Reason.RESIDENT), Choice("node-1", Reason.RESIDENT))
 HEADERS = {"user-agent": "wrk", "content-type": "application/json"}
 RECORD = RequestRecord(
     "r", "POST", "/api/chat", status=200, backend="node-0", reason="resident", attempts=1
@@ -66,7 +68,7 @@ RECORD.usage = Usage(12, 40, Counted.REPORTED, "stop")
 def _one(trace: RequestTrace) -> None:
     """The calls one early-bound request makes on its trace."""
     trace.model("zero")
-    trace.routed("zero", "node-0", "resident", ["node-0", "node-1"])
+    trace.routed("zero", RANKED)
     trace.attempt(1, "node-0", "http://127.0.0.1:11434", "/api/chat")
     headers = {"Content-Type": "application/json"}
     trace.propagate(headers)

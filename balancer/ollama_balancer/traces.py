@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .core.rankers import Choice
 from .core.record import RequestRecord
 from .core.usage import Counted, operation_of
 
@@ -80,8 +81,8 @@ class RequestTrace:
     def waited(self, backend: str, seconds: float, outcome: str = "dispatched") -> None:
         """The wait ended: bound to ``backend`` (or shed, expired, cancelled)."""
 
-    def routed(self, model: str, backend: str, reason: str, candidates: Sequence[str]) -> None:
-        """The routing decision: ``backend`` for ``reason``, out of ``candidates`` in order."""
+    def routed(self, model: str, ranked: Sequence[Choice]) -> None:
+        """The routing decision: the ranked pods, the first chosen (with its reason)."""
 
     def attempt(self, n: int, backend: str, url: str, path: str, retry_reason: str = "") -> None:
         """Attempt ``n`` (from 1) is sent to ``backend`` at ``url``; a retry says why."""
@@ -182,14 +183,16 @@ class SpanTrace(RequestTrace):
             span.set_attribute("ollama_fleet.pod", backend)
         span.end()
 
-    def routed(self, model: str, backend: str, reason: str, candidates: Sequence[str]) -> None:
+    def routed(self, model: str, ranked: Sequence[Choice]) -> None:
+        if not ranked:
+            return
         self._child(
             "ollama_fleet.route",
             {
                 "gen_ai.request.model": model,
-                "ollama_fleet.pod": backend,
-                "ollama_fleet.route.reason": reason,
-                "ollama_fleet.route.candidates": list(candidates),
+                "ollama_fleet.pod": ranked[0].backend,
+                "ollama_fleet.route.reason": str(ranked[0].reason),
+                "ollama_fleet.route.candidates": [c.backend for c in ranked],
             },
         ).end()
 

@@ -1,9 +1,9 @@
 """Fleet-wide state in Redis/Valkey, through redis-py's asyncio client (thin I/O).
 
 Every operation is one round trip (a script, or a pipeline of them) bounded by
-``op_timeout``; any fault (refused, reset, timeout, an error reply) raises
-:class:`StoreUnavailable`, and the fallback wrapper decides what to do.  Reads
-come from the in-memory :class:`Mirror`, kept fresh by the events channel and
+``op_timeout`` (:mod:`.connection`); any fault (refused, reset, timeout, an error
+reply) raises :class:`StoreUnavailable`, and the fallback wrapper decides what to do.
+Reads come from the in-memory :class:`Mirror`, kept fresh by the events channel and
 by :meth:`RedisState.refresh`.
 """
 
@@ -13,15 +13,11 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from ollama_wire.loose import loose
 
@@ -45,10 +41,9 @@ from ..core.shared.protocol import StoreUnavailable
 from ..core.shared.quota import ADMITTED, refusal
 from ..core.shared.resync import Entry
 from ..core.shared.signals import AffinityMap, FreedSignal
+from .connection import Call, StoreConnection
 
 __all__ = ["RedisState"]
-
-T = TypeVar("T")
 
 #: EWMA weight of a new measurement (the Ledger's).
 EWMA = 0.3
@@ -89,101 +84,29 @@ class RedisState:
         self.op_timeout = op_timeout
         self.load_ttl = load_ttl
         self.affinity_ttl = affinity_ttl
-        self.password_file = password_file
-        self.ca_file = ca_file
+        self.connection = StoreConnection(
+            address,
+            replica=replica,
+            op_timeout=op_timeout,
+            password_file=password_file,
+            ca_file=ca_file,
+        )
         self.signal = signal or FreedSignal()
         self.affinities = affinities or AffinityMap(clock, ttl=affinity_ttl)
         self.mirror = Mirror(clock, default_load_seconds, default_service_seconds)
         #: Leases this replica's scripts found expired and removed (dead replicas').
         self.reclaimed = 0
-        self._client: Redis | None = None
 
     # ------------------------------------------------------------ connection
-    def _password(self) -> str | None:
-        if self.password_file:
-            # Read at every connect: a rotated Secret is picked up on the next reconnect.
-            return Path(self.password_file).read_text(encoding="utf-8").strip() or None
-        return self.address.password
-
     async def connect(self) -> None:
         """(Re)connect, check the server answers, load the scripts."""
-        await self.close()
-        a = self.address
-        try:
-            password = self._password()
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot read the password file: {exc}") from exc
-        # No retries inside the client: a fault must surface at once so the wrapper
-        # switches to local state; it reconnects on its own schedule.
-        self._client = Redis(
-            host=a.host,
-            port=a.port,
-            db=a.db,
-            username=a.username,
-            password=password,
-            ssl=a.tls,
-            ssl_ca_certs=self.ca_file or None,
-            socket_timeout=max(1.0, self.op_timeout * 4),
-            socket_connect_timeout=max(1.0, self.op_timeout * 4),
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"ollama-fleet:{self.replica}"[:64].replace(" ", "_"),
-        )
-        await self._io(loose(self._client.ping)())  # typed bool | Awaitable before 8
-        await self._load_scripts()
+        await self.connection.connect()
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await asyncio.wait_for(client.aclose(), self.op_timeout * 4)
-
-    def _redis(self) -> Redis:
-        if self._client is None:
-            raise StoreUnavailable("not connected")
-        return self._client
-
-    async def _io(self, aw: Awaitable[T]) -> T:
-        try:
-            async with asyncio.timeout(self.op_timeout):
-                return await aw
-        except TimeoutError as exc:
-            raise StoreUnavailable(f"no answer within {self.op_timeout:g}s") from exc
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _load_scripts(self) -> None:
-        pipe = self._redis().pipeline(transaction=False)
-        for script in S.SCRIPTS:
-            pipe.script_load(script.source)
-        await self._io(pipe.execute())
-
-    async def _eval(self, script: S.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return (await self._batch([(script, keys, args)]))[0]
-
-    async def _batch(
-        self,
-        calls: Sequence[tuple[S.Script, Sequence[str], Sequence[Any]]],
-        extra: Callable[[Any], None] | None = None,
-    ) -> list[Any]:
-        """Scripts (and ``extra`` plain commands) in one pipeline: one round trip.
-
-        EVALSHA; after a store restart (scripts gone) load them and send again."""
-        for attempt in (0, 1):
-            pipe = self._redis().pipeline(transaction=False)
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            if extra is not None:
-                extra(pipe)
-            try:
-                return list(await self._io(pipe.execute()))
-            except StoreUnavailable as exc:
-                if attempt or not isinstance(exc.__cause__, NoScriptError):
-                    raise
-                await self._load_scripts()
-        raise AssertionError("unreachable")
+        await self.connection.close()
 
     async def ping(self) -> None:
-        await self._io(loose(self._redis().ping)())
+        await self.connection.ping()
 
     # ------------------------------------------------------------------ reads
     def occupancy(self) -> Occupancy:
@@ -211,7 +134,7 @@ class RedisState:
         field = field_of(pod, model)
         granted, held, reclaimed, owns, seq, now = map(
             _int,
-            await self._eval(
+            await self.connection.eval(
                 S.ACQUIRE,
                 [k.lease(pod, model), k.index, k.loads, k.seq],
                 [
@@ -247,7 +170,7 @@ class RedisState:
         k = self.keys
         done, ms, seq, now = map(
             _int,
-            await self._eval(
+            await self.connection.eval(
                 S.LOADED,
                 [k.loads, k.loaded, k.seq],
                 [lease.member, field_of(*lease.key), lease.pod, lease.model, k.channel],
@@ -258,41 +181,6 @@ class RedisState:
         self._on_event(Event("loaded", seq, now, lease.pod, lease.model))
         return ms / 1000.0
 
-    def _release_call(self, lease: Lease) -> tuple[S.Script, list[str], list[Any]]:
-        k = self.keys
-        return (
-            S.RELEASE,
-            [k.lease(lease.pod, lease.model), k.index, k.loads, k.seq],
-            [lease.member, field_of(*lease.key), lease.pod, lease.model, lease.slots, k.channel],
-        )
-
-    def _learn_call(self, model: str, learned: Learned) -> tuple[S.Script, list[str], list[Any]]:
-        def arg(x: float | None) -> str:
-            return "" if x is None else repr(float(x))
-
-        return (
-            S.LEARN,
-            [self.keys.learn_load, self.keys.learn_service],
-            [model, arg(learned.load_seconds), arg(learned.service_seconds), EWMA, LEARN_TTL_MS],
-        )
-
-    def _quota_finish_call(
-        self, ticket: QuotaTicket, tokens: int, now_ms: int | None = None
-    ) -> tuple[S.Script, list[str], list[Any]]:
-        k = self.keys
-        return (
-            S.QUOTA_FINISH,
-            [k.quota_inflight(ticket.key), k.quota_tokens(ticket.key)],
-            [ticket.member, ticket.tokens_per_minute, max(0, tokens), "", "", _now_arg(now_ms)],
-        )
-
-    def _affinity_cmds(self, key: str, pod: str) -> Callable[[Any], None]:
-        def add(pipe: Any) -> None:
-            pipe.set(self.keys.affinity(key), pod, px=int(self.affinity_ttl * 1000))
-            pipe.publish(self.keys.channel, json.dumps({"k": "aff", "a": key, "p": pod}))
-
-        return add
-
     async def release(
         self,
         lease: Lease,
@@ -302,15 +190,17 @@ class RedisState:
         quota: QuotaTicket | None = None,
         tokens: int = 0,
     ) -> None:
-        calls = [self._release_call(lease)]
+        k = self.keys
+        calls = [_release_call(k, lease)]
         if learned is not None:
-            calls.append(self._learn_call(lease.model, learned))
+            calls.append(_learn_call(k, lease.model, learned))
         if quota is not None:
-            calls.append(self._quota_finish_call(quota, tokens))
+            calls.append(_quota_finish_call(k, quota, tokens))
+        extra = None
         if affinity is not None:
             self.affinities.put(affinity, lease.pod)
-        extra = self._affinity_cmds(affinity, lease.pod) if affinity is not None else None
-        replies = await self._batch(calls, extra)
+            extra = _affinity_cmds(k, affinity, lease.pod, self.affinity_ttl)
+        replies = await self.connection.batch(calls, extra)
         held, reclaimed, seq, now, aborted = map(_int, replies[0])
         self.reclaimed += reclaimed
         member = lease.member if aborted else ""
@@ -323,29 +213,33 @@ class RedisState:
             args += [e.key, e.member, e.field]
         if len(args) == 1:
             return 0
-        return _int(await self._eval(S.RENEW, [self.keys.index], args))
+        return _int(await self.connection.eval(S.RENEW, [self.keys.index], args))
 
     async def remove(self, entries: Iterable[Entry]) -> None:
-        pipe = self._redis().pipeline(transaction=False)
+        pipe = self.connection.client().pipeline(transaction=False)
         n = 0
         for e in entries:
             pipe.zrem(e.key, e.member)
             n += 1
         if n:
-            await self._io(pipe.execute())
+            await self.connection.io(pipe.execute())
 
     # ------------------------------------------------------------------ loads
     async def lock_load(self, model: str, owner: str, ttl: float) -> bool:
         key = self.keys.load_lock(model)
-        ok = await self._io(self._redis().set(key, owner, nx=True, px=max(1, int(ttl * 1000))))
+        ok = await self.connection.io(
+            self.connection.client().set(key, owner, nx=True, px=max(1, int(ttl * 1000)))
+        )
         return bool(ok)
 
     async def unlock_load(self, model: str, owner: str) -> None:
-        await self._eval(S.UNLOCK, [self.keys.load_lock(model)], [owner, self.keys.channel, model])
+        await self.connection.eval(
+            S.UNLOCK, [self.keys.load_lock(model)], [owner, self.keys.channel, model]
+        )
 
     async def refresh(self) -> None:
         k = self.keys
-        reply = await self._eval(
+        reply = await self.connection.eval(
             S.SNAPSHOT,
             [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
             [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
@@ -357,11 +251,11 @@ class RedisState:
 
     # ------------------------------------------------------- learning, memory
     async def learn(self, model: str, learned: Learned) -> None:
-        await self._batch([self._learn_call(model, learned)])
+        await self.connection.batch([_learn_call(self.keys, model, learned)])
 
     async def penalise(self, pod: str, seconds: float) -> None:
         k = self.keys
-        await self._eval(
+        await self.connection.eval(
             S.PENALISE, [k.penalties, k.seq], [pod, max(1, int(seconds * 1000)), k.channel]
         )
 
@@ -369,20 +263,20 @@ class RedisState:
         # Called after every good answer: cost a round trip only when there is one.
         if self.pod_penalised(pod):
             k = self.keys
-            await self._eval(S.UNPENALISE, [k.penalties, k.seq], [pod, k.channel])
+            await self.connection.eval(S.UNPENALISE, [k.penalties, k.seq], [pod, k.channel])
 
     def pod_penalised(self, pod: str) -> bool:
         return pod in self.mirror.occupancy().penalties
 
     async def remember(self, key: str, pod: str) -> None:
         self.affinities.put(key, pod)
-        pipe = self._redis().pipeline(transaction=False)
-        self._affinity_cmds(key, pod)(pipe)
-        await self._io(pipe.execute())
+        pipe = self.connection.client().pipeline(transaction=False)
+        _affinity_cmds(self.keys, key, pod, self.affinity_ttl)(pipe)
+        await self.connection.io(pipe.execute())
 
     async def recall(self, key: str) -> str | None:
         """The stored pod of ``key`` (one GET): for a replica that started after it was set."""
-        raw = await self._io(self._redis().get(self.keys.affinity(key)))
+        raw = await self.connection.io(self.connection.client().get(self.keys.affinity(key)))
         return None if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
 
     # ------------------------------------------------------------------ quotas
@@ -391,7 +285,7 @@ class RedisState:
         member = member_of(self.replica, request_id)
         code, wait_ms = map(
             _int,
-            await self._eval(
+            await self.connection.eval(
                 S.QUOTA_ADMIT,
                 [k.quota_inflight(key.name), k.quota_requests(key.name), k.quota_tokens(key.name)],
                 [
@@ -412,7 +306,7 @@ class RedisState:
     async def finish_quota(
         self, ticket: QuotaTicket, tokens: int = 0, now_ms: int | None = None
     ) -> None:
-        await self._batch([self._quota_finish_call(ticket, tokens, now_ms)])
+        await self.connection.batch([_quota_finish_call(self.keys, ticket, tokens, now_ms)])
 
     # ------------------------------------------------------------------ events
     def _on_event(self, ev: Event) -> None:
@@ -425,9 +319,9 @@ class RedisState:
 
     async def listen(self, subscribed: asyncio.Event | None = None) -> None:
         """Apply the events channel until the connection fails (raises StoreUnavailable)."""
-        pubsub: PubSub = self._redis().pubsub(ignore_subscribe_messages=True)
+        pubsub: PubSub = self.connection.client().pubsub(ignore_subscribe_messages=True)
         try:
-            await self._io(pubsub.subscribe(self.keys.channel))
+            await self.connection.io(pubsub.subscribe(self.keys.channel))
             if subscribed is not None:
                 subscribed.set()
             while True:
@@ -453,6 +347,43 @@ class RedisState:
 
     async def start(self) -> None:
         await self.connect()
+
+
+def _release_call(k: Keys, lease: Lease) -> Call:
+    return (
+        S.RELEASE,
+        [k.lease(lease.pod, lease.model), k.index, k.loads, k.seq],
+        [lease.member, field_of(*lease.key), lease.pod, lease.model, lease.slots, k.channel],
+    )
+
+
+def _learn_call(k: Keys, model: str, learned: Learned) -> Call:
+    def arg(x: float | None) -> str:
+        return "" if x is None else repr(float(x))
+
+    return (
+        S.LEARN,
+        [k.learn_load, k.learn_service],
+        [model, arg(learned.load_seconds), arg(learned.service_seconds), EWMA, LEARN_TTL_MS],
+    )
+
+
+def _quota_finish_call(
+    k: Keys, ticket: QuotaTicket, tokens: int, now_ms: int | None = None
+) -> Call:
+    return (
+        S.QUOTA_FINISH,
+        [k.quota_inflight(ticket.key), k.quota_tokens(ticket.key)],
+        [ticket.member, ticket.tokens_per_minute, max(0, tokens), "", "", _now_arg(now_ms)],
+    )
+
+
+def _affinity_cmds(k: Keys, key: str, pod: str, ttl: float) -> Callable[[Any], None]:
+    def add(pipe: Any) -> None:
+        pipe.set(k.affinity(key), pod, px=int(ttl * 1000))
+        pipe.publish(k.channel, json.dumps({"k": "aff", "a": key, "p": pod}))
+
+    return add
 
 
 def _now_arg(now_ms: int | None) -> str:
