@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ollama_balancer.app import create_app, serve
 from ollama_balancer.core.record import RequestRecord
+from ollama_balancer.observability import request_fields, request_sample
 from ollama_balancer.settings import BalancerSettings
 from ollama_balancer.traces import NO_TRACE, SpanTrace, start_trace
 from ollama_emulator import EmulatedFleet, FleetConfig
@@ -101,7 +102,9 @@ async def test_a_request_continues_the_callers_trace(
     assert a["gen_ai.response.finish_reasons"] == [answer["done_reason"]]
     assert server.resource["service.name"] == "ollama-fleet-balancer"
     (record,) = [r for r in records if r.path == "/api/chat"]
-    assert record.trace_id == CALLER_TRACE  # the log line's trace_id: logs join traces
+    assert record.trace_id == CALLER_TRACE
+    line = request_fields(record, request_sample(record, rig.bal.view.snapshot))
+    assert line["trace_id"] == CALLER_TRACE  # the request log line: logs join traces
 
 
 async def test_without_traceparent_a_new_trace(
