@@ -58,8 +58,9 @@ async def reclaiming(rig_factory: RigFactory, **kw: Any) -> Rig:
 async def settled(rig: Rig) -> None:
     """Every generation the pods started has let go of its slot (a cut one a token later)."""
     for n in rig.fleet.nodes:
+        stats = n.stats
         await eventually(
-            lambda n=n: all(g.outcome != "running" for g in n.stats.generations),
+            lambda: all(g.outcome != "running" for g in stats.generations),
             f"{n.name}: every generation ended",
         )
 
@@ -114,7 +115,6 @@ async def test_a_light_request_takes_a_slot_back_and_the_heavy_one_resumes(
 async def test_an_openai_stream_resumes_as_one(rig_factory: RigFactory) -> None:
     rig = await reclaiming(rig_factory)
     oa = openai.AsyncOpenAI(base_url=rig.url + "/v1", api_key="x", max_retries=0)
-    heavy = {"extra_headers": HEAVY}
     try:
 
         async def long_stream(text: str) -> tuple[str, Any, int]:
@@ -124,7 +124,7 @@ async def test_an_openai_stream_resumes_as_one(rig_factory: RigFactory) -> None:
                 max_tokens=LONG,
                 stream=True,
                 stream_options={"include_usage": True},
-                **heavy,
+                extra_headers=HEAVY,
             )
             pieces, usage, ids = [], None, set()
             async with stream:

@@ -19,6 +19,7 @@ from enum import StrEnum
 import orjson
 from aiohttp import web
 
+from ..core.usage import chunk_separator
 from ..upstream import Response, UpstreamError
 
 __all__ = ["AT_HAND", "Ending", "IdleWatchdog", "Relay", "end_broken"]
@@ -49,14 +50,27 @@ class Ending(StrEnum):
 class Relay:
     """One answer relayed from a pod to the client: what went through, and how it ended.
 
-    ``sent`` grows as bytes are written, so it is right even when the relay is cancelled
-    midway; ``prev`` and ``last`` are the last two chunks, ``tail`` their join.
+    ``sent`` grows as bytes are written, and ``chunks`` counts the NDJSON lines or SSE events
+    among them (what a stream that ends without usage figures generated: core.usage), so
+    both are right even when the relay is cancelled midway; ``prev`` and ``last`` are the
+    last two chunks, ``tail`` their join (kept on every ending, a cancel included).
     """
 
-    __slots__ = ("content_type", "ending", "error", "kept", "last", "prev", "sent", "stop")
+    __slots__ = (
+        "chunks",
+        "content_type",
+        "ending",
+        "error",
+        "kept",
+        "last",
+        "prev",
+        "sent",
+        "stop",
+    )
 
     def __init__(self) -> None:
         self.sent = 0
+        self.chunks = 0
         self.prev = b""
         self.last = b""
         self.content_type = ""
@@ -84,6 +98,7 @@ class Relay:
         self.content_type = upstream.content_type
         read = upstream.readany
         write = resp.write
+        sep = chunk_separator(self.content_type)  # b"" for a plain body: nothing to count
         prev = last = b""
         try:
             # All of it came with the headers and fits the socket's buffer: nothing can go
@@ -92,6 +107,8 @@ class Relay:
                 while chunk := await read():
                     await write(chunk)
                     self.sent += len(chunk)
+                    if sep:
+                        self.chunks += chunk.count(sep)
                     prev = last
                     last = chunk
             else:
@@ -101,6 +118,8 @@ class Relay:
                         while chunk := await read():
                             await write(chunk)
                             self.sent += len(chunk)
+                            if sep:
+                                self.chunks += chunk.count(sep)
                             prev = last
                             last = chunk
                     finally:
@@ -116,7 +135,8 @@ class Relay:
                 self.ending, self.error = Ending.BROKEN, exc
         else:
             self.ending = Ending.COMPLETE
-        self.prev, self.last = prev, last
+        finally:
+            self.prev, self.last = prev, last  # a cancel too: what went out is counted
         return self.ending
 
     async def run_kept(
@@ -140,6 +160,7 @@ class Relay:
         self.content_type = upstream.content_type
         read = upstream.readany
         kept = self.kept
+        sep = chunk_separator(self.content_type)
         try:
             async with asyncio.timeout(None) as deadline:
                 watchdog = IdleWatchdog(deadline, self, idle_timeout)
@@ -152,6 +173,8 @@ class Relay:
                         await write(chunk)
                         kept.append(chunk)
                         self.sent += len(chunk)
+                        if sep:
+                            self.chunks += chunk.count(sep)
                         self.prev, self.last = self.last, chunk
                         if self.stop and chunk.endswith(end):
                             self.ending = Ending.PREEMPTED

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..context import TRACE
 from ..core.errors import AttemptFailed, BadGateway, give_up
 from ..core.queueing import Waiting
 from ..core.rankers import Choice
@@ -138,6 +139,7 @@ class Resumer:
         while ending is Ending.PREEMPTED:
             if current is not None:
                 current.close()  # Ollama stops generating; the slot is the beneficiary's
+            at.request[TRACE].preempted(at.backend.name, "reclaimed")
             self.forget(at)
             await self.claims.release(at.claim, record)
             ending, current = await self._resume(at, state, write, at.backend.name)
@@ -229,6 +231,7 @@ class Resumer:
                 backend.name, f"continuation answered {upstream.status}", status=upstream.status
             )
         self._observed(at.req.key, "resumed", self.clock() - t0)
+        at.request[TRACE].resumed(backend.name, partial.tokens)
         stitch = stitcher(partial, state.doc, clock=self.clock, started=at.record.started)
         ending = await state.relay.run_kept(
             upstream,
