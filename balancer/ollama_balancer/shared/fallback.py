@@ -14,6 +14,13 @@
 
 Local state shadows this replica's own leases and tickets all along (see
 :mod:`.local`), so the switch starts from this replica's true counts.
+
+The scheduler's board follows the same rule: :meth:`FallbackState.board` is the
+store's (fleet-wide) while it serves, else local state's, which shadows this
+replica's own holders and waiting requests all along.  When the store fails,
+local state takes over the fair-share counters the mirror last showed; when it
+is back, this replica's holders, waiting requests and counters are re-asserted
+(:meth:`RedisState.reassert`), and again with every renewal of its leases.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..core.auth import ApiKey
 from ..core.occupancy import Occupancy
+from ..core.shared.board import Board, Charge, Reservation, SlotHolder, Waiter
 from ..core.shared.local import LocalState
 from ..core.shared.model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
 from ..core.shared.protocol import StoreUnavailable
@@ -125,6 +133,11 @@ class FallbackState:
     def affinity(self, key: str) -> str | None:
         return self.local.affinity(key)
 
+    def board(self) -> Board:
+        if self.up and self.store.mirror.synced:
+            return self.store.board()
+        return self.local.board()
+
     def _down(self, exc: BaseException) -> None:
         self.last_error = str(exc)
         if not self.up:
@@ -132,6 +145,11 @@ class FallbackState:
         self.up = False
         self.fallbacks += 1
         self.since = self.local.clock()
+        if self.store.mirror.synced:
+            # The fleet's fair-share clock as last seen goes on locally (an idle tenant
+            # would otherwise come back ahead of the others).
+            for key, value in self.store.board().counters.items():
+                self.local.book.set_counter(key, value)
         self.store.mirror.reset()
         self.observer.state_up(False)
         self.observer.fallback()
@@ -169,11 +187,20 @@ class FallbackState:
         request_id: str,
         cold: bool = False,
         overflow: bool = False,
+        holder: SlotHolder | None = None,
+        charge: Charge | None = None,
     ) -> Grant:
         t0 = self.timer()
         ok, grant = await self._shared(
             lambda: self.store.acquire(
-                pod, model, slots=slots, request_id=request_id, cold=cold, overflow=overflow
+                pod,
+                model,
+                slots=slots,
+                request_id=request_id,
+                cold=cold,
+                overflow=overflow,
+                holder=holder,
+                charge=charge,
             )
         )
         if ok and grant is not None:
@@ -188,11 +215,19 @@ class FallbackState:
                     cold=lease.loads,
                     overflow=True,
                     member=lease.member,
+                    holder=holder,  # the shadow: the counters are the store's meanwhile
                 )
                 self._leases[lease.member] = lease
             return grant
         grant = self.local.take(
-            pod, model, slots=slots, request_id=request_id, cold=cold, overflow=overflow
+            pod,
+            model,
+            slots=slots,
+            request_id=request_id,
+            cold=cold,
+            overflow=overflow,
+            holder=holder,
+            charge=charge,
         )
         if grant.lease is not None:
             self._leases[grant.lease.member] = grant.lease
@@ -205,7 +240,7 @@ class FallbackState:
     async def first_byte(self, lease: Lease) -> float | None:
         lease = self._current(lease)
         seconds = await self.local.first_byte(lease)
-        if lease.shared and lease.loads:
+        if lease.shared:  # a load ends, the board notes it (no round trip when neither)
             await self._shared(lambda: self.store.first_byte(lease))
         return seconds
 
@@ -217,9 +252,10 @@ class FallbackState:
         affinity: str | None = None,
         quota: QuotaTicket | None = None,
         tokens: int = 0,
+        charge: Charge | None = None,
     ) -> None:
         lease = self._leases.pop(lease.member, lease)
-        freed = self.local.give_back(lease, learned)
+        freed = self.local.give_back(lease, learned, None if self.up else charge)
         if affinity is not None:
             self.local.affinities.put(affinity, lease.pod)
         ticket = self._tickets.pop(quota.member, quota) if quota is not None else None
@@ -230,7 +266,12 @@ class FallbackState:
 
             async def give_back() -> None:
                 await self.store.release(
-                    lease, learned=learned, affinity=affinity, quota=shared_ticket, tokens=tokens
+                    lease,
+                    learned=learned,
+                    affinity=affinity,
+                    quota=shared_ticket,
+                    tokens=tokens,
+                    charge=charge,
                 )
 
             ok, _ = await self._shared(give_back)
@@ -247,6 +288,41 @@ class FallbackState:
             if affinity is not None:
                 await self._shared(lambda: self.store.remember(affinity, lease.pod))
         self.local.signal.notify(freed)
+
+    # ------------------------------------------------------------ the scheduler's board
+    async def post_waiter(self, waiter: Waiter) -> None:
+        await self.local.post_waiter(waiter)  # the shadow, for a switch to local state
+        await self._shared(lambda: self.store.post_waiter(waiter))
+
+    async def drop_waiter(self, request_id: str) -> None:
+        await self.local.drop_waiter(request_id)
+        await self._shared(lambda: self.store.drop_waiter(request_id))
+
+    async def reclaim(self, reservation: Reservation) -> bool:
+        ok, done = await self._shared(lambda: self.store.reclaim(reservation))
+        if ok:
+            return bool(done)
+        return await self.local.reclaim(reservation)
+
+    def on_preempt(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        unsubscribers = (self.store.on_preempt(listener), self.local.on_preempt(listener))
+
+        def unsubscribe() -> None:
+            for off in unsubscribers:
+                off()
+
+        return unsubscribe
+
+    def _own_holders(self) -> list[SlotHolder]:
+        """The holders of this replica's shared leases, as local state shadows them."""
+        return [
+            h
+            for h in self.local.book.holders_of(self.local.replica)
+            if (lease := self._leases.get(h.member)) is not None and lease.shared
+        ]
+
+    def _own_waiters(self) -> list[Waiter]:
+        return list(self.local.board().waiters.values())
 
     # ------------------------------------------------------------ loads
     async def lock_load(self, model: str, owner: str, ttl: float) -> bool:
@@ -342,6 +418,7 @@ class FallbackState:
                 await self.store.remove(
                     entries_of(self.store.keys, self._leases.values(), self._tickets.values())
                 )
+                await self.store.drop_waiters(w.request_id for w in self._own_waiters())
         self.up = False
         await self.store.close()
 
@@ -354,6 +431,11 @@ class FallbackState:
         self._given_back.clear()
         for member, lease in list(self._leases.items()):
             self._leases[member] = dataclasses.replace(lease, shared=True)
+        # The board's part: counters at least as far as this replica saw them (a store that
+        # restarted empty gets them back; one that lived on keeps its higher values).
+        await self.store.reassert(
+            self._own_holders(), self._own_waiters(), self.local.book.board().counters
+        )
         for member, ticket in list(self._tickets.items()):
             self._tickets[member] = dataclasses.replace(ticket, shared=True)
         subscribed = asyncio.Event()
@@ -406,7 +488,12 @@ class FallbackState:
                 await self._shared(self.store.ping)
 
     async def _renew(self, entries: list[Entry]) -> None:
-        await self._shared(lambda: self.store.renew(entries))
+        async def renew() -> None:
+            await self.store.renew(entries)
+            # after the leases: a holder document is kept only while its lease lives
+            await self.store.reassert(self._own_holders(), self._own_waiters())
+
+        await self._shared(renew)
 
     async def _periodic(self) -> None:
         """Refresh the mirror every ``refresh_interval``; renew held leases every renew."""

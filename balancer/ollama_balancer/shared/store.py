@@ -5,6 +5,14 @@ Every operation is one round trip (a script, or a pipeline of them) bounded by
 :class:`StoreUnavailable`, and the fallback wrapper decides what to do.  Reads
 come from the in-memory :class:`Mirror`, kept fresh by the events channel and
 by :meth:`RedisState.refresh`.
+
+The scheduler's board is fleet-wide here: a lease's holder document and its
+fair-share charge travel inside the acquire and release scripts, waiting
+requests are posted and dropped with one script each (and kept alive by the
+replica's renewal, :meth:`RedisState.reassert`), and a reclaim marks its victim
+and promises its seat atomically; the victim's replica, whichever it is, hears
+of it on the events channel and calls its :meth:`RedisState.on_preempt`
+listeners.
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +39,17 @@ from ..core.auth import ApiKey
 from ..core.occupancy import Occupancy
 from ..core.shared import scripts as S
 from ..core.shared.address import StoreAddress
+from ..core.shared.board import (
+    Board,
+    Charge,
+    CounterKey,
+    Reservation,
+    SlotHolder,
+    Waiter,
+    holder_doc,
+    waiter_doc,
+)
+from ..core.shared.boardmirror import counter_field, parse_board_refresh
 from ..core.shared.keys import Keys
 from ..core.shared.mirror import LOADED_MEMORY, Event, Mirror, parse_event, parse_refresh
 from ..core.shared.model import (
@@ -54,10 +75,24 @@ T = TypeVar("T")
 EWMA = 0.3
 #: Learned times are kept this long after their last update (ms).
 LEARN_TTL_MS = 7 * 24 * 3600 * 1000
+#: Fair-share counters too: a week without a charge forgets a tenant's place.
+FAIR_TTL_MS = LEARN_TTL_MS
 
 
 def _int(x: Any) -> int:
     return int(x)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _json(doc: Mapping[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 class RedisState:
@@ -97,6 +132,9 @@ class RedisState:
         #: Leases this replica's scripts found expired and removed (dead replicas').
         self.reclaimed = 0
         self._client: Redis | None = None
+        self._preempt: list[Callable[[str], None]] = []
+        #: Own leases whose preempt listeners were called (once per lease).
+        self._signalled: set[str] = set()
 
     # ------------------------------------------------------------ connection
     def _password(self) -> str | None:
@@ -195,6 +233,9 @@ class RedisState:
     def status(self) -> dict[str, object]:
         return {"mode": "shared", "store": self.address.redacted(), "replica": self.replica}
 
+    def board(self) -> Board:
+        return self.mirror.board.book.board(self.clock())
+
     # ------------------------------------------------------------------ slots
     async def acquire(
         self,
@@ -205,33 +246,60 @@ class RedisState:
         request_id: str,
         cold: bool = False,
         overflow: bool = False,
+        holder: SlotHolder | None = None,
+        charge: Charge | None = None,
     ) -> Grant:
         k = self.keys
         member = member_of(self.replica, request_id)
         field = field_of(pod, model)
-        granted, held, reclaimed, owns, seq, now = map(
-            _int,
-            await self._eval(
-                S.ACQUIRE,
-                [k.lease(pod, model), k.index, k.loads, k.seq],
-                [
-                    member,
-                    int(self.lease_ttl * 1000),
-                    slots,
-                    int(overflow),
-                    int(cold),
-                    field,
-                    pod,
-                    model,
-                    k.channel,
-                    int(self.load_ttl * 1000),
-                ],
-            ),
+        doc = ""
+        if holder is not None:
+            h = replace(
+                holder,
+                member=member,
+                pod=pod,
+                model=model,
+                replica=self.replica,
+                request_id=request_id,
+            )
+            doc = _json(holder_doc(h, 0))  # the script sets the start: the server's now
+        reply = await self._eval(
+            S.ACQUIRE,
+            [
+                k.lease(pod, model),
+                k.index,
+                k.loads,
+                k.seq,
+                k.holders(pod, model),
+                k.holder_index,
+                k.waiting,
+                k.waiters,
+                k.promises,
+                k.fair,
+            ],
+            [
+                member,
+                int(self.lease_ttl * 1000),
+                slots,
+                int(overflow),
+                int(cold),
+                field,
+                pod,
+                model,
+                k.channel,
+                int(self.load_ttl * 1000),
+                request_id,
+                doc,
+                *_charge_args(charge),
+            ],
         )
+        granted, held, reclaimed, owns, seq, now = map(_int, reply[:6])
         self.reclaimed += reclaimed
         ev = Event("acq" if granted else "rec", seq, now, pod, model, held, slots)
         if owns:
             ev = Event("acq", seq, now, pod, model, held, slots, member=member)
+        if granted and len(reply) > 6:
+            ev = parse_event(reply[6]) or ev  # the same event the others receive
         if granted or reclaimed:
             self._on_event(ev)
         else:
@@ -242,28 +310,58 @@ class RedisState:
         return Grant(lease, held)
 
     async def first_byte(self, lease: Lease) -> float | None:
+        k = self.keys
+        holder = self.mirror.board.book.holder(lease.member)
+        board = holder is not None and holder.first_byte is None
+        calls: list[tuple[S.Script, list[str], list[Any]]] = []
+        if board:
+            calls.append((S.FIRST_BYTE, [k.holders(*lease.key), k.seq], [lease.member, k.channel]))
+        if lease.loads:
+            calls.append(
+                (
+                    S.LOADED,
+                    [k.loads, k.loaded, k.seq],
+                    [lease.member, field_of(*lease.key), lease.pod, lease.model, k.channel],
+                )
+            )
+        if not calls:
+            return None
+        replies = await self._batch(calls)
+        if board:
+            self._apply_reply(replies[0])
         if not lease.loads:
             return None
-        k = self.keys
-        done, ms, seq, now = map(
-            _int,
-            await self._eval(
-                S.LOADED,
-                [k.loads, k.loaded, k.seq],
-                [lease.member, field_of(*lease.key), lease.pod, lease.model, k.channel],
-            ),
-        )
+        done, ms, seq, now = map(_int, replies[-1])
         if not done:
             return None
         self._on_event(Event("loaded", seq, now, lease.pod, lease.model))
         return ms / 1000.0
 
-    def _release_call(self, lease: Lease) -> tuple[S.Script, list[str], list[Any]]:
+    def _release_call(
+        self, lease: Lease, charge: Charge | None = None
+    ) -> tuple[S.Script, list[str], list[Any]]:
         k = self.keys
         return (
             S.RELEASE,
-            [k.lease(lease.pod, lease.model), k.index, k.loads, k.seq],
-            [lease.member, field_of(*lease.key), lease.pod, lease.model, lease.slots, k.channel],
+            [
+                k.lease(lease.pod, lease.model),
+                k.index,
+                k.loads,
+                k.seq,
+                k.holders(lease.pod, lease.model),
+                k.holder_index,
+                k.reclaiming,
+                k.fair,
+            ],
+            [
+                lease.member,
+                field_of(*lease.key),
+                lease.pod,
+                lease.model,
+                lease.slots,
+                k.channel,
+                *_charge_args(charge),
+            ],
         )
 
     def _learn_call(self, model: str, learned: Learned) -> tuple[S.Script, list[str], list[Any]]:
@@ -301,8 +399,9 @@ class RedisState:
         affinity: str | None = None,
         quota: QuotaTicket | None = None,
         tokens: int = 0,
+        charge: Charge | None = None,
     ) -> None:
-        calls = [self._release_call(lease)]
+        calls = [self._release_call(lease, charge)]
         if learned is not None:
             calls.append(self._learn_call(lease.model, learned))
         if quota is not None:
@@ -311,10 +410,14 @@ class RedisState:
             self.affinities.put(affinity, lease.pod)
         extra = self._affinity_cmds(affinity, lease.pod) if affinity is not None else None
         replies = await self._batch(calls, extra)
-        held, reclaimed, seq, now, aborted = map(_int, replies[0])
+        held, reclaimed, seq, now, aborted = map(_int, replies[0][:5])
         self.reclaimed += reclaimed
         member = lease.member if aborted else ""
-        self._on_event(Event("rel", seq, now, lease.pod, lease.model, held, lease.slots, member))
+        ev = Event("rel", seq, now, lease.pod, lease.model, held, lease.slots, member)
+        if len(replies[0]) > 5:
+            ev = parse_event(replies[0][5]) or ev
+        self._signalled.discard(lease.member)
+        self._on_event(ev)
 
     async def renew(self, entries: Iterable[Entry]) -> int:
         """Push the expiry of ``entries`` one TTL ahead, re-adding missing ones."""
@@ -345,15 +448,159 @@ class RedisState:
 
     async def refresh(self) -> None:
         k = self.keys
-        reply = await self._eval(
-            S.SNAPSHOT,
-            [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
-            [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
+        reply, board = await self._batch(
+            [
+                (
+                    S.SNAPSHOT,
+                    [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
+                    [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
+                ),
+                (
+                    S.BOARD,
+                    [
+                        k.holder_index,
+                        k.waiting,
+                        k.waiters,
+                        k.promises,
+                        k.reclaiming,
+                        k.fair,
+                        k.seq,
+                        k.epoch,
+                    ],
+                    [k.lease_prefix, k.holder_prefix],
+                ),
+            ]
         )
         r = parse_refresh(reply)
         self.reclaimed += r.reclaimed
         for freed in self.mirror.apply_refresh(r):
             self.signal.notify(freed)
+        book = self.mirror.board
+        if book.apply_refresh(parse_board_refresh(board), self.mirror.local_time):
+            # The store lost its data: nobody else can give the fair-share clock back.
+            await self.reassert(counters=self.board().counters)
+        now = self.board()
+        self._signalled &= set(now.holders)
+        for member in now.reclaiming:  # a reclaim whose event this replica missed
+            self._preempted(member)
+
+    # ------------------------------------------- the scheduler's waiting list, reclaims
+    def _waiter_doc(self, w: Waiter, now: float) -> str:
+        deadline = None if w.deadline is None else _ms(w.deadline - now)
+        return _json(waiter_doc(w, _ms(now - w.arrival), deadline))
+
+    async def post_waiter(self, waiter: Waiter) -> None:
+        k = self.keys
+        text = await self._eval(
+            S.POST_WAITER,
+            [k.waiting, k.waiters, k.seq],
+            [
+                waiter.request_id,
+                self._waiter_doc(waiter, self.clock()),
+                int(self.lease_ttl * 1000),
+                k.channel,
+            ],
+        )
+        self._apply_reply(text)
+
+    async def drop_waiter(self, request_id: str) -> None:
+        await self.drop_waiters([request_id])
+
+    async def drop_waiters(self, request_ids: Iterable[str]) -> None:
+        """:meth:`drop_waiter` for each, in one round trip."""
+        k = self.keys
+        calls = [
+            (
+                S.DROP_WAITER,
+                [k.waiting, k.waiters, k.promises, k.seq],
+                [q, k.channel, k.lease_prefix],
+            )
+            for q in request_ids
+        ]
+        if calls:
+            for text in await self._batch(calls):
+                self._apply_reply(text)
+
+    async def reclaim(self, reservation: Reservation) -> bool:
+        k, r = self.keys, reservation
+        text = await self._eval(
+            S.RECLAIM,
+            [k.lease(r.pod, r.model), k.holders(r.pod, r.model), k.promises, k.reclaiming, k.seq],
+            [
+                r.victim,
+                r.beneficiary,
+                r.pod,
+                r.model,
+                field_of(r.pod, r.model),
+                max(1, _ms(r.until - self.clock())),
+                k.channel,
+            ],
+        )
+        if not _text(text):
+            return False
+        self._apply_reply(text)  # calls this replica's listeners if the victim is its own
+        return True
+
+    def on_preempt(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        self._preempt.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._preempt.remove(listener)
+
+        return unsubscribe
+
+    def _preempted(self, member: str) -> None:
+        if not member.startswith(f"{self.replica}/") or member in self._signalled:
+            return
+        self._signalled.add(member)
+        for listener in list(self._preempt):
+            listener(member)
+
+    async def reassert(
+        self,
+        holders: Iterable[SlotHolder] = (),
+        waiters: Iterable[Waiter] = (),
+        counters: Mapping[CounterKey, float] | None = None,
+    ) -> int:
+        """Put back what this replica holds and waits for where the store lost it, push its
+        waiting requests' expiry one TTL ahead, raise ``counters`` to at least the values
+        given.  One round trip; returns the entries put back.
+
+        Call it with the leases' renewal (after it: a holder document needs its lease)."""
+        now = self.clock()
+        held: list[Any] = []
+        for h in holders:
+            fb = None if h.first_byte is None else _ms(now - h.first_byte)
+            doc = holder_doc(h, _ms(now - h.started), fb)
+            held += [field_of(h.pod, h.model), h.member, _json(doc)]
+        values: list[Any] = []
+        for key, value in (counters or {}).items():
+            if math.isfinite(value):
+                values += [counter_field(key), repr(float(value))]
+        waiting: list[Any] = []
+        for w in waiters:
+            waiting += [w.request_id, self._waiter_doc(w, now)]
+        if not (held or values or waiting):
+            return 0
+        k = self.keys
+        back, text = await self._eval(
+            S.REASSERT,
+            [k.holder_index, k.waiting, k.waiters, k.fair, k.seq],
+            [
+                int(self.lease_ttl * 1000),
+                k.holder_prefix,
+                k.channel,
+                len(held) // 3,
+                len(values) // 2,
+                FAIR_TTL_MS,
+                *held,
+                *values,
+                *waiting,
+            ],
+        )
+        self._apply_reply(text)
+        return _int(back)
 
     # ------------------------------------------------------- learning, memory
     async def learn(self, model: str, learned: Learned) -> None:
@@ -422,6 +669,19 @@ class RedisState:
         freed = self.mirror.apply_event(ev)
         if freed is not None:
             self.signal.notify(freed)
+        if ev.board:
+            effects = self.mirror.board.apply(ev.seq, ev.board, self.mirror.local_time)
+            for seat in effects.freed:
+                self.signal.notify(seat)
+            for member in effects.reclaimed:
+                self._preempted(member)
+
+    def _apply_reply(self, text: Any) -> None:
+        """A board script's reply: its event (or '' when it changed nothing)."""
+        if text:
+            ev = parse_event(text)
+            if ev is not None:
+                self._on_event(ev)
 
     async def listen(self, subscribed: asyncio.Event | None = None) -> None:
         """Apply the events channel until the connection fails (raises StoreUnavailable)."""
@@ -453,6 +713,14 @@ class RedisState:
 
     async def start(self) -> None:
         await self.connect()
+
+
+def _charge_args(charge: Charge | None) -> list[Any]:
+    """The acquire and release scripts' counter arguments: field, delta, floor, ttl."""
+    if charge is None or not math.isfinite(charge.delta):
+        return ["", 0, "", FAIR_TTL_MS]
+    floor = repr(float(charge.floor)) if math.isfinite(charge.floor) else ""
+    return [counter_field(charge.key), repr(float(charge.delta)), floor, FAIR_TTL_MS]
 
 
 def _now_arg(now_ms: int | None) -> str:

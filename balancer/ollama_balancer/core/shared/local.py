@@ -113,6 +113,7 @@ class LocalState:
             )
         else:
             self.book.unwait(request_id)
+            self.book.unreserve(request_id)  # its promised seat is used, board or not
         if charge is not None:
             self.book.charge(charge)
         return Grant(Lease(pod, model, member, slots, request_id, loads=loads), held + 1)
