@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -273,3 +274,18 @@ def test_counter_fields(key: CounterKey, field: str) -> None:
 @pytest.mark.parametrize("field", ["m|batch", "m|nope|t"], ids=["too short", "no such class"])
 def test_counter_key_refuses(field: str) -> None:
     assert counter_key(field) is None
+
+
+def test_a_refresh_parses_only_documents_that_changed() -> None:
+    """Most documents are the same at every refresh (every second, per replica)."""
+    mirror = BoardMirror()
+    text = json.dumps(held_doc("a"))
+    mirror.apply_refresh(refresh(1, holders={"a": text}), to_local)
+    first = mirror.book.board().holders["a"]
+    mirror.apply_refresh(refresh(2, holders={"a": text}), lambda ms: ms / 1000.0 + 1)
+    assert mirror.book.board().holders["a"] is first  # not read again
+    changed = json.dumps({**held_doc("a"), "f": 1_500})
+    mirror.apply_refresh(refresh(3, holders={"a": changed}), to_local)
+    assert mirror.book.board().holders["a"].first_byte == 1.5
+    mirror.apply_refresh(refresh(4, holders={"a": "not json"}), to_local)
+    assert "a" not in mirror.book.board().holders

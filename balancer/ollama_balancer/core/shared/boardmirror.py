@@ -112,13 +112,16 @@ def parse_changes(raw: Any) -> tuple[BoardChange, ...]:
 
 @dataclass(frozen=True, slots=True)
 class BoardRefresh:
-    """The reply of the ``board`` script, parsed (documents still in server times)."""
+    """The reply of the ``board`` script, parsed (documents still in server times).
+
+    Holder and waiter documents stay JSON text (a document may also be given parsed): most
+    are the same at every refresh, and the mirror parses only those that changed."""
 
     now_ms: int
     seq: int
     epoch: str
-    holders: Mapping[str, Mapping[str, Any]]
-    waiters: Mapping[str, Mapping[str, Any]]
+    holders: Mapping[str, str | Mapping[str, Any]]
+    waiters: Mapping[str, str | Mapping[str, Any]]
     counters: Mapping[CounterKey, float]
     promises: Mapping[str, Mapping[str, Any]]
     reclaiming: frozenset[str]
@@ -128,17 +131,23 @@ def _text(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def _docs(flat: Any) -> dict[str, Mapping[str, Any]]:
+def _texts(flat: Any) -> dict[str, str]:
     items = [_text(x) for x in flat]
-    out: dict[str, Mapping[str, Any]] = {}
-    for name, raw in zip(items[::2], items[1::2], strict=True):
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(doc, dict):
-            out[name] = doc
-    return out
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _doc(raw: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return _NO_DOC
+    return doc if isinstance(doc, dict) else _NO_DOC
+
+
+def _docs(flat: Any) -> dict[str, Mapping[str, Any]]:
+    return {name: _doc(raw) for name, raw in _texts(flat).items()}
 
 
 def parse_board_refresh(reply: Any) -> BoardRefresh:
@@ -157,8 +166,8 @@ def parse_board_refresh(reply: Any) -> BoardRefresh:
         now_ms=int(now_ms),
         seq=int(seq),
         epoch=_text(epoch),
-        holders=_docs(holders),
-        waiters=_docs(waiters),
+        holders=_texts(holders),
+        waiters=_texts(waiters),
         counters=values,
         promises=_docs(promises),
         reclaiming=frozenset(_text(m) for m in reclaiming),
@@ -196,6 +205,8 @@ class BoardMirror:
         """The sequence number of the last refresh applied: nothing older applies."""
         self.epoch: str | None = None
         self._seq: dict[tuple[str, Any], int] = {}
+        #: The document text each holder and waiter was last read from, by entry.
+        self._texts: dict[tuple[str, str], str] = {}
 
     def _newer(self, what: tuple[str, Any], seq: int) -> bool:
         if seq <= self.floor or seq <= self._seq.get(what, -1):
@@ -270,23 +281,38 @@ class BoardMirror:
         def untouched(what: tuple[str, Any]) -> bool:
             return self._seq.get(what, -1) <= r.seq
 
+        texts: dict[tuple[str, str], str] = {}
+
+        def unchanged(what: tuple[str, str], raw: str | Mapping[str, Any]) -> bool:
+            """The same text as at the last read: the entry already holds it."""
+            if not isinstance(raw, str):
+                return False
+            texts[what] = raw
+            return self._texts.get(what) == raw
+
         for m in set(before.holders) | set(r.holders):
-            if untouched(("h", m)):
-                h = holder_of(m, r.holders[m], to_local) if m in r.holders else None
-                if h is not None:
-                    book.put_holder(h)
-                else:
-                    book.release(m)
+            if not untouched(("h", m)):
+                continue
+            if m in r.holders and unchanged(("h", m), r.holders[m]) and m in before.holders:
+                continue
+            h = holder_of(m, _doc(r.holders[m]), to_local) if m in r.holders else None
+            if h is not None:
+                book.put_holder(h)
+            else:
+                book.release(m)
         for m in before.reclaiming | r.reclaiming:
             marked = m in (r.reclaiming if untouched(("k", m)) else before.reclaiming)
             book.mark_reclaiming(m, marked and book.holder(m) is not None)
         for q in set(before.waiters) | set(r.waiters):
-            if untouched(("w", q)):
-                w = waiter_of(q, r.waiters[q], to_local) if q in r.waiters else None
-                if w is not None:
-                    book.wait(w)
-                else:
-                    book.unwait(q)
+            if not untouched(("w", q)):
+                continue
+            if q in r.waiters and unchanged(("w", q), r.waiters[q]) and q in before.waiters:
+                continue
+            w = waiter_of(q, _doc(r.waiters[q]), to_local) if q in r.waiters else None
+            if w is not None:
+                book.wait(w)
+            else:
+                book.unwait(q)
         for b in set(before.reservations) | set(r.promises):
             if untouched(("p", b)):
                 res = _reservation(b, r.promises[b], to_local) if b in r.promises else None
@@ -303,5 +329,6 @@ class BoardMirror:
                 {*r.counters, *(k for k in before.counters if not untouched(("c", k)))}
             )
         self._seq = {k: s for k, s in self._seq.items() if s > r.seq}
+        self._texts = texts
         self.floor = r.seq
         return restarted
