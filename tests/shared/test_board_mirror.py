@@ -24,7 +24,7 @@ from ollama_balancer.core.shared.boardmirror import (
     counter_key,
     parse_changes,
 )
-from ollama_balancer.core.shared.mirror import parse_event
+from ollama_balancer.core.shared.mirror import Event, Mirror, parse_event
 from ollama_balancer.core.shared.model import SlotFreed
 
 KEY: CounterKey = ("m", Priority.BATCH, "heavy")
@@ -289,3 +289,12 @@ def test_a_refresh_parses_only_documents_that_changed() -> None:
     assert mirror.book.board().holders["a"].first_byte == 1.5
     mirror.apply_refresh(refresh(4, holders={"a": "not json"}), to_local)
     assert "a" not in mirror.book.board().holders
+
+
+def test_before_any_refresh_the_first_event_gives_the_clock_offset() -> None:
+    """Events that arrive between subscribing and the first refresh land in local time too."""
+    mirror = Mirror(clock=lambda: 100.0)
+    ev = Event("board", 1, 50_000, board=(hold("a"),))  # the server says 50 s, we say 100 s
+    mirror.apply_event(ev)
+    mirror.board.apply(ev.seq, ev.board, mirror.local_time)
+    assert mirror.board.book.board().holders["a"].started == 51.0  # started at server 1 s

@@ -431,13 +431,13 @@ class FallbackState:
         self._given_back.clear()
         for member, lease in list(self._leases.items()):
             self._leases[member] = dataclasses.replace(lease, shared=True)
+        for member, ticket in list(self._tickets.items()):
+            self._tickets[member] = dataclasses.replace(ticket, shared=True)
         # The board's part: counters at least as far as this replica saw them (a store that
         # restarted empty gets them back; one that lived on keeps its higher values).
         await self.store.reassert(
             self._own_holders(), self._own_waiters(), self.local.book.board().counters
         )
-        for member, ticket in list(self._tickets.items()):
-            self._tickets[member] = dataclasses.replace(ticket, shared=True)
         subscribed = asyncio.Event()
         listener = asyncio.create_task(self._listen(subscribed), name="shared-state-events")
         try:

@@ -135,6 +135,7 @@ class Mirror:
         self.defaults = (default_load_seconds, default_service_seconds)
         self.offset = 0.0  # server seconds - local clock
         self.synced = False  # a refresh was applied since the last reset
+        self._offset_known = False
         self._seq: dict[tuple[str, Any], int] = {}
         self._held: dict[LeaseKey, int] = {}
         self._loads: dict[LeaseKey, LoadRecord] = {}
@@ -194,6 +195,11 @@ class Mirror:
 
     def apply_event(self, ev: Event) -> SlotFreed | None:
         """Apply one event once; returns the slot-freed signal it carries, if any."""
+        if not self._offset_known and ev.t > 0:
+            # Until a refresh measures it, the first event's server time is "now" give or
+            # take its trip: times converted meanwhile stay within that of the truth.
+            self.offset = ev.t / 1000.0 - self.clock()
+            self._offset_known = True
         key = (ev.pod, ev.model)
         if ev.kind in ("acq", "rel", "rec"):
             fresh = self.apply_held(key, ev.held, ev.seq)
@@ -223,6 +229,7 @@ class Mirror:
         Returns a signal for every count that went down (leases reclaimed from a dead
         replica, or releases whose events this replica missed)."""
         self.offset = r.now_ms / 1000.0 - self.clock()
+        self._offset_known = True
         freed: list[SlotFreed] = []
         for key in set(self._held) | set(r.held):
             before, after = self._held.get(key, 0), r.held.get(key, 0)
