@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.redis_server import RedisServer
-from ollama_balancer.core.queueing import Priority
+from ollama_balancer.core.priority import Priority
 from ollama_balancer.core.shared.address import parse_store_url
 from ollama_balancer.core.shared.board import Charge, SlotHolder
 from ollama_balancer.core.shared.keys import Keys

@@ -14,7 +14,9 @@ from .inference import (
     Generation,
     GenerationPlan,
     check_options,
+    completion_model,
     embed_texts,
+    embedding_model,
     keep_alive_of,
     schedule,
     truncate_dimensions,
@@ -76,15 +78,6 @@ async def show(request: web.Request) -> web.Response:
     if model is None:
         raise ApiError(404, f"model '{shortest}' not found")
     return json_response(show_response(model))
-
-
-def _completion_model(request: web.Request, name: str, endpoint: str) -> LibraryEntry:
-    model = request.app[NODE].library.find(name) if name else None
-    if model is None:
-        raise ApiError(404, f"model '{name}' not found")
-    if "completion" not in model.spec.capabilities:
-        raise ApiError(400, f'"{name}" does not support {endpoint}')
-    return model
 
 
 def _check_think(doc: dict[str, Any], model: LibraryEntry, name: str) -> None:
@@ -157,7 +150,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         expect(doc, key, kind, "GenerateRequest", go)
     keep_alive = keep_alive_of(doc)
     name = doc.get("model") or ""
-    model = _completion_model(request, name, "generate")
+    model = completion_model(node.library, name, "generate")
     _check_think(doc, model, name)
     prompt = doc.get("prompt") or ""
     if not prompt and not doc.get("images"):
@@ -216,7 +209,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     name = doc.get("model") or ""
     if not name:
         raise ApiError(400, "model is required")
-    model = _completion_model(request, name, "chat")
+    model = completion_model(node.library, name, "chat")
     if doc.get("tools") and "tools" not in model.spec.capabilities:
         raise ApiError(400, f"{_full_name(model)} does not support tools")
     _check_think(doc, model, name)
@@ -246,14 +239,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _run(request, gen, doc.get("stream") is not False, chunk, final)
 
 
-def _embedding_model(request: web.Request, name: str) -> LibraryEntry:
-    # Ollama does not check capabilities here: completion models embed too.
-    model = request.app[NODE].library.find(name) if name else None
-    if model is None:
-        raise ApiError(404, f'model "{name}" not found, try pulling it first')
-    return model
-
-
 @routes.post("/api/embed")
 async def embed(request: web.Request) -> web.Response:
     node = request.app[NODE]
@@ -272,7 +257,7 @@ async def embed(request: web.Request) -> web.Response:
     else:
         raise ApiError(400, "invalid input type")
     name = doc.get("model") or ""
-    model = _embedding_model(request, name)
+    model = embedding_model(node.library, name)
     options = check_options(doc.get("options"))
     if not texts:
         runner = await schedule(node, model, num_ctx=options.get("num_ctx"), keep_alive=keep_alive)
@@ -307,7 +292,7 @@ async def embeddings(request: web.Request) -> web.Response:
     doc = await read_json(request, "api.EmbeddingRequest")
     keep_alive = keep_alive_of(doc)
     expect(doc, "prompt", str, "EmbeddingRequest", "string")
-    model = _embedding_model(request, doc.get("model") or "")
+    model = embedding_model(node.library, doc.get("model") or "")
     options = check_options(doc.get("options"))
     prompt = doc.get("prompt") or ""
     if not prompt:

@@ -11,21 +11,29 @@ import contextlib
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ollama_wire.durations import KeepAliveError, parse_keep_alive
 from ollama_wire.errors import MSG_SERVER_BUSY
 
 from . import generation
-from .registry import LibraryEntry
+from .registry import Library, LibraryEntry
 from .scheduler import Runner, ServerBusy
+from .state import NodeState
 from .streams import ApiError
 from .wire import metrics
 
-if TYPE_CHECKING:
-    from .node import EmulatedNode
-
-__all__ = ["Generation", "GenerationPlan", "check_options", "keep_alive_of", "schedule"]
+__all__ = [
+    "Generation",
+    "GenerationPlan",
+    "check_options",
+    "completion_model",
+    "embed_texts",
+    "embedding_model",
+    "keep_alive_of",
+    "schedule",
+    "truncate_dimensions",
+]
 
 _INT_OPTIONS = {
     "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed",
@@ -60,6 +68,25 @@ def check_options(options: Any) -> dict[str, Any]:
     return dict(options)
 
 
+def completion_model(library: Library, name: str, endpoint: str) -> LibraryEntry:
+    """The installed model a generate or chat request names (native or OpenAI ``endpoint``)."""
+    model = library.find(name) if name else None
+    if model is None:
+        raise ApiError(404, f"model '{name}' not found")
+    if "completion" not in model.spec.capabilities:
+        raise ApiError(400, f'"{name}" does not support {endpoint}')
+    return model
+
+
+def embedding_model(library: Library, name: str) -> LibraryEntry:
+    """The installed model an embedding request names."""
+    # Ollama does not check capabilities here: completion models embed too.
+    model = library.find(name) if name else None
+    if model is None:
+        raise ApiError(404, f'model "{name}" not found, try pulling it first')
+    return model
+
+
 def keep_alive_of(doc: dict[str, Any]) -> float | None:
     try:
         return parse_keep_alive(doc.get("keep_alive"))
@@ -68,7 +95,7 @@ def keep_alive_of(doc: dict[str, Any]) -> float | None:
 
 
 async def schedule(
-    node: EmulatedNode,
+    node: NodeState,
     model: LibraryEntry,
     *,
     num_ctx: int | None,
@@ -110,7 +137,7 @@ class GenerationPlan:
 class Generation:
     """One generation, from scheduling to the last token."""
 
-    node: EmulatedNode
+    node: NodeState
     plan: GenerationPlan
     started: float
     """Emulated monotonic time when the handler started (Ollama: before JSON parsing)."""
@@ -215,7 +242,7 @@ class Generation:
 
 
 async def embed_texts(
-    node: EmulatedNode,
+    node: NodeState,
     model: LibraryEntry,
     texts: list[str],
     *,

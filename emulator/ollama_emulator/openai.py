@@ -16,8 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from . import generation
-from .handlers import _completion_model, _embedding_model
-from .inference import Generation, GenerationPlan, embed_texts
+from .inference import Generation, GenerationPlan, completion_model, embed_texts, embedding_model
 from .keys import NODE
 from .registry import LibraryEntry
 from .streams import ApiError, ChunkStream, json_response, read_json
@@ -92,7 +91,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     name = doc.get("model") or ""
     if not name:
         raise ApiError(400, "model is required")
-    model = _completion_model(request, name, "chat")
+    model = completion_model(node.library, name, "chat")
     turns = [
         (str(m.get("role", "")), _text(m.get("content"))) for m in messages if isinstance(m, dict)
     ]
@@ -149,7 +148,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if not isinstance(prompt, str):
         raise ApiError(400, "invalid type for 'prompt' field, expected string")
     name = doc.get("model") or ""
-    model = _completion_model(request, name, "generate")
+    model = completion_model(node.library, name, "generate")
     gen = await _generate(
         request, doc, model, prompt, generation.chat_prompt_tokens([("user", prompt)])
     )
@@ -202,7 +201,7 @@ async def v1_embeddings(request: web.Request) -> web.Response:
     if encoding not in ("float", "base64"):
         raise ApiError(400, f"invalid encoding format: {encoding}")
     name = doc.get("model") or ""
-    model = _embedding_model(request, name)
+    model = embedding_model(node.library, name)
     vectors, _, tokens = await embed_texts(node, model, list(raw), options={}, keep_alive=None)
     data = []
     for index, vector in enumerate(vectors):
@@ -266,7 +265,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     name = doc.get("model") or ""
     if not name:
         raise ApiError(400, "model is required")
-    model = _completion_model(request, name, "chat")
+    model = completion_model(node.library, name, "chat")
     turns = _responses_input(doc)
     if not turns:
         raise ApiError(400, "input is required")

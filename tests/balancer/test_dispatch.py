@@ -14,7 +14,7 @@ from ollama_balancer.core.occupancy import LoadRecord, Occupancy
 from ollama_balancer.core.queueing import Waiting
 from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.names import canonical
-from tests.balancer.test_routing import NOW, Pod, at, snap
+from tests.harness.routing_cases import NOW, Pod, at, snap
 
 M = canonical("llama3")
 

@@ -8,7 +8,7 @@ import pytest
 from ollama_balancer.core.fleet import BackendState, FleetSnapshot, Health
 from ollama_balancer.core.fleetstate import FleetState
 from ollama_balancer.core.occupancy import LoadRecord, Occupancy
-from tests.balancer.test_routing import NOW, Pod, snap
+from tests.harness.routing_cases import NOW, Pod, snap
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,8 @@ from ollama_balancer.core.unload import plan_unload, unload_answer
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical
-
-from .conftest import Rig, RigFactory, nodes
-from .test_routing import at
+from tests.harness.fleet import Rig, RigFactory, nodes
+from tests.harness.routing_cases import at
 
 M = "llama3.2:3b"
 KEY = canonical(M)

@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from .conftest import RigFactory, nodes
+from tests.harness.fleet import RigFactory, nodes
 
 M = "llama3.2:3b"
 M2 = "qwen2.5:7b"

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from ollama_balancer.core.resume import Dialect, IncompleteStream, assemble
-from tests.balancer.resume_streams import CAPTURED, frames, steady
+from tests.harness.resume_streams import CAPTURED, frames, steady
 
 
 @pytest.mark.parametrize(

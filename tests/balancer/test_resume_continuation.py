@@ -17,7 +17,7 @@ from ollama_balancer.core.resume import (
     resumable,
     streamed,
 )
-from tests.balancer.resume_streams import frames
+from tests.harness.resume_streams import frames
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
 SO_FAR = Partial(Dialect.CHAT, text="The sky", tokens=2)

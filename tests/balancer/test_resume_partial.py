@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from ollama_balancer.core.resume import Dialect, Obstacle, Partial, partial_of
-from tests.balancer.resume_streams import CAPTURED, frames
+from tests.harness.resume_streams import CAPTURED, frames
 
 STREAMS = {
     Dialect.CHAT: "chat",

@@ -16,7 +16,7 @@ from ollama_balancer.core.resume import (
     partial_of,
     stitcher,
 )
-from tests.balancer.resume_streams import CAPTURED, FRAMES, frames
+from tests.harness.resume_streams import CAPTURED, FRAMES, frames
 
 STREAMS = {
     Dialect.CHAT: "chat",

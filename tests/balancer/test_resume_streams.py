@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from tests.balancer.resume_streams import FRAMES, capture, frames_of, steady
+from tests.harness.resume_streams import FRAMES, capture, frames_of, steady
 
 
 def parsed(frame: str) -> Any:

@@ -10,7 +10,7 @@ import pytest
 from ollama_balancer.core.queueing import Priority
 from ollama_balancer.core.scheduling import ClassPolicy, SchedulerPolicy, admit, plan
 from ollama_balancer.core.scheduling.view import Candidate, Holder
-from tests.balancer.scheduling_cases import NOW, B, C, S, cand, holder, view
+from tests.harness.scheduling_cases import NOW, B, C, S, cand, holder, view
 
 DEFAULTS = SchedulerPolicy()
 NO_CRITICAL_LENDING = SchedulerPolicy(critical=ClassPolicy(nominal=0.2, lendable=0.0))

@@ -16,7 +16,7 @@ from ollama_balancer.core.scheduling import (
 )
 from ollama_balancer.core.scheduling.fairness import fair_shares, start_counter
 from ollama_balancer.core.scheduling.view import Candidate
-from tests.balancer.scheduling_cases import B, S, cand, view
+from tests.harness.scheduling_cases import B, S, cand, view
 
 
 @pytest.mark.parametrize(

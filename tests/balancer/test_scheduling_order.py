@@ -7,7 +7,7 @@ import pytest
 from ollama_balancer.core.scheduling import SchedulerPolicy, plan
 from ollama_balancer.core.scheduling.order import due, may_borrow
 from ollama_balancer.core.scheduling.view import Candidate, Holder
-from tests.balancer.scheduling_cases import B, C, S, cand, holder, many, view, waiting
+from tests.harness.scheduling_cases import B, C, S, cand, holder, many, view, waiting
 
 
 def order(

@@ -23,7 +23,7 @@ from ollama_balancer.core.scheduling import (
     plan,
     seats,
 )
-from tests.balancer.scheduling_cases import NOW, B, C, S, cand, holder, view
+from tests.harness.scheduling_cases import NOW, B, C, S, cand, holder, view
 
 CLASSES = list(Priority)
 TENANTS = ["a", "b", "c"]

@@ -7,7 +7,7 @@ import pytest
 from ollama_balancer.core.scheduling import Reason, SchedulerPolicy, plan
 from ollama_balancer.core.scheduling.reclaim import ends_in_time
 from ollama_balancer.core.scheduling.view import Candidate, Holder
-from tests.balancer.scheduling_cases import NOW, B, C, S, cand, holder, many, view, waiting
+from tests.harness.scheduling_cases import NOW, B, C, S, cand, holder, many, view, waiting
 
 CLS, TEN = Reason.CLASS_SHARE, Reason.TENANT_SHARE
 STD6 = many("s", 6, S)  # standard at its nominal six of ten

@@ -14,7 +14,7 @@ from ollama_balancer.core.scheduling import (
     seats,
 )
 from ollama_balancer.core.scheduling.view import Candidate, Holder
-from tests.balancer.scheduling_cases import B, C, S, cand, holder, many, view, waiting
+from tests.harness.scheduling_cases import B, C, S, cand, holder, many, view, waiting
 
 DEFAULTS = SchedulerPolicy()
 

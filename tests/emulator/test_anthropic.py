@@ -17,8 +17,7 @@ import anthropic
 import pytest
 
 from ollama_emulator import EmulatedNode
-
-from .conftest import MakeNode
+from tests.harness.emulator import MakeNode
 
 MSG_ID = re.compile(r"^msg_[0-9a-f]{24}$")
 REQ_ID = re.compile(r"^req_[0-9a-f]{24}$")

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from bench.redis_server import RedisServer
 
 from ollama_balancer.core.ledger import Ledger
-from ollama_balancer.core.queueing import Priority
+from ollama_balancer.core.priority import Priority
 from ollama_balancer.core.shared.address import parse_store_url
 from ollama_balancer.core.shared.board import (
     Board,
@@ -32,7 +32,8 @@ from ollama_balancer.core.shared.local import LocalState
 from ollama_balancer.core.shared.model import Lease, SlotFreed
 from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.store import RedisState
-from tests.shared.conftest import StoreFactory, fallback_on
+from tests.harness.eventually import eventually
+from tests.harness.redis import StoreFactory, running_redis
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,17 +62,24 @@ async def reply(aw: object) -> Any:
     return await cast(Awaitable[Any], aw)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
-
-
 async def granted(aw: Awaitable[Any]) -> Lease:
     grant = await aw
     assert grant.lease is not None, grant
     lease: Lease = grant.lease
     return lease
+
+
+def fallback_on(store: RedisState) -> FallbackState:
+    """``store`` with local fallback, its loops quick: refresh 0.2 s, renewal 0.5 s."""
+    local = LocalState(Ledger(), replica=store.replica, clock=time.monotonic)
+    return FallbackState(
+        store,
+        local,
+        refresh_interval=0.2,
+        health_interval=0.2,
+        reconnect_interval=0.2,
+        renew_interval=0.5,
+    )
 
 
 @asynccontextmanager
@@ -119,15 +127,17 @@ async def test_three_replicas_see_each_others_holders_waiters_and_counters(
     async with replicas(make_store, 3, listen=listen) as (a, b, c):
 
         async def seen(cond: Callable[[Board], bool]) -> None:
-            async def check() -> None:
-                while not all(cond(s.board()) for s in (a, b, c)):
-                    if not listen:
-                        for s in (a, b, c):
-                            await s.refresh()
-                    await asyncio.sleep(0.01)
+            """Every replica's board satisfies ``cond`` (without events: after a refresh)."""
 
-            async with asyncio.timeout(5):
-                await check()
+            async def refreshed() -> bool:
+                for s in (a, b, c):
+                    await s.refresh()
+                return all(cond(s.board()) for s in (a, b, c))
+
+            if listen:
+                await eventually(lambda: all(cond(s.board()) for s in (a, b, c)))
+            else:
+                await eventually(refreshed, interval=0.01)
 
         heavy = await granted(
             a.acquire(
@@ -221,7 +231,7 @@ async def test_charges_match_the_local_book(
                 await a.release(lease, charge=charge)
                 lease = None
             assert a.board().counters[HEAVY] == expected
-            await until(lambda: b.board().counters.get(HEAVY) == expected)  # noqa: B023
+            await eventually(lambda: b.board().counters.get(HEAVY) == expected)  # noqa: B023
         stored = await reply(raw.hget("test:fair", f"{MODEL}|batch|heavy"))
         assert float(stored) == local.book.counter(HEAVY)
 
@@ -262,15 +272,15 @@ async def test_a_reclaim_on_one_replica_reaches_the_victims_replica_once(
         victim = await granted(b.acquire(POD, MODEL, slots=2, request_id="v", holder=holder()))
         plain = await granted(b.acquire(POD, MODEL, slots=2, request_id="nh"))  # no holder
         await a.post_waiter(waiter("w", a.replica, a.clock()))
-        await until(lambda: victim.member in a.board().holders)
+        await eventually(lambda: victim.member in a.board().holders)
 
         promise = Reservation("w", POD, MODEL, victim.member, a.clock() + 10)
         assert await a.reclaim(promise)
         # a sees its promise at once (its own reply); b hears of it and preempts
         assert a.board().reservations["w"].victim == victim.member
         assert victim.member in a.board().reclaiming
-        await until(lambda: heard[b.replica] == [victim.member])
-        await until(lambda: same_board([s.board() for s in (a, b, c)]))
+        await eventually(lambda: heard[b.replica] == [victim.member])
+        await eventually(lambda: same_board([s.board() for s in (a, b, c)]))
         for s in (a, b, c):
             await s.refresh()  # a refresh showing the same reclaim calls no one again
         assert heard == {a.replica: [], b.replica: [victim.member], c.replica: []}
@@ -290,7 +300,7 @@ async def test_a_reclaim_on_one_replica_reaches_the_victims_replica_once(
         own = await granted(c.acquire(POD, "other", slots=1, request_id="o", holder=holder()))
         assert await c.reclaim(Reservation("z", POD, "other", own.member, c.clock() + 10))
         assert heard[c.replica] == [own.member]
-        await until(lambda: "z" in a.board().reservations and "z" in c.board().reservations)
+        await eventually(lambda: "z" in a.board().reservations and "z" in c.board().reservations)
         assert heard[c.replica] == [own.member]
 
 
@@ -314,13 +324,13 @@ async def test_the_promised_seat_is_the_beneficiarys(
             )
         )
         # the promise became the beneficiary's lease
-        await until(lambda: all(mine.member in s.board().holders for s in (a, b, c)))
+        await eventually(lambda: all(mine.member in s.board().holders for s in (a, b, c)))
         for s in (a, b, c):
-            await until(lambda: not s.board().reservations and "w" not in s.board().waiters)  # noqa: B023
+            await eventually(lambda: not s.board().reservations and "w" not in s.board().waiters)  # noqa: B023
         if not victim_gone:
             assert b.occupancy().inflight(POD, MODEL) == 2  # until the victim's relay ends
             await b.release(victim)
-        await until(lambda: not any(s.board().reclaiming for s in (a, b, c)))
+        await eventually(lambda: not any(s.board().reclaiming for s in (a, b, c)))
         # no promise is left: the slot is the beneficiary's, then anyone's
         assert (await c.acquire(POD, MODEL, slots=1, request_id="t2")).lease is None
         await a.release(mine)
@@ -340,7 +350,7 @@ async def test_dropping_the_beneficiary_withdraws_the_promise_and_frees_the_seat
         await asyncio.sleep(0)  # the waiter is registered before the drop
         await a.drop_waiter("w")  # the beneficiary left: its seat is anyone's again
         assert await freed == SlotFreed(POD, MODEL, 0, 0)
-        await until(lambda: all(not s.board().reservations for s in (a, b, c)))
+        await eventually(lambda: all(not s.board().reservations for s in (a, b, c)))
         await granted(c.acquire(POD, MODEL, slots=1, request_id="t2"))
 
 
@@ -365,8 +375,13 @@ async def test_a_dead_replicas_waiters_and_leases_expire_and_its_promises_go(
     assert set(board.reservations) == {"dw"}
 
     await dead.close()  # killed: it renews nothing from now on
-    await asyncio.sleep(0.5)
-    await alive.refresh()
+
+    async def expired() -> bool:
+        await alive.refresh()
+        board = alive.board()
+        return held.member not in board.holders and "dw" not in board.waiters
+
+    await eventually(expired, "the dead replica's lease and place to expire", interval=0.05)
     board = alive.board()
     assert set(board.holders) == {victim.member}
     assert set(board.waiters) == {"aw"}  # the living replica's place is kept
@@ -405,23 +420,21 @@ async def test_an_emptied_store_is_rebuilt_from_what_each_replica_reasserts(
                 and board.counters.get(HEAVY) == 8.0
             )
 
-        await until(lambda: complete(a) and complete(b))
+        await eventually(lambda: complete(a) and complete(b))
         before = b.board()
         epoch = await reply(raw.get("test:epoch"))
         await raw.flushall()
 
-        async def rebuilt() -> None:
-            while not (
+        async def rebuilt() -> bool:
+            return bool(
                 await reply(raw.hexists(f"test:holder:{POD}|{MODEL}", lease.member))
                 and await reply(raw.hexists("test:waiter", "w"))
                 and await reply(raw.hget("test:fair", f"{MODEL}|batch|heavy")) == "8"
-            ):
-                await asyncio.sleep(0.05)
+            )
 
-        async with asyncio.timeout(5):
-            await rebuilt()
+        await eventually(rebuilt, "the store rebuilt by the replicas", interval=0.05)
         assert await reply(raw.get("test:epoch")) not in (None, epoch)
-        await until(lambda: complete(a) and complete(b))
+        await eventually(lambda: complete(a) and complete(b))
         after = b.board()
         h0, h1 = before.holders[lease.member], after.holders[lease.member]
         assert replace(h1, started=h0.started, first_byte=h0.first_byte) == h0
@@ -438,12 +451,8 @@ async def test_an_emptied_store_is_rebuilt_from_what_each_replica_reasserts(
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
+    with running_redis(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_without_the_store_the_local_board_serves_and_nothing_raises(
@@ -471,11 +480,11 @@ async def test_without_the_store_the_local_board_serves_and_nothing_raises(
             a.acquire(POD, MODEL, slots=2, request_id="s", holder=holder(), charge=Charge(HEAVY, 5))
         )
         await b.post_waiter(waiter("bw", "b", b.local.clock()))
-        await until(lambda: "bw" in a.board().waiters and HEAVY in b.board().counters)
+        await eventually(lambda: "bw" in a.board().waiters and HEAVY in b.board().counters)
 
         own_redis.stop()
         await a.post_waiter(waiter("aw", "a", a.local.clock()))  # served locally: no raise
-        await until(lambda: not a.up)
+        await eventually(lambda: not a.up)
         board = a.board()
         assert set(board.holders) == {shared.member} and set(board.waiters) == {"aw"}
         assert board.counters == {HEAVY: 5.0}  # the fleet's clock as last seen goes on
@@ -498,11 +507,11 @@ async def test_without_the_store_the_local_board_serves_and_nothing_raises(
         await a.post_waiter(waiter("later", "a", a.local.clock()))
 
         own_redis.start()  # empty, as after a restart
-        await until(lambda: a.up and b.up)
+        await eventually(lambda: a.up and b.up)
         # a's holder (of the lease taken during the outage), its waiting request and its
         # counters are back, for every replica to see; b re-asserted the 5 it last saw, the
         # higher value wins
-        await until(
+        await eventually(
             lambda: (
                 local.member in b.board().holders
                 and "later" in b.board().waiters
@@ -510,7 +519,7 @@ async def test_without_the_store_the_local_board_serves_and_nothing_raises(
             )
         )
         await a.release(local)
-        await until(lambda: not b.board().holders)
+        await eventually(lambda: not b.board().holders)
     finally:
         await a.close()
         await b.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.core.queueing import Priority
+from ollama_balancer.core.priority import Priority
 from ollama_balancer.core.shared.board import (
     CounterKey,
     SlotHolder,

@@ -22,7 +22,7 @@ from ollama_balancer.core.shared.quota import CONCURRENCY, REQUESTS, TOKENS, ref
 from ollama_balancer.core.shared.resync import Entry, plan_resync
 from ollama_balancer.core.shared.signals import AffinityMap
 from ollama_balancer.settings import SettingsError, load_settings
-from tests.balancer import test_routing as routing_cases
+from tests.harness import routing_cases
 
 
 # ------------------------------------------------------------------ addresses, settings

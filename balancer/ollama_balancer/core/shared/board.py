@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from ..queueing import Priority, parse_priority
+from ..priority import Priority, parse_priority
 from ..scheduling import Candidate, Holder, PoolView, TenantKey
 
 __all__ = [

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ..queueing import parse_priority
+from ..priority import parse_priority
 from .board import BoardBook, CounterKey, Reservation, holder_of, waiter_of
 from .model import SEP, SlotFreed
 

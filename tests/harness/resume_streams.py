@@ -1,6 +1,6 @@
 """Real answers for the resume tests, captured from the emulator into ``resume_streams.json``.
 
-Regenerate the file with ``.venv/bin/python -m tests.balancer.resume_streams`` after a
+Regenerate the file with ``.venv/bin/python -m tests.harness.resume_streams`` after a
 change to the emulator's wire shapes; ``test_resume_streams.py`` fails while the two
 differ (ids and times aside).  Each request asks for four tokens of ``llama3.2``
 (``*_json``: the same request, not streamed); the ``anthropic_tool`` answers are
