@@ -259,6 +259,35 @@ async def test_acquire_and_release_with_the_board_take_one_round_trip_each(
         assert a.board() == Board(counters={HEAVY: 0.5})
 
 
+@pytest.mark.parametrize("end", ["drop", "acquire"])
+async def test_a_requests_wait_ends_after_it_began_however_the_calls_race(
+    make_store: StoreFactory, raw: aioredis.Redis, end: str
+) -> None:
+    """The wait room posts and drops as tasks of their own: a post whose round trip is slow
+    (a new connection) must not land after the drop or the acquire that ended the wait."""
+    async with replicas(make_store, 1) as (a,):
+        real = a._io
+        slow = asyncio.Event()
+
+        async def slow_first(aw: Awaitable[T]) -> T:
+            if not slow.is_set():
+                slow.set()
+                await asyncio.sleep(0.2)
+            return await real(aw)
+
+        a._io = slow_first  # type: ignore[method-assign]
+        post = asyncio.create_task(a.post_waiter(waiter("q", a.replica, a.clock())))
+        await slow.wait()  # the post is on its way, slowly
+        if end == "drop":
+            await a.drop_waiter("q")
+        else:
+            await granted(a.acquire(POD, MODEL, slots=1, request_id="q", holder=holder()))
+        await post
+        assert await reply(raw.hlen("test:waiter")) == 0
+        assert await reply(raw.zcard("test:waiting")) == 0
+        assert "q" not in a.board().waiters
+
+
 # ------------------------------------------------------------------ reclaim
 
 

@@ -22,7 +22,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,6 +135,8 @@ class RedisState:
         self._preempt: list[Callable[[str], None]] = []
         #: Own leases whose preempt listeners were called (once per lease).
         self._signalled: set[str] = set()
+        #: request id -> (lock, users): one waiting-list operation at a time per request.
+        self._waiting_ops: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # ------------------------------------------------------------ connection
     def _password(self) -> str | None:
@@ -263,36 +265,37 @@ class RedisState:
                 request_id=request_id,
             )
             doc = _json(holder_doc(h, 0))  # the script sets the start: the server's now
-        reply = await self._eval(
-            S.ACQUIRE,
-            [
-                k.lease(pod, model),
-                k.index,
-                k.loads,
-                k.seq,
-                k.holders(pod, model),
-                k.holder_index,
-                k.waiting,
-                k.waiters,
-                k.promises,
-                k.fair,
-            ],
-            [
-                member,
-                int(self.lease_ttl * 1000),
-                slots,
-                int(overflow),
-                int(cold),
-                field,
-                pod,
-                model,
-                k.channel,
-                int(self.load_ttl * 1000),
-                request_id,
-                doc,
-                *_charge_args(charge),
-            ],
-        )
+        async with self._in_order(request_id):  # it ends the request's wait: after a post
+            reply = await self._eval(
+                S.ACQUIRE,
+                [
+                    k.lease(pod, model),
+                    k.index,
+                    k.loads,
+                    k.seq,
+                    k.holders(pod, model),
+                    k.holder_index,
+                    k.waiting,
+                    k.waiters,
+                    k.promises,
+                    k.fair,
+                ],
+                [
+                    member,
+                    int(self.lease_ttl * 1000),
+                    slots,
+                    int(overflow),
+                    int(cold),
+                    field,
+                    pod,
+                    model,
+                    k.channel,
+                    int(self.load_ttl * 1000),
+                    request_id,
+                    doc,
+                    *_charge_args(charge),
+                ],
+            )
         granted, held, reclaimed, owns, seq, now = map(_int, reply[:6])
         self.reclaimed += reclaimed
         ev = Event("acq" if granted else "rec", seq, now, pod, model, held, slots)
@@ -489,22 +492,44 @@ class RedisState:
         deadline = None if w.deadline is None else _ms(w.deadline - now)
         return _json(waiter_doc(w, _ms(now - w.arrival), deadline))
 
+    @contextlib.asynccontextmanager
+    async def _in_order(self, request_id: str) -> AsyncIterator[None]:
+        """A request's waiting-list operations reach the store in the order they were called.
+
+        Callers run them as tasks of their own, and redis-py sends concurrent commands on
+        different connections (a new one first connects): a drop overtaking its post would
+        leave the request on every replica's board until its entry expired."""
+        entry = self._waiting_ops.get(request_id)
+        if entry is None:
+            entry = self._waiting_ops[request_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._waiting_ops[request_id]
+
     async def post_waiter(self, waiter: Waiter) -> None:
         k = self.keys
-        text = await self._eval(
-            S.POST_WAITER,
-            [k.waiting, k.waiters, k.seq],
-            [
-                waiter.request_id,
-                self._waiter_doc(waiter, self.clock()),
-                int(self.lease_ttl * 1000),
-                k.channel,
-            ],
-        )
+        async with self._in_order(waiter.request_id):
+            text = await self._eval(
+                S.POST_WAITER,
+                [k.waiting, k.waiters, k.seq],
+                [
+                    waiter.request_id,
+                    self._waiter_doc(waiter, self.clock()),
+                    int(self.lease_ttl * 1000),
+                    k.channel,
+                ],
+            )
         self._apply_reply(text)
 
     async def drop_waiter(self, request_id: str) -> None:
-        await self.drop_waiters([request_id])
+        async with self._in_order(request_id):
+            await self.drop_waiters([request_id])
 
     async def drop_waiters(self, request_ids: Iterable[str]) -> None:
         """:meth:`drop_waiter` for each, in one round trip."""
