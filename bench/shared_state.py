@@ -56,7 +56,7 @@ class _ScriptTime:
     """The store's time in scripts (EVALSHA), from its command statistics, in µs per call."""
 
     def __init__(self, store: RedisState) -> None:
-        self.client = store._redis()
+        self.client = store.connection.client()
 
     async def reset(self) -> None:
         await self.client.config_resetstat()

@@ -125,8 +125,12 @@ class WaitRoom:
         self.expected_wait: dict[str, float] = {}
         #: model -> the scheduler's last plan (class shares for the gauges).
         self.plans: dict[str, SchedulePlan] = {}
-        #: request id -> the wait estimated when it arrived (reclaim: X-Queue-Estimate).
+        #: request id -> the wait estimated when it arrived (reclaim), while it waits.
         self.estimates: dict[str, float] = {}
+        #: request id -> its estimate, once bound: the handler takes it (X-Queue-Estimate).
+        self.granted_estimates: dict[str, float] = {}
+        #: Listeners told, at each bind, the estimate made at arrival and the actual wait.
+        self.estimate_listeners: list[Callable[[Waiting, float, float], None]] = []
         #: Listeners told about each request that left the queue: (waiting, outcome, now).
         self.listeners: list[Callable[[Waiting, str, float], None]] = []
         #: Listeners told about each preemption this replica asked for:
@@ -427,6 +431,12 @@ class WaitRoom:
     # ------------------------------------------------------------------ answers
     def _resolve(self, w: Waiting, outcome: Outcome, how: str, now: float) -> None:
         future = self._futures.pop(w.id, None)
+        estimate = self.estimates.pop(w.id, None)
+        if estimate is not None and how == "dispatched":
+            if future is not None and not future.done():
+                self.granted_estimates[w.id] = estimate
+            for listener in self.estimate_listeners:
+                listener(w, estimate, w.waited(now))
         if how != "dispatched":
             self._unpost(w.id)  # a bind's lease takes it off the board (acquire)
         else:

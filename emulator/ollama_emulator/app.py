@@ -150,6 +150,11 @@ async def state(request: web.Request) -> web.Response:
     return json_response(doc)
 
 
+async def generations(request: web.Request) -> web.Response:
+    """The last generations started (slot, prompt tokens, cached tokens, outcome), oldest first."""
+    return json_response({"generations": request.app[NODE].stats.records()})
+
+
 async def set_faults(request: web.Request) -> web.Response:
     """Apply fault knobs; ``{"go_away": {"seconds": s}}`` closes the socket for ``s`` emulated s."""
     node = request.app[NODE]
@@ -181,6 +186,7 @@ def build_app(node: NodeState, *, go_away: Callable[[float], None]) -> web.Appli
     app.add_routes(openai.routes)
     app.add_routes(anthropic.routes)
     app.router.add_get(CONTROL_PREFIX + "state", state)
+    app.router.add_get(CONTROL_PREFIX + "generations", generations)
     app.router.add_post(CONTROL_PREFIX + "faults", set_faults)
     app.router.add_delete(CONTROL_PREFIX + "faults", clear_faults)
     return app

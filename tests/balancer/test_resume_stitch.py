@@ -282,7 +282,7 @@ def test_preempted_twice(dialect: Dialect) -> None:
         assert answer["message"]["content"] == "More that" + "More" + "More that as blue."
         assert answer["eval_count"] == 7
     elif dialect is Dialect.GENERATE:
-        assert answer["response"] == "So sunsets" + "So" + "So sunsets shorter and."
+        assert answer["response"] == "So sunsets" + "So" + "So sunsets shorter and"
         assert answer["eval_count"] == 7
     elif dialect is Dialect.OPENAI:
         assert answer["choices"][0]["message"]["content"].startswith("More thatMore")

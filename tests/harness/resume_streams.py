@@ -98,7 +98,11 @@ async def capture() -> dict[str, bytes]:
 
 
 #: Fields that differ between two answers to the same request: ids, clocks, timings.
-VOLATILE = frozenset({"id", "created", "created_at", "total_duration", "load_duration"})
+#: Fields that differ between two answers to the same request: ids, clocks, and the prompt's
+#: reading time (the second answer finds the first one's prompt in the slot's cache).
+VOLATILE = frozenset(
+    {"id", "created", "created_at", "total_duration", "load_duration", "prompt_eval_duration"}
+)
 
 
 def steady(value: Any) -> Any:

@@ -149,8 +149,8 @@ async def test_three_replicas_see_each_others_holders_waiters_and_counters(
                 charge=Charge(HEAVY, 20.0),
             )
         )
-        await b.post_waiter(waiter("l1", b.replica, b.clock(), expected_seconds=3.0))
-        await c.post_waiter(waiter("l2", c.replica, c.clock(), deadline=c.clock() + 30))
+        await b.boards.post_waiter(waiter("l1", b.replica, b.clock(), expected_seconds=3.0))
+        await c.boards.post_waiter(waiter("l2", c.replica, c.clock(), deadline=c.clock() + 30))
         await seen(lambda bd: heavy.member in bd.holders and {"l1", "l2"} <= set(bd.waiters))
         for s in (a, b, c):
             h = s.board().holders[heavy.member]
@@ -191,7 +191,7 @@ async def test_three_replicas_see_each_others_holders_waiters_and_counters(
         )
         await a.release(heavy, charge=Charge(HEAVY, -5.0))
         await b.release(light)
-        await c.drop_waiter("l2")
+        await c.boards.drop_waiter("l2")
         await seen(
             lambda bd: (
                 not bd.holders and not bd.waiters and bd.counters == {HEAVY: 15.0, LIGHT: 3.0}
@@ -240,16 +240,16 @@ async def test_acquire_and_release_with_the_board_take_one_round_trip_each(
     make_store: StoreFactory,
 ) -> None:
     async with replicas(make_store, 1) as (a,):
-        await a.post_waiter(waiter("q", a.replica, a.clock()))
+        await a.boards.post_waiter(waiter("q", a.replica, a.clock()))
         trips = 0
-        real = a._io
+        real = a.connection.io
 
         async def counting(aw: Awaitable[T]) -> T:
             nonlocal trips
             trips += 1
             return await real(aw)
 
-        a._io = counting  # type: ignore[method-assign]
+        a.connection.io = counting  # type: ignore[method-assign]
         lease = await granted(
             a.acquire(POD, MODEL, slots=1, request_id="q", holder=holder(), charge=Charge(HEAVY, 1))
         )
@@ -266,7 +266,7 @@ async def test_a_requests_wait_ends_after_it_began_however_the_calls_race(
     """The wait room posts and drops as tasks of their own: a post whose round trip is slow
     (a new connection) must not land after the drop or the acquire that ended the wait."""
     async with replicas(make_store, 1) as (a,):
-        real = a._io
+        real = a.connection.io
         slow = asyncio.Event()
 
         async def slow_first(aw: Awaitable[T]) -> T:
@@ -275,11 +275,11 @@ async def test_a_requests_wait_ends_after_it_began_however_the_calls_race(
                 await asyncio.sleep(0.2)
             return await real(aw)
 
-        a._io = slow_first  # type: ignore[method-assign]
-        post = asyncio.create_task(a.post_waiter(waiter("q", a.replica, a.clock())))
+        a.connection.io = slow_first  # type: ignore[method-assign]
+        post = asyncio.create_task(a.boards.post_waiter(waiter("q", a.replica, a.clock())))
         await slow.wait()  # the post is on its way, slowly
         if end == "drop":
-            await a.drop_waiter("q")
+            await a.boards.drop_waiter("q")
         else:
             await granted(a.acquire(POD, MODEL, slots=1, request_id="q", holder=holder()))
         await post
@@ -297,14 +297,14 @@ async def test_a_reclaim_on_one_replica_reaches_the_victims_replica_once(
     async with replicas(make_store, 3) as (a, b, c):
         heard: dict[str, list[str]] = {s.replica: [] for s in (a, b, c)}
         for s in (a, b, c):
-            s.on_preempt(heard[s.replica].append)
+            s.boards.on_preempt(heard[s.replica].append)
         victim = await granted(b.acquire(POD, MODEL, slots=2, request_id="v", holder=holder()))
         plain = await granted(b.acquire(POD, MODEL, slots=2, request_id="nh"))  # no holder
-        await a.post_waiter(waiter("w", a.replica, a.clock()))
+        await a.boards.post_waiter(waiter("w", a.replica, a.clock()))
         await eventually(lambda: victim.member in a.board().holders)
 
         promise = Reservation("w", POD, MODEL, victim.member, a.clock() + 10)
-        assert await a.reclaim(promise)
+        assert await a.boards.reclaim(promise)
         # a sees its promise at once (its own reply); b hears of it and preempts
         assert a.board().reservations["w"].victim == victim.member
         assert victim.member in a.board().reclaiming
@@ -323,11 +323,11 @@ async def test_a_reclaim_on_one_replica_reaches_the_victims_replica_once(
             replace(promise, beneficiary="y", victim=f"{b.replica}/gone/1"),  # no such lease
         ]
         for r in refused:
-            assert not await c.reclaim(r), r
+            assert not await c.boards.reclaim(r), r
 
         # Reclaiming one's own lease calls one's own listener at once, once.
         own = await granted(c.acquire(POD, "other", slots=1, request_id="o", holder=holder()))
-        assert await c.reclaim(Reservation("z", POD, "other", own.member, c.clock() + 10))
+        assert await c.boards.reclaim(Reservation("z", POD, "other", own.member, c.clock() + 10))
         assert heard[c.replica] == [own.member]
         await eventually(lambda: "z" in a.board().reservations and "z" in c.board().reservations)
         assert heard[c.replica] == [own.member]
@@ -340,8 +340,8 @@ async def test_the_promised_seat_is_the_beneficiarys(
     """One slot: a victim on b, a beneficiary waiting on a, a third party on c."""
     async with replicas(make_store, 3) as (a, b, c):
         victim = await granted(b.acquire(POD, MODEL, slots=1, request_id="v", holder=holder()))
-        await a.post_waiter(waiter("w", a.replica, a.clock()))
-        assert await a.reclaim(Reservation("w", POD, MODEL, victim.member, a.clock() + 10))
+        await a.boards.post_waiter(waiter("w", a.replica, a.clock()))
+        assert await a.boards.reclaim(Reservation("w", POD, MODEL, victim.member, a.clock() + 10))
         if victim_gone:
             await b.release(victim)
         third = await c.acquire(POD, MODEL, slots=1, request_id="t", holder=holder("t"))
@@ -371,13 +371,13 @@ async def test_dropping_the_beneficiary_withdraws_the_promise_and_frees_the_seat
 ) -> None:
     async with replicas(make_store, 3) as (a, b, c):
         victim = await granted(b.acquire(POD, MODEL, slots=1, request_id="v", holder=holder()))
-        await a.post_waiter(waiter("w", a.replica, a.clock()))
-        assert await a.reclaim(Reservation("w", POD, MODEL, victim.member, a.clock() + 10))
+        await a.boards.post_waiter(waiter("w", a.replica, a.clock()))
+        assert await a.boards.reclaim(Reservation("w", POD, MODEL, victim.member, a.clock() + 10))
         await b.release(victim)
         assert (await c.acquire(POD, MODEL, slots=1, request_id="t")).lease is None
         freed = asyncio.create_task(c.wait_slot_freed(MODEL, timeout=5))
         await asyncio.sleep(0)  # the waiter is registered before the drop
-        await a.drop_waiter("w")  # the beneficiary left: its seat is anyone's again
+        await a.boards.drop_waiter("w")  # the beneficiary left: its seat is anyone's again
         assert await freed == SlotFreed(POD, MODEL, 0, 0)
         await eventually(lambda: all(not s.board().reservations for s in (a, b, c)))
         await granted(c.acquire(POD, MODEL, slots=1, request_id="t2"))
@@ -395,9 +395,10 @@ async def test_a_dead_replicas_waiters_and_leases_expire_and_its_promises_go(
     await alive.connect()
     victim = await granted(alive.acquire(POD, MODEL, slots=2, request_id="v", holder=holder()))
     held = await granted(dead.acquire(POD, MODEL, slots=2, request_id="d", holder=holder("d")))
-    await dead.post_waiter(waiter("dw", dead.replica, dead.clock()))
-    assert await dead.reclaim(Reservation("dw", POD, MODEL, victim.member, dead.clock() + 30))
-    await alive.post_waiter(waiter("aw", alive.replica, alive.clock()))
+    await dead.boards.post_waiter(waiter("dw", dead.replica, dead.clock()))
+    promise = Reservation("dw", POD, MODEL, victim.member, dead.clock() + 30)
+    assert await dead.boards.reclaim(promise)
+    await alive.boards.post_waiter(waiter("aw", alive.replica, alive.clock()))
     await alive.refresh()
     board = alive.board()
     assert {victim.member, held.member} <= set(board.holders) and set(board.waiters) == {"dw", "aw"}
