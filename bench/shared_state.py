@@ -160,7 +160,8 @@ async def _measure(url: str, n: int, pairs: tuple[int, ...]) -> str:
         # Event propagation: acquire on a, until b's mirror shows it.
         subscribed = asyncio.Event()
         listener = asyncio.create_task(b.listen(subscribed))
-        await subscribed.wait()
+        async with asyncio.timeout(10):  # a listener that failed would leave this forever
+            await subscribed.wait()
         lag = []
         for i in range(min(n, 500)):
             t0 = time.perf_counter()

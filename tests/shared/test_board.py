@@ -87,14 +87,19 @@ async def replicas(
     make_store: StoreFactory, n: int, *, listen: bool = True, **kw: object
 ) -> AsyncIterator[list[RedisState]]:
     """``n`` connected replicas, each applying the events channel (when ``listen``)."""
+    kw.setdefault("op_timeout", 5.0)  # a busy machine must not fail these tests
     stores = [make_store(**kw) for _ in range(n)]
     await asyncio.gather(*(s.connect() for s in stores))
     tasks = []
     if listen:
         for s in stores:
             subscribed = asyncio.Event()
-            tasks.append(asyncio.create_task(s.listen(subscribed)))
-            await subscribed.wait()
+            task = asyncio.create_task(s.listen(subscribed))
+            tasks.append(task)
+            # a listener that fails before it subscribed fails the test, never hangs it
+            await eventually(lambda: subscribed.is_set() or task.done())  # noqa: B023
+            if task.done():
+                task.result()
     for s in stores:
         await s.refresh()
     try:
