@@ -12,6 +12,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -38,6 +39,9 @@ from .state import BALANCER, Balancer
 from .telemetry import get_logger
 from .upstream import Transport
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 __all__ = ["OPS_PATHS", "create_app", "ops_app", "serve"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -50,7 +54,10 @@ def create_app(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     on_record: Callable[[RequestRecord], None] | None = None,
+    tracer: Tracer | None = None,
 ) -> web.Application:
+    """The balancer's application; ``tracer`` (from :func:`ollama_wire.tracing.tracing_from_env`)
+    traces its requests, None (tracing off) traces none."""
     app = web.Application(client_max_size=settings.proxy.max_body_bytes, middlewares=[front_door])
     view = FleetTracker(clock)
     ledger = Ledger(settings.routing.default_load_seconds, settings.routing.default_service_seconds)
@@ -73,6 +80,7 @@ def create_app(
         admin=Admin(settings, lambda: holder["b"].routable_states(), transport),
         discovery=discovery,
         clock=clock,
+        tracer=tracer,
     )
     if on_record is not None:
         bal.records.append(on_record)

@@ -26,16 +26,18 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .context import PARSED, QUOTA, RECORD
+from .context import PARSED, QUOTA, RECORD, TRACE
 from .core.errors import AttemptFailed, give_up
 from .core.ledger import Ledger
 from .core.rankers import Choice, Reason
 from .core.record import RequestRecord
-from .core.requests import Intent, ParsedRequest, affinity_key, with_num_ctx
+from .core.requests import Intent, ParsedRequest, affinity_key, session_header, with_num_ctx
 from .core.routes import spec_for
 from .core.routing import RouteRequest
 from .core.shared.local import LocalState
 from .core.shared.protocol import SharedState
+from .core.tokens import estimate_tokens
+from .core.usage import usage_of
 from .polling import FleetTracker
 from .proxying.attempt import Attempt
 from .proxying.autopull import AutoPull
@@ -43,6 +45,7 @@ from .proxying.claims import Claim, SlotClaims
 from .proxying.headers import forwarded, response_head
 from .proxying.lessons import Lessons
 from .proxying.relay import Ending, Relay, end_broken
+from .proxying.resumer import Resumer
 from .proxying.router import Router
 from .proxying.waiting import waiting_for
 from .settings import BalancerSettings
@@ -92,9 +95,23 @@ class Proxy:
                 rng=rng,
                 clock=clock,
                 hold_unavailable=settings.queue.hold_unavailable,
+                shared=self.shared,
+                replica=str(self.shared.status().get("replica") or "local"),
             )
-        self.claims = SlotClaims(self.shared, view, self.route, self.waitroom)
+        self.claims = SlotClaims(self.shared, view, self.route, self.waitroom, clock=clock)
         self.lessons = Lessons(clock)
+        #: Relays the scheduler may take back, and their resumes (``queue_policy=reclaim``).
+        self.resumer: Resumer | None = None
+        if self.claims.scheduling:
+            self.resumer = Resumer(
+                self.claims,
+                transport,
+                idle_timeout=settings.proxy.idle_timeout,
+                first_byte_timeout=settings.proxy.first_byte_timeout,
+                max_attempts=settings.proxy.max_attempts,
+                rates=self.lessons.rates,
+                clock=clock,
+            )
         self.pulls = AutoPull(transport, idle_timeout=settings.proxy.idle_timeout)
         self.unloader = Unloader(
             self.route.fleet,
@@ -115,7 +132,7 @@ class Proxy:
         affinity = None
         wanted = self.settings.routing.affinity and spec is not None and spec.affinity
         if wanted and req.pin is None:
-            affinity = affinity_key(req.doc, req.key, request.headers.get("X-Session-ID"))
+            affinity = affinity_key(req.doc, req.key, session_header(request.headers))
         aff_backend = self.shared.affinity(affinity) if affinity else None
         claim = Claim(
             req.key,
@@ -146,7 +163,9 @@ class Proxy:
         claim: Claim,
     ) -> tuple[Choice, ...]:
         """The ranked pods to try, a slot claimed on the first when the route takes one."""
+        trace = request[TRACE]
         if self.waitroom is not None and claim.takes_slot and req.intent is Intent.INFER:
+            resumer = self.resumer
             waiting = waiting_for(
                 request,
                 req,
@@ -155,8 +174,18 @@ class Proxy:
                 tenant_header=self.settings.queue.tenant_header,
                 default_output_tokens=self.settings.queue.default_output_tokens,
                 tokens=self.lessons.tokens,
+                rates=self.lessons.rates if resumer is not None else None,
+                now=self.clock(),
             )
-            return await self.claims.late(waiting, record, claim, pinned=req.pin is not None)
+            if resumer is not None:
+                claim.resume = resumer.prepare(request.path, req.doc, waiting, req.stream)
+            trace.waiting(waiting.tenant, str(waiting.priority))
+            ranked = await self.claims.late(waiting, record, claim, pinned=req.pin is not None)
+            if self.waitroom.scheduler is not None:
+                record.queue_estimate = self.waitroom.granted_estimates.pop(waiting.id, None)
+            trace.waited(ranked[0].backend, record.queue_wait or 0.0)
+            trace.routed(req.model, ranked)
+            return ranked
         route_req = RouteRequest(
             req.key,
             req.model,
@@ -166,9 +195,10 @@ class Proxy:
             load_only=req.intent is Intent.LOAD,
         )
         ranked = self.route(route_req)
-        if not claim.takes_slot:
-            return ranked
-        return await self.claims.early(route_req, ranked, record.request_id, claim)
+        if claim.takes_slot:
+            ranked = await self.claims.early(route_req, ranked, record.request_id, claim)
+        trace.routed(req.model, ranked)
+        return ranked
 
     async def _attempts(
         self,
@@ -184,6 +214,7 @@ class Proxy:
         snapshot = self.view.snapshot
         deadline = self.clock() + self.settings.proxy.retry_budget
         failures: list[AttemptFailed] = []
+        trace = request[TRACE]
         for n, choice in enumerate(ranked[: self.settings.proxy.max_attempts]):
             if n and self.clock() > deadline:
                 break
@@ -192,11 +223,19 @@ class Proxy:
                 continue
             record.attempts += 1
             record.backend, record.reason = choice.backend, choice.reason
+            trace.attempt(
+                record.attempts,
+                choice.backend,
+                state.backend.url,
+                request.path,
+                record.retries[-1] if record.retries else "",
+            )
             try:
                 return await self._forward(
                     Attempt(request, req, record, claim, choice, state.backend, note)
                 )
             except AttemptFailed as failed:
+                trace.attempt_failed(str(failed), failed.status)
                 failures.append(failed)
                 record.retries.append(str(failed))
                 if not failed.retry:
@@ -211,28 +250,39 @@ class Proxy:
         if at.choice.reason is Reason.PULL or self.pulls.under_way(at.backend.name, at.req.model):
             await self.pulls.pull(at.backend, at.req.model)
         await self.claims.lease_for(at.claim, at.backend, at.choice, at.record)
+        if self.resumer is not None:
+            self.resumer.watch(at)
         answered = False
         upstream: Response | None = None
+        t0 = self.clock()
         try:
-            t0 = self.clock()
             upstream = await self._send(at, t0)
             await self._first_byte(at, upstream, t0)
             resp = await self._relay(at, upstream)
             answered = True
+            at.request[TRACE].attempt_ended(at.record.status)
             return resp
         finally:
             if upstream is not None:
                 upstream.close()  # idempotent after a complete read; aborts a live one
+            if self.resumer is not None:
+                self.resumer.forget(at)
+            if at.claim.takes_slot:  # usage per tenant: the seconds this pod's slot was held
+                at.record.slot_seconds += self.clock() - t0
             await self.claims.release(at.claim, at.record, answered)
 
     async def _send(self, at: Attempt, t0: float) -> Response:
         """The pod's answer, once its status and headers are in."""
         request, backend = at.request, at.backend
         timeout = self.settings.proxy.first_byte_timeout
+        resume = at.claim.resume
+        body = (resume.first_body() if resume is not None else None) or at.req.body
+        headers = forwarded(request)
+        request[TRACE].propagate(headers)  # the attempt's traceparent (tracing off: the caller's)
         try:
             async with asyncio.timeout(timeout):
                 return await self.transport.send(
-                    request.method, backend.url, request.path_qs, forwarded(request), at.req.body
+                    request.method, backend.url, request.path_qs, headers, body
                 )
         except TimeoutError:
             # Not retried: the request may be running there (no double execution).
@@ -250,6 +300,7 @@ class Proxy:
         loaded = await self.claims.first_byte(at.claim)
         if loaded is not None:
             at.record.cold_load_seconds = loaded
+        at.request[TRACE].first_byte(ttfb, loaded)
         status = upstream.status
         if status >= 500 or status == 404:
             body = b""
@@ -273,6 +324,12 @@ class Proxy:
 
     async def _relay(self, at: Attempt, upstream: Response) -> web.StreamResponse:
         """Relay the answer to the client and end its stream as the relay's ending says."""
+        state = at.claim.resume
+        if self.resumer is not None and state is not None:
+            try:
+                return await self.resumer.relay(at, upstream)
+            finally:
+                self._account(at, state.relay)
         record = at.record
         resp = response_head(at, upstream)
         record.status = upstream.status
@@ -282,6 +339,7 @@ class Proxy:
             ending = await relay.run(upstream, at.request, resp, self.settings.proxy.idle_timeout)
         finally:
             record.bytes_out += relay.sent  # also when the client's leaving cancels the relay
+            self._account(at, relay, learn=False)
         if ending is Ending.COMPLETE:
             await resp.write_eof()
             record.complete = True
@@ -294,6 +352,15 @@ class Proxy:
             record.error = f"{at.backend.name}: stream broken: {cause}"
             await end_broken(resp, relay.content_type, relay.last, record.error)
         return resp
+
+    def _account(self, at: Attempt, relay: Relay, *, learn: bool = True) -> None:
+        """Usage per tenant from what went out, at every ending, a cancel too (core.usage);
+        what a complete answer taught, when the relay was a resume's."""
+        at.record.usage = usage_of(
+            relay.tail, relay.chunks, lambda: estimate_tokens(at.req.doc, at.request.path).prompt
+        )
+        if learn and at.record.complete:
+            at.claim.learned = self.lessons.learn(at, relay)
 
     async def _penalise(self, backend: str, since: float) -> None:
         """A pod that failed fast (refused, 5xx at once) is broken rather than busy: cool it."""

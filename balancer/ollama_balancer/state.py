@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -20,6 +21,9 @@ from .polling import FleetTracker, Poller
 from .proxy import Proxy
 from .settings import BalancerSettings
 from .upstream import Transport
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["BALANCER", "Balancer"]
 
@@ -41,6 +45,8 @@ class Balancer:
     records: list[Callable[[RequestRecord], None]] = field(default_factory=list)
     polls: list[Callable[[PollResult], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
+    #: makes the requests' spans (None: tracing is off, no request is traced)
+    tracer: Tracer | None = None
 
     def publish(self, record: RequestRecord) -> None:
         """Hand a finished request's record to every listener (metrics, logs, quotas)."""

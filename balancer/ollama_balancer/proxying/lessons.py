@@ -13,7 +13,7 @@ import orjson
 from ..core.ledger import COLD_LOAD_THRESHOLD
 from ..core.rankers import Reason
 from ..core.shared.model import Learned
-from ..core.tokens import TokenCorrection, TokenEstimate
+from ..core.tokens import RateBook, TokenCorrection, TokenEstimate
 from .attempt import Attempt
 from .relay import Relay
 
@@ -39,6 +39,8 @@ class Lessons:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.tokens = TokenCorrection()
+        #: Seconds per prompt and per generated token, per model: a request's slot-seconds.
+        self.rates = RateBook()
         self._clock = clock
 
     def learn(self, at: Attempt, relay: Relay) -> Learned | None:
@@ -55,6 +57,13 @@ class Lessons:
                     _count(metrics, "prompt_eval_count"),
                     _count(metrics, "eval_count"),
                 )
+            self.rates.learn(
+                at.req.key,
+                _count(metrics, "prompt_eval_count"),
+                _count(metrics, "prompt_eval_duration"),
+                _count(metrics, "eval_count"),
+                _count(metrics, "eval_duration"),
+            )
             load_ns = metrics.get("load_duration") or 0
             total_ns = metrics.get("total_duration") or 0
             return Learned(
