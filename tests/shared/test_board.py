@@ -293,6 +293,33 @@ async def test_a_requests_wait_ends_after_it_began_however_the_calls_race(
         assert "q" not in a.board().waiters
 
 
+async def test_a_bind_that_lost_its_slot_waits_no_more_under_its_id(
+    make_store: StoreFactory, raw: aioredis.Redis
+) -> None:
+    """The wait room queues a refused bind again under a new id: the refusal ends the old
+    id's wait on every board (else it stayed until its entry expired)."""
+    async with replicas(make_store, 2) as (a, b):
+        await granted(b.acquire(POD, MODEL, slots=1, request_id="other", holder=holder()))
+        await a.boards.post_waiter(waiter("q", a.replica, a.clock()))
+        await eventually(lambda: "q" in b.board().waiters)
+        refused = await a.acquire(POD, MODEL, slots=1, request_id="q", holder=holder())
+        assert refused.lease is None
+        assert "q" not in a.board().waiters
+        await eventually(lambda: "q" not in b.board().waiters)
+        assert await reply(raw.hlen("test:waiter")) == 0
+    # The fallback's shadow too: else its renewal would re-assert the old id for ever.
+    fallback = fallback_on(make_store())
+    await fallback.start()
+    try:
+        await fallback.post_waiter(waiter("f", fallback.store.replica, fallback.local.clock()))
+        assert "f" in fallback.local.board().waiters
+        refused = await fallback.acquire(POD, MODEL, slots=1, request_id="f", holder=holder())
+        assert refused.lease is None
+        assert "f" not in fallback.local.board().waiters and "f" not in fallback.board().waiters
+    finally:
+        await fallback.close()
+
+
 # ------------------------------------------------------------------ reclaim
 
 

@@ -161,6 +161,8 @@ class FallbackState:
                     holder=holder,  # the shadow: the counters are the store's meanwhile
                 )
                 self.held.leases[lease.member] = lease
+            else:
+                self.local.book.unwait(request_id)  # the shadow of the store's
             return grant
         grant = self.local.take(
             pod,

@@ -150,11 +150,12 @@ class RedisState:
             reply = await self.connection.eval(*call)
         granted, held, reclaimed, owns, seq, now = map(_int, reply[:6])
         self.reclaimed += reclaimed
-        if granted:  # the script's own event, the one the other replicas receive
-            self._on_event(parse_event(reply[6]) or Event("acq", seq, now, pod, model, held, slots))
-        elif reclaimed:
-            self._on_event(Event("rec", seq, now, pod, model, held, slots))
+        ev = parse_event(reply[6]) if len(reply) > 6 else None  # the one the others receive
+        if granted:
+            self._on_event(ev or Event("acq", seq, now, pod, model, held, slots))
         else:
+            if ev is not None or reclaimed:
+                self._on_event(ev or Event("rec", seq, now, pod, model, held, slots))
             self.mirror.apply_held((pod, model), held, seq, strict=False)
         if not granted:
             return Grant(None, held)

@@ -88,6 +88,7 @@ class LocalState:
             and not overflow
             and not board.reserved_for(request_id, pod, model)
         ):
+            self.book.unwait(request_id)  # a bind that lost its slot queues again
             return Grant(None, held)
         member = member or member_of(self.replica, request_id)
         now = self.clock()

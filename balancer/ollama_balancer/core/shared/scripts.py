@@ -87,7 +87,7 @@ end
 # ARGV: member, ttl ms, slots, overflow 0|1, cold 0|1, field, pod, model, channel, load ttl ms
 #       [board: request id, holder document or '', counter field or '', delta, floor or '',
 #        counter ttl ms]
-# -> {granted 0|1, held, reclaimed, owns load 0|1, seq, now[, event when granted]}
+# -> {granted 0|1, held, reclaimed, owns load 0|1, seq, now[, event]}
 ACQUIRE = _script(
     "acquire",
     _FAIR
@@ -115,12 +115,20 @@ if board and redis.call('HLEN', KEYS[9]) > 0 then
 end
 if held + promised >= slots and ARGV[4] ~= '1' and not mine then
   local seq = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if reclaimed > 0 then
-    seq = redis.call('INCR', KEYS[4])
-    redis.call('PUBLISH', ARGV[9], cjson.encode(
-      {k='rec', s=seq, t=now, p=ARGV[7], m=ARGV[8], h=held, n=slots}))
+  local ev = nil
+  if reclaimed > 0 then ev = {k='rec', t=now, p=ARGV[7], m=ARGV[8], h=held, n=slots} end
+  -- a bind that lost its slot ends the wait all the same (the request queues again)
+  if board and redis.call('ZREM', KEYS[7], ARGV[11]) + redis.call('HDEL', KEYS[8], ARGV[11]) > 0
+  then
+    ev = ev or {k='board', t=now}
+    ev.b = {{k='unwait', i=ARGV[11]}}
   end
-  return {0, held, reclaimed, 0, seq, now}
+  if not ev then return {0, held, reclaimed, 0, seq, now} end
+  seq = redis.call('INCR', KEYS[4])
+  ev.s = seq
+  local text = cjson.encode(ev)
+  redis.call('PUBLISH', ARGV[9], text)
+  return {0, held, reclaimed, 0, seq, now, text}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[6])
