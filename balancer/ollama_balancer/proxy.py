@@ -335,6 +335,7 @@ class Proxy:
         record.status = upstream.status
         await resp.prepare(at.request)
         relay = Relay()
+        since = self.clock()
         try:
             ending = await relay.run(upstream, at.request, resp, self.settings.proxy.idle_timeout)
         finally:
@@ -343,7 +344,7 @@ class Proxy:
         if ending is Ending.COMPLETE:
             await resp.write_eof()
             record.complete = True
-            at.claim.learned = self.lessons.learn(at, relay)
+            at.claim.learned = self.lessons.learn(at, relay, streamed_since=since)
         elif ending is Ending.CLIENT_GONE:
             record.client_gone = True  # closing upstream (the caller's finally) stops Ollama
         else:
