@@ -93,7 +93,6 @@ class Lessons:
             return Learned(service_seconds=self._clock() - record.started)
         return None
 
-
     def _time_tokens(self, at: Attempt, seconds: float) -> None:
         usage = at.record.usage
         if usage.counted is Counted.NONE or seconds <= 0.0:
