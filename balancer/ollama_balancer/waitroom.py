@@ -144,7 +144,10 @@ class WaitRoom:
             return None
         now = self.clock()
         pool = self._pool(request.model, self._board(), self._fleet(now), now)
-        return admit(pool, self.scheduler, _candidate(request, self.replica, now))
+        policy = self.scheduler
+        if request.max_wait is not None:  # its key's own limit
+            policy = policy.with_max_wait(request.priority, request.max_wait)
+        return admit(pool, policy, _candidate(request, self.replica, now))
 
     async def wait(self, request: Waiting) -> Bind:
         """Queue ``request`` until it is bound (returns the bind, its slot reserved) or refused."""

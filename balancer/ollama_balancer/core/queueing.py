@@ -268,6 +268,8 @@ class Waiting:
     """Times it was taken back already (a continuation waiting again)."""
     arrival: float | None = None
     """When it first arrived, for a continuation (its place among its tenant's requests)."""
+    max_wait: float | None = None
+    """Its key's admission limit (estimated seconds of wait), instead of its class's."""
 
     def waited(self, now: float) -> float:
         return max(0.0, now - self.enqueued)

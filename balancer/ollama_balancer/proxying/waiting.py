@@ -67,4 +67,5 @@ def waiting_for(
         expected_seconds=rates.seconds(req.key, estimate) if rates is not None else 1.0,
         finish_by=finish_by,
         resumable=rates is not None and bool(resumable(request.path, req.doc)),
+        max_wait=key.max_wait if key else None,
     )

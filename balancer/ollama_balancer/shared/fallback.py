@@ -15,6 +15,11 @@
 Local state shadows this replica's own leases and tickets all along (see
 :mod:`.local`), so the switch starts from this replica's true counts.  The link to
 the store — up or down, reconnecting, renewing, resyncing — is :mod:`.link`'s.
+
+The scheduler's board follows the same rule: :meth:`FallbackState.board` is the
+store's (fleet-wide) while it serves, else local state's, which shadows this
+replica's own holders and waiting requests all along (the link re-asserts them, and
+hands the fair-share counters over both ways).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 from ..core.auth import ApiKey
 from ..core.occupancy import Occupancy
+from ..core.shared.board import Board, Charge, Reservation, SlotHolder, Waiter
 from ..core.shared.local import LocalState
 from ..core.shared.model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
 from ..core.shared.resync import entries_of
@@ -109,6 +115,11 @@ class FallbackState:
     def affinity(self, key: str) -> str | None:
         return self.local.affinity(key)
 
+    def board(self) -> Board:
+        if self.link.up and self.store.mirror.synced:
+            return self.store.board()
+        return self.local.board()
+
     # ------------------------------------------------------------ slots
     async def acquire(
         self,
@@ -119,11 +130,20 @@ class FallbackState:
         request_id: str,
         cold: bool = False,
         overflow: bool = False,
+        holder: SlotHolder | None = None,
+        charge: Charge | None = None,
     ) -> Grant:
         t0 = self.timer()
         ok, grant = await self.link.run(
             lambda: self.store.acquire(
-                pod, model, slots=slots, request_id=request_id, cold=cold, overflow=overflow
+                pod,
+                model,
+                slots=slots,
+                request_id=request_id,
+                cold=cold,
+                overflow=overflow,
+                holder=holder,
+                charge=charge,
             )
         )
         if ok and grant is not None:
@@ -138,11 +158,21 @@ class FallbackState:
                     cold=lease.loads,
                     overflow=True,
                     member=lease.member,
+                    holder=holder,  # the shadow: the counters are the store's meanwhile
                 )
                 self.held.leases[lease.member] = lease
+            else:
+                self.local.book.unwait(request_id)  # the shadow of the store's
             return grant
         grant = self.local.take(
-            pod, model, slots=slots, request_id=request_id, cold=cold, overflow=overflow
+            pod,
+            model,
+            slots=slots,
+            request_id=request_id,
+            cold=cold,
+            overflow=overflow,
+            holder=holder,
+            charge=charge,
         )
         if grant.lease is not None:
             self.held.leases[grant.lease.member] = grant.lease
@@ -155,7 +185,7 @@ class FallbackState:
     async def first_byte(self, lease: Lease) -> float | None:
         lease = self._current(lease)
         seconds = await self.local.first_byte(lease)
-        if lease.shared and lease.loads:
+        if lease.shared:  # a load ends, the board notes it (no round trip when neither)
             await self.link.run(lambda: self.store.first_byte(lease))
         return seconds
 
@@ -167,9 +197,10 @@ class FallbackState:
         affinity: str | None = None,
         quota: QuotaTicket | None = None,
         tokens: int = 0,
+        charge: Charge | None = None,
     ) -> None:
         lease = self.held.leases.pop(lease.member, lease)
-        freed = self.local.give_back(lease, learned)
+        freed = self.local.give_back(lease, learned, None if self.link.up else charge)
         if affinity is not None:
             self.local.affinities.put(affinity, lease.pod)
         ticket = self.held.tickets.pop(quota.member, quota) if quota is not None else None
@@ -180,7 +211,12 @@ class FallbackState:
 
             async def give_back() -> None:
                 await self.store.release(
-                    lease, learned=learned, affinity=affinity, quota=shared_ticket, tokens=tokens
+                    lease,
+                    learned=learned,
+                    affinity=affinity,
+                    quota=shared_ticket,
+                    tokens=tokens,
+                    charge=charge,
                 )
 
             ok, _ = await self.link.run(give_back)
@@ -197,6 +233,30 @@ class FallbackState:
             if affinity is not None:
                 await self.link.run(lambda: self.store.remember(affinity, lease.pod))
         self.local.signal.notify(freed)
+
+    # ------------------------------------------------------------ the scheduler's board
+    async def post_waiter(self, waiter: Waiter) -> None:
+        await self.local.post_waiter(waiter)  # the shadow, for a switch to local state
+        await self.link.run(lambda: self.store.boards.post_waiter(waiter))
+
+    async def drop_waiter(self, request_id: str) -> None:
+        await self.local.drop_waiter(request_id)
+        await self.link.run(lambda: self.store.boards.drop_waiter(request_id))
+
+    async def reclaim(self, reservation: Reservation) -> bool:
+        ok, done = await self.link.run(lambda: self.store.boards.reclaim(reservation))
+        if ok:
+            return bool(done)
+        return await self.local.reclaim(reservation)
+
+    def on_preempt(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        offs = (self.store.boards.on_preempt(listener), self.local.on_preempt(listener))
+
+        def unsubscribe() -> None:
+            for off in offs:
+                off()
+
+        return unsubscribe
 
     # ------------------------------------------------------------ loads
     async def lock_load(self, model: str, owner: str, ttl: float) -> bool:

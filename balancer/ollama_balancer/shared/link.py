@@ -10,6 +10,12 @@
 * **Back**: what this replica still holds is re-registered and what it gave back
   meanwhile removed (:mod:`~ollama_balancer.core.shared.resync`), the channel
   subscribed, the mirror refreshed; then it is up.
+
+The scheduler's board rides along: this replica's holders and waiting requests (as
+local state shadows them) are re-asserted with every renewal and on the way back
+(:meth:`~.boardstore.BoardStore.reassert`); going down, local state takes over the
+fair-share counters the mirror last showed, and coming back re-asserts them (the
+store keeps the higher of its value and this replica's).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from ..core.shared.board import SlotHolder, Waiter
 from ..core.shared.local import LocalState
 from ..core.shared.model import Lease, QuotaTicket
 from ..core.shared.protocol import StoreUnavailable
@@ -119,6 +126,11 @@ class StoreLink:
         self.up = False
         self.fallbacks += 1
         self.since = self.local.clock()
+        if self.store.mirror.synced:
+            # The fleet's fair-share clock as last seen goes on locally (else an idle
+            # tenant's counter would be this replica's alone).
+            for key, value in self.store.board().counters.items():
+                self.local.book.set_counter(key, value)
         self.store.mirror.reset()
         self.observer.state_up(False)
         self.observer.fallback()
@@ -167,6 +179,7 @@ class StoreLink:
                         self.store.keys, self.held.leases.values(), self.held.tickets.values()
                     )
                 )
+                await self.store.boards.drop_waiters(w.request_id for w in self._own_waiters())
         self.up = False
         await self.store.close()
 
@@ -182,6 +195,11 @@ class StoreLink:
             held.leases[member] = dataclasses.replace(lease, shared=True)
         for member, ticket in list(held.tickets.items()):
             held.tickets[member] = dataclasses.replace(ticket, shared=True)
+        # The board's part: counters at least as far as this replica saw them (a store that
+        # restarted empty gets them back; one that lived on keeps its higher values).
+        await self.store.boards.reassert(
+            self._own_holders(), self._own_waiters(), self.local.book.board().counters
+        )
         subscribed = asyncio.Event()
         listener = asyncio.create_task(self._listen(subscribed), name="shared-state-events")
         try:
@@ -249,4 +267,20 @@ class StoreLink:
                 await self._renew(entries)
 
     async def _renew(self, entries: list[Entry]) -> None:
-        await self.run(lambda: self.store.renew(entries))
+        async def renew() -> None:
+            await self.store.renew(entries)
+            # after the leases: a holder document is kept only while its lease lives
+            await self.store.boards.reassert(self._own_holders(), self._own_waiters())
+
+        await self.run(renew)
+
+    def _own_holders(self) -> list[SlotHolder]:
+        """The holders of this replica's shared leases, as local state shadows them."""
+        return [
+            h
+            for h in self.local.book.holders_of(self.local.replica)
+            if (lease := self.held.leases.get(h.member)) is not None and lease.shared
+        ]
+
+    def _own_waiters(self) -> list[Waiter]:
+        return list(self.local.board().waiters.values())

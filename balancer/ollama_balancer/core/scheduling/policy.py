@@ -53,7 +53,7 @@ Why the defaults are what they are (they must work with no configuration):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..priority import Priority
 
@@ -129,6 +129,15 @@ class SchedulerPolicy:
             raise ValueError("unresumable_borrow must be >= 0 (math.inf: lend to all)")
         if not (self.cancel_latency >= 0.0 and math.isfinite(self.cancel_latency)):
             raise ValueError("cancel_latency must be a finite number >= 0")
+
+    def with_max_wait(self, cls: Priority, seconds: float) -> SchedulerPolicy:
+        """This policy with class ``cls``'s admission limit set to ``seconds`` (a key's own)."""
+        changed = replace(self.of(cls), max_wait=seconds)
+        if cls is Priority.CRITICAL:
+            return replace(self, critical=changed)
+        if cls is Priority.STANDARD:
+            return replace(self, standard=changed)
+        return replace(self, batch=changed)
 
     def of(self, cls: Priority) -> ClassPolicy:
         if cls is Priority.CRITICAL:

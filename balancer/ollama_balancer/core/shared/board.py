@@ -280,6 +280,9 @@ class BoardBook:
             self._changed()
         return h
 
+    def holder(self, member: str) -> SlotHolder | None:
+        return self._holders.get(member)
+
     def holders_of(self, replica: str) -> list[SlotHolder]:
         return [h for h in self._holders.values() if h.replica == replica]
 
@@ -343,6 +346,35 @@ class BoardBook:
             self._changed()
         return r
 
+    # ---- for a mirror of the store, which orders the changes itself (:mod:`.boardmirror`)
+    def put_holder(self, holder: SlotHolder) -> None:
+        """Set a holder as it is, touching nothing else (unlike :meth:`hold`)."""
+        if self._holders.get(holder.member) != holder:
+            self._holders[holder.member] = holder
+            self._changed()
+
+    def promise(self, reservation: Reservation) -> None:
+        """Set a promise as it is (unlike :meth:`reclaim`, no check, no mark)."""
+        if self._reservations.get(reservation.beneficiary) != reservation:
+            self._reservations[reservation.beneficiary] = reservation
+            self._changed()
+
+    def mark_reclaiming(self, member: str, reclaiming: bool = True) -> None:
+        if reclaiming and member not in self._reclaiming:
+            self._reclaiming.add(member)
+            self._changed()
+        elif not reclaiming and member in self._reclaiming:
+            self._reclaiming.discard(member)
+            self._changed()
+
+    def forget_counters(self, keep: Iterable[CounterKey]) -> None:
+        keep = set(keep)
+        gone = [k for k in self._counters if k not in keep]
+        for k in gone:
+            del self._counters[k]
+        if gone:
+            self._changed()
+
     def expire(self, now: float) -> None:
         gone = [b for b, r in self._reservations.items() if r.until <= now]
         for b in gone:
@@ -352,7 +384,7 @@ class BoardBook:
 
 
 # ---- documents for the store (compact keys; times are the store's, in ms)
-def holder_doc(h: SlotHolder, started_ms: int) -> dict[str, Any]:
+def holder_doc(h: SlotHolder, started_ms: int, first_byte_ms: int | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "p": h.pod,
         "m": h.model,
@@ -366,6 +398,8 @@ def holder_doc(h: SlotHolder, started_ms: int) -> dict[str, Any]:
         "n": h.preemptions,
         "r": 1 if h.resumable else 0,
     }
+    if first_byte_ms is not None:
+        doc["f"] = first_byte_ms
     return doc
 
 

@@ -88,6 +88,7 @@ class LocalState:
             and not overflow
             and not board.reserved_for(request_id, pod, model)
         ):
+            self.book.unwait(request_id)  # a bind that lost its slot queues again
             return Grant(None, held)
         member = member or member_of(self.replica, request_id)
         now = self.clock()
@@ -113,6 +114,7 @@ class LocalState:
             )
         else:
             self.book.unwait(request_id)
+            self.book.unreserve(request_id)  # its promised seat is used, board or not
         if charge is not None:
             self.book.charge(charge)
         return Grant(Lease(pod, model, member, slots, request_id, loads=loads), held + 1)

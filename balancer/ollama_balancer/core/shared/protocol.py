@@ -71,8 +71,9 @@ class SharedState(Protocol):
         counted); ``cold`` records a load in progress unless one is (the lease then
         ``loads``).  Seats promised to a reclaim's beneficiary count as held, except for
         that beneficiary.  ``holder`` puts the lease on the board (its member is set
-        here) and takes the request off the waiting list; ``charge`` moves its tenant's
-        fair-share counter.  One round trip.
+        here); ``charge`` moves its tenant's fair-share counter.  Granted or not, the
+        request is taken off the waiting list (a refused bind queues again), and a grant
+        uses its promise.  One round trip.
         """
         ...
 
