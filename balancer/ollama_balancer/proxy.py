@@ -326,15 +326,18 @@ class Proxy:
         """Relay the answer to the client and end its stream as the relay's ending says."""
         state = at.claim.resume
         if self.resumer is not None and state is not None:
+            since = self.clock()
             try:
                 return await self.resumer.relay(at, upstream)
             finally:
-                self._account(at, state.relay)
+                # A resumed answer's relay spans its wait for a slot again: not timed.
+                self._account(at, state.relay, since=since if not state.preemptions else None)
         record = at.record
         resp = response_head(at, upstream)
         record.status = upstream.status
         await resp.prepare(at.request)
         relay = Relay()
+        since = self.clock()
         try:
             ending = await relay.run(upstream, at.request, resp, self.settings.proxy.idle_timeout)
         finally:
@@ -343,7 +346,7 @@ class Proxy:
         if ending is Ending.COMPLETE:
             await resp.write_eof()
             record.complete = True
-            at.claim.learned = self.lessons.learn(at, relay)
+            at.claim.learned = self.lessons.learn(at, relay, streamed_since=since)
         elif ending is Ending.CLIENT_GONE:
             record.client_gone = True  # closing upstream (the caller's finally) stops Ollama
         else:
@@ -353,14 +356,17 @@ class Proxy:
             await end_broken(resp, relay.content_type, relay.last, record.error)
         return resp
 
-    def _account(self, at: Attempt, relay: Relay, *, learn: bool = True) -> None:
+    def _account(
+        self, at: Attempt, relay: Relay, *, learn: bool = True, since: float | None = None
+    ) -> None:
         """Usage per tenant from what went out, at every ending, a cancel too (core.usage);
-        what a complete answer taught, when the relay was a resume's."""
+        what a complete answer taught, when the relay was a resume's (``since``: its first
+        byte, when it was relayed in one go)."""
         at.record.usage = usage_of(
             relay.tail, relay.chunks, lambda: estimate_tokens(at.req.doc, at.request.path).prompt
         )
         if learn and at.record.complete:
-            at.claim.learned = self.lessons.learn(at, relay)
+            at.claim.learned = self.lessons.learn(at, relay, streamed_since=since)
 
     async def _penalise(self, backend: str, since: float) -> None:
         """A pod that failed fast (refused, 5xx at once) is broken rather than busy: cool it."""
