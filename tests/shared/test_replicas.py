@@ -285,4 +285,5 @@ async def test_a_tenant_on_one_replica_takes_back_a_slot_from_a_tenant_on_anothe
 
 async def fetch_text(f: Any, url: str) -> str:
     async with f.session.get(url) as resp:
-        return await resp.text()
+        text: str = await resp.text()
+        return text
