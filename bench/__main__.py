@@ -55,6 +55,8 @@ def _run(
     text = mod.render(doc)
     # A replicas run is its own result (and plot), not a replacement of the policies table.
     stem = name + ("-replicas" if getattr(cfg, "replicas", 1) > 1 else "")
+    if name == "routing" and policies:
+        stem = stem.replace("routing", "routing-bindings")  # its own table, not the policies'
     out = common.write_result(stem + ("-smoke" if smoke else ""), doc, text)
     print(f"\ncommand: {common.command_line()}\nmachine: {common.machine()}\n")
     print(text)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--policies",
         default="",
-        help="saturation: comma-separated binding policies to compare (early,late)",
+        help="saturation, routing: binding policies to compare (early,late,reclaim)",
     )
     p.add_argument(
         "--baseline",
