@@ -147,6 +147,10 @@ class WaitRoom:
         policy = self.scheduler
         if request.max_wait is not None:  # its key's own limit
             policy = policy.with_max_wait(request.priority, request.max_wait)
+        if not request.rates_learned:
+            # Its slot-seconds are the defaults' guess (no answer of the model was timed
+            # yet: a model just loading, or one seldom asked for): estimate, never refuse.
+            policy = policy.with_max_wait(request.priority, math.inf)
         return admit(pool, policy, _candidate(request, self.replica, now))
 
     async def wait(self, request: Waiting) -> Bind:
