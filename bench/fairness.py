@@ -228,7 +228,7 @@ def run_one(cfg: Config, mode: str) -> dict[str, Any]:
             }
             for tenant, base in zip(TENANTS, group.urls, strict=True)
         ]
-        spec = {
+        spec: dict[str, Any] = {
             "mode": "tenants",
             "groups": groups,
             "duration": cfg.duration * s,

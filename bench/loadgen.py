@@ -245,9 +245,7 @@ async def tenants(spec: dict[str, Any]) -> dict[str, Any]:
                 rec["ok"] = rec.get("status") == 200 and "ttft" in rec
                 out.append(rec)
 
-        await asyncio.gather(
-            *(client(g) for g in groups for _ in range(int(g["concurrency"])))
-        )
+        await asyncio.gather(*(client(g) for g in groups for _ in range(int(g["concurrency"]))))
         elapsed = time.perf_counter() - t0
     return {"records": out, "elapsed": elapsed}
 
