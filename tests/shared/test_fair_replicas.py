@@ -15,10 +15,10 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -62,7 +62,7 @@ async def _hold(f: Fleet, url: str, i: int) -> None:
 
 async def _waiting(raw: aioredis.Redis, tenant: str) -> int:
     """The board's waiting entries of ``tenant``, fleet-wide, as the store has them."""
-    docs: dict[str, str] = await raw.hgetall(WAITERS)  # type: ignore[misc]
+    docs = await cast(Awaitable[dict[str, str]], raw.hgetall(WAITERS))
     return sum(1 for d in docs.values() if json.loads(d).get("t") == tenant)
 
 
@@ -141,6 +141,6 @@ async def test_a_dead_replicas_waiters_leave_the_board_and_the_others_keep_their
         assert all(isinstance(r, aiohttp.ClientError) for r in doomed_done), doomed_done
         assert not any("doomed" in g["prompt_head"] for g in node.stats.records())
     finally:
-        for t in (*holders, *doomed, *live):
-            t.cancel()
+        for task in (*holders, *doomed, *live):
+            task.cancel()
         await asyncio.gather(*holders, *doomed, *live, return_exceptions=True)
