@@ -13,7 +13,16 @@ from typing import Any
 
 from . import common
 
-NAMES = ("proxy", "overhead", "streaming", "routing", "control", "saturation", "autoscale")
+NAMES = (
+    "proxy",
+    "overhead",
+    "streaming",
+    "routing",
+    "control",
+    "saturation",
+    "fairness",
+    "autoscale",
+)
 #: Not part of ``all``: instruction counts under valgrind (minutes), py-spy profiles.
 EXTRA = ("instructions", "profile")
 

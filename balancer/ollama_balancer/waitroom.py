@@ -385,6 +385,8 @@ class WaitRoom:
         own = tuple(_candidate(w, self.replica, now) for w in mine)
         others = tuple(c for c in base.waiting if c.replica != self.replica)
         leased = {h.request_id for h in board.holders.values() if h.model == model}
+        # A beneficiary bound to its promised seat holds it in the board's pool already.
+        leased.update(b for b in board.reservations if b in board.waiters)
         bound = tuple(
             _holder(b, self.replica)
             for rid, b in self._bound.items()
