@@ -704,6 +704,18 @@ def test_servicemonitor_and_dashboard(rendered: dict[str, list[dict[str, Any]]])
         "ollama_fleet_backend_up",
     ):
         assert name in used
+    # every figure the scheduler exports has a panel (docs/queueing.md §9)
+    scheduler = {
+        metrics.CLASS_SEATS,
+        metrics.CLASS_HELD,
+        metrics.CLASS_BORROWED,
+        metrics.CLASS_LENT,
+        metrics.PREEMPTIONS,
+        metrics.RESUMES,
+        metrics.PREEMPTION_WASTE,
+        metrics.ESTIMATE_ERROR,
+    }
+    assert scheduler <= used, scheduler - used
     assert used <= known, used - known
 
 

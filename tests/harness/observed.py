@@ -12,7 +12,8 @@
   with the project's alert rules loaded;
 
 then sends traffic through the balancer (resident and cold models, two keys, anonymous and
-unknown-model requests) and waits until Prometheus has scraped all of it.
+unknown-model requests, a slot taken back by the scheduler and resumed) and waits until
+Prometheus has scraped all of it.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +54,7 @@ from .redis import running_redis
 
 __all__ = [
     "BALANCER_JOB",
+    "CRITICAL",
     "KEYS",
     "LLAMA",
     "MISSING",
@@ -70,6 +74,8 @@ KEYS = {"team-a": "test-key-team-a", "team-b": "test-key-team-b", "team-d": "tes
 TENANT_HEADER = "X-Tenant"
 #: A key limited to one request a minute: its second request each round is a 429.
 LIMITED = ("team-c", "test-key-team-c")
+#: A critical key: its request takes a slot back from team-d's standard streams.
+CRITICAL = ("team-e", "test-key-team-e")
 LLAMA, QWEN, EMBED, MISSING = "llama3.2:1b", "qwen2.5:7b", "nomic-embed-text:latest", "nosuch:7b"
 
 
@@ -302,6 +308,118 @@ def _traffic(url: str, ops: str, nodes: list[str]) -> int:
     return sent
 
 
+#: How many times slower the pods generate during the preemption round: the heavy tenant's
+#: answers (24 tokens of llama3.2:1b at 110 tokens/s, time scale 0.01) then take about 5 s,
+#: so they are still generating when the light tenant's request has waited out its budget.
+SLOW = 2500
+
+
+def _slots(ops: str, model: str) -> int:
+    """The warm slots of ``model`` the balancer counts (its ``ollama_fleet_model_slots``)."""
+    prefix = f'ollama_fleet_model_slots{{model="{model}"}} '
+    for line in _get(ops + "/metrics").decode().splitlines():
+        if line.startswith(prefix):
+            return int(float(line.removeprefix(prefix)))
+    raise AssertionError(f"no {prefix.strip()} on /metrics")
+
+
+def _counted(ops: str, metric: str) -> float:
+    """The sum of ``metric``'s samples on the balancer's /metrics (0 without any)."""
+    total = 0.0
+    for line in _get(ops + "/metrics").decode().splitlines():
+        if line.startswith(metric + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _stream(
+    url: str, body: dict[str, Any], headers: dict[str, str], first: threading.Event
+) -> list[dict[str, Any]]:
+    """A streamed answer's NDJSON lines; ``first`` is set when the first one arrived."""
+    sent = {"Content-Type": "application/json", **headers}
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers=sent)
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        lines = [json.loads(resp.readline())]
+        first.set()
+        lines += [json.loads(line) for line in resp if line.strip()]
+    return lines
+
+
+def _until_resident(ops: str, model: str, pods: int, timeout: float = 20.0) -> None:
+    def resident_on() -> list[str]:
+        fleet = json.loads(_get(ops + "/-/fleet"))
+        return [p for m in fleet["models"] if m["name"] == model for p in m["resident_on"]]
+
+    eventually_blocking(
+        resident_on,
+        f"{model} resident on {pods} pods",
+        accept=lambda r: len(r) == pods,
+        timeout=timeout,
+        interval=0.1,
+    )
+
+
+def _preemption_round(url: str, ops: str, nodes: list[str]) -> int:
+    """The scheduler takes a slot back: team-d (standard) fills every slot of the model with
+    slowed streams, borrowing the critical class's seats; then team-e (critical) asks once.
+    Critical is owed its seats, so one of team-d's streams is preempted and resumes, whole
+    (the preemption, resume and waste series the dashboard shows).  Returns the requests sent."""
+    for node in nodes:  # resident everywhere again (the cold loads above may have evicted it)
+        _request(node + "/api/generate", {"model": LLAMA, "keep_alive": -1})
+    _until_resident(ops, LLAMA, len(nodes))
+    # and no pod in its cool-down after the injected failures (routing would pass it over)
+    eventually_blocking(
+        lambda: json.loads(_get(ops + "/-/fleet"))["penalties"],
+        "no pod penalised",
+        accept=lambda penalties: not penalties,
+        timeout=30,
+        interval=0.2,
+    )
+    slots = _slots(ops, LLAMA)
+    for node in nodes:
+        _request(node + "/-/emulator/faults", {"slow": {"factor": SLOW}})
+    try:
+        started = [threading.Event() for _ in range(slots)]
+        with ThreadPoolExecutor(slots) as pool:
+            heavy = [
+                pool.submit(
+                    _stream,
+                    url + "/api/chat",
+                    {"model": LLAMA, "messages": [{"role": "user", "content": f"story {i}"}]},
+                    {"Authorization": f"Bearer {KEYS['team-d']}", TENANT_HEADER: "heavy"},
+                    event,
+                )
+                for i, event in enumerate(started)
+            ]
+            for event in started:  # every slot generating for team-d
+                assert event.wait(60)
+            urgent = {
+                "model": LLAMA,
+                "messages": [{"role": "user", "content": "hi"}],
+                "options": {"num_predict": 2},
+                "stream": False,
+            }
+            status, answer = _exchange(url + "/api/chat", urgent, CRITICAL[1])
+            assert status == 200, answer[:300]
+            for done in heavy:
+                lines = done.result()
+                final = lines[-1]
+                # a resumed stream is one answer: one final line, its count the tokens relayed
+                assert final["done"] and not any(line["done"] for line in lines[:-1])
+                assert final["eval_count"] == sum(
+                    1 for line in lines[:-1] if line["message"]["content"]
+                )
+    finally:
+        for node in nodes:
+            _request(node + "/-/emulator/faults", {"clear": True})
+    assert _counted(ops, "ollama_fleet_preemptions_total") >= 1
+    eventually_blocking(
+        lambda: _counted(ops, "ollama_fleet_resumes_total") >= 1,
+        "the preempted stream's resume counted",
+    )
+    return slots + 1
+
+
 @contextmanager
 def running_observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]:
     """Start everything (the module docstring says what), send the traffic, wait for
@@ -358,6 +476,8 @@ def running_observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]
                 )
                 + f"  - {{name: {LIMITED[0]}, key_sha256: {hash_key(LIMITED[1])}, "
                 "requests_per_minute: 1}\n"
+                + f"  - {{name: {CRITICAL[0]}, key_sha256: {hash_key(CRITICAL[1])}, "
+                "priority: critical}\n"
             )
             # Shared state on a real redis-server, and late binding: their series are scraped too.
             store = stack.enter_context(running_redis(workdir))
@@ -407,6 +527,7 @@ def running_observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]
                 )  # fmt: skip
             prometheus.wait_for(failed, lambda r: bool(r) and float(r[0]["value"][1]) > before)
             sent = _traffic(balancer, ops, urls)
+            sent += _preemption_round(balancer, ops, urls)
             tenants_sent, usage = _tenant_traffic(balancer)
             sent += tenants_sent
             prometheus.wait_for(

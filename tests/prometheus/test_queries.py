@@ -13,6 +13,7 @@ import yaml
 from tests.harness.dashboard import PENDING, queries, substitute, variables
 from tests.harness.observed import (
     BALANCER_JOB,
+    CRITICAL,
     KEYS,
     MISSING,
     NAMESPACE,
@@ -176,7 +177,8 @@ def test_requests_per_key(observed_fleet: ObservedFleet) -> None:
     # refusals are counted too: per key where the key is known, else as anonymous
     assert seen[("anonymous", "401")] == 4
     assert seen[("team-c", "200")] == 1 and seen[("team-c", "429")] == 7
-    assert {client for client, _ in seen} == {*KEYS, "team-c", "anonymous"}
+    assert seen[(CRITICAL[0], "200")] == 1  # the request that took a slot back
+    assert {client for client, _ in seen} == {*KEYS, "team-c", CRITICAL[0], "anonymous"}
     assert sum(seen.values()) == observed_fleet.sent
 
 
