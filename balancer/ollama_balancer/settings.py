@@ -230,7 +230,9 @@ class SharedSettings(Group):
     url: str = setting(
         "",
         "Redis/Valkey URL shared by all replicas: redis://[:PASSWORD@]HOST:PORT/DB, or "
-        "rediss:// for TLS; empty = each replica keeps its own counts (single replica only)",
+        "rediss:// for TLS, or redis+sentinel://[:PASSWORD@]HOST:26379[,HOST:26379]/SERVICE[/DB] "
+        "(rediss+sentinel:// for TLS) for the primary of a Sentinel service, followed through "
+        "failovers; empty = each replica keeps its own counts (single replica only)",
         key="shared_state",
     )
     password_file: str = setting(
@@ -240,8 +242,15 @@ class SharedSettings(Group):
     )
     ca_file: str = setting(
         "",
-        "PEM CA bundle that signs the server's certificate (rediss:// only)",
+        "PEM CA bundle that signs the server's certificate (rediss:// and rediss+sentinel:// "
+        "only; with Sentinel, the sentinels' too)",
         key="shared_state_ca_file",
+    )
+    sentinel_password_file: str = setting(
+        "",
+        "file holding the sentinels' own password (requirepass of the sentinels; a mounted "
+        "Secret); empty = the sentinels need none (redis+sentinel:// URLs only)",
+        key="shared_state_sentinel_password_file",
     )
     prefix: str = setting(
         "ollama-fleet",
@@ -275,8 +284,14 @@ class SharedSettings(Group):
             address = parse_store_url(self.url)
         except ValueError as exc:
             raise SettingsError(f"shared_state: {exc}") from None
-        if self.ca_file and not self.url.startswith("rediss://"):
-            raise SettingsError("shared_state_ca_file: only with a rediss:// URL (TLS)")
+        if self.ca_file and not address.tls:
+            raise SettingsError(
+                "shared_state_ca_file: only with a rediss:// or rediss+sentinel:// URL (TLS)"
+            )
+        if self.sentinel_password_file and not address.sentinel:
+            raise SettingsError(
+                "shared_state_sentinel_password_file: only with a redis+sentinel:// URL"
+            )
         if self.password_file and address.password:
             raise SettingsError(
                 "shared_state_password_file: the URL carries a password already; use one"
