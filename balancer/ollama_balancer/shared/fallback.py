@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from ..core.auth import ApiKey
@@ -50,6 +51,7 @@ class SharedObserver(Protocol):
     def fallback(self) -> None: ...
     def acquire_seconds(self, seconds: float, granted: bool) -> None: ...
     def reclaimed(self, count: int) -> None: ...
+    def reconnected(self, count: int) -> None: ...
 
 
 class _Quiet:
@@ -57,6 +59,7 @@ class _Quiet:
     def fallback(self) -> None: ...
     def acquire_seconds(self, seconds: float, granted: bool) -> None: ...
     def reclaimed(self, count: int) -> None: ...
+    def reconnected(self, count: int) -> None: ...
 
 
 class FallbackState:
@@ -95,6 +98,9 @@ class FallbackState:
         self._given_back: set[Entry] = set()
         self._last_ok = 0.0
         self._reclaimed_seen = 0
+        self._reconnects_seen = 0
+        #: Store operations whose caller was cancelled, finishing (and undone) on their own.
+        self._orphans: set[asyncio.Future[Any]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -146,6 +152,41 @@ class FallbackState:
         if gone:
             self._reclaimed_seen = self.store.reclaimed
             self.observer.reclaimed(gone)
+        again = self.store.reconnects - self._reconnects_seen
+        if again:
+            self._reconnects_seen = self.store.reconnects
+            self.observer.reconnected(again)
+
+    async def _detached(
+        self,
+        op: Coroutine[Any, Any, T],
+        undo: Callable[[T], Awaitable[None]] | None = None,
+    ) -> T:
+        """Run a store operation to its end, whatever becomes of the caller.
+
+        redis-py drops a connection whose command is cancelled before its reply was read
+        (it cannot tell where the reply would have stopped), so a client that leaves
+        mid-operation would cost a reconnect, and a lease granted to a caller that is gone
+        would hold its slot until its TTL.  The operation runs as its own task: a cancelled
+        caller stops waiting, the operation completes, and ``undo`` gives back what the
+        caller never received (a lease, a quota ticket, a load lock)."""
+        task = asyncio.ensure_future(op)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._orphans.add(task)
+            task.add_done_callback(functools.partial(self._orphaned, undo=undo))
+            raise
+
+    def _orphaned(
+        self, task: asyncio.Future[Any], undo: Callable[[Any], Awaitable[None]] | None
+    ) -> None:
+        self._orphans.discard(task)
+        if task.cancelled() or task.exception() is not None or undo is None:
+            return
+        follow = asyncio.ensure_future(undo(task.result()))
+        self._orphans.add(follow)
+        follow.add_done_callback(self._orphans.discard)
 
     async def _shared(self, op: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
         """Run ``op`` on the store if it is up: (True, result), or (False, None)."""
@@ -160,6 +201,8 @@ class FallbackState:
         return True, result
 
     # ------------------------------------------------------------ slots
+    # Every operation that may talk to the store runs detached from its caller while the
+    # store serves (see _detached); while it does not, local state answers at once.
     async def acquire(
         self,
         pod: str,
@@ -169,6 +212,15 @@ class FallbackState:
         request_id: str,
         cold: bool = False,
         overflow: bool = False,
+    ) -> Grant:
+        if not self.up:
+            return self._take_locally(pod, model, slots, request_id, cold, overflow)
+        return await self._detached(
+            self._acquire(pod, model, slots, request_id, cold, overflow), self._give_back_grant
+        )
+
+    async def _acquire(
+        self, pod: str, model: str, slots: int, request_id: str, cold: bool, overflow: bool
     ) -> Grant:
         t0 = self.timer()
         ok, grant = await self._shared(
@@ -191,12 +243,21 @@ class FallbackState:
                 )
                 self._leases[lease.member] = lease
             return grant
+        return self._take_locally(pod, model, slots, request_id, cold, overflow)
+
+    def _take_locally(
+        self, pod: str, model: str, slots: int, request_id: str, cold: bool, overflow: bool
+    ) -> Grant:
         grant = self.local.take(
             pod, model, slots=slots, request_id=request_id, cold=cold, overflow=overflow
         )
         if grant.lease is not None:
             self._leases[grant.lease.member] = grant.lease
         return grant
+
+    async def _give_back_grant(self, grant: Grant) -> None:
+        if grant.lease is not None:
+            await self.release(grant.lease)
 
     def _current(self, lease: Lease) -> Lease:
         # Re-registration after an outage turns a local lease into a shared one.
@@ -205,8 +266,8 @@ class FallbackState:
     async def first_byte(self, lease: Lease) -> float | None:
         lease = self._current(lease)
         seconds = await self.local.first_byte(lease)
-        if lease.shared and lease.loads:
-            await self._shared(lambda: self.store.first_byte(lease))
+        if lease.shared and lease.loads and self.up:
+            await self._detached(self._shared(lambda: self.store.first_byte(lease)))
         return seconds
 
     async def release(
@@ -233,9 +294,10 @@ class FallbackState:
                     lease, learned=learned, affinity=affinity, quota=shared_ticket, tokens=tokens
                 )
 
-            ok, _ = await self._shared(give_back)
-            if ok:
-                return  # the reply (and the events channel everywhere) signal the freed slot
+            if self.up:
+                ok, _ = await self._detached(self._shared(give_back))
+                if ok:
+                    return  # the reply (and the events channel everywhere) signal the freed slot
             lost = entries_of(self.store.keys, [lease], [shared_ticket] if shared_ticket else [])
             self._given_back.update(lost)
         else:
@@ -243,51 +305,78 @@ class FallbackState:
             if shared_ticket is not None:
                 await self.finish_quota(shared_ticket, tokens, local_done=True)
             if learned is not None:
-                await self._shared(lambda: self.store.learn(lease.model, learned))
+                await self._in_store(lambda: self.store.learn(lease.model, learned))
             if affinity is not None:
-                await self._shared(lambda: self.store.remember(affinity, lease.pod))
+                await self._in_store(lambda: self.store.remember(affinity, lease.pod))
         self.local.signal.notify(freed)
+
+    async def _in_store(self, op: Callable[[], Awaitable[Any]]) -> None:
+        """``op`` on the store, detached from the caller, if the store serves."""
+        if self.up:
+            await self._detached(self._shared(op))
 
     # ------------------------------------------------------------ loads
     async def lock_load(self, model: str, owner: str, ttl: float) -> bool:
-        ok, got = await self._shared(lambda: self.store.lock_load(model, owner, ttl))
-        if ok:
-            return bool(got)
+        if self.up:
+
+            async def unlock(got: bool) -> None:
+                if got:
+                    await self.unlock_load(model, owner)
+
+            ok, got = await self._detached(
+                self._shared(lambda: self.store.lock_load(model, owner, ttl)),
+                lambda result: unlock(bool(result[1])),
+            )
+            if ok:
+                return bool(got)
         return await self.local.lock_load(model, owner, ttl)
 
     async def unlock_load(self, model: str, owner: str) -> None:
         await self.local.unlock_load(model, owner)
-        await self._shared(lambda: self.store.unlock_load(model, owner))
+        await self._in_store(lambda: self.store.unlock_load(model, owner))
 
     async def refresh(self) -> None:
-        await self._shared(self.store.refresh)
+        await self._in_store(self.store.refresh)
 
     # ------------------------------------------------------------ learning and memory
     async def learn(self, model: str, learned: Learned) -> None:
         await self.local.learn(model, learned)
-        await self._shared(lambda: self.store.learn(model, learned))
+        await self._in_store(lambda: self.store.learn(model, learned))
 
     async def penalise(self, pod: str, seconds: float) -> None:
         await self.local.penalise(pod, seconds)
-        await self._shared(lambda: self.store.penalise(pod, seconds))
+        await self._in_store(lambda: self.store.penalise(pod, seconds))
 
     async def clear_penalty(self, pod: str) -> None:
         await self.local.clear_penalty(pod)
         if self.up and self.store.pod_penalised(pod):
-            await self._shared(lambda: self.store.clear_penalty(pod))
+            await self._in_store(lambda: self.store.clear_penalty(pod))
 
     async def remember(self, key: str, pod: str) -> None:
         await self.local.remember(key, pod)
-        await self._shared(lambda: self.store.remember(key, pod))
+        await self._in_store(lambda: self.store.remember(key, pod))
 
     # ------------------------------------------------------------ quotas
     async def admit(self, key: ApiKey, request_id: str) -> QuotaVerdict:
+        if self.up:
+
+            async def give_back(verdict: QuotaVerdict) -> None:
+                if verdict.ticket is not None:
+                    await self.finish_quota(verdict.ticket)
+
+            return await self._detached(self._admit(key, request_id), give_back)
+        return await self._admit_locally(key, request_id)
+
+    async def _admit(self, key: ApiKey, request_id: str) -> QuotaVerdict:
         ok, verdict = await self._shared(lambda: self.store.admit(key, request_id))
         if ok and verdict is not None:
             if verdict.ticket is not None:
                 self.local.shadow_ticket(key)
                 self._tickets[verdict.ticket.member] = verdict.ticket
             return verdict
+        return await self._admit_locally(key, request_id)
+
+    async def _admit_locally(self, key: ApiKey, request_id: str) -> QuotaVerdict:
         verdict = await self.local.admit(key, request_id)
         if verdict.ticket is not None:
             self._tickets[verdict.ticket.member] = verdict.ticket
@@ -300,7 +389,11 @@ class FallbackState:
         if not local_done:
             self.local.return_ticket(ticket, tokens)
         if ticket.shared:
-            ok, _ = await self._shared(lambda: self.store.finish_quota(ticket, tokens))
+            ok = False
+            if self.up:
+                ok, _ = await self._detached(
+                    self._shared(lambda: self.store.finish_quota(ticket, tokens))
+                )
             if not ok:
                 self._given_back.update(entries_of(self.store.keys, [], [ticket]))
 
@@ -331,6 +424,8 @@ class FallbackState:
         ]
 
     async def close(self) -> None:
+        while self._orphans:  # operations of cancelled callers (and their undoing) end first
+            await asyncio.gather(*self._orphans, return_exceptions=True)
         tasks = [*self._tasks, *([self._listener] if self._listener else [])]
         for t in tasks:
             t.cancel()

@@ -5,6 +5,12 @@ Every operation is one round trip (a script, or a pipeline of them) bounded by
 :class:`StoreUnavailable`, and the fallback wrapper decides what to do.  Reads
 come from the in-memory :class:`Mirror`, kept fresh by the events channel and
 by :meth:`RedisState.refresh`.
+
+The store is one server, or the primary of a Sentinel service
+(:mod:`redis.asyncio.sentinel`): then every new connection asks the sentinels
+which node is the primary, so the reconnect after a failover reaches the
+promoted replica.  :attr:`RedisState.reconnects` counts connections opened
+again, the churn the fallback wrapper is built to avoid.
 """
 
 from __future__ import annotations
@@ -13,13 +19,16 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
@@ -76,6 +85,7 @@ class RedisState:
         affinity_ttl: float = 1800.0,
         password_file: str = "",
         ca_file: str = "",
+        sentinel_password_file: str = "",
         default_load_seconds: float = 20.0,
         default_service_seconds: float = 5.0,
         signal: FreedSignal | None = None,
@@ -96,46 +106,88 @@ class RedisState:
         self.mirror = Mirror(clock, default_load_seconds, default_service_seconds)
         #: Leases this replica's scripts found expired and removed (dead replicas').
         self.reclaimed = 0
+        #: Connections opened again (see :meth:`_connected`) and clients made anew after
+        #: the first: what ``ollama_fleet_shared_store_reconnects_total`` counts.
+        self.reconnects = 0
+        self.sentinel_password_file = sentinel_password_file
         self._client: Redis | None = None
+        self._sentinel: Sentinel | None = None
+        self._clients = 0
+        self._seen: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     # ------------------------------------------------------------ connection
     def _password(self) -> str | None:
         if self.password_file:
             # Read at every connect: a rotated Secret is picked up on the next reconnect.
-            return Path(self.password_file).read_text(encoding="utf-8").strip() or None
+            return _read_secret(self.password_file)
         return self.address.password
 
     async def connect(self) -> None:
-        """(Re)connect, check the server answers, load the scripts."""
+        """(Re)connect, check the server answers, load the scripts.
+
+        With a Sentinel address the client asks the sentinels for the service's primary
+        before each new connection, so a connect after a failover reaches the new one."""
         await self.close()
         a = self.address
         try:
             password = self._password()
+            sentinel_password = (
+                _read_secret(self.sentinel_password_file) if self.sentinel_password_file else None
+            )
         except OSError as exc:
             raise StoreUnavailable(f"cannot read the password file: {exc}") from exc
+        timeout = max(1.0, self.op_timeout * 4)
         # No retries inside the client: a fault must surface at once so the wrapper
         # switches to local state; it reconnects on its own schedule.
-        self._client = Redis(
-            host=a.host,
-            port=a.port,
-            db=a.db,
-            username=a.username,
-            password=password,
-            ssl=a.tls,
-            ssl_ca_certs=self.ca_file or None,
-            socket_timeout=max(1.0, self.op_timeout * 4),
-            socket_connect_timeout=max(1.0, self.op_timeout * 4),
-            retry=Retry(NoBackoff(), 0),
-            client_name=f"ollama-fleet:{self.replica}"[:64].replace(" ", "_"),
-        )
+        common: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if a.tls:  # a plain connection refuses TLS options, even empty ones
+            common.update(ssl=True, ssl_ca_certs=self.ca_file or None)
+        node: dict[str, Any] = {
+            **common,
+            "db": a.db,
+            "username": a.username,
+            "password": password,
+            "client_name": f"ollama-fleet:{self.replica}"[:64].replace(" ", "_"),
+            "redis_connect_func": self._connected,
+        }
+        if a.sentinel:
+            self._sentinel = Sentinel(
+                list(a.sentinels), sentinel_kwargs={**common, "password": sentinel_password}
+            )
+            self._client = self._sentinel.master_for(a.service, **node)
+        else:
+            self._client = Redis(host=a.host, port=a.port, **node)
         await self._io(loose(self._client.ping)())  # typed bool | Awaitable before 8
         await self._load_scripts()
+        if self._clients:
+            self.reconnects += 1  # a new client after an outage or a failover
+        self._clients += 1
+
+    async def _connected(self, conn: Connection) -> None:
+        """redis-py's hook after each new connection's socket: finish the handshake, count.
+
+        A connection object seen before is one redis-py dropped (a command cancelled or
+        timed out mid-reply, a server gone) and opens again: a reconnect."""
+        await conn.on_connect()
+        if conn in self._seen:
+            self.reconnects += 1
+        self._seen.add(conn)
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        sentinel, self._sentinel = self._sentinel, None
+        self._seen = weakref.WeakSet()
         if client is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 await asyncio.wait_for(client.aclose(), self.op_timeout * 4)
+        if sentinel is not None:
+            for one in sentinel.sentinels:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await asyncio.wait_for(one.aclose(), self.op_timeout * 4)
 
     def _redis(self) -> Redis:
         if self._client is None:
@@ -453,6 +505,10 @@ class RedisState:
 
     async def start(self) -> None:
         await self.connect()
+
+
+def _read_secret(path: str) -> str | None:
+    return Path(path).read_text(encoding="utf-8").strip() or None
 
 
 def _now_arg(now_ms: int | None) -> str:
