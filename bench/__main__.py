@@ -13,7 +13,9 @@ from typing import Any
 
 from . import common
 
-NAMES = ("proxy", "overhead", "streaming", "routing", "control", "saturation", "autoscale")
+NAMES = (
+    "proxy", "overhead", "streaming", "routing", "control", "saturation", "autoscale", "faults",
+)  # fmt: skip
 #: Not part of ``all``: instruction counts under valgrind (minutes), py-spy profiles.
 EXTRA = ("instructions", "profile")
 
@@ -48,7 +50,7 @@ def _run(
     doc["wall_seconds"] = time.monotonic() - t
     text = mod.render(doc)
     # A replicas run is its own result (and plot), not a replacement of the policies table.
-    stem = name + ("-replicas" if getattr(cfg, "replicas", 1) > 1 else "")
+    stem = name + ("-replicas" if name == "routing" and cfg.replicas > 1 else "")
     out = common.write_result(stem + ("-smoke" if smoke else ""), doc, text)
     print(f"\ncommand: {common.command_line()}\nmachine: {common.machine()}\n")
     print(text)
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         metavar="K",
-        help="routing: run each set-up K times (interleaved) and compare medians",
+        help="routing, faults: run each set-up K times (interleaved) and compare medians",
     )
     p.add_argument(
         "--nice",
