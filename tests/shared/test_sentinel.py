@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 from bench.redis_server import RedisServer, SentinelGroup, TlsFiles
 from prometheus_client import CollectorRegistry
+from redis.asyncio.sentinel import MasterNotFoundError
 
 from ollama_balancer.core.ledger import Ledger
 from ollama_balancer.core.shared.keys import Keys
@@ -27,6 +28,7 @@ from ollama_balancer.settings import BalancerSettings
 from ollama_balancer.shared.factory import create_shared_state
 from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.metrics import STORE_RECONNECTS, SharedMetrics
+from ollama_balancer.shared.store import _no_primary
 from ollama_balancer.state import BALANCER
 from ollama_emulator import NodeConfig
 from tests.rig import start_balanced_fleet, until
@@ -203,3 +205,25 @@ async def _all_shared_again(urls: list[str]) -> bool:
             if status["mode"] != "shared" or status["fallbacks"] < 1:
                 return False
     return True
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        pytest.param(
+            "No master found for 'fleet'",
+            "the sentinels name no primary of 'fleet'",
+            id="the sentinels answer: no primary (being failed over)",
+        ),
+        pytest.param(
+            "No master found for 'fleet' : <redis.asyncio.client.Redis(<...(host=a,port=1)>)> - "
+            "network:ConnectionError: Error 111 connecting to a:1. Connection refused., "
+            "<redis.asyncio.client.Redis(<...>)> - AuthenticationError: invalid password",
+            "the sentinels name no primary of 'fleet': ConnectionError: Error 111 connecting to "
+            "a:1. Connection refused.; AuthenticationError: invalid password",
+            id="each sentinel's error, without the clients' reprs",
+        ),
+    ],
+)
+def test_no_primary_says_what_each_sentinel_said(message: str, expected: str) -> None:
+    assert _no_primary("fleet", MasterNotFoundError(message)) == expected

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -28,7 +29,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
@@ -200,6 +201,8 @@ class RedisState:
                 return await aw
         except TimeoutError as exc:
             raise StoreUnavailable(f"no answer within {self.op_timeout:g}s") from exc
+        except MasterNotFoundError as exc:
+            raise StoreUnavailable(_no_primary(self.address.service, exc)) from exc
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
@@ -505,6 +508,15 @@ class RedisState:
 
     async def start(self) -> None:
         await self.connect()
+
+
+def _no_primary(service: str, exc: MasterNotFoundError) -> str:
+    """redis-py's message quotes each sentinel client's repr: keep what each one said."""
+    # "<client repr> - network:ConnectionError: ..." per sentinel; the category is lower case
+    said = re.findall(r" - (?:[a-z]+:)?(.+?)(?=, <redis|$)", str(exc))
+    return f"the sentinels name no primary of {service!r}" + (
+        f": {'; '.join(said)}" if said else ""
+    )
 
 
 def _read_secret(path: str) -> str | None:
