@@ -200,7 +200,7 @@ class Kube:
     """A real kube-apiserver (the test suite's fixture code) with the ModelPool CRD."""
 
     def __init__(self) -> None:
-        from tests.kube.cluster import KubeBinaries, KubeCluster, install_crd
+        from tests.harness.kube import KubeBinaries, KubeCluster, install_crd
 
         self.cluster = KubeCluster(KubeBinaries.locate())
         self.cluster.start()
@@ -209,7 +209,7 @@ class Kube:
 
     def namespace(self, name: str, urls: Sequence[str]) -> None:
         """A namespace with one Ready pod object per emulated node."""
-        from tests.kube.cluster import (
+        from tests.harness.kube import (
             create_default_service_account,
             create_namespace,
             create_ollama_pod,

@@ -25,9 +25,11 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from ollama_balancer.core.dispatch import Binding, Occupancy, dispatch
+from ollama_balancer.core.dispatch import Binding, dispatch
 from ollama_balancer.core.errors import for_outcome
 from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.fleetstate import FleetState
+from ollama_balancer.core.occupancy import Occupancy
 from ollama_balancer.core.queueing import Priority, QueueSettings, Waiting, WaitQueue
 from ollama_balancer.core.routing import Policy
 from ollama_balancer.core.tokens import estimate_tokens
@@ -96,17 +98,22 @@ def simulate(
         records[i]["backend"] = pod
         push(now + hold, "done", i)
 
-    def occupancy() -> Occupancy:
-        return Occupancy(
-            inflight=dict(inflight),
-            service_seconds={KEY: cfg.mean_service()},
-            load_seconds={KEY: 10.0},
+    def state(now: float) -> FleetState:
+        occupancy = Occupancy(
+            held=dict(inflight),
+            service_times={KEY: cfg.mean_service()},
+            load_times={KEY: 10.0},
+        )
+        return FleetState.at(
+            fleet,
+            occupancy,
+            now,
+            fail_threshold=ALWAYS_FRESH.fail_threshold,
+            stale_after=ALWAYS_FRESH.stale_after,
         )
 
     def run_dispatch(now: float) -> None:
-        d = dispatch(
-            queue.ordered(now), fleet, occupancy(), now, rng, binding=binding, policy=ALWAYS_FRESH
-        )
+        d = dispatch(queue.ordered(now), state(now), rng, binding=binding, policy=ALWAYS_FRESH)
         for r in d.rejects:
             queue.cancel(r.id)
             records[int(r.id)]["status"] = for_outcome(r.outcome).status

@@ -17,6 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LINT = Path(sys.executable).with_name("lint-imports")
 SOURCE_ROOTS = ("kernel", "balancer", "emulator", "operator", "cli")
+#: Folders the contracts read: the packages, and the tests (their own contract).
+LINTED = (*SOURCE_ROOTS, "tests")
 
 
 def lint(root: Path) -> subprocess.CompletedProcess[str]:
@@ -33,7 +35,7 @@ def lint(root: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def tree_copy(tmp_path: Path) -> Path:
-    for r in SOURCE_ROOTS:
+    for r in LINTED:
         shutil.copytree(ROOT / r, tmp_path / r, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
@@ -77,6 +79,30 @@ def test_every_contract_is_kept() -> None:
             "import ollama_balancer.proxy",
             "No import circles",
             id="import circle",
+        ),
+        pytest.param(
+            "emulator/ollama_emulator/state.py",
+            "import typing\nif typing.TYPE_CHECKING:\n    import ollama_emulator.node",
+            "No import circles",
+            id="import circle under TYPE_CHECKING only",
+        ),
+        pytest.param(
+            "tests/shared/test_pure.py",
+            "from tests.balancer.test_routing import test_route",
+            "Tests import no other test module",
+            id="a test module imports another",
+        ),
+        pytest.param(
+            "tests/faults/test_soak.py",
+            "from tests.balancer.conftest import pytest_asyncio_loop_factories",
+            "Tests import no other test module",
+            id="a test module imports a conftest",
+        ),
+        pytest.param(
+            "tests/harness/fleet.py",
+            "import tests.balancer.test_proxy",
+            "Tests import no other test module",
+            id="the harness imports a test module",
         ),
     ],
 )

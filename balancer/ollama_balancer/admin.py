@@ -45,7 +45,7 @@ from ollama_wire.progress import ProgressMerge
 
 from .context import PARSED, request_id
 from .core.errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
-from .polling import FleetTracker
+from .core.fleet import BackendState
 from .settings import BalancerSettings
 
 __all__ = ["FANNED_OUT", "Admin", "merge_answers", "refusal"]
@@ -108,14 +108,13 @@ class Admin:
     def __init__(
         self,
         settings: BalancerSettings,
-        view: FleetTracker,
+        routable: Callable[[], Sequence[BackendState]],
         session: Callable[[], aiohttp.ClientSession],
-        clock: Callable[[], float],
     ) -> None:
         self.settings = settings
-        self.view = view
+        #: The routable pods now (the balancer's fleet state decides which).
+        self._routable = routable
         self._session = session
-        self._clock = clock
 
     # ------------------------------------------------------------ entry points
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -160,15 +159,7 @@ class Admin:
         )
 
     def _targets(self, request: web.Request) -> list[Backend]:
-        snap = self.view.snapshot
-        now = self._clock()
-        routable = [
-            s.backend
-            for s in snap.backends
-            if s.routable(
-                now, self.settings.routing.fail_threshold, self.settings.routing.stale_after
-            )
-        ]
+        routable = [s.backend for s in self._routable()]
         pin = request.headers.get("X-Ollama-Backend")
         if pin:
             routable = [b for b in routable if b.name == pin]

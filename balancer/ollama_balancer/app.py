@@ -73,7 +73,7 @@ def create_app(
         ledger=ledger,
         shared=shared,
         proxy=proxy,
-        admin=Admin(settings, view, session, clock),
+        admin=Admin(settings, lambda: holder["b"].routable_states(), session),
         discovery=discovery,
         clock=clock,
     )

@@ -59,16 +59,8 @@ def fleet_report(bal: Balancer, *, fleet_wide: bool = False) -> FleetReport:
     """The fleet as this replica sees it.  Metrics carry this replica's own counts (a
     ``sum`` over replicas is the fleet's, with or without shared state); ``/-/fleet`` is
     ``fleet_wide``: every replica's requests, read from the shared state."""
-    s = bal.settings
-    occupancy = bal.shared.occupancy() if fleet_wide else bal.ledger
-    return build(
-        bal.view.snapshot,
-        occupancy.snapshot(),
-        bal.clock(),
-        fail_threshold=s.routing.fail_threshold,
-        stale_after=s.routing.stale_after,
-        draining=bal.draining,
-    )
+    occupancy = bal.shared.occupancy() if fleet_wide else bal.ledger.occupancy()
+    return build(bal.fleet(occupancy), draining=bal.draining)
 
 
 def model_label(snapshot: FleetSnapshot, name: str) -> str:
@@ -186,13 +178,12 @@ def demand_view(bal: Balancer) -> DemandView:
     expected waits: summed over replicas it is the fleet's demand, with or without shared
     state (waiting requests are always a replica's own)."""
     inflight: dict[str, int] = {}
-    rows = bal.ledger.snapshot().get("inflight")
-    for row in rows if isinstance(rows, list) else []:
-        if isinstance(row, dict):
-            model = model_display(str(row.get("model", "")))
-            inflight[model] = inflight.get(model, 0) + int(row.get("count") or 0)
+    occupancy = bal.ledger.occupancy()
+    for (_pod, key), n in occupancy.held.items():
+        model = model_display(key)
+        inflight[model] = inflight.get(model, 0) + n
     slots: dict[str, int] = {}
-    for state in bal.routable_states():
+    for state in bal.fleet(occupancy).routable:
         for key in state.resident:
             model = model_display(key)
             slots[model] = slots.get(model, 0) + max(1, state.backend.slots)

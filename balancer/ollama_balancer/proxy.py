@@ -27,6 +27,7 @@ from ollama_wire.client import OllamaClient, OllamaError, OllamaStatusError
 
 from .context import API_KEY, PARSED, QUOTA, RECORD, QuotaHold
 from .core.errors import AttemptFailed, BadRequest, Forbidden, for_outcome, give_up
+from .core.fleetstate import FleetState
 from .core.ledger import COLD_LOAD_THRESHOLD, Ledger
 from .core.queueing import BadPriority, Waiting, request_priority, tenant_of
 from .core.rankers import COLD_REASONS, Choice, Reason
@@ -213,16 +214,17 @@ class Proxy:
             if claim.lease is not None:  # claimed, never used (no attempt reached it)
                 await self._release_firmly(claim, record)
 
-    def _route(self, req: RouteRequest) -> tuple[Choice, ...]:
-        decision = route(
-            req,
+    def _fleet(self) -> FleetState:
+        return FleetState.at(
             self.view.snapshot,
             self.shared.occupancy(),
-            self.policy,
             self.clock(),
-            self.rng,
-            self._turn,
+            fail_threshold=self.policy.fail_threshold,
+            stale_after=self.policy.stale_after,
         )
+
+    def _route(self, req: RouteRequest) -> tuple[Choice, ...]:
+        decision = route(req, self._fleet(), self.policy, self.rng, self._turn)
         self._turn += 1
         if decision.unroutable is not None:
             raise for_outcome(decision.unroutable)
@@ -387,15 +389,10 @@ class Proxy:
     ) -> web.StreamResponse:
         """An unload goes to every pod where the model is loaded or loading, answered once."""
         record.reason = Reason.UNLOAD
-        now = self.clock()
         plan = plan_unload(
-            self.view.snapshot,
-            self.shared.occupancy(),
+            self._fleet(),
             req.key,
-            now=now,
             wall=datetime.now(UTC),
-            fail_threshold=self.settings.routing.fail_threshold,
-            stale_after=self.settings.routing.stale_after,
             allow_pinned=self.settings.routing.allow_client_unload,
         )
         if plan.refused:

@@ -12,7 +12,9 @@ from aiohttp import web
 from .admin import Admin
 from .backends import Discovery
 from .core.fleet import BackendState, PollResult
+from .core.fleetstate import FleetState
 from .core.ledger import Ledger
+from .core.occupancy import Occupancy
 from .core.record import RequestRecord
 from .core.shared.protocol import SharedState
 from .polling import FleetTracker, Poller
@@ -50,23 +52,23 @@ class Balancer:
             raise RuntimeError("the balancer's HTTP session is not started")
         return self.session
 
-    def routable(self) -> list[str]:
-        now = self.clock()
+    def fleet(self, occupancy: Occupancy | None = None) -> FleetState:
+        """The fleet now, with ``occupancy`` (default: the shared state's, fleet-wide when a
+        store serves)."""
         s = self.settings
-        return [
-            b.name
-            for b in self.view.snapshot.backends
-            if b.routable(now, s.routing.fail_threshold, s.routing.stale_after)
-        ]
+        return FleetState.at(
+            self.view.snapshot,
+            self.shared.occupancy() if occupancy is None else occupancy,
+            self.clock(),
+            fail_threshold=s.routing.fail_threshold,
+            stale_after=s.routing.stale_after,
+        )
+
+    def routable(self) -> list[str]:
+        return [b.name for b in self.fleet().routable]
 
     def routable_states(self) -> list[BackendState]:
-        now = self.clock()
-        s = self.settings
-        return [
-            b
-            for b in self.view.snapshot.backends
-            if b.routable(now, s.routing.fail_threshold, s.routing.stale_after)
-        ]
+        return list(self.fleet().routable)
 
 
 BALANCER = web.AppKey("balancer", Balancer)

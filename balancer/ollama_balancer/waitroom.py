@@ -18,9 +18,10 @@ import random
 import time
 from collections.abc import Callable
 
-from .core.dispatch import Bind, Binding, Occupancy, dispatch
+from .core.dispatch import Bind, Binding, dispatch
 from .core.errors import BalancerError, TooManyRequests, for_outcome
-from .core.ledger import LedgerView
+from .core.fleetstate import FleetState
+from .core.occupancy import Occupancy
 from .core.queueing import QueueSettings, Waiting, WaitQueue, retry_after
 from .core.routing import Policy
 from .polling import FleetTracker
@@ -39,7 +40,7 @@ class WaitRoom:
         self,
         settings: QueueSettings,
         view: FleetTracker,
-        occupancy: Callable[[], LedgerView],
+        occupancy: Callable[[], Occupancy],
         policy: Policy,
         *,
         rng: random.Random,
@@ -135,15 +136,16 @@ class WaitRoom:
         if not waiting:
             self._arm(now)
             return
-        snapshot = self.view.snapshot
-        occupancy = Occupancy.from_ledger(
-            self._occupancy(), snapshot, {w.model for w in waiting}
-        ).holding(self._held)
+        fleet = FleetState.at(
+            self.view.snapshot,
+            self._occupancy().with_bound(self._held),
+            now,
+            fail_threshold=self.policy.fail_threshold,
+            stale_after=self.policy.stale_after,
+        )
         decided = dispatch(
             waiting,
-            snapshot,
-            occupancy,
-            now,
+            fleet,
             self.rng,
             binding=Binding.LATE,
             policy=self.policy,

@@ -18,7 +18,8 @@ measure something real.  Python API::
         node = fleet.nodes[0]            # or fleet.node("node-a")
         node.url                         # "http://127.0.0.2:45123"
         node.stats                       # Stats: requests per path, generations_*, loads_*,
-                                         #   evictions, unloads, rejected_busy, pulls_*
+                                         #   evictions, unloads, rejected_busy, pulls_*,
+                                         #   prompt_tokens(_cached), continuation_*
         node.faults.fail_next(3, status=503, message="boom")   # paths=("/api/chat",) to target
         node.faults.hang()               # accept, never answer (times=N for a few requests)
         node.faults.drop_after(chunks=2) # abort the connection after 2 body chunks
@@ -30,7 +31,9 @@ measure something real.  Python API::
         node.scheduler.loading, node.scheduler.pending
 
 Each node also serves ``GET /-/emulator/state`` (runners, queue, stats,
-faults as JSON) and ``POST /-/emulator/faults`` with e.g.
+faults as JSON), ``GET /-/emulator/generations`` (the last generations: slot,
+prompt and cached tokens, continuation or not, how each ended; also
+``node.stats.generations``) and ``POST /-/emulator/faults`` with e.g.
 ``{"fail_next": {"count": 2, "status": 503}, "hang": {"times": 1},
 "drop_after": {"chunks": 3}, "slow": {"factor": 2}, "go_away": {"seconds": 5},
 "clear": true}`` (``DELETE /-/emulator/faults`` clears).
@@ -47,7 +50,7 @@ from .faults import Faults
 from .fleet import EmulatedFleet
 from .node import EmulatedNode
 from .scheduler import Runner, Scheduler, ServerBusy
-from .stats import Stats
+from .stats import GenerationRecord, Stats
 
 __all__ = [
     "Catalogue",
@@ -56,6 +59,7 @@ __all__ = [
     "EmulatedNode",
     "Faults",
     "FleetConfig",
+    "GenerationRecord",
     "ModelSpec",
     "NodeConfig",
     "Runner",

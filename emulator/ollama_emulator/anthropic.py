@@ -31,7 +31,8 @@ from ollama_wire.errors import anthropic_error_body
 from . import generation
 from .anthropic_request import MessagesRequest, RequestError, Tool, parse_request
 from .anthropic_stream import EventStream, NativeChunk, ToolCall, message_body, sse
-from .inference import Generation, GenerationPlan, schedule
+from .continuation import Turn, seed_text
+from .inference import Generation, GenerationPlan, chat_plan, schedule
 from .keys import NODE
 from .registry import LibraryEntry
 from .streams import ApiError, ChunkStream, StreamCut, read_body
@@ -89,22 +90,21 @@ def _tool_to_call(req: MessagesRequest) -> Tool | None:
 
 
 def _plan(req: MessagesRequest, model: LibraryEntry) -> tuple[GenerationPlan, ToolCall | None]:
-    turns = [(m.role, m.content) for m in req.messages]
-    prompt = "\n".join(f"{role}: {text}" for role, text in turns)
-    seed = generation.seed_for(None, model.spec.digest, prompt)
+    """A trailing assistant message (Anthropic's prefill) is a partial answer to continue."""
+    turns = [Turn(m.role, m.content, m.thinking) for m in req.messages]
     tool = _tool_to_call(req)
     call = None
     if tool is not None:
+        seed = generation.seed_for(None, model.spec.digest, seed_text(turns))
         call = ToolCall(
             generation.tool_call_id(_ids),
             tool.name,
             generation.tool_arguments(seed, tool.parameters),
         )
     think = generation.think_tokens(model.spec.response_tokens) if _thinks(req, model) else 0
-    plan = GenerationPlan(
-        model=model,
-        prompt_text=prompt,
-        prompt_tokens=generation.chat_prompt_tokens(turns),
+    plan = chat_plan(
+        model,
+        turns,
         options=dict(req.options),
         keep_alive=None,  # /v1/messages cannot carry keep_alive
         think_tokens=think,

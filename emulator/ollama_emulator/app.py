@@ -23,7 +23,8 @@ from ollama_wire.errors import error_body_for, ollama_error_body
 
 from . import anthropic, create, handlers, openai
 from .guard import host_allowed, origin_allowed
-from .keys import NODE
+from .keys import GO_AWAY, NODE
+from .state import NodeState
 from .streams import BODY_KEY, DROP_KEY, ApiError, abort, json_response, read_json
 from .wire import rfc3339
 
@@ -149,6 +150,11 @@ async def state(request: web.Request) -> web.Response:
     return json_response(doc)
 
 
+async def generations(request: web.Request) -> web.Response:
+    """The last generations started (slot, prompt tokens, cached tokens, outcome), oldest first."""
+    return json_response({"generations": request.app[NODE].stats.records()})
+
+
 async def set_faults(request: web.Request) -> web.Response:
     """Apply fault knobs; ``{"go_away": {"seconds": s}}`` closes the socket for ``s`` emulated s."""
     node = request.app[NODE]
@@ -159,7 +165,7 @@ async def set_faults(request: web.Request) -> web.Response:
     except (TypeError, ValueError) as exc:
         raise ApiError(400, str(exc)) from None
     if away is not None:
-        node.go_away(float(away.get("seconds", 1.0)))
+        request.app[GO_AWAY](float(away.get("seconds", 1.0)))
     return json_response(node.faults.describe())
 
 
@@ -168,16 +174,19 @@ async def clear_faults(request: web.Request) -> web.Response:
     return json_response(request.app[NODE].faults.describe())
 
 
-def build_app(node: Any) -> web.Application:
+def build_app(node: NodeState, *, go_away: Callable[[float], None]) -> web.Application:
+    """The app serving ``node``; its control endpoint closes the socket with ``go_away(s)``."""
     app = web.Application(
         middlewares=[gin_errors, host_guard, faults, zstd_bodies], client_max_size=64 * 2**20
     )
     app[NODE] = node
+    app[GO_AWAY] = go_away
     app.add_routes(handlers.routes)
     app.add_routes(create.routes)
     app.add_routes(openai.routes)
     app.add_routes(anthropic.routes)
     app.router.add_get(CONTROL_PREFIX + "state", state)
+    app.router.add_get(CONTROL_PREFIX + "generations", generations)
     app.router.add_post(CONTROL_PREFIX + "faults", set_faults)
     app.router.add_delete(CONTROL_PREFIX + "faults", clear_faults)
     return app

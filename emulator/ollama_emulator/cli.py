@@ -40,8 +40,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "Every node serves Ollama's API plus GET /-/emulator/state and POST/DELETE "
-        "/-/emulator/faults (JSON: fail_next{count,status,message,body,paths}, "
+        "Every node serves Ollama's API plus GET /-/emulator/state, GET "
+        "/-/emulator/generations (slot, cached tokens and outcome of the last ones) and "
+        "POST/DELETE /-/emulator/faults (JSON: fail_next{count,status,message,body,paths}, "
         "hang{times,paths}, drop_after{chunks,times,paths}, slow{factor,latency}, "
         "go_away{seconds}, clear). OLLAMA_NUM_PARALLEL, OLLAMA_MAX_QUEUE, "
         "OLLAMA_MAX_LOADED_MODELS, OLLAMA_KEEP_ALIVE and OLLAMA_CONTEXT_LENGTH are "

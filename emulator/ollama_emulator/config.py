@@ -68,6 +68,20 @@ class NodeConfig:
     """Models resident at start (implicitly installed), loaded instantly."""
     preload_keep_alive: float = FOREVER
     """keep_alive of the models in ``loaded``: pinned by default, like an operator preload."""
+    num_batch: int = 512
+    """Prompt tokens a runner evaluates per step (Ollama's ``num_batch``, llama-server's
+    ``-b``): a prompt whose client left stops at the end of a step."""
+    cancel_poll_seconds: float = 1.0
+    """How often a runner looks at a silent client connection while it processes a prompt
+    (llama-server's ``HTTP_POLLING_SECONDS``); ``inf`` = only when the first token is
+    sent, as Ollama's Go runners before 0.30 did."""
+    slot_prompt_similarity: float = 0.1
+    """A free slot is chosen for its cache when its common prefix with the prompt exceeds
+    this share of the prompt (llama-server's ``--slot-prompt-similarity``), else the least
+    recently used one."""
+    prompt_cache_ram: int = 8 * GIB
+    """Host memory for saved slot caches per runner (llama-server's ``--cache-ram``,
+    8192 MiB); 0 turns it off (Ollama's Go runners had none)."""
 
     def default_num_ctx(self) -> int:
         return self.context_length or auto_context_length(self.vram_bytes)
@@ -83,6 +97,10 @@ class NodeConfig:
             raise ValueError(f"unknown node field(s) {sorted(unknown)} in {doc.get('name')!r}")
         if "vram_bytes" in kwargs:
             kwargs["vram_bytes"] = parse_size(kwargs["vram_bytes"])
+        if "prompt_cache_ram" in kwargs:
+            kwargs["prompt_cache_ram"] = parse_size(kwargs["prompt_cache_ram"])
+        if "cancel_poll_seconds" in kwargs:
+            kwargs["cancel_poll_seconds"] = float(kwargs["cancel_poll_seconds"])
         if "pull_bandwidth" in kwargs:
             kwargs["pull_bandwidth"] = float(parse_size(kwargs["pull_bandwidth"]))
         for key in ("keep_alive", "preload_keep_alive"):

@@ -11,13 +11,15 @@ import hashlib
 import math
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = [
+    "OPENINGS",
     "count_tokens",
     "embedding",
     "generate_tokens",
+    "iter_tokens",
     "seed_for",
     "think_tokens",
     "tool_arguments",
@@ -33,6 +35,9 @@ every request finds a warm model quickly
 """
 _WORDS = tuple(_TEXT.split())
 
+OPENINGS = frozenset(w.capitalize() for w in _WORDS)
+"""The words an answer can start with (its first token, without a leading space)."""
+
 
 def seed_for(seed: int | None, model: str, text: str) -> int:
     """A stable 64-bit seed (Python's ``hash`` is salted per process, so use sha256)."""
@@ -40,22 +45,35 @@ def seed_for(seed: int | None, model: str, text: str) -> int:
     return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big")
 
 
-def generate_tokens(seed: int, count: int) -> list[str]:
-    """``count`` tokens forming a sentence-like text; each but the first starts with a space."""
+def iter_tokens(seed: int, count: int, *, opening: bool = True) -> Iterator[str]:
+    """The ``count`` tokens of :func:`generate_tokens`, made only as far as they are read."""
+    if count <= 0:
+        return  # seeding a generator costs more than the tokens of a short answer
     rng = random.Random(seed)
-    out: list[str] = []
+    previous = ""
     for i in range(count):
         word = rng.choice(_WORDS)
         if i == 0:
-            word = word.capitalize()
-        elif out[-1].endswith("."):
+            word = word.capitalize() if opening else " " + word
+        elif previous.endswith("."):
             word = " " + word.capitalize()
         else:
             word = " " + word
         if i == count - 1 or rng.random() < 0.08:
             word += "."
-        out.append(word)
-    return out
+        previous = word
+        yield word
+
+
+def generate_tokens(seed: int, count: int, *, opening: bool = True) -> list[str]:
+    """``count`` tokens forming a sentence-like text; each but the first starts with a space.
+
+    A natural answer ends with a period on its last token, so a prefix of it
+    (``num_predict`` reached, or a partial answer being continued) is the
+    same tokens cut short.  ``opening=False`` gives text that continues
+    something already said: its first token starts with a space too.
+    """
+    return list(iter_tokens(seed, count, opening=opening))
 
 
 def count_tokens(text: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -10,11 +11,15 @@ from aiohttp import web
 from ollama_wire import OLLAMA_VERSION, names
 
 from . import generation
+from .continuation import Turn, render_chat, split_raw
 from .inference import (
     Generation,
     GenerationPlan,
+    chat_plan,
     check_options,
+    completion_model,
     embed_texts,
+    embedding_model,
     keep_alive_of,
     schedule,
     truncate_dimensions,
@@ -78,15 +83,6 @@ async def show(request: web.Request) -> web.Response:
     return json_response(show_response(model))
 
 
-def _completion_model(request: web.Request, name: str, endpoint: str) -> LibraryEntry:
-    model = request.app[NODE].library.find(name) if name else None
-    if model is None:
-        raise ApiError(404, f"model '{name}' not found")
-    if "completion" not in model.spec.capabilities:
-        raise ApiError(400, f'"{name}" does not support {endpoint}')
-    return model
-
-
 def _check_think(doc: dict[str, Any], model: LibraryEntry, name: str) -> None:
     think = doc.get("think")
     if think in (None, False):
@@ -147,6 +143,47 @@ async def _run(
         gen.release()
 
 
+def _generate_plan(
+    model: LibraryEntry,
+    doc: dict[str, Any],
+    prompt: str,
+    options: dict[str, Any],
+    keep_alive: float | None,
+) -> GenerationPlan:
+    """A generate request: templated as a user turn, or raw (where a partial answer may end it)."""
+    seed = options.get("seed")
+    system = doc.get("system") or ""
+    if doc.get("raw") is True:
+        spec = model.spec
+
+        def answer_for(text: str) -> Iterator[str]:
+            base = generation.seed_for(seed, spec.digest, system + text)
+            return generation.iter_tokens(base, spec.response_tokens)
+
+        head, said = split_raw(prompt, answer_for)
+        return GenerationPlan(
+            model=model,
+            prompt_text=system + head,
+            prompt_tokens=generation.count_tokens(prompt),
+            options=options,
+            keep_alive=keep_alive,
+            seed=seed,
+            rendered=prompt,
+            partial=Turn("assistant", said) if said else None,
+        )
+    turns = [Turn("system", system)] if system else []
+    turns.append(Turn("user", prompt))
+    return GenerationPlan(
+        model=model,
+        prompt_text=system + prompt,
+        prompt_tokens=generation.chat_prompt_tokens([(t.role, t.content) for t in turns]),
+        options=options,
+        keep_alive=keep_alive,
+        seed=seed,
+        rendered=render_chat(turns),
+    )
+
+
 @routes.post("/api/generate")
 async def generate(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
@@ -157,30 +194,22 @@ async def generate(request: web.Request) -> web.StreamResponse:
         expect(doc, key, kind, "GenerateRequest", go)
     keep_alive = keep_alive_of(doc)
     name = doc.get("model") or ""
-    model = _completion_model(request, name, "generate")
+    model = completion_model(node.library, name, "generate")
     _check_think(doc, model, name)
     prompt = doc.get("prompt") or ""
     if not prompt and not doc.get("images"):
         return await _load_only(request, model, doc, {"response": ""})
     options = check_options(doc.get("options"))
-    system = doc.get("system") or ""
-    turns = [("system", system)] if system else []
-    plan = GenerationPlan(
-        model=model,
-        prompt_text=system + prompt,
-        prompt_tokens=generation.chat_prompt_tokens([*turns, ("user", prompt)]),
-        options=options,
-        keep_alive=keep_alive,
-        seed=options.get("seed"),
-    )
+    plan = _generate_plan(model, doc, prompt, options, keep_alive)
     gen = Generation(node, plan, started)
 
     def final(text: str) -> dict[str, Any]:
-        seed = generation.seed_for(plan.seed, model.spec.digest, plan.prompt_text)
-        context = generation.context_ids(seed, plan.prompt_tokens + len(gen.tokens))
         body = {"model": name, "created_at": _now(request), "response": text, "done": True}
-        body |= {"done_reason": gen.done_reason, "context": context, **gen.metrics()}
-        return body
+        body["done_reason"] = gen.done_reason
+        if doc.get("raw") is not True:  # Ollama tokenizes prompt + answer only when templated
+            seed = generation.seed_for(plan.seed, model.spec.digest, plan.prompt_text)
+            body["context"] = generation.context_ids(seed, plan.prompt_tokens + len(gen.tokens))
+        return body | gen.metrics()
 
     def chunk(token: str) -> dict[str, Any]:
         return {"model": name, "created_at": _now(request), "response": token, "done": False}
@@ -188,7 +217,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return await _run(request, gen, doc.get("stream") is not False, chunk, final)
 
 
-def _messages(doc: dict[str, Any]) -> list[tuple[str, str]]:
+def _messages(doc: dict[str, Any]) -> list[Turn]:
     expect(doc, "messages", list, "ChatRequest", "[]api.Message")
     out = []
     for message in doc.get("messages") or []:
@@ -198,9 +227,11 @@ def _messages(doc: dict[str, Any]) -> list[tuple[str, str]]:
                 f"json: cannot unmarshal {type(message).__name__} into Go struct field "
                 "ChatRequest.messages of type api.Message",
             )
-        expect(message, "role", str, "ChatRequest.messages", "string")
-        expect(message, "content", str, "ChatRequest.messages", "string")
-        out.append((str(message.get("role") or "").lower(), str(message.get("content") or "")))
+        for key in ("role", "content", "thinking"):
+            expect(message, key, str, "ChatRequest.messages", "string")
+        role = str(message.get("role") or "").lower()
+        content = str(message.get("content") or "")
+        out.append(Turn(role, content, str(message.get("thinking") or "")))
     return out
 
 
@@ -216,7 +247,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     name = doc.get("model") or ""
     if not name:
         raise ApiError(400, "model is required")
-    model = _completion_model(request, name, "chat")
+    model = completion_model(node.library, name, "chat")
     if doc.get("tools") and "tools" not in model.spec.capabilities:
         raise ApiError(400, f"{_full_name(model)} does not support tools")
     _check_think(doc, model, name)
@@ -224,14 +255,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not messages:
         return await _load_only(request, model, doc, empty)
     options = check_options(doc.get("options"))
-    plan = GenerationPlan(
-        model=model,
-        prompt_text="\n".join(f"{role}: {text}" for role, text in messages),
-        prompt_tokens=generation.chat_prompt_tokens(messages),
-        options=options,
-        keep_alive=keep_alive,
-        seed=options.get("seed"),
-    )
+    plan = chat_plan(model, messages, options=options, keep_alive=keep_alive)
     gen = Generation(node, plan, started)
 
     def final(text: str) -> dict[str, Any]:
@@ -244,14 +268,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return {"model": name, "created_at": _now(request), "message": message, "done": False}
 
     return await _run(request, gen, doc.get("stream") is not False, chunk, final)
-
-
-def _embedding_model(request: web.Request, name: str) -> LibraryEntry:
-    # Ollama does not check capabilities here: completion models embed too.
-    model = request.app[NODE].library.find(name) if name else None
-    if model is None:
-        raise ApiError(404, f'model "{name}" not found, try pulling it first')
-    return model
 
 
 @routes.post("/api/embed")
@@ -272,7 +288,7 @@ async def embed(request: web.Request) -> web.Response:
     else:
         raise ApiError(400, "invalid input type")
     name = doc.get("model") or ""
-    model = _embedding_model(request, name)
+    model = embedding_model(node.library, name)
     options = check_options(doc.get("options"))
     if not texts:
         runner = await schedule(node, model, num_ctx=options.get("num_ctx"), keep_alive=keep_alive)
@@ -307,7 +323,7 @@ async def embeddings(request: web.Request) -> web.Response:
     doc = await read_json(request, "api.EmbeddingRequest")
     keep_alive = keep_alive_of(doc)
     expect(doc, "prompt", str, "EmbeddingRequest", "string")
-    model = _embedding_model(request, doc.get("model") or "")
+    model = embedding_model(node.library, doc.get("model") or "")
     options = check_options(doc.get("options"))
     prompt = doc.get("prompt") or ""
     if not prompt:

@@ -7,25 +7,37 @@ into native ones.  Timing fields are emulated nanoseconds (see ``clock.py``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ollama_wire.durations import KeepAliveError, parse_keep_alive
 from ollama_wire.errors import MSG_SERVER_BUSY
 
 from . import generation
-from .registry import LibraryEntry
+from .continuation import Turn, plan_script, render_chat, seed_text, split_partial
+from .registry import Library, LibraryEntry
 from .scheduler import Runner, ServerBusy
+from .sequence import Job, Sequence
+from .state import NodeState
 from .streams import ApiError
 from .wire import metrics
 
-if TYPE_CHECKING:
-    from .node import EmulatedNode
-
-__all__ = ["Generation", "GenerationPlan", "check_options", "keep_alive_of", "schedule"]
+__all__ = [
+    "Generation",
+    "GenerationPlan",
+    "chat_plan",
+    "check_options",
+    "completion_model",
+    "embed_texts",
+    "embedding_model",
+    "keep_alive_of",
+    "schedule",
+    "truncate_dimensions",
+]
 
 _INT_OPTIONS = {
     "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed",
@@ -60,6 +72,25 @@ def check_options(options: Any) -> dict[str, Any]:
     return dict(options)
 
 
+def completion_model(library: Library, name: str, endpoint: str) -> LibraryEntry:
+    """The installed model a generate or chat request names (native or OpenAI ``endpoint``)."""
+    model = library.find(name) if name else None
+    if model is None:
+        raise ApiError(404, f"model '{name}' not found")
+    if "completion" not in model.spec.capabilities:
+        raise ApiError(400, f'"{name}" does not support {endpoint}')
+    return model
+
+
+def embedding_model(library: Library, name: str) -> LibraryEntry:
+    """The installed model an embedding request names."""
+    # Ollama does not check capabilities here: completion models embed too.
+    model = library.find(name) if name else None
+    if model is None:
+        raise ApiError(404, f'model "{name}" not found, try pulling it first')
+    return model
+
+
 def keep_alive_of(doc: dict[str, Any]) -> float | None:
     try:
         return parse_keep_alive(doc.get("keep_alive"))
@@ -68,7 +99,7 @@ def keep_alive_of(doc: dict[str, Any]) -> float | None:
 
 
 async def schedule(
-    node: EmulatedNode,
+    node: NodeState,
     model: LibraryEntry,
     *,
     num_ctx: int | None,
@@ -86,6 +117,7 @@ async def schedule(
 class GenerationPlan:
     model: LibraryEntry
     prompt_text: str
+    """The text that seeds the answer: the prompt without a trailing partial answer."""
     prompt_tokens: int
     options: dict[str, Any]
     keep_alive: float | None
@@ -94,6 +126,10 @@ class GenerationPlan:
     """Reasoning tokens played before the answer (a thinking model with ``think`` on)."""
     tool_call_tokens: int = 0
     """When > 0 the answer is a tool call this many tokens long instead of text."""
+    rendered: str = ""
+    """The prompt as the runner's cache sees it (``render_chat``); empty = ``prompt_text``."""
+    partial: Turn | None = None
+    """A partial answer the prompt ends with, to be continued."""
 
     @property
     def num_ctx(self) -> int | None:
@@ -105,12 +141,42 @@ class GenerationPlan:
         value = self.options.get("num_predict")
         return int(value) if value is not None and value >= 0 else None
 
+    @property
+    def prompt(self) -> str:
+        return self.rendered or self.prompt_text
+
+
+def chat_plan(
+    model: LibraryEntry,
+    turns: list[Turn],
+    *,
+    options: dict[str, Any],
+    keep_alive: float | None,
+    think_tokens: int = 0,
+    tool_call_tokens: int = 0,
+) -> GenerationPlan:
+    """The plan of a chat; a trailing assistant message is a partial answer to continue."""
+    history, partial = split_partial(turns)
+    counted = [(t.role, t.thinking + t.content) for t in turns]
+    return GenerationPlan(
+        model=model,
+        prompt_text=seed_text(history),
+        prompt_tokens=generation.chat_prompt_tokens(counted),
+        options=options,
+        keep_alive=keep_alive,
+        seed=options.get("seed"),
+        think_tokens=think_tokens,
+        tool_call_tokens=tool_call_tokens,
+        rendered=render_chat(turns),
+        partial=partial,
+    )
+
 
 @dataclass
 class Generation:
     """One generation, from scheduling to the last token."""
 
-    node: EmulatedNode
+    node: NodeState
     plan: GenerationPlan
     started: float
     """Emulated monotonic time when the handler started (Ollama: before JSON parsing)."""
@@ -126,6 +192,8 @@ class Generation:
     """Every generated token: reasoning, answer and tool-call tokens."""
     done_reason: str = "stop"
     completed: bool = False
+    sequence: Sequence | None = None
+    """The runner side, once a slot was found (its record says what the cache served)."""
 
     async def schedule(self) -> None:
         self.runner = await schedule(
@@ -140,51 +208,67 @@ class Generation:
                 if kind == "content":
                     yield token
 
+    def job(self) -> Job:
+        """What the runner's slot is asked to do; ``num_predict`` counts every new token."""
+        node, spec, plan = self.node, self.plan.model.spec, self.plan
+        seed = generation.seed_for(plan.seed, spec.digest, plan.prompt_text)
+        script = plan_script(
+            seed,
+            think=plan.think_tokens,
+            answer=plan.tool_call_tokens or spec.response_tokens,
+            kind="tool" if plan.tool_call_tokens else "content",
+            partial=plan.partial,
+            limit=plan.num_predict,
+        )
+        self.done_reason = "length" if script.cut else "stop"
+        slow = node.faults.token_rate_factor
+        return Job(
+            model=self.runner.name if self.runner else spec.name,
+            prompt=plan.prompt,
+            prompt_tokens=plan.prompt_tokens,
+            parts=script.parts,
+            per_token=slow / spec.tokens_per_second,
+            prompt_rate=spec.prompt_tokens_per_second / slow,
+            batch=node.config.num_batch,
+            poll=node.config.cancel_poll_seconds,
+            continuation=script.continued,
+            thinking_open=script.thinking_open,
+        )
+
     async def parts(self) -> AsyncGenerator[tuple[str, str], None]:
         """``("thinking" | "content" | "tool", token)`` at the model's rate.
 
         Reasoning comes first, then the answer: text, or a tool call whose tokens
         are not shown (Ollama's parser hands the call over whole, see
-        :attr:`tool_call_complete`).  ``num_predict`` counts all of them.
+        :attr:`tool_call_complete`).  ``num_predict`` counts all of them.  A
+        client that goes away leaves the sequence to finish on its own terms
+        (:mod:`.sequence`).
         """
         assert self.runner is not None, "schedule() first"
-        node, spec, plan = self.node, self.plan.model.spec, self.plan
-        stats = node.stats
+        job = self.job()
+        slots = self.runner.slots
         try:
-            async with self.runner.slot():
-                stats.generations_started += 1
-                slow = node.faults.token_rate_factor
-                prefill = plan.prompt_tokens / spec.prompt_tokens_per_second * slow
-                await node.clock.sleep(prefill)
-                self.prompt_eval_ns = int(prefill * 1e9)
-                answer = plan.tool_call_tokens or spec.response_tokens
-                natural = plan.think_tokens + answer
-                limit = plan.num_predict
-                count = natural if limit is None else min(limit, natural)
-                self.done_reason = "length" if limit is not None and limit < natural else "stop"
-                seed = generation.seed_for(plan.seed, spec.digest, plan.prompt_text)
-                thoughts = generation.generate_tokens(seed ^ 1, min(count, plan.think_tokens))
-                words = generation.generate_tokens(seed, count - len(thoughts))
-                kind = "tool" if plan.tool_call_tokens else "content"
-                sequence = [("thinking", t) for t in thoughts] + [(kind, t) for t in words]
-                per_token = slow / spec.tokens_per_second
-                began = node.clock.monotonic()
-                for i, (part, token) in enumerate(sequence):
-                    # Pace against a schedule, not per-token sleeps: at small time
-                    # scales each real sleep overshoots and the rate would drift.
-                    await node.clock.sleep(began + (i + 1) * per_token - node.clock.monotonic())
-                    self.eval_count += 1
-                    if part == "thinking":
-                        self.thinking.append(token)
-                    elif part == "content":
-                        self.tokens.append(token)
-                    yield part, token
-                self.eval_ns = max(1, int(self.eval_count * per_token * 1e9))
-                self.completed = True
-                stats.generations_completed += 1
+            placement = await slots.acquire(job.prompt)
+        except asyncio.CancelledError:
+            self.node.stats.generations_cancelled += 1  # left while waiting for a slot
+            raise
+        self.sequence = sequence = Sequence(slots, placement, job, self.node.clock, self.node.stats)
+        try:
+            while (part := await sequence.next()) is not None:
+                kind, token = part
+                self.eval_count += 1
+                if kind == "thinking":
+                    self.thinking.append(token)
+                elif kind == "content":
+                    self.tokens.append(token)
+                yield part
+            await sequence.finished()
+            self.prompt_eval_ns, self.eval_ns = sequence.prompt_eval_ns, sequence.eval_ns
+            self.completed = sequence.outcome == "completed"
+            sequence.consumed()
         finally:
             if not self.completed:
-                stats.generations_cancelled += 1
+                sequence.abandon()
 
     @property
     def tool_call_complete(self) -> bool:
@@ -215,7 +299,7 @@ class Generation:
 
 
 async def embed_texts(
-    node: EmulatedNode,
+    node: NodeState,
     model: LibraryEntry,
     texts: list[str],
     *,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .node import EmulatedNode
+from .state import NodeState
 
-__all__ = ["NODE"]
+__all__ = ["GO_AWAY", "NODE"]
 
-NODE: web.AppKey[EmulatedNode] = web.AppKey("node")
+NODE: web.AppKey[NodeState] = web.AppKey("node")
+"""The state of the node the app serves (the handlers' only view of it)."""
+
+GO_AWAY: web.AppKey[Callable[[float], None]] = web.AppKey("go_away")
+"""Close the node's socket for so many emulated seconds (the socket is the node's)."""

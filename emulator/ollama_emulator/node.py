@@ -1,4 +1,4 @@
-"""One emulated Ollama server: state (library, scheduler, puller, faults, stats) plus a socket.
+"""One emulated Ollama server: its state (``state.py``) plus a socket, above the app.
 
 The state outlives the socket, so :meth:`EmulatedNode.stop_listening` /
 :meth:`EmulatedNode.start_listening` behave like a network partition (the
@@ -15,47 +15,19 @@ from aiohttp import web
 
 from .app import build_app
 from .catalogue import Catalogue
-from .clock import ScaledClock
 from .config import NodeConfig
-from .faults import Faults
-from .registry import Library, Puller
-from .scheduler import Scheduler
-from .stats import Stats
+from .state import NodeState
 
 __all__ = ["EmulatedNode"]
 
 
-class EmulatedNode:
+class EmulatedNode(NodeState):
+    """A :class:`~.state.NodeState` with a socket: the app is built on the state, per listen."""
+
     def __init__(self, config: NodeConfig, catalogue: Catalogue, time_scale: float = 1.0) -> None:
-        self.config = config
-        self.catalogue = catalogue
-        self.clock = ScaledClock(time_scale)
-        self.stats = Stats()
-        self.faults = Faults()
-        self.library = Library(self.clock)
-        self.scheduler = Scheduler(config, self.clock, self.stats)
-        # Ollama reports pull progress about every 60 ms; scaled, but never a busy loop.
-        interval = max(0.005, 0.06 * time_scale)
-        self.puller = Puller(
-            catalogue, self.library, self.clock, self.stats, config.pull_bandwidth, interval
-        )
-        self.host = config.host
-        self.port = config.port
+        super().__init__(config, catalogue, time_scale)
         self._runner: web.AppRunner | None = None
         self._away: asyncio.Task[None] | None = None
-        for name in (*config.installed, *config.loaded):
-            if self.library.find(name) is None:
-                spec = catalogue[name]
-                self.library.install(name, spec)
-                self.puller.mark_installed(spec)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def listening(self) -> bool:
@@ -64,20 +36,8 @@ class EmulatedNode:
     async def start(self) -> None:
         """Load the start-up models, start the scheduler loop and listen."""
         self.scheduler.start()
-        self._preload()
+        self.preload()
         await self.start_listening()
-
-    def _preload(self) -> None:
-        for name in self.config.loaded:
-            spec = self.catalogue[name]
-            if self.scheduler.runner_for(spec) is None:
-                self.scheduler.preload(
-                    spec, self.catalogue_name(name), self.config.preload_keep_alive
-                )
-
-    def catalogue_name(self, name: str) -> str:
-        model = self.library.find(name)
-        return model.display if model else name
 
     async def start_listening(self) -> None:
         """(Re)open the socket on the same address; after the first start the port is fixed."""
@@ -87,7 +47,7 @@ class EmulatedNode:
         # Bodies arrive as sent: Ollama decodes zstd on a few /v1 paths only, and nothing
         # else (aiohttp would inflate gzip everywhere and refuse zstd in plain text).
         runner = web.AppRunner(
-            build_app(self),
+            build_app(self, go_away=self.go_away),
             handler_cancellation=True,
             shutdown_timeout=0.01,
             access_log=None,
@@ -124,8 +84,7 @@ class EmulatedNode:
     async def restart(self) -> None:
         """A pod restart: connections cut, every model unloaded, up again with start-up models."""
         await self.stop_listening()
-        await self.scheduler.close()
-        self.scheduler = Scheduler(self.config, self.clock, self.stats)
+        await self.unload_all()
         await self.start()
 
     async def stop(self) -> None:

@@ -16,8 +16,15 @@ from typing import Any
 from aiohttp import web
 
 from . import generation
-from .handlers import _completion_model, _embedding_model
-from .inference import Generation, GenerationPlan, embed_texts
+from .continuation import Turn, render_chat
+from .inference import (
+    Generation,
+    GenerationPlan,
+    chat_plan,
+    completion_model,
+    embed_texts,
+    embedding_model,
+)
 from .keys import NODE
 from .registry import LibraryEntry
 from .streams import ApiError, ChunkStream, json_response, read_json
@@ -65,17 +72,15 @@ def _text(content: Any) -> str:
     return ""
 
 
-async def _generate(
-    request: web.Request, doc: dict[str, Any], model: LibraryEntry, plan_text: str, tokens: int
-) -> Generation:
-    node = request.app[NODE]
-    options = _options(doc)
-    plan = GenerationPlan(
-        model, plan_text, tokens, options, keep_alive=None, seed=options.get("seed")
-    )
-    gen = Generation(node, plan, request[STARTED])
+async def _generate(request: web.Request, plan: GenerationPlan) -> Generation:
+    gen = Generation(request.app[NODE], plan, request[STARTED])
     await gen.schedule()
     return gen
+
+
+def _chat(doc: dict[str, Any], model: LibraryEntry, turns: list[Turn]) -> GenerationPlan:
+    """The middleware's native chat request: a trailing assistant message is continued."""
+    return chat_plan(model, turns, options=_options(doc), keep_alive=None)
 
 
 STARTED = web.RequestKey("started", float)
@@ -92,12 +97,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     name = doc.get("model") or ""
     if not name:
         raise ApiError(400, "model is required")
-    model = _completion_model(request, name, "chat")
+    model = completion_model(node.library, name, "chat")
     turns = [
-        (str(m.get("role", "")), _text(m.get("content"))) for m in messages if isinstance(m, dict)
+        Turn(str(m.get("role", "")), _text(m.get("content")), str(m.get("reasoning") or ""))
+        for m in messages
+        if isinstance(m, dict)
     ]
-    prompt = "\n".join(f"{role}: {text}" for role, text in turns)
-    gen = await _generate(request, doc, model, prompt, generation.chat_prompt_tokens(turns))
+    gen = await _generate(request, _chat(doc, model, turns))
     ident = f"chatcmpl-{_ids.randrange(999)}"
     created = node.clock.wall_ns() // 10**9
     head = {
@@ -149,10 +155,20 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if not isinstance(prompt, str):
         raise ApiError(400, "invalid type for 'prompt' field, expected string")
     name = doc.get("model") or ""
-    model = _completion_model(request, name, "generate")
-    gen = await _generate(
-        request, doc, model, prompt, generation.chat_prompt_tokens([("user", prompt)])
+    model = completion_model(node.library, name, "generate")
+    # A generate request: the prompt is templated as a user turn, never continued.
+    options = _options(doc)
+    user = [Turn("user", prompt)]
+    plan = GenerationPlan(
+        model,
+        prompt,
+        generation.chat_prompt_tokens([("user", prompt)]),
+        options,
+        keep_alive=None,
+        seed=options.get("seed"),
+        rendered=render_chat(user),
     )
+    gen = await _generate(request, plan)
     ident = f"cmpl-{_ids.randrange(999)}"
     created = node.clock.wall_ns() // 10**9
     head = {
@@ -202,7 +218,7 @@ async def v1_embeddings(request: web.Request) -> web.Response:
     if encoding not in ("float", "base64"):
         raise ApiError(400, f"invalid encoding format: {encoding}")
     name = doc.get("model") or ""
-    model = _embedding_model(request, name)
+    model = embedding_model(node.library, name)
     vectors, _, tokens = await embed_texts(node, model, list(raw), options={}, keep_alive=None)
     data = []
     for index, vector in enumerate(vectors):
@@ -266,14 +282,13 @@ async def responses(request: web.Request) -> web.StreamResponse:
     name = doc.get("model") or ""
     if not name:
         raise ApiError(400, "model is required")
-    model = _completion_model(request, name, "chat")
+    model = completion_model(node.library, name, "chat")
     turns = _responses_input(doc)
     if not turns:
         raise ApiError(400, "input is required")
     if isinstance(doc.get("max_output_tokens"), int):
         doc = {**doc, "max_tokens": doc["max_output_tokens"]}
-    prompt = "\n".join(f"{role}: {text}" for role, text in turns)
-    gen = await _generate(request, doc, model, prompt, generation.chat_prompt_tokens(turns))
+    gen = await _generate(request, _chat(doc, model, [Turn(role, text) for role, text in turns]))
     n = _ids.randrange(999)
     created = node.clock.wall_ns() // 10**9
     resp_id, msg_id = f"resp_{n}", f"msg_{n}"

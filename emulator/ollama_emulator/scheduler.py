@@ -3,7 +3,9 @@
 A faithful miniature of Ollama's ``server/sched.go`` (docs/ollama.md §4, §5):
 
 * A loaded runner whose ``num_ctx`` matches is handed out at once (no queue);
-  its ``num_parallel`` slots are a semaphore whose wait is unbounded.
+  its ``num_parallel`` slots (:mod:`.slots`) are waited for without bound, each
+  with a prompt cache (:mod:`.prompt_cache`); a request whose client left may
+  hold its slot a while longer (:mod:`.sequence`).
 * Anything else goes through a bounded FIFO (``max_queue``, else
   :class:`ServerBusy`) served by **one** loop that loads one model at a time.
 * Before a load: at ``max_loaded_models``, or when the model does not fit the
@@ -31,6 +33,8 @@ from typing import Any
 from .catalogue import ModelSpec
 from .clock import Clock
 from .config import NodeConfig
+from .prompt_cache import HostMemory, PromptCache
+from .slots import SlotPool
 from .stats import Stats
 
 __all__ = ["Runner", "Scheduler", "ServerBusy"]
@@ -44,7 +48,14 @@ class Runner:
     """A loaded model (one llama-server process)."""
 
     def __init__(
-        self, spec: ModelSpec, name: str, num_ctx: int, num_parallel: int, size: int, vram: int
+        self,
+        spec: ModelSpec,
+        name: str,
+        num_ctx: int,
+        num_parallel: int,
+        size: int,
+        vram: int,
+        cache: PromptCache | None = None,
     ) -> None:
         self.spec = spec
         self.name = name
@@ -57,28 +68,27 @@ class Runner:
         self.expires_at_ns = 0
         self.refcount = 0
         """Requests holding this runner (waiting for a slot or generating)."""
-        self.in_flight = 0
-        """Requests holding a slot."""
         self.draining = False
         """Marked for unload (reload or eviction): new requests go through the queue."""
         self.idle = asyncio.Event()
         self.idle.set()
-        self._slots = asyncio.Semaphore(num_parallel)
+        self.slots = SlotPool(cache or PromptCache(num_parallel))
+        """Its ``num_parallel`` slots, their prompt caches and the sequences running on them."""
         self._timer: asyncio.Task[None] | None = None
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the ``num_parallel`` slots (waits without bound; cancellable)."""
-        async with self._slots:
-            self.in_flight += 1
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
+    @property
+    def in_flight(self) -> int:
+        """Slots busy, also with a sequence whose client already left."""
+        return self.slots.busy
 
     @property
     def waiting(self) -> int:
-        return self.refcount - self.in_flight
+        """Requests waiting for a slot."""
+        return self.slots.waiting
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold one slot for work that leaves the prompt cache alone (waits without bound)."""
+        return self.slots.hold()
 
     def __repr__(self) -> str:
         return f"<Runner {self.name} ctx={self.num_ctx} ref={self.refcount} busy={self.in_flight}>"
@@ -117,8 +127,11 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for runner in list(self.runners.values()):
+        runners = list(self.runners.values())
+        for runner in runners:
             self._unload(runner)
+        for runner in runners:
+            await runner.slots.wait_closed()
 
     # -- queries ---------------------------------------------------------------
 
@@ -256,6 +269,7 @@ class Scheduler:
         if self.runners.get(runner.spec.digest) is runner:
             del self.runners[runner.spec.digest]
             self.stats.unloads += 1
+        runner.slots.close()  # the process is gone, and a cancelled request's slot with it
         if runner._timer is not None:
             runner._timer.cancel()
             runner._timer = None
@@ -265,7 +279,11 @@ class Scheduler:
         parallel = self.num_parallel_for(spec)
         size = spec.vram_bytes(num_ctx, parallel)
         free = max(0, self.config.vram_bytes - self.vram_used)
-        return Runner(spec, name, num_ctx, parallel, size, min(size, free))
+        memory = HostMemory(
+            self.config.prompt_cache_ram, spec.kv_bytes_per_token, num_ctx * parallel
+        )
+        cache = PromptCache(parallel, similarity=self.config.slot_prompt_similarity, memory=memory)
+        return Runner(spec, name, num_ctx, parallel, size, min(size, free), cache)
 
     async def _loop(self) -> None:
         while True:

@@ -16,8 +16,7 @@ import pytest
 
 from ollama_balancer.admin import merge_answers, refusal
 from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig
-
-from .conftest import Rig, RigFactory, nodes
+from tests.harness.fleet import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"
 SMALL = "all-minilm"

@@ -17,8 +17,7 @@ import pytest
 import zstandard
 
 from ollama_balancer.core.auth import hash_key
-
-from .conftest import Rig, RigFactory, nodes
+from tests.harness.fleet import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"
 HI = [{"role": "user", "content": "Hi"}]

@@ -12,7 +12,7 @@ import ollama
 import openai
 import pytest
 
-from .conftest import Rig, RigFactory, nodes
+from tests.harness.fleet import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"
 HI = [{"role": "user", "content": "hi"}]

@@ -6,7 +6,7 @@ import ollama
 import openai
 import pytest
 
-from .conftest import RigFactory, nodes
+from tests.harness.fleet import RigFactory, nodes
 
 M = "llama3.2:3b"
 EMB = "nomic-embed-text"

@@ -6,14 +6,15 @@ import random
 
 import pytest
 
-from ollama_balancer.core.dispatch import Binding, Dispatch, Occupancy, dispatch
+from ollama_balancer.core.dispatch import Binding, Dispatch, dispatch
 from ollama_balancer.core.errors import for_outcome
 from ollama_balancer.core.fleet import FleetSnapshot
 from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.occupancy import LoadRecord, Occupancy
 from ollama_balancer.core.queueing import Waiting
 from ollama_balancer.core.routing import Policy, RouteRequest, route
 from ollama_wire.names import canonical
-from tests.balancer.test_routing import NOW, Pod, snap
+from tests.harness.routing_cases import NOW, Pod, at, snap
 
 M = canonical("llama3")
 
@@ -27,11 +28,11 @@ def occ(
 ) -> Occupancy:
     """Occupancy of model llama3: pod -> requests in flight, pod -> load start."""
     return Occupancy(
-        inflight={(p, M): n for p, n in (inflight or {}).items()},
-        loading={(p, M): t for p, t in (loading or {}).items()},
-        penalised=dict.fromkeys(penalised, NOW + 10),
-        load_seconds={M: load_s},
-        service_seconds={M: service_s},
+        held={(p, M): n for p, n in (inflight or {}).items()},
+        loads={(p, M): LoadRecord(t, f"load-{p}") for p, t in (loading or {}).items()},
+        penalties=dict.fromkeys(penalised, NOW + 10),
+        load_times={M: load_s},
+        service_times={M: service_s},
     )
 
 
@@ -52,9 +53,7 @@ def run(
 ) -> Dispatch:
     return dispatch(
         waiting,
-        fleet,
-        occupancy,
-        NOW,
+        at(fleet, occupancy),
         random.Random(7),
         binding=binding,
         hold_unavailable=hold,
@@ -205,7 +204,7 @@ def test_late_binding(
     # Never more requests on a warm pod than it has slots.
     for state in fleet.backends:
         warm = [b for b in d.binds if b.backend == state.name and not b.cold]
-        before = occupancy.inflight.get((state.name, M), 0)
+        before = occupancy.inflight(state.name, M)
         assert not warm or before + len(warm) <= state.backend.slots, (state.name, warm)
 
 
@@ -222,7 +221,7 @@ def test_other_models_do_not_take_the_slot() -> None:
     other = canonical("mistral")
     fleet = snap(Pod("a", ["llama3", "mistral"], ["llama3", "mistral"], slots=1))
     waiting = [Waiting("m1", other, "t", display="mistral"), *queue(1)]
-    d = run(fleet, Occupancy(inflight={("a", other): 1}), waiting)
+    d = run(fleet, Occupancy(held={("a", other): 1}), waiting)
     assert binds(d) == [("w1", "a", "resident")]
     assert d.held == ("m1",)
 
@@ -284,12 +283,13 @@ def test_early_binding_is_todays_behaviour() -> None:
             led.begin(pod, M, cold=False, now=NOW, request_id=f"{pod}{i}")
     rng = random.Random(7)
     for b in d.binds:
-        choice = route(RouteRequest(M, "llama3"), TWO_WARM, led, Policy(), NOW, rng).ranked[0]
+        choice = route(RouteRequest(M, "llama3"), at(TWO_WARM, led), Policy(), rng).ranked[0]
         assert b.backend == choice.backend
         led.begin(choice.backend, M, cold=False, now=NOW, request_id=b.id)
 
 
-def test_occupancy_from_a_ledger_decides_like_the_ledger() -> None:
+def test_dispatch_routes_on_the_ledgers_value() -> None:
+    """The ledger's figures reach routing as one value, and early dispatch ranks like it."""
     fleet = TWO_WARM_ONE_COLD
     led = Ledger(default_load_seconds=20.0, default_service_seconds=5.0)
     led.learn_service(M, 30.0)
@@ -298,14 +298,35 @@ def test_occupancy_from_a_ledger_decides_like_the_ledger() -> None:
         led.begin("b", M, cold=False, now=NOW, request_id=f"b{i}")
     led.begin("c", M, cold=True, now=NOW - 3, request_id="loader")
     led.penalise("b", NOW + 5)
-    o = Occupancy.from_ledger(led, fleet, [M])
-    assert o.inflight == {("a", M): 2, ("b", M): 2, ("c", M): 1}
-    assert o.loading == {("c", M): NOW - 3}
-    assert o.service(M) == 30.0 and o.load(M) == 20.0
-    assert o.penalised == {"b": NOW + 5}
-    direct = route(RouteRequest(M, "llama3"), fleet, led, Policy(), NOW, random.Random(7))
+    o = led.occupancy()
+    assert o.held == {("a", M): 2, ("b", M): 2, ("c", M): 1}
+    assert o.loads == {("c", M): LoadRecord(NOW - 3, "loader")}
+    assert o.service_seconds(M) == 30.0 and o.load_seconds(M) == 20.0
+    assert o.penalties == {"b": NOW + 5}
+    assert led.occupancy() is o  # no write since: the same value
+    direct = route(RouteRequest(M, "llama3"), at(fleet, led), Policy(), random.Random(7))
     via = run(fleet, o, queue(1), binding=Binding.EARLY)
     assert [c.backend for c in via.binds[0].ranked] == [c.backend for c in direct.ranked]
+
+
+def test_a_fresh_load_of_another_model_takes_vram_in_dispatch_as_in_routing() -> None:
+    """Pod a finished loading llama3 after its last poll (so /api/ps does not show it yet):
+    a waiting mistral request is loaded on b, which has more room left, exactly as routing
+    places it on arrival."""
+    fleet = snap(
+        Pod("a", ["llama3", "mistral"], vram_gb=16),
+        Pod("b", ["mistral"], vram_gb=14),
+    )
+    led = Ledger()
+    led.begin("a", M, cold=True, now=NOW - 5, request_id="r1")
+    led.first_byte("a", M, now=NOW - 0.5, request_id="r1")  # after a's last poll (NOW - 1)
+    led.end("a", M, request_id="r1")
+    mistral = canonical("mistral")
+    waiting = [Waiting("m1", mistral, "t", display="mistral", enqueued=NOW - 1)]
+    late = run(fleet, led.occupancy(), waiting)
+    early = route(RouteRequest(mistral, "mistral"), at(fleet, led), Policy(), random.Random(7))
+    assert binds(late) == [("m1", "b", "cold-load")]
+    assert early.ranked[0].backend == "b"
 
 
 @pytest.mark.parametrize(

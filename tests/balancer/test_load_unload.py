@@ -25,8 +25,8 @@ from ollama_balancer.core.unload import plan_unload, unload_answer
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical
-
-from .conftest import Rig, RigFactory, nodes
+from tests.harness.fleet import Rig, RigFactory, nodes
+from tests.harness.routing_cases import at
 
 M = "llama3.2:3b"
 KEY = canonical(M)
@@ -158,10 +158,8 @@ def test_runner_options_and_preload_ranking(
     snap = FleetSnapshot(tuple(pods), NOW)
     d = route(
         RouteRequest(KEY, M, num_ctx=num_ctx, load_only=load_only),
-        snap,
-        ledger,
+        at(snap, ledger, NOW),
         Policy(),
-        NOW,
         random.Random(0),
     )
     got = [(c.backend, c.reason) for c in d.ranked]
@@ -210,14 +208,7 @@ def test_plan_unload(
     for name in loading:
         ledger.begin(name, KEY, cold=True, now=NOW, request_id="l")
     plan = plan_unload(
-        FleetSnapshot(tuple(pods), NOW),
-        ledger,
-        KEY,
-        now=NOW,
-        wall=WALL,
-        fail_threshold=3,
-        stale_after=15,
-        allow_pinned=allow,
+        at(FleetSnapshot(tuple(pods), NOW), ledger, NOW), KEY, wall=WALL, allow_pinned=allow
     )
     assert (plan.targets, plan.refused) == (targets, refused)
 

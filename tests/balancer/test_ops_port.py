@@ -11,8 +11,7 @@ import aiohttp
 from ollama_balancer.app import create_app, ops_app, serve
 from ollama_balancer.settings import BalancerSettings
 from ollama_emulator import EmulatedFleet, FleetConfig
-
-from .conftest import nodes
+from tests.harness.fleet import nodes
 
 
 async def test_ops_port_serves_health_and_metrics_without_keys(tmp_path: Path) -> None:

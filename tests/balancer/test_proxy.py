@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from .conftest import RigFactory, nodes
+from tests.harness.fleet import RigFactory, nodes
 
 M = "llama3.2:3b"
 M2 = "qwen2.5:7b"
@@ -50,7 +50,10 @@ async def test_followers_of_a_cold_load_join_it(rig_factory: RigFactory) -> None
     assert reasons.count("cold-load") == 1 and reasons.count("loading") == 3
     assert sum(n.stats.loads_started for n in rig.fleet.nodes) == 1
     # learned from Ollama's load_duration in the final chunk
-    assert rig.bal.ledger.load_seconds(_key(M)) < rig.bal.settings.routing.default_load_seconds
+    assert (
+        rig.bal.ledger.occupancy().load_seconds(_key(M))
+        < rig.bal.settings.routing.default_load_seconds
+    )
 
 
 def _key(name: str) -> str:

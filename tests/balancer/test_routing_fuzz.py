@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ollama_balancer.core.errors import for_outcome
-from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.fleet import BackendState, FleetSnapshot, Health
+from ollama_balancer.core.fleetstate import FleetState
 from ollama_balancer.core.ledger import Ledger
 from ollama_balancer.core.rankers import Strategy
 from ollama_balancer.core.routing import Policy, RouteRequest, route
@@ -79,9 +80,14 @@ def test_route_is_total_and_sane(
             led.penalise(name, NOW + 5)
     snap = FleetSnapshot(tuple(states), NOW)
     policy = Policy(auto_pull=auto_pull, strategy=strategy)
-    d = route(
-        RouteRequest(model, model, pin, affinity), snap, led, policy, NOW, random.Random(seed)
+    fleet = FleetState.at(
+        snap,
+        led.occupancy(),
+        NOW,
+        fail_threshold=policy.fail_threshold,
+        stale_after=policy.stale_after,
     )
+    d = route(RouteRequest(model, model, pin, affinity), fleet, policy, random.Random(seed))
     if d.unroutable is not None:
         assert for_outcome(d.unroutable).status in (404, 503)
         assert not d.ranked
@@ -89,7 +95,9 @@ def test_route_is_total_and_sane(
     names = [c.backend for c in d.ranked]
     assert names and len(names) == len(set(names))
     routable = {
-        s.name for s in states if s.routable(NOW, policy.fail_threshold, policy.stale_after)
+        s.name
+        for s in states
+        if s.health(NOW, policy.fail_threshold, policy.stale_after) is Health.UP
     }
     assert set(names) <= routable
     if pin is not None:

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from ollama_balancer.core.auth import hash_key
-
-from .conftest import Rig, RigFactory, nodes
+from tests.harness.fleet import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"
 KEYS = f"""

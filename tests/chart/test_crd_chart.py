@@ -18,8 +18,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.chart.chart import CHART, CRD, ROOT, helm_path, run_helm
-from tests.kube.cluster import KubeBinaries, KubeCluster, create_namespace
+from tests.harness.chart import CHART, CRD, ROOT, helm_path, run_helm
+from tests.harness.kube import KubeBinaries, KubeCluster, create_namespace
 
 CRD_CHART = ROOT / "charts" / "ollama-fleet-crds"
 UPGRADING = ROOT / "docs" / "upgrading.md"

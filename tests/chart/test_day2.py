@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from ollama_balancer.settings import add_arguments, load_settings
-from tests.chart.chart import (
+from tests.harness.chart import (
     EXAMPLES,
     VALUES,
     container,
@@ -27,7 +27,7 @@ from tests.chart.chart import (
     render,
     selector_matches,
 )
-from tests.prometheus.promtool import RULES, prometheus_tool
+from tests.harness.promtool import RULES, prometheus_tool
 
 Objs = list[dict[str, Any]]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from packaging.markers import Marker
 
-from tests.chart.chart import ROOT, container, find, helm_path, render
+from tests.harness.chart import ROOT, container, find, helm_path, render
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -9,33 +9,22 @@ scheduler binds to a GPU Node, each Ollama pod gets its PVC bound) and that
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.chart.chart import CHART, VALUES, helm_path, run_helm
-from tests.kube.cluster import Body, KubeCluster, as_json, create_namespace, create_node
+from tests.harness.chart import CHART, VALUES, helm_path, run_helm
+from tests.harness.eventually import eventually_blocking
+from tests.harness.kube import Body, KubeCluster, as_json, create_namespace, create_node
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
 NAMESPACE = "chart-install"
 RELEASE = "fleet"
 NODE = "gpu-node-chart"
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +158,9 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
         store_secret = f"{RELEASE}-ollama-fleet-shared-state"
         password = core.read_namespaced_secret(store_secret, NAMESPACE).data["password"]
         assert len(password) >= 40
-        _wait("shared-state pod bound", lambda: _bound(_pods(api, "shared-state"), 1))
+        eventually_blocking(
+            lambda: _bound(_pods(api, "shared-state"), 1), "shared-state pod bound", timeout=60
+        )
         upgrade = run_helm(
             helm,
             [
@@ -199,11 +190,19 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
         assert svc.spec.cluster_ip and (svc.spec.ports or [])[0].port == 11434
 
         # Deployments and the StatefulSet produce Pods, bound by the scheduler
-        balancer = _wait("balancer pods bound", lambda: _bound(_pods(api, "balancer"), 1))
-        operator = _wait("operator pod bound", lambda: _bound(_pods(api, "operator"), 1))
-        ollama = _wait("ollama pods bound", lambda: _bound(_pods(api, "ollama"), 2), 90)
+        balancer = eventually_blocking(
+            lambda: _bound(_pods(api, "balancer"), 1), "balancer pods bound", timeout=60
+        )
+        operator = eventually_blocking(
+            lambda: _bound(_pods(api, "operator"), 1), "operator pod bound", timeout=60
+        )
+        ollama = eventually_blocking(
+            lambda: _bound(_pods(api, "ollama"), 2), "ollama pods bound", timeout=90
+        )
         # the HPA enforces minReplicas=2 (no metrics needed for that)
-        _wait("2 balancer pods", lambda: _bound(_pods(api, "balancer"), 2))
+        eventually_blocking(
+            lambda: _bound(_pods(api, "balancer"), 2), "2 balancer pods", timeout=60
+        )
         assert {p.spec.node_name for p in ollama} == {NODE}  # the only node with GPUs
         for pod in balancer + operator:
             assert pod.spec.security_context.run_as_non_root is True
@@ -259,14 +258,15 @@ def test_helm_install_and_uninstall(cluster: KubeCluster, api: client.ApiClient)
             )["items"]
         )
 
-    _wait("helm uninstall to remove the release's objects", gone)
+    eventually_blocking(gone, "helm uninstall to remove the release's objects", timeout=60)
     # Pods are being deleted by the garbage collector (no kubelet confirms, so they stay
     # Terminating here); none is left running.
-    _wait(
-        "pods marked for deletion",
+    eventually_blocking(
         lambda: all(
             p.metadata.deletion_timestamp for p in core.list_namespaced_pod(NAMESPACE).items
         ),
+        "pods marked for deletion",
+        timeout=60,
     )
     # Helm keeps CRDs (its policy), and Kubernetes keeps StatefulSet claims (the model
     # stores survive an uninstall; delete them to free the disks).

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from ollama_balancer.metrics import FLEET_DEMAND_RATIO
-from tests.chart.chart import (
+from tests.harness.chart import (
     ROOT,
     container,
     env_of,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.chart import ROOT, helm_path, run_helm, validate_builtin
+from tests.harness.chart import ROOT, helm_path, run_helm, validate_builtin
 
 VERSION = "0.1.0"  # the tag a release of today's tree would carry
 

@@ -33,7 +33,7 @@ from ollama_balancer.core.pods import (
 )
 from ollama_balancer.core.routes import spec_for
 from ollama_balancer.settings import load_settings
-from tests.chart.chart import (
+from tests.harness.chart import (
     CHART,
     CRD,
     EXAMPLES,
@@ -688,7 +688,7 @@ def test_servicemonitor_and_dashboard(rendered: dict[str, list[dict[str, Any]]])
         for k, v in vars(module).items()
         if k.isupper() and isinstance(v, str)
     }
-    # metrics other issues add (tests/prometheus/dashboard.py lists their panels)
+    # metrics other issues add (tests/harness/dashboard.py lists their panels)
     known |= {"ollama_fleet_queue_wait_seconds", "ollama_fleet_shared_state_up"}
     used = {
         re.sub(r"_(bucket|count|sum)$", "", word)
@@ -748,7 +748,7 @@ def test_crd_upgrade_policy_documented() -> None:
 def test_install_yaml_matches_chart(helm: str) -> None:
     expected = render_install_yaml(helm)
     assert INSTALL_YAML.read_text() == expected, (
-        "manifests/install.yaml drifted from the chart: run `python -m tests.chart.chart --write`"
+        "manifests/install.yaml drifted from the chart: run `python -m tests.harness.chart --write`"
     )
     objs = [d for d in yaml.safe_load_all(expected) if d]
     assert objs[0]["kind"] == "CustomResourceDefinition"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.chart import CHART, helm_path, run_helm, template_args
+from tests.harness.chart import CHART, helm_path, run_helm, template_args
 
 SCHEMA_ERROR = "values don't meet the specifications of the schema(s)"
 

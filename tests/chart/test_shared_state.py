@@ -12,7 +12,7 @@ import pytest
 
 from ollama_balancer.core.shared.address import parse_store_url
 from ollama_balancer.settings import load_settings
-from tests.chart.chart import (
+from tests.harness.chart import (
     CHART,
     EXAMPLES,
     VALUES,

@@ -9,8 +9,7 @@ from ollama_balancer.discovery import DnsDiscovery, StaticDiscovery
 from ollama_balancer.settings import DiscoveryKind, DiscoverySettings
 from ollama_wire.backend import Backend
 from ollama_wire.hosts import parse_backends
-
-from .recorder import running
+from tests.harness.discovery import running
 
 
 def dns(name: str, port: int = 11434) -> DiscoverySettings:

@@ -1,5 +1,5 @@
 """Kubernetes discovery against the real kube-apiserver (pods are API objects whose
-status a test writes, see tests/kube/cluster.py)."""
+status a test writes, see tests/harness/kube.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from kubernetes import client
 
 from ollama_balancer.discovery import KubernetesDiscovery, WatchTuning
 from ollama_balancer.settings import DiscoveryKind, DiscoverySettings
-from tests.kube.cluster import (
+from tests.harness.discovery import Recorder, discovery_threads, running
+from tests.harness.kube import (
     KubeCluster,
     create_default_service_account,
     create_namespace,
@@ -25,8 +26,6 @@ from tests.kube.cluster import (
     set_pod_ready,
     set_pod_status,
 )
-
-from .recorder import Recorder, discovery_threads, running
 
 pytestmark = pytest.mark.kube
 

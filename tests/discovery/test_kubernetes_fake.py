@@ -14,8 +14,7 @@ from aiohttp import web
 
 from ollama_balancer.discovery import KubernetesDiscovery, WatchTuning
 from ollama_balancer.settings import DiscoveryKind, DiscoverySettings
-
-from .recorder import running
+from tests.harness.discovery import running
 
 POD = {
     "metadata": {"name": "ollama-0", "namespace": "ai", "resourceVersion": "5"},

@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from ollama_emulator import (
-    EmulatedFleet,
-    EmulatedNode,
-    FleetConfig,
-    ModelSpec,
-    NodeConfig,
-    default_catalogue,
-)
-
-GIB = 2**30
-TIME_SCALE = 0.01
-
-#: Small, round models so VRAM arithmetic in tests is obvious.
-TEST_MODELS = [
-    ModelSpec(name="tiny:1b", size_bytes=4 * GIB, load_seconds=10, tokens_per_second=200,
-              response_tokens=8, context_length=8192, embedding_length=64),
-    ModelSpec(name="small:1b", size_bytes=4 * GIB, load_seconds=10, tokens_per_second=200,
-              response_tokens=8, context_length=8192, embedding_length=64),
-    ModelSpec(name="other:1b", size_bytes=4 * GIB, load_seconds=10, tokens_per_second=200,
-              response_tokens=8, context_length=8192, embedding_length=64),
-    # 200 tokens at 10/s: 20 emulated seconds, 0.2 s real — time to disconnect mid-stream.
-    ModelSpec(name="slow:1b", size_bytes=4 * GIB, load_seconds=10, tokens_per_second=10,
-              response_tokens=200, context_length=8192, embedding_length=64),
-    ModelSpec(name="kv:1b", size_bytes=4 * GIB, load_seconds=10, tokens_per_second=200,
-              response_tokens=8, context_length=65536, kv_bytes_per_token=2**15),
-]  # fmt: skip
-CATALOGUE = default_catalogue().with_specs(TEST_MODELS)
-
-MakeNode = Callable[..., Awaitable[EmulatedNode]]
+from ollama_emulator import EmulatedFleet, EmulatedNode, FleetConfig, NodeConfig
+from tests.harness.emulator import CATALOGUE, INSTALLED, TIME_SCALE, MakeNode
 
 
 @pytest.fixture
@@ -48,14 +21,7 @@ async def make_node() -> AsyncIterator[MakeNode]:
         settings: dict[str, Any] = {
             "name": f"node-{len(fleets)}",
             "host": "127.0.0.1",
-            "installed": [
-                "llama3.2",
-                "nomic-embed-text",
-                "tiny:1b",
-                "small:1b",
-                "other:1b",
-                "slow:1b",
-            ],
+            "installed": list(INSTALLED),
         }
         settings.update(overrides)
         fleet = EmulatedFleet(
@@ -80,15 +46,3 @@ async def node(make_node: MakeNode) -> EmulatedNode:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll ``condition`` (state changes in the same loop, so 1 ms polls are plenty)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.001)

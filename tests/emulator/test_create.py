@@ -15,8 +15,7 @@ import ollama
 import pytest
 
 from ollama_emulator import EmulatedNode
-
-from .conftest import MakeNode
+from tests.harness.emulator import MakeNode
 
 GGUF = b"GGUF" + bytes(range(256)) * 64  # a "model file": the magic and some weights
 

@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 
 from ollama_emulator import EmulatedNode
-
-from .conftest import MakeNode, until
+from tests.harness.emulator import MakeNode
+from tests.harness.eventually import eventually
 
 
 async def test_fail_next_counts_down_and_takes_the_path_shape(
@@ -61,7 +61,7 @@ async def test_drop_after_chunks_cuts_the_stream_and_frees_the_slot(
             async for line in r.content:
                 lines.append(json.loads(line))
     assert len(lines) == 2 and not lines[-1]["done"]
-    await until(lambda: node.stats.generations_cancelled == 1)
+    await eventually(lambda: node.stats.generations_cancelled == 1)
     runner = node.scheduler.runner_for(node.catalogue["slow:1b"])
     assert runner is not None and runner.refcount == 0
 
@@ -138,10 +138,10 @@ async def test_control_endpoint(node: EmulatedNode, http: aiohttp.ClientSession)
 async def test_control_go_away_for_a_while(node: EmulatedNode, http: aiohttp.ClientSession) -> None:
     async with http.post(node.url + "/-/emulator/faults", json={"go_away": {"seconds": 20}}) as r:
         assert r.status == 200
-    await until(lambda: not node.listening)
+    await eventually(lambda: not node.listening)
     with pytest.raises(aiohttp.ClientConnectorError):
         await http.get(node.url + "/")
-    await until(lambda: node.listening, timeout=2)
+    await eventually(lambda: node.listening, timeout=2)
     async with http.get(node.url + "/") as r:
         assert r.status == 200
 

@@ -13,8 +13,8 @@ import aiohttp
 
 from ollama_emulator import EmulatedNode, ModelSpec
 from ollama_emulator.registry import layers, manifest
-
-from .conftest import MakeNode, until
+from tests.harness.emulator import MakeNode
+from tests.harness.eventually import eventually
 
 
 async def pull(http: aiohttp.ClientSession, node: EmulatedNode, model: str) -> list[dict[str, Any]]:
@@ -86,7 +86,7 @@ async def test_disconnect_stops_the_download_and_a_later_pull_resumes(
         while json.loads(await r.content.readline()).get("completed", 0) == 0:
             pass
         r.close()
-    await until(lambda: not node.puller._downloads)
+    await eventually(lambda: not node.puller._downloads)
     partial = node.puller.blobs[weights]
     await asyncio.sleep(0.03)
     assert node.puller.blobs[weights] == partial  # nobody waiting: no progress

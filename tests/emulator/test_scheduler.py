@@ -24,8 +24,8 @@ from ollama_emulator import (
     Stats,
 )
 from ollama_wire.errors import MSG_SERVER_BUSY
-
-from .conftest import CATALOGUE, GIB, MakeNode, until
+from tests.harness.emulator import CATALOGUE, GIB, MakeNode
+from tests.harness.eventually import eventually
 
 LOAD_NS = 10 * 10**9
 
@@ -52,11 +52,11 @@ async def test_one_slot_makes_the_second_request_wait(
     first = asyncio.create_task(
         post(http, node, "/api/generate", gen("slow:1b", options={"num_predict": 30}))
     )
-    await until(lambda: runner(node, "slow:1b").in_flight == 1)
+    await eventually(lambda: runner(node, "slow:1b").in_flight == 1)
     second = asyncio.create_task(
         post(http, node, "/api/generate", gen("slow:1b", options={"num_predict": 30}))
     )
-    await until(lambda: runner(node, "slow:1b").waiting == 1)
+    await eventually(lambda: runner(node, "slow:1b").waiting == 1)
     assert runner(node, "slow:1b").in_flight == 1
     a, b = await asyncio.gather(first, second)
     # The second one's service time includes the wait for the slot.
@@ -70,7 +70,7 @@ async def test_parallel_slots_run_together(
     node = await make_node(loaded=["slow:1b"], num_parallel=2)
     body = gen("slow:1b", options={"num_predict": 30})
     tasks = [asyncio.create_task(post(http, node, "/api/generate", body)) for _ in range(2)]
-    await until(lambda: runner(node, "slow:1b").in_flight == 2)
+    await eventually(lambda: runner(node, "slow:1b").in_flight == 2)
     await asyncio.gather(*tasks)
 
 
@@ -79,9 +79,9 @@ async def test_loads_are_serial_and_load_duration_includes_queueing(
 ) -> None:
     node = await make_node()
     a = asyncio.create_task(post(http, node, "/api/generate", gen("tiny:1b")))
-    await until(lambda: node.scheduler.loading is not None)
+    await eventually(lambda: node.scheduler.loading is not None)
     b = asyncio.create_task(post(http, node, "/api/generate", gen("small:1b")))
-    await until(lambda: node.scheduler.pending == 1)
+    await eventually(lambda: node.scheduler.pending == 1)
     assert runner(node, "tiny:1b") is None  # loading models are invisible
     first, second = await asyncio.gather(a, b)
     assert LOAD_NS <= first["load_duration"] < 2 * LOAD_NS
@@ -104,9 +104,9 @@ async def test_queue_full_is_503_with_ollamas_message(
 ) -> None:
     node = await make_node(max_queue=1, loaded=["slow:1b"])
     loading = asyncio.create_task(post(http, node, "/api/generate", gen("tiny:1b")))
-    await until(lambda: node.scheduler.loading is not None)
+    await eventually(lambda: node.scheduler.loading is not None)
     queued = asyncio.create_task(post(http, node, "/api/generate", gen("small:1b")))
-    await until(lambda: node.scheduler.pending == 1)
+    await eventually(lambda: node.scheduler.pending == 1)
     async with http.post(node.url + "/api/generate", json=gen("other:1b")) as r:
         assert (r.status, await r.json()) == (503, {"error": MSG_SERVER_BUSY})
     body = {"model": "other:1b", "messages": [{"role": "user", "content": "x"}]}
@@ -146,11 +146,11 @@ async def test_busy_victim_is_waited_for(make_node: MakeNode, http: aiohttp.Clie
         post(http, node, "/api/generate", gen("slow:1b", options={"num_predict": 3}))
     )
     short = asyncio.create_task(post(http, node, "/api/generate", gen("small:1b")))
-    await until(
+    await eventually(
         lambda: runner(node, "small:1b").in_flight == 1 and runner(node, "slow:1b").in_flight == 1
     )
     incoming = asyncio.create_task(post(http, node, "/api/generate", {"model": "other:1b"}))
-    await until(lambda: runner(node, "small:1b").draining)
+    await eventually(lambda: runner(node, "small:1b").draining)
     assert node.stats.loads_started == 2  # not loading yet: waiting for small to finish
     assert (await short)["done_reason"] == "stop"
     await incoming
@@ -208,7 +208,7 @@ async def test_keep_alive_expiry_and_last_writer_wins(
     assert runner(node, "tiny:1b").keep_alive == 3600
     await post(http, node, "/api/generate", gen("tiny:1b", keep_alive="2s"))  # last writer
     assert runner(node, "tiny:1b") is not None
-    await until(lambda: runner(node, "tiny:1b") is None, timeout=2)
+    await eventually(lambda: runner(node, "tiny:1b") is None, timeout=2)
     await post(http, node, "/api/generate", gen("tiny:1b"))  # fresh load: node default 3 s
     assert runner(node, "tiny:1b").keep_alive == 3.0
     await post(http, node, "/api/generate", gen("tiny:1b", keep_alive=0))
@@ -229,13 +229,13 @@ async def test_num_ctx_change_reloads_after_in_flight_drain(
             gen("slow:1b", options={"num_ctx": 2048, "num_predict": 20}),
         )
     )
-    await until(lambda: runner(node, "slow:1b").in_flight == 1)
+    await eventually(lambda: runner(node, "slow:1b").in_flight == 1)
     reload = asyncio.create_task(
         post(
             http, node, "/api/generate", gen("slow:1b", options={"num_ctx": 4096, "num_predict": 1})
         )
     )
-    await until(lambda: runner(node, "slow:1b").draining)
+    await eventually(lambda: runner(node, "slow:1b").draining)
     old = await busy
     assert old["done_reason"] == "length" and not reload.done()
     await reload
@@ -251,7 +251,7 @@ async def test_disconnect_cancels_generation_and_frees_the_slot(
         await r.content.readline()
         await r.content.readline()
         r.close()
-    await until(lambda: node.stats.generations_cancelled == 1)
+    await eventually(lambda: node.stats.generations_cancelled == 1)
     slow = runner(node, "slow:1b")
     assert (slow.refcount, slow.in_flight) == (0, 0)
     reply = await post(http, node, "/api/generate", gen("slow:1b", options={"num_predict": 1}))
@@ -264,11 +264,11 @@ async def test_disconnect_while_waiting_for_a_slot(
     node = await make_node(loaded=["slow:1b"])
     body = gen("slow:1b", options={"num_predict": 100})  # 10 emulated s: 0.1 s real
     busy = asyncio.create_task(post(http, node, "/api/generate", body))
-    await until(lambda: runner(node, "slow:1b").in_flight == 1)
+    await eventually(lambda: runner(node, "slow:1b").in_flight == 1)
     with pytest.raises(TimeoutError):
         timeout = aiohttp.ClientTimeout(total=0.02)
         await http.post(node.url + "/api/generate", json=gen("slow:1b"), timeout=timeout)
-    await until(lambda: runner(node, "slow:1b").refcount == 1)
+    await eventually(lambda: runner(node, "slow:1b").refcount == 1)
     assert not busy.done() and node.stats.generations_cancelled == 1
     await busy
     assert node.stats.generations_completed == 1
@@ -279,12 +279,12 @@ async def test_disconnect_of_load_trigger_aborts_and_next_restarts(
 ) -> None:
     node = await make_node()
     trigger = asyncio.create_task(post(http, node, "/api/generate", gen("tiny:1b")))
-    await until(lambda: node.scheduler.loading is not None)
+    await eventually(lambda: node.scheduler.loading is not None)
     follower = asyncio.create_task(post(http, node, "/api/generate", gen("tiny:1b")))
-    await until(lambda: node.scheduler.pending == 1)
+    await eventually(lambda: node.scheduler.pending == 1)
     await asyncio.sleep(0.05)  # half of the 0.1 s load
     trigger.cancel()
-    await until(lambda: node.stats.loads_aborted == 1)
+    await eventually(lambda: node.stats.loads_aborted == 1)
     reply = await follower
     assert node.stats.loads_started == 2 and node.stats.loads_completed == 1
     assert reply["load_duration"] >= 1.4 * LOAD_NS  # waited, then a full load from scratch
@@ -322,9 +322,9 @@ async def test_direct_acquire_release_and_expire(sched: Scheduler) -> None:
 
 async def test_direct_queue_bound(sched: Scheduler) -> None:
     first = asyncio.create_task(sched.acquire(CATALOGUE["tiny:1b"], "tiny:1b"))
-    await until(lambda: sched.loading is not None)
+    await eventually(lambda: sched.loading is not None)
     second = asyncio.create_task(sched.acquire(CATALOGUE["small:1b"], "small:1b"))
-    await until(lambda: sched.pending == 1)
+    await eventually(lambda: sched.pending == 1)
     with pytest.raises(ServerBusy):
         await sched.acquire(CATALOGUE["other:1b"], "other:1b")
     for runner in await asyncio.gather(first, second):

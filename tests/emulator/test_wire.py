@@ -12,8 +12,7 @@ import aiohttp
 import pytest
 
 from ollama_emulator import EmulatedNode
-
-from .conftest import MakeNode
+from tests.harness.emulator import MakeNode
 
 JSON_CT = "application/json; charset=utf-8"
 RFC3339_NANO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")

@@ -13,9 +13,8 @@ import json
 import time
 from typing import Any
 
-from tests.balancer.conftest import Rig, RigFactory, nodes
-
-from .conftest import assert_settled, baseline, completed, path_count, started
+from tests.harness.fleet import Rig, RigFactory, nodes
+from tests.harness.leaks import assert_settled, baseline, completed, path_count, started
 
 M = "llama3.2:3b"
 GEN = {"model": M, "prompt": "hi", "stream": False, "options": {"num_predict": 4}}

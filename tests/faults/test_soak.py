@@ -10,9 +10,8 @@ from collections import Counter
 import pytest
 
 from ollama_wire.logs import configure_logging
-from tests.balancer.conftest import RigFactory, nodes
-
-from .conftest import assert_settled, baseline, completed, rss_kib
+from tests.harness.fleet import RigFactory, nodes
+from tests.harness.leaks import assert_settled, baseline, completed, rss_kib
 
 M = "llama3.2:3b"
 GEN = {"model": M, "prompt": "hi", "stream": False, "options": {"num_predict": 2}}

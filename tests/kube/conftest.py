@@ -1,5 +1,5 @@
-"""Tests of the Kubernetes test fixture itself; the fixtures live in ``fixtures.py`` and are
-imported by ``tests/conftest.py`` so that every test directory can use them."""
+"""Tests of the Kubernetes test harness itself (:mod:`tests.harness.kube`); its fixtures are
+wired in ``tests/conftest.py`` so that every test directory can use them."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes import client, watch
 
-from tests.kube.cluster import (
+from tests.harness.kube import (
     Body,
     KubeBinaries,
     KubeCluster,

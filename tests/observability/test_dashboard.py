@@ -14,8 +14,7 @@ import pytest
 from playwright.async_api import Request, async_playwright, expect
 
 from ollama_emulator import ModelSpec, default_catalogue
-
-from .conftest import RigFactory, node
+from tests.harness.fleet import RigFactory, node
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

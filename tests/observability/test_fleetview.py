@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from ollama_balancer.core.fleet import BackendState, FleetSnapshot
+from ollama_balancer.core.fleet import BackendState, FleetSnapshot, Health
+from ollama_balancer.core.fleetstate import FleetState
 from ollama_balancer.core.ledger import Ledger
 from ollama_balancer.core.report import DOWN, PENDING, STALE, UP, build
 from ollama_wire.backend import Backend
@@ -49,14 +50,9 @@ def pod(
 
 def report(*pods: BackendState, ledger: Ledger | None = None, draining: bool = False) -> Any:
     snap = FleetSnapshot(backends=tuple(pods), taken_at=NOW)
-    return build(
-        snap,
-        (ledger or Ledger()).snapshot(),
-        NOW,
-        fail_threshold=3,
-        stale_after=15.0,
-        draining=draining,
-    )
+    occupancy = (ledger or Ledger()).occupancy()
+    fleet = FleetState.at(snap, occupancy, NOW, fail_threshold=3, stale_after=15.0)
+    return build(fleet, draining=draining)
 
 
 @pytest.mark.parametrize(
@@ -74,7 +70,7 @@ def report(*pods: BackendState, ledger: Ledger | None = None, draining: bool = F
 def test_pod_status(state: BackendState, status: str, routable: bool) -> None:
     (p,) = report(state).pods
     assert (p.status, p.routable) == (status, routable)
-    assert p.routable == state.routable(NOW, 3, 15.0)
+    assert p.routable == (state.health(NOW, 3, 15.0) is Health.UP)
 
 
 def test_cells_union_installed_resident_loading_and_inflight() -> None:

@@ -16,8 +16,7 @@ from typing import Any
 import aiohttp
 
 from ollama_emulator import EmulatedFleet, FleetConfig
-
-from .conftest import node
+from tests.harness.fleet import node
 
 DRAIN_DELAY = 1.0
 DRAIN_GRACE = 8.0

@@ -19,8 +19,7 @@ from aiohttp import web
 
 from ollama_balancer.telemetry import EVENT_FLEET_CHANGE, EVENT_REQUEST
 from ollama_wire.logs import configure_logging
-
-from .conftest import RigFactory, node
+from tests.harness.fleet import RigFactory, node
 
 SECRET = "SECRET-PROMPT-7f3a"
 Configure = Callable[[str], io.StringIO]

@@ -20,8 +20,9 @@ from ollama_balancer.observability import model_label, slot_wait_seconds
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel
 from ollama_wire.names import canonical
-
-from .conftest import RigFactory, Scrape, node, until
+from tests.harness.eventually import eventually
+from tests.harness.fleet import RigFactory, node
+from tests.harness.scrape import Scrape
 
 LLAMA = "llama3.2:latest"
 QWEN = "qwen2.5:7b"
@@ -125,7 +126,7 @@ async def test_request_counters_histograms_and_fleet_gauges(rig_factory: RigFact
     }
     assert m.get("ollama_fleet_draining") == 0
     # Polls and fleet changes.
-    poller = rig.bal().poller
+    poller = rig.bal.poller
     assert poller is not None and poller.rounds >= 2
     for pod in ("a", "b"):
         assert m.get("ollama_fleet_poll_duration_seconds_count", backend=pod) == poller.rounds
@@ -151,7 +152,7 @@ async def test_inflight_gauge_follows_a_live_stream_and_a_client_that_leaves(
     finally:
         resp.close()  # the client goes away mid-stream
     stats = rig.node("a").stats
-    await until(lambda: stats.generations_cancelled == 1)
+    await eventually(lambda: stats.generations_cancelled == 1)
 
     async def settled() -> Scrape:
         while True:
@@ -208,7 +209,7 @@ async def test_failover_counts_retries_failures_penalties_and_a_pod_going_down(
         [node("a", [LLAMA], [LLAMA]), node("b", [LLAMA], [LLAMA])], poll_interval=30
     )
     # The poller's own first round (it starts with one) must not land after the stop below.
-    poller = rig.bal().poller
+    poller = rig.bal.poller
     assert poller is not None
     async with asyncio.timeout(10):
         while poller.rounds < 2:
@@ -216,7 +217,7 @@ async def test_failover_counts_retries_failures_penalties_and_a_pod_going_down(
     await rig.node("a").stop_listening()  # refused: a fast failure, still routable until polled
     sent = 0
     async with asyncio.timeout(20):
-        while not rig.bal().ledger.penalised("a", rig.bal().clock()):
+        while not rig.bal.ledger.occupancy().penalised("a", rig.bal.clock()):
             status, _ = await rig.generate(LLAMA)
             assert status == 200
             sent += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from .conftest import Rig, RigFactory, node
+from tests.harness.fleet import Rig, RigFactory, node
 
 PODS = [f"gpu-{i}" for i in range(4)]
 WORKERS = 2  # concurrent clients per replica: fewer than pods, so ties matter

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import random
 import time
@@ -29,14 +30,9 @@ from ollama_balancer.app import create_app, ops_app, serve
 from ollama_balancer.settings import BalancerSettings
 from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig
 from ollama_wire.names import canonical
-from tests.kube.cluster import KubeCluster
-from tests.operator.test_e2e import (
-    Env,
-    eventually,
-    operator_settings,
-    operator_thread,
-    until,
-)
+from tests.harness.eventually import eventually
+from tests.harness.kube import KubeCluster
+from tests.harness.operator_env import Env, operator_settings, operator_thread
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -242,10 +238,10 @@ async def test_warm_copies_follow_demand_up_and_back_down(
             return probe
 
         await eventually(pinned(1), "one warm copy at minReplicas")
-        active = await until(
+        active = await eventually(
             lambda: env.condition("hot", "ScalingActive"),
-            lambda c: c.get("status") == "True",
             "ScalingActive",
+            accept=lambda c: c.get("status") == "True",
         )
         assert active["reason"] == "DemandKnown"
 
@@ -278,18 +274,18 @@ async def test_warm_copies_follow_demand_up_and_back_down(
         print(f"back to one copy {down_after:.1f}s after the traffic stopped")
         assert down_after >= delay  # never before the delay
         # (the unloads may finish before the status that ordered them is written)
-        auto = await until(
+        auto = await eventually(
             lambda: rig.autoscale("hot", "llama3.2:1b"),
-            lambda a: a.get("replicas") == 1,
             "status at one copy",
+            accept=lambda a: a.get("replicas") == 1,
         )
         assert auto["reason"].startswith("scaled down 3→1"), auto
         assert "lastScaleDown" in auto and "lastScaleUp" in auto
         assert "ScaledDown" in await _reasons(env, "hot")
-        ready = await until(
+        ready = await eventually(
             lambda: env.condition("hot", "Ready"),
-            lambda c: c.get("status") == "True",
             "Ready at one copy",
+            accept=lambda c: c.get("status") == "True",
         )
         assert ready["reason"] == "AllModelsReady"
 
@@ -307,21 +303,23 @@ async def test_the_decision_survives_an_operator_restart(
         model = autoscaled("llama3.2:1b", 1, 2, 1, delay)
         await env.apply_pool("keep", {"selector": SEL, "models": [model]})
         stop = rig.traffic("llama3.2:1b", 3)
-        await until(lambda: rig.copies("keep", "llama3.2:1b"), lambda c: len(c) == 2, "two copies")
+        await eventually(
+            lambda: rig.copies("keep", "llama3.2:1b"), "two copies", accept=lambda c: len(c) == 2
+        )
         stop.set()
         await rig.quiet()
-        before = await until(
+        before = await eventually(
             lambda: rig.autoscale("keep", "llama3.2:1b"),
-            lambda a: "lowSince" in a,
             "the scale-down's wait to start",
+            accept=lambda a: "lowSince" in a,
         )
         await asyncio.sleep(3)  # a part of the delay passes before the restart
         await rig.restart_operator()
         restarted = time.time()
-        done = await until(
+        done = await eventually(
             lambda: rig.autoscale("keep", "llama3.2:1b"),
-            lambda a: a.get("replicas") == 1,
             "the scale-down",
+            accept=lambda a: a.get("replicas") == 1,
             timeout=3 * delay,
         )
         low = datetime.fromisoformat(before["lowSince"].replace("Z", "+00:00")).timestamp()
@@ -347,14 +345,16 @@ async def test_scale_to_zero_releases_then_cold_loads_and_pins_again(
         model = autoscaled("gemma2:2b", 0, 2, 4, delay)
         await env.apply_pool("cold", {"selector": SEL, "models": [model]})
         # minReplicas 0 and no demand: pulled everywhere (pull: all), loaded nowhere, Ready.
-        await until(
+        await eventually(
             lambda: env.condition("cold", "Ready"),
-            lambda c: c.get("status") == "True",
             "Ready with zero copies",
+            accept=lambda c: c.get("status") == "True",
         )
         assert sorted(await env.installed("gemma2:2b")) == [0, 1]
         assert await rig.pinned("gemma2:2b") == []
-        await until(rig.listed, lambda names: "gemma2:2b" in names, "the balancers see it")
+        await eventually(
+            rig.listed, "the balancers see it", accept=lambda names: "gemma2:2b" in names
+        )
 
         async def one_copy() -> list[int] | None:
             found = await rig.copies("cold", "gemma2:2b")
@@ -416,10 +416,10 @@ async def test_two_pools_competing_for_vram_never_thrash(
             model = autoscaled(name, 1, 2, 1, int(delay))
             await env.apply_pool(pool, {"selector": SEL, "models": [model]})
         for pool in ("alpha", "beta"):
-            await until(
-                lambda p=pool: env.condition(p, "Ready"),  # type: ignore[misc]
-                lambda c: c.get("status") == "True",
+            await eventually(
+                functools.partial(env.condition, pool, "Ready"),
                 f"{pool} Ready",
+                accept=lambda c: c.get("status") == "True",
             )
 
         # Watch every copy load and unload (in /api/ps or not), every 0.1 s.
@@ -433,7 +433,9 @@ async def test_two_pools_competing_for_vram_never_thrash(
             return now
 
         # Ready can come a moment before both pinned copies show in /api/ps: wait for them.
-        baseline = await until(in_memory, lambda b: len(b) == 2, "one copy of each in memory")
+        baseline = await eventually(
+            in_memory, "one copy of each in memory", accept=lambda b: len(b) == 2
+        )
         assert len(baseline) == 2, baseline  # one copy of each, one pod free
 
         async def watch() -> None:
@@ -473,10 +475,10 @@ async def test_two_pools_competing_for_vram_never_thrash(
                     await rig.resident_any("gemma2:2b"),
                 )
 
-            cond, *_ = await until(
+            cond, *_ = await eventually(
                 beta,
-                lambda c: c[0].get("reason") == "InsufficientVRAM",
                 "beta short of VRAM while alpha holds its copies",
+                accept=lambda c: c[0].get("reason") == "InsufficientVRAM",
             )
             assert "gemma2:2b: 1/2 replicas placed for a demand of" in cond["message"], cond
             assert "left unmet rather than evicting" in cond["message"]
@@ -555,19 +557,19 @@ async def test_unreachable_balancer_holds_counts_and_says_so(
             await env.add_pod(f"ollama-{i}", i)
         model = {"name": "llama3.2:1b", "minReplicas": 2, "maxReplicas": 2}
         await env.apply_pool("blind", {"selector": SEL, "models": [model]})
-        cond = await until(
+        cond = await eventually(
             lambda: env.condition("blind", "ScalingActive"),
-            lambda c: c.get("status") == "False" and "192.0.2.10" in c["message"],
             "ScalingActive False after the first poll",
+            accept=lambda c: c.get("status") == "False" and "192.0.2.10" in c["message"],
         )
         assert cond["reason"] == "DemandUnknown"
         assert "http://192.0.2.10:9090" in cond["message"]  # read from the Endpoints
         assert "holding llama3.2:1b at 2" in cond["message"]
         # min 2 still places two copies; the pool is Ready: unknown demand is no failure.
-        await until(
+        await eventually(
             lambda: env.condition("blind", "Ready"),
-            lambda c: c.get("status") == "True",
             "Ready",
+            accept=lambda c: c.get("status") == "True",
         )
         status = (await env.get_pool("blind"))["status"]
         assert status["demand"] == "unknown"

@@ -25,15 +25,14 @@ from modelpool_operator.state import (
     ledger_to_annotation,
 )
 from ollama_emulator import EmulatedFleet
-from tests.kube.cluster import KubeCluster
-from tests.operator.test_e2e import (
+from tests.harness.eventually import eventually
+from tests.harness.kube import KubeCluster
+from tests.harness.operator_env import (
     Env,
-    _cond,
-    eventually,
     operator_settings,
     operator_thread,
+    pool_condition,
     three_gpu_fleet,
-    until,
 )
 
 GROUP, VERSION, PLURAL = "ollamafleet.io", "v1alpha1", "modelpools"
@@ -145,13 +144,13 @@ async def test_conditions_written_and_a_ledger_that_survives_losing_status(
             async with operator_thread(settings):
                 await env.add_pod("ollama-0", 0)
                 await env.apply_pool("keep", spec)
-                pool = await until(
+                pool = await eventually(
                     lambda: env.get_pool("keep"),
-                    lambda p: (
-                        _cond(p, "Ready").get("status") == "True"
+                    "Ready, with its ledger annotation",
+                    accept=lambda p: (
+                        pool_condition(p, "Ready").get("status") == "True"
                         and LEDGER_ANNOTATION in (p["metadata"].get("annotations") or {})
                     ),
-                    "Ready, with its ledger annotation",
                 )
                 conditions = pool["status"]["conditions"]
                 assert [c["type"] for c in conditions] == ["Ready", "Reconciling", "Degraded"]
@@ -170,10 +169,10 @@ async def test_conditions_written_and_a_ledger_that_survives_losing_status(
             await _status_patch(api, kube_namespace, "keep", {"owned": None, "models": None})
             assert "owned" not in (await env.get_pool("keep"))["status"]
             async with operator_thread(settings):
-                await until(
+                await eventually(
                     lambda: env.get_pool("keep"),
-                    lambda p: bool((p.get("status") or {}).get("owned")),
                     "status.owned mirrored from the annotation again",
+                    accept=lambda p: bool((p.get("status") or {}).get("owned")),
                 )
                 await env.delete_pool("keep")
 

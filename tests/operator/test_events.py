@@ -10,8 +10,8 @@ from kubernetes import client
 
 from modelpool_operator.kube import KubeAccess
 from modelpool_operator.recorder import EventRecorder
-from tests.kube.cluster import KubeCluster, as_json
-from tests.operator.test_e2e import until
+from tests.harness.eventually import eventually
+from tests.harness.kube import KubeCluster, as_json
 
 pytestmark = [pytest.mark.kube]
 
@@ -43,7 +43,7 @@ async def test_repeats_bump_one_event_even_across_restarts(
             await asyncio.sleep(0.05)
         first.post(pool, "Normal", "Loaded", "load y on p0 (load)")
         await first.close()
-        evs = await until(listed, lambda e: len(e) == 2, "two Events")
+        evs = await eventually(listed, "two Events", accept=lambda e: len(e) == 2)
         by_reason = {e.reason: e for e in evs}
         assert by_reason["ModelNotFound"].count == 3
         assert by_reason["Loaded"].count == 1
@@ -54,16 +54,16 @@ async def test_repeats_bump_one_event_even_across_restarts(
         second = EventRecorder(kube, "ollama-fleet-operator", "op-a")
         second.post(pool, "Warning", "ModelNotFound", "x: no such model")
         await second.close()
-        evs = await until(
+        evs = await eventually(
             listed,
-            lambda e: any(x.reason == "ModelNotFound" and x.count == 4 for x in e),
             "count 4 after a restart",
+            accept=lambda e: any(x.reason == "ModelNotFound" and x.count == 4 for x in e),
         )
         assert len(evs) == 2
         # Another replica's report is its own Event.
         third = EventRecorder(kube, "ollama-fleet-operator", "op-b")
         third.post(pool, "Warning", "ModelNotFound", "x: no such model")
         await third.close()
-        await until(listed, lambda e: len(e) == 3, "op-b's own Event")
+        await eventually(listed, "op-b's own Event", accept=lambda e: len(e) == 3)
     finally:
         kube.close()

@@ -27,8 +27,9 @@ from kubernetes.client.exceptions import ApiException
 from modelpool_operator.lease import LeaseRecord, lease_spec, may_acquire, record_of
 from modelpool_operator.settings import DEFAULT_LEASE, OperatorSettings
 from ollama_emulator import EmulatedFleet
-from tests.kube.cluster import KubeCluster
-from tests.operator.test_e2e import Env, eventually, three_gpu_fleet, until
+from tests.harness.eventually import eventually
+from tests.harness.kube import KubeCluster
+from tests.harness.operator_env import Env, three_gpu_fleet
 
 NOW = datetime(2026, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
@@ -232,21 +233,23 @@ async def test_only_the_lease_holder_acts_and_a_standby_takes_over_after_kill_9(
         await env.add_pod(f"ollama-{i}", i)
     registry = env.fleet.registry.url
     first = OperatorProcess(env.cluster, env.namespace, "op-a", registry)
-    await until(lambda: _holder(env), lambda h: h == "op-a", "op-a to hold the Lease", 30)
+    await eventually(
+        lambda: _holder(env), "op-a to hold the Lease", accept=lambda h: h == "op-a", timeout=30
+    )
     second = OperatorProcess(env.cluster, env.namespace, "op-b", registry)
     with operators(first, second):
-        await until(
+        await eventually(
             lambda: asyncio.sleep(0, second.log),
-            lambda log: "leader election on Lease" in log,
             "op-b to start",
+            accept=lambda log: "leader election on Lease" in log,
         )
         # 1. Only the holder acts.
         await env.apply_pool("chat", _spec(1))
         await eventually(lambda: _loaded_on(env, 1), "one replica")
-        await until(
+        await eventually(
             lambda: _events_by(env, "chat"),
-            lambda evs: ("op-a", "Loaded", 1) in evs.values(),
             "op-a's Loaded event",
+            accept=lambda evs: ("op-a", "Loaded", 1) in evs.values(),
         )
         await asyncio.sleep(1.5)  # a resync or two of op-b, if it acted
         assert {who for who, _, _ in (await _events_by(env, "chat")).values()} == {"op-a"}
@@ -262,24 +265,28 @@ async def test_only_the_lease_holder_acts_and_a_standby_takes_over_after_kill_9(
         print(f"\nthe standby acted {took:.1f}s after kill -9 of the holder")
         assert took < 15.0
         assert await _holder(env) == "op-b"
-        await until(
+        await eventually(
             lambda: _events_by(env, "chat"),
-            lambda evs: ("op-b", "Loaded", 1) in [v for k, v in evs.items() if k not in before],
             "op-b's Loaded event",
+            accept=lambda evs: (
+                ("op-b", "Loaded", 1) in [v for k, v in evs.items() if k not in before]
+            ),
         )
         assert "lease" in second.log and "acquired by op-b" in second.log
 
         # 3. A clean stop hands the Lease back at once: a new replica takes over quickly.
         third = OperatorProcess(env.cluster, env.namespace, "op-c", registry)
         with operators(third):
-            await until(
+            await eventually(
                 lambda: asyncio.sleep(0, third.log),
-                lambda log: "leader election on Lease" in log,
                 "op-c to start",
+                accept=lambda log: "leader election on Lease" in log,
             )
             stopped = time.monotonic()
             assert await asyncio.to_thread(second.stop) == 0
-            await until(lambda: _holder(env), lambda h: h == "op-c", "op-c to take over", 10)
+            await eventually(
+                lambda: _holder(env), "op-c to take over", accept=lambda h: h == "op-c", timeout=10
+            )
             handover = time.monotonic() - stopped
             print(f"clean handover took {handover:.1f}s")
             assert handover < 5.0

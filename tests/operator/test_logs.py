@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.kube.cluster import KubeCluster
-
-from .test_e2e import GROUP, PLURAL, VERSION, _install_crd
+from tests.harness.kube import KubeCluster
+from tests.harness.operator_env import GROUP, PLURAL, VERSION, install_modelpool_crd
 
 pytestmark = [pytest.mark.kube]
 
@@ -23,7 +22,7 @@ pytestmark = [pytest.mark.kube]
 @pytest.fixture(scope="module")
 def crd(kube_cluster: KubeCluster) -> None:
     with kube_cluster.client() as api:
-        _install_crd(api)
+        install_modelpool_crd(api)
 
 
 def pool(name: str) -> dict[str, Any]:

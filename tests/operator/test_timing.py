@@ -23,8 +23,9 @@ from kubernetes.client.exceptions import ApiException
 
 from ollama_emulator import EmulatedFleet, FleetConfig, ModelSpec, NodeConfig, default_catalogue
 from ollama_emulator.registry import layers
-from tests.kube.cluster import KubeCluster
-from tests.operator.test_e2e import Env, _cond, eventually, running_operator, until
+from tests.harness.eventually import eventually
+from tests.harness.kube import KubeCluster
+from tests.harness.operator_env import Env, pool_condition, running_operator
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 
@@ -126,10 +127,10 @@ async def test_one_pools_big_download_does_not_hold_back_another_pools_scale_up(
         await add_pods(env, 2)
         await env.apply_pool("big", {"selector": SEL, "models": [{"name": "big:8b"}]})
         await env.apply_pool("chat", {"selector": SEL, "models": [{"name": "warm:1b"}]})
-        await until(
+        await eventually(
             lambda: env.get_pool("chat"),
-            lambda p: _cond(p, "Ready").get("status") == "True",
             "chat Ready",
+            accept=lambda p: pool_condition(p, "Ready").get("status") == "True",
             timeout=20,
         )
         await eventually(
@@ -151,7 +152,7 @@ async def test_one_pools_big_download_does_not_hold_back_another_pools_scale_up(
         assert any(downloading(env.fleet, i, "big:8b") for i in (0, 1))  # still running
         assert not any(installed(env.fleet, i, "big:8b") for i in (0, 1))
         pool = await env.get_pool("big")
-        cond = _cond(pool, "Reconciling")
+        cond = pool_condition(pool, "Reconciling")
         assert (cond["status"], cond["reason"]) == ("True", "Pulling")
         assert "big:8b" in cond["message"] and "% of" in cond["message"]
 
@@ -199,10 +200,10 @@ async def test_an_unknown_model_does_not_delay_the_others(
             print(f"\npod {i}: pulled after {watch.seen[f'installed {i}'] - applied:.1f}s, "
                   f"loaded {gap:.1f}s later")  # fmt: skip
             assert gap < 1.0 + 1.5  # the 1 s load itself, started at once
-        cond = await until(
+        cond = await eventually(
             lambda: env.condition("mixed", "Degraded"),
-            lambda c: c.get("reason") == "ModelNotFound",
             "ModelNotFound",
+            accept=lambda c: c.get("reason") == "ModelNotFound",
         )
         assert "no-such-model:7b" in cond["message"] and "check the name" in cond["message"]
         pulls = sum(n.stats.requests["/api/pull"] for n in env.fleet.nodes)
@@ -227,27 +228,29 @@ async def test_status_shows_progress_within_two_seconds(
             out = await asyncio.to_thread(env.kubectl, "get", "mp", "slow", "--no-headers")
             return out.split()
 
-        cols = await until(row, lambda r: len(r) > 4 and r[4] == "True", "Reconciling True", 10)
+        cols = await eventually(
+            row, "Reconciling True", accept=lambda r: len(r) > 4 and r[4] == "True", timeout=10
+        )
         took = time.monotonic() - start
         print(f"\n`kubectl get mp` showed Reconciling after {took:.1f}s: {' '.join(cols)}")
         assert took < 2.0
         pool = await env.get_pool("slow")
         assert pool["status"]["observedGeneration"] == pool["metadata"]["generation"]
         # ... and the download's progress moves while it runs.
-        first = await until(
+        first = await eventually(
             lambda: env.condition("slow", "Reconciling"),
-            lambda c: "% of 7.5 GiB" in c.get("message", ""),
             "pull progress in the Reconciling message",
+            accept=lambda c: "% of 7.5 GiB" in c.get("message", ""),
         )
 
         def percent(c: dict[str, Any]) -> int:
             found = re.search(r"(\d+)% of", c.get("message", ""))
             return int(found.group(1)) if found else -1
 
-        later = await until(
+        later = await eventually(
             lambda: env.condition("slow", "Reconciling"),
-            lambda c: percent(c) > percent(first),
             "progress to move",
+            accept=lambda c: percent(c) > percent(first),
         )
         assert later["reason"] == "Pulling"
 
@@ -264,20 +267,20 @@ async def test_deleting_a_pool_without_prune_never_waits_for_the_operator(
         await env.apply_pool("keep", keep)
         await env.apply_pool("tidy", {**keep, "prune": True})
         for name in ("keep", "tidy"):
-            await until(
+            await eventually(
                 functools.partial(env.get_pool, name),
-                lambda p: _cond(p, "Ready").get("status") == "True",
                 f"{name} Ready",
+                accept=lambda p: pool_condition(p, "Ready").get("status") == "True",
             )
         assert "finalizers" not in (await env.get_pool("keep"))["metadata"]
         tidy = await env.get_pool("tidy")
         assert tidy["metadata"]["finalizers"] == ["ollamafleet.io/finalizer"]
         # Turning prune off drops the finalizer; on again adds it.
         await env.apply_pool("tidy", {**keep, "prune": False})
-        await until(
+        await eventually(
             lambda: env.get_pool("tidy"),
-            lambda p: not p["metadata"].get("finalizers"),
             "the finalizer to go with prune: false",
+            accept=lambda p: not p["metadata"].get("finalizers"),
         )
     # The operator is stopped now.
     api = kube_cluster.api_client()
@@ -323,10 +326,10 @@ async def test_a_model_larger_than_every_pod_is_refused_before_its_download(
         await env.apply_pool(
             "huge", {"selector": SEL, "models": [{"name": "huge:70b", "pull": pull}]}
         )
-        cond = await until(
+        cond = await eventually(
             lambda: env.condition("huge", "Degraded"),
-            lambda c: c.get("reason") == "ModelTooLarge",
             "ModelTooLarge",
+            accept=lambda c: c.get("reason") == "ModelTooLarge",
         )
         print("\n" + cond["message"])
         assert "huge:70b" in cond["message"] and "largest: ollama-" in cond["message"]
@@ -357,7 +360,9 @@ async def test_an_unknown_model_is_one_event_whose_count_rises(
         async def not_found() -> list[client.CoreV1Event]:
             return [e for e in await events(env, "typo") if e.reason == "ModelNotFound"]
 
-        evs = await until(not_found, lambda e: bool(e) and (e[0].count or 0) >= 3, "count 3")
+        evs = await eventually(
+            not_found, "count 3", accept=lambda e: bool(e) and (e[0].count or 0) >= 3
+        )
         assert len(evs) == 1, [(e.metadata.name, e.count) for e in evs]
         assert evs[0].type == "Warning" and "llama3.9:8b" in (evs[0].message or "")
         first, last = evs[0].first_timestamp, evs[0].last_timestamp
@@ -368,10 +373,10 @@ async def test_an_unknown_model_is_one_event_whose_count_rises(
         assert len(failed) == 1 and failed[0].count == 1
         # A spec change is a new chance (the tag was fixed).
         await env.apply_pool("typo", {"selector": SEL, "models": [{"name": "warm:1b"}]})
-        await until(
+        await eventually(
             lambda: env.get_pool("typo"),
-            lambda p: _cond(p, "Ready").get("status") == "True",
             "Ready after the fix",
+            accept=lambda p: pool_condition(p, "Ready").get("status") == "True",
         )
 
 
@@ -390,10 +395,10 @@ async def test_a_client_reload_with_another_num_ctx_is_seen_and_repinned(
         await add_pods(env, 1)
         spec = {"selector": SEL, "models": [{"name": "warm:1b", "options": {"num_ctx": 4096}}]}
         await env.apply_pool("pinned", spec)
-        await until(
+        await eventually(
             lambda: env.get_pool("pinned"),
-            lambda p: _cond(p, "Ready").get("status") == "True",
             "Ready",
+            accept=lambda p: pool_condition(p, "Ready").get("status") == "True",
             timeout=20,
         )
         # A client sends another num_ctx and no keep_alive: Ollama reloads the model with
@@ -405,19 +410,19 @@ async def test_a_client_reload_with_another_num_ctx_is_seen_and_repinned(
         [runner] = env.fleet.nodes[0].scheduler.runners.values()
         assert runner.num_ctx == 2048
 
-        ready = await until(
+        ready = await eventually(
             lambda: env.condition("pinned", "Ready"),
-            lambda c: c.get("status") == "False" and "num_ctx 2048" in c.get("message", ""),
             "the drift in status",
+            accept=lambda c: c.get("status") == "False" and "num_ctx 2048" in c.get("message", ""),
             timeout=10,
         )
         seen = time.monotonic() - reloaded
         print(f"\ndrift in status after {seen:.1f}s: {ready['message']}")
         assert seen < 5.0
-        await until(
+        await eventually(
             lambda: env.get_pool("pinned"),
-            lambda p: _cond(p, "Ready").get("status") == "True",
             "re-pinned and Ready",
+            accept=lambda p: pool_condition(p, "Ready").get("status") == "True",
             timeout=15,
         )
         [runner] = env.fleet.nodes[0].scheduler.runners.values()
@@ -442,16 +447,16 @@ async def test_a_transient_failure_is_retried_after_a_pause_not_at_the_next_resy
         await env.apply_pool(
             "flaky", {"selector": SEL, "models": [{"name": "warm:1b", "pull": "loaded"}]}
         )
-        cond = await until(
+        cond = await eventually(
             lambda: env.condition("flaky", "Degraded"),
-            lambda c: c.get("reason") == "ActionFailed",
             "the failure in status",
+            accept=lambda c: c.get("reason") == "ActionFailed",
         )
         assert "disk hiccup" in cond["message"]
-        await until(
+        await eventually(
             lambda: env.get_pool("flaky"),
-            lambda p: _cond(p, "Ready").get("status") == "True",
             "Ready after the retry",
+            accept=lambda p: pool_condition(p, "Ready").get("status") == "True",
             timeout=20,
         )
         took = time.monotonic() - start
@@ -474,10 +479,10 @@ async def test_a_spec_change_drops_queued_work_and_plans_again(
         await add_pods(env, 1)
         two = [{"name": "big:8b", "pull": "loaded"}, {"name": "other:8b", "pull": "loaded"}]
         await env.apply_pool("queue", {"selector": SEL, "models": two})
-        await until(
+        await eventually(
             lambda: env.condition("queue", "Reconciling"),
-            lambda c: "pull other:8b" in c.get("message", "") and "queued" in c["message"],
             "the second pull queued",
+            accept=lambda c: "pull other:8b" in c.get("message", "") and "queued" in c["message"],
         )
         await env.apply_pool("queue", {"selector": SEL, "models": [two[0], {"name": "warm:1b"}]})
         await eventually(

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.prometheus.conftest import (
+from tests.harness.dashboard import PENDING, queries, substitute, variables
+from tests.harness.observed import (
     BALANCER_JOB,
     KEYS,
     MISSING,
@@ -18,8 +19,7 @@ from tests.prometheus.conftest import (
     OPERATOR_JOB,
     ObservedFleet,
 )
-from tests.prometheus.dashboard import PENDING, queries, substitute, variables
-from tests.prometheus.promtool import RULES
+from tests.harness.promtool import RULES
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.prometheus.promtool import ALERT_TESTS, ROOT, RULES, prometheus_tool
+from tests.harness.promtool import ALERT_TESTS, ROOT, RULES, prometheus_tool
 
 RUNBOOK = ROOT / "docs" / "runbook.md"
 RUNBOOK_URL = "https://github.com/ollama-fleet/ollama-fleet/blob/main/docs/runbook.md#"

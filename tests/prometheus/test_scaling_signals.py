@@ -8,8 +8,8 @@ import math
 import pytest
 
 from ollama_balancer.metrics import FLEET_DEMAND_RATIO, MODEL_DEMAND, MODEL_SLOTS
-from tests.chart.chart import find, helm_path, render
-from tests.prometheus.conftest import BALANCER_JOB, LLAMA, NAMESPACE, ObservedFleet
+from tests.harness.chart import find, helm_path, render
+from tests.harness.observed import BALANCER_JOB, LLAMA, NAMESPACE, ObservedFleet
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 

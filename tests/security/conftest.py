@@ -1,3 +1,4 @@
-"""Security tests reuse the balancer rig: emulated nodes + a balancer, all on loopback."""
+"""Security tests reuse the balancer rig (``rig_factory``, from ``tests/conftest.py``):
+emulated nodes + a balancer, all on loopback, on the loop production runs on."""
 
-from tests.balancer.conftest import pytest_asyncio_loop_factories, rig_factory  # noqa: F401
+from tests.harness.loop import pytest_asyncio_loop_factories  # noqa: F401

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ollama_balancer.core.requests import InvalidRequest, parse_request
 from ollama_wire.durations import KeepAliveError, parse_keep_alive
 from ollama_wire.names import InvalidModelName, parse
-from tests.balancer.conftest import RigFactory, nodes
+from tests.harness.fleet import RigFactory, nodes
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 PATHS = ["/api/generate", "/api/chat", "/api/embed", "/api/show", "/v1/chat/completions"]

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.balancer.conftest import Rig, RigFactory, nodes
+from tests.harness.fleet import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"
 CHAT = {"model": M, "messages": [{"role": "user", "content": "hi"}], "stream": False}

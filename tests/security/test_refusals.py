@@ -20,8 +20,8 @@ import structlog
 from ollama_balancer.core.record import RequestRecord
 from ollama_balancer.telemetry import EVENT_REQUEST
 from ollama_wire.logs import configure_logging
-from tests.balancer.conftest import RigFactory
-from tests.security.test_auth_live import CHAT, bearer, make
+from tests.harness.auth import CHAT, bearer, make
+from tests.harness.fleet import RigFactory
 
 
 @pytest.fixture

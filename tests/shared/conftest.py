@@ -4,30 +4,22 @@ stores built on it with short TTLs so expiry tests take a fraction of a second."
 from __future__ import annotations
 
 import itertools
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 from bench.redis_server import RedisServer
 
-from ollama_balancer.core.ledger import Ledger
 from ollama_balancer.core.shared.address import parse_store_url
 from ollama_balancer.core.shared.keys import Keys
-from ollama_balancer.core.shared.local import LocalState
-from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.store import RedisState
+from tests.harness.redis import StoreFactory, running_redis
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -47,8 +39,6 @@ async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 _replicas = itertools.count(1)
-
-StoreFactory = Callable[..., RedisState]
 
 
 @pytest.fixture
@@ -71,15 +61,3 @@ async def make_store(redis_url: str) -> AsyncIterator[StoreFactory]:
     yield make
     for store in made:
         await store.close()
-
-
-def fallback_on(store: RedisState, **kw: object) -> FallbackState:
-    local = LocalState(Ledger(), replica=store.replica, clock=time.monotonic)
-    kw.setdefault("refresh_interval", 0.2)
-    kw.setdefault("health_interval", 0.2)
-    kw.setdefault("reconnect_interval", 0.2)
-    kw.setdefault("renew_interval", 0.5)
-    return FallbackState(store, local, **kw)  # type: ignore[arg-type]
-
-
-__all__ = ["Path", "fallback_on"]

@@ -31,7 +31,8 @@ from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.metrics import STORE_RECONNECTS, SharedMetrics
 from ollama_balancer.shared.store import RedisState
 from ollama_emulator import NodeConfig
-from tests.rig import start_balanced_fleet, until
+from tests.harness.eventually import eventually
+from tests.harness.fleet import start_balanced_fleet
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -109,7 +110,7 @@ async def test_cancelled_callers_cost_no_connection_and_keep_nothing(
                 if got:
                     await state.unlock_load(MODEL, owner)
         assert cancelled > 150  # most calls were cut short, at every stage of their trip
-        await until(lambda: not state._orphans)
+        await eventually(lambda: not state._orphans)
         assert state.up and state.fallbacks == 0
         assert store.reconnects == 0
         assert registry.get_sample_value(STORE_RECONNECTS) == 0.0
@@ -210,9 +211,7 @@ async def test_clients_that_leave_cost_the_balancer_no_store_connection(
                     total += int(await raw.zcard(key))
                 return total
 
-            async with asyncio.timeout(10):
-                while await leases():
-                    await asyncio.sleep(0.05)
+            await eventually(leases, "no lease left in the store", accept=lambda n: n == 0)
         finally:
             await raw.aclose()
         assert await _metric(session, balancer, STORE_RECONNECTS) == 0.0

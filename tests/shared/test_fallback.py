@@ -20,6 +20,8 @@ from ollama_balancer.core.shared.local import LocalState
 from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.metrics import SharedMetrics
 from ollama_balancer.shared.store import RedisState
+from tests.harness.eventually import eventually
+from tests.harness.redis import running_redis
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,12 +31,8 @@ LEASES = f"t:lease:{POD}|{MODEL}"
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
+    with running_redis(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 Make = Callable[..., FallbackState]
@@ -77,14 +75,6 @@ async def raw_count(server: RedisServer, key: str) -> int:
         await client.aclose()
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> float:
-    t0 = time.monotonic()
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
-    return time.monotonic() - t0
-
-
 def gauge(registry: CollectorRegistry, name: str) -> float | None:
     return registry.get_sample_value(name)
 
@@ -100,7 +90,7 @@ async def test_store_down_mid_run_then_back(own_redis: RedisServer, make_state: 
     held = (await a.acquire(POD, MODEL, slots=3, request_id="1")).lease
     gone = (await a.acquire(POD, MODEL, slots=3, request_id="2")).lease
     assert held is not None and gone is not None and held.shared
-    await until(lambda: b.occupancy().inflight(POD, MODEL) == 2)
+    await eventually(lambda: b.occupancy().inflight(POD, MODEL) == 2)
 
     own_redis.stop()
     # Traffic goes on: nothing raises, local state serves at once.
@@ -108,9 +98,8 @@ async def test_store_down_mid_run_then_back(own_redis: RedisServer, make_state: 
     during = await a.acquire(POD, MODEL, slots=3, request_id="3")
     assert during.lease is not None and not during.lease.shared
     await a.release(gone)
-    waited = await until(lambda: not a.up and not b.up)
+    await eventually(lambda: not a.up and not b.up, "both replicas to notice", timeout=1.0)
     assert time.monotonic() - t0 < 1.0 + 0.2  # b, idle, noticed through its events/ping
-    assert waited < 1.0
     assert a.status()["mode"] == "fallback"
     assert gauge(registry, "ollama_fleet_shared_state_up") == 0.0
     assert gauge(registry, "ollama_fleet_shared_state_fallbacks_total") == 1.0
@@ -119,10 +108,10 @@ async def test_store_down_mid_run_then_back(own_redis: RedisServer, make_state: 
     assert b.occupancy().inflight(POD, MODEL) == 0
 
     own_redis.start()  # same port, empty: as after a restart
-    await until(lambda: a.up and b.up)
+    await eventually(lambda: a.up and b.up)
     # Re-registered: the lease held through the outage and the one taken during it.
     assert await raw_count(own_redis, LEASES) == 2
-    await until(lambda: b.occupancy().inflight(POD, MODEL) == 2)
+    await eventually(lambda: b.occupancy().inflight(POD, MODEL) == 2)
     assert gauge(registry, "ollama_fleet_shared_state_up") == 1.0
     # And shared again: b sees a's new leases, and the slots hold fleet-wide.
     assert (await b.acquire(POD, MODEL, slots=3, request_id="4")).lease is not None
@@ -147,12 +136,12 @@ async def test_given_back_during_the_outage_is_removed_on_return(
     assert own_redis.proc is not None
     own_redis.proc.send_signal(19)  # SIGSTOP
     try:
-        await until(lambda: not a.up)  # the idle replica's health ping timed out
+        await eventually(lambda: not a.up)  # the idle replica's health ping timed out
         await a.release(lease)  # served locally: nothing reaches the store
         assert a.occupancy().inflight(POD, MODEL) == 0
     finally:
         own_redis.proc.send_signal(18)  # SIGCONT
-    await until(lambda: a.up)
+    await eventually(lambda: a.up)
     assert await raw_count(own_redis, LEASES) == 0
     assert own_redis.port == port
 
@@ -172,7 +161,7 @@ async def test_unreachable_at_start_serves_locally_then_connects(
     lease = (await a.acquire(POD, MODEL, slots=1, request_id="1")).lease
     assert lease is not None
     own_redis.start()
-    await until(lambda: a.up)
+    await eventually(lambda: a.up)
     assert gauge(registry, "ollama_fleet_shared_state_up") == 1.0
     assert await raw_count(own_redis, LEASES) == 1  # the lease taken before is shared now
     await a.release(lease)
@@ -233,7 +222,7 @@ async def test_metrics_of_a_sharing_replica(own_redis: RedisServer, make_state: 
     assert (await dead.acquire(POD, MODEL, slots=4, request_id="d")).lease is not None
     for task in dead._tasks:  # stop renewing, like kill -9 (no clean close)
         task.cancel()
-    await until(
+    await eventually(
         lambda: registry.get_sample_value("ollama_fleet_shared_leases_reclaimed_total") == 1.0,
         timeout=5,
     )

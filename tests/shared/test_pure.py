@@ -5,23 +5,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from ollama_balancer.core.auth import ApiKey
 from ollama_balancer.core.fleet import FleetSnapshot
-from ollama_balancer.core.ledger import Ledger, LoadRecord
+from ollama_balancer.core.ledger import Ledger
+from ollama_balancer.core.occupancy import LoadRecord, Occupancy
 from ollama_balancer.core.shared.address import StoreAddress, parse_store_url
 from ollama_balancer.core.shared.gate import load_decision
 from ollama_balancer.core.shared.keys import Keys
 from ollama_balancer.core.shared.local import LocalState
+from ollama_balancer.core.shared.mirror import Event, Mirror, Refresh, parse_event
 from ollama_balancer.core.shared.model import Lease, QuotaTicket, SlotFreed
-from ollama_balancer.core.shared.occupancy import Event, Mirror, Occupancy, Refresh, parse_event
 from ollama_balancer.core.shared.quota import CONCURRENCY, REQUESTS, TOKENS, refusal
 from ollama_balancer.core.shared.resync import Entry, plan_resync
 from ollama_balancer.core.shared.signals import AffinityMap
 from ollama_balancer.settings import SettingsError, add_arguments, load_settings
-from tests.balancer import test_routing as routing_cases
+from tests.harness import routing_cases
 
 
 # ------------------------------------------------------------------ addresses, settings
@@ -320,8 +322,9 @@ def test_mirror_loads_penalties_and_times_in_local_clock() -> None:
     assert occ.loading("a", "m") == LoadRecord(95.0, "r1")
     assert occ.penalised("b", 109.0) and not occ.penalised("b", 110.5)
     assert occ.load_seconds("m") == 12.5 and occ.service_seconds("m") == 5.0
-    assert occ.loading_sizes() == {"a": ["m"]}
+    assert occ.loading_on("a") == ("m",) and occ.loading_on("b") == ()
     assert occ.backend_inflight("a") == 1 and occ.total_inflight() == 1
+    assert occ.fleet_wide and mirror.occupancy() is occ  # unchanged: the same value
     mirror.apply_event(Event("loaded", 4, 55_000, "a", "m"))
     assert mirror.occupancy().loading("a", "m") is None
     assert mirror.occupancy().loaded_at("a", "m") == 105.0
@@ -363,7 +366,7 @@ async def test_local_state_keeps_the_ledger_semantics() -> None:
     assert (await local.acquire("a", "m", slots=1, request_id="2")).lease is None
     queued = await local.acquire("a", "m", slots=1, request_id="3", overflow=True, cold=True)
     assert queued.lease is not None and not queued.lease.loads  # joins the load
-    assert local.occupancy() is ledger and ledger.inflight("a", "m") == 2
+    assert local.occupancy() is ledger.occupancy() and ledger.inflight("a", "m") == 2
     assert await local.first_byte(first.lease) == 0.0
     waiter = asyncio.create_task(local.wait_slot_freed("m", timeout=1))
     await asyncio.sleep(0)
@@ -401,29 +404,36 @@ async def test_load_decision_gives_up_without_failing() -> None:
 
 # ------------------------------------------------------------------ routing on the view
 def occupancy_of(led: Ledger) -> Occupancy:
-    """The fleet-wide view holding exactly what ``led`` holds."""
-    snap = led.snapshot()
-    return Occupancy.build(
-        held={(i["backend"], i["model"]): i["count"] for i in snap["inflight"]},  # type: ignore[attr-defined]
-        loads={
-            (r["backend"], r["model"]): LoadRecord(r["started"], r["request_id"])
-            for r in snap["loading"]  # type: ignore[attr-defined]
-        },
-        penalties=dict(snap["penalties"]),  # type: ignore[call-overload]
-        load_times=dict(snap["load_seconds"]),  # type: ignore[call-overload]
-        service_times=dict(snap["service_seconds"]),  # type: ignore[call-overload]
-        default_load_seconds=led.default_load_seconds,
-        default_service_seconds=led.default_service_seconds,
+    """What a replica's mirror holds after a refresh that read exactly ``led``'s figures."""
+    own = led.occupancy()
+    ms = 1000  # the store's clock in ms; the local clock reads the same seconds
+    mirror = Mirror(
+        lambda: routing_cases.NOW, led.default_load_seconds, led.default_service_seconds
     )
+    mirror.apply_refresh(
+        refresh(
+            1,
+            dict(own.held),
+            now_ms=int(routing_cases.NOW * ms),
+            loads={k: (r.request_id, int(r.started * ms)) for k, r in own.loads.items()},
+            loaded={k: int(t * ms) for k, t in own.loaded.items()},
+            penalties={p: int(u * ms) for p, u in own.penalties.items()},
+            load_times=dict(own.load_times),
+            service_times=dict(own.service_times),
+        )
+    )
+    return mirror.occupancy()
 
 
 @pytest.mark.parametrize(("fleet", "led", "expected"), routing_cases.CASES)
 def test_routing_on_a_fleet_wide_view_decides_as_on_a_ledger(
     fleet: FleetSnapshot, led: Ledger, expected: list[tuple[str, str]]
 ) -> None:
-    """Every routing table case, fed the same counts as an Occupancy snapshot."""
+    """Every routing table case, its counts read through a mirror: the same value, the same
+    decision."""
     view = occupancy_of(led)
-    assert routing_cases.decide(fleet, view) == routing_cases.decide(fleet, led) == expected  # type: ignore[arg-type]
+    assert view.fleet_wide and replace(view, fleet_wide=False) == led.occupancy()
+    assert routing_cases.decide(fleet, view) == routing_cases.decide(fleet, led) == expected
 
 
 def test_routing_sees_other_replicas_requests() -> None:
@@ -434,5 +444,5 @@ def test_routing_sees_other_replicas_requests() -> None:
         routing_cases.Pod("b", ["llama3"], ["llama3"]),
     )
     model = routing_cases.M
-    view = Occupancy.build(held={("a", model): 1})
-    assert routing_cases.decide(fleet, view)[0] == ("b", "resident")  # type: ignore[arg-type]
+    view = Occupancy(held={("a", model): 1}, fleet_wide=True)
+    assert routing_cases.decide(fleet, view)[0] == ("b", "resident")

@@ -10,7 +10,7 @@ CA file, and the data nodes and the sentinel each want their own password from a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -31,7 +31,8 @@ from ollama_balancer.shared.metrics import STORE_RECONNECTS, SharedMetrics
 from ollama_balancer.shared.store import _no_primary
 from ollama_balancer.state import BALANCER
 from ollama_emulator import NodeConfig
-from tests.rig import start_balanced_fleet, until
+from tests.harness.eventually import eventually
+from tests.harness.fleet import start_balanced_fleet
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -80,12 +81,6 @@ async def _leases(group: SentinelGroup, node: RedisServer, keys: Keys) -> int:
         await client.aclose()
 
 
-async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.05)
-
-
 async def test_failover_is_followed_without_a_restart(group: SentinelGroup, tmp_path: Path) -> None:
     registry = CollectorRegistry()
     state = create_shared_state(
@@ -102,17 +97,17 @@ async def test_failover_is_followed_without_a_restart(group: SentinelGroup, tmp_
         old = group.primary()
         replica = next(n for n in group.nodes if n is not old)
         # The lease reached the replica before the crash (asynchronous replication).
-        await _eventually(lambda: _has(group, replica, keys, 1))
+        await eventually(lambda: _has(group, replica, keys, 1), "the lease on the replica")
 
         old.kill()
         during = (await state.acquire(POD, MODEL, slots=4, request_id="2")).lease
         assert during is not None  # served while the sentinel has not failed over yet
         new = await asyncio.to_thread(group.wait_failover, old)
         assert new is replica
-        await until(lambda: state.up, timeout=20)
+        await eventually(lambda: state.up, timeout=20)
         # The same process, now on the promoted replica: both leases are there, and
         # sharing goes on (a new lease lands on the new primary).
-        await _eventually(lambda: _has(group, new, keys, 2))
+        await eventually(lambda: _has(group, new, keys, 2), "both leases on the new primary")
         after = (await state.acquire(POD, MODEL, slots=4, request_id="3")).lease
         assert after is not None and after.shared
         assert await _leases(group, new, keys) == 3
@@ -155,7 +150,7 @@ async def balancers(group: SentinelGroup, tmp_path: Path) -> AsyncIterator[list[
             shared_state_ca_file=settings.shared.ca_file,
             shared_state_timeout=0.5,
         )
-        await until(lambda: all(a[BALANCER].shared.status()["mode"] == "shared" for a in apps))
+        await eventually(lambda: all(a[BALANCER].shared.status()["mode"] == "shared" for a in apps))
         yield urls
 
 
@@ -182,14 +177,14 @@ async def _traffic_across_a_failover(
 
     workers = [asyncio.create_task(traffic(c)) for c in clients for _ in range(3)]
     try:
-        await until(lambda: len(answered) >= 10)
+        await eventually(lambda: len(answered) >= 10)
         old = group.primary()
         old.kill()
         group.wait_failover(old)
         seen = len(answered)
         # Both replicas share again (no restart), and traffic flowed all along.
-        await _eventually(lambda: _all_shared_again(balancers), timeout=20)
-        await until(lambda: len(answered) >= seen + 10)
+        await eventually(lambda: _all_shared_again(balancers), "both replicas to share again")
+        await eventually(lambda: len(answered) >= seen + 10)
     finally:
         stop.set()
         await asyncio.gather(*workers)  # any failed request fails the test here

@@ -13,7 +13,8 @@ from ollama_balancer.core.auth import ApiKey, KeyState
 from ollama_balancer.core.shared.model import Learned, SlotFreed
 from ollama_balancer.core.shared.resync import entries_of
 from ollama_balancer.shared.store import RedisState
-from tests.shared.conftest import StoreFactory
+from tests.harness.eventually import eventually
+from tests.harness.redis import StoreFactory
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,14 +123,14 @@ async def test_events_keep_other_replicas_mirrors_current(make_store: StoreFacto
         await b.refresh()
         lease = (await a.acquire(POD, MODEL, slots=2, request_id="1", cold=True)).lease
         assert lease is not None and lease.loads
-        await _until(lambda: b.occupancy().inflight(POD, MODEL) == 1)
+        await eventually(lambda: b.occupancy().inflight(POD, MODEL) == 1)
         record = b.occupancy().loading(POD, MODEL)
         assert record is not None and record.request_id == lease.member
         # A follower on another replica joins the load: it does not start a second one.
         follower = (await b.acquire(POD, MODEL, slots=2, request_id="2", cold=True)).lease
         assert follower is not None and not follower.loads
         assert await a.first_byte(lease) is not None
-        await _until(lambda: b.occupancy().loading(POD, MODEL) is None)
+        await eventually(lambda: b.occupancy().loading(POD, MODEL) is None)
         assert b.occupancy().loaded_at(POD, MODEL) is not None
         assert b.occupancy().backend_inflight(POD) == 2
     finally:
@@ -209,13 +210,13 @@ async def test_learning_penalties_and_affinity_are_shared(make_store: StoreFacto
         assert occ.service_seconds(MODEL) == pytest.approx(2.0)
         assert occ.penalised(POD, b.clock())
         assert not occ.penalised(POD, b.clock() + 31)
-        await _until(lambda: b.affinity("conv-1") == POD)
+        await eventually(lambda: b.affinity("conv-1") == POD)
         fresh = make_store()
         await fresh.connect()
         assert await fresh.recall("conv-1") == POD  # started later: one GET
         await a.refresh()
         await a.clear_penalty(POD)
-        await _until(lambda: not b.occupancy().penalised(POD, b.clock()))
+        await eventually(lambda: not b.occupancy().penalised(POD, b.clock()))
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
@@ -348,9 +349,3 @@ async def test_server_buckets_match_the_local_limiter(
             local.inflight -= 1
             local.tokens.charge(t, used)
             await store.finish_quota(tickets.pop(0), used, now_ms=now_ms)
-
-
-async def _until(cond: object, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():  # type: ignore[operator]
-            await asyncio.sleep(0.01)

@@ -15,8 +15,7 @@ import pytest
 
 from bench import common
 from ollama_balancer.workers import cpus_allowed, merge_expositions
-
-from .test_replicas import COLD, WARM, Fleet, burst, nodes, start
+from tests.harness.replicas import COLD, WARM, Fleet, burst, nodes, start
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -20,11 +21,21 @@ from ollama_wire.models import InstalledModel, ResidentModel
 __all__ = [
     "BackendState",
     "FleetSnapshot",
+    "Health",
     "PollResult",
     "apply_poll",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Health(StrEnum):
+    """How far a pod's polls can be trusted; only an ``UP`` pod is routable."""
+
+    UP = "up"
+    DOWN = "down"  # fail_threshold polls failed in a row
+    STALE = "stale"  # answered once, but not within stale_after
+    PENDING = "pending"  # discovered, never answered yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +66,19 @@ class BackendState:
     def name(self) -> str:
         return self.backend.name
 
-    def routable(self, now: float, fail_threshold: int, stale_after: float) -> bool:
-        """Answering recently enough to trust; a never-polled backend is not routable."""
-        if self.last_ok is None or self.failures >= fail_threshold:
-            return False
-        return now - self.last_ok <= stale_after
+    def health(self, now: float, fail_threshold: int, stale_after: float) -> Health:
+        """The one routability rule: answering, and recently enough to trust.
+
+        Decided once per decision, for every pod, by
+        :meth:`~ollama_balancer.core.fleetstate.FleetState.at`.
+        """
+        if self.failures >= fail_threshold:
+            return Health.DOWN
+        if self.last_ok is None:
+            return Health.PENDING
+        if now - self.last_ok > stale_after:
+            return Health.STALE
+        return Health.UP
 
     def has_installed(self, key: str) -> bool:
         return key in self.installed

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .fleet import BackendState, FleetSnapshot
-from .ledger import LedgerView
+from .fleetstate import FleetState
+from .occupancy import Occupancy
 
 __all__ = [
     "COLD_REASONS",
@@ -42,6 +43,7 @@ __all__ = [
     "mismatched",
     "random_order",
     "residency",
+    "resident",
     "round_robin",
 ]
 
@@ -84,13 +86,12 @@ class Choice:
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
-    """What a ranker may look at: routable holders of ``model`` and the balancer's own counts."""
+    """What a ranker may look at: routable holders of ``model``, and the fleet state (the
+    snapshot, the balancer's own counts, the clock) they were chosen from."""
 
     model: str  # canonical key
     holders: Sequence[BackendState]
-    snapshot: FleetSnapshot
-    ledger: LedgerView
-    now: float
+    fleet: FleetState
     rng: random.Random
     turn: int = 0  # a per-replica request counter (round-robin's cursor)
     affinity_backend: str | None = None
@@ -115,23 +116,22 @@ class _Candidate:
 
 def residency(r: Ranking) -> tuple[Choice, ...]:
     """The product's policy: warm and free first, then the shortest wait against a load."""
-    req_model, snapshot, ledger, now, rng = r.model, r.snapshot, r.ledger, r.now, r.rng
-    size = _model_size(req_model, snapshot)
-    load_time = ledger.load_seconds(req_model)
-    service = ledger.service_seconds(req_model)
+    req_model, occ, now, rng = r.model, r.fleet.occupancy, r.fleet.now, r.rng
+    size = _model_size(req_model, r.fleet.snapshot)
+    load_time = occ.load_seconds(req_model)
+    service = occ.service_seconds(req_model)
     warm: list[_Candidate] = []
     cold: list[_Candidate] = []
     for s in r.holders:
         slots = max(1, s.backend.slots)
-        n = ledger.inflight(s.name, req_model)
+        n = occ.inflight(s.name, req_model)
         tie = rng.random()
-        free = _free_vram(s, ledger)
-        if (
-            resident(s, req_model, ledger) and not mismatched(s, req_model, r.num_ctx)
-        ) or _fresh_load(s, req_model, ledger):
+        free = _free_vram(s, occ)
+        matching = resident(s, req_model, occ) and not mismatched(s, req_model, r.num_ctx)
+        if matching or _fresh_load(s, req_model, occ):
             wait = 0.0 if n < slots else ((n - slots) // slots + 1) * service
             warm.append(_Candidate(s, Reason.RESIDENT, wait, 2, free, n / slots, tie))
-        elif (rec := ledger.loading(s.name, req_model)) is not None:
+        elif (rec := occ.loading(s.name, req_model)) is not None:
             remaining = max(0.0, load_time - (now - rec.started))
             wait = remaining + (max(0, n - slots) // slots) * service
             warm.append(_Candidate(s, Reason.LOADING, wait, 2, free, n / slots, tie))
@@ -143,13 +143,13 @@ def residency(r: Ranking) -> tuple[Choice, ...]:
             wait = load_time + n * service
             cold.append(_Candidate(s, Reason.RELOAD, wait, room, free, n / slots, tie))
         else:
-            room = _room(s, size, free, req_model, ledger)
+            room = _room(s, size, free, req_model, occ)
             cold.append(
                 _Candidate(s, Reason.COLD_LOAD, load_time + n * service, room, free, n / slots, tie)
             )
 
     warm.sort(key=lambda c: (c.wait, c.load, c.tie))
-    cold.sort(key=lambda c: (-c.room, -c.free, ledger.backend_inflight(c.state.name), c.tie))
+    cold.sort(key=lambda c: (-c.room, -c.free, occ.backend_inflight(c.state.name), c.tie))
 
     best_warm = warm[0] if warm else None
     roomy_cold = [c for c in cold if c.room > 0]
@@ -171,12 +171,13 @@ def residency(r: Ranking) -> tuple[Choice, ...]:
     ranked = [Choice(c.state.name, c.reason, c.wait) for c in ordered]
     if r.affinity_backend is not None:
         ranked = _apply_affinity(r.affinity_backend, warm, ranked, r.affinity_bound)
-    return _demote_penalised(ranked, ledger, now)
+    return _demote_penalised(ranked, r.fleet.penalised)
 
 
 def least_connections(r: Ranking) -> tuple[Choice, ...]:
     """Baseline: fewest in-flight requests on the pod, residency ignored."""
-    keyed = sorted(r.holders, key=lambda s: (r.ledger.backend_inflight(s.name), r.rng.random()))
+    occupancy = r.fleet.occupancy
+    keyed = sorted(r.holders, key=lambda s: (occupancy.backend_inflight(s.name), r.rng.random()))
     return tuple(Choice(s.name, Reason.LEAST_CONNECTIONS) for s in keyed)
 
 
@@ -213,25 +214,25 @@ def mismatched(s: BackendState, model: str, num_ctx: int | None) -> bool:
     )
 
 
-def holds(s: BackendState, model: str, ledger: LedgerView) -> bool:
+def holds(s: BackendState, model: str, occ: Occupancy) -> bool:
     return (
         s.has_installed(model)
         or s.resident_model(model) is not None
-        or ledger.loading(s.name, model) is not None
+        or occ.loading(s.name, model) is not None
     )
 
 
-def resident(s: BackendState, model: str, ledger: LedgerView) -> bool:
+def resident(s: BackendState, model: str, occ: Occupancy) -> bool:
     if s.resident_model(model) is not None:
         return True
     # A load this replica finished after the last good poll: /api/ps just hasn't caught up.
-    done = ledger.loaded_at(s.name, model)
+    done = occ.loaded_at(s.name, model)
     return done is not None and (s.last_ok is None or done > s.last_ok)
 
 
-def _fresh_load(s: BackendState, model: str, ledger: LedgerView) -> bool:
+def _fresh_load(s: BackendState, model: str, occ: Occupancy) -> bool:
     """A load this replica finished after the last good poll (so /api/ps may show the old copy)."""
-    done = ledger.loaded_at(s.name, model)
+    done = occ.loaded_at(s.name, model)
     return done is not None and s.last_ok is not None and done > s.last_ok
 
 
@@ -248,30 +249,28 @@ def _model_size(model: str, snapshot: FleetSnapshot) -> int:
     return on_disk
 
 
-def _free_vram(s: BackendState, ledger: LedgerView) -> int:
+def _free_vram(s: BackendState, occ: Occupancy) -> int:
     if s.backend.vram_bytes <= 0:
         return 0
-    loading = sum(
-        s.installed[m].size for m in ledger.loading_sizes().get(s.name, []) if m in s.installed
-    )
+    loading = sum(s.installed[m].size for m in occ.loading_on(s.name) if m in s.installed)
     # A load that finished after the last poll takes VRAM that /api/ps does not show yet:
     # without it the pod looks roomy and the next cold load there makes Ollama evict.
     fresh = sum(
-        inst.size
-        for m, inst in s.installed.items()
-        if m not in s.resident and _fresh_load(s, m, ledger)
+        s.installed[m].size
+        for m, _ in occ.loaded_on(s.name)
+        if m in s.installed and m not in s.resident and _fresh_load(s, m, occ)
     )
     return s.backend.vram_bytes - s.vram_used - loading - fresh
 
 
-def room_left(s: BackendState, ledger: LedgerView) -> int:
+def room_left(s: BackendState, occ: Occupancy) -> int:
     """Free VRAM when the capacity is known, else minus what is resident (less is roomier)."""
     if s.backend.vram_bytes > 0:
-        return _free_vram(s, ledger)
+        return _free_vram(s, occ)
     return -s.vram_used
 
 
-def _room(s: BackendState, size: int, free: int, model: str, ledger: LedgerView) -> int:
+def _room(s: BackendState, size: int, free: int, model: str, occ: Occupancy) -> int:
     if s.backend.vram_bytes <= 0:
         return 1  # capacity unknown: Ollama decides, we only know it isn't loaded
     if size <= free:
@@ -279,7 +278,7 @@ def _room(s: BackendState, size: int, free: int, model: str, ledger: LedgerView)
     idle = sum(
         r.size_vram or r.size
         for key, r in s.resident.items()
-        if key != model and ledger.inflight(s.name, key) == 0
+        if key != model and occ.inflight(s.name, key) == 0
     )
     return 1 if size <= free + idle else 0
 
@@ -298,7 +297,9 @@ def _apply_affinity(
     return [Choice(target, Reason.AFFINITY, match.wait), *rest]
 
 
-def _demote_penalised(ranked: list[Choice], ledger: LedgerView, now: float) -> tuple[Choice, ...]:
-    ok = [c for c in ranked if not ledger.penalised(c.backend, now)]
-    bad = [c for c in ranked if ledger.penalised(c.backend, now)]
+def _demote_penalised(ranked: list[Choice], penalised: frozenset[str]) -> tuple[Choice, ...]:
+    if not penalised:
+        return tuple(ranked)
+    ok = [c for c in ranked if c.backend not in penalised]
+    bad = [c for c in ranked if c.backend in penalised]
     return tuple(ok + bad)

@@ -1,25 +1,25 @@
 """What one balancer replica sees of the fleet, for people and scrapers (pure).
 
-:func:`build` folds the fleet snapshot (what the pods said at their last poll)
-and the ledger (what this replica is doing to them: in-flight requests, loads
-it started, cool-down penalties) into one :class:`FleetReport`.  ``/-/fleet``
+:func:`build` folds a :class:`~ollama_balancer.core.fleetstate.FleetState` (what
+the pods said at their last poll, each pod's health, and the occupancy: in-flight
+requests, loads in progress, cool-down penalties) into one :class:`FleetReport`.  ``/-/fleet``
 serves :meth:`FleetReport.to_json`, the dashboard renders that JSON, and the
 metrics collector reads the same report at scrape time, so the page, the JSON
 and the gauges cannot disagree.
 
-Times in the snapshot and the ledger are monotonic; the report turns them into
-ages and remaining seconds relative to ``now``.
+Times in the snapshot and the occupancy are monotonic; the report turns them into
+ages and remaining seconds relative to the fleet state's ``now``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ollama_wire.names import InvalidModelName, display
 
-from .fleet import BackendState, FleetSnapshot
+from .fleet import Health
+from .fleetstate import FleetState
 
 __all__ = [
     "DOWN",
@@ -33,10 +33,10 @@ __all__ = [
     "model_display",
 ]
 
-UP = "up"
-DOWN = "down"  # fail_threshold polls failed in a row
-STALE = "stale"  # answered once, but not within stale_after
-PENDING = "pending"  # discovered, never answered yet
+UP = Health.UP
+DOWN = Health.DOWN
+STALE = Health.STALE
+PENDING = Health.PENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,48 +183,23 @@ def model_display(key: str) -> str:
         return key
 
 
-def _status(s: BackendState, now: float, fail_threshold: int, stale_after: float) -> str:
-    if s.failures >= fail_threshold:
-        return DOWN
-    if s.last_ok is None:
-        return PENDING
-    if now - s.last_ok > stale_after:
-        return STALE
-    return UP
-
-
-def build(
-    snapshot: FleetSnapshot,
-    ledger: Mapping[str, Any],
-    now: float,
-    *,
-    fail_threshold: int,
-    stale_after: float,
-    draining: bool = False,
-) -> FleetReport:
-    """The report for ``snapshot`` and a :meth:`Ledger.snapshot` taken at ``now``."""
-    inflight: dict[tuple[str, str], int] = {}
-    for row in _rows(ledger.get("inflight")):
-        pair = (str(row.get("backend")), str(row.get("model")))
-        inflight[pair] = inflight.get(pair, 0) + int(row.get("count") or 0)
-    loading: dict[tuple[str, str], float] = {
-        (str(row.get("backend")), str(row.get("model"))): float(row.get("started") or now)
-        for row in _rows(ledger.get("loading"))
-    }
-    penalties = ledger.get("penalties")
-    until = penalties if isinstance(penalties, Mapping) else {}
+def build(fleet: FleetState, *, draining: bool = False) -> FleetReport:
+    """The report of ``fleet`` (its occupancy: this replica's, or fleet-wide)."""
+    now, occupancy = fleet.now, fleet.occupancy
+    keys_of: dict[str, set[str]] = {}
+    for pod, model in (*occupancy.held, *occupancy.loads):
+        keys_of.setdefault(pod, set()).add(model)
 
     pods = []
-    for s in snapshot.backends:
-        keys = set(s.installed) | set(s.resident)
-        keys |= {m for (b, m) in inflight if b == s.name}
-        keys |= {m for (b, m) in loading if b == s.name}
+    for s in fleet.backends:
+        keys = set(s.installed) | set(s.resident) | keys_of.get(s.name, set())
         cells = []
         for key in keys:
             inst = s.installed.get(key)
             # An alias (llama3.2:latest ≡ llama3.2:3b) is served by the same runner.
             res = s.resident_model(key)
-            started = loading.get((s.name, key))
+            record = occupancy.loading(s.name, key)
+            started = None if record is None else record.started
             own = s.resident.get(key) or inst
             name = own.name if own else model_display(key)
             cells.append(
@@ -234,7 +209,7 @@ def build(
                     installed=inst is not None or res is not None,
                     resident=res is not None,
                     loading=started is not None and res is None,
-                    inflight=inflight.get((s.name, key), 0),
+                    inflight=occupancy.inflight(s.name, key),
                     size=res.size if res else inst.size if inst else 0,
                     size_vram=res.size_vram if res else 0,
                     expires_at=res.expires_at if res else "",
@@ -244,8 +219,8 @@ def build(
                 )
             )
         cells.sort(key=lambda c: c.name)
-        status = _status(s, now, fail_threshold, stale_after)
-        penalty = float(until.get(s.name) or 0.0)
+        health = fleet.health[s.name]
+        penalty = occupancy.penalties.get(s.name) or 0.0
         pods.append(
             PodView(
                 name=s.name,
@@ -254,8 +229,8 @@ def build(
                 slots=s.backend.slots,
                 vram_bytes=s.backend.vram_bytes,
                 vram_used=s.vram_used,
-                status=status,
-                routable=status == UP,
+                status=health.value,
+                routable=health is Health.UP,
                 failures=s.failures,
                 last_error=s.last_error,
                 last_poll_age=None if s.last_poll is None else max(0.0, now - s.last_poll),
@@ -267,9 +242,3 @@ def build(
             )
         )
     return FleetReport(pods=tuple(pods), draining=draining)
-
-
-def _rows(value: Any) -> Iterable[Mapping[str, Any]]:
-    if not isinstance(value, list):
-        return ()
-    return [row for row in value if isinstance(row, Mapping)]

@@ -1,25 +1,25 @@
-"""Which backend serves a request: a pure function of (request, snapshot, ledger, clock, rng).
+"""Which backend serves a request: a pure function of (request, fleet state, policy, rng).
 
-Filters first (routable pods; a pinned pod; the pods that hold the model), then
-the policy's ranker (:mod:`rankers`) orders the holders.  A request that cannot be
-placed gets a domain outcome (:data:`~ollama_balancer.core.errors.Unroutable`), never an
-HTTP status: the edge chooses statuses (:func:`~ollama_balancer.core.errors.for_outcome`).
-Ties are broken by the injected :class:`random.Random`, so several balancer replicas
-do not herd onto the same pod.
+The :class:`~ollama_balancer.core.fleetstate.FleetState` carries the snapshot, the
+occupancy, the clock and the routable pods (decided there once, for every request a
+decision routes).  Filters first (routable pods; a pinned pod; the pods that hold the
+model), then the policy's ranker (:mod:`rankers`) orders the holders.  A request that
+cannot be placed gets a domain outcome (:data:`~ollama_balancer.core.errors.Unroutable`),
+never an HTTP status: the edge chooses statuses
+(:func:`~ollama_balancer.core.errors.for_outcome`).  Ties are broken by the injected
+:class:`random.Random`, so several balancer replicas do not herd onto the same pod.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ollama_wire.config import Group, SettingsError, setting
 from ollama_wire.names import InvalidModelName, canonical
 
 from .errors import HoldersDown, NoBackend, NoSuchModel, PinDown, PinUnknown, Unroutable
-from .fleet import BackendState, FleetSnapshot
-from .ledger import LedgerView
+from .fleetstate import FleetState
 from .rankers import RANKERS, Choice, Ranking, Reason, Strategy, holds, room_left
 
 __all__ = ["Decision", "Policy", "RouteRequest", "route"]
@@ -106,28 +106,22 @@ class Decision:
 
 def route(
     req: RouteRequest,
-    snapshot: FleetSnapshot,
-    ledger: LedgerView,
+    fleet: FleetState,
     policy: Policy,
-    now: float,
     rng: random.Random,
     turn: int = 0,
 ) -> Decision:
     """``turn`` (a per-replica request counter) only feeds the round-robin baseline."""
-    routable = [
-        s for s in snapshot.backends if s.routable(now, policy.fail_threshold, policy.stale_after)
-    ]
     if req.pin is not None:
-        return _pinned(req.pin, snapshot, routable)
-    holders = [s for s in routable if holds(s, req.model, ledger)]
+        return _pinned(req.pin, fleet)
+    occupancy = fleet.occupancy
+    holders = [s for s in fleet.routable if holds(s, req.model, occupancy)]
     if not holders:
-        return _nowhere(req, snapshot, routable, ledger, policy, rng)
+        return _nowhere(req, fleet, policy, rng)
     ranking = Ranking(
         req.model,
         holders,
-        snapshot,
-        ledger,
-        now,
+        fleet,
         rng,
         turn,
         req.affinity_backend,
@@ -138,26 +132,25 @@ def route(
     return Decision(ranked=RANKERS[policy.strategy](ranking))
 
 
-def _nowhere(
-    req: RouteRequest,
-    snapshot: FleetSnapshot,
-    routable: Sequence[BackendState],
-    ledger: LedgerView,
-    policy: Policy,
-    rng: random.Random,
-) -> Decision:
+def _nowhere(req: RouteRequest, fleet: FleetState, policy: Policy, rng: random.Random) -> Decision:
     """No routable pod holds the model: it is down, to be pulled, or unknown."""
+    routable, occupancy = fleet.routable, fleet.occupancy
     down = tuple(
         s.name
-        for s in snapshot.backends
-        if s not in routable and (s.has_installed(req.model) or s.resident_model(req.model))
+        for s in fleet.backends
+        if not fleet.is_routable(s.name)
+        and (s.has_installed(req.model) or s.resident_model(req.model))
     )
     if down:
         return Decision(unroutable=HoldersDown(req.display, down))
     if policy.auto_pull and routable:
         target = max(
             routable,
-            key=lambda s: (room_left(s, ledger), -ledger.backend_inflight(s.name), rng.random()),
+            key=lambda s: (
+                room_left(s, occupancy),
+                -occupancy.backend_inflight(s.name),
+                rng.random(),
+            ),
         )
         return Decision(ranked=(Choice(target.name, Reason.PULL),))
     if not routable:
@@ -165,10 +158,10 @@ def _nowhere(
     return Decision(unroutable=NoSuchModel(req.display))
 
 
-def _pinned(pin: str, snapshot: FleetSnapshot, routable: Sequence[BackendState]) -> Decision:
-    state = snapshot.get(pin)
+def _pinned(pin: str, fleet: FleetState) -> Decision:
+    state = fleet.get(pin)
     if state is None:
-        return Decision(unroutable=PinUnknown(pin, tuple(snapshot.names())))
-    if state not in routable:
+        return Decision(unroutable=PinUnknown(pin, tuple(fleet.snapshot.names())))
+    if not fleet.is_routable(pin):
         return Decision(unroutable=PinDown(pin))
     return Decision(ranked=(Choice(state.name, Reason.PINNED),))

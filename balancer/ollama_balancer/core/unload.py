@@ -16,8 +16,7 @@ from typing import Any
 
 from ollama_wire.models import parse_time
 
-from .fleet import FleetSnapshot
-from .ledger import LedgerView
+from .fleetstate import FleetState
 
 __all__ = ["FOREVER_AFTER", "UnloadPlan", "plan_unload", "unload_answer"]
 
@@ -31,24 +30,13 @@ class UnloadPlan:
     refused: tuple[str, ...]  # pods whose copy is pinned forever and may not be unloaded
 
 
-def plan_unload(
-    snapshot: FleetSnapshot,
-    ledger: LedgerView,
-    model: str,
-    *,
-    now: float,
-    wall: datetime,
-    fail_threshold: int,
-    stale_after: float,
-    allow_pinned: bool,
-) -> UnloadPlan:
+def plan_unload(fleet: FleetState, model: str, *, wall: datetime, allow_pinned: bool) -> UnloadPlan:
+    """Where to send the unload of ``model``: every routable pod holding or loading it."""
     targets: list[str] = []
     pinned: list[str] = []
-    for s in snapshot.backends:
-        if not s.routable(now, fail_threshold, stale_after):
-            continue
+    for s in fleet.routable:
         res = s.resident_model(model)
-        if res is None and ledger.loading(s.name, model) is None:
+        if res is None and fleet.occupancy.loading(s.name, model) is None:
             continue
         expires = parse_time(res.expires_at) if res is not None else None
         if not allow_pinned and expires is not None and expires - wall > FOREVER_AFTER:

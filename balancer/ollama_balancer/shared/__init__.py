@@ -9,7 +9,8 @@ affinity and API-key quotas, behind one interface (:class:`SharedState`):
 * ``fallback``  — Redis while it answers, local state when not, never failing;
 * ``factory``   — :func:`create_shared_state` from the settings;
 * ``gate``      — the fleet-wide cold-load decision lock;
-* ``occupancy`` — the in-memory mirror routing reads (pure);
+* ``mirror``    — the in-memory mirror of the shared counts (pure), which hands
+  routing its fleet-wide :class:`~ollama_balancer.core.occupancy.Occupancy`;
 * ``model``, ``keys``, ``quota``, ``resync``, ``signals``, ``address`` — pure parts;
 * ``scripts``   — the Lua;  ``metrics`` — Prometheus series.
 

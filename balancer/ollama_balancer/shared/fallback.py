@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from ..core.auth import ApiKey
-from ..core.ledger import LedgerView
+from ..core.occupancy import Occupancy
 from ..core.shared.local import LocalState
 from ..core.shared.model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
 from ..core.shared.protocol import StoreUnavailable
@@ -123,7 +123,7 @@ class FallbackState:
             "leases_reclaimed": self.store.reclaimed,
         }
 
-    def occupancy(self) -> LedgerView:
+    def occupancy(self) -> Occupancy:
         if self.up and self.store.mirror.synced:
             return self.store.occupancy()
         return self.local.occupancy()

@@ -36,10 +36,11 @@ from redis.exceptions import NoScriptError, RedisError
 from ollama_wire.loose import loose
 
 from ..core.auth import ApiKey
-from ..core.ledger import LedgerView
+from ..core.occupancy import Occupancy
 from ..core.shared import scripts as S
 from ..core.shared.address import StoreAddress
 from ..core.shared.keys import Keys
+from ..core.shared.mirror import LOADED_MEMORY, Event, Mirror, parse_event, parse_refresh
 from ..core.shared.model import (
     Grant,
     Learned,
@@ -50,7 +51,6 @@ from ..core.shared.model import (
     field_of,
     member_of,
 )
-from ..core.shared.occupancy import LOADED_MEMORY, Event, Mirror, parse_event, parse_refresh
 from ..core.shared.protocol import StoreUnavailable
 from ..core.shared.quota import ADMITTED, refusal
 from ..core.shared.resync import Entry
@@ -241,7 +241,7 @@ class RedisState:
         await self._io(loose(self._redis().ping)())
 
     # ------------------------------------------------------------------ reads
-    def occupancy(self) -> LedgerView:
+    def occupancy(self) -> Occupancy:
         return self.mirror.occupancy()
 
     def affinity(self, key: str) -> str | None:

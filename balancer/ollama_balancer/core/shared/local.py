@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from ..auth import ApiKey, KeyState
 from ..ledger import Ledger
+from ..occupancy import Occupancy
 from .model import (
     Grant,
     Learned,
@@ -48,8 +49,8 @@ class LocalState:
         self._locks: dict[str, tuple[str, float]] = {}
 
     # ---- reads
-    def occupancy(self) -> Ledger:
-        return self.ledger
+    def occupancy(self) -> Occupancy:
+        return self.ledger.occupancy()
 
     def affinity(self, key: str) -> str | None:
         return self.affinities.get(key)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ..auth import ApiKey
-from ..ledger import LedgerView
+from ..occupancy import Occupancy
 from .model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
 
 __all__ = ["SharedState", "StoreUnavailable"]
@@ -33,8 +33,9 @@ class StoreUnavailable(Exception):
 
 class SharedState(Protocol):
     # ---- reads: synchronous, no I/O
-    def occupancy(self) -> LedgerView:
-        """Fleet-wide in-flight counts, loads in progress, penalties and learned times."""
+    def occupancy(self) -> Occupancy:
+        """In-flight counts, loads in progress, penalties and learned times, as a value
+        (fleet-wide while the store serves, else this replica's)."""
         ...
 
     def affinity(self, key: str) -> str | None:

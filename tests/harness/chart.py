@@ -1,6 +1,6 @@
 """Helpers for the chart tests: find helm, render the chart, pick objects, validate them.
 
-Also the generator of ``manifests/install.yaml``: ``python -m tests.chart.chart --write``
+Also the generator of ``manifests/install.yaml``: ``python -m tests.harness.chart --write``
 renders it again (the drift test fails until it is regenerated and committed).
 """
 
@@ -21,7 +21,7 @@ CHART = ROOT / "charts" / "ollama-fleet"
 CRD = ROOT / "manifests" / "crds" / "modelpools.ollamafleet.io.yaml"
 INSTALL_YAML = ROOT / "manifests" / "install.yaml"
 EXAMPLES = ROOT / "manifests" / "examples"
-VALUES = Path(__file__).resolve().parent / "values"
+VALUES = ROOT / "tests" / "chart" / "values"
 HELM_VERSION = "v3.10.1"
 KUBE_VERSION = "1.30.0"  # what `helm template` assumes: today's APIs (policy/v1, autoscaling/v2)
 
@@ -35,7 +35,7 @@ INSTALL_HEADER = f"""\
 #   kubectl apply -n {INSTALL_NAMESPACE} -f manifests/install.yaml
 #
 # Generated from charts/ollama-fleet; do not edit.  Regenerate with
-#   python -m tests.chart.chart --write
+#   python -m tests.harness.chart --write
 # (tests/chart/test_render.py fails when this file and the chart disagree.)
 # Upgrades: `kubectl apply` again (CRD changes included).
 """
@@ -241,7 +241,7 @@ def render_install_yaml(helm: str) -> str:
 
 def main(argv: Sequence[str]) -> int:
     if list(argv) != ["--write"]:
-        print("usage: python -m tests.chart.chart --write", file=sys.stderr)
+        print("usage: python -m tests.harness.chart --write", file=sys.stderr)
         return 2
     INSTALL_YAML.write_text(render_install_yaml(helm_path()))
     print(f"wrote {INSTALL_YAML.relative_to(ROOT)}")

@@ -1,7 +1,9 @@
-"""The fleet-wide view routing reads, and the mirror that keeps it (pure: no I/O).
+"""The mirror of the shared counts, which hands out the fleet-wide occupancy (pure: no I/O).
 
 Every replica keeps a **mirror** of the shared counts in memory, so routing
-stays a pure, synchronous function and costs no round trip:
+stays a pure, synchronous function and costs no round trip (it reads
+:meth:`Mirror.occupancy`, an :class:`~ollama_balancer.core.occupancy.Occupancy`
+value with ``fleet_wide`` set, rebuilt only after a change):
 
 * every change (acquire, release, reclaim, load start/end, penalty) is
   published by the server-side script that made it, with a fleet-wide
@@ -21,87 +23,17 @@ refresh, so clock skew between replicas does not matter.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from ..ledger import LoadRecord
+from ..occupancy import LoadRecord, Occupancy
 from .model import LeaseKey, SlotFreed, key_of_field
 
-__all__ = ["Event", "Mirror", "Occupancy", "Refresh", "parse_event", "parse_refresh"]
+__all__ = ["Event", "Mirror", "Refresh", "parse_event", "parse_refresh"]
 
 #: How long a finished load still counts as resident before polls catch up (seconds).
 LOADED_MEMORY = 120.0
-
-
-@dataclass(frozen=True)
-class Occupancy:
-    """Fleet-wide counts at one moment: a :class:`~ollama_balancer.core.ledger.LedgerView`."""
-
-    held: Mapping[LeaseKey, int] = field(default_factory=dict)
-    loads: Mapping[LeaseKey, LoadRecord] = field(default_factory=dict)
-    loaded: Mapping[LeaseKey, float] = field(default_factory=dict)
-    penalties: Mapping[str, float] = field(default_factory=dict)
-    load_times: Mapping[str, float] = field(default_factory=dict)
-    service_times: Mapping[str, float] = field(default_factory=dict)
-    default_load_seconds: float = 20.0
-    default_service_seconds: float = 5.0
-    per_pod: Mapping[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, **kw: Any) -> Occupancy:
-        held: Mapping[LeaseKey, int] = kw.get("held", {})
-        per_pod: dict[str, int] = {}
-        for (pod, _model), n in held.items():
-            per_pod[pod] = per_pod.get(pod, 0) + n
-        return cls(per_pod=per_pod, **kw)
-
-    def inflight(self, backend: str, model: str) -> int:
-        return self.held.get((backend, model), 0)
-
-    def backend_inflight(self, backend: str) -> int:
-        return self.per_pod.get(backend, 0)
-
-    def total_inflight(self) -> int:
-        return sum(self.per_pod.values())
-
-    def loading(self, backend: str, model: str) -> LoadRecord | None:
-        return self.loads.get((backend, model))
-
-    def loaded_at(self, backend: str, model: str) -> float | None:
-        return self.loaded.get((backend, model))
-
-    def penalised(self, backend: str, now: float) -> bool:
-        until = self.penalties.get(backend)
-        return until is not None and until > now
-
-    def load_seconds(self, model: str) -> float:
-        return self.load_times.get(model, self.default_load_seconds)
-
-    def service_seconds(self, model: str) -> float:
-        return self.service_times.get(model, self.default_service_seconds)
-
-    def loading_sizes(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for backend, model in self.loads:
-            out.setdefault(backend, []).append(model)
-        return out
-
-    def snapshot(self) -> dict[str, object]:
-        """JSON-able, the shape of :meth:`Ledger.snapshot`, plus ``fleet_wide``."""
-        return {
-            "fleet_wide": True,
-            "inflight": [
-                {"backend": b, "model": m, "count": n} for (b, m), n in self.held.items() if n
-            ],
-            "loading": [
-                {"backend": b, "model": m, "started": r.started, "request_id": r.request_id}
-                for (b, m), r in self.loads.items()
-            ],
-            "penalties": dict(self.penalties),
-            "load_seconds": dict(self.load_times),
-            "service_seconds": dict(self.service_times),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +144,7 @@ class Mirror:
     # ---- reads
     def occupancy(self) -> Occupancy:
         if self._cached is None:
-            self._cached = Occupancy.build(
+            self._cached = Occupancy(
                 held=dict(self._held),
                 loads=dict(self._loads),
                 loaded=dict(self._loaded),
@@ -221,6 +153,7 @@ class Mirror:
                 service_times=dict(self._service_times),
                 default_load_seconds=self.defaults[0],
                 default_service_seconds=self.defaults[1],
+                fleet_wide=True,
             )
         return self._cached
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from tests.kube.cluster import free_port
-from tests.prometheus.promtool import prometheus_tool
+from .eventually import eventually_blocking
+from .kube import free_port
+from .promtool import prometheus_tool
 
 __all__ = ["PrometheusServer", "QueryError", "ScrapeJob"]
 
@@ -135,11 +136,7 @@ class PrometheusServer:
     def wait_for(
         self, expr: str, accept: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        last: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            last = self.query(expr)
-            if accept(last):
-                return last
-            time.sleep(0.25)
-        raise TimeoutError(f"{expr}: still {last!r} after {timeout}s")
+        """The result of ``expr`` once ``accept`` takes it (Prometheus scrapes every second)."""
+        return eventually_blocking(
+            lambda: self.query(expr), expr, accept=accept, timeout=timeout, interval=0.25
+        )

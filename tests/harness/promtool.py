@@ -13,7 +13,7 @@ __all__ = ["ALERT_TESTS", "ROOT", "RULES", "prometheus_tool"]
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts" / "ollama-fleet" / "files" / "prometheus-rules.yaml"
-ALERT_TESTS = Path(__file__).resolve().parent / "alerts.test.yaml"
+ALERT_TESTS = ROOT / "tests" / "prometheus" / "alerts.test.yaml"
 
 
 def prometheus_tool(name: str, environ: Mapping[str, str] | None = None) -> str:

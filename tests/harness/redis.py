@@ -1,0 +1,31 @@
+"""A real redis-server for the shared-state tests, and the type of their store factory.
+
+The server itself is :class:`bench.redis_server.RedisServer` (the benchmarks start it too):
+a child process on loopback with no persistence, stopped by its PID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.redis_server import RedisServer
+
+from ollama_balancer.shared.store import RedisState
+
+__all__ = ["StoreFactory", "running_redis"]
+
+StoreFactory = Callable[..., RedisState]
+"""``make_store(url=None, **RedisState options)``: a connected store ("a replica")."""
+
+
+@contextmanager
+def running_redis(workdir: Path) -> Iterator[RedisServer]:
+    """A redis-server in ``workdir`` from the start of the block to its end."""
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
