@@ -36,6 +36,7 @@ from .core.pods import PodRules
 from .core.queueing import QueueSettings
 from .core.routing import Policy
 from .core.shared.address import parse_store_url
+from .core.shared.degrade import Degrade
 
 __all__ = [
     "ENV_PREFIX",
@@ -272,6 +273,20 @@ class SharedSettings(Group):
     )
     lease_renew_interval: float = setting(
         10.0, "seconds between renewals of the leases this replica holds", unit="seconds", gt=0
+    )
+    degrade: Degrade = setting(
+        Degrade.REMEMBER,
+        "while the store is unreachable: alone (this replica's own counts only) | remember "
+        "(plus the fleet as the store last showed it) | hold (remember, and a cold-load "
+        "decision first waits shared_state_degraded_hold for the store to come back)",
+        key="shared_state_degrade",
+    )
+    degraded_hold: float = setting(
+        2.0,
+        "with shared_state_degrade: hold, how long a cold-load decision waits for the store",
+        key="shared_state_degraded_hold",
+        unit="seconds",
+        ge=0,
     )
 
     def check(self) -> None:

@@ -59,6 +59,8 @@ def create_shared_state(
         store,
         local,
         renew_interval=settings.shared.lease_renew_interval,
+        degrade=settings.shared.degrade,
+        degraded_hold=settings.shared.degraded_hold,
         observer=observer,
         log=log,
     )

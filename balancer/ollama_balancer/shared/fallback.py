@@ -23,16 +23,19 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from ..core.auth import ApiKey
 from ..core.occupancy import Occupancy
+from ..core.shared.degrade import Degrade, LastSeen, degraded_view
 from ..core.shared.local import LocalState
+from ..core.shared.mirror import LOADED_MEMORY
 from ..core.shared.model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
 from ..core.shared.protocol import StoreUnavailable
-from ..core.shared.resync import Entry, entries_of, plan_resync
+from ..core.shared.resync import Entry, entries_of, plan_reassert, plan_resync, store_lost
 from .store import RedisState
 
 __all__ = ["FallbackState", "SharedObserver"]
@@ -42,6 +45,7 @@ T = TypeVar("T")
 EVENT_UP = "shared_state_up"
 EVENT_DOWN = "shared_state_down"
 EVENT_UNREACHABLE = "shared_state_unreachable"
+EVENT_REBUILT = "shared_state_rebuilt"
 
 
 class SharedObserver(Protocol):
@@ -52,6 +56,7 @@ class SharedObserver(Protocol):
     def acquire_seconds(self, seconds: float, granted: bool) -> None: ...
     def reclaimed(self, count: int) -> None: ...
     def reconnected(self, count: int) -> None: ...
+    def rebuilt(self) -> None: ...
 
 
 class _Quiet:
@@ -60,6 +65,7 @@ class _Quiet:
     def acquire_seconds(self, seconds: float, granted: bool) -> None: ...
     def reclaimed(self, count: int) -> None: ...
     def reconnected(self, count: int) -> None: ...
+    def rebuilt(self) -> None: ...
 
 
 class FallbackState:
@@ -72,6 +78,8 @@ class FallbackState:
         refresh_interval: float = 1.0,
         health_interval: float = 0.5,
         reconnect_interval: float = 1.0,
+        degrade: Degrade = Degrade.REMEMBER,
+        degraded_hold: float = 2.0,
         observer: SharedObserver | None = None,
         log: Any = None,
         timer: Callable[[], float] = time.perf_counter,
@@ -82,6 +90,8 @@ class FallbackState:
         self.refresh_interval = refresh_interval
         self.health_interval = health_interval
         self.reconnect_interval = reconnect_interval
+        self.degrade = degrade
+        self.degraded_hold = degraded_hold
         self.observer: SharedObserver = observer or _Quiet()
         self.log = log or logging.getLogger("ollama_fleet.shared")
         self.timer = timer
@@ -104,6 +114,16 @@ class FallbackState:
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        #: Set while the store serves (a held cold-load decision waits for it).
+        self._back = asyncio.Event()
+        #: The fleet as the store last showed it (kept from the moment it was lost).
+        self._last: LastSeen | None = None
+        self._degraded: tuple[Occupancy, int, Occupancy] | None = None
+        #: Members of this replica's leases whose first byte came.
+        self._answered: set[str] = set()
+        #: The store's epoch as this replica last saw it (None: never connected).
+        self._epoch: str | None = None
+        self.rebuilds = 0
 
     # ------------------------------------------------------------ state
     def own_leases(self) -> list[Lease]:
@@ -121,12 +141,25 @@ class FallbackState:
             "last_error": self.last_error,
             "leases_held": len(self._leases),
             "leases_reclaimed": self.store.reclaimed,
+            "degrade": str(self.degrade),
+            "rebuilds": self.rebuilds,
         }
 
     def occupancy(self) -> Occupancy:
         if self.up and self.store.mirror.synced:
             return self.store.occupancy()
-        return self.local.occupancy()
+        local = self.local.occupancy()
+        if self.degrade is Degrade.ALONE or self._last is None:
+            return local
+        # Rebuilt when the ledger changes, and a few times a second as memories age.
+        now = self.local.clock()
+        tick = int(now * 4)
+        cached = self._degraded
+        if cached is not None and cached[0] is local and cached[1] == tick:
+            return cached[2]
+        view = degraded_view(local, self._last, now, lease_ttl=self.store.lease_ttl)
+        self._degraded = (local, tick, view)
+        return view
 
     def affinity(self, key: str) -> str | None:
         return self.local.affinity(key)
@@ -136,8 +169,16 @@ class FallbackState:
         if not self.up:
             return
         self.up = False
+        self._back.clear()
         self.fallbacks += 1
         self.since = self.local.clock()
+        if self.store.mirror.synced:
+            self._last = LastSeen(
+                fleet=self.store.mirror.occupancy(),
+                own=self.local.occupancy(),
+                at=self.since,
+                replica=self.store.replica,
+            )
         self.store.mirror.reset()
         self.observer.state_up(False)
         self.observer.fallback()
@@ -265,6 +306,8 @@ class FallbackState:
 
     async def first_byte(self, lease: Lease) -> float | None:
         lease = self._current(lease)
+        if lease.member in self._leases:
+            self._answered.add(lease.member)
         seconds = await self.local.first_byte(lease)
         if lease.shared and lease.loads and self.up:
             await self._detached(self._shared(lambda: self.store.first_byte(lease)))
@@ -280,6 +323,7 @@ class FallbackState:
         tokens: int = 0,
     ) -> None:
         lease = self._leases.pop(lease.member, lease)
+        self._answered.discard(lease.member)
         freed = self.local.give_back(lease, learned)
         if affinity is not None:
             self.local.affinities.put(affinity, lease.pod)
@@ -317,6 +361,12 @@ class FallbackState:
 
     # ------------------------------------------------------------ loads
     async def lock_load(self, model: str, owner: str, ttl: float) -> bool:
+        if not self.up and self.degrade is Degrade.HOLD and self._last is not None:
+            # A cold-load decision while the store is away: give it a moment to come
+            # back (a restart, a failover) and decide with the whole fleet's view.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.degraded_hold):
+                    await self._back.wait()
         if self.up:
 
             async def unlock(got: bool) -> None:
@@ -441,11 +491,13 @@ class FallbackState:
         await self.store.close()
 
     async def _connect(self) -> None:
-        """Connect, re-register what this replica holds, subscribe, refresh; then share."""
+        """Connect, re-register what this replica holds (and, into a store that came back
+        empty, what it knows: :func:`plan_reassert`), subscribe, refresh; then share."""
         await self.store.connect()
         plan = plan_resync(self.store.keys, self._leases, self._tickets, self._given_back)
         await self.store.remove(plan.remove)
         await self.store.renew(plan.register)
+        await self._reassert(len(plan.register))
         self._given_back.clear()
         for member, lease in list(self._leases.items()):
             self._leases[member] = dataclasses.replace(lease, shared=True)
@@ -463,6 +515,7 @@ class FallbackState:
             raise StoreUnavailable(f"events channel: {exc or 'no subscription'}") from exc
         self._listener = listener
         self.up = True
+        self._back.set()
         self._ok()
         self.since = self.local.clock()
         self.observer.state_up(True)
@@ -473,6 +526,51 @@ class FallbackState:
             len(plan.register),
             len(plan.remove),
         )
+
+    async def _reassert(self, leases: int) -> None:
+        """Write back the loads, finished loads and learned times the store lacks; if it
+        lost its contents since this replica last saw it, say so (log, metric, status)."""
+        plan = plan_reassert(
+            self._leases,
+            self._answered,
+            self.local.occupancy(),
+            self._last,
+            self.local.clock(),
+            loaded_memory=LOADED_MEMORY,
+        )
+        done = await self.store.reassert(plan, candidate=secrets.token_hex(8))
+        for member in plan.owners:
+            lease = self._leases.get(member)
+            if lease is not None:
+                # Its first byte now ends the load it vouched for (and its early
+                # release aborts it), as the lost owner's would have.
+                self._leases[member] = dataclasses.replace(lease, loads=True)
+        lost = store_lost(self._epoch, None if done.created else done.epoch)
+        self._epoch = done.epoch
+        if lost:
+            self.rebuilds += 1
+            self.observer.rebuilt()
+            self.log.warning(
+                "%s: the store came back without its contents; re-asserted %d leases/tickets, "
+                "%d loads in progress, %d finished loads, %d learned times",
+                EVENT_REBUILT,
+                leases,
+                done.loads,
+                done.loaded,
+                done.learned,
+            )
+
+    async def _check_epoch(self) -> None:
+        """Mid-run, the store can lose its contents without dropping a connection (a
+        flush, a failover that kept the address): the epoch read with each refresh says
+        so, and everything is written back at once."""
+        if not store_lost(self._epoch, self.store.epoch):
+            return
+        self.store.mirror.reset()  # its sequence numbers belong to the lost store
+        plan = plan_resync(self.store.keys, self._leases, self._tickets, ())
+        await self.store.renew(plan.register)
+        await self._reassert(len(plan.register))
+        await self.store.refresh()
 
     async def _listen(self, subscribed: asyncio.Event) -> None:
         try:
@@ -511,6 +609,7 @@ class FallbackState:
             if not self.up:
                 continue
             await self._shared(self.store.refresh)
+            await self._shared(self._check_epoch)
             if self.local.clock() >= next_renew:
                 next_renew = self.local.clock() + self.renew_interval
                 entries = entries_of(

@@ -28,6 +28,7 @@ __all__ = [
     "LEASES_RECLAIMED",
     "LEASE_ACQUIRE",
     "STATE_UP",
+    "STORE_REBUILDS",
     "STORE_RECONNECTS",
     "SharedMetrics",
 ]
@@ -38,6 +39,7 @@ LEASE_ACQUIRE = "ollama_fleet_shared_lease_acquire_seconds"
 LEASES_HELD = "ollama_fleet_shared_leases_held"
 LEASES_RECLAIMED = "ollama_fleet_shared_leases_reclaimed_total"
 STORE_RECONNECTS = "ollama_fleet_shared_store_reconnects_total"
+STORE_REBUILDS = "ollama_fleet_shared_store_rebuilds_total"
 
 _ACQUIRE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
@@ -94,6 +96,13 @@ class SharedMetrics:
             "timed out, the server went away) or a new client after an outage or a failover",
             registry=registry,
         )
+        self.rebuilds = Counter(
+            STORE_REBUILDS,
+            "times this replica found the shared store without its contents (restarted "
+            "without persistence, flushed, failed over to a replica that lagged) and wrote "
+            "back its leases, loads in progress and learned times",
+            registry=registry,
+        )
         self.up.set(0)
         if held is not None:
             registry.register(_HeldCollector(held))
@@ -112,3 +121,6 @@ class SharedMetrics:
 
     def reconnected(self, count: int) -> None:
         self.reconnects.inc(count)
+
+    def rebuilt(self) -> None:
+        self.rebuilds.inc()

@@ -22,6 +22,7 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,10 +54,10 @@ from ..core.shared.model import (
 )
 from ..core.shared.protocol import StoreUnavailable
 from ..core.shared.quota import ADMITTED, refusal
-from ..core.shared.resync import Entry
+from ..core.shared.resync import Entry, ReassertPlan
 from ..core.shared.signals import AffinityMap, FreedSignal
 
-__all__ = ["RedisState"]
+__all__ = ["Reasserted", "RedisState"]
 
 T = TypeVar("T")
 
@@ -115,6 +116,8 @@ class RedisState:
         self._sentinel: Sentinel | None = None
         self._clients = 0
         self._seen: weakref.WeakSet[Connection] = weakref.WeakSet()
+        #: The store's epoch as last read (None: none, or not read yet).
+        self.epoch: str | None = None
 
     # ------------------------------------------------------------ connection
     def _password(self) -> str | None:
@@ -322,13 +325,16 @@ class RedisState:
         )
 
     def _learn_call(self, model: str, learned: Learned) -> tuple[S.Script, list[str], list[Any]]:
-        def arg(x: float | None) -> str:
-            return "" if x is None else repr(float(x))
-
         return (
             S.LEARN,
             [self.keys.learn_load, self.keys.learn_service],
-            [model, arg(learned.load_seconds), arg(learned.service_seconds), EWMA, LEARN_TTL_MS],
+            [
+                model,
+                _seconds_arg(learned.load_seconds),
+                _seconds_arg(learned.service_seconds),
+                EWMA,
+                LEARN_TTL_MS,
+            ],
         )
 
     def _quota_finish_call(
@@ -399,16 +405,41 @@ class RedisState:
         await self._eval(S.UNLOCK, [self.keys.load_lock(model)], [owner, self.keys.channel, model])
 
     async def refresh(self) -> None:
+        """Read everything into the mirror (one round trip, the store's epoch with it)."""
         k = self.keys
-        reply = await self._eval(
-            S.SNAPSHOT,
-            [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
-            [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
+        reply, epoch = await self._batch(
+            [
+                (
+                    S.SNAPSHOT,
+                    [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
+                    [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
+                )
+            ],
+            lambda pipe: pipe.get(k.epoch),
         )
+        self.epoch = _text_or_none(epoch)
         r = parse_refresh(reply)
         self.reclaimed += r.reclaimed
         for freed in self.mirror.apply_refresh(r):
             self.signal.notify(freed)
+
+    async def reassert(self, plan: ReassertPlan, candidate: str) -> Reasserted:
+        """Write back what the store lacks of ``plan`` (one script); set the epoch to
+        ``candidate`` if the store has none."""
+        k = self.keys
+        args: list[Any] = [candidate, LEARN_TTL_MS, int(self.load_ttl * 1000)]
+        args += [len(plan.loads), len(plan.loaded)]
+        for load in plan.loads:
+            args += [load.field, load.member, load.age_ms]
+        for done in plan.loaded:
+            args += [done.field, done.age_ms]
+        for x in plan.learned:
+            args += [x.model, _seconds_arg(x.load_seconds), _seconds_arg(x.service_seconds)]
+        created, epoch, loads, loaded, learned = await self._eval(
+            S.REASSERT, [k.loads, k.loaded, k.learn_load, k.learn_service, k.epoch], args
+        )
+        self.epoch = _text_or_none(epoch)
+        return Reasserted(bool(created), self.epoch or "", int(loads), int(loaded), int(learned))
 
     # ------------------------------------------------------- learning, memory
     async def learn(self, model: str, learned: Learned) -> None:
@@ -508,6 +539,26 @@ class RedisState:
 
     async def start(self) -> None:
         await self.connect()
+
+
+@dataclass(frozen=True, slots=True)
+class Reasserted:
+    """What :meth:`RedisState.reassert` found and wrote."""
+
+    created: bool
+    """The store had no epoch: it was empty (or new), and this replica's candidate is it."""
+    epoch: str
+    loads: int
+    loaded: int
+    learned: int
+
+
+def _seconds_arg(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
+def _text_or_none(x: Any) -> str | None:
+    return None if x is None else (x.decode() if isinstance(x, bytes) else str(x))
 
 
 def _no_primary(service: str, exc: MasterNotFoundError) -> str:

@@ -57,6 +57,12 @@ class Keys:
     def affinity(self, key: str) -> str:
         return f"{self.prefix}:affinity:{key}"
 
+    @property
+    def epoch(self) -> str:
+        """A random id set by the first replica to find the store empty: another id, or
+        none, means the store lost its contents (``resync.store_lost``)."""
+        return f"{self.prefix}:epoch"
+
     # ---- ordering and events
     @property
     def seq(self) -> str:

@@ -329,6 +329,46 @@ return 1
 """,
 )
 
+# KEYS: loads, loaded, learn:load, learn:service, epoch
+# ARGV: epoch candidate, learn ttl ms, load ttl ms, n loads, n loaded,
+#       then (field, member, age ms) per load, (field, age ms) per loaded,
+#       then (model, load seconds or '', service seconds or '') per learned model
+# -> {epoch created 0|1, epoch, loads written, loaded written, learned written}
+# Writes only what the store lacks (a live record, a later finish, a learned time stay).
+REASSERT = _script(
+    "reassert",
+    """
+local now = now_ms()
+local created = redis.call('SET', KEYS[5], ARGV[1], 'NX') and 1 or 0
+local nloads, nloaded = tonumber(ARGV[4]), tonumber(ARGV[5])
+local i = 6
+local loads, loaded, learned = 0, 0, 0
+for _ = 1, nloads do
+  local rec = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not rec) or cjson.decode(rec).e <= now then
+    redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(
+      {r=ARGV[i + 1], t=now - tonumber(ARGV[i + 2]), e=now + tonumber(ARGV[3])}))
+    loads = loads + 1
+  end
+  i = i + 3
+end
+for _ = 1, nloaded do
+  loaded = loaded + redis.call('HSETNX', KEYS[2], ARGV[i], now - tonumber(ARGV[i + 1]))
+  i = i + 2
+end
+while i <= #ARGV do
+  for k = 1, 2 do
+    if ARGV[i + k] ~= '' and redis.call('HSETNX', KEYS[2 + k], ARGV[i], ARGV[i + k]) == 1 then
+      redis.call('PEXPIRE', KEYS[2 + k], ARGV[2])
+      learned = learned + 1
+    end
+  end
+  i = i + 3
+end
+return {created, redis.call('GET', KEYS[5]), loads, loaded, learned}
+""",
+)
+
 SCRIPTS: tuple[Script, ...] = (
     ACQUIRE,
     RELEASE,
@@ -341,4 +381,5 @@ SCRIPTS: tuple[Script, ...] = (
     UNLOCK,
     QUOTA_ADMIT,
     QUOTA_FINISH,
+    REASSERT,
 )
