@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--policies",
         default="",
-        help="saturation: comma-separated binding policies to compare (early,late)",
+        help="saturation: comma-separated binding policies to compare (early,late); faults: "
+        "shared_state_degrade policies (alone,remember,hold)",
     )
     p.add_argument(
         "--baseline",

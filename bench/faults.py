@@ -68,7 +68,11 @@ class Config:
     store_gap: float = 10.0  # store restarted empty: how long until the new one starts
     lease_ttl: float = 30.0  # emulated seconds (the balancers get it scaled)
     lease_renew: float = 10.0
-    #: Extra balancer flags (what a policy under test needs).
+    #: ``shared_state_degrade`` policies to compare (``--policies``); each fault scenario
+    #: runs once per policy, the run without faults once (no outage: the policy is idle).
+    policies: tuple[str, ...] = ("remember",)
+    hold: float = 6.0  # emulated seconds a held cold-load decision waits (policy "hold")
+    #: Extra balancer flags.
     extra: tuple[str, ...] = ()
     repeats: int = 1
     phases: tuple[str, ...] = ("before", "pod, replica", "store", "after")
@@ -260,7 +264,7 @@ def _inject(
     return done, thread
 
 
-def run_one(cfg: Config, scenario: str) -> dict[str, Any]:
+def run_one(cfg: Config, scenario: str, policy: str = "remember") -> dict[str, Any]:
     s = cfg.time_scale
     fleet = faults_fleet(cfg.pods, cfg.models, s)
     models = [m["name"].split(":")[0] for m in fleet["catalogue"]]
@@ -275,6 +279,8 @@ def run_one(cfg: Config, scenario: str) -> dict[str, Any]:
         "--stale-after", f"{max(3.0, 150 * s):g}",
         "--lease-ttl", f"{cfg.lease_ttl * s:g}",
         "--lease-renew-interval", f"{cfg.lease_renew * s:g}",
+        "--shared-state-degrade", policy,
+        "--shared-state-degraded-hold", f"{cfg.hold * s:g}",
         *cfg.extra,
     ]  # fmt: skip
     with common.workspace("faults") as (tmp, procs):
@@ -333,8 +339,10 @@ def run_one(cfg: Config, scenario: str) -> dict[str, Any]:
         finally:
             store.stop()
     names = {p.name: u for p, u in zip(balancers, bal_urls, strict=True)}
-    return _row(cfg, scenario, res["records"], faults, sampler, cold, held, in_store,
-                reconnects, fallbacks, names)  # fmt: skip
+    row = _row(cfg, scenario, res["records"], faults, sampler, cold, held, in_store,
+               reconnects, fallbacks, names)  # fmt: skip
+    row["policy"] = policy if scenario != "no faults" else "-"
+    return row
 
 
 def _row(
@@ -420,12 +428,13 @@ def _windows(sampler: LoadSampler, cfg: Config, width: float = 5.0) -> list[int]
 
 def run(cfg: Config) -> dict[str, Any]:
     rows = []
+    # Repeats interleaved, so a busier minute on the machine hits every set-up alike.
     for rep in range(1, cfg.repeats + 1):
-        for scenario in cfg.scenarios:
-            row = run_one(cfg, scenario)
+        for scenario, policy in _setups(cfg):
+            row = run_one(cfg, scenario, policy)
             row["run"] = rep
             print(
-                f"  {scenario:22s} run {rep} cold={row['cold_loads']:<3d} "
+                f"  {scenario:22s} {row['policy']:9s} run {rep} cold={row['cold_loads']:<3d} "
                 f"ttft p99={row['ttft_p99']:.2f}s failed={row['failed_unavoidable']}+"
                 f"{row['failed_avoidable']} leaked={row['leases_leaked']} "
                 f"reconnects={row['store_reconnects']:g}",
@@ -433,6 +442,14 @@ def run(cfg: Config) -> dict[str, Any]:
             )
             rows.append(row)
     return {"rows": rows, "config": cfg.__dict__, "targets": targets(rows)}
+
+
+def _setups(cfg: Config) -> list[tuple[str, str]]:
+    out = []
+    for scenario in cfg.scenarios:
+        policies = cfg.policies[:1] if scenario == "no faults" else cfg.policies
+        out += [(scenario, policy) for policy in policies]
+    return out
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -448,6 +465,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 "scenario": r["scenario"],
+                "policy": r.get("policy", "-"),
                 "run": r.get("run", 1),
                 "cold_loads_ratio": loads,
                 "ttft_p99_ratio": ttft,
@@ -472,29 +490,33 @@ def render(doc: dict[str, Any]) -> str:
         "Sentinel).\n\n"
     )
     rows = [
-        [r["scenario"], r.get("run", 1), r["requests"], r["failed_unavoidable"],
-         r["failed_avoidable"], r["cold_loads"], r["ttft_p50"], r["ttft_p99"],
-         r["leases_leaked"], r["store_reconnects"], r["fallbacks"]]
+        [r["scenario"], r.get("policy", "-"), r.get("run", 1), r["requests"],
+         r["failed_unavoidable"], r["failed_avoidable"], r["cold_loads"], r["ttft_p50"],
+         r["ttft_p99"], r["leases_leaked"], r["store_reconnects"], r["fallbacks"]]
         for r in doc["rows"]
     ]  # fmt: skip
     table = common.table(
-        ["scenario", "run", "requests", "failed, unavoidable", "failed, avoidable", "cold loads",
+        ["scenario", "degrade", "run", "requests", "failed, unavoidable", "failed, avoidable",
+         "cold loads",
          "TTFT p50 s", "TTFT p99 s", "leases leaked", "store reconnects", "fallbacks"],
         rows,
     )  # fmt: skip
     phases = list(c["phases"])
     by_phase = common.table(
-        ["scenario", "run", *(f"cold loads: {p}" for p in phases), "per 5 s window"],
+        ["scenario", "degrade", "run", *(f"cold loads: {p}" for p in phases), "per 5 s window"],
         [
-            [r["scenario"], r.get("run", 1), *(r["cold_by_phase"][p] for p in phases),
+            [r["scenario"], r.get("policy", "-"), r.get("run", 1),
+             *(r["cold_by_phase"][p] for p in phases),
              " ".join(str(n) for n in r["cold_by_window"])]
             for r in doc["rows"]
         ],
     )  # fmt: skip
     verdicts = common.table(
-        ["scenario", "run", "cold loads / no faults", "TTFT p99 / no faults", "targets met?"],
+        ["scenario", "degrade", "run", "cold loads / no faults", "TTFT p99 / no faults",
+         "targets met?"],
         [
-            [x["scenario"], x["run"], x["cold_loads_ratio"], x["ttft_p99_ratio"],
+            [x["scenario"], x.get("policy", "-"), x["run"], x["cold_loads_ratio"],
+             x["ttft_p99_ratio"],
              "yes" if x["met"] else "**no**"]
             for x in doc["targets"]
         ],
