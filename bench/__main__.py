@@ -30,7 +30,11 @@ def _run(
     replicas: int = 1,
     repeats: int = 1,
     pythons: tuple[str, ...] = (),
+    conversations: bool = False,
+    tracing: bool = False,
 ) -> dict[str, Any]:
+    if name == "routing" and conversations:
+        name = "conversations"  # routing for the prompt cache: multi-turn conversations
     mod: Any = importlib.import_module(f"bench.{name}")
     cfg = mod.SMOKE if smoke else (getattr(mod, "QUICK", mod.Config()) if quick else mod.Config())
     if litellm and hasattr(cfg, "targets"):
@@ -45,6 +49,8 @@ def _run(
         cfg.repeats = repeats
     if pythons and hasattr(cfg, "pythons"):
         cfg.pythons = pythons
+    if tracing and hasattr(cfg, "tracing"):
+        cfg.tracing = True
     t = time.monotonic()
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
@@ -91,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         help="routing, faults: run each set-up K times (interleaved) and compare medians",
     )
     p.add_argument(
+        "--conversations",
+        action="store_true",
+        help="routing: multi-turn conversations sharing a growing prefix; stickiness and "
+        "prefix-cache hits without affinity, with the opening's hash, with session headers",
+    )
+    p.add_argument(
+        "--tracing",
+        action="store_true",
+        help="proxy: also measure the balancer with OpenTelemetry tracing on (100%% and 10%% "
+        "sampled) exporting to an OTLP receiver",
+    )
+    p.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -133,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             args.replicas,
             args.repeats,
             tuple(args.python),
+            args.conversations,
+            args.tracing,
         )
     return 0
 

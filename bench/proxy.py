@@ -13,10 +13,17 @@ streams are measured against the emulator reached directly, in the same run.
 in a real ``redis-server`` (pinned with the emulator, so its CPU is not the proxy's) before
 each request and released after it.  What it adds over ``balancer`` (CPU per request, p50 and
 p99 latency) is reported from the same run.
+
+``--tracing`` (issue #25) adds the same balancer with OpenTelemetry tracing on, exporting
+over OTLP/HTTP to a sink that decodes every span (:mod:`bench.otlp_sink`, on the load
+CPU): ``balancer+trace`` samples every request, ``balancer+trace10%`` one in ten (the
+batch processor's queue is made large enough that no span is dropped, so the CPU counted
+is that of exporting all of them).  ``balancer`` itself is tracing off: no endpoint set.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -36,6 +43,8 @@ STREAM_BODY = {
 
 #: The balancer with shared state on, a local redis-server holding its slot leases.
 SHARED = "balancer+shared"
+#: The balancer tracing every request, and one in ten, to an OTLP/HTTP sink.
+TRACED = {"balancer+trace": "1.0", "balancer+trace10%": "0.1"}
 
 
 @dataclass
@@ -49,6 +58,7 @@ class Config:
     baseline: str | None = None  # a git ref: its balancer runs too, as "balancer@REF"
     log_level: str = "warning"  # the balancer's; "info" adds the per-request log line
     pythons: tuple[str, ...] = ()  # other interpreters: "balancer@py3.12" each
+    tracing: bool = False  # also the balancer tracing 100% and 10% of requests (TRACED)
 
 
 SMOKE = Config(concurrency=(1, 8), seconds=1, warmup=0, streams=(10,), tokens=10)
@@ -71,8 +81,10 @@ TARGETS = (
 
 def _endpoints(
     cfg: Config, procs: common.Procs, tmp: Path, urls: list[str], cores: common.Cores
-) -> dict[str, tuple[common.Proc | None, str]]:
+) -> tuple[dict[str, tuple[common.Proc | None, str]], str]:
+    """The proxies to measure, by name, and the OTLP sink's URL ("" without --tracing)."""
     out: dict[str, tuple[common.Proc | None, str]] = {"direct": (None, urls[0])}
+    sink_url = ""
     if "balancer" in cfg.targets:
         out["balancer"] = common.start_balancer(
             procs, urls, cpus=cores.proxy, log_level=cfg.log_level
@@ -96,26 +108,59 @@ def _endpoints(
             procs, urls, cpus=cores.proxy, name=name.replace("@", "-"), python=python,
             log_level=cfg.log_level,
         )  # fmt: skip
+    if cfg.tracing:
+        port = common.free_port()
+        sink = procs.start(
+            "otlp-sink", [common.PY, str(Path(__file__).with_name("otlp_sink.py")), str(port)],
+            cpus=cores.load,
+        )  # fmt: skip
+        sink_url = f"http://127.0.0.1:{port}"
+        common.wait_until(lambda: common.http_get(sink_url + "/count")[0] == 200, 30, "sink", sink)
+        for name, ratio in TRACED.items():
+            env = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink_url,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio,
+                # no span dropped: the CPU counted is that of exporting every sampled one
+                "OTEL_BSP_MAX_QUEUE_SIZE": "200000",
+                "OTEL_BSP_SCHEDULE_DELAY": "200",
+            }
+            out[name] = common.start_balancer(
+                procs, urls, cpus=cores.proxy, log_level=cfg.log_level,
+                name=name.replace("+", "-").replace("%", ""), env=env,
+            )  # fmt: skip
     if "nginx" in cfg.targets:
         out["nginx"] = common.start_nginx(procs, urls, cpus=cores.proxy)
-    return out
+    return out, sink_url
+
+
+def _spans(sink_url: str) -> int:
+    """Spans the sink received so far (0 without a sink)."""
+    if not sink_url:
+        return 0
+    return int(json.loads(common.http_get(sink_url + "/count")[1])["spans"])
 
 
 def tiny(cfg: Config, cores: common.Cores) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with common.workspace("proxy-tiny") as (tmp, procs):
         urls = common.start_emulator(procs, zero_fleet(2), cpus=cores.load)
-        endpoints = _endpoints(cfg, procs, tmp, urls, cores)
+        endpoints, sink = _endpoints(cfg, procs, tmp, urls, cores)
         script = common.wrk_script(tmp, BODY)
         for c in cfg.concurrency:
             for target, (proc, base) in endpoints.items():
                 url = base + "/api/chat"
                 if cfg.warmup:
                     common.run_wrk(url, script, c, cfg.warmup, cores.load)
+                spans0 = _spans(sink) if target in TRACED else 0
                 cpu0 = proc.cpu() if proc else 0.0
                 res = common.run_wrk(url, script, c, cfg.seconds, cores.load)
+                if target in TRACED:
+                    time.sleep(1.0)  # the batch processor's last export (every 200 ms)
                 cpu = proc.cpu() - cpu0 if proc else float("nan")
                 n = res["requests"]
+                spans = _spans(sink) - spans0 if target in TRACED else 0
                 rows.append(
                     {
                         "target": target,
@@ -126,6 +171,7 @@ def tiny(cfg: Config, cores: common.Cores) -> list[dict[str, Any]]:
                         "p99_ms": res["p99_us"] / 1e3,
                         "cpu_us_per_req": cpu / n * 1e6 if proc and n else float("nan"),
                         "errors": res["socket_errors"] + res["status_errors"] + res["timeouts"],
+                        "spans_per_req": spans / n if target in TRACED and n else float("nan"),
                     }
                 )
                 r = rows[-1]
@@ -147,7 +193,7 @@ def streaming(cfg: Config, cores: common.Cores) -> list[dict[str, Any]]:
     with common.workspace("proxy-stream") as (tmp, procs):
         fleet = stream_fleet(2, max(cfg.streams), cfg.tokens)
         urls = common.start_emulator(procs, fleet, cpus=cores.load)
-        endpoints = _endpoints(cfg, procs, tmp, urls, cores)
+        endpoints, _sink = _endpoints(cfg, procs, tmp, urls, cores)
         for n in cfg.streams:
             for target, (proc, base) in endpoints.items():
                 spec = {
@@ -199,6 +245,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "pinning": cores.describe(),
         "summary": summary(tiny_rows, stream_rows),
         "shared_cost": shared_cost(tiny_rows),
+        "tracing_cost": tracing_cost(tiny_rows),
         "config": {k: v for k, v in cfg.__dict__.items()},
         "wrk": " ".join(common.wrk_command("URL", Path(tempfile.gettempdir()) / "post.lua", 32, 10))
         if common.wrk_binary()
@@ -252,6 +299,26 @@ def shared_cost(tiny_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def tracing_cost(tiny_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per concurrency: CPU µs per tiny request of the balancer with tracing off, on at 100%
+    and at 10%, and nginx's, from the same run; spans exported per request."""
+    by = {(r["target"], r["concurrency"]): r for r in tiny_rows}
+    out = []
+    for c in dict.fromkeys(r["concurrency"] for r in tiny_rows):
+        off = by.get(("balancer", c))
+        if off is None or not any((t, c) in by for t in TRACED):
+            continue
+        row: dict[str, Any] = {"concurrency": c, "off": off["cpu_us_per_req"]}
+        for t in TRACED:
+            on = by.get((t, c))
+            row[t] = on["cpu_us_per_req"] if on else float("nan")
+            row[t + " spans/req"] = on["spans_per_req"] if on else float("nan")
+        nginx = by.get(("nginx", c))
+        row["nginx"] = nginx["cpu_us_per_req"] if nginx else float("nan")
+        out.append(row)
+    return out
+
+
 def render(doc: dict[str, Any]) -> str:
     tiny_t = common.table(
         ["target", "conc", "requests", "req/s", "p50 ms", "p99 ms", "added p50 ms",
@@ -284,6 +351,18 @@ def render(doc: dict[str, Any]) -> str:
         ]  # fmt: skip
         cost_t = "\n\nAdded by shared state (balancer+shared − balancer, same run):\n\n" + (
             common.table(["conc", "CPU µs/req", "CPU ×", "p50 ms", "p99 ms", "req/s ×"], cost_rows)
+        )
+    tracing = doc.get("tracing_cost") or []
+    if tracing:
+        t100, t10 = TRACED
+        trace_rows = [
+            [x["concurrency"], x["off"], x[t100], x[t100] - x["off"], x[t100 + " spans/req"],
+             x[t10], x[t10] - x["off"], x["nginx"]]
+            for x in tracing
+        ]  # fmt: skip
+        cost_t += "\n\nTracing (CPU µs per tiny request, same run):\n\n" + common.table(
+            ["conc", "off", "on 100%", "added", "spans/req", "on 10%", "added", "nginx"],
+            trace_rows,
         )
     return (
         f"Pinning: {doc['pinning']}.\n\n"

@@ -29,26 +29,23 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from ollama_wire.backend import Backend
-from ollama_wire.client import (
-    OllamaClient,
-    OllamaError,
-    OllamaProtocolError,
-    OllamaStatusError,
-    OllamaStreamError,
-    OllamaUnreachable,
-)
 from ollama_wire.progress import ProgressMerge
 
 from .context import PARSED, request_id
 from .core.errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
 from .core.fleet import BackendState
+from .fanout import PodReply, fan_out
 from .settings import BalancerSettings
+from .upstream import ErrorAnswer, ProtocolError, Sender, UpstreamError, describe
+from .upstream.calls import progress
 
 __all__ = ["FANNED_OUT", "Admin", "merge_answers", "refusal"]
+
+#: Seconds one pod may take to store an uploaded blob (it may be gigabytes).
+BLOB_UPLOAD_SECONDS = 600.0
 
 #: What ``admin: fanout`` sends to every pod; nothing else is ever forwarded.
 FANNED_OUT = ("/api/pull", "/api/delete", "/api/create", "/api/copy", "/api/blobs")
@@ -73,14 +70,19 @@ Answer = tuple[str, int, str]
 """(pod, HTTP status (0: unreachable), error message) of one pod's answer."""
 
 
-def answer_of(pod: str, exc: OllamaError) -> Answer:
+def answer_of(pod: str, exc: UpstreamError) -> Answer:
     """A pod's failure as an :data:`Answer`: its HTTP status, or what one Ollama would answer
     for it (500 for an error line inside a progress stream, 502 for a torn answer)."""
-    if isinstance(exc, OllamaStatusError):
-        return pod, exc.status, exc.message
-    if isinstance(exc, OllamaUnreachable):
-        return pod, 0, exc.message
-    return pod, 500 if isinstance(exc, OllamaStreamError) else 502, exc.message
+    if isinstance(exc, ErrorAnswer):
+        return pod, 500 if exc.in_stream else exc.status, exc.message
+    if isinstance(exc, ProtocolError):
+        return pod, 502, str(exc)
+    return pod, 0, describe(exc)
+
+
+def reply_answer(reply: PodReply) -> Answer:
+    """A pod's whole reply as an :data:`Answer` (a success carries no message)."""
+    return reply.pod, reply.status, "" if reply.ok else reply.message
 
 
 def merge_answers(answers: Sequence[Answer], action: str) -> tuple[int, str]:
@@ -109,12 +111,12 @@ class Admin:
         self,
         settings: BalancerSettings,
         routable: Callable[[], Sequence[BackendState]],
-        session: Callable[[], aiohttp.ClientSession],
+        transport: Sender,
     ) -> None:
         self.settings = settings
         #: The routable pods now (the balancer's fleet state decides which).
         self._routable = routable
-        self._session = session
+        self.transport = transport
 
     # ------------------------------------------------------------ entry points
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -141,23 +143,21 @@ class Admin:
         return await self._progress(request, "create")
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        async def one(client: OllamaClient, doc: dict[str, Any]) -> None:
-            await client.delete(str(doc.get("model") or doc.get("name") or ""))
+        def body(doc: dict[str, Any]) -> dict[str, Any]:
+            return {"model": str(doc.get("model") or doc.get("name") or "")}
 
-        return await self._each(request, "delete", one)
+        return await self._each(request, "DELETE", "delete", body)
 
     async def copy(self, request: web.Request) -> web.StreamResponse:
-        async def one(client: OllamaClient, doc: dict[str, Any]) -> None:
-            await client.copy(str(doc.get("source") or ""), str(doc.get("destination") or ""))
+        def body(doc: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "source": str(doc.get("source") or ""),
+                "destination": str(doc.get("destination") or ""),
+            }
 
-        return await self._each(request, "copy", one)
+        return await self._each(request, "POST", "copy", body)
 
     # ----------------------------------------------------------------- shared
-    def _client(self, backend: Backend) -> OllamaClient:
-        return OllamaClient(
-            self._session(), backend.url, timeout=self.settings.proxy.connect_timeout
-        )
-
     def _targets(self, request: web.Request) -> list[Backend]:
         routable = [s.backend for s in self._routable()]
         pin = request.headers.get("X-Ollama-Backend")
@@ -190,43 +190,43 @@ class Admin:
     async def _each(
         self,
         request: web.Request,
+        method: str,
         action: str,
-        call: Callable[[OllamaClient, dict[str, Any]], Awaitable[None]],
+        body: Callable[[dict[str, Any]], dict[str, Any]],
     ) -> web.StreamResponse:
         """A JSON request answered without a body (delete, copy), sent to every pod."""
         doc, targets = await self._prologue(request)
-
-        async def one(b: Backend) -> Answer:
-            try:
-                await call(self._client(b), doc)
-            except OllamaError as exc:
-                return answer_of(b.name, exc)
-            return b.name, 200, ""
-
-        answers = await asyncio.gather(*(one(b) for b in targets))
-        return _answer(*merge_answers(answers, action))
+        replies = await fan_out(
+            self.transport,
+            targets,
+            method,
+            request.path,
+            json.dumps(body(doc)).encode(),
+            timeout=self.settings.proxy.connect_timeout,
+        )
+        return _answer(*merge_answers([reply_answer(r) for r in replies], action))
 
     async def _progress(self, request: web.Request, action: str) -> web.StreamResponse:
         """A progress endpoint (pull, create) on every pod, merged into one stream."""
         doc, targets = await self._prologue(request)
         path = request.path
         stream = doc.get("stream", True) is not False
-        queue: asyncio.Queue[tuple[str, dict[str, Any] | None, OllamaError | None]]
+        queue: asyncio.Queue[tuple[str, dict[str, Any] | None, UpstreamError | None]]
         queue = asyncio.Queue()
 
         async def one(b: Backend) -> None:
             last = ""
             try:
-                async for progress in self._client(b).progress(
-                    path, doc, idle_timeout=self.settings.proxy.idle_timeout
+                async for line in progress(
+                    self.transport, b.url, path, doc, idle_timeout=self.settings.proxy.idle_timeout
                 ):
-                    last = str(progress.get("status", ""))
-                    await queue.put((b.name, progress, None))
-            except OllamaError as exc:
+                    last = str(line.get("status", ""))
+                    await queue.put((b.name, line, None))
+            except UpstreamError as exc:
                 await queue.put((b.name, None, exc))
                 return
             # Ollama ends with success or an error line: anything else was cut off.
-            cut = None if last == "success" else OllamaProtocolError(f"{action} stream ended early")
+            cut = None if last == "success" else ProtocolError(f"{action} stream ended early")
             await queue.put((b.name, None, cut))
 
         merge = ProgressMerge(b.name for b in targets)
@@ -235,13 +235,14 @@ class Admin:
         tasks = [asyncio.ensure_future(one(b)) for b in targets]
         try:
             while not merge.finished:
-                name, progress, error = await queue.get()
-                if progress is not None:
-                    lines = merge.add(name, progress)
+                name, update, error = await queue.get()
+                if update is not None:
+                    lines = merge.add(name, update)
                 else:
-                    if error is not None:
-                        errors.append(answer_of(name, error))
-                    lines = merge.finish(name, error.message if error else None)
+                    failed = answer_of(name, error) if error is not None else None
+                    if failed is not None:
+                        errors.append(failed)
+                    lines = merge.finish(name, failed[2] if failed else None)
                 if stream and lines:
                     if resp is None:
                         resp = await self._start_stream(request)
@@ -279,15 +280,22 @@ class Admin:
     async def _has_blob(self, request: web.Request) -> web.StreamResponse:
         targets = self._targets(request)
         digest = request.match_info["digest"]
+        replies = await fan_out(
+            self.transport,
+            targets,
+            "HEAD",
+            request.path,
+            timeout=self.settings.proxy.connect_timeout,
+        )
 
-        async def one(b: Backend) -> Answer:
-            try:
-                found = await self._client(b).has_blob(digest)
-            except OllamaError as exc:
-                return answer_of(b.name, exc)
-            return (b.name, 200, "") if found else (b.name, 404, f'blob "{digest}" not found')
+        def answer(r: PodReply) -> Answer:
+            if r.status == 404:
+                return r.pod, 404, f'blob "{digest}" not found'
+            if r.status >= 400:
+                return r.pod, r.status, f"HEAD /api/blobs/{digest}: {r.reason}"
+            return reply_answer(r)
 
-        answers = await asyncio.gather(*(one(b) for b in targets))
+        answers = [answer(r) for r in replies]
         statuses = {status for _, status, _ in answers}
         if statuses == {200}:
             return web.Response(status=200)
@@ -300,16 +308,16 @@ class Admin:
         targets = self._targets(request)
         digest = request.match_info["digest"]
         data = await request.read()  # already read (and size-capped) by the body middleware
-
-        async def one(b: Backend) -> Answer:
-            try:
-                status = await self._client(b).create_blob(digest, data)
-            except OllamaError as exc:
-                return answer_of(b.name, exc)
-            return b.name, status, ""
-
-        answers = await asyncio.gather(*(one(b) for b in targets))
-        return _answer(*merge_answers(answers, "blob upload"))
+        replies = await fan_out(
+            self.transport,
+            targets,
+            "POST",
+            f"/api/blobs/{digest}",
+            data,
+            timeout=BLOB_UPLOAD_SECONDS,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        return _answer(*merge_answers([reply_answer(r) for r in replies], "blob upload"))
 
 
 def _answer(status: int, message: str) -> web.StreamResponse:

@@ -1,7 +1,8 @@
 """The balancer's aiohttp application: routes, middleware and lifecycle.
 
-Lifecycles go through ``cleanup_ctx``: one ClientSession per process, the
-poller and discovery tasks started there and cancelled and awaited on exit.
+Lifecycles go through ``cleanup_ctx``: the one transport to the pods is opened there
+(and closed on exit), the poller and discovery tasks started there and cancelled and
+awaited on exit.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from ollama_wire import OLLAMA_VERSION
-from ollama_wire.loop import loop_name
 from ollama_wire.names import InvalidModelName, canonical
 
 from .admin import Admin
@@ -38,7 +37,10 @@ from .settings import BalancerSettings
 from .shared.factory import create_shared_state
 from .state import BALANCER, Balancer
 from .telemetry import get_logger
-from .upstream import UpstreamPool
+from .upstream import Transport
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["OPS_PATHS", "create_app", "ops_app", "serve"]
 
@@ -52,30 +54,33 @@ def create_app(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     on_record: Callable[[RequestRecord], None] | None = None,
+    tracer: Tracer | None = None,
 ) -> web.Application:
+    """The balancer's application; ``tracer`` (from :func:`ollama_wire.tracing.tracing_from_env`)
+    traces its requests, None (tracing off) traces none."""
     app = web.Application(client_max_size=settings.proxy.max_body_bytes, middlewares=[front_door])
     view = FleetTracker(clock)
     ledger = Ledger(settings.routing.default_load_seconds, settings.routing.default_service_seconds)
+    # Built here, opened by the lifecycle: everything that talks to pods is handed it now.
+    transport = Transport(connect_timeout=settings.proxy.connect_timeout, clock=clock)
     holder: dict[str, Balancer] = {}
-
-    def session() -> aiohttp.ClientSession:
-        return holder["b"].http()
-
     rng = rng or random.Random()
     quotas: dict[str, KeyState] = {}  # per-key limits, local (and the fallback's)
     shared = create_shared_state(
         settings, ledger, clock=clock, quotas=quotas, log=get_logger("ollama_fleet.shared")
     )
-    proxy = Proxy(settings, view, ledger, session, rng=rng, clock=clock, shared=shared)
+    proxy = Proxy(settings, view, ledger, transport, rng=rng, clock=clock, shared=shared)
     bal = Balancer(
         settings=settings,
         view=view,
         ledger=ledger,
         shared=shared,
+        transport=transport,
         proxy=proxy,
-        admin=Admin(settings, lambda: holder["b"].routable_states(), session),
+        admin=Admin(settings, lambda: holder["b"].routable_states(), transport),
         discovery=discovery,
         clock=clock,
+        tracer=tracer,
     )
     if on_record is not None:
         bal.records.append(on_record)
@@ -93,67 +98,34 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     bal = app[BALANCER]
     s = bal.settings
-    connector = aiohttp.TCPConnector(**_pool_options(asyncio.get_running_loop()))
-    bal.session = aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-    )
-    bal.proxy.pool = UpstreamPool(
-        connect_timeout=s.proxy.connect_timeout, keepalive=UPSTREAM_KEEPALIVE
-    )
-    bal.poller = Poller(
-        bal.session,
-        bal.view,
-        interval=s.polling.interval,
-        jitter=s.polling.jitter,
-        timeout=s.polling.timeout,
-        fail_threshold=s.routing.fail_threshold,
-        clock=bal.clock,
-        on_result=_fan_out(bal.polls),
-    )
-    tasks: list[asyncio.Task[None]] = []
-    if bal.discovery is not None:
-        tasks.append(asyncio.create_task(bal.discovery.run(bal.view.set_backends)))
-    # First poll before serving, so the first request sees the fleet.
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(s.polling.timeout + 1):
-            await bal.poller.poll_all()
-    tasks.append(asyncio.create_task(bal.poller.run()))
-    await bal.shared.start()  # never fails: an unreachable store means local state for now
-    try:
-        yield
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await bal.shared.close()
-        await bal.session.close()
-        bal.session = None
-        bal.proxy.pool.close()
-        bal.proxy.pool = None
-
-
-#: Seconds an idle upstream connection is kept for the next request.  Ollama (Go's
-#: net/http, no IdleTimeout) keeps them forever; aiohttp servers (the emulator) close
-#: theirs after 75 s: closing first means never sending on a connection being closed.
-UPSTREAM_KEEPALIVE = 60.0
-
-
-def _pool_options(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
-    """The upstream connection pool: keep-alive per backend, no limit of its own.
-
-    Routing already bounds what each pod gets (its slots, then Ollama's own queue); a
-    connector limit would only add a second, invisible queue in front of Ollama's.
-    Closed-TLS-transport cleanup (a timer every 2 s) is for asyncio's own loop on the
-    Pythons that leak them; uvloop has its own TLS.
-    """
-    leaks = bool(getattr(aiohttp.connector, "NEEDS_CLEANUP_CLOSED", True))
-    return {
-        "limit": 0,
-        "limit_per_host": 0,
-        "keepalive_timeout": UPSTREAM_KEEPALIVE,
-        "ttl_dns_cache": 10,  # DNS discovery re-resolves on its own schedule anyway
-        "enable_cleanup_closed": leaks and loop_name(loop) == "asyncio",
-    }
+    # The connections to the pods live exactly as long as the application.
+    async with bal.transport:
+        bal.poller = Poller(
+            bal.transport,
+            bal.view,
+            interval=s.polling.interval,
+            jitter=s.polling.jitter,
+            timeout=s.polling.timeout,
+            fail_threshold=s.routing.fail_threshold,
+            clock=bal.clock,
+            on_result=_fan_out(bal.polls),
+        )
+        tasks: list[asyncio.Task[None]] = []
+        if bal.discovery is not None:
+            tasks.append(asyncio.create_task(bal.discovery.run(bal.view.set_backends)))
+        # First poll before serving, so the first request sees the fleet.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(s.polling.timeout + 1):
+                await bal.poller.poll_all()
+        tasks.append(asyncio.create_task(bal.poller.run()))
+        await bal.shared.start()  # never fails: an unreachable store means local state for now
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await bal.shared.close()
 
 
 def _fan_out(listeners: list[Callable[[PollResult], None]]) -> Callable[[PollResult], None]:

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ollama_wire.loop import loop_name
 from ollama_wire.loop import run as run_loop
+from ollama_wire.tracing import Tracing, TracingError, tracing_from_env
 
 from .app import create_app, ops_app, serve
 from .backends import Discovery
@@ -60,13 +61,26 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if overrides is not None:  # one of a supervisor's workers
         settings = settings.replace(**overrides)
     count = settings.process.workers or detect_cpus()
-    if count > 1:
+    if count > 1:  # the supervisor serves no request: each worker traces its own
         return run_loop(supervise(settings, count, command_line()), environ)
-    return run_loop(_main(settings), environ)
+    try:
+        tracing = tracing_from_env(environ, service_name=SERVICE_NAME, scope="ollama_balancer")
+    except TracingError as exc:
+        print(f"ollama-fleet balancer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return run_loop(_main(settings, tracing), environ)
 
 
-async def _main(settings: BalancerSettings) -> int:
-    app = create_app(settings, discovery=build_discovery(settings))
+#: service.name of the balancer's spans unless OTEL_SERVICE_NAME says otherwise.
+SERVICE_NAME = "ollama-fleet-balancer"
+
+
+async def _main(settings: BalancerSettings, tracing: Tracing | None = None) -> int:
+    app = create_app(
+        settings,
+        discovery=build_discovery(settings),
+        tracer=tracing.tracer if tracing is not None else None,
+    )
     runner, port = await serve(
         app,
         settings.listen.host,
@@ -93,6 +107,8 @@ async def _main(settings: BalancerSettings) -> int:
     await drain(bal, runner, settings)
     if ops_runner is not None:
         await ops_runner.cleanup()
+    if tracing is not None:
+        await asyncio.to_thread(tracing.shutdown)  # the last spans, exported before exit
     return 0
 
 

@@ -12,6 +12,7 @@ from .core.auth import ApiKey
 from .core.record import RequestRecord
 from .core.requests import ParsedRequest
 from .core.shared.model import QuotaTicket
+from .traces import RequestTrace
 
 __all__ = [
     "API_KEY",
@@ -19,6 +20,7 @@ __all__ = [
     "QUOTA",
     "RECORD",
     "REQUEST_ID",
+    "TRACE",
     "QuotaHold",
     "new_request_id",
     "request_id",
@@ -39,6 +41,9 @@ REQUEST_ID = web.RequestKey("request_id", str)
 RECORD = web.RequestKey("record", RequestRecord)
 #: The body, parsed once, model alias resolved (on routes whose body names a model).
 PARSED = web.RequestKey("parsed", ParsedRequest)
+#: The request's trace (:data:`~.traces.NO_TRACE` when tracing is off or the route is
+#: not traced): the proxy marks its way on it.
+TRACE = web.RequestKey("trace", RequestTrace)
 #: The caller's API key, when keys are on (its name, priority and weight).
 API_KEY = web.RequestKey("api_key", ApiKey)
 #: The key's quota ticket for this request, when the route counts against quotas.

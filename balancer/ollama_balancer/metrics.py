@@ -18,6 +18,15 @@ fleet (or ``none`` when no pod was chosen), ``model`` a model some pod holds;
 any other name a client sends is counted as ``other``.  ``client`` is the name
 of an API key from the keys file (``anonymous`` without one), never a key.
 
+Usage per tenant (README "Usage per tenant"): ``ollama_fleet_usage_*_total`` count the
+requests, prompt and generated tokens and slot-seconds of inference requests by
+``client`` (the API key's name) and ``tenant`` (the tenant header's value: the first
+``usage_tenants`` distinct values seen by this replica have their own series, any later
+one is ``other``, no header is ``none``); the token counters also say how they were
+``counted`` (:class:`~.core.usage.Counted`: ``reported`` by the answer, or ``chunks``
+relayed by a stream that ended without figures).  Summed over replicas they are the
+fleet's.
+
 Besides its own series, the registry carries what every Prometheus exporter is
 expected to expose: ``ollama_fleet_build_info`` (version, Python version), the
 ``process_*`` collector (CPU, memory, open files) and the ``python_*`` platform
@@ -51,6 +60,7 @@ __all__ = [
     "ANONYMOUS",
     "NONE",
     "OTHER",
+    "BoundedLabel",
     "FleetMetrics",
     "RequestSample",
     "package_version",
@@ -74,6 +84,10 @@ POLL_DURATION = "ollama_fleet_poll_duration_seconds"
 POLL_ERRORS = "ollama_fleet_poll_errors_total"
 BACKEND_CHANGES = "ollama_fleet_backend_changes_total"
 BUILD_INFO = "ollama_fleet_build_info"
+USAGE_REQUESTS = "ollama_fleet_usage_requests_total"
+USAGE_PROMPT_TOKENS = "ollama_fleet_usage_prompt_tokens_total"
+USAGE_GENERATED_TOKENS = "ollama_fleet_usage_generated_tokens_total"
+USAGE_SLOT_SECONDS = "ollama_fleet_usage_slot_seconds_total"
 # state, computed at scrape time
 BACKEND_UP = "ollama_fleet_backend_up"
 BACKEND_PENALISED = "ollama_fleet_backend_penalised"
@@ -116,6 +130,34 @@ class RequestSample:
     eval_duration_ns: int | None = None
     prompt_eval_count: int | None = None
     slot_wait: float | None = None
+    #: usage per tenant (inference requests only): the tenant label already bounded
+    usage: bool = False
+    tenant: str = NONE
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    counted: str = NONE
+    slot_seconds: float = 0.0
+
+
+class BoundedLabel:
+    """A label fed by clients, bounded: the first ``limit`` distinct values are their own,
+    every later one is :data:`OTHER`; an empty value is :data:`NONE`."""
+
+    def __init__(self, limit: int, longest: int = 64) -> None:
+        self.limit = limit
+        self.longest = longest
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if not value:
+            return NONE
+        value = value[: self.longest]
+        if value in self._seen:
+            return value
+        if len(self._seen) < self.limit and value not in (NONE, OTHER):
+            self._seen.add(value)
+            return value
+        return OTHER
 
 
 class _StateCollector(Collector):
@@ -181,8 +223,10 @@ class _StateCollector(Collector):
 class FleetMetrics:
     """The metrics of one balancer app, in their own registry."""
 
-    def __init__(self, report: Callable[[], FleetReport]) -> None:
+    def __init__(self, report: Callable[[], FleetReport], *, usage_tenants: int = 64) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: the tenant label of the usage series, bounded
+        self.tenants = BoundedLabel(usage_tenants)
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -287,6 +331,34 @@ class FleetMetrics:
             ["kind"],
             registry=r,
         )
+        by_tenant = ["client", "tenant"]
+        self.usage_requests = Counter(
+            USAGE_REQUESTS,
+            "inference requests by API key and tenant header (usage per tenant)",
+            by_tenant,
+            registry=r,
+        )
+        self.usage_prompt = Counter(
+            USAGE_PROMPT_TOKENS,
+            "prompt tokens by API key and tenant header; counted: reported (the answer's "
+            "figures) or chunks (a stream without figures: the balancer's estimate)",
+            [*by_tenant, "counted"],
+            registry=r,
+        )
+        self.usage_generated = Counter(
+            USAGE_GENERATED_TOKENS,
+            "generated tokens by API key and tenant header; counted: reported (the answer's "
+            "figures) or chunks (a stream without figures: chunks relayed)",
+            [*by_tenant, "counted"],
+            registry=r,
+        )
+        self.usage_slot_seconds = Counter(
+            USAGE_SLOT_SECONDS,
+            "seconds requests held a pod's slot (send to the answer's end), by API key and "
+            "tenant header",
+            by_tenant,
+            registry=r,
+        )
         r.register(_StateCollector(report))
 
     def observe_request(self, s: RequestSample) -> None:
@@ -313,6 +385,12 @@ class FleetMetrics:
             self.retries.labels(s.model).inc(s.attempts - 1)
         for backend in s.failed_backends:
             self.attempt_failures.labels(backend).inc()
+        if s.usage:
+            self.usage_requests.labels(s.client, s.tenant).inc()
+            self.usage_slot_seconds.labels(s.client, s.tenant).inc(s.slot_seconds)
+            if s.counted != NONE:
+                self.usage_prompt.labels(s.client, s.tenant, s.counted).inc(s.prompt_tokens)
+                self.usage_generated.labels(s.client, s.tenant, s.counted).inc(s.generated_tokens)
 
     def observe_poll(self, backend: str, duration: float, error: bool) -> None:
         self.poll_duration.labels(backend).observe(duration)

@@ -17,7 +17,7 @@ gzip), ``GET /-/fleet`` (JSON, see
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -106,8 +106,15 @@ def slot_wait_seconds(metrics: dict[str, Any]) -> float | None:
     return max(0, total - load - prompt - evaluated) / 1e9
 
 
-def request_sample(record: RequestRecord, snapshot: FleetSnapshot) -> RequestSample:
+def request_sample(
+    record: RequestRecord,
+    snapshot: FleetSnapshot,
+    tenants: Callable[[str], str] | None = None,
+) -> RequestSample:
+    """What ``record`` adds to the metrics; ``tenants`` bounds the tenant label (None: the
+    sample is for a log line only)."""
     m = record.metrics
+    usage = record.usage
     return RequestSample(
         model=model_label(snapshot, record.model),
         backend=record.backend or NONE,
@@ -124,6 +131,12 @@ def request_sample(record: RequestRecord, snapshot: FleetSnapshot) -> RequestSam
         eval_duration_ns=_int(m, "eval_duration"),
         prompt_eval_count=_int(m, "prompt_eval_count"),
         slot_wait=slot_wait_seconds(m),
+        usage=record.kind == Kind.INFERENCE and tenants is not None,
+        tenant=tenants(record.tenant_header) if tenants is not None else NONE,
+        prompt_tokens=usage.prompt,
+        generated_tokens=usage.generated,
+        counted=str(usage.counted),
+        slot_seconds=record.slot_seconds,
     )
 
 
@@ -136,10 +149,13 @@ def request_fields(record: RequestRecord, sample: RequestSample) -> dict[str, An
     rate = None
     if sample.eval_count is not None and sample.eval_duration_ns:
         rate = round(sample.eval_count / sample.eval_duration_ns * 1e9, 2)
+    usage = record.usage
     return {
         "request_id": record.request_id,
+        "trace_id": record.trace_id,
         "client": record.client,
         "tenant": record.tenant,
+        "tenant_header": record.tenant_header,
         "priority": record.priority,
         "queue_wait": _r(record.queue_wait),
         "method": record.method,
@@ -157,6 +173,11 @@ def request_fields(record: RequestRecord, sample: RequestSample) -> dict[str, An
         "prompt_eval_count": sample.prompt_eval_count,
         "tokens_per_second": rate,
         "slot_wait": _r(sample.slot_wait),
+        "prompt_tokens": usage.prompt,
+        "generated_tokens": usage.generated,
+        "usage_counted": str(usage.counted),
+        "finish_reason": usage.finish_reason,
+        "slot_seconds": _r(record.slot_seconds),
         "client_gone": record.client_gone,
         "broken_stream": record.broken_stream,
         "error": record.error,
@@ -231,7 +252,7 @@ def install(app: web.Application) -> None:
     def snap() -> FleetSnapshot:
         return bal.view.snapshot
 
-    metrics = FleetMetrics(lambda: fleet_report(bal))
+    metrics = FleetMetrics(lambda: fleet_report(bal), usage_tenants=bal.settings.usage.tenants)
     app[METRICS] = metrics
     penalties = _PenaltyWatch()
     dashboard = (
@@ -243,7 +264,7 @@ def install(app: web.Application) -> None:
             if _enabled(log, logging.DEBUG):
                 log.debug(EVENT_REQUEST, **request_fields(record, request_sample(record, snap())))
             return
-        sample = request_sample(record, snap())
+        sample = request_sample(record, snap(), metrics.tenants)
         metrics.observe_request(sample)
         for backend in penalties.new(bal.ledger.penalties()):
             metrics.observe_penalty(backend)

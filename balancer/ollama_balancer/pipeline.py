@@ -2,7 +2,7 @@
 
 ::
 
-    open the record ─ connection cap (503) ─ API key (401) ─ admin key (403)
+    open the record (and its trace) ─ connection cap (503) ─ API key (401) ─ admin key (403)
         ─ body read once (408, 413) ─ parsed once, alias resolved (400)
         ─ model allowed for the key (403) ─ quota (429) ─ handler
         ─ errors rendered in the client's shape ─ the record published, once
@@ -12,7 +12,9 @@ the parsed request (:data:`PARSED`) and the record (:data:`RECORD`) from the
 request; they raise :class:`~ollama_balancer.core.errors.BalancerError` and never pick
 a status or an error shape themselves.  Every answer, refusals included, becomes
 exactly one :class:`RequestRecord`, so every 401/403/408/413/429/503 reaches the
-metrics and the log with the key's name as ``client``.
+metrics and the log with the key's name as ``client``.  Inference and admin requests are
+traced (:mod:`.traces`) when a tracer is configured: the server span opens with the record
+and ends with it, and the record carries its trace id into the log line.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from aiohttp import web
 from ollama_wire.bodies import BodyError, request_body
 from ollama_wire.errors import error_body_for, ollama_error_body
 
-from .context import API_KEY, PARSED, QUOTA, RECORD, QuotaHold, request_id
+from .context import API_KEY, PARSED, QUOTA, RECORD, TRACE, QuotaHold, request_id
 from .core.auth import ApiKey, presented_key
 from .core.errors import (
     BadRequest,
@@ -42,12 +44,15 @@ from .core.requests import InvalidRequest, ParsedRequest, parse_request, with_mo
 from .core.routes import Kind, RouteSpec, spec_for
 from .security import SECURITY, Security
 from .state import BALANCER, Balancer
+from .traces import NO_TRACE, RequestTrace, start_trace
 
 __all__ = ["error_response", "front_door"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: What is traced: inference and admin requests (probes, scrapes and listings are not).
+_TRACED = frozenset({Kind.INFERENCE, Kind.ADMIN})
 
 
 def error_response(path: str, error: BalancerError) -> web.Response:
@@ -75,9 +80,12 @@ async def front_door(request: web.Request, handler: Handler) -> web.StreamRespon
         rid, request.method, request.path, kind=spec.kind if spec else "", started=bal.clock()
     )
     request[RECORD] = record
+    trace = _trace(request, bal, spec)
+    request[TRACE] = trace
+    record.trace_id = trace.trace_id
     try:
         try:
-            resp = await _admit(request, handler, bal, spec, record)
+            resp = await _admit(request, handler, bal, spec, record, trace)
         except BalancerError as exc:
             record.error = exc.message
             resp = error_response(request.path, exc)
@@ -96,10 +104,26 @@ async def front_door(request: web.Request, handler: Handler) -> web.StreamRespon
         raise
     finally:
         record.duration = bal.clock() - record.started
+        trace.finish(record)
         bal.publish(record)
     if not resp.prepared:
         resp.headers.setdefault("X-Request-ID", rid)
     return resp
+
+
+def _trace(request: web.Request, bal: Balancer, spec: RouteSpec | None) -> RequestTrace:
+    """The request's server span, when tracing is on and its route is traced."""
+    if bal.tracer is None or spec is None or spec.kind not in _TRACED:
+        return NO_TRACE
+    return start_trace(
+        bal.tracer,
+        request.headers,
+        request.method,
+        request.path,
+        spec.path,
+        client_address=request.remote,
+        user_agent=request.headers.get("User-Agent"),
+    )
 
 
 async def _admit(
@@ -108,7 +132,11 @@ async def _admit(
     bal: Balancer,
     spec: RouteSpec | None,
     record: RequestRecord,
+    trace: RequestTrace,
 ) -> web.StreamResponse:
+    tenant_header = bal.settings.queue.tenant_header
+    if tenant_header:
+        record.tenant_header = request.headers.get(tenant_header, "").strip()[:256]
     sec = request.app.get(SECURITY)
     if sec is not None:
         _connection_cap(sec)
@@ -127,6 +155,7 @@ async def _admit(
             parsed = _parse(request, bal, raw)
             request[PARSED] = parsed
             record.model = parsed.model
+            trace.model(parsed.model)
             if key is not None and not key.allows_model(parsed.model):
                 raise Forbidden(f"key '{key.name}' may not use model '{parsed.model[:200]}'")
     elif spec.model_body and request.method in _BODY_METHODS:

@@ -17,13 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-import aiohttp
-
 from ollama_wire.backend import Backend
-from ollama_wire.client import OllamaClient, OllamaError
 from ollama_wire.models import parse_installed, parse_resident
 
 from .core.fleet import FleetSnapshot, PollResult, apply_poll
+from .upstream import Sender, UpstreamError, describe
+from .upstream.calls import get_json
 
 __all__ = ["ChangeKind", "FleetChange", "FleetTracker", "Poller", "poll_backend"]
 
@@ -102,28 +101,33 @@ class FleetTracker:
 
 
 async def poll_backend(
-    session: aiohttp.ClientSession,
+    transport: Sender,
     backend: Backend,
     timeout: float,
     clock: Callable[[], float] = time.monotonic,
     want_version: bool = False,
 ) -> PollResult:
     """Poll one backend; never raises (errors become ``PollResult.error``)."""
-    client = OllamaClient(session, backend.url, timeout=timeout)
     started = clock()
     try:
-        ps, tags = await asyncio.gather(client.ps(), client.tags())
-        version = await client.version() if want_version else ""
+        ps, tags = await asyncio.gather(
+            get_json(transport, backend.url, "/api/ps", timeout=timeout),
+            get_json(transport, backend.url, "/api/tags", timeout=timeout),
+        )
+        version = ""
+        if want_version:
+            doc = await get_json(transport, backend.url, "/api/version", timeout=timeout)
+            version = str(doc.get("version", "")) if isinstance(doc, dict) else ""
         return PollResult(
             backend=backend.name,
             at=started,
-            installed=parse_installed(tags),
-            resident=parse_resident(ps),
+            installed=parse_installed(list((tags or {}).get("models") or [])),
+            resident=parse_resident(list((ps or {}).get("models") or [])),
             version=version,
             duration=clock() - started,
         )
-    except OllamaError as exc:
-        return PollResult(backend.name, started, error=str(exc), duration=clock() - started)
+    except UpstreamError as exc:
+        return PollResult(backend.name, started, error=describe(exc), duration=clock() - started)
     except (ValueError, TypeError, AttributeError) as exc:  # malformed documents
         return PollResult(
             backend.name, started, error=f"malformed answer: {exc}", duration=clock() - started
@@ -135,7 +139,7 @@ class Poller:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        transport: Sender,
         view: FleetTracker,
         *,
         interval: float,
@@ -146,7 +150,7 @@ class Poller:
         clock: Callable[[], float] = time.monotonic,
         on_result: Callable[[PollResult], None] | None = None,
     ) -> None:
-        self.session = session
+        self.transport = transport
         self.view = view
         self.interval = interval
         self.jitter = jitter
@@ -164,7 +168,7 @@ class Poller:
         async def one(b: Backend) -> None:
             state = states.get(b.name)
             want_version = state is None or not state.version or state.failures > 0
-            result = await poll_backend(self.session, b, self.timeout, self.clock, want_version)
+            result = await poll_backend(self.transport, b, self.timeout, self.clock, want_version)
             self.view.apply(result, self.fail_threshold)
             if self.on_result is not None:
                 self.on_result(result)

@@ -51,6 +51,7 @@ __all__ = [
     "SecuritySettings",
     "SettingsError",
     "SharedSettings",
+    "UsageSettings",
     "add_arguments",
     "load_settings",
 ]
@@ -314,6 +315,23 @@ class SharedSettings(Group):
 
 
 @dataclass(frozen=True, slots=True)
+class UsageSettings(Group):
+    """Usage per tenant in the metrics (``settings.usage``, README "Usage per tenant").
+
+    The tenant is the value of ``tenant_header`` (the queue's setting: one header names
+    the tenant everywhere); the API key's name is a label of its own.
+    """
+
+    tenants: int = setting(
+        64,
+        "distinct tenant header values counted under their own name in the usage metrics "
+        "(per replica); later ones count as 'other'",
+        key="usage_tenants",
+        ge=0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessSettings(Group):
     """The process: logs, shutdown and worker processes (``settings.process``)."""
 
@@ -358,6 +376,7 @@ class BalancerSettings(Root):
     proxy: ProxySettings = field(default_factory=ProxySettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     shared: SharedSettings = field(default_factory=SharedSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
     process: ProcessSettings = field(default_factory=ProcessSettings)
 
 

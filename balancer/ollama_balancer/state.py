@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import aiohttp
 from aiohttp import web
 
 from .admin import Admin
@@ -20,6 +20,10 @@ from .core.shared.protocol import SharedState
 from .polling import FleetTracker, Poller
 from .proxy import Proxy
 from .settings import BalancerSettings
+from .upstream import Transport
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["BALANCER", "Balancer"]
 
@@ -32,25 +36,22 @@ class Balancer:
     view: FleetTracker
     ledger: Ledger
     shared: SharedState  # slot leases, loads, learning, quotas: fleet-wide or this replica's
+    transport: Transport  # the one way to the pods, open while the app runs
     proxy: Proxy
     admin: Admin
     poller: Poller | None = None
-    session: aiohttp.ClientSession | None = None
     discovery: Discovery | None = None
     draining: bool = False
     records: list[Callable[[RequestRecord], None]] = field(default_factory=list)
     polls: list[Callable[[PollResult], None]] = field(default_factory=list)
     clock: Callable[[], float] = time.monotonic
+    #: makes the requests' spans (None: tracing is off, no request is traced)
+    tracer: Tracer | None = None
 
     def publish(self, record: RequestRecord) -> None:
         """Hand a finished request's record to every listener (metrics, logs, quotas)."""
         for listener in self.records:
             listener(record)
-
-    def http(self) -> aiohttp.ClientSession:
-        if self.session is None:
-            raise RuntimeError("the balancer's HTTP session is not started")
-        return self.session
 
     def fleet(self, occupancy: Occupancy | None = None) -> FleetState:
         """The fleet now, with ``occupancy`` (default: the shared state's, fleet-wide when a

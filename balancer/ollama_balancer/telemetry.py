@@ -21,10 +21,13 @@ __all__ = [
 
 LOGGER_NAME = "ollama_fleet"
 
-#: One per finished proxied request.  Keys: request_id, client (API key name), method, path, model,
-#: backend, reason, status, attempts, bytes, duration, ttfb, cold_load_seconds,
-#: eval_count, prompt_eval_count, tokens_per_second, slot_wait, client_gone,
-#: broken_stream, error, retries.  Seconds for durations.
+#: One per finished proxied request.  Keys: request_id, trace_id (the W3C trace, "" without
+#: one: joins the line to its spans), client (API key name), tenant, tenant_header,
+#: priority, queue_wait, method, path, model, backend, reason, status, attempts, bytes,
+#: duration, ttfb, cold_load_seconds, eval_count, prompt_eval_count, tokens_per_second,
+#: slot_wait, prompt_tokens, generated_tokens, usage_counted (reported | chunks | none),
+#: finish_reason, slot_seconds, client_gone, broken_stream, error, retries.  Seconds for
+#: durations.
 EVENT_REQUEST = "request"
 #: One per fleet change.  Keys: kind (joined | left | up | down | loaded |
 #: unloaded), backend, model (loaded/unloaded), detail (the poll error of ``down``).

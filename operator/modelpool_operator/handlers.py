@@ -28,7 +28,7 @@ import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import kopf
@@ -45,6 +45,9 @@ from .reconcile import PoolKey, PoolWorker, Shared
 from .recorder import EventRecorder
 from .settings import OperatorSettings
 from .spec import LabelSelector, SpecError, parse_pool_spec
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["COMPONENT", "OperatorRuntime", "build_registry", "run_operator"]
 
@@ -77,6 +80,8 @@ class OperatorRuntime:
     pod_index: Any = None
     leading: bool = False
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    #: makes the reconciles' spans (None: tracing is off)
+    tracer: Tracer | None = None
 
     def pods_of(self, namespace: str) -> list[PodInfo]:
         if self.pod_index is not None:
@@ -209,6 +214,7 @@ def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
             pools=lambda: runtime.pools,
             pods=runtime.pods_of,
             gate=asyncio.Semaphore(s.watch.reconcile_concurrency),
+            tracer=runtime.tracer,
             observer=runtime.metrics,
             demand=runtime.demand,
         )
@@ -321,15 +327,17 @@ async def run_operator(
     *,
     stop_flag: asyncio.Event | threading.Event | None = None,
     ready_flag: asyncio.Event | threading.Event | None = None,
+    tracer: Tracer | None = None,
 ) -> None:
-    """Run the operator in the current event loop until ``stop_flag`` is set.
+    """Run the operator in the current event loop until ``stop_flag`` is set; ``tracer``
+    (:func:`ollama_wire.tracing.tracing_from_env`) traces each reconcile.
 
     kopf treats every task of the loop started after it as its own and cancels
     them on exit, so give it a loop of its own (``asyncio.run`` in a thread, as
     the tests do) rather than sharing one.
     """
     kube = KubeAccess(settings.cluster.kubeconfig, settings.cluster.context, settings.cluster.home)
-    runtime = OperatorRuntime(settings=settings, kube=kube)
+    runtime = OperatorRuntime(settings=settings, kube=kube, tracer=tracer)
     metrics_runner = None
     try:
         if settings.process.metrics_port:

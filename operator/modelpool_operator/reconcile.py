@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
@@ -70,6 +70,11 @@ from .state import (
 )
 from .status import build_status, invalid_spec_status
 from .verdicts import blocked_problem
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
+
+    from .spans import ReconcileSpans
 
 __all__ = [
     "DemandSource",
@@ -142,6 +147,8 @@ class Shared:
     observer: ReconcileObserver | None = None
     #: the balancer's demand, for autoscaled models (None: not configured)
     demand: DemandSource | None = None
+    #: makes the reconciles' spans (None: tracing is off)
+    tracer: Tracer | None = None
 
     def others(self, key: PoolKey) -> dict[tuple[str, str], Owned]:
         """Claims of the other pools of the namespace (memory first, then their status)."""
@@ -249,6 +256,13 @@ class PoolWorker:
         self.demand_known: bool | None = None
         self.last_full = time.monotonic()
         self._task: asyncio.Task[None] | None = None
+        self.spans: ReconcileSpans | None = None
+        #: the span of the pass under way (None between passes, or tracing off)
+        self.span: Span | None = None
+        if shared.tracer is not None:
+            from .spans import ReconcileSpans
+
+            self.spans = ReconcileSpans(shared.tracer, *key)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -269,6 +283,8 @@ class PoolWorker:
         for t in list(self.inflight.values()):
             self.shared.lanes.withdraw(t, self.key)
         await self.writer.close()
+        if self.spans is not None:
+            self.spans.close()
 
     def _body(self) -> Mapping[str, Any] | None:
         return self.shared.pools().get(self.key)
@@ -285,12 +301,22 @@ class PoolWorker:
                     return
                 await self._ensure_finalizer(body)
                 begin = time.monotonic()
+                if self.spans is not None:
+                    self.span = self.spans.reconcile(
+                        (body.get("metadata") or {}).get("generation"), resync
+                    )
                 try:
                     await self.cycle(body, resync=resync)
-                except Exception:
+                except Exception as exc:
+                    if self.spans is not None and self.span is not None:
+                        self.spans.failed(self.span, exc)
                     if self.shared.observer is not None:
                         self.shared.observer.reconcile_failed(time.monotonic() - begin)
                     raise
+                finally:
+                    if self.span is not None:
+                        self.span.end()
+                        self.span = None
                 if self.shared.observer is not None:
                     self.shared.observer.reconciled(self.key, self.status, time.monotonic() - begin)
             except asyncio.CancelledError:
@@ -346,6 +372,8 @@ class PoolWorker:
                 self.shared.session, pods, timeout=settings.actions.ollama_timeout_seconds
             )
             sizes = await self._sizes(spec, obs)
+        if self.spans is not None and self.span is not None:
+            self.spans.observed(self.span, obs)
         self._drain(body)  # actions that finished while we observed
         sizes.update(self.learned)
         pending = [t.action for t in self.inflight.values()]
@@ -377,6 +405,10 @@ class PoolWorker:
             starting, self.shared.lanes.submit_all(starting, self.key, self._finished), strict=True
         ):
             self.inflight[a.slot] = t
+        if self.spans is not None and self.span is not None:
+            self.spans.planned(self.span, result, len(starting))
+            for a in starting:
+                self.spans.action_started(self.span, a)
         self.actual = revert(
             self.actual, self.ledger, [t.action for t in self.inflight.values()] + held
         )
@@ -488,6 +520,8 @@ class PoolWorker:
                 continue
             if self.inflight.get(a.slot) is t:
                 del self.inflight[a.slot]
+            if self.spans is not None:
+                self.spans.action_ended(o)
             if o.ok:
                 self.actual = record(self.actual, a)
                 self.failures.pop(a.slot, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import aiohttp
 import pytest
@@ -391,6 +392,38 @@ async def test_conversation_affinity(rig_factory: RigFactory) -> None:
         headers={"X-Session-ID": "s1"},
     )
     assert again.headers["X-Ollama-Backend"] == pod2
+
+
+@pytest.mark.parametrize(
+    ("headers", "extra"),
+    [
+        pytest.param({"X-Claude-Code-Session-Id": "cc-1"}, {}, id="Claude Code's header"),
+        pytest.param({"session_id": "codex-1"}, {}, id="Codex CLI's header"),
+        pytest.param({}, {"prompt_cache_key": "conv-7"}, id="OpenAI prompt_cache_key"),
+        pytest.param({}, {"user": "alice"}, id="OpenAI user"),
+    ],
+)
+async def test_agents_session_keys_pin_a_conversation(
+    rig_factory: RigFactory, headers: dict[str, str], extra: dict[str, Any]
+) -> None:
+    """Turns whose openings differ (so the hash alone would spread them) stay on one pod when
+    the client names the conversation the way coding agents do."""
+    rig = await rig_factory(nodes(*((n, [M], [M]) for n in "abcd")), seed=5)
+    pods = set()
+    reasons = []
+    for turn in range(6):
+        body = {
+            "model": M,
+            "messages": [{"role": "user", "content": f"opening {turn}"}],
+            "stream": False,
+            **extra,
+        }
+        resp = await rig.post("/v1/chat/completions", body, headers=headers)
+        assert resp.status == 200
+        pods.add(resp.headers["X-Ollama-Backend"])
+        reasons.append(resp.headers["X-Route-Reason"])
+    assert len(pods) == 1
+    assert reasons[1:] == ["affinity"] * 5
 
 
 async def test_host_is_rewritten_and_origin_dropped(rig_factory: RigFactory) -> None:

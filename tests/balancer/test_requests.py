@@ -7,8 +7,15 @@ import json
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
-from ollama_balancer.core.requests import InvalidRequest, affinity_key, parse_request
+from ollama_balancer.core.requests import (
+    SESSION_HEADERS,
+    InvalidRequest,
+    affinity_key,
+    parse_request,
+    session_header,
+)
 
 KEY = "registry.ollama.ai/library/llama3:latest"
 IMG = "iVBORw0KGgo" + "A" * 4096
@@ -87,6 +94,72 @@ def test_affinity_key_without_hash(
     doc: dict[str, Any], session: str | None, expected: str | None
 ) -> None:
     assert affinity_key(doc, KEY, session) == expected
+
+
+@pytest.mark.parametrize(
+    ("doc", "session", "expected"),
+    [
+        pytest.param(
+            {**chat(USER), "prompt_cache_key": "conv-1", "user": "u1"},
+            "hdr",
+            "s:hdr",
+            id="a session header beats the body",
+        ),
+        pytest.param(
+            {**chat(USER), "prompt_cache_key": "conv-1", "metadata": {"user_id": "x"}},
+            None,
+            "k:conv-1",
+            id="prompt_cache_key beats metadata.user_id",
+        ),
+        pytest.param(
+            {**chat(USER), "metadata": {"user_id": "user_ab_session_42"}, "user": "u1"},
+            None,
+            "u:user_ab_session_42",
+            id="metadata.user_id beats user",
+        ),
+        pytest.param({**chat(USER), "user": "u1"}, None, "u:u1", id="user beats the hash"),
+        pytest.param(
+            {**chat(USER), "prompt_cache_key": "  ", "user": ""},
+            None,
+            None,
+            id="blank names do not count (the hash does)",
+        ),
+        pytest.param(
+            {"model": "llama3", "prompt": "p", "metadata": "not a mapping", "user": 7},
+            None,
+            None,
+            id="wrong types are ignored",
+        ),
+    ],
+)
+def test_affinity_key_precedence(
+    doc: dict[str, Any], session: str | None, expected: str | None
+) -> None:
+    got = affinity_key(doc, KEY, session)
+    if expected is None and "messages" in doc:
+        assert got is not None and got.startswith("p:")
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param({}, None, id="none"),
+        pytest.param({"x-session-id": "ours"}, "ours", id="ours, any case"),
+        pytest.param({"X-Claude-Code-Session-Id": "cc"}, "cc", id="Claude Code"),
+        pytest.param({"session_id": "codex"}, "codex", id="Codex CLI"),
+        pytest.param({"x-opencode-session": "oc"}, "oc", id="OpenCode"),
+        pytest.param({"X-Qwen-Code-Session-Id": "qw"}, "qw", id="Qwen Code"),
+        pytest.param(
+            {"session_id": "codex", "X-Session-ID": "ours"}, "ours", id="ours before agents'"
+        ),
+        pytest.param({"X-Session-ID": " ", "session_id": "codex"}, "codex", id="blank skipped"),
+    ],
+)
+def test_session_header(headers: dict[str, str], expected: str | None) -> None:
+    assert session_header(CIMultiDict(headers)) == expected
+    assert SESSION_HEADERS[0] == "X-Session-ID"
 
 
 def test_affinity_key_depends_on_the_model() -> None:

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from bench import common, control, overhead, routing, streaming
+from bench import common, control, conversations, overhead, routing, streaming, tracing_cost
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,6 +60,23 @@ def test_routing_smoke() -> None:
     assert "| ollama-fleet |" in routing.render(doc)
 
 
+def test_conversations_smoke() -> None:
+    """Session headers keep every turn of a conversation on its pod; without affinity the
+    turns scatter (a seeded trace, so the order below holds run after run)."""
+    doc = conversations.run(conversations.SMOKE)
+    rows = {r["setup"]: r for r in doc["rows"]}
+    assert set(rows) == set(conversations.SETUPS)
+    cfg = conversations.SMOKE
+    for r in rows.values():
+        assert r["turns"] == cfg.conversations * cfg.turns
+    assert rows["session header"]["stickiness"] == 1.0
+    assert rows["no affinity"]["stickiness"] < 1.0
+    hits = rows["session header"].get("cache_hit_ratio")
+    if hits is not None:  # an emulator with a per-slot prompt cache says what it saved
+        assert hits >= rows["no affinity"]["cache_hit_ratio"]
+    assert "| session header |" in conversations.render(doc)
+
+
 def test_control_smoke() -> None:
     doc = control.run(control.SMOKE)
     assert doc["backends"] == control.SMOKE.backends
@@ -67,3 +84,11 @@ def test_control_smoke() -> None:
     assert doc["propagation"], doc
     assert all(p < 30 for p in doc["propagation"])
     assert "backends" in control.render(doc)
+
+
+def test_tracing_cost_smoke() -> None:
+    """Tracing off costs (next to) nothing; a sampled request costs more than an unsampled one."""
+    cost = tracing_cost.measure(requests=200, rounds=1)
+    assert set(cost) == set(tracing_cost.VARIANTS)
+    assert cost["off"] < cost["unsampled"] < cost["sampled, no export"]
+    assert cost["sampled, no export"] < cost["sampled, OTLP encoding"]

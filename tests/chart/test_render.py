@@ -33,6 +33,7 @@ from ollama_balancer.core.pods import (
 )
 from ollama_balancer.core.routes import spec_for
 from ollama_balancer.settings import load_settings
+from ollama_wire.tracing import tracing_enabled, tracing_from_env
 from tests.harness.chart import (
     CHART,
     CRD,
@@ -68,6 +69,7 @@ VALUE_SETS: dict[str, list[Path]] = {
     "day2": [VALUES / "day2.yaml"],
     "amd-rocm": [EXAMPLES / "values-amd-rocm.yaml"],
     "nvidia-mig": [EXAMPLES / "values-nvidia-mig.yaml"],
+    "tracing": [VALUES / "tracing.yaml"],
 }
 
 
@@ -866,3 +868,44 @@ def test_notes_show_how_to_send_the_key() -> None:
     block = notes[notes.index("{{- if .Values.balancer.auth.enabled }}") :]
     assert 'Authorization: Bearer $KEY"' in block
     assert 'include "ollama-fleet.authSecretName"' in block
+
+
+# ------------------------------------------------------------------- tracing
+
+
+def test_tracing_renders_the_standard_otel_variables(
+    rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tracing.* becomes OTEL_* on both components, which the real bootstrap starts from."""
+    objs = rendered["tracing"]
+    for kind, name, service in (
+        ("Deployment", "balancer", "gateway"),
+        ("Deployment", "operator", "ollama-fleet-operator"),
+    ):
+        c = container(find(objs, kind, name), name)
+        env = env_of(c)
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+        assert env["OTEL_SERVICE_NAME"] == service
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+        attrs = env["OTEL_RESOURCE_ATTRIBUTES"]
+        assert attrs.startswith("k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)")
+        assert attrs.endswith(",deployment.environment=prod")
+        by_name = {e["name"]: e for e in c["env"]}
+        assert by_name["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {
+            "name": "otel-collector-key",
+            "key": "headers",
+        }
+        # the downward-API variables are defined before the one that refers to them
+        names = [e["name"] for e in c["env"]]
+        assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        tracing = tracing_from_env(env, service_name="unused", scope="chart-test")
+        assert tracing is not None and tracing.protocol == "grpc"
+        tracing.shutdown()
+    for name in ("balancer", "operator"):
+        c = container(find(rendered["defaults"], "Deployment", name), name)
+        assert not [e for e in c.get("env", []) if e["name"].startswith("OTEL_")]
+        assert not tracing_enabled(env_of(c))

@@ -9,6 +9,9 @@ Everything a test module shares with another lives here, never in a test module 
 - :mod:`.fleet`: balancer apps in front of an emulated Ollama fleet (the :class:`~.fleet.Rig`);
   :mod:`.loop` (the loop they run on), :mod:`.scrape` (their ``/metrics``), :mod:`.auth`
   (a rig with API keys), :mod:`.leaks` (tasks, fds and counters after faults).
+- :mod:`.memory_pods`: in-memory pods behind the transport's protocol, answering with
+  responses fed chunk by chunk (the proxy's parts in isolation); :mod:`.rawhttp`: loopback
+  servers answering with exact bytes (the transport's clients).
 - :mod:`.emulator`: the emulator tests' small models and node factory type.
 - :mod:`.routing_cases`: the routing table cases, checked by the balancer and shared suites.
 - :mod:`.discovery`: a discovery loop run in a task, recording what it publishes.

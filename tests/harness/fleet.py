@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from opentelemetry.trace import Tracer
 
 from ollama_balancer.app import create_app, serve
 from ollama_balancer.settings import BalancerSettings
@@ -44,10 +45,12 @@ async def start_balanced_fleet(
     time_scale: float = 0.01,
     seed: int = 0,
     catalogue: Catalogue | None = None,
+    tracer: Tracer | None = None,
     **settings: Any,
 ) -> tuple[EmulatedFleet, list[web.Application], list[str]]:
     """Start the nodes and ``replicas`` balancers (each with its own seeded RNG) on loopback;
-    ``stack`` stops them.  ``settings`` are settings by key (:meth:`BalancerSettings.build`)."""
+    ``stack`` stops them.  ``settings`` are settings by key (:meth:`BalancerSettings.build`);
+    ``tracer`` traces the balancers' requests."""
     config = FleetConfig(
         nodes=nodes, catalogue=catalogue or default_catalogue(), time_scale=time_scale
     )
@@ -60,7 +63,7 @@ async def start_balanced_fleet(
     )
     apps, urls = [], []
     for i in range(replicas):
-        app = create_app(balancer, rng=random.Random(seed + i))
+        app = create_app(balancer, rng=random.Random(seed + i), tracer=tracer)
         runner, port = await serve(app, "127.0.0.1", 0, shutdown_timeout=1.0)
         stack.push_async_callback(runner.cleanup)
         apps.append(app)

@@ -63,12 +63,10 @@ async def assert_settled(rig: Rig, base: Baseline, *, fd_slack: int = 2) -> None
     figures = rig.bal.ledger.occupancy()
     assert not figures.held and not figures.loads, figures
     # Idle keep-alive connections are pooled, not leaked: close the pools (the test
-    # client's and the balancer's two), then every server-side connection task
+    # client's and the balancer's transport), then every server-side connection task
     # and socket must go away.
     await rig.session.connector.close()  # type: ignore[union-attr]
-    await rig.bal.http().connector.close()  # type: ignore[union-attr]
-    if rig.bal.proxy.pool is not None:  # the proxy's own keep-alive connections to the pods
-        rig.bal.proxy.pool.close()
+    await rig.bal.transport.close()
 
     def leak() -> str:
         names = sorted(t.get_coro().__qualname__ for t in asyncio.all_tasks())  # type: ignore[union-attr]

@@ -56,6 +56,7 @@ __all__ = [
     "MISSING",
     "NAMESPACE",
     "OPERATOR_JOB",
+    "TENANT_HEADER",
     "ObservedFleet",
     "running_observed_fleet",
 ]
@@ -64,7 +65,9 @@ CRD = ROOT / "manifests" / "crds" / "modelpools.ollamafleet.io.yaml"
 NAMESPACE = "observed"  # the namespace label Prometheus gives both targets, like a ServiceMonitor
 BALANCER_JOB = "ollama-fleet-balancer"
 OPERATOR_JOB = "ollama-fleet-operator"
-KEYS = {"team-a": "test-key-team-a", "team-b": "test-key-team-b"}
+KEYS = {"team-a": "test-key-team-a", "team-b": "test-key-team-b", "team-d": "test-key-team-d"}
+#: The header naming the tenant (usage per tenant): team-d sends it for two tenants.
+TENANT_HEADER = "X-Tenant"
 #: A key limited to one request a minute: its second request each round is a 429.
 LIMITED = ("team-c", "test-key-team-c")
 LLAMA, QWEN, EMBED, MISSING = "llama3.2:1b", "qwen2.5:7b", "nomic-embed-text:latest", "nosuch:7b"
@@ -78,6 +81,8 @@ class ObservedFleet:
     operator_metrics: str
     namespace: str
     sent: int  # requests sent through the balancer
+    #: (client, tenant) -> prompt + generated tokens the answers reported to their clients
+    usage: dict[tuple[str, str], int]
 
 
 class _Process:
@@ -141,17 +146,72 @@ def _get(url: str, timeout: float = 30.0) -> bytes:
 
 
 def _request(url: str, body: dict[str, Any], key: str | None = None) -> int:
-    headers = {"Content-Type": "application/json"}
+    return _exchange(url, body, key)[0]
+
+
+def _exchange(
+    url: str, body: dict[str, Any], key: str | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    sent = {"Content-Type": "application/json", **(headers or {})}
     if key:
-        headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(url, json.dumps(body).encode(), headers=headers)
+        sent["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, json.dumps(body).encode(), headers=sent)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            resp.read()
-            return int(resp.status)
+            return int(resp.status), resp.read()
     except urllib.error.HTTPError as e:
-        e.read()
-        return int(e.code)
+        return int(e.code), e.read()
+
+
+def _tenant_traffic(url: str) -> tuple[int, dict[tuple[str, str], int]]:
+    """team-d's requests for two tenants and none, through all three APIs, streamed and not;
+    returns how many, and the tokens each (client, tenant) was told it used."""
+    key = KEYS["team-d"]
+    usage: dict[tuple[str, str], int] = {}
+    sent = 0
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("/api/generate", {"model": LLAMA, "prompt": "count to three", "stream": False}),
+        ("/api/chat", {"model": LLAMA, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/chat/completions", {"model": LLAMA, "messages": [{"role": "user", "content": "a"}]}),
+        (
+            "/v1/messages",
+            {"model": LLAMA, "max_tokens": 64, "messages": [{"role": "user", "content": "b"}]},
+        ),
+    ]
+    # Two rounds a few scrapes apart: a series is born with the first, and the second makes
+    # it *increase* while Prometheus watches (the recording rule's increase() sees that).
+    for round_ in range(2):
+        if round_:
+            time.sleep(2.5)
+        sent += _tenant_round(url, key, calls, usage)
+    return sent, usage
+
+
+def _tenant_round(
+    url: str,
+    key: str,
+    calls: list[tuple[str, dict[str, Any]]],
+    usage: dict[tuple[str, str], int],
+) -> int:
+    sent = 0
+    for tenant in ("acme", "globex", ""):
+        headers = {TENANT_HEADER: tenant} if tenant else {}
+        for path, body in calls:
+            status, answer = _exchange(url + path, body, key, headers)
+            assert status == 200, (path, answer[:300])
+            sent += 1
+            total = 0
+            for line in answer.splitlines() or [answer]:
+                if not line.strip():
+                    continue
+                doc = json.loads(line)
+                u = doc.get("usage") or {}
+                total += int(doc.get("prompt_eval_count") or 0) + int(doc.get("eval_count") or 0)
+                total += int(u.get("prompt_tokens") or 0) + int(u.get("completion_tokens") or 0)
+                total += int(u.get("input_tokens") or 0) + int(u.get("output_tokens") or 0)
+            label = ("team-d", tenant or "none")
+            usage[label] = usage.get(label, 0) + total
+    return sent
 
 
 MODELS: list[dict[str, Any]] = [
@@ -308,6 +368,7 @@ def running_observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]
                     "balancer", "--host", "127.0.0.1", "--port", str(port),
                     "--ops-port", str(ops_port), "--auth-file", str(keys),
                     "--poll-interval", "0.5", "--shared-state", store.url, "--queue",
+                    "--tenant-header", TENANT_HEADER,
                     "--backends", ",".join(f"{n[0]}={u}" for n, u in zip(nodes, urls, strict=True)),
                 ],
             )  # fmt: skip
@@ -346,12 +407,14 @@ def running_observed_fleet(kube_cluster: KubeCluster) -> Iterator[ObservedFleet]
                 )  # fmt: skip
             prometheus.wait_for(failed, lambda r: bool(r) and float(r[0]["value"][1]) > before)
             sent = _traffic(balancer, ops, urls)
+            tenants_sent, usage = _tenant_traffic(balancer)
+            sent += tenants_sent
             prometheus.wait_for(
                 "sum(ollama_fleet_requests_total)",
                 lambda r: bool(r) and float(r[0]["value"][1]) == sent,
             )
             time.sleep(2)  # two more scrapes: every series has samples after the traffic
-            yield ObservedFleet(prometheus, balancer, ops, operator_metrics, NAMESPACE, sent)
+            yield ObservedFleet(prometheus, balancer, ops, operator_metrics, NAMESPACE, sent, usage)
         except BaseException:
             for p in procs:
                 print(p.tail(), file=sys.stderr)

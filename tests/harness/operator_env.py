@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from opentelemetry.trace import Tracer
 
 from modelpool_operator.handlers import run_operator
 from modelpool_operator.settings import OperatorSettings
@@ -219,15 +220,18 @@ def operator_settings(
 
 
 @contextlib.asynccontextmanager
-async def operator_thread(settings: OperatorSettings) -> AsyncIterator[None]:
-    """The operator in a thread with a loop of its own, until the block ends."""
+async def operator_thread(
+    settings: OperatorSettings, tracer: Tracer | None = None
+) -> AsyncIterator[None]:
+    """The operator in a thread with a loop of its own, until the block ends; ``tracer``
+    traces its reconciles."""
     stop, ready = threading.Event(), threading.Event()
     # kopf gets a loop of its own: it cancels every task started after it in its loop.
     errors: list[BaseException] = []
 
     def operate() -> None:
         try:
-            asyncio.run(run_operator(settings, stop_flag=stop, ready_flag=ready))
+            asyncio.run(run_operator(settings, stop_flag=stop, ready_flag=ready, tracer=tracer))
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -249,10 +253,11 @@ async def running_operator(
     namespace: str,
     kubeconfig: Path,
     config: FleetConfig | None = None,
+    tracer: Tracer | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Env]:
     """An emulated fleet (3 Ollama nodes by default) and the operator (as ``kubeconfig``'s
-    user)."""
+    user), tracing its reconciles with ``tracer`` when given."""
     api = cluster.api_client()
     try:
         async with (
@@ -260,7 +265,7 @@ async def running_operator(
             aiohttp.ClientSession() as session,
         ):
             settings = operator_settings(namespace, kubeconfig, fleet, **overrides)
-            async with operator_thread(settings):
+            async with operator_thread(settings, tracer):
                 yield Env(cluster, api, namespace, fleet, session)
     finally:
         api.close()

@@ -32,9 +32,17 @@ VALUES = {
 }
 
 
-def _alerts() -> list[dict[str, Any]]:
+def _rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(RULES.read_text())
     return [r for g in doc["groups"] for r in g["rules"]]
+
+
+def _alerts() -> list[dict[str, Any]]:
+    return [r for r in _rules() if "alert" in r]
+
+
+def _records() -> list[dict[str, Any]]:
+    return [r for r in _rules() if "record" in r]
 
 
 def _finite(result: list[dict[str, Any]]) -> list[float]:
@@ -84,7 +92,7 @@ def test_dashboard_uses_rate_interval_and_its_variables() -> None:
             assert 'job=~"$job"' in text or 'job=~"$operator_job"' in text, (q.panel, q.expr)
     titles = {q.panel for q in queries()}
     assert set(PENDING) <= titles  # the pending list names real panels only
-    for needed in ("Residency", "VRAM", "Queue", "429s per key", "Shared state"):
+    for needed in ("Residency", "VRAM", "Queue", "429s per key", "Shared state", "per tenant"):
         assert any(needed in t for t in titles), needed
 
 
@@ -128,7 +136,9 @@ def test_rules_run_in_prometheus(observed_fleet: ObservedFleet) -> None:
     )
     groups = prom.api("rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]
-    assert sorted(r["name"] for r in rules) == sorted(a["alert"] for a in _alerts())
+    assert sorted(r["name"] for r in rules) == sorted(
+        [a["alert"] for a in _alerts()] + [r["record"] for r in _records()]
+    )
     for r in rules:
         assert r["health"] == "ok", (r["name"], r.get("lastError"))
 
@@ -168,3 +178,36 @@ def test_requests_per_key(observed_fleet: ObservedFleet) -> None:
     assert seen[("team-c", "200")] == 1 and seen[("team-c", "429")] == 7
     assert {client for client, _ in seen} == {*KEYS, "team-c", "anonymous"}
     assert sum(seen.values()) == observed_fleet.sent
+
+
+def test_usage_per_key_and_tenant(observed_fleet: ObservedFleet) -> None:
+    """The usage counters add up to what the answers told their clients, per key and tenant
+    header, through all three APIs; the recording rule folds them into one figure a day."""
+    prom = observed_fleet.prometheus
+
+    def by_tenant(expr: str) -> dict[tuple[str, str], float]:
+        return {
+            (s["metric"]["client"], s["metric"]["tenant"]): float(s["value"][1])
+            for s in prom.query(expr)
+        }
+
+    tokens = by_tenant(
+        "sum by (client, tenant) (ollama_fleet_usage_prompt_tokens_total)"
+        " + sum by (client, tenant) (ollama_fleet_usage_generated_tokens_total)"
+    )
+    for label, told in observed_fleet.usage.items():
+        assert told > 0
+        assert tokens[label] == told, (label, tokens)
+    requests = by_tenant("sum by (client, tenant) (ollama_fleet_usage_requests_total)")
+    assert requests[("team-d", "acme")] == requests[("team-d", "globex")] == 2 * 4
+    assert requests[("team-d", "none")] == 2 * 4
+    slots = by_tenant("sum by (client, tenant) (ollama_fleet_usage_slot_seconds_total)")
+    assert all(slots[label] > 0 for label in observed_fleet.usage)
+    counted = {
+        s["metric"]["counted"] for s in prom.query("ollama_fleet_usage_generated_tokens_total")
+    }
+    assert counted == {"reported"}  # every answer here reported its usage
+    daily = prom.wait_for(
+        'ollama_fleet:usage_tokens:increase1d{client="team-d", tenant="acme"}', bool
+    )
+    assert float(daily[0]["value"][1]) > 0

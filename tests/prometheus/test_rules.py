@@ -15,9 +15,17 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 RUNBOOK_URL = "https://github.com/ollama-fleet/ollama-fleet/blob/main/docs/runbook.md#"
 
 
-def _alerts() -> list[dict[str, Any]]:
+def _rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(RULES.read_text())
-    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def _alerts() -> list[dict[str, Any]]:
+    return [rule for rule in _rules() if "alert" in rule]
+
+
+def _records() -> list[dict[str, Any]]:
+    return [rule for rule in _rules() if "record" in rule]
 
 
 def test_promtool_check_rules() -> None:
@@ -28,7 +36,7 @@ def test_promtool_check_rules() -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"SUCCESS: {len(_alerts())} rules found" in proc.stdout
+    assert f"SUCCESS: {len(_rules())} rules found" in proc.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -48,10 +56,22 @@ def test_every_alert_fires_in_a_unit_test() -> None:
     fired = {
         case["alertname"]
         for test in tests
-        for case in test["alert_rule_test"]
+        for case in test.get("alert_rule_test", ())
         if case.get("exp_alerts")
     }
     assert {a["alert"] for a in _alerts()} == fired
+
+
+def test_every_recording_rule_has_a_unit_test() -> None:
+    tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    checked = {
+        case["expr"]
+        for test in tests
+        for case in test.get("promql_expr_test", ())
+        if case.get("exp_samples")
+    }
+    assert _records()
+    assert {r["record"] for r in _records()} <= checked
 
 
 def test_every_alert_has_a_runbook_entry() -> None:

@@ -110,8 +110,8 @@ async def test_cancelled_callers_cost_no_connection_and_keep_nothing(
                 if got:
                     await state.unlock_load(MODEL, owner)
         assert cancelled > 150  # most calls were cut short, at every stage of their trip
-        await eventually(lambda: not state._orphans)
-        assert state.up and state.fallbacks == 0
+        await eventually(lambda: state.detached.pending == 0)
+        assert state.up and state.link.fallbacks == 0
         assert store.reconnects == 0
         assert registry.get_sample_value(STORE_RECONNECTS) == 0.0
         # What the cancelled callers never received was given back, in the store and here.

@@ -183,7 +183,7 @@ async def test_metrics_of_a_sharing_replica(
     # A replica that dies holding a lease: once its TTL (2 s) passes, a refresh on the
     # living replica reclaims it and counts it.
     assert (await dead.acquire(POD, MODEL, slots=4, request_id="d")).lease is not None
-    for task in dead._tasks:  # stop renewing, like kill -9 (no clean close)
+    for task in dead.link._tasks:  # stop renewing, like kill -9 (no clean close)
         task.cancel()
     await eventually(
         lambda: registry.get_sample_value("ollama_fleet_shared_leases_reclaimed_total") == 1.0,

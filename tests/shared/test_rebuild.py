@@ -165,9 +165,9 @@ async def test_a_follower_vouches_for_a_load_whose_owner_died(
     await b.refresh()
     follower = (await b.acquire(POD, MODEL, slots=4, request_id="2")).lease
     assert owner is not None and follower is not None
-    for task in a._tasks:  # a dies (no clean close): nothing of it comes back
+    for task in a.link._tasks:  # a dies (no clean close): nothing of it comes back
         task.cancel()
-    a.up = False
+    a.link.up = False
     own_redis.stop()
     await eventually(lambda: not b.up)
     own_redis.start()
@@ -195,7 +195,7 @@ async def test_a_flush_mid_run_is_noticed_and_rebuilt(
     try:
         await client.flushall()  # no connection dropped: only the epoch can tell
         await eventually(lambda: a.status()["rebuilds"] == 1, "the flush to be noticed")
-        assert a.up and a.fallbacks == 0
+        assert a.up and a.link.fallbacks == 0
         assert await client.zcard(f"t:lease:{POD}|{MODEL}") == 1
         assert await client.hlen("t:loads") == 1
         await eventually(lambda: a.occupancy().loading(POD, MODEL) is not None)

@@ -25,10 +25,10 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from ollama_balancer.core.ledger import Ledger
 from ollama_balancer.core.shared.keys import Keys
 from ollama_balancer.settings import BalancerSettings
+from ollama_balancer.shared.connection import _no_primary
 from ollama_balancer.shared.factory import create_shared_state
 from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.metrics import STORE_RECONNECTS, SharedMetrics
-from ollama_balancer.shared.store import _no_primary
 from ollama_balancer.state import BALANCER
 from ollama_emulator import NodeConfig
 from tests.harness.eventually import eventually
@@ -111,7 +111,7 @@ async def test_failover_is_followed_without_a_restart(group: SentinelGroup, tmp_
         after = (await state.acquire(POD, MODEL, slots=4, request_id="3")).lease
         assert after is not None and after.shared
         assert await _leases(group, new, keys) == 3
-        assert state.fallbacks >= 1
+        assert state.link.fallbacks >= 1
         assert (registry.get_sample_value(STORE_RECONNECTS) or 0) >= 1
         for lease in (before, during, after):
             await state.release(lease)

@@ -232,14 +232,14 @@ async def test_release_carries_learning_affinity_and_quota_in_one_round_trip(
     lease = (await a.acquire(POD, MODEL, slots=1, request_id="1")).lease
     assert lease is not None
     calls = 0
-    real_execute = a._redis().pipeline(transaction=False).__class__.execute
+    real_execute = a.connection.client().pipeline(transaction=False).__class__.execute
 
     async def counting(self: object, *args: object, **kw: object) -> object:
         nonlocal calls
         calls += 1
         return await real_execute(self, *args, **kw)  # type: ignore[arg-type]
 
-    pipeline_class = a._redis().pipeline(transaction=False).__class__
+    pipeline_class = a.connection.client().pipeline(transaction=False).__class__
     pipeline_class.execute = counting  # type: ignore[method-assign,assignment]
     try:
         await a.release(

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .usage import NO_USAGE, Counted, Usage
+
 __all__ = ["RequestRecord"]
 
 
@@ -40,9 +42,17 @@ class RequestRecord:
     priority: str = ""  # critical | standard | batch, when it went through the wait queue
     queue_wait: float | None = None  # seconds it waited in the balancer for a slot
     token_estimate: Any = None  # tokens.TokenEstimate made for the wait queue (learned from)
+    trace_id: str = ""  # the W3C trace it is part of (32 hex digits), when one is known
+    tenant_header: str = ""  # the tenant header's value (usage per tenant), "" when absent
+    chunks: int = 0  # NDJSON lines / SSE events relayed (what a stream without figures made)
+    slot_seconds: float = 0.0  # held a pod's slot: from each send to the end of its answer
+    usage: Usage = NO_USAGE  # prompt and generated tokens, and how they were counted
 
     def tokens_used(self) -> int:
-        """Prompt + generated tokens Ollama reported (0 when it reported none)."""
+        """Prompt + generated tokens of the answer (0 when nothing was counted): its usage
+        when read, else Ollama's final metrics."""
+        if self.usage.counted is not Counted.NONE:
+            return self.usage.prompt + self.usage.generated
         total = 0
         for key in ("prompt_eval_count", "eval_count"):
             value = self.metrics.get(key)

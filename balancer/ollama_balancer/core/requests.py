@@ -20,11 +20,13 @@ from ollama_wire.durations import KeepAliveError, parse_keep_alive
 from ollama_wire.names import InvalidModelName, canonical, strip_gateway_prefix
 
 __all__ = [
+    "SESSION_HEADERS",
     "Intent",
     "InvalidRequest",
     "ParsedRequest",
     "affinity_key",
     "parse_request",
+    "session_header",
     "with_model",
     "with_num_ctx",
 ]
@@ -197,16 +199,45 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def affinity_key(doc: Mapping[str, Any], key: str, session: str | None) -> str | None:
-    """A conversation's identity: the client's session id, else a hash of its opening.
+#: Headers that name a conversation, in order of precedence: ours, then what coding agents
+#: send on every request of a session (docs/clients.md "Conversation affinity").
+SESSION_HEADERS = (
+    "X-Session-ID",  # ollama-fleet's own (and LiteLLM's, NeMo Gym's convention)
+    "X-Claude-Code-Session-Id",  # Claude Code
+    "session_id",  # Codex CLI (also sends it as prompt_cache_key)
+    "X-OpenCode-Session",  # OpenCode
+    "X-Qwen-Code-Session-Id",  # Qwen Code
+)
+_LONGEST_SESSION = 256
 
-    Requests that share a conversation prefix (system prompt + first user turn)
-    reuse Ollama's prompt cache on the pod that served the earlier turns.  The
-    hash is fed what the messages are: role and text as they came, images (base64
-    strings, often megabytes) as they came, never re-serialised.
+
+def session_header(headers: Mapping[str, str]) -> str | None:
+    """The first session header of :data:`SESSION_HEADERS` the request carries (its value)."""
+    for name in SESSION_HEADERS:
+        value = headers.get(name)
+        if value and value.strip():
+            return value.strip()
+    return None
+
+
+def affinity_key(doc: Mapping[str, Any], key: str, session: str | None) -> str | None:
+    """A conversation's identity, from the first of (docs/clients.md):
+
+    1. ``session``: a session header (:func:`session_header`: ours, then coding agents');
+    2. ``prompt_cache_key`` (OpenAI's field made for exactly this);
+    3. ``metadata.user_id`` (Anthropic's; Claude Code puts its session id in it);
+    4. ``user`` (OpenAI's end-user id, the cache key before ``prompt_cache_key``);
+    5. a hash of the conversation's opening (system prompt + first user turn).
+
+    Requests with one identity reuse Ollama's prompt cache on the pod that served the
+    earlier turns.  The hash is fed what the messages are: role and text as they came,
+    images (base64 strings, often megabytes) as they came, never re-serialised.
     """
     if session:
-        return "s:" + session[:256]
+        return "s:" + session[:_LONGEST_SESSION]
+    named = _named_conversation(doc)
+    if named is not None:
+        return named
     messages = doc.get("messages")
     opening: list[Any] = []
     if isinstance(messages, list):
@@ -223,6 +254,21 @@ def affinity_key(doc: Mapping[str, Any], key: str, session: str | None) -> str |
     for item in opening:
         _feed_value(h, item)
     return "p:" + h.hexdigest()
+
+
+def _named_conversation(doc: Mapping[str, Any]) -> str | None:
+    """An identity the body names: prompt_cache_key, metadata.user_id, user (in that order)."""
+    cache_key = doc.get("prompt_cache_key")
+    if isinstance(cache_key, str) and cache_key.strip():
+        return "k:" + cache_key.strip()[:_LONGEST_SESSION]
+    metadata = doc.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if isinstance(user_id, str) and user_id.strip():
+        return "u:" + user_id.strip()[:_LONGEST_SESSION]
+    user = doc.get("user")
+    if isinstance(user, str) and user.strip():
+        return "u:" + user.strip()[:_LONGEST_SESSION]
+    return None
 
 
 def _feed(h: Any, text: str) -> None:

@@ -6,7 +6,9 @@ affinity and API-key quotas, behind one interface (:class:`SharedState`):
 * ``protocol``  — the interface and :class:`StoreUnavailable`;
 * ``local``     — this replica's own state on the :class:`Ledger` (no store);
 * ``store``     — Redis/Valkey (redis-py asyncio), one script per change;
+* ``connection``— its client: connect, one bounded round trip per call, scripts;
 * ``fallback``  — Redis while it answers, local state when not, never failing;
+* ``link``      — up or down, reconnecting, renewing and resyncing in the background;
 * ``factory``   — :func:`create_shared_state` from the settings;
 * ``gate``      — the fleet-wide cold-load decision lock;
 * ``mirror``    — the in-memory mirror of the shared counts (pure), which hands

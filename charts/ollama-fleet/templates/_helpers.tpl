@@ -328,3 +328,36 @@ topologySpreadConstraints:
 {{- define "ollama-fleet.sharedStateCA" -}}
 {{- if and (eq .Values.sharedState.mode "external") .Values.sharedState.external.tls.caSecret }}true{{ end }}
 {{- end }}
+
+{{/*
+OpenTelemetry's OTEL_* variables for one component (tracing.*), read by the SDK itself.
+Call with (dict "root" $ "service" "<service.name default>" "name" .Values.tracing.<x>ServiceName).
+*/}}
+{{- define "ollama-fleet.otelEnv" -}}
+{{- $t := .root.Values.tracing -}}
+{{- if and $t.enabled $t.endpoint }}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: POD_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $t.protocol | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .name | default .service | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),service.version=%s%s" (.root.Values.image.tag | default .root.Chart.AppVersion) (ternary (printf ",%s" $t.resourceAttributes) "" (ne $t.resourceAttributes "")) | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+{{- with $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- with $t.headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef: {name: {{ . | quote }}, key: {{ $t.headersSecret.key | quote }}}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,67 +1,22 @@
-"""The proxy's own HTTP/1.1 client (upstream.py) against real loopback servers that answer
+"""The proxy's own HTTP/1.1 client (upstream/http11.py) against real loopback servers that answer
 with exact bytes: framing, keep-alive, broken and invalid answers, flow control."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 import pytest
 
-from ollama_balancer.upstream import (
-    HIGH_WATER,
-    ProtocolError,
-    ServerDisconnected,
-    UpstreamPool,
-    UpstreamResponse,
-)
-
-Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+from ollama_balancer.upstream.errors import ConnectError, Disconnected, ProtocolError
+from ollama_balancer.upstream.http11 import HIGH_WATER, Http11Pool, Http11Response
+from tests.harness.rawhttp import Answer, read_request, server
 
 
-async def _request(reader: asyncio.StreamReader) -> bytes:
-    """One request (head and Content-Length body) as the server received it."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head + await reader.readexactly(length)
+def pool() -> Http11Pool:
+    return Http11Pool(connect_timeout=2.0, keepalive=30.0)
 
 
-@asynccontextmanager
-async def server(answer: Answer) -> AsyncIterator[tuple[str, list[bytes]]]:
-    """A loopback server running ``answer`` per connection; yields (url, requests seen)."""
-    seen: list[bytes] = []
-    connections: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(writer)
-        try:
-            await answer(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
-
-    try:
-        yield f"http://127.0.0.1:{port}", seen
-    finally:
-        srv.close()
-        for w in connections:
-            w.close()
-        await srv.wait_closed()
-
-
-def pool() -> UpstreamPool:
-    return UpstreamPool(connect_timeout=2.0, keepalive=30.0)
-
-
-async def body(resp: UpstreamResponse) -> bytes:
+async def body(resp: Http11Response) -> bytes:
     parts = []
     while chunk := await resp.readany():
         parts.append(chunk)
@@ -73,7 +28,7 @@ def keep_alive(*answers: bytes, seen: list[bytes] | None = None) -> Answer:
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for raw in answers:
-            request = await _request(reader)
+            request = await read_request(reader)
             if seen is not None:
                 seen.append(request)
             writer.write(raw)
@@ -123,7 +78,7 @@ async def test_connection_close_is_not_reused() -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        await _request(reader)
+        await read_request(reader)
         writer.write(closing)
         await writer.drain()
 
@@ -139,7 +94,7 @@ async def test_connection_close_is_not_reused() -> None:
 
 async def test_body_until_close_without_length() -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
+        await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
         await writer.drain()
 
@@ -153,7 +108,7 @@ async def test_body_until_close_without_length() -> None:
 
 async def test_server_gone_mid_body_is_an_error_after_the_bytes_it_sent() -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
+        await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
         await writer.drain()
         writer.transport.abort()
@@ -162,7 +117,7 @@ async def test_server_gone_mid_body_is_an_error_after_the_bytes_it_sent() -> Non
         p = pool()
         resp = await p.post(url, "/", {}, b"")
         assert await resp.readany() == b"abc"
-        with pytest.raises(ServerDisconnected):
+        with pytest.raises(Disconnected):
             await resp.readany()
         resp.close()
         p.close()
@@ -177,7 +132,7 @@ async def test_server_gone_mid_body_is_an_error_after_the_bytes_it_sent() -> Non
 )
 async def test_invalid_answers_are_protocol_errors(answer: bytes) -> None:
     async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
+        await read_request(reader)
         writer.write(answer)
         await writer.drain()
         await reader.read()
@@ -189,11 +144,11 @@ async def test_invalid_answers_are_protocol_errors(answer: bytes) -> None:
         p.close()
 
 
-async def test_refused_connection_is_an_os_error() -> None:
+async def test_refused_connection_is_a_connect_error() -> None:
     async with server(keep_alive()) as (url, _):
         pass  # closed: nothing listens there any more
     p = pool()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectError):
         await p.post(url, "/", {}, b"")
     p.close()
 
@@ -211,7 +166,7 @@ async def test_closing_early_aborts_the_connection() -> None:
     gone = asyncio.Event()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
+        await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
         await writer.drain()
         await reader.read()  # returns at EOF: the client went away
@@ -232,7 +187,7 @@ async def test_a_slow_reader_pauses_the_pod_and_loses_nothing() -> None:
     payload = bytes(range(256)) * (size // 256)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
+        await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + payload)
         await writer.drain()
         await reader.read()
@@ -259,11 +214,11 @@ async def test_a_kept_alive_connection_closed_while_idle_is_retried_once() -> No
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        await _request(reader)
+        await read_request(reader)
         writer.write(FIXED)
         await writer.drain()
         if connections == 1:
-            await _request(reader)  # the second request, on the kept-alive connection
+            await read_request(reader)  # the second request, on the kept-alive connection
             writer.transport.abort()  # ... is dropped unanswered
             return
         await reader.read()
@@ -286,12 +241,12 @@ async def test_a_new_connection_dropped_unanswered_is_not_retried() -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
-        await _request(reader)
+        await read_request(reader)
         writer.transport.abort()
 
     async with server(answer) as (url, _):
         p = pool()
-        with pytest.raises(ServerDisconnected):
+        with pytest.raises(Disconnected):
             await p.post(url, "/", {}, b"")
         p.close()
     assert connections == 1
@@ -302,7 +257,7 @@ async def test_an_interim_100_continue_is_skipped() -> None:
     server answers 100 first, then the real response."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _request(reader)
+        await read_request(reader)
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + FIXED)
         await writer.drain()
         await reader.read()

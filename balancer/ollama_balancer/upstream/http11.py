@@ -1,4 +1,4 @@
-"""The proxy's own HTTP/1.1 client to Ollama pods: one request, one response, kept alive.
+"""The proxy's own HTTP/1.1 client to plain-http pods: one request, one response, kept alive.
 
 The hot path — a proxied POST and every chunk of its answer — went through aiohttp's
 client: a ``ClientRequest``, a ``ClientResponse``, a ``StreamReader`` with its waiters
@@ -6,12 +6,13 @@ and timers, per request and per chunk.  Here a pooled connection is an
 :class:`asyncio.Protocol` whose llhttp parser (httptools) hands body chunks straight to
 the relay: per chunk one parser callback, one list append and at most one wake-up.
 
-What it does not do, because the proxy never needs it: TLS, redirects, cookies,
-compression, proxies, 100-continue, requests without a body.  Backends with ``https``
-URLs and every other call (polling, pulls, unloads) keep using aiohttp.
+What it does not do, because the transport never asks it to: TLS, redirects, cookies,
+compression, proxies, 100-continue, methods other than POST.  The transport
+(:mod:`.transport`) sends everything else through aiohttp.
 
-Errors are :class:`OSError` subclasses (the proxy treats every one as "the pod failed
-us"): :class:`ConnectTimeout`, :class:`ServerDisconnected`, :class:`ProtocolError`.
+It raises the transport's own errors (:mod:`.errors`): :class:`ConnectError` and
+:class:`ConnectTimeout` before a connection, :class:`Disconnected` and
+:class:`ProtocolError` after.
 """
 
 from __future__ import annotations
@@ -19,96 +20,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Protocol, cast
+from collections.abc import Callable, Iterable, Mapping
+from typing import cast
 from urllib.parse import urlsplit
 
-import aiohttp
 import httptools
 
-__all__ = [
-    "AiohttpResponse",
-    "ConnectTimeout",
-    "ProtocolError",
-    "ServerDisconnected",
-    "Upstream",
-    "UpstreamPool",
-    "UpstreamResponse",
-    "supports",
-]
+from .errors import ConnectError, ConnectTimeout, Disconnected, ProtocolError, describe
+
+__all__ = ["HIGH_WATER", "Http11Pool", "Http11Response"]
 
 #: Bytes buffered from a pod before reading from it pauses (the client reads slower).
 HIGH_WATER = 256 * 1024
 
 
-class ConnectTimeout(OSError):
-    """No TCP connection within the connect timeout."""
-
-
-class ServerDisconnected(ConnectionError):
-    """The pod closed the connection before the response was complete."""
-
-
-class ProtocolError(OSError):
-    """The pod's bytes are not a valid HTTP/1.1 response."""
-
-
-class Upstream(Protocol):
-    """What the proxy reads of a pod's answer, whichever client fetched it."""
-
-    status: int
-    reason: str
-    header_items: list[tuple[str, str]]
-    content_length: int | None
-    content_type: str
-    chunked: bool
-
-    def at_hand(self, limit: int) -> bool:
-        """The whole body is already here and is at most ``limit`` bytes."""
-        ...
-
-    async def readany(self) -> bytes: ...
-
-    async def read(self, limit: int = ...) -> bytes: ...
-
-    def close(self) -> None: ...
-
-
-class AiohttpResponse:
-    """An aiohttp response seen as :class:`Upstream` (``https`` backends)."""
-
-    __slots__ = (
-        "_resp",
-        "chunked",
-        "content_length",
-        "content_type",
-        "header_items",
-        "readany",
-        "reason",
-        "status",
-    )
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
-        self.status = resp.status
-        self.reason = resp.reason or ""
-        self.header_items = list(resp.headers.items())
-        self.content_length = resp.content_length
-        self.content_type = resp.content_type
-        self.chunked = "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
-        self.readany = resp.content.readany
-
-    def at_hand(self, limit: int) -> bool:
-        return False  # aiohttp's buffer is not worth asking: https pods take the long way
-
-    async def read(self, limit: int = 1 << 20) -> bytes:
-        return await self._resp.content.read(limit)
-
-    def close(self) -> None:
-        self._resp.close()
-
-
-class UpstreamResponse:
+class Http11Response:
     """One response, read as it arrives: status and headers first, then :meth:`readany`."""
 
     __slots__ = (
@@ -204,13 +130,13 @@ def _drain(chunks: deque[bytes]) -> Iterable[bytes]:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection to one pod, serving one response at a time."""
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: Http11Pool, key: tuple[str, int]) -> None:
         self.pool = pool
         self.key = key
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.response: UpstreamResponse | None = None
+        self.response: Http11Response | None = None
         self.headers_ready: asyncio.Future[None] | None = None
         self.buffered = 0
         self.paused = False
@@ -251,7 +177,7 @@ class _Connection(asyncio.Protocol):
             resp._done = True  # a body without a length ends where the connection does
             resp._wake()
             return
-        self._failed(ServerDisconnected(str(exc) if exc else "server disconnected"))
+        self._failed(Disconnected(str(exc) if exc else "server disconnected"))
 
     # ---- httptools callbacks
     def on_status(self, status: bytes) -> None:
@@ -330,7 +256,7 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-class UpstreamPool:
+class Http11Pool:
     """Keep-alive connections per pod (host, port), no limit of their own (routing bounds
     what each pod gets)."""
 
@@ -362,8 +288,8 @@ class UpstreamPool:
         return known
 
     async def post(
-        self, base_url: str, path_qs: str, headers: dict[str, str], body: bytes
-    ) -> UpstreamResponse:
+        self, base_url: str, path_qs: str, headers: Mapping[str, str], body: bytes
+    ) -> Http11Response:
         """Send ``body`` to ``base_url + path_qs``; returns once the status and headers
         are in (the caller bounds that wait)."""
         host, port, host_line = self._target(base_url)
@@ -371,7 +297,7 @@ class UpstreamPool:
         conn = await self._acquire((host, port))
         try:
             return await self._exchange(conn, data)
-        except ServerDisconnected:
+        except Disconnected:
             if not conn.reused or conn.answered:
                 raise
         # A kept-alive connection that the pod (or something on the way) had closed while
@@ -379,8 +305,8 @@ class UpstreamPool:
         # more on a new connection, as Go's and urllib3's clients do.
         return await self._exchange(await self._connect((host, port)), data)
 
-    async def _exchange(self, conn: _Connection, data: bytes) -> UpstreamResponse:
-        resp = UpstreamResponse(conn)
+    async def _exchange(self, conn: _Connection, data: bytes) -> Http11Response:
+        resp = Http11Response(conn)
         conn.response = resp
         conn.answered = False
         conn.headers_ready = conn.loop.create_future()
@@ -417,6 +343,8 @@ class UpstreamPool:
             raise ConnectTimeout(
                 f"no connection to {key[0]}:{key[1]} within {self.connect_timeout:g}s"
             ) from None
+        except OSError as exc:  # refused, unreachable, no such host
+            raise ConnectError(f"{key[0]}:{key[1]}: {describe(exc)}") from exc
         proto.transport = transport  # uvloop calls connection_made only later
         return proto
 
@@ -436,7 +364,7 @@ class UpstreamPool:
         self._idle.clear()
 
 
-def _request_head(path_qs: str, host_line: bytes, headers: dict[str, str], length: int) -> bytes:
+def _request_head(path_qs: str, host_line: bytes, headers: Mapping[str, str], length: int) -> bytes:
     lines = [b"POST ", path_qs.encode("utf-8", "surrogateescape"), b" HTTP/1.1\r\n", host_line]
     for name, value in headers.items():
         data = f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
@@ -445,8 +373,3 @@ def _request_head(path_qs: str, host_line: bytes, headers: dict[str, str], lengt
         lines.append(data)
     lines.append(b"Content-Length: %d\r\n\r\n" % length)
     return b"".join(lines)
-
-
-def supports(url: str) -> bool:
-    """Whether a backend base URL is one this client speaks to (plain http)."""
-    return url.startswith("http://")

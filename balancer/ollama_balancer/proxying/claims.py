@@ -1,0 +1,217 @@
+"""Slot claims: a request's hold on one pod's slot, taken before it is sent and given back
+once, whatever happens.
+
+* **Early binding** (:meth:`SlotClaims.early`): the first ranked warm pod whose slots
+  are not all held fleet-wide, else the first choice anyway (it queues there, as Ollama
+  would, and is counted).  A cold load is decided by one replica at a time: the model's
+  load lock, a fresh view, routing again, then the lease that records the load.
+* **Late binding** (:meth:`SlotClaims.late`): the request waits in the wait room until
+  dispatch binds it to a slot, then takes the slot's lease; if another replica took that
+  slot meanwhile, it waits again.
+* **Failover** (:meth:`SlotClaims.lease_for`): an attempt on another pod than the one
+  claimed gives that slot back and takes one where it goes.
+* **Release** (:meth:`SlotClaims.release`): with what the answer taught, its quota and
+  its conversation's pod, in one call — shielded, so a cancelled handler still gives a
+  shared lease back instead of leaving it to expire.
+
+A claim can be released and taken again while its request lives.  Routing is handed in
+(a function), so claims never call back into the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ollama_wire.backend import Backend
+
+from ..context import QuotaHold
+from ..core.queueing import Waiting
+from ..core.rankers import COLD_REASONS, Choice, Reason
+from ..core.record import RequestRecord
+from ..core.routing import RouteRequest
+from ..core.shared.gate import load_decision
+from ..core.shared.local import LocalState
+from ..core.shared.model import Learned, Lease
+from ..core.shared.protocol import SharedState
+from ..polling import FleetTracker
+from ..waitroom import WaitRoom
+
+__all__ = ["WARM", "Claim", "Route", "SlotClaims"]
+
+#: Reasons whose pod has (or is loading) the model: a slot there is worth a lease attempt.
+WARM = frozenset({Reason.RESIDENT, Reason.LOADING, Reason.AFFINITY, Reason.PINNED})
+
+#: The routing function: a request to its ranked choices (raises when unroutable).
+Route = Callable[[RouteRequest], tuple[Choice, ...]]
+
+
+@dataclass(slots=True)
+class Claim:
+    """One request's hold on the fleet: its slot lease (while it has one), what it learned,
+    its quota ticket and its conversation key, all given back in one release.
+    ``takes_slot``: the route counts against slots (``/api/show`` does not)."""
+
+    model: str
+    takes_slot: bool = True
+    lease: Lease | None = None
+    learned: Learned | None = None
+    quota: QuotaHold | None = None
+    affinity: str | None = None
+
+
+class SlotClaims:
+    """Takes and gives back slot leases in the shared state for the proxy's requests."""
+
+    def __init__(
+        self,
+        shared: SharedState,
+        view: FleetTracker,
+        route: Route,
+        waitroom: WaitRoom | None = None,
+    ) -> None:
+        self.shared = shared
+        self.view = view
+        self._route = route
+        self.waitroom = waitroom
+        # Local state releases at once, without suspending: nothing to shield.
+        self._local = isinstance(shared, LocalState)
+        if waitroom is not None:
+            view.subscribe(lambda _change: self.slot_freed())
+            # A slot freed here or on another replica (through the store): dispatch now.
+            shared.on_slot_freed(lambda _freed: self.slot_freed())
+
+    # ------------------------------------------------------------- early binding
+    async def early(
+        self, req: RouteRequest, ranked: tuple[Choice, ...], rid: str, claim: Claim
+    ) -> tuple[Choice, ...]:
+        """Take a slot lease before sending; the ranking, the claimed choice first."""
+        if ranked[0].reason in COLD_REASONS and self.shared.status().get("mode") != "local":
+            async with load_decision(self.shared, req.model, rid):
+                ranked = self._route(req)  # a load another replica just started is now seen
+                return await self._take(ranked, rid, claim)
+        return await self._take(ranked, rid, claim)
+
+    async def _take(self, ranked: tuple[Choice, ...], rid: str, claim: Claim) -> tuple[Choice, ...]:
+        snapshot = self.view.snapshot
+        for i, choice in enumerate(ranked):
+            state = snapshot.get(choice.backend)
+            if state is None:
+                continue
+            if i and choice.reason not in WARM:
+                break  # past the warm pods: the first choice queues rather than spill
+            grant = await self.shared.acquire(
+                choice.backend,
+                claim.model,
+                slots=max(1, state.backend.slots),
+                request_id=rid,
+                cold=choice.reason in COLD_REASONS,
+            )
+            if grant.lease is not None:
+                claim.lease = grant.lease
+                return (choice, *(c for c in ranked if c is not choice))
+        first = ranked[0]
+        state = snapshot.get(first.backend)
+        if state is not None:
+            grant = await self.shared.acquire(
+                first.backend,
+                claim.model,
+                slots=max(1, state.backend.slots),
+                request_id=rid,
+                cold=first.reason in COLD_REASONS,
+                overflow=True,
+            )
+            claim.lease = grant.lease
+        return ranked
+
+    # -------------------------------------------------------------- late binding
+    async def late(
+        self, waiting: Waiting, record: RequestRecord, claim: Claim, *, pinned: bool
+    ) -> tuple[Choice, ...]:
+        """Wait until dispatch binds the request to a slot, then take the slot's lease."""
+        assert self.waitroom is not None
+        while True:
+            bound = await self.waitroom.wait(waiting)
+            state = self.view.snapshot.get(bound.backend)
+            try:
+                grant = await self.shared.acquire(
+                    bound.backend,
+                    claim.model,
+                    slots=max(1, state.backend.slots) if state else 1,
+                    request_id=record.request_id,
+                    cold=bound.cold,
+                    # a pinned request, or one bound to a cold load, goes there regardless
+                    overflow=bound.cold or pinned,
+                )
+            finally:
+                self.waitroom.settle(bound)
+            record.queue_wait = bound.waited
+            if grant.lease is not None:
+                claim.lease = grant.lease
+                return bound.ranked
+            waiting = replace(waiting, id=f"{waiting.id}+")  # lost the race: queue again
+
+    # ------------------------------------------------------------------ failover
+    async def lease_for(
+        self, claim: Claim, backend: Backend, choice: Choice, record: RequestRecord
+    ) -> None:
+        """Hold a slot on ``backend`` for an attempt there: the claimed one, or (a failover,
+        or a claim for a choice that was skipped) one taken now, since the request goes
+        there now."""
+        if claim.lease is not None and claim.lease.pod != backend.name:
+            await self._release(claim, record)
+        if claim.takes_slot and claim.lease is None:
+            grant = await self.shared.acquire(
+                backend.name,
+                claim.model,
+                slots=max(1, backend.slots),
+                request_id=record.request_id,
+                cold=choice.reason in COLD_REASONS,
+                overflow=True,
+            )
+            claim.lease = grant.lease
+
+    async def first_byte(self, claim: Claim) -> float | None:
+        """The pod answered: the seconds its load took when this request started one."""
+        loaded = await self.shared.first_byte(claim.lease) if claim.lease else None
+        if loaded is not None:
+            self.slot_freed()  # followers of the load may bind to it now
+        return loaded
+
+    # ------------------------------------------------------------------- release
+    async def release(self, claim: Claim, record: RequestRecord, answered: bool = False) -> None:
+        """Give the slot back even if this handler is being cancelled: a client that closes
+        its connection right after the last byte cancels the handler, and a shared lease must
+        still be given back (not left to expire with its TTL)."""
+        if claim.lease is None:
+            return
+        if self._local:
+            await self._release(claim, record, answered)
+        else:
+            await asyncio.shield(self._release(claim, record, answered))
+
+    async def _release(self, claim: Claim, record: RequestRecord, answered: bool = False) -> None:
+        """Give the slot back with what the request taught; an answered request also settles
+        its quota (tokens used) and remembers its conversation's pod — one call for all."""
+        lease, claim.lease = claim.lease, None
+        if lease is None:
+            return
+        quota, tokens = None, 0
+        if answered and claim.quota is not None and not claim.quota.settled:
+            quota, tokens = claim.quota.ticket, record.tokens_used()
+            claim.quota.settled = True
+        learned, claim.learned = claim.learned, None
+        await self.shared.release(
+            lease,
+            learned=learned,
+            affinity=claim.affinity if answered else None,
+            quota=quota,
+            tokens=tokens,
+        )
+        self.slot_freed()
+
+    def slot_freed(self) -> None:
+        """A slot may be free: let the wait room decide again."""
+        if self.waitroom is not None:
+            self.waitroom.poke()

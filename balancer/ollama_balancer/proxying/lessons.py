@@ -1,0 +1,87 @@
+"""What an answer taught, read once when its relay is complete: the model's load and
+service times (for routing and the wait queue's estimates), and how far the tenant's
+token estimate was off (from Ollama's final metrics line)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..core.ledger import COLD_LOAD_THRESHOLD
+from ..core.rankers import Reason
+from ..core.shared.model import Learned
+from ..core.tokens import TokenCorrection, TokenEstimate
+from .attempt import Attempt
+from .relay import Relay
+
+__all__ = ["METRIC_KEYS", "Lessons", "final_metrics"]
+
+#: What the final line of an answer says that the record keeps.
+METRIC_KEYS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+    "done_reason",
+)
+
+#: The answers whose last line is Ollama's own JSON with the final metrics.
+_WITH_METRICS = frozenset({"application/x-ndjson", "application/json"})
+
+
+class Lessons:
+    """Learns from complete answers; holds the token correction the wait queue reads."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tokens = TokenCorrection()
+        self._clock = clock
+
+    def learn(self, at: Attempt, relay: Relay) -> Learned | None:
+        """What ``at``'s complete answer taught; its final metrics go on the record."""
+        record = at.record
+        metrics = final_metrics(relay.tail) if relay.content_type in _WITH_METRICS else None
+        if metrics:
+            record.metrics = metrics
+            if isinstance(record.token_estimate, TokenEstimate):
+                self.tokens.learn(
+                    record.tenant,
+                    at.req.key,
+                    record.token_estimate,
+                    _count(metrics, "prompt_eval_count"),
+                    _count(metrics, "eval_count"),
+                )
+            load_ns = metrics.get("load_duration") or 0
+            total_ns = metrics.get("total_duration") or 0
+            return Learned(
+                load_seconds=load_ns / 1e9 if load_ns / 1e9 > COLD_LOAD_THRESHOLD else None,
+                service_seconds=max(0.0, (total_ns - load_ns) / 1e9) if total_ns else None,
+            )
+        if record.cold_load_seconds is not None and record.ttfb is not None:
+            return Learned(load_seconds=record.ttfb)
+        if at.choice.reason is not Reason.COLD_LOAD:
+            return Learned(service_seconds=self._clock() - record.started)
+        return None
+
+
+def final_metrics(tail: bytes) -> dict[str, Any] | None:
+    """The metrics of the final ``"done": true`` line ending ``tail``, if it is one."""
+    line = tail.rstrip(b"\n").rpartition(b"\n")[2]
+    if b'"done"' not in line:
+        return None
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict) or not doc.get("done"):
+        return None
+    return {k: doc[k] for k in METRIC_KEYS if k in doc}
+
+
+def _count(metrics: dict[str, Any], key: str) -> int | None:
+    value = metrics.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,179 @@
+"""The relay: a pod's answer to the client, byte for byte, and how it ended.
+
+Streams are sacred: upstream bytes are written to the client as they arrive, never
+parsed or re-encoded on the way.  Per chunk the relay does one read, one write, a byte
+count and keeps two references (the final metrics line may straddle the last two
+reads).  Silence is watched by :class:`IdleWatchdog`, a timer that fires a few times
+per ``idle_timeout`` instead of one re-armed per chunk.
+
+The relay does not end the client's stream: the proxy does, once it knows what comes
+next — ``write_eof`` after a complete answer, :func:`end_broken` after a break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+import orjson
+from aiohttp import web
+
+from ..core.usage import chunk_separator
+from ..upstream import Response, UpstreamError
+
+__all__ = ["AT_HAND", "Ending", "IdleWatchdog", "Relay", "end_broken"]
+
+#: A body this small that is complete when its headers arrive is relayed without an
+#: idle watchdog: it fits the client socket's write buffer (aiohttp's 64 KiB high water).
+AT_HAND = 64 * 1024
+
+
+class Ending(StrEnum):
+    """How a relay ended."""
+
+    RUNNING = "running"
+    """Not ended (yet): still relaying, or cancelled (the client left and aiohttp said so)."""
+    COMPLETE = "complete"
+    """Every byte of the answer reached the client's socket."""
+    BROKEN = "broken"
+    """The pod's answer broke off (``error``: the transport's error)."""
+    IDLE = "idle"
+    """Nothing came (or could be written) for ``idle_timeout``."""
+    CLIENT_GONE = "client_gone"
+    """A write found the client's connection gone."""
+
+
+class Relay:
+    """One answer relayed from a pod to the client: what went through, and how it ended.
+
+    ``sent`` grows as bytes are written, and ``chunks`` counts the NDJSON lines or SSE events
+    among them (what a stream that ends without usage figures generated: core.usage), so
+    both are right even when the relay is cancelled midway; ``prev`` and ``last`` are the
+    last two chunks, ``tail`` their join (kept on every ending, a cancel included).
+    """
+
+    __slots__ = ("chunks", "content_type", "ending", "error", "last", "prev", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.chunks = 0
+        self.prev = b""
+        self.last = b""
+        self.content_type = ""
+        self.ending = Ending.RUNNING
+        self.error: BaseException | None = None
+
+    @property
+    def tail(self) -> bytes:
+        return self.prev + self.last
+
+    async def run(
+        self,
+        upstream: Response,
+        request: web.BaseRequest,
+        resp: web.StreamResponse,
+        idle_timeout: float,
+    ) -> Ending:
+        """Relay ``upstream``'s body into the prepared ``resp`` of ``request``."""
+        self.content_type = upstream.content_type
+        read = upstream.readany
+        write = resp.write
+        sep = chunk_separator(self.content_type)  # b"" for a plain body: nothing to count
+        prev = last = b""
+        try:
+            # All of it came with the headers and fits the socket's buffer: nothing can go
+            # silent, no write can wait, so no watchdog (the common small answer).
+            if upstream.at_hand(AT_HAND):
+                while chunk := await read():
+                    await write(chunk)
+                    self.sent += len(chunk)
+                    if sep:
+                        self.chunks += chunk.count(sep)
+                    prev = last
+                    last = chunk
+            else:
+                async with asyncio.timeout(None) as deadline:
+                    watchdog = IdleWatchdog(deadline, self, idle_timeout)
+                    try:
+                        while chunk := await read():
+                            await write(chunk)
+                            self.sent += len(chunk)
+                            if sep:
+                                self.chunks += chunk.count(sep)
+                            prev = last
+                            last = chunk
+                    finally:
+                        watchdog.stop()
+        except UpstreamError as exc:
+            self.ending, self.error = Ending.BROKEN, exc
+        except TimeoutError as exc:
+            self.ending, self.error = Ending.IDLE, exc
+        except OSError as exc:  # a write: the client's side
+            if isinstance(exc, ConnectionResetError) and request.transport is None:
+                self.ending = Ending.CLIENT_GONE
+            else:
+                self.ending, self.error = Ending.BROKEN, exc
+        else:
+            self.ending = Ending.COMPLETE
+        finally:
+            self.prev, self.last = prev, last  # a cancel too: what went out is counted
+        return self.ending
+
+
+class IdleWatchdog:
+    """Expires ``deadline`` once the relay's byte count has not moved for ``idle`` seconds.
+
+    It looks every ``idle / 4`` seconds, so a silence is cut after between ``idle`` and
+    ``1.25 × idle`` — never earlier — at the cost of four timer events per ``idle`` per
+    stream instead of one timer re-armed per chunk.
+    """
+
+    __slots__ = ("_deadline", "_handle", "_idle", "_loop", "_relay", "_seen", "_since")
+
+    def __init__(self, deadline: asyncio.Timeout, relay: Relay, idle: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._deadline = deadline
+        self._relay = relay
+        self._idle = idle
+        self._seen = relay.sent
+        self._since = self._loop.time()
+        self._handle = self._loop.call_at(self._since + idle / 4, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self._relay.sent != self._seen:
+            self._seen = self._relay.sent
+            self._since = now
+        elif now - self._since >= self._idle:
+            self._deadline.reschedule(now)  # raises TimeoutError in the relay
+            return
+        self._handle = self._loop.call_at(now + self._idle / 4, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def end_broken(
+    resp: web.StreamResponse, content_type: str, last: bytes, message: str
+) -> None:
+    """End a stream that broke after its first byte, the way Ollama does (``last``: the
+    last chunk relayed, to start the error line on a line of its own)."""
+    try:
+        if content_type == "application/x-ndjson":
+            # Ollama's own mid-stream failure is a final {"error": ...} line (status stays
+            # 200).  "done" and a done_reason end it the way front ends expect a stream to
+            # end, so they show the message instead of waiting for more.
+            prefix = b"" if not last or last.endswith(b"\n") else b"\n"
+            end = {"error": message, "done": True, "done_reason": "error"}
+            await resp.write(prefix + orjson.dumps(end) + b"\n")
+            await resp.write_eof()
+        elif content_type == "text/event-stream":
+            await resp.write_eof()  # no [DONE]: OpenAI clients see an incomplete stream
+        else:
+            # A fixed-length JSON body cannot be completed: abort the connection so
+            # the client sees a truncated response instead of a silently short one.
+            if resp.task is not None:
+                resp.force_close()
+            raise ConnectionAbortedError(message)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one too
+        pass

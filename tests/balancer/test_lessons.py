@@ -1,0 +1,122 @@
+"""What a complete answer taught: the final metrics line, load and service times, and the
+tenant's token correction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from ollama_balancer.core.rankers import Choice, Reason
+from ollama_balancer.core.record import RequestRecord
+from ollama_balancer.core.requests import parse_request
+from ollama_balancer.core.shared.model import Learned
+from ollama_balancer.core.tokens import estimate_tokens
+from ollama_balancer.proxying.attempt import Attempt
+from ollama_balancer.proxying.claims import Claim
+from ollama_balancer.proxying.lessons import Lessons, final_metrics
+from ollama_balancer.proxying.relay import Relay
+from ollama_wire.backend import Backend
+
+FINAL = b'{"done":true,"done_reason":"stop","total_duration":3000000000,"load_duration":2000000000,"prompt_eval_count":12,"eval_count":30,"message":{"content":""}}'  # noqa: E501
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [
+        pytest.param(
+            b'{"done":false}\n' + FINAL + b"\n",
+            {
+                "done_reason": "stop",
+                "total_duration": 3000000000,
+                "load_duration": 2000000000,
+                "prompt_eval_count": 12,
+                "eval_count": 30,
+            },
+            id="the last line, trailing newline",
+        ),
+        pytest.param(FINAL, {"prompt_eval_count": 12}, id="no newline at the end"),
+        pytest.param(b'{"done":false}\n', None, id="not done"),
+        pytest.param(b'data: {"done": tru', None, id="cut off"),
+        pytest.param(b"[1, 2]\n", None, id="not an object"),
+        pytest.param(b'{"done":true}', {}, id="done without metrics"),
+    ],
+)
+def test_final_metrics(tail: bytes, expected: dict[str, Any] | None) -> None:
+    got = final_metrics(tail)
+    if expected is None or not expected:
+        assert got == expected
+    else:
+        assert got is not None and expected.items() <= got.items()
+
+
+def attempt(reason: Reason, record: RequestRecord) -> Attempt:
+    body = b'{"model":"llama3.2:3b","messages":[{"role":"user","content":"hi"}]}'
+    req = parse_request(body, "/api/chat", None)
+    return Attempt(
+        make_mocked_request("POST", "/api/chat"),
+        req,
+        record,
+        Claim(req.key),
+        Choice("a", reason),
+        Backend("a", "http://127.0.0.1:1"),
+    )
+
+
+def relayed(tail: bytes, content_type: str = "application/x-ndjson") -> Relay:
+    relay = Relay()
+    relay.last, relay.content_type = tail, content_type
+    return relay
+
+
+@pytest.mark.parametrize(
+    ("reason", "tail", "content_type", "cold", "expected"),
+    [
+        pytest.param(
+            Reason.RESIDENT, FINAL, "application/x-ndjson", None,
+            Learned(load_seconds=2.0, service_seconds=1.0),
+            id="final metrics: load and service times",
+        ),
+        pytest.param(
+            Reason.RESIDENT, FINAL.replace(b"2000000000", b"1000"), "application/json", None,
+            Learned(load_seconds=None, service_seconds=(3e9 - 1000) / 1e9),
+            id="a load too short to be one is no load",
+        ),
+        pytest.param(
+            Reason.COLD_LOAD, b"data: [DONE]\n\n", "text/event-stream", 4.0,
+            Learned(load_seconds=0.5),
+            id="no metrics, a cold load: the time to the first byte",
+        ),
+        pytest.param(
+            Reason.RESIDENT, b"data: [DONE]\n\n", "text/event-stream", None,
+            Learned(service_seconds=7.0),
+            id="no metrics, warm: the whole request",
+        ),
+        pytest.param(
+            Reason.COLD_LOAD, b"data: [DONE]\n\n", "text/event-stream", None, None,
+            id="no metrics, a cold load not seen: nothing",
+        ),
+    ],
+)  # fmt: skip
+def test_what_an_answer_taught(
+    reason: Reason, tail: bytes, content_type: str, cold: float | None, expected: Learned | None
+) -> None:
+    record = RequestRecord("r", "POST", "/api/chat", started=3.0, ttfb=0.5, cold_load_seconds=cold)
+    lessons = Lessons(clock=lambda: 10.0)
+    assert lessons.learn(attempt(reason, record), relayed(tail, content_type)) == expected
+    if content_type != "text/event-stream":
+        assert record.metrics["eval_count"] == 30
+
+
+def test_the_tenants_token_estimate_is_corrected_by_the_metrics() -> None:
+    record = RequestRecord("r", "POST", "/api/chat", tenant="team-a")
+    at = attempt(Reason.RESIDENT, record)
+    raw = estimate_tokens(at.req.doc, "/api/chat", 256)
+    record.token_estimate = raw
+    lessons = Lessons(clock=lambda: 1.0)
+    before = lessons.tokens.correct("team-a", at.req.key, raw)
+    lessons.learn(at, relayed(FINAL))
+    after = lessons.tokens.correct("team-a", at.req.key, raw)
+    assert after.total < before.total  # 256 output tokens assumed, 30 generated
+    assert lessons.tokens.correct("team-b", at.req.key, raw) == before  # per tenant
