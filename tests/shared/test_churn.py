@@ -63,9 +63,9 @@ async def test_a_bare_store_op_cancelled_mid_reply_drops_its_connection(
             op = asyncio.ensure_future(store.acquire(POD, MODEL, slots=10_000, request_id=str(i)))
             await _cancel_mid_flight(op, i % 12)
             await store.ping()  # the next command on a dropped connection opens it again
-            if store.reconnects:
+            if store.connection.reconnects:
                 break
-        assert store.reconnects >= 1
+        assert store.connection.reconnects >= 1
     finally:
         await store.close()
 
@@ -112,7 +112,7 @@ async def test_cancelled_callers_cost_no_connection_and_keep_nothing(
         assert cancelled > 150  # most calls were cut short, at every stage of their trip
         await eventually(lambda: state.detached.pending == 0)
         assert state.up and state.link.fallbacks == 0
-        assert store.reconnects == 0
+        assert store.connection.reconnects == 0
         assert registry.get_sample_value(STORE_RECONNECTS) == 0.0
         # What the cancelled callers never received was given back, in the store and here.
         raw = aioredis.Redis.from_url(redis_server.url, decode_responses=True)

@@ -24,8 +24,6 @@ this replica's counts, and by default the fleet as the store last showed it.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -64,10 +62,9 @@ class FallbackState:
         self.store = store
         self.local = local
         self.timer = timer
-        self.degrade = degrade
         self.degraded_hold = degraded_hold
         self.detached = Detached()
-        self._views = DegradedViews()
+        self.views = DegradedViews(degrade, lease_ttl=store.lease_ttl)
         # The store and the local state share one signal and one affinity map, so a
         # waiter or a lookup never cares which of them is serving.
         store.signal = local.signal
@@ -114,19 +111,14 @@ class FallbackState:
             "last_error": link.last_error,
             "leases_held": len(self.held.leases),
             "leases_reclaimed": self.store.reclaimed,
-            "degrade": str(self.degrade),
+            "degrade": str(self.views.policy),
             "rebuilds": link.memory.rebuilds,
         }
 
     def occupancy(self) -> Occupancy:
         if self.link.up and self.store.mirror.synced:
             return self.store.occupancy()
-        local = self.local.occupancy()
-        if self.degrade is Degrade.ALONE:
-            return local
-        return self._views.view(
-            local, self.link.memory.last, self.local.clock(), lease_ttl=self.store.lease_ttl
-        )
+        return self.views.view(self.local.occupancy(), self.link.memory.last, self.local.clock())
 
     def affinity(self, key: str) -> str | None:
         return self.local.affinity(key)
@@ -147,7 +139,7 @@ class FallbackState:
         if not self.link.up:
             return self._take_locally(pod, model, slots, request_id, cold, overflow)
         return await self.detached.run(
-            self._acquire(pod, model, slots, request_id, cold, overflow), self._give_back_grant
+            self._acquire(pod, model, slots, request_id, cold, overflow), self._give_back
         )
 
     async def _acquire(
@@ -186,8 +178,8 @@ class FallbackState:
             self.held.leases[grant.lease.member] = grant.lease
         return grant
 
-    async def _give_back_grant(self, grant: Grant) -> None:
-        if grant.lease is not None:
+    async def _give_back(self, grant: Grant) -> None:
+        if grant.lease is not None:  # granted to a caller that is gone
             await self.release(grant.lease)
 
     async def _in_store(self, op: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
@@ -251,12 +243,10 @@ class FallbackState:
 
     # ------------------------------------------------------------ loads
     async def lock_load(self, model: str, owner: str, ttl: float) -> bool:
-        if not self.link.up and self.degrade is Degrade.HOLD and self.link.memory.last:
+        if not self.link.up and self.views.policy is Degrade.HOLD and self.link.memory.last:
             # A cold-load decision while the store is away: give it a moment to come
             # back (a restart, a failover) and decide with the whole fleet's view.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.degraded_hold):
-                    await self.link.back.wait()
+            await self.link.wait_back(self.degraded_hold)
         if self.link.up:
 
             async def unlock(result: tuple[bool, Any]) -> None:

@@ -151,16 +151,22 @@ class StoreLink:
             self._listener.cancel()
         self._wake.set()
 
+    async def wait_back(self, seconds: float) -> None:
+        """Until the store serves again, or ``seconds`` passed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.back.wait()
+
     def _ok(self) -> None:
         self._last_ok = self.local.clock()
         gone = self.store.reclaimed - self._reclaimed_seen
         if gone:
             self._reclaimed_seen = self.store.reclaimed
             self.observer.reclaimed(gone)
-        again = self.store.reconnects - self._reconnects_seen
-        if again:
-            self._reconnects_seen = self.store.reconnects
-            self.observer.reconnected(again)
+        reconnects = self.store.connection.reconnects
+        if reconnects > self._reconnects_seen:
+            self.observer.reconnected(reconnects - self._reconnects_seen)
+            self._reconnects_seen = reconnects
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:

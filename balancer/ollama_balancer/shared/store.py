@@ -112,10 +112,6 @@ class RedisState:
     async def ping(self) -> None:
         await self.connection.ping()
 
-    @property
-    def reconnects(self) -> int:
-        return self.connection.reconnects
-
     # ------------------------------------------------------------------ reads
     def occupancy(self) -> Occupancy:
         return self.mirror.occupancy()
@@ -249,14 +245,7 @@ class RedisState:
         """Read everything into the mirror (one round trip, the store's epoch with it)."""
         k = self.keys
         reply, epoch = await self.connection.batch(
-            [
-                (
-                    S.SNAPSHOT,
-                    [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
-                    [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
-                )
-            ],
-            lambda pipe: pipe.get(k.epoch),
+            [_snapshot_call(k)], lambda pipe: pipe.get(k.epoch)
         )
         self.epoch = None if epoch is None else _text(epoch)
         r = parse_refresh(reply)
@@ -362,6 +351,14 @@ class RedisState:
 
     async def start(self) -> None:
         await self.connect()
+
+
+def _snapshot_call(k: Keys) -> Call:
+    return (
+        S.SNAPSHOT,
+        [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
+        [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
+    )
 
 
 def _release_call(k: Keys, lease: Lease) -> Call:

@@ -115,21 +115,24 @@ def degraded_view(
 
 
 class DegradedViews:
-    """:func:`degraded_view`, built again only when the local counts change (the ledger
-    hands out a new value then) or a quarter of a second passed (memories age)."""
+    """The view ``policy`` gives (:func:`degraded_view`, or the local counts alone), built
+    again only when the local counts change (the ledger hands out a new value then) or a
+    quarter of a second passed (memories age)."""
 
     TICKS_PER_SECOND = 4
 
-    def __init__(self) -> None:
+    def __init__(self, policy: Degrade, *, lease_ttl: float) -> None:
+        self.policy = policy
+        self.lease_ttl = lease_ttl
         self._cached: tuple[Occupancy, LastSeen | None, int, Occupancy] | None = None
 
-    def view(
-        self, local: Occupancy, last: LastSeen | None, now: float, *, lease_ttl: float
-    ) -> Occupancy:
+    def view(self, local: Occupancy, last: LastSeen | None, now: float) -> Occupancy:
+        if self.policy is Degrade.ALONE:
+            return local
         tick = int(now * self.TICKS_PER_SECOND)
         cached = self._cached
         if cached is not None and cached[0] is local and cached[1] is last and cached[2] == tick:
             return cached[3]
-        view = degraded_view(local, last, now, lease_ttl=lease_ttl)
+        view = degraded_view(local, last, now, lease_ttl=self.lease_ttl)
         self._cached = (local, last, tick, view)
         return view
