@@ -20,11 +20,16 @@ and the pods' answers become the one answer a single Ollama would give:
 
 ``/api/push`` uploads to a registry from one server's disk; it is refused under
 both settings.
+
+What the pods answered is counted in the fleet view at once (:class:`~.witness.Witness`):
+a model pulled, created or copied onto a pod is installed there, a deleted one is not,
+before the next ``/api/tags`` poll says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -32,6 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from ollama_wire.backend import Backend
+from ollama_wire.names import InvalidModelName, canonical
 from ollama_wire.progress import ProgressMerge
 
 from .context import PARSED, request_id
@@ -41,6 +47,7 @@ from .fanout import PodReply, fan_out
 from .settings import BalancerSettings
 from .upstream import ErrorAnswer, ProtocolError, Sender, UpstreamError, describe
 from .upstream.calls import progress
+from .witness import Witness
 
 __all__ = ["FANNED_OUT", "Admin", "merge_answers", "refusal"]
 
@@ -112,11 +119,13 @@ class Admin:
         settings: BalancerSettings,
         routable: Callable[[], Sequence[BackendState]],
         transport: Sender,
+        witness: Witness | None = None,
     ) -> None:
         self.settings = settings
         #: The routable pods now (the balancer's fleet state decides which).
         self._routable = routable
         self.transport = transport
+        self.witness = witness
 
     # ------------------------------------------------------------ entry points
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -146,7 +155,11 @@ class Admin:
         def body(doc: dict[str, Any]) -> dict[str, Any]:
             return {"model": str(doc.get("model") or doc.get("name") or "")}
 
-        return await self._each(request, "DELETE", "delete", body)
+        def seen(witness: Witness, pod: str, doc: dict[str, Any]) -> None:
+            name = body(doc)["model"]
+            witness.deleted(pod, _key(name))
+
+        return await self._each(request, "DELETE", "delete", body, seen)
 
     async def copy(self, request: web.Request) -> web.StreamResponse:
         def body(doc: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +168,11 @@ class Admin:
                 "destination": str(doc.get("destination") or ""),
             }
 
-        return await self._each(request, "POST", "copy", body)
+        def seen(witness: Witness, pod: str, doc: dict[str, Any]) -> None:
+            name = body(doc)["destination"]
+            witness.pulled(pod, _key(name), name)
+
+        return await self._each(request, "POST", "copy", body, seen)
 
     # ----------------------------------------------------------------- shared
     def _targets(self, request: web.Request) -> list[Backend]:
@@ -193,8 +210,10 @@ class Admin:
         method: str,
         action: str,
         body: Callable[[dict[str, Any]], dict[str, Any]],
+        seen: Callable[[Witness, str, dict[str, Any]], None],
     ) -> web.StreamResponse:
-        """A JSON request answered without a body (delete, copy), sent to every pod."""
+        """A JSON request answered without a body (delete, copy), sent to every pod;
+        ``seen`` counts what a pod that answered 200 did."""
         doc, targets = await self._prologue(request)
         replies = await fan_out(
             self.transport,
@@ -204,6 +223,11 @@ class Admin:
             json.dumps(body(doc)).encode(),
             timeout=self.settings.proxy.connect_timeout,
         )
+        if self.witness is not None:
+            for r in replies:
+                if r.ok:
+                    with contextlib.suppress(InvalidModelName):
+                        seen(self.witness, r.pod, doc)
         return _answer(*merge_answers([reply_answer(r) for r in replies], action))
 
     async def _progress(self, request: web.Request, action: str) -> web.StreamResponse:
@@ -252,6 +276,7 @@ class Admin:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._installed(doc, [b.name for b in targets if b.name not in merge.failures])
         if errors:
             succeeded = [(n, 200, "") for n in (b.name for b in targets) if n not in merge.failures]
             status, message = merge_answers([*succeeded, *errors], action)
@@ -268,6 +293,16 @@ class Admin:
         await resp.write(_ndjson({"status": "success"}))
         await resp.write_eof()
         return resp
+
+    def _installed(self, doc: dict[str, Any], pods: Sequence[str]) -> None:
+        """A pull or a create that ended with ``success`` on ``pods``: installed there."""
+        name = str(doc.get("model") or doc.get("name") or "")
+        if self.witness is None or not name:
+            return
+        with contextlib.suppress(InvalidModelName):
+            key = canonical(name)
+            for pod in pods:
+                self.witness.pulled(pod, key, name)
 
     async def _start_stream(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(
@@ -318,6 +353,10 @@ class Admin:
             headers={"Content-Type": "application/octet-stream"},
         )
         return _answer(*merge_answers([reply_answer(r) for r in replies], "blob upload"))
+
+
+def _key(name: str) -> str:
+    return canonical(name)
 
 
 def _answer(status: int, message: str) -> web.StreamResponse:

@@ -52,6 +52,7 @@ from .unloader import Unloader
 from .upstream import Response, Sender, UpstreamError, describe
 from .upstream.calls import LIMIT, error_message
 from .waitroom import WaitRoom
+from .witness import Witness
 
 __all__ = ["FAST_FAIL_SECONDS", "Proxy"]
 
@@ -97,12 +98,17 @@ class Proxy:
             )
         self.claims = SlotClaims(self.shared, view, self.route, self.waitroom)
         self.lessons = Lessons(clock)
-        self.pulls = AutoPull(transport, idle_timeout=settings.proxy.idle_timeout)
+        #: What the proxy caused or saw, counted in the fleet view at once.
+        self.witness = Witness(view, self.shared, clock)
+        self.pulls = AutoPull(
+            transport, idle_timeout=settings.proxy.idle_timeout, witness=self.witness
+        )
         self.unloader = Unloader(
             self.route.fleet,
             transport,
             allow_pinned=settings.routing.allow_client_unload,
             timeout=settings.proxy.first_byte_timeout,
+            witness=self.witness,
         )
         self._num_ctx_pins = settings.routing.num_ctx_pins()
 
@@ -285,6 +291,8 @@ class Proxy:
                 pass
             if status >= 500 and ttfb < FAST_FAIL_SECONDS:
                 await self._penalise(at.backend.name, t0)
+            if status == 404:  # "model not found": the next request need not try it here
+                self.witness.missing(at.backend.name, at.req.key)
             answer = error_message(body)
             raise AttemptFailed(
                 at.backend.name,
@@ -292,6 +300,9 @@ class Proxy:
                 status=status,
                 answer=answer,
             )
+        if at.claim.takes_slot and status == 200:  # it has the model loaded now (core.observed)
+            keep_alive = at.req.doc.get("keep_alive")
+            self.witness.answered(at.backend.name, at.req.key, at.req.model, keep_alive)
         await self.shared.clear_penalty(at.backend.name)
 
     async def _relay(self, at: Attempt, upstream: Response) -> web.StreamResponse:

@@ -22,6 +22,7 @@ from .core.unload import plan_unload, unload_answer
 from .fanout import fan_out
 from .proxying.headers import forwarded
 from .upstream import Sender
+from .witness import Witness
 
 __all__ = ["Unloader"]
 
@@ -36,13 +37,16 @@ class Unloader:
         *,
         allow_pinned: bool,
         timeout: float,
+        witness: Witness | None = None,
     ) -> None:
         """``allow_pinned``: copies pinned forever may be unloaded too; ``timeout``: seconds
-        each pod has to answer (its first-byte timeout)."""
+        each pod has to answer (its first-byte timeout); ``witness``: told which pods
+        unloaded it, so the fleet view counts it at once."""
         self.fleet = fleet
         self.transport = transport
         self.allow_pinned = allow_pinned
         self.timeout = timeout
+        self.witness = witness
 
     async def handle(
         self, request: web.Request, req: ParsedRequest, record: RequestRecord
@@ -70,6 +74,10 @@ class Unloader:
             headers=forwarded(request),
         )
         record.attempts = len(replies)
+        if self.witness is not None:
+            for reply in replies:
+                if reply.status == 200:
+                    await self.witness.unloaded(reply.pod, req.key)
         for reply in replies:
             if reply.status == 200:
                 resp = web.Response(body=reply.body, content_type="application/json")

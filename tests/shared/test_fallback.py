@@ -190,3 +190,29 @@ async def test_metrics_of_a_sharing_replica(
         timeout=5,
     )
     assert a.occupancy().inflight(POD, MODEL) == 0
+
+
+async def test_an_unload_forgets_a_finished_load_on_every_replica(
+    own_redis: RedisServer, make_state: StateFactory
+) -> None:
+    """A copy a load made is counted as resident before the polls show it; once the
+    balancer unloaded it, no replica may count it any more (#24 item 5)."""
+    a, b = make_state("a"), make_state("b")
+    await a.start()
+    await b.start()
+    lease = (await a.acquire(POD, MODEL, slots=2, request_id="1", cold=True)).lease
+    assert lease is not None
+    await a.first_byte(lease)
+    await a.release(lease)
+    await eventually(lambda: b.occupancy().loaded_at(POD, MODEL) is not None)
+    await a.forget_loaded(POD, MODEL)
+    assert a.occupancy().loaded_at(POD, MODEL) is None
+    assert a.local.occupancy().loaded_at(POD, MODEL) is None
+    await eventually(lambda: b.occupancy().loaded_at(POD, MODEL) is None, "the forget event")
+    client = aioredis.Redis(host="127.0.0.1", port=own_redis.port, decode_responses=True)
+    try:
+        assert await client.hlen("t:loaded") == 0
+    finally:
+        await client.aclose()
+    await b.refresh()  # a refresh does not bring it back
+    assert b.occupancy().loaded_at(POD, MODEL) is None

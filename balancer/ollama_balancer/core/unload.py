@@ -17,6 +17,7 @@ from typing import Any
 from ollama_wire.models import parse_time
 
 from .fleetstate import FleetState
+from .rankers import resident
 
 __all__ = ["FOREVER_AFTER", "UnloadPlan", "plan_unload", "unload_answer"]
 
@@ -31,12 +32,15 @@ class UnloadPlan:
 
 
 def plan_unload(fleet: FleetState, model: str, *, wall: datetime, allow_pinned: bool) -> UnloadPlan:
-    """Where to send the unload of ``model``: every routable pod holding or loading it."""
+    """Where to send the unload of ``model``: every routable pod holding or loading it,
+    counting the copies loads finished since the last poll (the balancer saw their first
+    byte; ``/api/ps`` has not shown them yet)."""
     targets: list[str] = []
     pinned: list[str] = []
+    occ = fleet.occupancy
     for s in fleet.routable:
         res = s.resident_model(model)
-        if res is None and fleet.occupancy.loading(s.name, model) is None:
+        if not resident(s, model, occ) and occ.loading(s.name, model) is None:
             continue
         expires = parse_time(res.expires_at) if res is not None else None
         if not allow_pinned and expires is not None and expires - wall > FOREVER_AFTER:

@@ -264,6 +264,10 @@ class FallbackState:
         await self.local.unlock_load(model, owner)
         await self._in_store(lambda: self.store.unlock_load(model, owner))
 
+    async def forget_loaded(self, pod: str, model: str) -> None:
+        await self.local.forget_loaded(pod, model)
+        await self._in_store(lambda: self.store.forget_loaded(pod, model))
+
     async def refresh(self) -> None:
         await self._in_store(self.store.refresh)
 

@@ -241,6 +241,10 @@ class RedisState:
             S.UNLOCK, [self.keys.load_lock(model)], [owner, self.keys.channel, model]
         )
 
+    async def forget_loaded(self, pod: str, model: str) -> None:
+        if await self.connection.eval(*_forget_call(self.keys, pod, model)):
+            self._on_event(Event("forget", 0, 0, pod, model))
+
     async def refresh(self) -> None:
         """Read everything into the mirror (one round trip, the store's epoch with it)."""
         k = self.keys
@@ -359,6 +363,10 @@ def _snapshot_call(k: Keys) -> Call:
         [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
         [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
     )
+
+
+def _forget_call(k: Keys, pod: str, model: str) -> Call:
+    return (S.FORGET, [k.loaded, k.seq], [field_of(pod, model), pod, model, k.channel])
 
 
 def _release_call(k: Keys, lease: Lease) -> Call:

@@ -369,6 +369,19 @@ return {created, redis.call('GET', KEYS[5]), loads, loaded, learned}
 """,
 )
 
+# KEYS: loaded, seq
+# ARGV: field, pod, model, channel
+# -> seq of the event, or 0 when there was nothing to forget
+FORGET = _script(
+    "forget",
+    """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[4], cjson.encode({k='forget', s=seq, t=now_ms(), p=ARGV[2], m=ARGV[3]}))
+return seq
+""",
+)
+
 SCRIPTS: tuple[Script, ...] = (
     ACQUIRE,
     RELEASE,
@@ -382,4 +395,5 @@ SCRIPTS: tuple[Script, ...] = (
     QUOTA_ADMIT,
     QUOTA_FINISH,
     REASSERT,
+    FORGET,
 )
