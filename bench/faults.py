@@ -371,6 +371,17 @@ def _row(
         "failed_unavoidable": len(unavoidable),
         "failed_avoidable": len(failed) - len(unavoidable),
         "failures": sorted({str(r.get("status")) for r in failed}),
+        "failed_detail": [
+            {
+                "status": r.get("status"),
+                "pod": r.get("backend", ""),
+                "replica": r.get("upstream", ""),
+                "at": r.get("at", 0.0) / s,
+                "end": r.get("end", 0.0) / s,
+                "unavoidable": r in unavoidable,
+            }
+            for r in failed
+        ],
         "cold_loads": cold,
         "cold_by_phase": {name: sampler.loads_between(a, b) for name, (a, b) in phases.items()},
         "cold_by_window": _windows(sampler, cfg),
@@ -396,8 +407,9 @@ def _in_flight_on_the_dead(
         return True
     if rep is None:
         return False
+    # nginx names every upstream it tried ("A, B"): the dead replica among them counts.
     address = replica_urls[rep.target].removeprefix("http://")
-    return bool(r.get("upstream", "").endswith(address)) and across(rep)
+    return address in str(r.get("upstream", "")).split(", ") and across(rep)
 
 
 def _phases(cfg: Config, when: dict[str, Fault]) -> dict[str, tuple[float, float]]:
