@@ -11,9 +11,12 @@ round-robin nginx front that names the replica that answered (``X-Upstream``).  
 a real ``redis-server``, or a primary, a replica and a ``redis-sentinel``
 (:class:`bench.redis_server.SentinelGroup`).
 
-**Faults** (emulated seconds into the trace, mid-burst): the pod with the most requests in
-flight is SIGKILLed, then one balancer replica, then the store — ``store restarted empty``: the
-redis-server is SIGKILLed and a new, empty one starts on the same port ``store_gap`` later;
+**Faults** (emulated seconds into the trace, mid-burst): a pod is SIGKILLed (``victim``: by
+default ``node-0``, which holds a pinned copy of the most popular model and is the busiest pod
+in most runs — one fixed pod keeps runs comparable; ``busiest`` picks the pod with the most
+requests in flight at that moment), then one balancer replica, then the store — ``store
+restarted empty``: the redis-server is SIGKILLed and a new, empty one starts on the same port
+``store_gap`` later;
 ``sentinel failover``: the primary is SIGKILLed and the sentinel promotes the replica.
 
 **Measured.** Failed requests (not 200, or a stream without its ``[DONE]``), split into
@@ -63,6 +66,7 @@ class Config:
     scenarios: tuple[str, ...] = SCENARIOS
     # Faults, in emulated seconds into the trace (the second burst runs from 40 to 60).
     kill_pod_at: float = 42.0
+    victim: str = "node-0"  # or "busiest"
     kill_replica_at: float = 46.0
     kill_store_at: float = 50.0
     store_gap: float = 10.0  # store restarted empty: how long until the new one starts
@@ -240,8 +244,11 @@ def _inject(
         if scenario == "no faults":
             return
         at(cfg.kill_pod_at)
-        busy = [_busy(u) for u in pod_urls]
-        victim = max(range(len(pods)), key=lambda i: busy[i])
+        if cfg.victim == "busiest":
+            busy = [_busy(u) for u in pod_urls]
+            victim = max(range(len(pods)), key=lambda i: busy[i])
+        else:
+            victim = int(cfg.victim.removeprefix("node-"))
         pods[victim].popen.send_signal(signal.SIGKILL)
         done.append(Fault("pod", f"node-{victim}", now()))
         at(cfg.kill_replica_at)
@@ -496,7 +503,7 @@ def render(doc: dict[str, Any]) -> str:
         f"{c['pods']} pods (one process each) x 16 GiB, {c['models']} models (Zipf "
         f"s={c['zipf']}), {c['replicas']} balancer replicas behind a round-robin nginx, bursty "
         f"{c['rate']} req/s for {c['duration']:g} s, seed {c['seed']}, time_scale "
-        f"{c['time_scale']} (times in emulated seconds). Faults: the busiest pod SIGKILLed at "
+        f"{c['time_scale']} (times in emulated seconds). Faults: pod {c['victim']} SIGKILLed at "
         f"{c['kill_pod_at']:g} s, a replica at {c['kill_replica_at']:g} s, the store at "
         f"{c['kill_store_at']:g} s (back empty {c['store_gap']:g} s later, or failed over by "
         "Sentinel).\n\n"
