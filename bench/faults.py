@@ -25,7 +25,7 @@ and the rest; cold loads (every pod's ``loads_started``, sampled, the dead pod's
 kept) in total and per phase; TTFT p50/p99 (emulated seconds); leases leaked (a lease TTL
 after the trace, every live replica's held leases and the store's unexpired ones); store
 reconnects and fallbacks (live replicas).  Targets: no avoidable failure, no leak, cold
-loads and TTFT p99 at most ``TOLERANCE`` times the run without faults.
+loads and TTFT p99 at most ``TOLERANCE`` times the runs without faults (medians over runs).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -471,27 +472,39 @@ def _setups(cfg: Config) -> list[tuple[str, str]]:
     return out
 
 
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    vals = [float(r[key]) for r in rows if r[key] == r[key]]
+    return statistics.median(vals) if vals else float("nan")
+
+
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each faulty scenario against the run without faults (the first of each, by run)."""
-    out = []
-    base = {r.get("run", 1): r for r in rows if r["scenario"] == "no faults"}
+    """Each faulty (scenario, policy) against the runs without faults: medians over the runs
+    (one run of this trace can start a few more loads than the next: process timing decides
+    which side of a poll a decision falls on).  Failures and leaks are summed, not medians."""
+    base = [r for r in rows if r["scenario"] == "no faults"]
+    if not base:
+        return []
+    loads0, ttft0 = _median(base, "cold_loads"), _median(base, "ttft_p99")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        b = base.get(r.get("run", 1))
-        if r["scenario"] == "no faults" or b is None:
-            continue
-        loads = r["cold_loads"] / b["cold_loads"] if b["cold_loads"] else float("nan")
-        ttft = r["ttft_p99"] / b["ttft_p99"] if b["ttft_p99"] else float("nan")
+        if r["scenario"] != "no faults":
+            groups.setdefault((r["scenario"], r.get("policy", "-")), []).append(r)
+    out = []
+    for (scenario, policy), rs in groups.items():
+        loads = _median(rs, "cold_loads") / loads0 if loads0 else float("nan")
+        ttft = _median(rs, "ttft_p99") / ttft0 if ttft0 else float("nan")
+        avoidable = sum(int(r["failed_avoidable"]) for r in rs)
+        leaked = sum(int(r["leases_leaked"]) for r in rs)
         out.append(
             {
-                "scenario": r["scenario"],
-                "policy": r.get("policy", "-"),
-                "run": r.get("run", 1),
+                "scenario": scenario,
+                "policy": policy,
+                "runs": len(rs),
                 "cold_loads_ratio": loads,
                 "ttft_p99_ratio": ttft,
-                "met": r["failed_avoidable"] == 0
-                and r["leases_leaked"] == 0
-                and loads <= TOLERANCE
-                and ttft <= TOLERANCE,
+                "avoidable": avoidable,
+                "leaked": leaked,
+                "met": avoidable == 0 and leaked == 0 and loads <= TOLERANCE and ttft <= TOLERANCE,
             }
         )
     return out
@@ -531,11 +544,11 @@ def render(doc: dict[str, Any]) -> str:
         ],
     )  # fmt: skip
     verdicts = common.table(
-        ["scenario", "degrade", "run", "cold loads / no faults", "TTFT p99 / no faults",
-         "targets met?"],
+        ["scenario", "degrade", "runs", "avoidable failures", "leases leaked",
+         "cold loads / no faults", "TTFT p99 / no faults", "targets met?"],
         [
-            [x["scenario"], x.get("policy", "-"), x["run"], x["cold_loads_ratio"],
-             x["ttft_p99_ratio"],
+            [x["scenario"], x.get("policy", "-"), x["runs"], x["avoidable"], x["leaked"],
+             x["cold_loads_ratio"], x["ttft_p99_ratio"],
              "yes" if x["met"] else "**no**"]
             for x in doc["targets"]
         ],
@@ -547,7 +560,7 @@ def render(doc: dict[str, Any]) -> str:
         + "after the store is back):\n\n"
         + by_phase
         + "\n\nTargets (issue #24): 0 avoidable failures, 0 leases leaked, cold loads and "
-        + f"TTFT p99 at most {TOLERANCE:g}x the run without faults.\n\n"
+        + f"TTFT p99 at most {TOLERANCE:g}x the runs without faults (medians over the runs).\n\n"
         + verdicts
     )
 

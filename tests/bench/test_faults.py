@@ -96,6 +96,7 @@ def _row(
 ) -> dict[str, object]:
     return {
         "scenario": scenario,
+        "policy": "-" if scenario == "no faults" else "remember",
         "cold_loads": loads,
         "ttft_p99": p99,
         "failed_avoidable": avoidable,
@@ -108,32 +109,40 @@ def _row(
     [
         pytest.param(
             [_row("no faults", 10, 2.0), _row("store restarted empty", 15, 3.0)],
-            [("store restarted empty", 1.5, 1.5, True)],
+            [("store restarted empty", 1, 1.5, 1.5, True)],
             id="exactly 1.5x is within",
         ),
         pytest.param(
             [_row("no faults", 10, 2.0), _row("sentinel failover", 16, 2.0)],
-            [("sentinel failover", 1.6, 1.0, False)],
+            [("sentinel failover", 1, 1.6, 1.0, False)],
             id="too many cold loads",
         ),
         pytest.param(
             [_row("no faults", 10, 2.0), _row("sentinel failover", 10, 2.0, avoidable=1)],
-            [("sentinel failover", 1.0, 1.0, False)],
+            [("sentinel failover", 1, 1.0, 1.0, False)],
             id="one avoidable failure fails",
         ),
         pytest.param(
             [_row("no faults", 10, 2.0), _row("sentinel failover", 10, 2.0, leaked=1)],
-            [("sentinel failover", 1.0, 1.0, False)],
+            [("sentinel failover", 1, 1.0, 1.0, False)],
             id="one leaked lease fails",
+        ),
+        pytest.param(
+            [
+                *(_row("no faults", n, p) for n, p in ((9, 2.5), (13, 6.0), (14, 5.0))),
+                *(_row("sentinel failover", n, 7.0) for n in (17, 25, 21)),
+            ],
+            [("sentinel failover", 3, 21 / 13, 7.0 / 5.0, False)],
+            id="medians over the runs, each side",
         ),
         pytest.param([_row("sentinel failover", 10, 2.0)], [], id="no baseline, no verdict"),
     ],
 )
 def test_targets(
-    rows: list[dict[str, object]], expected: list[tuple[str, float, float, bool]]
+    rows: list[dict[str, object]], expected: list[tuple[str, int, float, float, bool]]
 ) -> None:
     got = faults.targets(rows)
     assert [
-        (x["scenario"], round(x["cold_loads_ratio"], 2), round(x["ttft_p99_ratio"], 2), x["met"])
+        (x["scenario"], x["runs"], x["cold_loads_ratio"], x["ttft_p99_ratio"], x["met"])
         for x in got
-    ] == expected
+    ] == [(s, n, pytest.approx(a), pytest.approx(b), m) for s, n, a, b, m in expected]

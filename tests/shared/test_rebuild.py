@@ -202,3 +202,35 @@ async def test_a_flush_mid_run_is_noticed_and_rebuilt(
     finally:
         await client.aclose()
     await a.release(lease)
+
+
+async def test_loads_that_ended_during_a_partition_end_in_the_store(
+    own_redis: RedisServer, make_state: StateFactory
+) -> None:
+    """The store kept its contents (a partition, a failover to an up-to-date replica): the
+    loads a replica saw finish, or gave up, while it could not reach it must not stay listed
+    as under way until their TTL."""
+    a = make_state("a")
+    await a.start()
+    done = (await a.acquire(POD, MODEL, slots=4, request_id="1", cold=True)).lease
+    left = (await a.acquire(OTHER_POD, MODEL, slots=4, request_id="2", cold=True)).lease
+    assert done is not None and done.loads and left is not None and left.loads
+    assert own_redis.proc is not None
+    own_redis.proc.send_signal(19)  # SIGSTOP: the store is there, unreachable
+    try:
+        await eventually(lambda: not a.up, "the partition to be noticed")
+        await a.first_byte(done)  # finished meanwhile
+        await a.release(left)  # its client left before the first byte: abandoned
+    finally:
+        own_redis.proc.send_signal(18)  # SIGCONT
+    await eventually(lambda: a.up)
+    client = await _client(own_redis)
+    try:
+        assert await client.hlen("t:loads") == 0
+        assert await client.hexists("t:loaded", f"{POD}|{MODEL}")
+        assert not await client.hexists("t:loaded", f"{OTHER_POD}|{MODEL}")
+    finally:
+        await client.aclose()
+    await eventually(lambda: a.occupancy().loading(POD, MODEL) is None)
+    assert a.occupancy().loading(OTHER_POD, MODEL) is None
+    await a.release(done)

@@ -100,19 +100,10 @@ class FallbackState:
         return list(self.held.leases.values())
 
     def status(self) -> dict[str, object]:
-        link = self.link
         return {
-            "mode": "shared" if link.up else "fallback",
-            "store": self.store.address.redacted(),
-            "replica": self.store.replica,
-            "up": link.up,
-            "since": link.since,
-            "fallbacks": link.fallbacks,
-            "last_error": link.last_error,
+            **self.link.status(),
             "leases_held": len(self.held.leases),
-            "leases_reclaimed": self.store.reclaimed,
             "degrade": str(self.views.policy),
-            "rebuilds": link.memory.rebuilds,
         }
 
     def occupancy(self) -> Occupancy:
@@ -198,7 +189,9 @@ class FallbackState:
             self.held.answered.add(lease.member)
         seconds = await self.local.first_byte(lease)
         if lease.shared and lease.loads:
-            await self._in_store(lambda: self.store.first_byte(lease))
+            ok, _ = await self._in_store(lambda: self.store.first_byte(lease))
+            if not ok:  # the store still lists the load: end it there when it is back
+                self.held.settle[lease.member] = (lease, True)
         return seconds
 
     async def release(
@@ -231,6 +224,8 @@ class FallbackState:
                 return  # the reply (and the events channel everywhere) signal the freed slot
             lost = entries_of(self.store.keys, [lease], [shared_ticket] if shared_ticket else [])
             self.held.given_back.update(lost)
+            if lease.loads:  # a load it started and left before its first byte: abandoned
+                self.held.settle.setdefault(lease.member, (lease, False))
         else:
             # A lease taken while the store was down: only the rest may be shared.
             if shared_ticket is not None:

@@ -28,7 +28,7 @@ from ..core.shared.local import LocalState
 from ..core.shared.model import Lease, QuotaTicket
 from ..core.shared.protocol import StoreUnavailable
 from ..core.shared.resync import Entry, entries_of, plan_resync
-from .rebuild import Memory
+from .rebuild import Memory, settle
 from .store import RedisState
 
 __all__ = [
@@ -79,6 +79,9 @@ class Held:
     given_back: set[Entry] = field(default_factory=set)
     #: Members of the leases whose first byte came (a load they wait for is over).
     answered: set[str] = field(default_factory=set)
+    #: Loads this replica started that finished (True) or were abandoned (False) while the
+    #: store could not hear it: the store still lists them as under way.
+    settle: dict[str, tuple[Lease, bool]] = field(default_factory=dict)
 
 
 class StoreLink:
@@ -119,6 +122,20 @@ class StoreLink:
         #: Set while the store serves (a held cold-load decision waits for it).
         self.back = asyncio.Event()
         self.memory = Memory()
+
+    def status(self) -> dict[str, object]:
+        """The link's part of ``/-/fleet``'s ``shared_state``."""
+        return {
+            "mode": "shared" if self.up else "fallback",
+            "store": self.store.address.redacted(),
+            "replica": self.store.replica,
+            "up": self.up,
+            "since": self.since,
+            "fallbacks": self.fallbacks,
+            "last_error": self.last_error,
+            "leases_reclaimed": self.store.reclaimed,
+            "rebuilds": self.memory.rebuilds,
+        }
 
     # ------------------------------------------------------------ up and down
     async def run(self, op: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
@@ -211,6 +228,8 @@ class StoreLink:
         plan = plan_resync(self.store.keys, held.leases, held.tickets, held.given_back)
         await self.store.remove(plan.remove)
         await self.store.renew(plan.register)
+        await settle(self.store, held.settle.values())
+        held.settle.clear()
         await self._write_back(len(plan.register))
         held.given_back.clear()
         for member, lease in list(held.leases.items()):

@@ -21,9 +21,9 @@ from ..core.shared.local import LocalState
 from ..core.shared.mirror import LOADED_MEMORY
 from ..core.shared.model import Lease
 from ..core.shared.resync import ReassertPlan, plan_reassert, store_lost
-from .store import LEARN_TTL_MS, RedisState, seconds_arg
+from .store import LEARN_TTL_MS, RedisState, loaded_call, release_call, seconds_arg
 
-__all__ = ["Memory", "Reasserted", "reassert"]
+__all__ = ["Memory", "Reasserted", "reassert", "settle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,17 @@ async def reassert(
     text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
     store.epoch = text
     return bool(int(created)), text, (int(loads), int(loaded), int(learned))
+
+
+async def settle(store: RedisState, loads: Iterable[tuple[Lease, bool]]) -> None:
+    """End in the store the loads this replica started that finished (their first byte
+    came) or were abandoned (their request left first) while the store could not hear it:
+    a store that kept its contents (a partition, a failover to an up-to-date replica) would
+    list them as under way until their TTL, and routing would wait on loads long done."""
+    calls = [loaded_call(store.keys, lease) if done else release_call(store.keys, lease)
+             for lease, done in loads]  # fmt: skip
+    if calls:
+        await store.connection.batch(calls)
 
 
 class Memory:

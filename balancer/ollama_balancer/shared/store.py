@@ -43,7 +43,7 @@ from ..core.shared.resync import Entry
 from ..core.shared.signals import AffinityMap, FreedSignal
 from .connection import Call, StoreConnection
 
-__all__ = ["EWMA", "LEARN_TTL_MS", "RedisState", "seconds_arg"]
+__all__ = ["EWMA", "LEARN_TTL_MS", "RedisState", "loaded_call", "release_call", "seconds_arg"]
 
 #: EWMA weight of a new measurement (the Ledger's).
 EWMA = 0.3
@@ -171,15 +171,7 @@ class RedisState:
     async def first_byte(self, lease: Lease) -> float | None:
         if not lease.loads:
             return None
-        k = self.keys
-        done, ms, seq, now = map(
-            _int,
-            await self.connection.eval(
-                S.LOADED,
-                [k.loads, k.loaded, k.seq],
-                [lease.member, field_of(*lease.key), lease.pod, lease.model, k.channel],
-            ),
-        )
+        done, ms, seq, now = map(_int, await self.connection.eval(*loaded_call(self.keys, lease)))
         if not done:
             return None
         self._on_event(Event("loaded", seq, now, lease.pod, lease.model))
@@ -195,7 +187,7 @@ class RedisState:
         tokens: int = 0,
     ) -> None:
         k = self.keys
-        calls = [_release_call(k, lease)]
+        calls = [release_call(k, lease)]
         if learned is not None:
             calls.append(_learn_call(k, lease.model, learned))
         if quota is not None:
@@ -369,7 +361,17 @@ def _forget_call(k: Keys, pod: str, model: str) -> Call:
     return (S.FORGET, [k.loaded, k.seq], [field_of(pod, model), pod, model, k.channel])
 
 
-def _release_call(k: Keys, lease: Lease) -> Call:
+def loaded_call(k: Keys, lease: Lease) -> Call:
+    """The load ``lease`` started is over (its first byte came)."""
+    return (
+        S.LOADED,
+        [k.loads, k.loaded, k.seq],
+        [lease.member, field_of(*lease.key), lease.pod, lease.model, k.channel],
+    )
+
+
+def release_call(k: Keys, lease: Lease) -> Call:
+    """``lease`` given back (the load it started, if still under way, abandoned with it)."""
     return (
         S.RELEASE,
         [k.lease(lease.pod, lease.model), k.index, k.loads, k.seq],

@@ -156,7 +156,8 @@ def plan_reassert(
     for key, rec in own.loads.items():
         loads[field_of(*key)] = LoadClaim(field_of(*key), rec.request_id, _ms(now - rec.started))
     if last is not None:
-        for key, rec in last.fleet.loads.items():
+        # This replica's own loads are its ledger's to say (one that ended meanwhile is over).
+        for key, rec in last.others_loads().items():
             f = field_of(*key)
             if f in loads:
                 continue
