@@ -11,7 +11,8 @@ round-robin nginx front that names the replica that answered (``X-Upstream``).  
 a real ``redis-server``, or a primary, a replica and a ``redis-sentinel``
 (:class:`bench.redis_server.SentinelGroup`).
 
-**Faults** (emulated seconds into the trace, mid-burst): a pod is SIGKILLed (``victim``: by
+**Faults** (emulated seconds into the trace, mid-burst; ``pod and replica only`` stops after
+the first two, to show what losing a pod costs by itself): a pod is SIGKILLed (``victim``: by
 default ``node-0``, which holds a pinned copy of the most popular model and is the busiest pod
 in most runs — one fixed pod keeps runs comparable; ``busiest`` picks the pod with the most
 requests in flight at that moment), then one balancer replica, then the store — ``store
@@ -47,7 +48,9 @@ from . import common, routing
 from .fleets import faults_fleet
 from .redis_server import SentinelGroup
 
-SCENARIOS = ("no faults", "store restarted empty", "sentinel failover")
+SCENARIOS = ("no faults", "pod and replica only", "store restarted empty", "sentinel failover")
+#: The scenarios in which the store goes away (the others keep it: no degrade policy applies).
+STORE_FAULTS = SCENARIOS[2:]
 #: Issue #24's targets: with the faults, cold loads and TTFT p99 at most 1.5x without.
 TOLERANCE = 1.5
 PREFIX = "ollama-fleet"
@@ -255,6 +258,8 @@ def _inject(
         at(cfg.kill_replica_at)
         balancers[1].popen.send_signal(signal.SIGKILL)
         done.append(Fault("replica", balancers[1].name, now()))
+        if scenario not in STORE_FAULTS:
+            return  # what losing a pod and a replica costs by itself, for comparison
         at(cfg.kill_store_at)
         done.append(Fault("store", store.kill(), now()))
         if scenario == "store restarted empty":
@@ -349,7 +354,7 @@ def run_one(cfg: Config, scenario: str, policy: str = "remember") -> dict[str, A
     names = {p.name: u for p, u in zip(balancers, bal_urls, strict=True)}
     row = _row(cfg, scenario, res["records"], faults, sampler, cold, held, in_store,
                reconnects, fallbacks, names)  # fmt: skip
-    row["policy"] = policy if scenario != "no faults" else "-"
+    row["policy"] = policy if scenario in STORE_FAULTS else "-"
     return row
 
 
@@ -467,7 +472,7 @@ def run(cfg: Config) -> dict[str, Any]:
 def _setups(cfg: Config) -> list[tuple[str, str]]:
     out = []
     for scenario in cfg.scenarios:
-        policies = cfg.policies[:1] if scenario == "no faults" else cfg.policies
+        policies = cfg.policies if scenario in STORE_FAULTS else cfg.policies[:1]
         out += [(scenario, policy) for policy in policies]
     return out
 
@@ -565,4 +570,14 @@ def render(doc: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["QUICK", "SCENARIOS", "SMOKE", "Config", "render", "run", "run_one", "targets"]
+__all__ = [
+    "QUICK",
+    "SCENARIOS",
+    "SMOKE",
+    "STORE_FAULTS",
+    "Config",
+    "render",
+    "run",
+    "run_one",
+    "targets",
+]

@@ -3,7 +3,8 @@ that classify failures and state the targets.
 
 The smoke run starts three pods (a process each), two balancer replicas sharing a real
 redis-server (then a Sentinel group) behind a round-robin nginx, and plays a short bursty
-trace three times: without faults, with the store restarted empty, with a Sentinel failover.
+trace four times: without faults, with a pod and a replica killed, then also with the store
+restarted empty, and with a Sentinel failover.
 redis-server, redis-sentinel and nginx come from .ci/tools.sh: their absence fails.
 """
 
@@ -45,14 +46,17 @@ def test_faults_smoke() -> None:
         assert r["leases_leaked"] == 0, r
         assert r["failed_avoidable"] == 0, r
         assert sum(r["cold_by_phase"].values()) <= r["cold_loads"], r
-    for name in faults.SCENARIOS[1:]:
+    only = rows["pod and replica only"]
+    assert [f["kind"] for f in only["faults"]] == ["pod", "replica"], only
+    assert only["fallbacks"] == 0 and only["policy"] == "-", only
+    for name in faults.STORE_FAULTS:
         r = rows[name]
         assert [f["kind"] for f in r["faults"]] == ["pod", "replica", "store", "store back"], r
         # The live replica lost the store and came back to it, on a new connection.
         assert r["fallbacks"] >= 1 and r["store_reconnects"] >= 1, r
     assert [x["scenario"] for x in doc["targets"]] == list(faults.SCENARIOS[1:])
     text = faults.render(doc)
-    assert "| store restarted empty | 1 |" in text and "targets met?" in text
+    assert "| store restarted empty | remember | 1 |" in text and "targets met?" in text
 
 
 def _rec(**kw: object) -> dict[str, object]:
