@@ -452,6 +452,11 @@ class Replicas:
     front: Proc
     url: str  # the front's
     store: Proc | None = None
+    ops: list[str] = field(default_factory=list)  # each replica's operations port, if asked
+
+    def metric(self, name: str, **labels: str) -> float:
+        """``name`` summed over the replicas' ``/metrics`` (needs ``ops``)."""
+        return sum(metric_sum(u, name, **labels) for u in self.ops)
 
     def cpu(self) -> float:
         """Balancers' CPU seconds (the front and the store are reported apart)."""
@@ -475,9 +480,11 @@ def start_replicas(
     policy: str = "residency",
     cpus: str | None = None,
     store_cpus: str | None = None,
+    ops: bool = False,
 ) -> Replicas:
     """``replicas`` balancers in front of ``urls``, sharing a fresh redis-server when ``shared``,
-    behind nginx round-robin (what a Kubernetes Service does with several balancer pods)."""
+    behind nginx round-robin (what a Kubernetes Service does with several balancer pods).
+    ``ops``: each replica also serves ``/metrics`` on an operations port of its own."""
     store: Proc | None = None
     flags = list(extra)
     if shared:
@@ -485,17 +492,40 @@ def start_replicas(
         flags += ["--shared-state", store_url]
     balancers: list[Proc] = []
     bal_urls: list[str] = []
+    ops_urls: list[str] = []
     for i in range(replicas):
+        own: list[str] = []
+        if ops:
+            port = free_port()
+            own = ["--ops-port", str(port)]
+            ops_urls.append(f"http://127.0.0.1:{port}")
         proc, url = start_balancer(
-            procs, urls, policy=policy, extra=flags, backend_opts=backend_opts, cpus=cpus,
-            name=f"balancer-{i}",
+            procs, urls, policy=policy, extra=[*flags, *own], backend_opts=backend_opts,
+            cpus=cpus, name=f"balancer-{i}",
         )  # fmt: skip
         balancers.append(proc)
         bal_urls.append(url)
     if shared:
         wait_shared(bal_urls)
     front, url = start_nginx(procs, bal_urls, balance="round_robin", name="front")
-    return Replicas(balancers, bal_urls, front, url, store)
+    return Replicas(balancers, bal_urls, front, url, store, ops_urls)
+
+
+def metric_sum(url: str, name: str, **labels: str) -> float:
+    """The samples of metric ``name`` (a counter's ``_total`` included) at ``url/metrics``
+    whose labels include ``labels``, summed; 0 when there are none."""
+    text = http_get(url + "/metrics")[1].decode()
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        series = head.split("{", 1)[0]
+        if series != name or not all(w in head for w in want):
+            continue
+        total += float(value)
+    return total
 
 
 LITELLM_VENV = (

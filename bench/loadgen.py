@@ -30,6 +30,14 @@ import aiohttp
 
 from ollama_wire.loop import run as run_loop
 
+#: Answer headers a trace record keeps: the wait, the scheduler's estimate of it at arrival,
+#: which replica answered, and a refusal's Retry-After.
+_HEADERS = {
+    "X-Queue-Wait": "queue_wait",
+    "X-Queue-Estimate": "queue_estimate",
+    "Retry-After": "retry_after",
+}
+
 
 def _session(limit: int, timeout: float) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
@@ -175,8 +183,9 @@ async def trace(spec: dict[str, Any]) -> dict[str, Any]:
                     rec["status"] = r.status
                     rec["backend"] = r.headers.get("X-Ollama-Backend", "")
                     rec["upstream"] = r.headers.get("X-Upstream", "")
-                    if "X-Queue-Wait" in r.headers:
-                        rec["queue_wait"] = r.headers["X-Queue-Wait"]
+                    for header, key in _HEADERS.items():
+                        if header in r.headers:
+                            rec[key] = r.headers[header]
                     if r.status == 200:
                         while True:
                             line = await r.content.readline()

@@ -1,4 +1,5 @@
-"""Benchmark 5, saturation: where requests wait when the fleet is full, and who pays (issue #13).
+"""Benchmark 5, saturation: where requests wait when the fleet is full, and who pays (issues
+#13 and #23).
 
 Fleet: ``pods`` emulated pods × ``slots`` slots, one model resident on every pod (nothing
 to load).  Traffic (seeded, open loop, OpenAI streaming API): most requests short, some long
@@ -9,38 +10,36 @@ as ``light``.  Classes come from the key (``priority: critical``) lowered per re
 ``X-Priority``: heavy sends ``critical`` / ``standard`` / ``batch``, light (an interactive
 user) ``critical`` / ``standard``.
 
-Policies (``--policies``, comma-separated):
+Policies (``--policies``, comma-separated; :mod:`bench.bindings`): ``early`` (bound on
+arrival), ``late`` (the wait room's class order and fair share, ``--queue-policy order``) and
+``reclaim`` (the scheduler: shares, lending, preemption and resume), the scheduler's clocks
+scaled like the emulator's.  A policy this balancer lacks is skipped with a note.
 
-* ``early``: ``--no-queue``, every request bound to a pod on arrival (Ollama queues it);
-* ``late``: ``--queue`` (with ``--queue-max-wait`` and ``--queue-batch-aging``): requests wait
-  in the balancer by class and fair share and are bound when a slot frees.  Skipped, with a
-  note, by a balancer that has no ``--queue`` flag.
-
-Every policy runs twice on the same trace: with both tenants, and with the light tenant alone
-(its baseline).  Times are *emulated* seconds (real / time_scale).  TTFT = first content chunk.
+Every policy runs on the same trace with both tenants, then with each tenant of ``alone``
+alone (its baseline).  ``replicas`` > 1: that many balancer processes sharing a real
+redis-server behind a round-robin nginx, as ``bench routing --replicas`` runs them.  Times are
+*emulated* seconds (real / time_scale).  TTFT = first content chunk.  What is computed from
+the runs, and how: :mod:`bench.saturation_report`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import random
-import subprocess
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
-from . import common
+from . import bindings, common
+from . import saturation_report as report
+from .saturation_report import CLASSES, TENANTS
 
-POLICIES = ("early", "late")
+POLICIES = bindings.BINDINGS
 MODEL = "chat"
-TENANTS = ("heavy", "light")
-CLASSES = ("critical", "standard", "batch")
 # Keys of the two tenants (loopback benchmark only; the balancer stores their hashes).
 KEYS = {"heavy": "sk-bench-heavy", "light": "sk-bench-light"}
 GIB = 2**30
@@ -68,7 +67,9 @@ class Config:
     timeout: float = 600.0  # emulated seconds a client waits
     seed: int = 42
     policies: tuple[str, ...] = POLICIES
-    alone: bool = True  # also run the light tenant alone, for its baseline
+    alone: tuple[str, ...] = TENANTS  # tenants also run alone, for their baselines
+    replicas: int = 1  # > 1: balancers sharing a redis-server behind a round-robin front
+    window: float = 10.0  # emulated seconds per fairness window (Jain's index)
 
     def mean_service(self) -> float:
         """Expected seconds a request holds a slot (prefill + decode), for the capacity."""
@@ -90,6 +91,7 @@ SMOKE = Config(
     underload_seconds=10.0,
     long_tokens=(100, 200),
     timeout=200.0,
+    alone=("light",),
 )
 
 
@@ -132,6 +134,7 @@ def make_trace(cfg: Config) -> list[dict[str, Any]]:
         long = rng.random() < cfg.long_fraction
         lo, hi = cfg.long_tokens if long else cfg.short_tokens
         prompt_tokens = rng.randint(*cfg.prompt_tokens)
+        out_tokens = rng.randint(lo, hi)  # drawn after the prompt, as always: the same trace
         i = len(out)
         # The emulator counts prompt tokens as characters / 4 (generation.count_tokens).
         prompt = (f"request {i} from {tenant}: " + "lorem ipsum " * prompt_tokens)[
@@ -142,9 +145,11 @@ def make_trace(cfg: Config) -> list[dict[str, Any]]:
                 "at": t,
                 "model": MODEL,
                 "prompt": prompt,
-                "max_tokens": rng.randint(lo, hi),
+                "max_tokens": out_tokens,
                 "headers": {"Authorization": f"Bearer {KEYS[tenant]}", "X-Priority": cls},
                 "tags": {
+                    "request": i,
+                    "tokens": out_tokens,
                     "tenant": tenant,
                     "class": cls,
                     "length": "long" if long else "short",
@@ -171,34 +176,18 @@ def _sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-@functools.cache
 def balancer_flags() -> frozenset[str]:
     """The flags this checkout's balancer accepts (late binding needs ``--queue``)."""
-    out = subprocess.run(
-        [common.PY, "-m", "ollama_fleet", "balancer", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    return frozenset(w.rstrip(",") for w in out.split() if w.startswith("--"))
+    return bindings.balancer_flags()
 
 
 def policy_flags(policy: str, cfg: Config) -> list[str] | None:
-    """Balancer flags for ``policy``, or None when this balancer cannot run it."""
-    has_queue = "--queue" in balancer_flags()
+    """Balancer flags for ``policy`` (:mod:`bench.bindings`), or None when this balancer
+    cannot run it."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
     s = cfg.time_scale
-    if policy == "early":
-        return ["--no-queue"] if has_queue else []
-    if policy == "late":
-        if not has_queue:
-            return None
-        return [
-            "--queue",
-            "--queue-max-wait", f"{cfg.timeout * s:g}",
-            "--queue-batch-aging", f"{cfg.batch_aging * s:g}",
-        ]  # fmt: skip
-    raise ValueError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+    return bindings.binding_flags(policy, s, cfg.timeout * s, cfg.batch_aging * s)
 
 
 def _sample_waiting(urls: list[str], stop: threading.Event, every: float) -> list[int]:
@@ -213,6 +202,40 @@ def _sample_waiting(urls: list[str], stop: threading.Event, every: float) -> lis
         series.append(total)
         stop.wait(every)
     return series
+
+
+def _start(
+    cfg: Config, procs: common.Procs, urls: list[str], extra: list[str]
+) -> tuple[str, list[common.Proc], list[str]]:
+    """The balancer(s) under test: (URL the load goes to, their processes, their ops URLs)."""
+    opts = f";slots={cfg.slots};vram=24GiB"
+    if cfg.replicas > 1:
+        group = common.start_replicas(
+            procs, urls, cfg.replicas, shared=True, extra=extra, backend_opts=opts, ops=True
+        )
+        return group.url, group.balancers, group.ops
+    port = common.free_port()
+    proc, base = common.start_balancer(
+        procs, urls, extra=[*extra, "--ops-port", str(port)], backend_opts=opts
+    )
+    return base, [proc], [f"http://127.0.0.1:{port}"]
+
+
+def _generations(urls: list[str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for u in urls:
+        out += json.loads(common.http_get(u + "/-/emulator/generations", timeout=10)[1])[
+            "generations"
+        ]
+    return out
+
+
+#: The scheduler's counters read from every replica's /metrics at the end of a run.
+COUNTERS = {
+    "preemptions": "ollama_fleet_preemptions_total",
+    "resumes": "ollama_fleet_resumes_total",
+    "waste_metric_s": "ollama_fleet_preemption_waste_seconds_total",
+}
 
 
 def run_one(cfg: Config, policy: str, trace: list[dict[str, Any]]) -> dict[str, Any]:
@@ -233,9 +256,7 @@ def run_one(cfg: Config, policy: str, trace: list[dict[str, Any]]) -> dict[str, 
             "--first-byte-timeout", f"{cfg.timeout * s:g}",
             "--max-connections", "0",
         ]  # fmt: skip
-        proc, base = common.start_balancer(
-            procs, urls, extra=extra, backend_opts=f";slots={cfg.slots};vram=24GiB"
-        )
+        base, balancers, ops = _start(cfg, procs, urls, extra)
         end = cfg.overload_seconds + cfg.underload_seconds
         spec = {
             "mode": "trace",
@@ -250,19 +271,31 @@ def run_one(cfg: Config, policy: str, trace: list[dict[str, Any]]) -> dict[str, 
             target=lambda: waiting.extend(_sample_waiting(urls, stop, max(0.1, 1 * s))),
             daemon=True,
         )
-        cpu0 = proc.cpu()
+        cpu0 = sum(p.cpu() for p in balancers)
         sampler.start()
         try:
             res = common.run_loadgen(tmp, spec, timeout=float(str(spec["hard_timeout"])) + 30)
         finally:
             stop.set()
             sampler.join(10)
-        cpu = proc.cpu() - cpu0
+        cpu = sum(p.cpu() for p in balancers) - cpu0
+        # Every cut generation lets go of its slot about a token later: wait for the records.
+        common.wait_until(
+            lambda: all(g["outcome"] != "running" for g in _generations(urls)),
+            30,
+            "every generation ended",
+        )
+        generations = _generations(urls)
+        counters = {k: sum(common.metric_sum(u, name) for u in ops) for k, name in COUNTERS.items()}
     recs = res["records"]
     for r in recs:
         for k in ("ttft", "e2e", "at"):
             if k in r:
                 r[k] = r[k] / s  # emulated seconds
+        for k in ("queue_wait", "queue_estimate"):
+            if k in r:
+                r[k] = float(r[k]) / s
+    counters["waste_metric_s"] /= s
     return {
         "policy": policy,
         "records": recs,
@@ -270,38 +303,8 @@ def run_one(cfg: Config, policy: str, trace: list[dict[str, Any]]) -> dict[str, 
         "ollama_waiting_peak": max(waiting, default=0),
         "ollama_waiting_mean": sum(waiting) / len(waiting) if waiting else 0.0,
         "proxy_cpu_s": cpu,
-    }
-
-
-def _stats(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    ok = [r["ttft"] for r in recs if r.get("ok")]
-    return {
-        "requests": len(recs),
-        "failed": sum(1 for r in recs if not r.get("ok")),
-        "ttft_p50": common.pct(ok, 50),
-        "ttft_p99": common.pct(ok, 99),
-    }
-
-
-def summarise(run: dict[str, Any], alone: dict[str, Any] | None) -> dict[str, Any]:
-    recs = run["records"]
-    groups: dict[str, dict[str, Any]] = {"all": _stats(recs)}
-    for t in TENANTS:
-        groups[f"tenant {t}"] = _stats([r for r in recs if r.get("tenant") == t])
-    for c in CLASSES:
-        groups[f"class {c}"] = _stats([r for r in recs if r.get("class") == c])
-    for length in ("short", "long"):
-        groups[f"{length} requests"] = _stats([r for r in recs if r.get("length") == length])
-    if alone is not None:
-        groups["light alone"] = _stats(alone["records"])
-    return {
-        "policy": run["policy"],
-        "groups": groups,
-        "ollama_waiting_peak": run["ollama_waiting_peak"],
-        "ollama_waiting_mean": run["ollama_waiting_mean"],
-        "proxy_cpu_s": run["proxy_cpu_s"],
-        "records": recs,
-        "alone_records": alone["records"] if alone is not None else [],
+        "generations": generations,
+        "counters": counters,
     }
 
 
@@ -310,23 +313,25 @@ def run(cfg: Config) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"saturation: unknown policies {unknown} (known: {', '.join(POLICIES)})")
     trace = make_trace(cfg)
-    light = [it for it in trace if it["tags"]["tenant"] == "light"]
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for policy in cfg.policies:
         if policy_flags(policy, cfg) is None:
             skipped.append(policy)
-            print(f"  {policy:6s} skipped: this balancer has no --queue flag yet", flush=True)
+            print(f"  {policy:7s} skipped: this balancer has no such policy", flush=True)
             continue
         mixed = run_one(cfg, policy, trace)
-        alone = run_one(cfg, policy, light) if cfg.alone else None
-        row = summarise(mixed, alone)
+        alone = {
+            t: run_one(cfg, policy, [it for it in trace if it["tags"]["tenant"] == t])
+            for t in cfg.alone
+        }
+        row = report.summarise(cfg, mixed, alone)
         g = row["groups"]
         print(
-            f"  {policy:6s} ttft p99 all={g['all']['ttft_p99']:.2f}s "
+            f"  {policy:7s} ttft p99 all={g['all']['ttft_p99']:.2f}s "
             f"light={g['tenant light']['ttft_p99']:.2f}s "
             f"(alone {g.get('light alone', {}).get('ttft_p99', float('nan')):.2f}s) "
-            f"failed={g['all']['failed']}",
+            f"failed={g['all']['failed']} preemptions={row['figures'].get('preemptions', 0):g}",
             flush=True,
         )
         rows.append(row)
@@ -334,64 +339,5 @@ def run(cfg: Config) -> dict[str, Any]:
     return {"rows": rows, "skipped": skipped, "config": cfg_doc, "trace_size": len(trace)}
 
 
-GROUPS = (
-    "all", "tenant heavy", "tenant light", "light alone", "class critical", "class standard",
-    "class batch", "short requests", "long requests",
-)  # fmt: skip
-
-
 def render(doc: dict[str, Any]) -> str:
-    c = doc["config"]
-    head = (
-        f"{c['pods']} pods x {c['slots']} slots, one model resident everywhere; capacity "
-        f"{c['capacity_rps']:.2f} req/s (mean slot time {c['mean_service_s']:.2f} s); offered "
-        f"{c['overload']}x capacity for {c['overload_seconds']:g} s then {c['underload']}x for "
-        f"{c['underload_seconds']:g} s ({doc['trace_size']} requests); heavy sends "
-        f"{c['heavy_ratio']:g}x light; {100 * c['long_fraction']:.0f}% long; seed {c['seed']}; "
-        f"time_scale {c['time_scale']} (times in emulated seconds)\n\n"
-    )
-    rows = []
-    for r in doc["rows"]:
-        for name in GROUPS:
-            g = r["groups"].get(name)
-            if g is not None:
-                rows.append(
-                    [r["policy"], name, g["requests"], g["failed"], g["ttft_p50"], g["ttft_p99"]]
-                )
-    table = common.table(
-        ["policy", "group", "requests", "failed", "TTFT p50 s", "TTFT p99 s"], rows
-    )
-    summary = []
-    for r in doc["rows"]:
-        g = r["groups"]
-        light, alone = g["tenant light"]["ttft_p99"], g.get("light alone", {}).get("ttft_p99")
-        summary.append(
-            [
-                r["policy"],
-                g["all"]["ttft_p99"],
-                light,
-                alone if alone is not None else float("nan"),
-                light / alone if alone else float("nan"),
-                g["class critical"]["ttft_p99"] / g["class batch"]["ttft_p99"]
-                if g["class batch"]["ttft_p99"]
-                else float("nan"),
-                r["ollama_waiting_peak"],
-                r["ollama_waiting_mean"],
-                r["proxy_cpu_s"],
-            ]
-        )
-    text = head + table + "\n\n" + common.table(
-        [
-            "policy", "TTFT p99 all", "light p99 (flood)", "light p99 (alone)", "light ratio",
-            "critical/batch p99", "peak waiting in Ollama", "mean waiting in Ollama",
-            "proxy CPU s",
-        ],
-        summary,
-    )  # fmt: skip
-    by = {r["policy"]: r["groups"] for r in doc["rows"]}
-    if "early" in by and "late" in by:
-        ratio = by["late"]["all"]["ttft_p99"] / by["early"]["all"]["ttft_p99"]
-        text += f"\n\nlate/early overall TTFT p99: {ratio:.2f} (target <= 0.8)"
-    for p in doc.get("skipped", []):
-        text += f"\n\n{p}: not run (this balancer has no --queue flag yet)"
-    return text
+    return report.render(doc)

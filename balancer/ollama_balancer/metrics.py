@@ -38,9 +38,10 @@ other duration histogram.
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -512,3 +513,93 @@ class QueueMetrics:
         self.wait.labels(model, cls, outcome).observe(waited)
         if outcome in ("shed", "expired"):
             self.shed.labels(model, cls, "full" if outcome == "shed" else "expired").inc()
+
+
+# --------------------------------------------------------------- the scheduler (reclaim)
+CLASS_SEATS = "ollama_fleet_class_seats"
+CLASS_HELD = "ollama_fleet_class_held"
+CLASS_BORROWED = "ollama_fleet_class_borrowed"
+CLASS_LENT = "ollama_fleet_class_lent"
+PREEMPTIONS = "ollama_fleet_preemptions_total"
+RESUMES = "ollama_fleet_resumes_total"
+PREEMPTION_WASTE = "ollama_fleet_preemption_waste_seconds_total"
+ESTIMATE_ERROR = "ollama_fleet_queue_estimate_error_seconds"
+
+_ERROR_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _SharesCollector(Collector):
+    """Per model and class, the seats of the last plan of this replica's scheduler."""
+
+    def __init__(self, shares: Callable[[], Mapping[str, Sequence[Any]]]) -> None:
+        self._shares = shares
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "nominal": GaugeMetricFamily(
+                CLASS_SEATS,
+                "slots of a model's pool a class owns (its nominal share), as this replica's "
+                "scheduler last planned",
+                labels=["model", "class"],
+            ),
+            "held": GaugeMetricFamily(
+                CLASS_HELD,
+                "slots of a model's pool a class holds, fleet-wide",
+                labels=["model", "class"],
+            ),
+            "borrowed": GaugeMetricFamily(
+                CLASS_BORROWED,
+                "slots a class holds beyond its own seats (borrowed from idle classes)",
+                labels=["model", "class"],
+            ),
+            "lent": GaugeMetricFamily(
+                CLASS_LENT, "seats of a class held by other classes", labels=["model", "class"]
+            ),
+        }
+        for model, shares in sorted(self._shares().items()):
+            for share in shares:
+                for field, family in families.items():
+                    family.add_metric([model, str(share.cls)], float(getattr(share, field)))
+        yield from families.values()
+
+
+class SchedulerMetrics:
+    """Class shares, preemptions, resumes, their waste and the wait estimates' error."""
+
+    def __init__(
+        self, registry: CollectorRegistry, shares: Callable[[], Mapping[str, Sequence[Any]]]
+    ) -> None:
+        self.preemptions = Counter(
+            PREEMPTIONS,
+            "slots this replica took back for a waiting request, by the victim's class and why "
+            "(class-share: its class was owed seats; tenant-share: its tenant was owed its share)",
+            ["model", "class", "reason"],
+            registry=registry,
+        )
+        self.resumes = Counter(
+            RESUMES,
+            "preempted requests this replica relayed, by what became of them: resumed (the "
+            "continuation served the rest), finished (the answer ended before the cut), failed",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.waste = Counter(
+            PREEMPTION_WASTE,
+            "slot-seconds preemption cost: from the cut to the victim's slot being free, plus "
+            "the continuation's prompt reading (what a resume on another slot reads again)",
+            ["model"],
+            registry=registry,
+        )
+        self.estimate_error = Histogram(
+            ESTIMATE_ERROR,
+            "|actual − estimated| wait of requests when a pod took them (the admission "
+            "estimate's error), by class and whether the estimate was over or under",
+            ["class", "direction"],
+            buckets=_ERROR_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_SharesCollector(shares))
+
+    def estimated(self, cls: str, estimate: float, waited: float) -> None:
+        direction = "over" if estimate >= waited else "under"
+        self.estimate_error.labels(cls, direction).observe(abs(waited - estimate))

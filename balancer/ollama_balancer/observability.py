@@ -31,7 +31,16 @@ from .core.rankers import COLD_REASONS
 from .core.record import RequestRecord
 from .core.report import FleetReport, build, model_display
 from .core.routes import Kind
-from .metrics import ANONYMOUS, NONE, OTHER, DemandView, FleetMetrics, QueueMetrics, RequestSample
+from .metrics import (
+    ANONYMOUS,
+    NONE,
+    OTHER,
+    DemandView,
+    FleetMetrics,
+    QueueMetrics,
+    RequestSample,
+    SchedulerMetrics,
+)
 from .polling import FleetChange
 from .shared.fallback import FallbackState
 from .shared.metrics import SharedMetrics
@@ -293,12 +302,35 @@ def install(app: web.Application) -> None:
 
     bal.records.append(on_record)
     queue_metrics = QueueMetrics(metrics.registry, lambda: demand_view(bal))
-    if bal.proxy.waitroom is not None:
-        bal.proxy.waitroom.listeners.append(
+    room = bal.proxy.waitroom
+    if room is not None:
+        room.listeners.append(
             lambda w, how, now: queue_metrics.left_queue(
                 model_display(w.model), str(w.priority), how, w.waited(now)
             )
         )
+        if room.scheduler is not None:
+            scheduler = SchedulerMetrics(
+                metrics.registry,
+                lambda: {model_display(m): p.shares for m, p in room.plans.items()},
+            )
+            resumer = bal.proxy.resumer
+            if resumer is not None:
+
+                def resumed(model: str, outcome: str, waste: float) -> None:
+                    scheduler.resumes.labels(model_display(model), outcome).inc()
+                    if waste > 0:
+                        scheduler.waste.labels(model_display(model)).inc(waste)
+
+                resumer.observe = resumed
+            room.preempt_listeners.append(
+                lambda model, cls, reason: scheduler.preemptions.labels(
+                    model_display(model), cls, reason
+                ).inc()
+            )
+            room.estimate_listeners.append(
+                lambda w, estimate, waited: scheduler.estimated(str(w.priority), estimate, waited)
+            )
     if bal.settings.shared.url and isinstance(bal.shared, FallbackState):
         # Only with a store: a single replica without one has no "shared state down".
         shared = bal.shared

@@ -45,6 +45,7 @@ from .proxying.claims import Claim, SlotClaims
 from .proxying.headers import forwarded, response_head
 from .proxying.lessons import Lessons
 from .proxying.relay import Ending, Relay, end_broken
+from .proxying.resumer import Resumer
 from .proxying.router import Router
 from .proxying.waiting import waiting_for
 from .settings import BalancerSettings
@@ -95,11 +96,26 @@ class Proxy:
                 rng=rng,
                 clock=clock,
                 hold_unavailable=settings.queue.hold_unavailable,
+                shared=self.shared,
+                replica=str(self.shared.status().get("replica") or "local"),
             )
-        self.claims = SlotClaims(self.shared, view, self.route, self.waitroom)
+        self.claims = SlotClaims(self.shared, view, self.route, self.waitroom, clock=clock)
         self.lessons = Lessons(clock)
         #: What the proxy caused or saw, counted in the fleet view at once.
         self.witness = Witness(view, self.shared, clock)
+        #: Relays the scheduler may take back, and their resumes (``queue_policy=reclaim``).
+        self.resumer: Resumer | None = None
+        if self.claims.scheduling:
+            self.resumer = Resumer(
+                self.claims,
+                transport,
+                idle_timeout=settings.proxy.idle_timeout,
+                first_byte_timeout=settings.proxy.first_byte_timeout,
+                max_attempts=settings.proxy.max_attempts,
+                rates=self.lessons.rates,
+                clock=clock,
+                witness=self.witness,
+            )
         self.pulls = AutoPull(
             transport, idle_timeout=settings.proxy.idle_timeout, witness=self.witness
         )
@@ -156,6 +172,7 @@ class Proxy:
         """The ranked pods to try, a slot claimed on the first when the route takes one."""
         trace = request[TRACE]
         if self.waitroom is not None and claim.takes_slot and req.intent is Intent.INFER:
+            resumer = self.resumer
             waiting = waiting_for(
                 request,
                 req,
@@ -164,9 +181,15 @@ class Proxy:
                 tenant_header=self.settings.queue.tenant_header,
                 default_output_tokens=self.settings.queue.default_output_tokens,
                 tokens=self.lessons.tokens,
+                rates=self.lessons.rates if resumer is not None else None,
+                now=self.clock(),
             )
+            if resumer is not None:
+                claim.resume = resumer.prepare(request.path, req.doc, waiting, req.stream)
             trace.waiting(waiting.tenant, str(waiting.priority))
             ranked = await self.claims.late(waiting, record, claim, pinned=req.pin is not None)
+            if self.waitroom.scheduler is not None:
+                record.queue_estimate = self.waitroom.granted_estimates.pop(waiting.id, None)
             trace.waited(ranked[0].backend, record.queue_wait or 0.0)
             trace.routed(req.model, ranked)
             return ranked
@@ -234,6 +257,8 @@ class Proxy:
         if at.choice.reason is Reason.PULL or self.pulls.under_way(at.backend.name, at.req.model):
             await self.pulls.pull(at.backend, at.req.model)
         await self.claims.lease_for(at.claim, at.backend, at.choice, at.record)
+        if self.resumer is not None:
+            self.resumer.watch(at)
         answered = False
         upstream: Response | None = None
         t0 = self.clock()
@@ -247,6 +272,8 @@ class Proxy:
         finally:
             if upstream is not None:
                 upstream.close()  # idempotent after a complete read; aborts a live one
+            if self.resumer is not None:
+                self.resumer.forget(at)
             if at.claim.takes_slot:  # usage per tenant: the seconds this pod's slot was held
                 at.record.slot_seconds += self.clock() - t0
             await self.claims.release(at.claim, at.record, answered)
@@ -255,12 +282,14 @@ class Proxy:
         """The pod's answer, once its status and headers are in."""
         request, backend = at.request, at.backend
         timeout = self.settings.proxy.first_byte_timeout
+        resume = at.claim.resume
+        body = (resume.first_body() if resume is not None else None) or at.req.body
         headers = forwarded(request)
         request[TRACE].propagate(headers)  # the attempt's traceparent (tracing off: the caller's)
         try:
             async with asyncio.timeout(timeout):
                 return await self.transport.send(
-                    request.method, backend.url, request.path_qs, headers, at.req.body
+                    request.method, backend.url, request.path_qs, headers, body
                 )
         except TimeoutError:
             # Not retried: the request may be running there (no double execution).
@@ -307,25 +336,29 @@ class Proxy:
 
     async def _relay(self, at: Attempt, upstream: Response) -> web.StreamResponse:
         """Relay the answer to the client and end its stream as the relay's ending says."""
+        state = at.claim.resume
+        if self.resumer is not None and state is not None:
+            since = self.clock()
+            try:
+                return await self.resumer.relay(at, upstream)
+            finally:
+                # A resumed answer's relay spans its wait for a slot again: not timed.
+                self._account(at, state.relay, since=since if not state.preemptions else None)
         record = at.record
         resp = response_head(at, upstream)
         record.status = upstream.status
         await resp.prepare(at.request)
         relay = Relay()
+        since = self.clock()
         try:
             ending = await relay.run(upstream, at.request, resp, self.settings.proxy.idle_timeout)
         finally:
             record.bytes_out += relay.sent  # also when the client's leaving cancels the relay
-            # Every ending counts, a cancel too: what went out was generated (core.usage).
-            record.usage = usage_of(
-                relay.tail,
-                relay.chunks,
-                lambda: estimate_tokens(at.req.doc, at.request.path).prompt,
-            )
+            self._account(at, relay, learn=False)
         if ending is Ending.COMPLETE:
             await resp.write_eof()
             record.complete = True
-            at.claim.learned = self.lessons.learn(at, relay)
+            at.claim.learned = self.lessons.learn(at, relay, streamed_since=since)
         elif ending is Ending.CLIENT_GONE:
             record.client_gone = True  # closing upstream (the caller's finally) stops Ollama
         else:
@@ -334,6 +367,18 @@ class Proxy:
             record.error = f"{at.backend.name}: stream broken: {cause}"
             await end_broken(resp, relay.content_type, relay.last, record.error)
         return resp
+
+    def _account(
+        self, at: Attempt, relay: Relay, *, learn: bool = True, since: float | None = None
+    ) -> None:
+        """Usage per tenant from what went out, at every ending, a cancel too (core.usage);
+        what a complete answer taught, when the relay was a resume's (``since``: its first
+        byte, when it was relayed in one go)."""
+        at.record.usage = usage_of(
+            relay.tail, relay.chunks, lambda: estimate_tokens(at.req.doc, at.request.path).prompt
+        )
+        if learn and at.record.complete:
+            at.claim.learned = self.lessons.learn(at, relay, streamed_since=since)
 
     async def _penalise(self, backend: str, since: float) -> None:
         """A pod that failed fast (refused, 5xx at once) is broken rather than busy: cool it."""

@@ -49,6 +49,13 @@ async def gin_errors(request: web.Request, handler: Handler) -> web.StreamRespon
         return _plain(404, "404 page not found")
     except ApiError as exc:
         return json_response(error_body_for(request.path, exc.status, exc.message), exc.status)
+    except ConnectionResetError:
+        # The client closed while an answer was being written (a balancer taking a slot
+        # back, a user pressing stop): Ollama notes it and moves on, no error.  A fault that
+        # dropped the connection on purpose raises this too; either way nobody reads on.
+        if request.transport is not None and not request.transport.is_closing():
+            raise
+        return web.Response(status=499)
 
 
 @web.middleware

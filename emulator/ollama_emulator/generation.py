@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -79,6 +80,16 @@ def generate_tokens(seed: int, count: int, *, opening: bool = True) -> list[str]
 def count_tokens(text: str) -> int:
     """About four characters per token, like BPE tokenizers on English; never zero."""
     return max(1, math.ceil(len(text) / 4))
+
+
+def answer_tokens(text: str) -> int:
+    """Tokens of text the model itself generated (a partial answer sent back to continue):
+    as many as it was generated in — a word each, its leading space included — because a
+    tokenizer reads back its own output the way it wrote it."""
+    return len(_WORD.findall(text))
+
+
+_WORD = re.compile(r"\s*\S+")
 
 
 def chat_prompt_tokens(messages: Sequence[tuple[str, str]]) -> int:

@@ -164,7 +164,7 @@ def _generate_plan(
         return GenerationPlan(
             model=model,
             prompt_text=system + head,
-            prompt_tokens=generation.count_tokens(prompt),
+            prompt_tokens=generation.count_tokens(head) + generation.answer_tokens(said),
             options=options,
             keep_alive=keep_alive,
             seed=seed,

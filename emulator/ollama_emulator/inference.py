@@ -157,11 +157,16 @@ def chat_plan(
 ) -> GenerationPlan:
     """The plan of a chat; a trailing assistant message is a partial answer to continue."""
     history, partial = split_partial(turns)
-    counted = [(t.role, t.thinking + t.content) for t in turns]
+    counted = [(t.role, t.thinking + t.content) for t in history]
+    # The conversation's tokens, then the open answer's own tokens (no closing template):
+    # a continuation reads exactly the prompt the uninterrupted request read, plus its answer.
+    prompt_tokens = generation.chat_prompt_tokens(counted)
+    if partial is not None:
+        prompt_tokens += generation.answer_tokens(partial.thinking + partial.content)
     return GenerationPlan(
         model=model,
         prompt_text=seed_text(history),
-        prompt_tokens=generation.chat_prompt_tokens(counted),
+        prompt_tokens=prompt_tokens,
         options=options,
         keep_alive=keep_alive,
         seed=options.get("seed"),

@@ -18,7 +18,7 @@ from .clock import Clock
 from .continuation import answer_text
 from .prompt_cache import Placement, cached_tokens
 from .slots import SlotPool
-from .stats import GenerationRecord, Stats
+from .stats import PROMPT_HEAD, GenerationRecord, Stats
 
 __all__ = ["Job", "Sequence"]
 
@@ -72,6 +72,7 @@ class Sequence:
             cached_tokens=self.cached,
             restored=placement.restored,
             continuation=job.continuation,
+            prompt_head=job.prompt[:PROMPT_HEAD],
         )
         self._left_at: float | None = None
         self._prefilling = False

@@ -10,6 +10,8 @@ __all__ = ["GenerationRecord", "Stats"]
 
 #: Generations remembered for ``GET /-/emulator/generations`` (the oldest go first).
 RECORDS_KEPT = 1000
+#: Characters of the rendered prompt a record keeps: enough to tell conversations apart.
+PROMPT_HEAD = 80
 
 
 @dataclass
@@ -37,6 +39,10 @@ class GenerationRecord:
     """Emulated seconds the slot was held, from its prompt to its release."""
     left_after: float | None = None
     """Emulated seconds after ``started_at`` when its client went away (None: it did not)."""
+    prompt_head: str = ""
+    """The first :data:`PROMPT_HEAD` characters of the rendered prompt: whose conversation it
+    was (a continuation starts like its original), so a benchmark can join the slot time to
+    its requests and tenants."""
 
 
 @dataclass

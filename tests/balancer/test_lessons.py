@@ -13,6 +13,7 @@ from ollama_balancer.core.record import RequestRecord
 from ollama_balancer.core.requests import parse_request
 from ollama_balancer.core.shared.model import Learned
 from ollama_balancer.core.tokens import estimate_tokens
+from ollama_balancer.core.usage import Counted, Usage
 from ollama_balancer.proxying.attempt import Attempt
 from ollama_balancer.proxying.claims import Claim
 from ollama_balancer.proxying.lessons import Lessons, final_metrics
@@ -120,3 +121,26 @@ def test_the_tenants_token_estimate_is_corrected_by_the_metrics() -> None:
     after = lessons.tokens.correct("team-a", at.req.key, raw)
     assert after.total < before.total  # 256 output tokens assumed, 30 generated
     assert lessons.tokens.correct("team-b", at.req.key, raw) == before  # per tenant
+
+
+@pytest.mark.parametrize(
+    ("content_type", "generated", "since", "expected"),
+    [
+        pytest.param("text/event-stream", 40, 8.0, 2.0 / 40, id="40 tokens streamed in 2 s"),
+        pytest.param("text/event-stream", 40, None, None, id="not relayed in one go: no timing"),
+        pytest.param("text/event-stream", 5, 8.0, None, id="too few tokens to time"),
+        pytest.param("application/json", 40, 8.0, None, id="one body, not a stream"),
+    ],
+)
+def test_a_stream_without_metrics_teaches_the_seconds_per_token(
+    content_type: str, generated: int, since: float | None, expected: float | None
+) -> None:
+    """OpenAI and Anthropic streams carry no durations: the relay times the tokens."""
+    record = RequestRecord("r", "POST", "/v1/chat/completions", started=3.0, ttfb=0.5)
+    record.usage = Usage(12, generated, Counted.CHUNKS)
+    at = attempt(Reason.RESIDENT, record)
+    lessons = Lessons(clock=lambda: 10.0)
+    default = lessons.rates.decode_seconds(at.req.key)
+    lessons.learn(at, relayed(b"data: [DONE]\n\n", content_type), streamed_since=since)
+    got = lessons.rates.decode_seconds(at.req.key)
+    assert got == pytest.approx(default if expected is None else expected)

@@ -1,5 +1,8 @@
 """Late binding on live pods: requests wait in the balancer, not inside Ollama.
 
+These run the #13 discipline (``queue_policy=order``: class order and fair share, no shares,
+no reclaim); the scheduler that makes room is tested in test_reclaim.py.
+
 At saturation the emulator's runners never hold a waiting request while the balancer
 queues; a critical request behind 50 batch ones is served next; a request cancelled while
 queued never reaches a pod; a full queue answers 429 with Retry-After in the client's shape.
@@ -42,6 +45,7 @@ async def queued_rig(rig_factory: RigFactory, tmp_path: Path, **kw: Any) -> Rig:
         nodes(("a", [M], [M]), num_parallel=2),
         default_slots=2,
         queue=True,
+        queue_policy="order",  # the #13 discipline alone; test_reclaim.py: the scheduler
         auth_file=str(keys),
         **kw,
     )

@@ -32,7 +32,7 @@ from ollama_balancer.core.pods import (
     backend_from_pod,
 )
 from ollama_balancer.core.routes import spec_for
-from ollama_balancer.settings import load_settings
+from ollama_balancer.settings import BalancerSettings, load_settings
 from ollama_wire.tracing import tracing_enabled, tracing_from_env
 from tests.harness.chart import (
     CHART,
@@ -909,3 +909,59 @@ def test_tracing_renders_the_standard_otel_variables(
         c = container(find(rendered["defaults"], "Deployment", name), name)
         assert not [e for e in c.get("env", []) if e["name"].startswith("OTEL_")]
         assert not tracing_enabled(env_of(c))
+
+
+@pytest.mark.parametrize(
+    ("values", "expect"),
+    [
+        pytest.param(
+            {}, {"enabled": True, "policy": "reclaim", "critical_share": 0.2}, id="defaults"
+        ),
+        pytest.param(
+            {"scheduler": {"classes": {"critical": {"share": 0.3, "lendable": 0.5,
+                                                    "maxWait": 30}}}},
+            {"enabled": True, "policy": "reclaim", "critical_share": 0.3, "critical_lendable": 0.5,
+             "critical_max_wait": 30.0},
+            id="a class's share",
+        ),
+        pytest.param(
+            {"scheduler": {"policy": "order", "maxPreemptions": 0}},
+            {"enabled": True, "policy": "order", "max_preemptions": 0},
+            id="order only",
+        ),
+        pytest.param(
+            {"scheduler": {"enabled": False}, "config": {"queue": True}},
+            {"enabled": True},
+            id="config wins",
+        ),
+    ],
+)  # fmt: skip
+def test_the_scheduler_block_reaches_the_balancer(
+    tmp_path: Path, values: dict[str, Any], expect: dict[str, Any]
+) -> None:
+    """balancer.scheduler becomes the queue settings the real loader reads (config wins)."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"balancer": values}))
+    objs = render(helm_path(), values=[path])
+    cm = find(objs, "ConfigMap", "-balancer")
+    env = env_of(container(find(objs, "Deployment", "-balancer"), "balancer"))
+    queue = load_settings(environ=env, yaml_text=cm["data"]["balancer.yaml"]).queue
+    policy = queue.scheduler()
+    seen = {
+        "enabled": queue.enabled,
+        "policy": str(queue.policy),
+        "max_preemptions": policy.max_preemptions,
+        "critical_share": policy.critical.nominal,
+        "critical_lendable": policy.critical.lendable,
+        "critical_max_wait": policy.critical.max_wait,
+    }
+    assert {k: seen[k] for k in expect} == expect
+    if not values:  # the chart's defaults are the balancer's
+        assert policy == BalancerSettings.build().queue.scheduler()
+
+
+def test_a_bad_scheduler_class_fails_the_render(tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump({"balancer": {"scheduler": {"classes": {"vip": {"share": 1}}}}}))
+    result = run_helm(helm_path(), template_args(values=[path]))
+    assert result.returncode != 0 and "vip" in result.stderr

@@ -189,6 +189,9 @@ async def test_a_continuation_pays_for_what_the_slot_does_not_hold(
     assert away["prompt_eval_duration"] == pytest.approx(prompt_tokens / 100 * 1e9)
     assert last(other).cached_tokens == 0
     assert same.stats.continuation_cached_tokens == prompt_tokens - 1
+    # A continuation's record starts like its original's: both are the same conversation's.
+    original, continued = same.stats.generations
+    assert continued.prompt_head == original.prompt_head != ""
 
 
 async def test_num_predict_limits_the_new_tokens_of_a_continuation(
@@ -244,6 +247,7 @@ async def test_generations_are_listed_on_the_control_endpoint(
         (record,) = (await r.json())["generations"]
     assert record["outcome"] == "completed" and record["eval_count"] == 24
     assert record["model"] == M and record["continuation"] is False
+    assert record["prompt_head"] == ("<|user|>\n" + QUESTION)[:80]  # whose prompt it was
     async with http.get(node.url + "/-/emulator/state") as r:
         stats = (await r.json())["stats"]
     assert "generations" not in stats and stats["prompt_tokens"] == record["prompt_tokens"]

@@ -21,8 +21,9 @@ StoreFactory = Callable[..., RedisState]
 """``make_store(url=None, **RedisState options)``: a connected store ("a replica")."""
 
 StateFactory = Callable[..., FallbackState]
-"""``make_state(replica="r1", metrics=None, **FallbackState options)``: a replica's shared
-state (not started) on the test's own redis-server, with short intervals and TTLs."""
+"""``make_state(replica="r1", metrics=None, lease_ttl=2.0, **FallbackState options)``: a
+replica's shared state (not started) on the test's own redis-server, with short intervals
+and TTLs."""
 
 
 @contextmanager

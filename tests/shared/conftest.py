@@ -82,14 +82,17 @@ async def make_state(own_redis: RedisServer) -> AsyncIterator[StateFactory]:
     made: list[FallbackState] = []
 
     def make(
-        replica: str = "r1", metrics: SharedMetrics | None = None, **kw: object
+        replica: str = "r1",
+        metrics: SharedMetrics | None = None,
+        lease_ttl: float = 2.0,
+        **kw: object,
     ) -> FallbackState:
         store = RedisState(
             parse_store_url(own_redis.url),
             replica=replica,
             keys=Keys("t"),
             op_timeout=0.2,
-            lease_ttl=2.0,
+            lease_ttl=lease_ttl,
         )
         kw.setdefault("renew_interval", 0.5)
         kw.setdefault("refresh_interval", 0.2)

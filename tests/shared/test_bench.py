@@ -14,6 +14,8 @@ async def test_shared_state_bench_smoke() -> None:
         "| local acquire + release (today)",
         "| shared acquire (one script)",
         "| shared release (one script)",
+        "| shared acquire + holder + charge (one script)",
+        "| shared release + charge (one script)",
         "| acquire on A → visible in B's mirror",
         "| full refresh, 5 pairs",
     ]

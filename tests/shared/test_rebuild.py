@@ -8,7 +8,8 @@ real redis-server of the test's own.
 * a store restarted empty gets back, before anything new is granted, the leases, the loads
   in progress (the owner's, and the one a follower waits for), the finished loads and the
   learned times; every replica says so (log, metric, status); a flush mid-run, without a
-  dropped connection, is noticed by the epoch and rebuilt the same way.
+  dropped connection, is noticed by the epoch and rebuilt the same way, the scheduler's
+  board with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import redis.asyncio as aioredis
 from bench.redis_server import RedisServer
 from prometheus_client import CollectorRegistry
 
+from ollama_balancer.core.priority import Priority
+from ollama_balancer.core.shared.board import Charge, SlotHolder, Waiter
 from ollama_balancer.core.shared.degrade import Degrade
 from ollama_balancer.core.shared.model import Learned
 from ollama_balancer.shared.fallback import FallbackState
@@ -201,6 +204,45 @@ async def test_a_flush_mid_run_is_noticed_and_rebuilt(
         await eventually(lambda: a.occupancy().loading(POD, MODEL) is not None)
     finally:
         await client.aclose()
+    await a.release(lease)
+
+
+async def test_a_flush_mid_run_gives_the_board_back_before_the_next_renewal(
+    own_redis: RedisServer, make_state: StateFactory
+) -> None:
+    """The scheduler's board is re-asserted by the same write-back: a lease's holder document
+    and a waiting request come back at once, not at a renewal (none comes in this test)."""
+    a = make_state("a", lease_ttl=60.0, renew_interval=60.0)
+    await a.start()
+    heavy = (MODEL, Priority.BATCH, "heavy")
+    holder = SlotHolder("", "", "", "", "", cls=Priority.BATCH, tenant="heavy")
+    grant = await a.acquire(
+        POD, MODEL, slots=2, request_id="h", holder=holder, charge=Charge(heavy, 8)
+    )
+    lease = grant.lease
+    assert lease is not None
+    await a.post_waiter(
+        Waiter("w", MODEL, "a", arrival=a.local.clock(), cls=Priority.STANDARD, tenant="light")
+    )
+    client = await _client(own_redis)
+    try:
+        await eventually(lambda: "w" in a.board().waiters and lease.member in a.board().holders)
+        await client.flushall()
+
+        async def board_back() -> bool:
+            return bool(
+                await client.hexists(f"t:holder:{POD}|{MODEL}", lease.member)
+                and await client.hexists("t:waiter", "w")
+                and await client.hget("t:fair", f"{MODEL}|batch|heavy") == "8"
+            )
+
+        await eventually(board_back, "the board written back", interval=0.05, timeout=5)
+        assert a.status()["rebuilds"] == 1 and a.link.fallbacks == 0
+        assert await client.zcard(f"t:lease:{POD}|{MODEL}") == 1
+        await eventually(lambda: "w" in a.board().waiters and lease.member in a.board().holders)
+    finally:
+        await client.aclose()
+    await a.drop_waiter("w")
     await a.release(lease)
 
 

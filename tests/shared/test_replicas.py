@@ -228,3 +228,62 @@ async def test_a_slot_freed_on_one_replica_dispatches_a_request_waiting_on_anoth
         for t in held:
             t.cancel()
         await asyncio.gather(*held, return_exceptions=True)
+
+
+async def test_a_tenant_on_one_replica_takes_back_a_slot_from_a_tenant_on_another(
+    stack: tuple[AsyncExitStack, common.Procs], redis_url: str
+) -> None:
+    """One scheduler across replicas: the heavy tenant fills both slots through replica A;
+    the light tenant's request on replica B is owed a share, so B takes one of A's slots back
+    (A stops that stream at a frame's end and resumes it when a slot frees); the heavy
+    answers still arrive whole."""
+    exits, procs = stack
+    f = await start(
+        exits,
+        procs,
+        nodes([("a", [WARM], [WARM])], 2),
+        replicas=2,
+        slots=2,
+        redis_url=redis_url,
+        extra=["--queue", "--queue-policy", "reclaim", "--tenant-header", "X-Tenant"],
+    )
+    f.node("a").faults.slow(300.0)  # 24 tokens take a few seconds
+
+    async def heavy(i: int) -> list[dict[str, Any]]:
+        body = {**chat(WARM, f"heavy {i}"), "stream": True, "options": {}}
+        lines: list[dict[str, Any]] = []
+        async with f.session.post(
+            f.urls[0] + "/api/chat", json=body, headers={"X-Tenant": "heavy"}
+        ) as resp:
+            async for raw in resp.content:
+                lines.append(json.loads(raw))
+        return lines
+
+    streams = [asyncio.ensure_future(heavy(i)) for i in range(2)]
+    try:
+        async with asyncio.timeout(15):
+            while f.node("a").stats.generations_started < 2:
+                await asyncio.sleep(0.02)
+        status, _, _ = await f.post(
+            f.urls[1] + "/api/chat", chat(WARM, "light"), headers={"X-Tenant": "light"}
+        )
+        assert status == 200
+        answers = await asyncio.gather(*streams)
+        for lines in answers:  # each heavy answer whole: every token, one final line
+            assert [line["done"] for line in lines].count(True) == 1 and lines[-1]["done"]
+            assert lines[-1]["eval_count"] == len(lines) - 1 == 24
+        a_metrics = await fetch_text(f, f.urls[0] + "/metrics")
+        b_metrics = await fetch_text(f, f.urls[1] + "/metrics")
+        assert 'ollama_fleet_preemptions_total{class="standard"' in b_metrics  # B asked
+        assert 'ollama_fleet_resumes_total{model="llama3.2:3b",outcome="resumed"} 1.0' in a_metrics
+        assert f.node("a").stats.continuation_prompt_tokens > 0
+    finally:
+        for t in streams:
+            t.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
+
+
+async def fetch_text(f: Any, url: str) -> str:
+    async with f.session.get(url) as resp:
+        text: str = await resp.text()
+        return text

@@ -12,8 +12,10 @@ file, usually a mounted Kubernetes Secret, as SHA-256 hashes only::
         requests_per_minute: 120           # 0 = unlimited
         tokens_per_minute: 200000          # prompt + generated tokens; 0 = unlimited
         admin: false                       # may call /api/pull, /api/delete, ...
-        priority: standard                 # critical | standard | batch (waiting order)
-        weight: 1                          # fair share between tenants while waiting
+        priority: standard                 # critical | standard | batch (its class)
+        weight: 1                          # its fair share against the class's other tenants
+        max_wait: 600                      # seconds of estimated wait before a 429 (default:
+                                           # its class's; see docs/scheduling.md)
 
 A presented key is hashed and compared with *every* stored hash through
 :func:`hmac.compare_digest`, so neither the match position nor a prefix leaks
@@ -73,7 +75,9 @@ class ApiKey:
     priority: Priority = Priority.STANDARD
     """The class its requests wait in; ``X-Priority`` may lower it, never raise it."""
     weight: float = 1.0
-    """Its share of the slots against other tenants of the same class (tokens, not requests)."""
+    """Its share of the slots against other tenants of the same class (slot-seconds)."""
+    max_wait: float | None = None
+    """Estimated wait beyond which its requests are refused (None: its class's limit)."""
 
     def allows_model(self, name: str) -> bool:
         """Whether ``name`` (as sent) matches one of the model globs.
@@ -128,6 +132,7 @@ def parse_keys(text: str) -> KeyTable:
             "admin",
             "priority",
             "weight",
+            "max_wait",
         }
         if unknown:
             raise AuthConfigError(f"{where}: unknown field(s) {sorted(map(str, unknown))}")
@@ -164,6 +169,13 @@ def parse_keys(text: str) -> KeyTable:
             raise AuthConfigError(f"{where}: weight must be a positive number")
         if weight > 1e6:
             raise AuthConfigError(f"{where}: weight must be at most 1000000")
+        max_wait = entry.get("max_wait")
+        if max_wait is not None and (
+            isinstance(max_wait, bool)
+            or not isinstance(max_wait, int | float)
+            or not 0 < max_wait <= 86400
+        ):
+            raise AuthConfigError(f"{where}: max_wait must be seconds in (0, 86400]")
         keys.append(
             ApiKey(
                 name=name.strip(),
@@ -175,6 +187,7 @@ def parse_keys(text: str) -> KeyTable:
                 admin=admin,
                 priority=priority,
                 weight=float(weight),
+                max_wait=None if max_wait is None else float(max_wait),
             )
         )
     return KeyTable(tuple(keys))

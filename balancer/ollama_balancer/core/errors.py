@@ -134,6 +134,12 @@ class GatewayTimeout(ServerError):
     status = 504
 
 
+class BadGateway(ServerError):
+    """A pod's answer broke before the balancer could send any of it (an assembled answer)."""
+
+    status = 502
+
+
 class BackendAnswer(BalancerError):
     """A backend's own error (e.g. Ollama's 500 when a load fails), with its status."""
 

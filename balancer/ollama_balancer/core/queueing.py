@@ -45,19 +45,34 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from ollama_wire.config import Group, setting
+from ollama_wire.config import Group, SettingsError, setting
+
+from .priority import BadPriority, Priority, parse_priority, request_priority
+from .scheduling.policy import (
+    DEFAULT_BATCH,
+    DEFAULT_CRITICAL,
+    DEFAULT_STANDARD,
+    BadClassPolicy,
+    SchedulerPolicy,
+    class_policy_text,
+    parse_class_policy,
+)
 
 __all__ = [
+    "DEADLINE_HEADER",
     "SHARED_TENANT",
+    "BadDeadline",
     "BadPriority",
     "Offer",
     "Priority",
+    "QueuePolicy",
     "QueueSettings",
     "Queued",
     "WaitQueue",
     "Waiting",
     "demand",
     "expected_wait",
+    "parse_deadline",
     "parse_priority",
     "request_priority",
     "retry_after",
@@ -70,45 +85,29 @@ SHARED_TENANT = "-"
 MAX_RETRY_AFTER = 3600
 
 
-class Priority(StrEnum):
-    """A request's class; lower :attr:`rank` goes first."""
-
-    CRITICAL = "critical"
-    STANDARD = "standard"
-    BATCH = "batch"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
+#: A client's deadline for its answer, in seconds from now: orders it within its class.
+DEADLINE_HEADER = "X-Request-Deadline"
+_MAX_DEADLINE = 86400.0
 
 
-_RANK = {Priority.CRITICAL: 0, Priority.STANDARD: 1, Priority.BATCH: 2}
+class BadDeadline(ValueError):
+    """An ``X-Request-Deadline`` that is not a number of seconds in (0, 86400]."""
 
 
-class BadPriority(ValueError):
-    """An ``X-Priority`` value or a keys-file ``priority`` that names no class."""
-
-
-def parse_priority(text: str) -> Priority:
+def parse_deadline(text: str | None, now: float) -> float | None:
+    """The absolute deadline ``now + seconds`` an ``X-Request-Deadline`` header asks for."""
+    if text is None or not text.strip():
+        return None
     try:
-        return Priority(text.strip().lower())
+        seconds = float(text.strip().removesuffix("s"))
     except ValueError:
-        allowed = ", ".join(p.value for p in Priority)
-        raise BadPriority(f"unknown priority {text[:40]!r} (one of {allowed})") from None
-
-
-def request_priority(key_priority: Priority | None, header: str | None) -> Priority:
-    """The class a request runs in: its key's (standard without one), lowered by ``X-Priority``.
-
-    A header may lower the class but never raise it: a ``standard`` key sending
-    ``X-Priority: critical`` stays ``standard``.  An unknown header value raises
-    :class:`BadPriority` (the caller answers 400 in the client's shape).
-    """
-    base = key_priority or Priority.STANDARD
-    if header is None or not header.strip():
-        return base
-    asked = parse_priority(header)
-    return asked if asked.rank > base.rank else base
+        seconds = math.nan
+    if not 0 < seconds <= _MAX_DEADLINE:
+        raise BadDeadline(
+            f"{DEADLINE_HEADER} must be the seconds until the answer is due, "
+            f"a number in (0, {_MAX_DEADLINE:g}], not {text.strip()[:40]!r}"
+        )
+    return now + seconds
 
 
 def tenant_of(key_name: str | None, header: str | None) -> str:
@@ -121,6 +120,24 @@ def tenant_of(key_name: str | None, header: str | None) -> str:
 
 
 _AGING = "queue_batch_aging, queue_hold_unavailable: must be >= 0"
+
+
+class QueuePolicy(StrEnum):
+    """How the wait room decides who goes next (``--queue-policy``)."""
+
+    RECLAIM = "reclaim"
+    """Class shares with lending, fair share in slot-seconds, reclaim by preemption and
+    resume, fleet-wide (docs/scheduling.md)."""
+    ORDER = "order"
+    """Class order and token fair share per replica, no shares, no reclaim (the #13 queue)."""
+
+
+_CLASS_SPEC = (
+    "share=FRACTION of the pool's slots it owns, lendable=FRACTION of that others may borrow "
+    "while it is idle, borrow=FRACTION of the pool it may take beyond its share, "
+    "budget=SECONDS an entitled request waits before a borrowed slot is taken back, "
+    "max_wait=SECONDS of estimated wait beyond which an arrival is refused 429"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +189,57 @@ class QueueSettings(Group):
     default_output_tokens: int = setting(
         256, "output tokens assumed for a request that sets no limit (fair share)"
     )
+    policy: QueuePolicy = setting(
+        QueuePolicy.RECLAIM,
+        "reclaim: class shares with lending, slot-second fair share, reclaim by preemption "
+        "and resume, one order across replicas; order: class order and fair share only",
+        key="queue_policy",
+    )
+    critical: str = setting(
+        class_policy_text(DEFAULT_CRITICAL),
+        f"the critical class in each model's pool: {_CLASS_SPEC}",
+        key="queue_critical",
+    )
+    standard: str = setting(
+        class_policy_text(DEFAULT_STANDARD),
+        "the standard class (requests without a key or class run in it), as queue_critical",
+        key="queue_standard",
+    )
+    batch: str = setting(
+        class_policy_text(DEFAULT_BATCH), "the batch class, as queue_critical", key="queue_batch"
+    )
+    max_preemptions: int = setting(
+        2,
+        "times one request may be preempted (taken back and resumed); then it is left alone",
+        key="queue_max_preemptions",
+        ge=0,
+    )
+
+    def check(self) -> None:
+        self.scheduler()
+
+    def scheduler(self) -> SchedulerPolicy:
+        """The scheduling policy these settings describe (``reclaim``)."""
+        specs = {
+            "queue_critical": (self.critical, DEFAULT_CRITICAL),
+            "queue_standard": (self.standard, DEFAULT_STANDARD),
+            "queue_batch": (self.batch, DEFAULT_BATCH),
+        }
+        parsed = {}
+        for name, (text, default) in specs.items():
+            try:
+                parsed[name] = parse_class_policy(text, default)
+            except BadClassPolicy as exc:
+                raise SettingsError(f"{name}: {exc}") from None
+        try:
+            return SchedulerPolicy(
+                critical=parsed["queue_critical"],
+                standard=parsed["queue_standard"],
+                batch=parsed["queue_batch"],
+                max_preemptions=self.max_preemptions,
+            )
+        except ValueError as exc:
+            raise SettingsError(f"queue classes: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +257,26 @@ class Waiting:
     display: str = ""  # the model as the client named it, for messages
     pin: str | None = None  # X-Ollama-Backend / model@pod
     affinity_backend: str | None = None  # where this conversation went last
+    # ---- what the scheduler of queue_policy=reclaim needs besides (docs/scheduling.md)
+    expected_seconds: float = 1.0
+    """Estimated slot-seconds the request will hold (for a continuation: what is left)."""
+    finish_by: float | None = None
+    """Absolute time (the wait room's clock) it should be done by: ``X-Request-Deadline``."""
+    resumable: bool = False
+    """Its API can continue a partial answer, so a slot lent to it can be taken back."""
+    preemptions: int = 0
+    """Times it was taken back already (a continuation waiting again)."""
+    arrival: float | None = None
+    """When it first arrived, for a continuation (its place among its tenant's requests)."""
+    max_wait: float | None = None
+    """Its key's admission limit (estimated seconds of wait), instead of its class's."""
 
     def waited(self, now: float) -> float:
         return max(0.0, now - self.enqueued)
+
+    @property
+    def arrived(self) -> float:
+        return self.enqueued if self.arrival is None else self.arrival
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ class RequestRecord:
     tenant: str = ""  # whose fair share it counted against while waiting
     priority: str = ""  # critical | standard | batch, when it went through the wait queue
     queue_wait: float | None = None  # seconds it waited in the balancer for a slot
+    queue_estimate: float | None = None  # the wait estimated when it arrived (reclaim)
+    preemptions: int = 0  # times the scheduler took its slot back (each resumed)
     token_estimate: Any = None  # tokens.TokenEstimate made for the wait queue (learned from)
     trace_id: str = ""  # the W3C trace it is part of (32 hex digits), when one is known
     tenant_header: str = ""  # the tenant header's value (usage per tenant), "" when absent

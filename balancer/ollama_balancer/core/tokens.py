@@ -28,7 +28,10 @@ from typing import Any
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "DEFAULT_DECODE_SECONDS",
+    "DEFAULT_PREFILL_SECONDS",
     "IMAGE_TOKENS",
+    "RateBook",
     "TokenCorrection",
     "TokenEstimate",
     "estimate_tokens",
@@ -176,3 +179,55 @@ class TokenCorrection:
         self._factors[key] = ratio if old is None else old + self.alpha * (ratio - old)
         while len(self._factors) > self.max_entries:  # least recently taught goes first
             del self._factors[next(iter(self._factors))]
+
+
+#: Until a model's rates are measured: Ollama on a mid-range GPU reads a prompt at about
+#: 2000 tokens/s and writes about 40 tokens/s for a 7–8B model (what the emulator plays).
+DEFAULT_PREFILL_SECONDS = 1 / 2000
+DEFAULT_DECODE_SECONDS = 1 / 40
+
+
+class RateBook:
+    """Per model, seconds per prompt token and per generated token, learned from Ollama's
+    final metrics (``prompt_eval_duration / prompt_eval_count`` is too fast when the prompt
+    cache served part of the prompt, so only cold-enough prompts teach it; explicit state).
+
+    Turns a :class:`TokenEstimate` into the slot-seconds the scheduler charges and orders by.
+    """
+
+    def __init__(self, alpha: float = _ALPHA, max_entries: int = 4096) -> None:
+        self.alpha = alpha
+        self.max_entries = max_entries
+        self._prefill: dict[str, float] = {}
+        self._decode: dict[str, float] = {}
+
+    def seconds(self, model: str, estimate: TokenEstimate) -> float:
+        """Expected slot-seconds of a request of ``model`` with this token estimate."""
+        prefill = self._prefill.get(model, DEFAULT_PREFILL_SECONDS)
+        decode = self._decode.get(model, DEFAULT_DECODE_SECONDS)
+        return estimate.prompt * prefill + estimate.output * decode
+
+    def decode_seconds(self, model: str) -> float:
+        return self._decode.get(model, DEFAULT_DECODE_SECONDS)
+
+    def learn(
+        self,
+        model: str,
+        prompt_count: int | None,
+        prompt_ns: int | None,
+        eval_count: int | None,
+        eval_ns: int | None,
+    ) -> None:
+        if eval_count and eval_ns and eval_count >= 8:
+            self._mix(self._decode, model, eval_ns / 1e9 / eval_count)
+        # A prompt mostly served from the cache reports a tiny duration for its whole count.
+        if prompt_count and prompt_ns and prompt_count >= 64:
+            rate = prompt_ns / 1e9 / prompt_count
+            if rate >= self._prefill.get(model, DEFAULT_PREFILL_SECONDS) / 4:
+                self._mix(self._prefill, model, rate)
+
+    def _mix(self, table: dict[str, float], model: str, value: float) -> None:
+        old = table.pop(model, None)
+        table[model] = value if old is None else old + self.alpha * (value - old)
+        while len(table) > self.max_entries:
+            del table[next(iter(table))]

@@ -21,6 +21,7 @@ A claim can be released and taken again while its request lives.  Routing is han
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -31,14 +32,16 @@ from ..core.queueing import Waiting
 from ..core.rankers import COLD_REASONS, Choice, Reason
 from ..core.record import RequestRecord
 from ..core.routing import RouteRequest
+from ..core.shared.board import Charge, CounterKey, SlotHolder
 from ..core.shared.gate import load_decision
 from ..core.shared.local import LocalState
 from ..core.shared.model import Learned, Lease
 from ..core.shared.protocol import SharedState
 from ..polling import FleetTracker
 from ..waitroom import WaitRoom
+from .resumable import Resumable
 
-__all__ = ["WARM", "Claim", "Route", "SlotClaims"]
+__all__ = ["WARM", "Charged", "Claim", "Route", "SlotClaims"]
 
 #: Reasons whose pod has (or is loading) the model: a slot there is worth a lease attempt.
 WARM = frozenset({Reason.RESIDENT, Reason.LOADING, Reason.AFFINITY, Reason.PINNED})
@@ -59,6 +62,19 @@ class Claim:
     learned: Learned | None = None
     quota: QuotaHold | None = None
     affinity: str | None = None
+    #: The scheduler's charge for the lease (``queue_policy=reclaim``): its fair-share
+    #: counter, the tenant's weight, the slot-seconds charged and when the slot was taken.
+    charged: Charged | None = None
+    #: What resuming the request needs, when the scheduler may take it back.
+    resume: Resumable | None = None
+
+
+@dataclass(slots=True)
+class Charged:
+    key: CounterKey
+    weight: float
+    seconds: float
+    since: float
 
 
 class SlotClaims:
@@ -70,11 +86,16 @@ class SlotClaims:
         view: FleetTracker,
         route: Route,
         waitroom: WaitRoom | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.shared = shared
         self.view = view
         self._route = route
         self.waitroom = waitroom
+        self._clock = clock
+        #: Leases carry whose they are and charge fair share (``queue_policy=reclaim``).
+        self.scheduling = waitroom is not None and waitroom.scheduler is not None
         # Local state releases at once, without suspending: nothing to shield.
         self._local = isinstance(shared, LocalState)
         if waitroom is not None:
@@ -134,23 +155,49 @@ class SlotClaims:
         while True:
             bound = await self.waitroom.wait(waiting)
             state = self.view.snapshot.get(bound.backend)
+            holder, charge = self._charge(waiting, claim) if self.scheduling else (None, None)
             try:
                 grant = await self.shared.acquire(
                     bound.backend,
                     claim.model,
                     slots=max(1, state.backend.slots) if state else 1,
-                    request_id=record.request_id,
+                    request_id=waiting.id,
                     cold=bound.cold,
                     # a pinned request, or one bound to a cold load, goes there regardless
                     overflow=bound.cold or pinned,
+                    holder=holder,
+                    charge=charge,
                 )
             finally:
                 self.waitroom.settle(bound)
-            record.queue_wait = bound.waited
+            record.queue_wait = (record.queue_wait or 0.0) + bound.waited
             if grant.lease is not None:
                 claim.lease = grant.lease
                 return bound.ranked
+            claim.charged = None
             waiting = replace(waiting, id=f"{waiting.id}+")  # lost the race: queue again
+
+    def _charge(self, w: Waiting, claim: Claim) -> tuple[SlotHolder, Charge]:
+        """What a lease of ``w`` puts on the scheduler's board, and its fair-share charge (the
+        tenant's counter first raised to the class's lowest: an idle tenant banks no credit)."""
+        key: CounterKey = (w.model, w.priority, w.tenant)
+        floor = self.shared.board().counter_floor(w.model, w.priority, w.tenant)
+        weight = w.weight if w.weight > 0 else 1.0
+        claim.charged = Charged(key, weight, w.expected_seconds, self._clock())
+        holder = SlotHolder(
+            member="",
+            pod="",
+            model=w.model,
+            replica="",
+            request_id=w.id,
+            cls=w.priority,
+            tenant=w.tenant,
+            weight=weight,
+            expected_seconds=w.expected_seconds,
+            preemptions=w.preemptions,
+            resumable=w.resumable,
+        )
+        return holder, Charge(key, w.expected_seconds / weight, floor)
 
     # ------------------------------------------------------------------ failover
     async def lease_for(
@@ -175,8 +222,10 @@ class SlotClaims:
     async def first_byte(self, claim: Claim) -> float | None:
         """The pod answered: the seconds its load took when this request started one."""
         loaded = await self.shared.first_byte(claim.lease) if claim.lease else None
-        if loaded is not None:
-            self.slot_freed()  # followers of the load may bind to it now
+        if loaded is not None or self.scheduling:
+            # followers of a load may bind to it now; a request that started generating may
+            # now be taken back for one that waits (the scheduler preempts generating ones)
+            self.slot_freed()
         return loaded
 
     # ------------------------------------------------------------------- release
@@ -202,12 +251,18 @@ class SlotClaims:
             quota, tokens = claim.quota.ticket, record.tokens_used()
             claim.quota.settled = True
         learned, claim.learned = claim.learned, None
+        charged, claim.charged = claim.charged, None
+        correction = None
+        if charged is not None:  # charged an estimate at dispatch: now the slot-seconds held
+            held = self._clock() - charged.since
+            correction = Charge(charged.key, (held - charged.seconds) / charged.weight)
         await self.shared.release(
             lease,
             learned=learned,
             affinity=claim.affinity if answered else None,
             quota=quota,
             tokens=tokens,
+            charge=correction,
         )
         self.slot_freed()
 

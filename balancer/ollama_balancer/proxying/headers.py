@@ -8,7 +8,7 @@ from aiohttp import web
 from ..upstream import Response
 from .attempt import Attempt
 
-__all__ = ["HOP_BY_HOP", "forwarded", "response_head"]
+__all__ = ["HOP_BY_HOP", "balancer_headers", "forwarded", "response_head"]
 
 HOP_BY_HOP = frozenset(
     {
@@ -48,6 +48,21 @@ def forwarded(request: web.BaseRequest) -> dict[str, str]:
     return headers
 
 
+def balancer_headers(at: Attempt) -> dict[str, str]:
+    """The balancer's own headers on an answer: who served it, why, how long it waited."""
+    record = at.record
+    out = {
+        "X-Request-ID": record.request_id,
+        "X-Ollama-Backend": at.backend.name,
+        "X-Route-Reason": f"{at.choice.reason}; {at.note}" if at.note else at.choice.reason,
+    }
+    if record.queue_wait is not None:
+        out["X-Queue-Wait"] = f"{record.queue_wait:.3f}"
+    if record.queue_estimate is not None:
+        out["X-Queue-Estimate"] = f"{record.queue_estimate:.3f}"
+    return out
+
+
 def response_head(at: Attempt, upstream: Response) -> web.StreamResponse:
     """The client's response to ``upstream`` (not yet prepared): the pod's status and
     end-to-end headers, and the balancer's."""
@@ -56,12 +71,7 @@ def response_head(at: Attempt, upstream: Response) -> web.StreamResponse:
     for name, value in upstream.header_items:
         if name.lower() not in _DROP_RESPONSE:
             out.add(name, value)
-    record = at.record
-    out["X-Request-ID"] = record.request_id
-    out["X-Ollama-Backend"] = at.backend.name
-    out["X-Route-Reason"] = f"{at.choice.reason}; {at.note}" if at.note else at.choice.reason
-    if record.queue_wait is not None:
-        out["X-Queue-Wait"] = f"{record.queue_wait:.3f}"
+    out.update(balancer_headers(at))
     length = upstream.content_length
     if length is not None and not upstream.chunked:
         resp.content_length = length

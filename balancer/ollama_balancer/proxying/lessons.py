@@ -1,6 +1,14 @@
 """What an answer taught, read once when its relay is complete: the model's load and
-service times (for routing and the wait queue's estimates), and how far the tenant's
-token estimate was off (from Ollama's final metrics line)."""
+service times (for routing and the wait queue's estimates), how far the tenant's token
+estimate was off (from Ollama's final metrics line), and the model's seconds per token.
+
+Ollama's own API ends with its metrics (``eval_duration``, ``eval_count``).  Its OpenAI and
+Anthropic APIs do not: there the seconds per generated token are timed on the relay, from
+the first streamed event to the last over the tokens it counted (:mod:`..core.usage`) — one
+event per token, the first sent once the prompt is read.  Without that, a fleet whose
+clients speak OpenAI would keep the default rates forever, and every slot-second estimate
+(the scheduler's order, reclaim and admission) would be off by the model's speed.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,8 @@ import orjson
 from ..core.ledger import COLD_LOAD_THRESHOLD
 from ..core.rankers import Reason
 from ..core.shared.model import Learned
-from ..core.tokens import TokenCorrection, TokenEstimate
+from ..core.tokens import RateBook, TokenCorrection, TokenEstimate
+from ..core.usage import Counted
 from .attempt import Attempt
 from .relay import Relay
 
@@ -32,6 +41,8 @@ METRIC_KEYS = (
 
 #: The answers whose last line is Ollama's own JSON with the final metrics.
 _WITH_METRICS = frozenset({"application/x-ndjson", "application/json"})
+#: Streams without them (OpenAI, Anthropic): one event per generated token.
+_TIMED = "text/event-stream"
 
 
 class Lessons:
@@ -39,12 +50,20 @@ class Lessons:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.tokens = TokenCorrection()
+        #: Seconds per prompt and per generated token, per model: a request's slot-seconds.
+        self.rates = RateBook()
         self._clock = clock
 
-    def learn(self, at: Attempt, relay: Relay) -> Learned | None:
-        """What ``at``'s complete answer taught; its final metrics go on the record."""
+    def learn(
+        self, at: Attempt, relay: Relay, streamed_since: float | None = None
+    ) -> Learned | None:
+        """What ``at``'s complete answer taught; its final metrics go on the record.
+        ``streamed_since``: when its first byte came (a stream relayed in one go), so that an
+        answer without metrics still teaches the seconds per token."""
         record = at.record
         metrics = final_metrics(relay.tail) if relay.content_type in _WITH_METRICS else None
+        if not metrics and streamed_since is not None and relay.content_type == _TIMED:
+            self._time_tokens(at, self._clock() - streamed_since)
         if metrics:
             record.metrics = metrics
             if isinstance(record.token_estimate, TokenEstimate):
@@ -55,6 +74,13 @@ class Lessons:
                     _count(metrics, "prompt_eval_count"),
                     _count(metrics, "eval_count"),
                 )
+            self.rates.learn(
+                at.req.key,
+                _count(metrics, "prompt_eval_count"),
+                _count(metrics, "prompt_eval_duration"),
+                _count(metrics, "eval_count"),
+                _count(metrics, "eval_duration"),
+            )
             load_ns = metrics.get("load_duration") or 0
             total_ns = metrics.get("total_duration") or 0
             return Learned(
@@ -66,6 +92,14 @@ class Lessons:
         if at.choice.reason is not Reason.COLD_LOAD:
             return Learned(service_seconds=self._clock() - record.started)
         return None
+
+    def _time_tokens(self, at: Attempt, seconds: float) -> None:
+        usage = at.record.usage
+        if usage.counted is Counted.NONE or seconds <= 0.0:
+            return
+        # The prompt's time is not measured here (the first byte also waited for the slot
+        # and the network): only the generated tokens teach.
+        self.rates.learn(at.req.key, None, None, usage.generated, round(seconds * 1e9))
 
 
 def final_metrics(tail: bytes) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ next — ``write_eof`` after a complete answer, :func:`end_broken` after a break
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 import orjson
@@ -41,6 +42,9 @@ class Ending(StrEnum):
     """Nothing came (or could be written) for ``idle_timeout``."""
     CLIENT_GONE = "client_gone"
     """A write found the client's connection gone."""
+    PREEMPTED = "preempted"
+    """The scheduler took the slot back (:attr:`Relay.stop`): the relay stopped at a frame's
+    end, the client holding a well-formed partial answer; the proxy resumes the rest."""
 
 
 class Relay:
@@ -52,7 +56,17 @@ class Relay:
     last two chunks, ``tail`` their join (kept on every ending, a cancel included).
     """
 
-    __slots__ = ("chunks", "content_type", "ending", "error", "last", "prev", "sent")
+    __slots__ = (
+        "chunks",
+        "content_type",
+        "ending",
+        "error",
+        "kept",
+        "last",
+        "prev",
+        "sent",
+        "stop",
+    )
 
     def __init__(self) -> None:
         self.sent = 0
@@ -62,6 +76,12 @@ class Relay:
         self.content_type = ""
         self.ending = Ending.RUNNING
         self.error: BaseException | None = None
+        #: Set by the scheduler (any time) to take the slot back: :meth:`run_kept` stops at
+        #: the end of the next frame the client receives.
+        self.stop = False
+        #: What the client received, chunk by chunk (:meth:`run_kept`): the partial answer a
+        #: resume continues, and the stream a non-streamed answer is assembled from.
+        self.kept: list[bytes] = []
 
     @property
     def tail(self) -> bytes:
@@ -117,6 +137,61 @@ class Relay:
             self.ending = Ending.COMPLETE
         finally:
             self.prev, self.last = prev, last  # a cancel too: what went out is counted
+        return self.ending
+
+    async def run_kept(
+        self,
+        upstream: Response,
+        request: web.BaseRequest,
+        write: Callable[[bytes], Awaitable[None]],
+        idle_timeout: float,
+        *,
+        end: bytes = b"\n",
+        transform: Callable[[bytes], bytes] | None = None,
+    ) -> Ending:
+        """Relay as :meth:`run` does, keeping every byte the client received in :attr:`kept`
+        and stopping (:attr:`Ending.PREEMPTED`) at the first frame's ``end`` after
+        :attr:`stop` is set.  ``write`` is the client's stream, or a sink when the answer is
+        assembled; ``transform`` rewrites a continuation's bytes for the client (a stitcher).
+
+        Only requests the scheduler may take back come here: the per-chunk work a resume
+        needs (keep, check, rewrite) stays off everyone else's path.
+        """
+        self.content_type = upstream.content_type
+        read = upstream.readany
+        kept = self.kept
+        sep = chunk_separator(self.content_type)
+        try:
+            async with asyncio.timeout(None) as deadline:
+                watchdog = IdleWatchdog(deadline, self, idle_timeout)
+                try:
+                    while chunk := await read():
+                        if transform is not None:
+                            chunk = transform(chunk)
+                            if not chunk:
+                                continue
+                        await write(chunk)
+                        kept.append(chunk)
+                        self.sent += len(chunk)
+                        if sep:
+                            self.chunks += chunk.count(sep)
+                        self.prev, self.last = self.last, chunk
+                        if self.stop and chunk.endswith(end):
+                            self.ending = Ending.PREEMPTED
+                            return self.ending
+                finally:
+                    watchdog.stop()
+        except UpstreamError as exc:
+            self.ending, self.error = Ending.BROKEN, exc
+        except TimeoutError as exc:
+            self.ending, self.error = Ending.IDLE, exc
+        except OSError as exc:  # a write: the client's side
+            if isinstance(exc, ConnectionResetError) and request.transport is None:
+                self.ending = Ending.CLIENT_GONE
+            else:
+                self.ending, self.error = Ending.BROKEN, exc
+        else:
+            self.ending = Ending.COMPLETE
         return self.ending
 
 

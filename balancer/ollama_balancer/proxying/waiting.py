@@ -1,5 +1,6 @@
-"""The request as the wait queue sees it (late binding): tenant, class, estimated tokens,
-weight — read from the API key, the request's headers and its body."""
+"""The request as the wait queue sees it (late binding): tenant, class, estimated tokens and
+slot-seconds, weight, deadline, whether it can be resumed — read from the API key, the
+request's headers and its body."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ from aiohttp import web
 
 from ..context import API_KEY
 from ..core.errors import BadRequest
-from ..core.queueing import BadPriority, Waiting, request_priority, tenant_of
+from ..core.queueing import (
+    DEADLINE_HEADER,
+    BadDeadline,
+    BadPriority,
+    Waiting,
+    parse_deadline,
+    request_priority,
+    tenant_of,
+)
 from ..core.record import RequestRecord
 from ..core.requests import ParsedRequest
-from ..core.tokens import TokenCorrection, estimate_tokens
+from ..core.resume import resumable
+from ..core.tokens import RateBook, TokenCorrection, estimate_tokens
 
 __all__ = ["waiting_for"]
 
@@ -24,9 +34,12 @@ def waiting_for(
     tenant_header: str,
     default_output_tokens: int,
     tokens: TokenCorrection,
+    rates: RateBook | None = None,
+    now: float = 0.0,
 ) -> Waiting:
     """The :class:`Waiting` entry of ``request``; its tenant, class and raw token estimate
-    are noted on the record (the estimate is corrected by what the tenant's answers taught)."""
+    are noted on the record (the estimate is corrected by what the tenant's answers taught).
+    A malformed ``X-Priority`` or ``X-Request-Deadline`` is a 400 in the client's shape."""
     key = request.get(API_KEY)
     header = request.headers.get(tenant_header) if tenant_header else None
     tenant = tenant_of(key.name if key else None, header)
@@ -34,7 +47,8 @@ def waiting_for(
         priority = request_priority(
             key.priority if key else None, request.headers.get("X-Priority")
         )
-    except BadPriority as exc:
+        finish_by = parse_deadline(request.headers.get(DEADLINE_HEADER), now)
+    except (BadPriority, BadDeadline) as exc:
         raise BadRequest(str(exc)) from None
     raw = estimate_tokens(req.doc, request.path, default_output_tokens)
     estimate = tokens.correct(tenant, req.key, raw)
@@ -50,4 +64,8 @@ def waiting_for(
         display=req.model,
         pin=req.pin,
         affinity_backend=affinity_backend,
+        expected_seconds=rates.seconds(req.key, estimate) if rates is not None else 1.0,
+        finish_by=finish_by,
+        resumable=rates is not None and bool(resumable(request.path, req.doc)),
+        max_wait=key.max_wait if key else None,
     )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
@@ -186,6 +187,30 @@ class StoreConnection:
 
     async def ping(self) -> None:
         await self.io(loose(self.client().ping)())
+
+    async def listen(
+        self,
+        channel: str,
+        on_message: Callable[[bytes | str], None],
+        subscribed: asyncio.Event | None = None,
+    ) -> None:
+        """Hand every message of ``channel`` to ``on_message`` until the connection fails
+        (raises :class:`StoreUnavailable`); ``subscribed`` is set once subscribed."""
+        pubsub: PubSub = self.client().pubsub(ignore_subscribe_messages=True)
+        try:
+            await self.io(pubsub.subscribe(channel))
+            if subscribed is not None:
+                subscribed.set()
+            while True:
+                try:
+                    msg = await pubsub.get_message(timeout=1.0)
+                except (RedisError, OSError) as exc:
+                    raise StoreUnavailable(f"events channel: {type(exc).__name__}: {exc}") from exc
+                if msg is not None and msg.get("type") == "message":
+                    on_message(msg["data"])
+        finally:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(loose(pubsub.aclose)(), self.op_timeout * 4)
 
 
 def _read_secret(path: str) -> str | None:

@@ -20,16 +20,23 @@ While the store serves, every operation runs detached from its caller (:mod:`.de
 a client that leaves costs no store connection and keeps nothing.  While it does not,
 the occupancy routing reads is the degrade policy's (:mod:`~ollama_balancer.core.shared.degrade`):
 this replica's counts, and by default the fleet as the store last showed it.
+
+The scheduler's board follows the same rule: :meth:`FallbackState.board` is the
+store's (fleet-wide) while it serves, else local state's, which shadows this
+replica's own holders and waiting requests all along (the link re-asserts them, and
+hands the fair-share counters over both ways).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..core.auth import ApiKey
 from ..core.occupancy import Occupancy
+from ..core.shared.board import Board, Charge, Reservation, SlotHolder, Waiter
 from ..core.shared.degrade import Degrade, DegradedViews
 from ..core.shared.local import LocalState
 from ..core.shared.model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
@@ -39,6 +46,18 @@ from .link import Held, SharedObserver, StoreLink
 from .store import RedisState
 
 __all__ = ["FallbackState", "SharedObserver"]
+
+
+@dataclass(frozen=True, slots=True)
+class _How:
+    """What an acquire asks for, besides its pod and model."""
+
+    slots: int
+    request_id: str
+    cold: bool
+    overflow: bool
+    holder: SlotHolder | None
+    charge: Charge | None
 
 
 class FallbackState:
@@ -114,6 +133,11 @@ class FallbackState:
     def affinity(self, key: str) -> str | None:
         return self.local.affinity(key)
 
+    def board(self) -> Board:
+        if self.link.up and self.store.mirror.synced:
+            return self.store.board()
+        return self.local.board()
+
     # ------------------------------------------------------------ slots
     # Every operation that may talk to the store runs detached from its caller while the
     # store serves; while it does not, local state answers at once.
@@ -126,20 +150,26 @@ class FallbackState:
         request_id: str,
         cold: bool = False,
         overflow: bool = False,
+        holder: SlotHolder | None = None,
+        charge: Charge | None = None,
     ) -> Grant:
+        how = _How(slots, request_id, cold, overflow, holder, charge)
         if not self.link.up:
-            return self._take_locally(pod, model, slots, request_id, cold, overflow)
-        return await self.detached.run(
-            self._acquire(pod, model, slots, request_id, cold, overflow), self._give_back
-        )
+            return self._take_locally(pod, model, how)
+        return await self.detached.run(self._acquire(pod, model, how), self._give_back)
 
-    async def _acquire(
-        self, pod: str, model: str, slots: int, request_id: str, cold: bool, overflow: bool
-    ) -> Grant:
+    async def _acquire(self, pod: str, model: str, how: _How) -> Grant:
         t0 = self.timer()
         ok, grant = await self.link.run(
             lambda: self.store.acquire(
-                pod, model, slots=slots, request_id=request_id, cold=cold, overflow=overflow
+                pod,
+                model,
+                slots=how.slots,
+                request_id=how.request_id,
+                cold=how.cold,
+                overflow=how.overflow,
+                holder=how.holder,
+                charge=how.charge,
             )
         )
         if ok and grant is not None:
@@ -149,21 +179,29 @@ class FallbackState:
                 self.local.take(
                     pod,
                     model,
-                    slots=slots,
-                    request_id=request_id,
+                    slots=how.slots,
+                    request_id=how.request_id,
                     cold=lease.loads,
                     overflow=True,
                     member=lease.member,
+                    holder=how.holder,  # the shadow: the counters are the store's meanwhile
                 )
                 self.held.leases[lease.member] = lease
+            else:
+                self.local.book.unwait(how.request_id)  # the shadow of the store's
             return grant
-        return self._take_locally(pod, model, slots, request_id, cold, overflow)
+        return self._take_locally(pod, model, how)
 
-    def _take_locally(
-        self, pod: str, model: str, slots: int, request_id: str, cold: bool, overflow: bool
-    ) -> Grant:
+    def _take_locally(self, pod: str, model: str, how: _How) -> Grant:
         grant = self.local.take(
-            pod, model, slots=slots, request_id=request_id, cold=cold, overflow=overflow
+            pod,
+            model,
+            slots=how.slots,
+            request_id=how.request_id,
+            cold=how.cold,
+            overflow=how.overflow,
+            holder=how.holder,
+            charge=how.charge,
         )
         if grant.lease is not None:
             self.held.leases[grant.lease.member] = grant.lease
@@ -188,9 +226,9 @@ class FallbackState:
         if lease.member in self.held.leases:
             self.held.answered.add(lease.member)
         seconds = await self.local.first_byte(lease)
-        if lease.shared and lease.loads:
+        if lease.shared:  # a load ends, the board notes it (no round trip when neither)
             ok, _ = await self._in_store(lambda: self.store.first_byte(lease))
-            if not ok:  # the store still lists the load: end it there when it is back
+            if not ok and lease.loads:  # the store still lists the load: end it when back
                 self.held.settle[lease.member] = (lease, True)
         return seconds
 
@@ -202,10 +240,12 @@ class FallbackState:
         affinity: str | None = None,
         quota: QuotaTicket | None = None,
         tokens: int = 0,
+        charge: Charge | None = None,
     ) -> None:
         lease = self.held.leases.pop(lease.member, lease)
         self.held.answered.discard(lease.member)
-        freed = self.local.give_back(lease, learned)
+        # while the store serves, the fair-share counters are its: charge there only
+        freed = self.local.give_back(lease, learned, None if self.link.up else charge)
         if affinity is not None:
             self.local.affinities.put(affinity, lease.pod)
         ticket = self.held.tickets.pop(quota.member, quota) if quota is not None else None
@@ -216,7 +256,12 @@ class FallbackState:
 
             async def give_back() -> None:
                 await self.store.release(
-                    lease, learned=learned, affinity=affinity, quota=shared_ticket, tokens=tokens
+                    lease,
+                    learned=learned,
+                    affinity=affinity,
+                    quota=shared_ticket,
+                    tokens=tokens,
+                    charge=charge,
                 )
 
             ok, _ = await self._in_store(give_back)
@@ -235,6 +280,30 @@ class FallbackState:
             if affinity is not None:
                 await self._in_store(lambda: self.store.remember(affinity, lease.pod))
         self.local.signal.notify(freed)
+
+    # ------------------------------------------------------------ the scheduler's board
+    async def post_waiter(self, waiter: Waiter) -> None:
+        await self.local.post_waiter(waiter)  # the shadow, for a switch to local state
+        await self._in_store(lambda: self.store.boards.post_waiter(waiter))
+
+    async def drop_waiter(self, request_id: str) -> None:
+        await self.local.drop_waiter(request_id)
+        await self._in_store(lambda: self.store.boards.drop_waiter(request_id))
+
+    async def reclaim(self, reservation: Reservation) -> bool:
+        ok, done = await self._in_store(lambda: self.store.boards.reclaim(reservation))
+        if ok:
+            return bool(done)
+        return await self.local.reclaim(reservation)
+
+    def on_preempt(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        offs = (self.store.boards.on_preempt(listener), self.local.on_preempt(listener))
+
+        def unsubscribe() -> None:
+            for off in offs:
+                off()
+
+        return unsubscribe
 
     # ------------------------------------------------------------ loads
     async def lock_load(self, model: str, owner: str, ttl: float) -> bool:

@@ -9,9 +9,17 @@
   the channel, a ping — and the failed operation is the caller's to serve locally.
 * **Back**: what this replica still holds is re-registered and what it gave back
   meanwhile removed (:mod:`~ollama_balancer.core.shared.resync`), what a store that came
-  back empty lacks written back (:mod:`.rebuild`), the channel subscribed, the mirror
-  refreshed; then it is up.  A store emptied under a live connection (a flush) is told by
-  its epoch at the next refresh and written back the same way.
+  back empty lacks written back (:mod:`.rebuild`), the scheduler's board re-asserted, the
+  channel subscribed, the mirror refreshed; then it is up.  A store emptied under a live
+  connection (a flush, a failover that kept the address) is told by its epoch at the next
+  refresh and gets the same re-assertion (:meth:`StoreLink._reassert`, one path for both).
+
+The scheduler's board rides along: this replica's holders and waiting requests (as
+local state shadows them) are re-asserted with every renewal and on the way back
+(:meth:`~.boardstore.BoardStore.reassert`); going down, local state takes over the
+fair-share counters the mirror last showed, and coming back re-asserts them (the
+store keeps the higher of its value and this replica's).  The refresh that reads a new
+epoch puts back the counters it last saw itself (only that read still holds them).
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from ..core.shared.board import CounterKey, SlotHolder, Waiter
 from ..core.shared.local import LocalState
 from ..core.shared.model import Lease, QuotaTicket
 from ..core.shared.protocol import StoreUnavailable
@@ -159,6 +168,11 @@ class StoreLink:
         self.back.clear()
         self.fallbacks += 1
         self.since = self.local.clock()
+        if self.store.mirror.synced:
+            # The fleet's fair-share clock as last seen goes on locally (else an idle
+            # tenant's counter would be this replica's alone).
+            for key, value in self.store.board().counters.items():
+                self.local.book.set_counter(key, value)
         self.memory.forget_store(self.store, self.local, self.since)
         self.store.mirror.reset()
         self.observer.state_up(False)
@@ -218,6 +232,7 @@ class StoreLink:
                         self.store.keys, self.held.leases.values(), self.held.tickets.values()
                     )
                 )
+                await self.store.boards.drop_waiters(w.request_id for w in self._own_waiters())
         self.up = False
         await self.store.close()
 
@@ -227,15 +242,10 @@ class StoreLink:
         await self.store.connect()
         plan = plan_resync(self.store.keys, held.leases, held.tickets, held.given_back)
         await self.store.remove(plan.remove)
-        await self.store.renew(plan.register)
-        await settle(self.store, held.settle.values())
-        held.settle.clear()
-        await self._write_back(len(plan.register))
+        # The board's counters at least as far as this replica saw them (a store that
+        # restarted empty gets them back; one that lived on keeps its higher values).
+        await self._reassert(plan.register, self.local.book.board().counters)
         held.given_back.clear()
-        for member, lease in list(held.leases.items()):
-            held.leases[member] = dataclasses.replace(lease, shared=True)
-        for member, ticket in list(held.tickets.items()):
-            held.tickets[member] = dataclasses.replace(ticket, shared=True)
         subscribed = asyncio.Event()
         listener = asyncio.create_task(self._listen(subscribed), name="shared-state-events")
         try:
@@ -259,6 +269,26 @@ class StoreLink:
             len(plan.register),
             len(plan.remove),
         )
+
+    async def _reassert(
+        self, register: Sequence[Entry], counters: Mapping[CounterKey, float] | None = None
+    ) -> None:
+        """Before granting anything new, put back what the store lacks of what this replica
+        holds and knows: its leases and tickets (``register``, a fresh expiry), the loads it
+        ended while the store could not hear, what an emptied store lost (loads in progress,
+        finished loads, learned times), then the board's part (its holders, waiting requests
+        and ``counters``).  A no-op on a store that kept everything."""
+        held = self.held
+        await self.store.renew(register)
+        await settle(self.store, held.settle.values())
+        held.settle.clear()
+        await self._write_back(len(register))
+        for member, lease in list(held.leases.items()):
+            held.leases[member] = dataclasses.replace(lease, shared=True)
+        for member, ticket in list(held.tickets.items()):
+            held.tickets[member] = dataclasses.replace(ticket, shared=True)
+        # after the leases: a holder document is kept only while its lease lives
+        await self.store.boards.reassert(self._own_holders(), self._own_waiters(), counters)
 
     async def _write_back(self, leases: int) -> None:
         """Before granting anything new: what the store lacks of this replica's knowledge
@@ -285,8 +315,8 @@ class StoreLink:
             return
         self.store.mirror.reset()  # its sequence numbers belong to the lost contents
         plan = plan_resync(self.store.keys, self.held.leases, self.held.tickets, ())
-        await self.store.renew(plan.register)
-        await self._write_back(len(plan.register))
+        # the board's counters: the refresh that read the new epoch put them back
+        await self._reassert(plan.register)
         await self.store.refresh()
 
     async def _listen(self, subscribed: asyncio.Event) -> None:
@@ -334,4 +364,20 @@ class StoreLink:
                 await self._renew(entries)
 
     async def _renew(self, entries: list[Entry]) -> None:
-        await self.run(lambda: self.store.renew(entries))
+        async def renew() -> None:
+            await self.store.renew(entries)
+            # after the leases: a holder document is kept only while its lease lives
+            await self.store.boards.reassert(self._own_holders(), self._own_waiters())
+
+        await self.run(renew)
+
+    def _own_holders(self) -> list[SlotHolder]:
+        """The holders of this replica's shared leases, as local state shadows them."""
+        return [
+            h
+            for h in self.local.book.holders_of(self.local.replica)
+            if (lease := self.held.leases.get(h.member)) is not None and lease.shared
+        ]
+
+    def _own_waiters(self) -> list[Waiter]:
+        return list(self.local.board().waiters.values())

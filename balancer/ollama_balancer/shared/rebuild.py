@@ -54,7 +54,7 @@ async def reassert(
     for x in plan.learned:
         args += [x.model, seconds_arg(x.load_seconds), seconds_arg(x.service_seconds)]
     created, epoch, loads, loaded, learned = await store.connection.eval(
-        S.REASSERT, [k.loads, k.loaded, k.learn_load, k.learn_service, k.epoch], args
+        S.REBUILD, [k.loads, k.loaded, k.learn_load, k.learn_service, k.epoch], args
     )
     text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
     store.epoch = text

@@ -4,27 +4,24 @@ Every operation is one round trip (a script, or a pipeline of them) bounded by
 ``op_timeout`` (:mod:`.connection`); any fault (refused, reset, timeout, an error
 reply) raises :class:`StoreUnavailable`, and the fallback wrapper decides what to do.
 Reads come from the in-memory :class:`Mirror`, kept fresh by the events channel and
-by :meth:`RedisState.refresh`.
+by :meth:`RedisState.refresh`.  The scheduler's board is fleet-wide here: a lease's
+holder document and its fair-share charge ride in the acquire and release scripts, the
+rest of the board's operations are :mod:`.boardstore`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
-
-from ollama_wire.loose import loose
-
 from ..core.auth import ApiKey
 from ..core.occupancy import Occupancy
 from ..core.shared import scripts as S
 from ..core.shared.address import StoreAddress
+from ..core.shared.board import Board, Charge, SlotHolder
 from ..core.shared.keys import Keys
 from ..core.shared.mirror import LOADED_MEMORY, Event, Mirror, parse_event, parse_refresh
 from ..core.shared.model import (
@@ -37,10 +34,10 @@ from ..core.shared.model import (
     field_of,
     member_of,
 )
-from ..core.shared.protocol import StoreUnavailable
 from ..core.shared.quota import ADMITTED, refusal
 from ..core.shared.resync import Entry
 from ..core.shared.signals import AffinityMap, FreedSignal
+from .boardstore import BoardStore, charge_args
 from .connection import Call, StoreConnection
 
 __all__ = ["EWMA", "LEARN_TTL_MS", "RedisState", "loaded_call", "release_call", "seconds_arg"]
@@ -100,6 +97,16 @@ class RedisState:
         self.reclaimed = 0
         #: The store's epoch as last read (None: none; see ``resync.store_lost``).
         self.epoch: str | None = None
+        #: The scheduler's board: its waiting list, reclaims and re-assertion.
+        self.boards = BoardStore(
+            self.connection,
+            self.keys,
+            self.mirror,
+            replica=replica,
+            clock=clock,
+            lease_ttl=lease_ttl,
+            notify=lambda freed: self.signal.notify(freed),  # the signal may be replaced
+        )
 
     # ------------------------------------------------------------ connection
     async def connect(self) -> None:
@@ -122,6 +129,9 @@ class RedisState:
     def status(self) -> dict[str, object]:
         return {"mode": "shared", "store": self.address.redacted(), "replica": self.replica}
 
+    def board(self) -> Board:
+        return self.boards.board()
+
     # ------------------------------------------------------------------ slots
     async def acquire(
         self,
@@ -132,36 +142,24 @@ class RedisState:
         request_id: str,
         cold: bool = False,
         overflow: bool = False,
+        holder: SlotHolder | None = None,
+        charge: Charge | None = None,
     ) -> Grant:
         k = self.keys
         member = member_of(self.replica, request_id)
-        field = field_of(pod, model)
-        granted, held, reclaimed, owns, seq, now = map(
-            _int,
-            await self.connection.eval(
-                S.ACQUIRE,
-                [k.lease(pod, model), k.index, k.loads, k.seq],
-                [
-                    member,
-                    int(self.lease_ttl * 1000),
-                    slots,
-                    int(overflow),
-                    int(cold),
-                    field,
-                    pod,
-                    model,
-                    k.channel,
-                    int(self.load_ttl * 1000),
-                ],
-            ),
-        )
+        board = self.boards.acquire_args(pod, model, request_id, member, holder, charge)
+        ttls = (int(self.lease_ttl * 1000), int(self.load_ttl * 1000))
+        call = _acquire_call(k, pod, model, member, (slots, overflow, cold), ttls, board)
+        async with self.boards.in_order(request_id):  # it ends the request's wait: after a post
+            reply = await self.connection.eval(*call)
+        granted, held, reclaimed, owns, seq, now = map(_int, reply[:6])
         self.reclaimed += reclaimed
-        ev = Event("acq" if granted else "rec", seq, now, pod, model, held, slots)
-        if owns:
-            ev = Event("acq", seq, now, pod, model, held, slots, member=member)
-        if granted or reclaimed:
-            self._on_event(ev)
+        ev = parse_event(reply[6]) if len(reply) > 6 else None  # the one the others receive
+        if granted:
+            self._on_event(ev or Event("acq", seq, now, pod, model, held, slots))
         else:
+            if ev is not None or reclaimed:
+                self._on_event(ev or Event("rec", seq, now, pod, model, held, slots))
             self.mirror.apply_held((pod, model), held, seq, strict=False)
         if not granted:
             return Grant(None, held)
@@ -169,9 +167,16 @@ class RedisState:
         return Grant(lease, held)
 
     async def first_byte(self, lease: Lease) -> float | None:
+        board = self.boards.first_byte_call(lease)
+        calls = [] if board is None else [board]
+        if lease.loads:
+            calls.append(loaded_call(self.keys, lease))
+        replies = await self.connection.batch(calls) if calls else []
+        if board is not None:
+            self.boards.apply_reply(replies[0])
         if not lease.loads:
             return None
-        done, ms, seq, now = map(_int, await self.connection.eval(*loaded_call(self.keys, lease)))
+        done, ms, seq, now = map(_int, replies[-1])
         if not done:
             return None
         self._on_event(Event("loaded", seq, now, lease.pod, lease.model))
@@ -185,9 +190,10 @@ class RedisState:
         affinity: str | None = None,
         quota: QuotaTicket | None = None,
         tokens: int = 0,
+        charge: Charge | None = None,
     ) -> None:
         k = self.keys
-        calls = [release_call(k, lease)]
+        calls = [release_call(k, lease, charge)]
         if learned is not None:
             calls.append(_learn_call(k, lease.model, learned))
         if quota is not None:
@@ -197,10 +203,12 @@ class RedisState:
             self.affinities.put(affinity, lease.pod)
             extra = _affinity_cmds(k, affinity, lease.pod, self.affinity_ttl)
         replies = await self.connection.batch(calls, extra)
-        held, reclaimed, seq, now, aborted = map(_int, replies[0])
+        held, reclaimed, seq, now, aborted = map(_int, replies[0][:5])
         self.reclaimed += reclaimed
         member = lease.member if aborted else ""
-        self._on_event(Event("rel", seq, now, lease.pod, lease.model, held, lease.slots, member))
+        ev = Event("rel", seq, now, lease.pod, lease.model, held, lease.slots, member)
+        self.boards.released(lease)
+        self._on_event(parse_event(replies[0][5]) or ev)  # the script's own event
 
     async def renew(self, entries: Iterable[Entry]) -> int:
         """Push the expiry of ``entries`` one TTL ahead, re-adding missing ones."""
@@ -240,14 +248,14 @@ class RedisState:
     async def refresh(self) -> None:
         """Read everything into the mirror (one round trip, the store's epoch with it)."""
         k = self.keys
-        reply, epoch = await self.connection.batch(
-            [_snapshot_call(k)], lambda pipe: pipe.get(k.epoch)
-        )
-        self.epoch = None if epoch is None else _text(epoch)
+        reply, board = await self.connection.batch([_snapshot_call(k), self.boards.refresh_call()])
         r = parse_refresh(reply)
         self.reclaimed += r.reclaimed
         for freed in self.mirror.apply_refresh(r):
             self.signal.notify(freed)
+        await self.boards.refreshed(board)
+        # the board's read carries the epoch (and sets one on a store that has none)
+        self.epoch = self.mirror.board.epoch
 
     # ------------------------------------------------------- learning, memory
     async def learn(self, model: str, learned: Learned) -> None:
@@ -316,27 +324,16 @@ class RedisState:
         freed = self.mirror.apply_event(ev)
         if freed is not None:
             self.signal.notify(freed)
+        self.boards.apply(ev)
 
     async def listen(self, subscribed: asyncio.Event | None = None) -> None:
         """Apply the events channel until the connection fails (raises StoreUnavailable)."""
-        pubsub: PubSub = self.connection.client().pubsub(ignore_subscribe_messages=True)
-        try:
-            await self.connection.io(pubsub.subscribe(self.keys.channel))
-            if subscribed is not None:
-                subscribed.set()
-            while True:
-                try:
-                    msg = await pubsub.get_message(timeout=1.0)
-                except (RedisError, OSError) as exc:
-                    raise StoreUnavailable(f"events channel: {type(exc).__name__}: {exc}") from exc
-                if msg is None or msg.get("type") != "message":
-                    continue
-                ev = parse_event(msg["data"])
-                if ev is not None:
-                    self._on_event(ev)
-        finally:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await asyncio.wait_for(loose(pubsub.aclose)(), self.op_timeout * 4)
+        await self.connection.listen(self.keys.channel, self._on_message, subscribed)
+
+    def _on_message(self, data: bytes | str) -> None:
+        ev = parse_event(data)
+        if ev is not None:
+            self._on_event(ev)
 
     # ------------------------------------------------------- slot-freed signal
     def on_slot_freed(self, listener: Callable[[SlotFreed], None]) -> Callable[[], None]:
@@ -361,6 +358,28 @@ def _forget_call(k: Keys, pod: str, model: str) -> Call:
     return (S.FORGET, [k.loaded, k.seq], [field_of(pod, model), pod, model, k.channel])
 
 
+def _acquire_call(
+    k: Keys,
+    pod: str,
+    model: str,
+    member: str,
+    how: tuple[int, bool, bool],
+    ttls: tuple[int, int],
+    board: tuple[list[str], list[Any]],
+) -> Call:
+    """``how``: slots, overflow, cold; ``ttls``: the lease's and a load's (ms); ``board``: the
+    board's keys and arguments (:meth:`BoardStore.acquire_args`)."""
+    slots, overflow, cold = how
+    return (
+        S.ACQUIRE,
+        [k.lease(pod, model), k.index, k.loads, k.seq, *board[0]],
+        [
+            *(member, ttls[0], slots, int(overflow), int(cold), field_of(pod, model), pod, model),
+            *(k.channel, ttls[1], *board[1]),
+        ],
+    )
+
+
 def loaded_call(k: Keys, lease: Lease) -> Call:
     """The load ``lease`` started is over (its first byte came)."""
     return (
@@ -370,22 +389,26 @@ def loaded_call(k: Keys, lease: Lease) -> Call:
     )
 
 
-def release_call(k: Keys, lease: Lease) -> Call:
-    """``lease`` given back (the load it started, if still under way, abandoned with it)."""
+def release_call(k: Keys, lease: Lease, charge: Charge | None = None) -> Call:
+    """``lease`` given back (the load it started, if still under way, abandoned with it; its
+    holder document with it, its tenant charged ``charge``)."""
+    pod, model = lease.key
     return (
         S.RELEASE,
-        [k.lease(lease.pod, lease.model), k.index, k.loads, k.seq],
-        [lease.member, field_of(*lease.key), lease.pod, lease.model, lease.slots, k.channel],
+        [
+            *(k.lease(pod, model), k.index, k.loads, k.seq),
+            *(k.holders(pod, model), k.holder_index, k.reclaiming, k.fair),
+        ],
+        [
+            *(lease.member, field_of(pod, model), pod, model, lease.slots, k.channel),
+            *charge_args(charge),
+        ],
     )
 
 
 def seconds_arg(x: float | None) -> str:
     """A number of seconds as a script argument; '' for none."""
     return "" if x is None else repr(float(x))
-
-
-def _text(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def _learn_call(k: Keys, model: str, learned: Learned) -> Call:

@@ -361,3 +361,25 @@ Call with (dict "root" $ "service" "<service.name default>" "name" .Values.traci
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+The balancer's settings file: the scheduler block as settings keys, then balancer.config over it.
+*/}}
+{{- define "ollama-fleet.balancerConfig" -}}
+{{- $s := .Values.balancer.scheduler -}}
+{{- $cfg := dict "queue" $s.enabled "queue_policy" $s.policy "queue_max_preemptions" $s.maxPreemptions -}}
+{{- $names := dict "share" "share" "lendable" "lendable" "borrow" "borrow" "budget" "budget" "maxWait" "max_wait" -}}
+{{- range $cls := list "critical" "standard" "batch" -}}
+{{- $spec := index ($s.classes | default dict) $cls | default dict -}}
+{{- if $spec -}}
+{{- $parts := list -}}
+{{- range $field := list "share" "lendable" "borrow" "budget" "maxWait" -}}
+{{- if hasKey $spec $field -}}
+{{- $parts = append $parts (printf "%s=%v" (index $names $field) (index $spec $field)) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $cfg (printf "queue_%s" $cls) (join "," $parts) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml (mergeOverwrite $cfg (.Values.balancer.config | default dict)) -}}
+{{- end -}}

@@ -36,7 +36,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from ..queueing import Priority
+from ..priority import Priority
 from .order import dispatch_order, may_borrow
 from .policy import SchedulerPolicy
 from .reclaim import Reason

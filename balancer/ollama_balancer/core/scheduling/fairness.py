@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
-from ..queueing import Priority
+from ..priority import Priority
 from .view import TenantKey
 
 __all__ = [

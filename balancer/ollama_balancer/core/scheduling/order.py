@@ -30,7 +30,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Collection, Iterable, Mapping
 
-from ..queueing import Priority
+from ..priority import Priority
 from .fairness import start_counter
 from .policy import SchedulerPolicy
 from .shares import CLASSES, Tally

@@ -53,16 +53,19 @@ Why the defaults are what they are (they must work with no configuration):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from ..queueing import Priority
+from ..priority import Priority
 
 __all__ = [
     "DEFAULT_BATCH",
     "DEFAULT_CRITICAL",
     "DEFAULT_STANDARD",
+    "BadClassPolicy",
     "ClassPolicy",
     "SchedulerPolicy",
+    "class_policy_text",
+    "parse_class_policy",
 ]
 
 
@@ -127,9 +130,75 @@ class SchedulerPolicy:
         if not (self.cancel_latency >= 0.0 and math.isfinite(self.cancel_latency)):
             raise ValueError("cancel_latency must be a finite number >= 0")
 
+    def with_max_wait(self, cls: Priority, seconds: float) -> SchedulerPolicy:
+        """This policy with class ``cls``'s admission limit set to ``seconds`` (a key's own)."""
+        changed = replace(self.of(cls), max_wait=seconds)
+        if cls is Priority.CRITICAL:
+            return replace(self, critical=changed)
+        if cls is Priority.STANDARD:
+            return replace(self, standard=changed)
+        return replace(self, batch=changed)
+
     def of(self, cls: Priority) -> ClassPolicy:
         if cls is Priority.CRITICAL:
             return self.critical
         if cls is Priority.STANDARD:
             return self.standard
         return self.batch
+
+
+_FIELDS = {
+    "share": "nominal",
+    "nominal": "nominal",
+    "lendable": "lendable",
+    "borrow": "borrow_limit",
+    "borrow_limit": "borrow_limit",
+    "budget": "wait_budget",
+    "wait_budget": "wait_budget",
+    "max_wait": "max_wait",
+}
+
+
+class BadClassPolicy(ValueError):
+    """A class spec that does not parse (the message says which part, and what is allowed)."""
+
+
+def parse_class_policy(text: str, base: ClassPolicy) -> ClassPolicy:
+    """``share=0.2,lendable=1,borrow=1,budget=0.5,max_wait=120`` over ``base``.
+
+    Every part is optional (an empty text is ``base``); ``max_wait=inf`` never refuses.
+    Raises :class:`BadClassPolicy` naming the part that is wrong.
+    """
+    values: dict[str, float] = {}
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, sep, raw = part.partition("=")
+        field = _FIELDS.get(name.strip().lower())
+        if not sep or field is None:
+            allowed = "share, lendable, borrow, budget, max_wait"
+            raise BadClassPolicy(f"{part!r}: expected NAME=VALUE with NAME one of {allowed}")
+        try:
+            value = float(raw.strip().removesuffix("s"))
+        except ValueError:
+            raise BadClassPolicy(f"{part!r}: {raw.strip()!r} is not a number") from None
+        values[field] = value
+    try:
+        return ClassPolicy(
+            nominal=values.get("nominal", base.nominal),
+            lendable=values.get("lendable", base.lendable),
+            borrow_limit=values.get("borrow_limit", base.borrow_limit),
+            max_wait=values.get("max_wait", base.max_wait),
+            wait_budget=values.get("wait_budget", base.wait_budget),
+        )
+    except ValueError as exc:
+        raise BadClassPolicy(str(exc)) from None
+
+
+def class_policy_text(p: ClassPolicy) -> str:
+    """The spec :func:`parse_class_policy` reads back as ``p`` (for ``--help`` and docs)."""
+    return (
+        f"share={p.nominal:g},lendable={p.lendable:g},borrow={p.borrow_limit:g},"
+        f"budget={p.wait_budget:g},max_wait={p.max_wait:g}"
+    )

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..queueing import Priority
+from ..priority import Priority
 from .policy import SchedulerPolicy
 from .shares import CLASSES, Tally
 from .view import Candidate, Holder, PoolView, TenantKey

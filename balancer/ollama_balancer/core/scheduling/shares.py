@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..queueing import Priority
+from ..priority import Priority
 from .policy import SchedulerPolicy
 from .view import PoolView, TenantKey
 

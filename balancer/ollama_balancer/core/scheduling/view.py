@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..queueing import Priority
+from ..priority import Priority
 
 __all__ = ["Candidate", "Holder", "PoolView", "TenantKey"]
 

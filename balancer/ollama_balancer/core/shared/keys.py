@@ -57,10 +57,50 @@ class Keys:
     def affinity(self, key: str) -> str:
         return f"{self.prefix}:affinity:{key}"
 
+    # ---- the scheduler's board (see scripts.py for what each holds)
+    def holders(self, pod: str, model: str) -> str:
+        """Hash: member → holder document, for the leases of (pod, model)."""
+        return self.holder_prefix + field_of(pod, model)
+
+    @property
+    def holder_prefix(self) -> str:
+        return f"{self.prefix}:holder:"
+
+    @property
+    def holder_index(self) -> str:
+        """Set of ``pod|model`` fields that may have holder documents."""
+        return f"{self.prefix}:holders"
+
+    @property
+    def waiting(self) -> str:
+        """Sorted set: waiting request id, scored by the expiry of its entry (ms)."""
+        return f"{self.prefix}:waiting"
+
+    @property
+    def waiters(self) -> str:
+        """Hash: waiting request id → its document."""
+        return f"{self.prefix}:waiter"
+
+    @property
+    def promises(self) -> str:
+        """Hash: beneficiary's request id → the seat promised to it."""
+        return f"{self.prefix}:promises"
+
+    @property
+    def reclaiming(self) -> str:
+        """Hash: member of a lease being taken back → its ``pod|model`` field."""
+        return f"{self.prefix}:reclaiming"
+
+    @property
+    def fair(self) -> str:
+        """Hash: ``model|class|tenant`` → fair-share counter (slot-seconds per weight)."""
+        return f"{self.prefix}:fair"
+
     @property
     def epoch(self) -> str:
-        """A random id set by the first replica to find the store empty: another id, or
-        none, means the store lost its contents (``resync.store_lost``)."""
+        """An id set when missing (by a refresh, or a replica's write-back): another id
+        than the one a replica last read means the store lost its contents
+        (``resync.store_lost``, the board's ``apply_refresh``)."""
         return f"{self.prefix}:epoch"
 
     # ---- ordering and events

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from ..auth import ApiKey, KeyState
 from ..ledger import Ledger
 from ..occupancy import Occupancy
+from .board import Board, BoardBook, Charge, Reservation, SlotHolder, Waiter
 from .model import (
     Grant,
     Learned,
@@ -47,6 +48,9 @@ class LocalState:
         #: Per-key limits state (the keys file's reload prunes removed keys from it).
         self.quotas: dict[str, KeyState] = {} if quotas is None else quotas
         self._locks: dict[str, tuple[str, float]] = {}
+        #: The scheduler's board: this replica's leases, waiting requests and counters.
+        self.book = BoardBook()
+        self._preempt: list[Callable[[str], None]] = []
 
     # ---- reads
     def occupancy(self) -> Occupancy:
@@ -54,6 +58,9 @@ class LocalState:
 
     def affinity(self, key: str) -> str | None:
         return self.affinities.get(key)
+
+    def board(self) -> Board:
+        return self.book.board(self.clock())
 
     def status(self) -> dict[str, object]:
         return {"mode": "local", "replica": self.replica}
@@ -69,19 +76,56 @@ class LocalState:
         cold: bool = False,
         overflow: bool = False,
         member: str | None = None,
+        holder: SlotHolder | None = None,
+        charge: Charge | None = None,
     ) -> Grant:
         """Synchronous acquire (the fallback wrapper shadows store leases with it)."""
         held = self.ledger.inflight(pod, model)
-        if held >= slots and not overflow:
+        board = self.book.board(self.clock())
+        promised = board.promised(pod, model, besides=request_id)
+        if (
+            held + promised >= slots
+            and not overflow
+            and not board.reserved_for(request_id, pod, model)
+        ):
+            self.book.unwait(request_id)  # a bind that lost its slot queues again
             return Grant(None, held)
         member = member or member_of(self.replica, request_id)
-        self.ledger.begin(pod, model, cold=cold, now=self.clock(), request_id=member)
+        now = self.clock()
+        self.ledger.begin(pod, model, cold=cold, now=now, request_id=member)
         record = self.ledger.loading(pod, model)
         loads = cold and record is not None and record.request_id == member
+        if holder is not None:
+            self.book.hold(
+                SlotHolder(
+                    member=member,
+                    pod=pod,
+                    model=model,
+                    replica=self.replica,
+                    request_id=request_id,
+                    cls=holder.cls,
+                    tenant=holder.tenant,
+                    weight=holder.weight,
+                    started=now,
+                    expected_seconds=holder.expected_seconds,
+                    preemptions=holder.preemptions,
+                    resumable=holder.resumable,
+                )
+            )
+        else:
+            self.book.unwait(request_id)
+            self.book.unreserve(request_id)  # its promised seat is used, board or not
+        if charge is not None:
+            self.book.charge(charge)
         return Grant(Lease(pod, model, member, slots, request_id, loads=loads), held + 1)
 
-    def give_back(self, lease: Lease, learned: Learned | None = None) -> SlotFreed:
+    def give_back(
+        self, lease: Lease, learned: Learned | None = None, charge: Charge | None = None
+    ) -> SlotFreed:
         self.ledger.end(lease.pod, lease.model, request_id=lease.member)
+        self.book.release(lease.member)
+        if charge is not None:
+            self.book.charge(charge)
         if learned is not None:
             self._learn(lease.model, learned)
         return SlotFreed(lease.pod, lease.model, self.ledger.inflight(*lease.key), lease.slots)
@@ -95,15 +139,24 @@ class LocalState:
         request_id: str,
         cold: bool = False,
         overflow: bool = False,
+        holder: SlotHolder | None = None,
+        charge: Charge | None = None,
     ) -> Grant:
         return self.take(
-            pod, model, slots=slots, request_id=request_id, cold=cold, overflow=overflow
+            pod,
+            model,
+            slots=slots,
+            request_id=request_id,
+            cold=cold,
+            overflow=overflow,
+            holder=holder,
+            charge=charge,
         )
 
     async def first_byte(self, lease: Lease) -> float | None:
-        return self.ledger.first_byte(
-            lease.pod, lease.model, now=self.clock(), request_id=lease.member
-        )
+        now = self.clock()
+        self.book.first_byte(lease.member, now)
+        return self.ledger.first_byte(lease.pod, lease.model, now=now, request_id=lease.member)
 
     async def release(
         self,
@@ -113,13 +166,38 @@ class LocalState:
         affinity: str | None = None,
         quota: QuotaTicket | None = None,
         tokens: int = 0,
+        charge: Charge | None = None,
     ) -> None:
-        freed = self.give_back(lease, learned)
+        freed = self.give_back(lease, learned, charge)
         if affinity is not None:
             self.affinities.put(affinity, lease.pod)
         if quota is not None:
             self.return_ticket(quota, tokens)
         self.signal.notify(freed)
+
+    # ---- the scheduler's waiting list and reclaims
+    async def post_waiter(self, waiter: Waiter) -> None:
+        self.book.wait(waiter)
+
+    async def drop_waiter(self, request_id: str) -> None:
+        self.book.unwait(request_id)
+        promise = self.book.unreserve(request_id)
+        if promise is not None:  # the promised seat is anyone's again
+            held = self.ledger.inflight(promise.pod, promise.model)
+            self.signal.notify(SlotFreed(promise.pod, promise.model, held, 0))
+
+    async def reclaim(self, reservation: Reservation) -> bool:
+        board = self.book.board(self.clock())
+        victim = board.holders.get(reservation.victim)
+        if victim is None or not self.book.reclaim(reservation):
+            return False
+        for listener in list(self._preempt):
+            listener(reservation.victim)
+        return True
+
+    def on_preempt(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        self._preempt.append(listener)
+        return lambda: self._preempt.remove(listener) if listener in self._preempt else None
 
     # ---- loads
     async def lock_load(self, model: str, owner: str, ttl: float) -> bool:

@@ -18,6 +18,9 @@ Per entry, the highest sequence number seen wins, so a refresh whose reply
 arrives after a newer event never rolls the entry back.  Server times (ms,
 Redis ``TIME``) become local clock values through the offset measured at each
 refresh, so clock skew between replicas does not matter.
+
+The scheduler's board travels on the same events (their ``b`` field) and is
+kept by :attr:`Mirror.board`, a :class:`~.boardmirror.BoardMirror`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..occupancy import LoadRecord, Occupancy
+from .boardmirror import BoardChange, BoardMirror, parse_changes
 from .model import LeaseKey, SlotFreed, key_of_field
 
 __all__ = ["Event", "Mirror", "Refresh", "parse_event", "parse_refresh"]
@@ -40,7 +44,8 @@ LOADED_MEMORY = 120.0
 class Event:
     """One message of the events channel (see ``scripts.py`` for who sends which)."""
 
-    kind: str  # acq | rel | rec | load | loaded | unload | forget | pen | unpen | aff | unlock
+    #: acq | rel | rec | load | loaded | unload | forget | pen | unpen | aff | unlock | board
+    kind: str
     seq: int
     t: int  # server time, ms
     pod: str = ""
@@ -50,6 +55,8 @@ class Event:
     member: str = ""
     until: int = 0
     key: str = ""
+    board: tuple[BoardChange, ...] = ()
+    """Changes of the scheduler's board made by the same script (any kind may carry them)."""
 
 
 def parse_event(data: bytes | str) -> Event | None:
@@ -67,6 +74,7 @@ def parse_event(data: bytes | str) -> Event | None:
             member=str(doc.get("r", "")),
             until=int(doc.get("u", 0)),
             key=str(doc.get("a", "")),
+            board=parse_changes(doc.get("b")),
         )
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
@@ -128,6 +136,7 @@ class Mirror:
         self.defaults = (default_load_seconds, default_service_seconds)
         self.offset = 0.0  # server seconds - local clock
         self.synced = False  # a refresh was applied since the last reset
+        self._offset_known = False
         self._seq: dict[tuple[str, Any], int] = {}
         self._held: dict[LeaseKey, int] = {}
         self._loads: dict[LeaseKey, LoadRecord] = {}
@@ -136,6 +145,8 @@ class Mirror:
         self._load_times: dict[str, float] = {}
         self._service_times: dict[str, float] = {}
         self._cached: Occupancy | None = None
+        #: The scheduler's board, fleet-wide.
+        self.board = BoardMirror()
 
     def reset(self) -> None:
         """Forget everything (the store was lost: its counts are unknown until a refresh)."""
@@ -185,6 +196,11 @@ class Mirror:
 
     def apply_event(self, ev: Event) -> SlotFreed | None:
         """Apply one event once; returns the slot-freed signal it carries, if any."""
+        if not self._offset_known and ev.t > 0:
+            # Until a refresh measures it, the first event's server time is "now" give or
+            # take its trip: times converted meanwhile stay within that of the truth.
+            self.offset = ev.t / 1000.0 - self.clock()
+            self._offset_known = True
         key = (ev.pod, ev.model)
         if ev.kind in ("acq", "rel", "rec"):
             fresh = self.apply_held(key, ev.held, ev.seq)
@@ -217,6 +233,7 @@ class Mirror:
         Returns a signal for every count that went down (leases reclaimed from a dead
         replica, or releases whose events this replica missed)."""
         self.offset = r.now_ms / 1000.0 - self.clock()
+        self._offset_known = True
         freed: list[SlotFreed] = []
         for key in set(self._held) | set(r.held):
             before, after = self._held.get(key, 0), r.held.get(key, 0)

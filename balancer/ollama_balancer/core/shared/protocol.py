@@ -22,6 +22,7 @@ from typing import Protocol
 
 from ..auth import ApiKey
 from ..occupancy import Occupancy
+from .board import Board, Charge, Reservation, SlotHolder, Waiter
 from .model import Grant, Learned, Lease, QuotaTicket, QuotaVerdict, SlotFreed
 
 __all__ = ["SharedState", "StoreUnavailable"]
@@ -46,6 +47,11 @@ class SharedState(Protocol):
         """For ``/-/fleet`` and logs: mode (local | shared | fallback), store, since, errors."""
         ...
 
+    def board(self) -> Board:
+        """The scheduler's board: whose every lease is, who waits, the fair-share counters,
+        reclaims under way (fleet-wide with a store)."""
+        ...
+
     # ---- slots
     async def acquire(
         self,
@@ -56,17 +62,24 @@ class SharedState(Protocol):
         request_id: str,
         cold: bool = False,
         overflow: bool = False,
+        holder: SlotHolder | None = None,
+        charge: Charge | None = None,
     ) -> Grant:
         """Take one of ``slots`` at (pod, model) if fewer are held fleet-wide.
 
         ``overflow`` takes it anyway (the request will queue at the pod and must be
         counted); ``cold`` records a load in progress unless one is (the lease then
-        ``loads``).  One round trip.
+        ``loads``).  Seats promised to a reclaim's beneficiary count as held, except for
+        that beneficiary.  ``holder`` puts the lease on the board (its member is set
+        here); ``charge`` moves its tenant's fair-share counter.  Granted or not, the
+        request is taken off the waiting list (a refused bind queues again), and a grant
+        uses its promise.  One round trip.
         """
         ...
 
     async def first_byte(self, lease: Lease) -> float | None:
-        """The pod answered: a load this lease started is done; returns its seconds."""
+        """The pod answered: a load this lease started is done; returns its seconds.  The
+        board notes that the lease is generating."""
         ...
 
     async def release(
@@ -77,9 +90,30 @@ class SharedState(Protocol):
         affinity: str | None = None,
         quota: QuotaTicket | None = None,
         tokens: int = 0,
+        charge: Charge | None = None,
     ) -> None:
         """Give the slot back (response ended, failed, or the client left), in one round
-        trip together with what the request taught, its conversation's pod and its quota."""
+        trip together with what the request taught, its conversation's pod, its quota and
+        the correction of its fair-share charge."""
+        ...
+
+    # ---- the scheduler's waiting list and reclaims
+    async def post_waiter(self, waiter: Waiter) -> None:
+        """``waiter`` waits for a slot (fleet-wide: every replica's scheduler sees it)."""
+        ...
+
+    async def drop_waiter(self, request_id: str) -> None:
+        """It no longer waits (bound, refused or gone); a promise made to it is withdrawn."""
+        ...
+
+    async def reclaim(self, reservation: Reservation) -> bool:
+        """Take the victim's slot back for the beneficiary: mark the victim, promise its seat,
+        and tell the victim's replica (:meth:`on_preempt`).  False if the victim is already
+        being taken back, is gone, or the beneficiary holds a promise."""
+        ...
+
+    def on_preempt(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(member)`` when a lease of this replica is to be taken back."""
         ...
 
     # ---- loads

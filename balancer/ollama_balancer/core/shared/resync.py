@@ -17,9 +17,10 @@ that lagged, flushed): then the loads in progress, the loads just finished and t
 times every replica relied on are gone too, and the next burst would start loads that are
 already under way.  Each replica therefore writes back what it knows (:func:`plan_reassert`)
 before it grants anything new, so the fleet's view is whole again as soon as the replicas
-have reconnected, well within one renewal interval.  The store carries an *epoch* (a random
-id the first replica to find it empty sets): a replica that finds another epoch than the one
-it remembers knows the store lost its contents (:func:`store_lost`).
+have reconnected, well within one renewal interval.  The store carries an *epoch* (an id
+set by the first replica to find it missing, at a write-back or a refresh): a replica that
+finds another epoch than the one it remembers knows the store lost its contents
+(:func:`store_lost`).
 """
 
 from __future__ import annotations
