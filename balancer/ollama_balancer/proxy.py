@@ -321,7 +321,7 @@ class Proxy:
             record.broken_stream = True
             cause = describe(relay.error) if relay.error is not None else ending
             record.error = f"{at.backend.name}: stream broken: {cause}"
-            await end_broken(resp, relay.content_type, relay.last, record.error)
+            await end_broken(at.request, resp, relay.content_type, relay.last, record.error)
         return resp
 
     async def _penalise(self, backend: str, since: float) -> None:
