@@ -249,7 +249,7 @@ async def test_pinning(rig_factory: RigFactory, how: str) -> None:
     resp = await rig.post("/api/chat", body, headers=headers)
     assert resp.status == 200
     assert resp.headers["X-Ollama-Backend"] == "b"
-    assert resp.headers["X-Route-Reason"] == "pinned"
+    assert resp.headers["X-Route-Reason"] == "named"
     assert (await resp.json())["model"] == M
 
 

@@ -41,7 +41,7 @@ from ..waitroom import WaitRoom
 __all__ = ["WARM", "Claim", "Route", "SlotClaims"]
 
 #: Reasons whose pod has (or is loading) the model: a slot there is worth a lease attempt.
-WARM = frozenset({Reason.RESIDENT, Reason.LOADING, Reason.AFFINITY, Reason.PINNED})
+WARM = frozenset({Reason.RESIDENT, Reason.LOADING, Reason.AFFINITY, Reason.NAMED})
 
 #: The routing function: a request to its ranked choices (raises when unroutable).
 Route = Callable[[RouteRequest], tuple[Choice, ...]]

@@ -1,5 +1,9 @@
 """What crosses the proxy besides the body: the client's headers that go to the pod, and the
-pod's that come back (with the balancer's own: request id, pod, route reason, queue wait)."""
+pod's that come back (with the balancer's own: request id, pod, route reason, queue wait).
+
+The pod and the route reason stay off the answer when the balancer keeps pod names from
+clients (``hide_pod_names``, docs/security.md): front ends pass such headers on to browsers.
+"""
 
 from __future__ import annotations
 
@@ -48,9 +52,9 @@ def forwarded(request: web.BaseRequest) -> dict[str, str]:
     return headers
 
 
-def response_head(at: Attempt, upstream: Response) -> web.StreamResponse:
+def response_head(at: Attempt, upstream: Response, *, hide_pods: bool) -> web.StreamResponse:
     """The client's response to ``upstream`` (not yet prepared): the pod's status and
-    end-to-end headers, and the balancer's."""
+    end-to-end headers, and the balancer's (without the pod's name when ``hide_pods``)."""
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     out = resp.headers
     for name, value in upstream.header_items:
@@ -58,8 +62,9 @@ def response_head(at: Attempt, upstream: Response) -> web.StreamResponse:
             out.add(name, value)
     record = at.record
     out["X-Request-ID"] = record.request_id
-    out["X-Ollama-Backend"] = at.backend.name
-    out["X-Route-Reason"] = f"{at.choice.reason}; {at.note}" if at.note else at.choice.reason
+    if not hide_pods:
+        out["X-Ollama-Backend"] = at.backend.name
+        out["X-Route-Reason"] = f"{at.choice.reason}; {at.note}" if at.note else at.choice.reason
     if record.queue_wait is not None:
         out["X-Queue-Wait"] = f"{record.queue_wait:.3f}"
     length = upstream.content_length
