@@ -2,7 +2,8 @@
 
 :class:`FleetTracker` is the one mutable cell holding the current immutable
 :class:`FleetSnapshot`; discovery replaces the backend set, the poller folds
-results in, everyone else reads ``view.snapshot``.  Changes (a pod joined or
+results in, the balancer's own observations (:mod:`.witness`) are counted at once,
+everyone else reads ``view.snapshot``.  Changes (a pod joined or
 left, a model loaded or unloaded somewhere) are reported to listeners so logs
 and metrics are emitted by the caller, not here.
 """

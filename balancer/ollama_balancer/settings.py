@@ -222,6 +222,11 @@ class SecuritySettings(Group):
     max_header_bytes: int = setting(
         16384, "longest request line or header line accepted (else 400)", unit="bytes", ge=1024
     )
+    hide_pod_names: bool = setting(
+        False,
+        "keep pod names off answers to clients: no X-Ollama-Backend, X-Route-Reason or "
+        "X-Ollama-Kept header, 'a pod' in error texts (logs, traces and metrics keep them)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
