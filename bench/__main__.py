@@ -14,8 +14,16 @@ from typing import Any
 from . import common
 
 NAMES = (
-    "proxy", "overhead", "streaming", "routing", "control", "saturation", "autoscale", "faults",
-)  # fmt: skip
+    "proxy",
+    "overhead",
+    "streaming",
+    "routing",
+    "control",
+    "saturation",
+    "fairness",
+    "autoscale",
+    "faults",
+)
 #: Not part of ``all``: instruction counts under valgrind (minutes), py-spy profiles.
 EXTRA = ("instructions", "profile")
 
@@ -55,8 +63,12 @@ def _run(
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
     text = mod.render(doc)
-    # A replicas run is its own result (and plot), not a replacement of the policies table.
-    stem = name + ("-replicas" if name == "routing" and cfg.replicas > 1 else "")
+    # A replicas run is its own result (and plot), not a replacement of the policies table;
+    # faults always runs several replicas, so it has one table.
+    several = name != "faults" and getattr(cfg, "replicas", 1) > 1
+    stem = name + ("-replicas" if several else "")
+    if name == "routing" and policies:
+        stem = stem.replace("routing", "routing-bindings")  # its own table, not the policies'
     out = common.write_result(stem + ("-smoke" if smoke else ""), doc, text)
     print(f"\ncommand: {common.command_line()}\nmachine: {common.machine()}\n")
     print(text)
@@ -73,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--policies",
         default="",
-        help="saturation: comma-separated binding policies to compare (early,late); faults: "
+        help="saturation, routing: binding policies to compare (early,late,reclaim); faults: "
         "shared_state_degrade policies (alone,remember,hold)",
     )
     p.add_argument(

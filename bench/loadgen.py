@@ -1,6 +1,6 @@
 """The load generator: ``python -m bench.loadgen SPEC.json OUT.json``, always its own process.
 
-Three modes, every one bounded in request count and in wall time:
+Four modes, every one bounded in request count and in wall time:
 
 * ``closed``: ``requests`` POSTs at fixed ``concurrency`` (after ``warmup`` unrecorded ones);
   records each latency.
@@ -14,6 +14,10 @@ Three modes, every one bounded in request count and in wall time:
   seen), which pod and which front upstream served it (``X-Ollama-Backend``,
   ``X-Upstream``), and when it ended.  With ``start_at`` (a ``time.time()`` value) the
   trace's clock starts then, so another process can act at known trace times.
+* ``tenants``: closed loops per tenant: each group of ``concurrency`` clients sends streamed
+  OpenAI chats to its own ``url`` with its own ``headers`` until ``duration`` runs out, each
+  prompt opening with ``request <i> from <tenant>:`` (how :mod:`bench.slot_time` joins the
+  emulator's generation records to tenants); records each request's start, TTFT and end.
 """
 
 from __future__ import annotations
@@ -209,9 +213,57 @@ async def trace(spec: dict[str, Any]) -> dict[str, Any]:
     return {"records": out, "elapsed": elapsed}
 
 
+async def tenants(spec: dict[str, Any]) -> dict[str, Any]:
+    groups = spec["groups"]
+    out: list[dict[str, Any]] = []
+    counter = itertools.count()
+    filler = "lorem ipsum " * 4096
+    limit = sum(int(g["concurrency"]) for g in groups)
+    async with _session(limit, spec["timeout"]) as http:
+        t0 = time.perf_counter()
+        deadline = t0 + spec["duration"]
+
+        async def client(g: dict[str, Any]) -> None:
+            headers = {"Content-Type": "application/json", **g.get("headers", {})}
+            while time.perf_counter() < deadline:
+                i = next(counter)
+                # The emulator counts prompt tokens as characters / 4.
+                prompt = (f"request {i} from {g['tenant']}: " + filler)[: 4 * g["prompt_tokens"]]
+                body = {
+                    "model": g["model"],
+                    "messages": [{"role": "user", "content": prompt}],
+                    "stream": True,
+                    "max_tokens": g["max_tokens"],
+                }
+                start = time.perf_counter()
+                rec: dict[str, Any] = {"request": i, "tenant": g["tenant"], "at": start - t0}
+                try:
+                    async with http.post(g["url"], json=body, headers=headers) as r:
+                        rec["status"] = r.status
+                        if r.status == 200:
+                            while True:
+                                line = await r.content.readline()
+                                if not line:
+                                    break
+                                if line.startswith(b"data: {") and "ttft" not in rec:
+                                    rec["ttft"] = time.perf_counter() - start
+                        else:
+                            await r.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    rec["status"] = type(exc).__name__
+                rec["e2e"] = time.perf_counter() - start
+                rec["ok"] = rec.get("status") == 200 and "ttft" in rec
+                out.append(rec)
+
+        await asyncio.gather(*(client(g) for g in groups for _ in range(int(g["concurrency"]))))
+        elapsed = time.perf_counter() - t0
+    return {"records": out, "elapsed": elapsed}
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
-    mode = {"closed": closed, "stream": stream, "trace": trace}[spec["mode"]]
+    modes = {"closed": closed, "stream": stream, "trace": trace, "tenants": tenants}
+    mode = modes[spec["mode"]]
     # uvloop (as the balancer): the load generator shares a CPU with the emulator; the
     # less it spends per request and per line, the less it disturbs what it measures.
     result = run_loop(asyncio.wait_for(mode(spec), spec.get("hard_timeout", 900)))

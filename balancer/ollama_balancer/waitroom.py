@@ -147,6 +147,10 @@ class WaitRoom:
         policy = self.scheduler
         if request.max_wait is not None:  # its key's own limit
             policy = policy.with_max_wait(request.priority, request.max_wait)
+        if not request.rates_learned:
+            # Its slot-seconds are the defaults' guess (no answer of the model was timed
+            # yet: a model just loading, or one seldom asked for): estimate, never refuse.
+            policy = policy.with_max_wait(request.priority, math.inf)
         return admit(pool, policy, _candidate(request, self.replica, now))
 
     async def wait(self, request: Waiting) -> Bind:
@@ -381,6 +385,8 @@ class WaitRoom:
         own = tuple(_candidate(w, self.replica, now) for w in mine)
         others = tuple(c for c in base.waiting if c.replica != self.replica)
         leased = {h.request_id for h in board.holders.values() if h.model == model}
+        # A beneficiary bound to its promised seat holds it in the board's pool already.
+        leased.update(b for b in board.reservations if b in board.waiters)
         bound = tuple(
             _holder(b, self.replica)
             for rid, b in self._bound.items()

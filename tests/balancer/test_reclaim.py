@@ -256,7 +256,9 @@ async def test_an_arrival_beyond_its_limit_is_refused_with_the_estimate(
     rig_factory: RigFactory, tmp_path: Any
 ) -> None:
     """A key whose requests may wait at most a second is told at once, with Retry-After from
-    the estimate, when both slots hold long work of its own (nothing is owed to it)."""
+    the estimate, when both slots hold long work of its own (nothing is owed to it) — once the
+    model's answers have taught its rate; before, the estimate is the defaults' guess and
+    refuses no one."""
     keys = tmp_path / "keys.yaml"
     keys.write_text(
         "keys:\n"
@@ -264,24 +266,35 @@ async def test_an_arrival_beyond_its_limit_is_refused_with_the_estimate(
     )
     rig = await reclaiming(rig_factory, auth_file=str(keys), tenant_header="")
     client = ollama.AsyncClient(host=rig.url, headers={"Authorization": "Bearer impatient-key"})
-    try:
-        first = asyncio.create_task(stream_text(client, ask("long one", LONG)))
-        second = asyncio.create_task(stream_text(client, ask("long two", LONG)))
-        a = rig.fleet.nodes[0]
-        await eventually(lambda: a.stats.generations_started >= 2, "both slots busy")
+    auth = {"Authorization": "Bearer impatient-key"}
+    a = rig.fleet.nodes[0]
+
+    async def third(name: str) -> tuple[int, dict[str, str], dict[str, Any]]:
+        started = a.stats.generations_started
+        first = asyncio.create_task(stream_text(client, ask(f"{name} one", LONG)))
+        second = asyncio.create_task(stream_text(client, ask(f"{name} two", LONG)))
+        await eventually(lambda: a.stats.generations_started >= started + 2, "both slots busy")
         async with rig.session.post(
             rig.url + "/api/chat",
-            json={**ask("long three", LONG), "stream": False},
-            headers={"Authorization": "Bearer impatient-key"},
-        ) as refused:
-            assert refused.status == 429
-            assert int(refused.headers["Retry-After"]) >= 1
-            assert "estimated wait" in (await refused.json())["error"]
+            json={**ask(f"{name} three", LONG), "stream": False},
+            headers=auth,
+        ) as r:
+            answer = (r.status, dict(r.headers), await r.json())
         await asyncio.gather(first, second)
+        return answer
+
+    try:
+        # Nothing timed yet: admitted (it waits for a slot), its estimate still reported.
+        status, headers, _ = await third("untaught")
+        assert status == 200
+        assert float(headers["X-Queue-Estimate"]) >= 0.0
+        # The three answers taught the rate: the same arrival is refused at once.
+        status, headers, body = await third("taught")
+        assert status == 429
+        assert int(headers["Retry-After"]) >= 1
+        assert "estimated wait" in body["error"]
         async with rig.session.post(
-            rig.url + "/api/chat",
-            json={**ask("short", SHORT), "stream": False},
-            headers={"Authorization": "Bearer impatient-key"},
+            rig.url + "/api/chat", json={**ask("short", SHORT), "stream": False}, headers=auth
         ) as admitted:
             assert admitted.status == 200
             assert float(admitted.headers["X-Queue-Estimate"]) >= 0.0

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from ollama_balancer.core.tokens import (
+    DEFAULT_DECODE_SECONDS,
     DEFAULT_OUTPUT,
     IMAGE_TOKENS,
+    RateBook,
     TokenCorrection,
     TokenEstimate,
     estimate_tokens,
@@ -173,3 +175,22 @@ def test_correction_memory_is_bounded() -> None:
 def test_bad_alpha() -> None:
     with pytest.raises(ValueError, match="alpha"):
         TokenCorrection(alpha=0)
+
+
+@pytest.mark.parametrize(
+    ("eval_count", "knows"),
+    [
+        (None, False),  # an answer without Ollama's final metrics teaches nothing
+        (4, False),  # too few tokens to time
+        (8, True),
+    ],
+)
+def test_a_rate_is_known_once_an_answer_timed_it(eval_count: int | None, knows: bool) -> None:
+    rates = RateBook()
+    assert not rates.knows("m")
+    rates.learn("m", None, None, eval_count, 1_000_000_000)
+    assert rates.knows("m") is knows
+    assert not rates.knows("other")
+    est = TokenEstimate(prompt=0, output=100)
+    expected = 100 * (1 / 8 if knows else DEFAULT_DECODE_SECONDS)
+    assert rates.seconds("m", est) == pytest.approx(expected)

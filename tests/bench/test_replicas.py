@@ -112,3 +112,52 @@ def test_replica_summary(
 
 def test_one_replica_runs_the_policies_not_the_set_ups() -> None:
     assert routing.replica_summary(routing.Config(), [_row(ONE, 1, 1.0)]) == []
+
+
+EARLY, RECLAIM = routing.binding_setups(("early", "reclaim"), 3)
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        # No worse on both: met (equal counts as no worse).
+        ([_row(EARLY, 10, 2.0), _row(RECLAIM, 10, 1.5)], [(RECLAIM, 1.0, 0.75, True)]),
+        # One more cold load: not met, whatever the TTFT.
+        ([_row(EARLY, 10, 2.0), _row(RECLAIM, 11, 1.0)], [(RECLAIM, 1.1, 0.5, False)]),
+        # Medians over runs: the odd run does not decide.
+        (
+            [
+                _row(EARLY, 10, 2.0),
+                _row(EARLY, 10, 2.0),
+                _row(EARLY, 30, 9.0),
+                _row(RECLAIM, 9, 2.0),
+                _row(RECLAIM, 10, 1.0),
+                _row(RECLAIM, 40, 9.0),
+            ],
+            [(RECLAIM, 1.0, 1.0, True)],
+        ),
+        # Without early binding's run there is nothing to compare against.
+        ([_row(RECLAIM, 10, 1.0)], []),
+    ],
+)
+def test_binding_summary(
+    rows: list[dict[str, object]], expected: list[tuple[str, float, float, bool]]
+) -> None:
+    cfg = dataclasses.replace(
+        routing.Config(), replicas=3, scenarios=("steady",), policies=("early", "reclaim")
+    )
+    got = routing.binding_summary(cfg, rows)
+    assert [
+        (x["setup"], round(x["cold_loads_ratio"], 2), round(x["ttft_p99_ratio"], 2), x["met"])
+        for x in got
+    ] == expected
+
+
+def test_binding_setups_name_the_replicas() -> None:
+    assert list(routing.binding_setups(("early", "reclaim"), 1)) == [
+        "early, 1 replica",
+        "reclaim, 1 replica",
+    ]
+    assert routing.binding_setups(("reclaim",), 3)["reclaim, 3 replicas, shared state"] == (
+        routing.Binding("reclaim", 3)
+    )

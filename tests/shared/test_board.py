@@ -20,6 +20,7 @@ from ollama_balancer.core.ledger import Ledger
 from ollama_balancer.core.priority import Priority
 from ollama_balancer.core.shared.address import parse_store_url
 from ollama_balancer.core.shared.board import (
+    PROMISED,
     Board,
     Charge,
     CounterKey,
@@ -345,8 +346,11 @@ async def test_a_reclaim_on_one_replica_reaches_the_victims_replica_once(
         for s in (a, b, c):
             await s.refresh()  # a refresh showing the same reclaim calls no one again
         assert heard == {a.replica: [], b.replica: [victim.member], c.replica: []}
-        # the planner leaves a lease being taken back out of the pool
-        assert a.board().pool(MODEL, 2, a.clock()).holders == ()
+        # the planner leaves a lease being taken back out of the pool: its seat is the
+        # beneficiary's from the promise on
+        pool = a.board().pool(MODEL, 2, a.clock())
+        assert [(h.lease, h.tenant) for h in pool.holders] == [(PROMISED + "w", "light")]
+        assert pool.slots == 2 and not pool.waiting
 
         refused = [
             replace(promise, beneficiary="other"),  # the victim is being taken back already

@@ -260,6 +260,9 @@ class Waiting:
     # ---- what the scheduler of queue_policy=reclaim needs besides (docs/scheduling.md)
     expected_seconds: float = 1.0
     """Estimated slot-seconds the request will hold (for a continuation: what is left)."""
+    rates_learned: bool = True
+    """``expected_seconds`` comes from the model's learned token rates, not the defaults
+    (a model no answer has timed yet): admission refuses no one on a default guess."""
     finish_by: float | None = None
     """Absolute time (the wait room's clock) it should be done by: ``X-Request-Deadline``."""
     resumable: bool = False

@@ -207,6 +207,10 @@ class RateBook:
         decode = self._decode.get(model, DEFAULT_DECODE_SECONDS)
         return estimate.prompt * prefill + estimate.output * decode
 
+    def knows(self, model: str) -> bool:
+        """Whether an answer of ``model`` has taught its generation rate yet."""
+        return model in self._decode
+
     def decode_seconds(self, model: str) -> float:
         return self._decode.get(model, DEFAULT_DECODE_SECONDS)
 

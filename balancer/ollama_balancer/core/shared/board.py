@@ -39,6 +39,7 @@ from ..priority import Priority, parse_priority
 from ..scheduling import Candidate, Holder, PoolView, TenantKey
 
 __all__ = [
+    "PROMISED",
     "Board",
     "BoardBook",
     "Charge",
@@ -56,6 +57,9 @@ CounterKey = tuple[str, Priority, str]
 """(canonical model, class, tenant): fair share is kept per pool and class."""
 
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
+
+#: How a promised seat's holder is named in a pool (no lease member starts so).
+PROMISED = "promised:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +140,26 @@ class Board:
     def pool(self, model: str, slots: int, now: float) -> PoolView:
         """One model's pool for :func:`~..scheduling.plan`: its holders and (unpinned) waiters.
 
-        A lease being reclaimed is left out (its slot is promised already), and so is a
-        request holding a reservation (it is bound to the reserved slot, not planned).
+        A lease being reclaimed is left out, and its beneficiary (bound to the promised
+        seat, not planned) holds that seat instead: its tenant and class have it from the
+        promise on, so the next pump neither takes a second slot for the same tenant nor
+        counts the seat as free.  A promise whose beneficiary this board does not know (its
+        waiting entry not seen yet) takes its seat out of the pool as nobody's.
         """
-        holders = tuple(
+        holders = [
             _holder(h, now)
             for h in self.holders.values()
             if h.model == model and h.member not in self.reclaiming
-        )
+        ]
+        unknown = 0
+        for r in self.reservations.values():
+            if r.model != model:
+                continue
+            w = self.waiters.get(r.beneficiary)
+            if w is None:
+                unknown += 1
+            else:
+                holders.append(_promised(r, w, now))
         waiting = tuple(
             _candidate(w)
             for w in self.waiters.values()
@@ -152,11 +168,10 @@ class Board:
         counters: dict[TenantKey, float] = {
             (cls, tenant): v for (m, cls, tenant), v in self.counters.items() if m == model
         }
-        reserved = sum(1 for r in self.reservations.values() if r.model == model)
         return PoolView(
             model=model,
-            slots=max(0, slots - reserved),
-            holders=holders,
+            slots=max(0, slots - unknown),
+            holders=tuple(holders),
             waiting=waiting,
             counters=counters,
             now=now,
@@ -214,6 +229,22 @@ def _holder(h: SlotHolder, now: float) -> Holder:
         redo_cost=max(0.0, now - h.started),
         preemptions=h.preemptions,
         resumable=h.resumable,
+    )
+
+
+def _promised(r: Reservation, w: Waiter, now: float) -> Holder:
+    """The seat promised to ``w``, held by it from now: never a victim itself (it generates
+    nothing yet and a promise cannot be taken back)."""
+    return Holder(
+        lease=PROMISED + r.beneficiary,
+        pod=r.pod,
+        replica=w.replica,
+        cls=w.cls,
+        tenant=w.tenant,
+        weight=w.weight,
+        started=now,
+        expected_seconds=max(0.0, w.expected_seconds),
+        preemptions=w.preemptions,
     )
 
 
