@@ -103,9 +103,10 @@ _of_main() {
         exec 9>"$cache/.lock"
         flock 9
 
-        # redis-server: the shared-state tests start it as a test process on loopback
-        # (the package's own service does not start here: apt.sh forbids it).
-        _of_apt ca-certificates openssl etcd-server chromium nginx prometheus redis-server wrk
+        # redis-server and redis-sentinel: the shared-state tests start them as test processes
+        # on loopback (the packages' own services do not start here: apt.sh forbids it).
+        _of_apt ca-certificates openssl etcd-server chromium nginx prometheus redis-server \
+            redis-sentinel wrk
         # npm may come with a non-Debian nodejs (nodesource bundles it; Debian's npm conflicts).
         command -v npm >/dev/null 2>&1 || _of_apt npm
 

@@ -22,6 +22,7 @@ NAMES = (
     "saturation",
     "fairness",
     "autoscale",
+    "faults",
 )
 #: Not part of ``all``: instruction counts under valgrind (minutes), py-spy profiles.
 EXTRA = ("instructions", "profile")
@@ -62,8 +63,10 @@ def _run(
     doc: dict[str, Any] = mod.run(cfg)
     doc["wall_seconds"] = time.monotonic() - t
     text = mod.render(doc)
-    # A replicas run is its own result (and plot), not a replacement of the policies table.
-    stem = name + ("-replicas" if getattr(cfg, "replicas", 1) > 1 else "")
+    # A replicas run is its own result (and plot), not a replacement of the policies table;
+    # faults always runs several replicas, so it has one table.
+    several = name != "faults" and getattr(cfg, "replicas", 1) > 1
+    stem = name + ("-replicas" if several else "")
     if name == "routing" and policies:
         stem = stem.replace("routing", "routing-bindings")  # its own table, not the policies'
     out = common.write_result(stem + ("-smoke" if smoke else ""), doc, text)
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--policies",
         default="",
-        help="saturation, routing: binding policies to compare (early,late,reclaim)",
+        help="saturation, routing: binding policies to compare (early,late,reclaim); faults: "
+        "shared_state_degrade policies (alone,remember,hold)",
     )
     p.add_argument(
         "--baseline",
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         metavar="K",
-        help="routing: run each set-up K times (interleaved) and compare medians",
+        help="routing, faults: run each set-up K times (interleaved) and compare medians",
     )
     p.add_argument(
         "--conversations",

@@ -335,6 +335,7 @@ http {{
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 600s;
+            {extra}
         }}
     }}
 }}
@@ -357,10 +358,12 @@ def start_nginx(
     *,
     balance: str = "least_conn",
     name: str = "nginx",
+    tell_upstream: bool = False,
 ) -> tuple[Proc, str]:
     """nginx in front of ``urls``: ``balance`` is ``least_conn`` or ``round_robin``.  With a
     ``wrapper`` (valgrind) it runs as one process (``master_process off``), so that the
-    wrapped process is the one serving."""
+    wrapped process is the one serving.  ``tell_upstream`` adds ``X-Upstream`` (the address
+    that answered) to every answer, so a client can tell which balancer replica served it."""
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError(
@@ -378,6 +381,7 @@ def start_nginx(
         servers=servers,
         user="user root;" if os.geteuid() == 0 else "",
         balance="least_conn;" if balance == "least_conn" else "# round-robin (nginx's default)",
+        extra="add_header X-Upstream $upstream_addr always;" if tell_upstream else "",
     )
     (d / "nginx.conf").write_text(conf)
     directives = "daemon off;" + (" master_process off;" if wrapper else "")
@@ -392,16 +396,20 @@ def start_nginx(
     return proc, url
 
 
-def start_redis(procs: Procs, cpus: str | None = None, name: str = "redis") -> tuple[Proc, str]:
+def start_redis(
+    procs: Procs, cpus: str | None = None, name: str = "redis", port: int | None = None
+) -> tuple[Proc, str]:
     """A real ``redis-server`` (Debian; .ci/tools.sh installs it) on loopback, no persistence,
-    stopped by its PID with everything else the benchmark started.  Returns its URL."""
+    stopped by its PID with everything else the benchmark started.  Returns its URL.  Given
+    the ``port`` of one that died, it is that store back, empty (a restart without
+    persistence)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
             "redis-server is not installed: `apt-get install redis-server` (.ci/tools.sh "
             "installs it)"
         )
-    port = free_port()
+    port = port or free_port()
     d = procs.workdir / name
     d.mkdir(exist_ok=True)
     argv = [

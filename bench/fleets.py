@@ -117,3 +117,50 @@ def many_fleet(nodes: int) -> dict[str, Any]:
             for i in range(nodes)
         ],
     }
+
+
+def faults_catalogue(models: int, seed: int = 24) -> list[dict[str, Any]]:
+    """``models`` models of 5-7 GB (two fit a 16 GiB pod, three do not) loading in 1-4 s and
+    answering 60-160 tokens at 30-80 tokens/s: loads are frequent and matter to TTFT."""
+    rng = random.Random(seed)
+    return [
+        {
+            "name": f"f{i:02d}:latest",
+            "size_bytes": f"{rng.uniform(5.0, 7.0):.2f}GB",
+            "load_seconds": round(rng.uniform(1.0, 4.0), 1),
+            "tokens_per_second": round(rng.uniform(30, 80), 1),
+            "prompt_tokens_per_second": 1000,
+            "response_tokens": rng.randint(60, 160),
+            "kv_bytes_per_token": 0,
+        }
+        for i in range(models)
+    ]
+
+
+def faults_fleet(
+    pods: int, models: int, time_scale: float, pinned: int = 3, slots: int = 4
+) -> dict[str, Any]:
+    """Every pod has every model on disk; the ``pinned`` most popular models (the first of
+    the catalogue) are loaded for good on ``pods / pinned`` pods each, as a ModelPool would
+    keep them; the rest come and go (``keep_alive`` 30 s, one at a time beside the pinned one)."""
+    catalogue = faults_catalogue(models)
+    names = [m["name"] for m in catalogue]
+    return {
+        "time_scale": time_scale,
+        "catalogue": catalogue,
+        "nodes": [
+            {
+                "name": f"node-{i}",
+                "host": "127.0.0.1",
+                "port": 0,
+                "vram": "16GiB",
+                "num_parallel": slots,
+                "max_loaded_models": 3,
+                "keep_alive": "30s",
+                "max_queue": 512,
+                "installed": names,
+                "loaded": [names[i % pinned]] if pinned else [],
+            }
+            for i in range(pods)
+        ],
+    }

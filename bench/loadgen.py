@@ -9,7 +9,11 @@ Four modes, every one bounded in request count and in wall time:
 * ``trace``: open loop: request ``i`` starts at ``t0 + at[i]`` whatever happened before
   (Poisson arrivals come from the caller's seeded trace); records TTFT and end-to-end.
   An item may carry its own ``headers`` (a tenant's key, ``X-Priority``) and ``tags``
-  (copied into its record, so results can be split by tenant or class).
+  (copied into its record, so results can be split by tenant or class).  A record says
+  whether the stream ended as a whole OpenAI stream does (``complete``: ``data: [DONE]``
+  seen), which pod and which front upstream served it (``X-Ollama-Backend``,
+  ``X-Upstream``), and when it ended.  With ``start_at`` (a ``time.time()`` value) the
+  trace's clock starts then, so another process can act at known trace times.
 * ``tenants``: closed loops per tenant: each group of ``concurrency`` clients sends streamed
   OpenAI chats to its own ``url`` with its own ``headers`` until ``duration`` runs out, each
   prompt opening with ``request <i> from <tenant>:`` (how :mod:`bench.slot_time` joins the
@@ -156,6 +160,8 @@ async def trace(spec: dict[str, Any]) -> dict[str, Any]:
     items = spec["trace"]
     out: list[dict[str, Any]] = [{} for _ in items]
     async with _session(4096, spec["timeout"]) as http:
+        if "start_at" in spec:
+            await asyncio.sleep(max(0.0, spec["start_at"] - time.time()))
         t0 = time.perf_counter()
 
         async def one(i: int, item: dict[str, Any]) -> None:
@@ -180,6 +186,7 @@ async def trace(spec: dict[str, Any]) -> dict[str, Any]:
                 ) as r:
                     rec["status"] = r.status
                     rec["backend"] = r.headers.get("X-Ollama-Backend", "")
+                    rec["upstream"] = r.headers.get("X-Upstream", "")
                     for header, key in _HEADERS.items():
                         if header in r.headers:
                             rec[key] = r.headers[header]
@@ -190,11 +197,14 @@ async def trace(spec: dict[str, Any]) -> dict[str, Any]:
                                 break
                             if line.startswith(b"data: {") and "ttft" not in rec:
                                 rec["ttft"] = time.perf_counter() - start
+                            elif line.startswith(b"data: [DONE]"):
+                                rec["complete"] = True
                     else:
                         await r.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 rec["status"] = type(exc).__name__
             rec["e2e"] = time.perf_counter() - start
+            rec["end"] = rec["at"] + rec["e2e"]
             rec["ok"] = rec.get("status") == 200 and "ttft" in rec
             out[i] = rec
 

@@ -20,11 +20,20 @@ and the pods' answers become the one answer a single Ollama would give:
 
 ``/api/push`` uploads to a registry from one server's disk; it is refused under
 both settings.
+
+What the pods answered is counted in the fleet view at once (:class:`~.witness.Witness`):
+a model pulled, created or copied onto a pod is installed there, a deleted one is not,
+before the next ``/api/tags`` poll says so.
+
+A fanned-out request says where it went, as an unload does: ``X-Ollama-Backend`` lists
+the pods it was sent to (unless ``hide_pod_names``), and its log line names them
+(``backend``), counts them (``attempts``) and gives each pod's outcome (``outcomes``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -32,15 +41,17 @@ from typing import Any
 from aiohttp import web
 
 from ollama_wire.backend import Backend
+from ollama_wire.names import InvalidModelName, canonical
 from ollama_wire.progress import ProgressMerge
 
-from .context import PARSED, request_id
-from .core.errors import BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
+from .context import PARSED, RECORD, request_id
+from .core.errors import ANY_POD, BackendAnswer, BadRequest, Forbidden, NotFound, Unavailable
 from .core.fleet import BackendState
 from .fanout import PodReply, fan_out
 from .settings import BalancerSettings
 from .upstream import ErrorAnswer, ProtocolError, Sender, UpstreamError, describe
 from .upstream.calls import progress
+from .witness import Witness
 
 __all__ = ["FANNED_OUT", "Admin", "merge_answers", "refusal"]
 
@@ -85,12 +96,12 @@ def reply_answer(reply: PodReply) -> Answer:
     return reply.pod, reply.status, "" if reply.ok else reply.message
 
 
-def merge_answers(answers: Sequence[Answer], action: str) -> tuple[int, str]:
+def merge_answers(answers: Sequence[Answer], action: str, *, names: bool = True) -> tuple[int, str]:
     """One answer from the pods' answers to a non-streamed admin request.
 
     Success (the best 2xx, ``""``) when every pod succeeded or lacked the model
     (404); the pods' own status and message when they all failed alike; else
-    500 naming each pod that failed.
+    500 naming each pod that failed (``names`` false: "a pod" for each).
     """
     ok = [status for _, status, _ in answers if 200 <= status < 300]
     failed = [(pod, status, msg) for pod, status, msg in answers if not 200 <= status < 300]
@@ -101,7 +112,9 @@ def merge_answers(answers: Sequence[Answer], action: str) -> tuple[int, str]:
         return failed[0][1], failed[0][2]
     if not ok and not real:
         return 404, failed[0][2]
-    detail = "; ".join(f"{pod}: {msg or f'status {status}'}" for pod, status, msg in real)
+    detail = "; ".join(
+        f"{pod if names else ANY_POD}: {msg or f'status {status}'}" for pod, status, msg in real
+    )
     done = f"done on {len(ok)}, " if ok else ""
     return 500, f"{action} {done}failed on {len(real)} of {len(answers)} pods: {detail}"
 
@@ -112,11 +125,13 @@ class Admin:
         settings: BalancerSettings,
         routable: Callable[[], Sequence[BackendState]],
         transport: Sender,
+        witness: Witness | None = None,
     ) -> None:
         self.settings = settings
         #: The routable pods now (the balancer's fleet state decides which).
         self._routable = routable
         self.transport = transport
+        self.witness = witness
 
     # ------------------------------------------------------------ entry points
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -136,6 +151,27 @@ class Admin:
         }
         return await handlers[path](request)
 
+    def _sent_to(self, request: web.Request, targets: Sequence[Backend]) -> dict[str, str]:
+        """Note on the request's record the pods it goes to; the headers that say so."""
+        record = request[RECORD]
+        record.backend = ",".join(b.name for b in targets)
+        record.attempts = len(targets)
+        if self.settings.security.hide_pod_names:
+            return {}
+        return {"X-Ollama-Backend": record.backend}
+
+    def _answer(
+        self, request: web.Request, answers: Sequence[Answer], action: str, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """The merged answer of non-streamed replies: an empty success, or the pods'
+        failure passed on as theirs; each pod's outcome on the record."""
+        _outcomes(request, answers)
+        status, message = merge_answers(answers, action)
+        if status < 300:
+            return web.Response(status=status, headers=headers)
+        anonymous = merge_answers(answers, action, names=False)[1]
+        raise BackendAnswer(status or 502, message, anonymous=anonymous, headers=headers)
+
     async def pull(self, request: web.Request) -> web.StreamResponse:
         return await self._progress(request, "pull")
 
@@ -146,7 +182,11 @@ class Admin:
         def body(doc: dict[str, Any]) -> dict[str, Any]:
             return {"model": str(doc.get("model") or doc.get("name") or "")}
 
-        return await self._each(request, "DELETE", "delete", body)
+        def seen(witness: Witness, pod: str, doc: dict[str, Any]) -> None:
+            name = body(doc)["model"]
+            witness.deleted(pod, _key(name))
+
+        return await self._each(request, "DELETE", "delete", body, seen)
 
     async def copy(self, request: web.Request) -> web.StreamResponse:
         def body(doc: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +195,11 @@ class Admin:
                 "destination": str(doc.get("destination") or ""),
             }
 
-        return await self._each(request, "POST", "copy", body)
+        def seen(witness: Witness, pod: str, doc: dict[str, Any]) -> None:
+            name = body(doc)["destination"]
+            witness.pulled(pod, _key(name), name)
+
+        return await self._each(request, "POST", "copy", body, seen)
 
     # ----------------------------------------------------------------- shared
     def _targets(self, request: web.Request) -> list[Backend]:
@@ -193,9 +237,12 @@ class Admin:
         method: str,
         action: str,
         body: Callable[[dict[str, Any]], dict[str, Any]],
+        seen: Callable[[Witness, str, dict[str, Any]], None],
     ) -> web.StreamResponse:
-        """A JSON request answered without a body (delete, copy), sent to every pod."""
+        """A JSON request answered without a body (delete, copy), sent to every pod;
+        ``seen`` counts what a pod that answered 200 did."""
         doc, targets = await self._prologue(request)
+        headers = self._sent_to(request, targets)
         replies = await fan_out(
             self.transport,
             targets,
@@ -204,11 +251,17 @@ class Admin:
             json.dumps(body(doc)).encode(),
             timeout=self.settings.proxy.connect_timeout,
         )
-        return _answer(*merge_answers([reply_answer(r) for r in replies], action))
+        if self.witness is not None:
+            for r in replies:
+                if r.ok:
+                    with contextlib.suppress(InvalidModelName):
+                        seen(self.witness, r.pod, doc)
+        return self._answer(request, [reply_answer(r) for r in replies], action, headers)
 
     async def _progress(self, request: web.Request, action: str) -> web.StreamResponse:
         """A progress endpoint (pull, create) on every pod, merged into one stream."""
         doc, targets = await self._prologue(request)
+        headers = self._sent_to(request, targets)
         path = request.path
         stream = doc.get("stream", True) is not False
         queue: asyncio.Queue[tuple[str, dict[str, Any] | None, UpstreamError | None]]
@@ -245,33 +298,55 @@ class Admin:
                     lines = merge.finish(name, failed[2] if failed else None)
                 if stream and lines:
                     if resp is None:
-                        resp = await self._start_stream(request)
+                        resp = await self._start_stream(request, headers)
                     for line in lines:
                         await resp.write(_ndjson(line))
         finally:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._installed(doc, [b.name for b in targets if b.name not in merge.failures])
+        succeeded = [(n, 200, "") for n in (b.name for b in targets) if n not in merge.failures]
+        _outcomes(request, [*succeeded, *errors])
         if errors:
-            succeeded = [(n, 200, "") for n in (b.name for b in targets) if n not in merge.failures]
             status, message = merge_answers([*succeeded, *errors], action)
+            anonymous = merge_answers([*succeeded, *errors], action, names=False)[1]
             if status < 300:  # only 404s beside successes: not for a pull or a create
                 status, message = 500, "; ".join(f"{n}: {m}" for n, _, m in errors)
+                anonymous = "; ".join(f"{ANY_POD}: {m}" for _, _, m in errors)
+            if self.settings.security.hide_pod_names:
+                message = anonymous
             if resp is None:
-                raise BackendAnswer(status, message)
+                raise BackendAnswer(status, message, headers=headers)
             await resp.write(_ndjson({"error": message}))
             await resp.write_eof()
             return resp
         if resp is None and not stream:
-            return web.json_response({"status": "success"})
-        resp = resp or await self._start_stream(request)
+            return web.json_response({"status": "success"}, headers=headers)
+        resp = resp or await self._start_stream(request, headers)
         await resp.write(_ndjson({"status": "success"}))
         await resp.write_eof()
         return resp
 
-    async def _start_stream(self, request: web.Request) -> web.StreamResponse:
+    def _installed(self, doc: dict[str, Any], pods: Sequence[str]) -> None:
+        """A pull or a create that ended with ``success`` on ``pods``: installed there."""
+        name = str(doc.get("model") or doc.get("name") or "")
+        if self.witness is None or not name:
+            return
+        with contextlib.suppress(InvalidModelName):
+            key = canonical(name)
+            for pod in pods:
+                self.witness.pulled(pod, key, name)
+
+    async def _start_stream(
+        self, request: web.Request, headers: dict[str, str]
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(
-            headers={"Content-Type": "application/x-ndjson", "X-Request-ID": request_id(request)}
+            headers={
+                "Content-Type": "application/x-ndjson",
+                "X-Request-ID": request_id(request),
+                **headers,
+            }
         )
         await resp.prepare(request)
         return resp
@@ -279,6 +354,7 @@ class Admin:
     # ------------------------------------------------------------------ blobs
     async def _has_blob(self, request: web.Request) -> web.StreamResponse:
         targets = self._targets(request)
+        headers = self._sent_to(request, targets)
         digest = request.match_info["digest"]
         replies = await fan_out(
             self.transport,
@@ -297,15 +373,15 @@ class Admin:
 
         answers = [answer(r) for r in replies]
         statuses = {status for _, status, _ in answers}
-        if statuses == {200}:
-            return web.Response(status=200)
         if statuses <= {200, 404}:
+            _outcomes(request, answers)
             # Missing on one pod is missing: the client then uploads it, to all of them.
-            return web.Response(status=404)
-        return _answer(*merge_answers([a for a in answers if a[1] != 404], "blob check"))
+            return web.Response(status=200 if statuses == {200} else 404, headers=headers)
+        return self._answer(request, [a for a in answers if a[1] != 404], "blob check", headers)
 
     async def _create_blob(self, request: web.Request) -> web.StreamResponse:
         targets = self._targets(request)
+        headers = self._sent_to(request, targets)
         digest = request.match_info["digest"]
         data = await request.read()  # already read (and size-capped) by the body middleware
         replies = await fan_out(
@@ -317,14 +393,24 @@ class Admin:
             timeout=BLOB_UPLOAD_SECONDS,
             headers={"Content-Type": "application/octet-stream"},
         )
-        return _answer(*merge_answers([reply_answer(r) for r in replies], "blob upload"))
+        return self._answer(request, [reply_answer(r) for r in replies], "blob upload", headers)
 
 
-def _answer(status: int, message: str) -> web.StreamResponse:
-    """The merged answer: an empty success, or the pods' failure passed on as theirs."""
-    if status < 300:
-        return web.Response(status=status)
-    raise BackendAnswer(status or 502, message)
+def _key(name: str) -> str:
+    return canonical(name)
+
+
+def _outcomes(request: web.Request, answers: Sequence[Answer]) -> None:
+    """Each pod's outcome on the request's record (its log line)."""
+    request[RECORD].outcomes.update({pod: _outcome(status, msg) for pod, status, msg in answers})
+
+
+def _outcome(status: int, message: str) -> str:
+    if 200 <= status < 300:
+        return "done"
+    if not status:
+        return f"unreachable: {message}"
+    return f"answered {status}: {message}" if message else f"answered {status}"
 
 
 def _ndjson(obj: Any) -> bytes:

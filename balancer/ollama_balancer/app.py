@@ -77,7 +77,9 @@ def create_app(
         shared=shared,
         transport=transport,
         proxy=proxy,
-        admin=Admin(settings, lambda: holder["b"].routable_states(), transport),
+        admin=Admin(
+            settings, lambda: holder["b"].routable_states(), transport, witness=proxy.witness
+        ),
         discovery=discovery,
         clock=clock,
         tracer=tracer,

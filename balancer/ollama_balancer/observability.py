@@ -191,6 +191,7 @@ def request_fields(record: RequestRecord, sample: RequestSample) -> dict[str, An
         "broken_stream": record.broken_stream,
         "error": record.error,
         "retries": list(record.retries),
+        "outcomes": dict(record.outcomes),
     }
 
 

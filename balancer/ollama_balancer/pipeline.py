@@ -55,12 +55,12 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _TRACED = frozenset({Kind.INFERENCE, Kind.ADMIN})
 
 
-def error_response(path: str, error: BalancerError) -> web.Response:
-    """``error`` in the shape the client of ``path`` expects: the only place that renders one."""
+def error_response(path: str, error: BalancerError, *, hide_pods: bool = False) -> web.Response:
+    """``error`` in the shape the client of ``path`` expects: the only place that renders one
+    (``hide_pods``: its message without pod names, the ``hide_pod_names`` setting)."""
+    message = error.public(hide_pods)
     body = (
-        ollama_error_body(error.message)
-        if error.native
-        else error_body_for(path, error.status, error.message)
+        ollama_error_body(message) if error.native else error_body_for(path, error.status, message)
     )
     resp = web.json_response(body, status=error.status)
     if error.retry_after is not None:
@@ -88,7 +88,7 @@ async def front_door(request: web.Request, handler: Handler) -> web.StreamRespon
             resp = await _admit(request, handler, bal, spec, record, trace)
         except BalancerError as exc:
             record.error = exc.message
-            resp = error_response(request.path, exc)
+            resp = error_response(request.path, exc, hide_pods=bal.settings.security.hide_pod_names)
         except web.HTTPNotFound:
             resp = web.Response(status=404, text="404 page not found")  # gin's, like Ollama
         except web.HTTPMethodNotAllowed:

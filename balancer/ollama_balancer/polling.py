@@ -2,7 +2,8 @@
 
 :class:`FleetTracker` is the one mutable cell holding the current immutable
 :class:`FleetSnapshot`; discovery replaces the backend set, the poller folds
-results in, everyone else reads ``view.snapshot``.  Changes (a pod joined or
+results in, the balancer's own observations (:mod:`.witness`) are counted at once,
+everyone else reads ``view.snapshot``.  Changes (a pod joined or
 left, a model loaded or unloaded somewhere) are reported to listeners so logs
 and metrics are emitted by the caller, not here.
 """
@@ -20,7 +21,8 @@ from enum import StrEnum
 from ollama_wire.backend import Backend
 from ollama_wire.models import parse_installed, parse_resident
 
-from .core.fleet import FleetSnapshot, PollResult, apply_poll
+from .core.fleet import BackendState, FleetSnapshot, PollResult, apply_poll
+from .core.observed import Observation, observe, still_news
 from .upstream import Sender, UpstreamError, describe
 from .upstream.calls import get_json
 
@@ -62,6 +64,8 @@ class FleetTracker:
         self._clock = clock
         self._listeners: list[Listener] = []
         self.changed = asyncio.Event()
+        #: What the balancer saw that a poll has not confirmed yet (core.observed).
+        self._news: list[Observation] = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -80,11 +84,29 @@ class FleetTracker:
             self._emit(FleetChange(ChangeKind.LEFT, name))
         self.changed.set()
 
+    def observe(self, fact: Observation) -> None:
+        """Count what the balancer itself caused or saw now, not at the next poll."""
+        old = self.snapshot.get(fact.pod)
+        if old is None:
+            return
+        self._news.append(fact)
+        self.snapshot = observe(self.snapshot, fact)
+        new = self.snapshot.get(fact.pod)
+        assert new is not None
+        self._residency_changes(old, new)
+        self.changed.set()
+
     def apply(self, result: PollResult, fail_threshold: int) -> None:
         old = self.snapshot.get(result.backend)
         if old is None:
             return  # the backend left while it was being polled
         self.snapshot = apply_poll(self.snapshot, result)
+        if not result.error:
+            # What the balancer saw after this poll began is newer than its answer.
+            self._news = still_news(self._news, result.backend, result.at, self._clock())
+            for fact in self._news:
+                if fact.pod == result.backend:
+                    self.snapshot = observe(self.snapshot, fact)
         new = self.snapshot.get(result.backend)
         assert new is not None
         if result.error:
@@ -93,11 +115,14 @@ class FleetTracker:
             return
         if old.last_ok is None or old.failures >= fail_threshold:
             self._emit(FleetChange(ChangeKind.UP, result.backend))
-        for key in sorted(new.resident.keys() - old.resident.keys()):
-            self._emit(FleetChange(ChangeKind.LOADED, result.backend, new.resident[key].name))
-        for key in sorted(old.resident.keys() - new.resident.keys()):
-            self._emit(FleetChange(ChangeKind.UNLOADED, result.backend, old.resident[key].name))
+        self._residency_changes(old, new)
         self.changed.set()
+
+    def _residency_changes(self, old: BackendState, new: BackendState) -> None:
+        for key in sorted(new.resident.keys() - old.resident.keys()):
+            self._emit(FleetChange(ChangeKind.LOADED, new.name, new.resident[key].name))
+        for key in sorted(old.resident.keys() - new.resident.keys()):
+            self._emit(FleetChange(ChangeKind.UNLOADED, new.name, old.resident[key].name))
 
 
 async def poll_backend(

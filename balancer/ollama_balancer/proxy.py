@@ -27,7 +27,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .context import PARSED, QUOTA, RECORD, TRACE
-from .core.errors import AttemptFailed, give_up
+from .core.errors import ANY_POD, AttemptFailed, give_up
 from .core.ledger import Ledger
 from .core.rankers import Choice, Reason
 from .core.record import RequestRecord
@@ -53,6 +53,7 @@ from .unloader import Unloader
 from .upstream import Response, Sender, UpstreamError, describe
 from .upstream.calls import LIMIT, error_message
 from .waitroom import WaitRoom
+from .witness import Witness
 
 __all__ = ["FAST_FAIL_SECONDS", "Proxy"]
 
@@ -100,6 +101,8 @@ class Proxy:
             )
         self.claims = SlotClaims(self.shared, view, self.route, self.waitroom, clock=clock)
         self.lessons = Lessons(clock)
+        #: What the proxy caused or saw, counted in the fleet view at once.
+        self.witness = Witness(view, self.shared, clock)
         #: Relays the scheduler may take back, and their resumes (``queue_policy=reclaim``).
         self.resumer: Resumer | None = None
         if self.claims.scheduling:
@@ -111,13 +114,19 @@ class Proxy:
                 max_attempts=settings.proxy.max_attempts,
                 rates=self.lessons.rates,
                 clock=clock,
+                witness=self.witness,
+                hide_pods=settings.security.hide_pod_names,
             )
-        self.pulls = AutoPull(transport, idle_timeout=settings.proxy.idle_timeout)
+        self.pulls = AutoPull(
+            transport, idle_timeout=settings.proxy.idle_timeout, witness=self.witness
+        )
         self.unloader = Unloader(
             self.route.fleet,
             transport,
             allow_pinned=settings.routing.allow_client_unload,
             timeout=settings.proxy.first_byte_timeout,
+            witness=self.witness,
+            hide_pods=settings.security.hide_pod_names,
         )
         self._num_ctx_pins = settings.routing.num_ctx_pins()
 
@@ -313,6 +322,8 @@ class Proxy:
                 pass
             if status >= 500 and ttfb < FAST_FAIL_SECONDS:
                 await self._penalise(at.backend.name, t0)
+            if status == 404:  # "model not found": the next request need not try it here
+                self.witness.missing(at.backend.name, at.req.key)
             answer = error_message(body)
             raise AttemptFailed(
                 at.backend.name,
@@ -320,6 +331,8 @@ class Proxy:
                 status=status,
                 answer=answer,
             )
+        if at.claim.takes_slot and status == 200:  # the pod holds the model now, or let it go
+            await self._witness(at)
         await self.shared.clear_penalty(at.backend.name)
 
     async def _relay(self, at: Attempt, upstream: Response) -> web.StreamResponse:
@@ -333,7 +346,8 @@ class Proxy:
                 # A resumed answer's relay spans its wait for a slot again: not timed.
                 self._account(at, state.relay, since=since if not state.preemptions else None)
         record = at.record
-        resp = response_head(at, upstream)
+        hide = self.settings.security.hide_pod_names
+        resp = response_head(at, upstream, hide_pods=hide)
         record.status = upstream.status
         await resp.prepare(at.request)
         relay = Relay()
@@ -352,8 +366,10 @@ class Proxy:
         else:
             record.broken_stream = True
             cause = describe(relay.error) if relay.error is not None else ending
-            record.error = f"{at.backend.name}: stream broken: {cause}"
-            await end_broken(resp, relay.content_type, relay.last, record.error)
+            broken = f"stream broken: {cause}"
+            record.error = f"{at.backend.name}: {broken}"
+            told = f"{ANY_POD}: {broken}" if hide else record.error
+            await end_broken(at.request, resp, relay.content_type, relay.last, told)
         return resp
 
     def _account(
@@ -367,6 +383,16 @@ class Proxy:
         )
         if learn and at.record.complete:
             at.claim.learned = self.lessons.learn(at, relay, streamed_since=since)
+
+    async def _witness(self, at: Attempt) -> None:
+        """Count in the fleet view at once what a pod that began answering did: it has
+        the model loaded now (a load, a cold request, ``model@pod``), or, for an unload sent
+        to the pod a client named, no longer has it (core.observed)."""
+        pod, req = at.backend.name, at.req
+        if req.intent is Intent.UNLOAD:
+            await self.witness.unloaded(pod, req.key)
+        else:
+            self.witness.answered(pod, req.key, req.model, req.doc.get("keep_alive"))
 
     async def _penalise(self, backend: str, since: float) -> None:
         """A pod that failed fast (refused, 5xx at once) is broken rather than busy: cool it."""

@@ -36,6 +36,7 @@ from .core.pods import PodRules
 from .core.queueing import QueueSettings
 from .core.routing import Policy
 from .core.shared.address import parse_store_url
+from .core.shared.degrade import Degrade
 
 __all__ = [
     "ENV_PREFIX",
@@ -221,6 +222,11 @@ class SecuritySettings(Group):
     max_header_bytes: int = setting(
         16384, "longest request line or header line accepted (else 400)", unit="bytes", ge=1024
     )
+    hide_pod_names: bool = setting(
+        False,
+        "keep pod names off answers to clients: no X-Ollama-Backend, X-Route-Reason or "
+        "X-Ollama-Kept header, 'a pod' in error texts (logs, traces and metrics keep them)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +237,9 @@ class SharedSettings(Group):
     url: str = setting(
         "",
         "Redis/Valkey URL shared by all replicas: redis://[:PASSWORD@]HOST:PORT/DB, or "
-        "rediss:// for TLS; empty = each replica keeps its own counts (single replica only)",
+        "rediss:// for TLS, or redis+sentinel://[:PASSWORD@]HOST:26379[,HOST:26379]/SERVICE[/DB] "
+        "(rediss+sentinel:// for TLS) for the primary of a Sentinel service, followed through "
+        "failovers; empty = each replica keeps its own counts (single replica only)",
         key="shared_state",
     )
     password_file: str = setting(
@@ -241,8 +249,15 @@ class SharedSettings(Group):
     )
     ca_file: str = setting(
         "",
-        "PEM CA bundle that signs the server's certificate (rediss:// only)",
+        "PEM CA bundle that signs the server's certificate (rediss:// and rediss+sentinel:// "
+        "only; with Sentinel, the sentinels' too)",
         key="shared_state_ca_file",
+    )
+    sentinel_password_file: str = setting(
+        "",
+        "file holding the sentinels' own password (requirepass of the sentinels; a mounted "
+        "Secret); empty = the sentinels need none (redis+sentinel:// URLs only)",
+        key="shared_state_sentinel_password_file",
     )
     prefix: str = setting(
         "ollama-fleet",
@@ -265,6 +280,20 @@ class SharedSettings(Group):
     lease_renew_interval: float = setting(
         10.0, "seconds between renewals of the leases this replica holds", unit="seconds", gt=0
     )
+    degrade: Degrade = setting(
+        Degrade.REMEMBER,
+        "while the store is unreachable: alone (this replica's own counts only) | remember "
+        "(plus the fleet as the store last showed it) | hold (remember, and a cold-load "
+        "decision first waits shared_state_degraded_hold for the store to come back)",
+        key="shared_state_degrade",
+    )
+    degraded_hold: float = setting(
+        2.0,
+        "with shared_state_degrade: hold, how long a cold-load decision waits for the store",
+        key="shared_state_degraded_hold",
+        unit="seconds",
+        ge=0,
+    )
 
     def check(self) -> None:
         if self.lease_renew_interval * 2 > self.lease_ttl:
@@ -276,8 +305,14 @@ class SharedSettings(Group):
             address = parse_store_url(self.url)
         except ValueError as exc:
             raise SettingsError(f"shared_state: {exc}") from None
-        if self.ca_file and not self.url.startswith("rediss://"):
-            raise SettingsError("shared_state_ca_file: only with a rediss:// URL (TLS)")
+        if self.ca_file and not address.tls:
+            raise SettingsError(
+                "shared_state_ca_file: only with a rediss:// or rediss+sentinel:// URL (TLS)"
+            )
+        if self.sentinel_password_file and not address.sentinel:
+            raise SettingsError(
+                "shared_state_sentinel_password_file: only with a redis+sentinel:// URL"
+            )
         if self.password_file and address.password:
             raise SettingsError(
                 "shared_state_password_file: the URL carries a password already; use one"

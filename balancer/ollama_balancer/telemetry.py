@@ -26,8 +26,10 @@ LOGGER_NAME = "ollama_fleet"
 #: priority, queue_wait, method, path, model, backend, reason, status, attempts, bytes,
 #: duration, ttfb, cold_load_seconds, eval_count, prompt_eval_count, tokens_per_second,
 #: slot_wait, prompt_tokens, generated_tokens, usage_counted (reported | chunks | none),
-#: finish_reason, slot_seconds, client_gone, broken_stream, error, retries.  Seconds for
-#: durations.
+#: finish_reason, slot_seconds, client_gone, broken_stream, error, retries, outcomes (a
+#: request sent to several pods — an unload, an admin fan-out — pod -> what it did there:
+#: ``unloaded``, ``kept: pinned``, ``done``, ``answered <status>: <message>``,
+#: ``unreachable: <why>``; empty otherwise).  Seconds for durations.
 EVENT_REQUEST = "request"
 #: One per fleet change.  Keys: kind (joined | left | up | down | loaded |
 #: unloaded), backend, model (loaded/unloaded), detail (the poll error of ``down``).

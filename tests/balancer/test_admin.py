@@ -15,6 +15,7 @@ import ollama
 import pytest
 
 from ollama_balancer.admin import merge_answers, refusal
+from ollama_balancer.core.record import RequestRecord
 from ollama_emulator import EmulatedFleet, FleetConfig, NodeConfig
 from tests.harness.fleet import Rig, RigFactory, nodes
 
@@ -268,3 +269,61 @@ async def test_copy_where_the_model_is(rig_factory: RigFactory) -> None:
     assert has == ["a", "b"]
     resp = await rig.post("/api/copy", {"source": "nowhere", "destination": "y"})
     assert (resp.status, await resp.json()) == (404, {"error": 'model "nowhere" not found'})
+
+
+# ------------------------------------------------------------------ where a fan-out went
+def fan_out_records(rig: Rig) -> list[RequestRecord]:
+    seen: list[RequestRecord] = []
+    rig.bal.records.append(lambda r: seen.append(r) if r.kind == "admin" else None)
+    return seen
+
+
+async def test_each_fan_out_names_its_pods_and_their_outcomes(rig_factory: RigFactory) -> None:
+    """pull, copy, delete, blobs and create: the answer lists the pods in X-Ollama-Backend,
+    the log line names them, counts them and says what each did (before: an empty backend
+    and 0 attempts)."""
+    rig = await rig_factory(nodes(("a", [M], []), ("b", [M], []), ("c", [], [])), admin="fanout")
+    log = fan_out_records(rig)
+    d = digest(GGUF)
+    calls: list[tuple[str, str, Any]] = [
+        ("POST", "/api/pull", {"model": SMALL, "stream": False}),
+        ("POST", "/api/copy", {"source": M, "destination": "helper"}),
+        ("DELETE", "/api/delete", {"model": "helper"}),
+        ("HEAD", f"/api/blobs/{d}", None),
+        ("POST", f"/api/blobs/{d}", GGUF),
+        ("POST", "/api/create", {"model": "team/x", "files": {"m.gguf": d}}),
+    ]
+    for method, path, body in calls:
+        kw: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}
+        async with rig.session.request(method, rig.url + path, **kw) as resp:
+            await resp.read()
+            assert resp.status < 500, (path, resp.status)
+            assert resp.headers["X-Ollama-Backend"] == "a,b,c", path
+    await rig.until(lambda: len(log) == len(calls))
+    for record, (_, path, _) in zip(log, calls, strict=True):
+        assert (record.backend, record.attempts) == ("a,b,c", 3), path
+        assert set(record.outcomes) == {"a", "b", "c"}, path
+    copy, delete, head = log[1], log[2], log[3]
+    assert copy.outcomes == {
+        "a": "done",
+        "b": "done",
+        "c": 'answered 404: model "llama3.2:3b" not found',
+    }
+    assert delete.outcomes["a"] == "done" and delete.outcomes["c"].startswith("answered 404")
+    assert set(head.outcomes.values()) == {f'answered 404: blob "{d}" not found'}
+    assert set(log[0].outcomes.values()) == set(log[5].outcomes.values()) == {"done"}
+
+
+async def test_a_pod_that_failed_is_named_in_the_log_and_the_answer(
+    rig_factory: RigFactory,
+) -> None:
+    rig = await rig_factory(nodes(("a", [M], []), ("b", [M], [])), admin="fanout")
+    log = fan_out_records(rig)
+    await rig.node("b").stop_listening()
+    async with ollama.AsyncClient(host=rig.url) as client:
+        with pytest.raises(ollama.ResponseError) as err:
+            await client.copy(M, "helper")
+    assert err.value.status_code == 500 and "b: " in err.value.error
+    await rig.until(lambda: bool(log))
+    assert log[0].outcomes["a"] == "done" and log[0].outcomes["b"].startswith("unreachable: ")
+    await rig.node("b").start_listening()

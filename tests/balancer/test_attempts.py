@@ -36,6 +36,7 @@ from ollama_balancer.upstream import (
 )
 from ollama_wire.backend import Backend
 from ollama_wire.models import parse_resident
+from tests.harness.cut import read_cut_lines
 from tests.harness.eventually import eventually
 from tests.harness.memory_pods import MemoryResponse, MemoryTransport, Pod, Sent
 
@@ -222,11 +223,11 @@ async def test_a_stream_broken_after_its_first_byte_is_not_retried() -> None:
     line = b'{"model":"llama3.2:3b","response":"he","done":false}\n'
     broken = MemoryResponse(200, [line, Disconnected("reset by peer")])
     async with stage(in_turn(lambda _: broken, answers())) as s:
-        resp, body = await s.post({**GEN, "stream": True})
-        assert resp.status == 200
-        lines = [json.loads(x) for x in body.splitlines()]
+        async with s.http.post(s.url + "/api/generate", json={**GEN, "stream": True}) as resp:
+            assert resp.status == 200
+            lines = await read_cut_lines(resp)
         assert lines[0]["response"] == "he"
-        assert lines[-1]["done_reason"] == "error" and "stream broken" in lines[-1]["error"]
+        assert list(lines[-1]) == ["error"] and "stream broken" in lines[-1]["error"]
         assert len(s.pods_tried()) == 1
         record = s.records[-1]
         assert record.broken_stream and record.bytes_out == len(line)

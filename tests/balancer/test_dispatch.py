@@ -180,7 +180,7 @@ TWO_WARM_ONE_COLD = snap(
             TWO_WARM_ONE_COLD,
             occ({"a": 2, "b": 2}),
             queue(1, pin="c"),
-            [("w1", "c", "pinned")],
+            [("w1", "c", "named")],
             [],
             id="pinned to a pod without the model: the client asked for that load",
         ),

@@ -25,6 +25,7 @@ from ollama_balancer.core.unload import plan_unload, unload_answer
 from ollama_wire.backend import Backend
 from ollama_wire.models import InstalledModel, ResidentModel
 from ollama_wire.names import canonical
+from tests.harness.cut import read_cut_lines
 from tests.harness.fleet import Rig, RigFactory, nodes
 from tests.harness.routing_cases import at
 
@@ -331,13 +332,15 @@ async def test_pinned_num_ctx_is_rewritten_and_says_so(rig_factory: RigFactory) 
     assert rig.node("a").stats.loads_started == 1  # loaded once, never reloaded
 
 
-async def test_a_broken_ndjson_stream_ends_done_with_an_error(rig_factory: RigFactory) -> None:
+async def test_a_broken_ndjson_stream_ends_with_an_error_line_and_a_cut(
+    rig_factory: RigFactory,
+) -> None:
     rig = await rig_factory(nodes(("a", [M], [M])))
     rig.node("a").faults.drop_after(chunks=2)
     async with rig.session.post(
         rig.url + "/api/generate", json={"model": M, "prompt": "x"}
     ) as resp:
         assert resp.status == 200
-        lines = [json.loads(x) for x in (await resp.read()).splitlines() if x.strip()]
-    assert lines[-1]["done"] is True and lines[-1]["done_reason"] == "error"
+        lines = await read_cut_lines(resp)
+    assert not any(line.get("done") for line in lines)  # nothing reads as a finished answer
     assert lines[-1]["error"]

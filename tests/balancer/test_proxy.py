@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.harness.cut import read_cut, read_cut_lines
 from tests.harness.fleet import RigFactory, nodes
 
 M = "llama3.2:3b"
@@ -150,8 +151,7 @@ async def test_no_retry_after_the_first_byte(rig_factory: RigFactory) -> None:
         n.faults.drop_after(2, paths=["/api/generate"])
     resp = await rig.post("/api/generate", {"model": M, "prompt": "x"})
     assert resp.status == 200
-    lines = (await resp.read()).splitlines()
-    last = json.loads(lines[-1])
+    last = (await read_cut_lines(resp))[-1]
     assert "error" in last and resp.headers["X-Ollama-Backend"] in last["error"]
     total = sum(n.stats.requests["/api/generate"] for n in rig.fleet.nodes)
     assert total == 1  # never executed twice
@@ -162,7 +162,7 @@ async def test_no_done_on_broken_sse(rig_factory: RigFactory) -> None:
     rig.node("a").faults.drop_after(2, paths=["/v1/chat/completions"])
     body = {"model": M, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     resp = await rig.post("/v1/chat/completions", body)
-    raw = (await resp.read()).decode()
+    raw = (await read_cut(resp)).decode()
     assert "[DONE]" not in raw
 
 
@@ -249,7 +249,7 @@ async def test_pinning(rig_factory: RigFactory, how: str) -> None:
     resp = await rig.post("/api/chat", body, headers=headers)
     assert resp.status == 200
     assert resp.headers["X-Ollama-Backend"] == "b"
-    assert resp.headers["X-Route-Reason"] == "pinned"
+    assert resp.headers["X-Route-Reason"] == "named"
     assert (await resp.json())["model"] == M
 
 

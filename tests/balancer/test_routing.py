@@ -50,9 +50,9 @@ def test_affinity(inflight: dict[tuple[str, str], int], expected: tuple[str, str
         assert got[0][0] != "a"
 
 
-def test_pinned() -> None:
+def test_a_named_pod() -> None:
     fleet = snap(Pod("a", ["llama3"], ["llama3"]), Pod("b", ["mistral"]))
-    assert decide(fleet, ledger(), pin="b") == [("b", "pinned")]
+    assert decide(fleet, ledger(), pin="b") == [("b", "named")]
 
 
 @pytest.mark.parametrize(

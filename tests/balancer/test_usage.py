@@ -16,6 +16,7 @@ import pytest
 
 from ollama_balancer.core.record import RequestRecord
 from ollama_balancer.core.usage import SEARCHED, Counted, Usage, usage_of
+from tests.harness.cut import read_cut_lines
 from tests.harness.fleet import Rig, RigFactory, nodes
 
 M = "llama3.2:3b"
@@ -193,8 +194,8 @@ async def test_a_broken_stream_counts_what_it_relayed(rig_factory: RigFactory) -
     records = _records(rig)
     rig.node("a").faults.drop_after(3, paths=["/api/chat"])
     resp = await rig.post("/api/chat", {"model": M, "messages": USER})
-    lines = (await resp.read()).splitlines()
-    assert "error" in json.loads(lines[-1])  # the balancer's ending line
+    lines = await read_cut_lines(resp)
+    assert "error" in lines[-1]  # the balancer's ending line
     (record,) = records
     assert record.broken_stream
     assert record.usage.counted is Counted.CHUNKS

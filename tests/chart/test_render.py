@@ -156,6 +156,7 @@ def test_balancer_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "ops"}
     settings = load_settings(environ=env_of(c))
     assert settings.listen.ops_port == values["balancer"]["opsPort"]
+    assert not settings.security.hide_pod_names and not values["balancer"]["hidePodNames"]
     for probe in ("readinessProbe", "livenessProbe"):
         assert c[probe]["httpGet"]["path"] in OPS_PATHS
     drain = values["balancer"]["drain"]
@@ -232,6 +233,7 @@ def test_production_config_reaches_the_balancer(rendered: dict[str, list[dict[st
     settings = load_settings(environ=env, yaml_text=cm["data"]["balancer.yaml"])
     assert settings.proxy.first_byte_timeout == 600
     assert settings.process.drain_grace == 120
+    assert settings.security.hide_pod_names  # off answers to clients, kept in the logs
     assert settings.discovery.default_slots == 4
     dep = find(objs, "Deployment", "-balancer")
     assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 10 + 0 + 120 + 5

@@ -30,6 +30,7 @@ from tests.harness.chart import (
 
 PRODUCTION = EXAMPLES / "values-production.yaml"
 EXTERNAL = VALUES / "shared-external.yaml"
+SENTINEL = VALUES / "shared-sentinel.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +143,24 @@ def test_external_store(helm: str, tmp_path: Path) -> None:
     assert not [o for o in objs if o["metadata"]["name"].endswith("-shared-state")]
 
 
+def test_external_sentinel(helm: str, tmp_path: Path) -> None:
+    objs = render(helm, [SENTINEL])
+    validate_builtin(objs, tmp_path)
+    deploy, c = _balancer(objs)
+    settings = load_settings(environ=env_of(c))  # what the balancer would start with
+    address = parse_store_url(settings.shared.url)
+    assert address.sentinels == (
+        ("sentinel-0.redis.infra.svc", 26379),
+        ("sentinel-1.redis.infra.svc", 26379),
+    )
+    assert (address.service, address.db, address.tls, address.password) == ("fleet", 0, True, None)
+    assert _mounted_secret(deploy, settings.shared.password_file) == "fleet-redis"
+    assert settings.shared.sentinel_password_file.endswith("/sentinel-password")
+    assert _mounted_secret(deploy, settings.shared.sentinel_password_file) == "fleet-redis-sentinel"
+    assert _mounted_secret(deploy, settings.shared.ca_file) == "fleet-redis-ca"
+    assert not [o for o in objs if o["metadata"]["name"].endswith("-shared-state")]
+
+
 def test_external_without_password(helm: str) -> None:
     sets = ["sharedState.mode=external", "sharedState.external.url=redis://r:6379/0"]
     env = env_of(_balancer(render(helm, sets=sets))[1])
@@ -177,8 +196,34 @@ def test_external_without_password(helm: str) -> None:
                 "sharedState.external.url=redis://r:6379",
                 "sharedState.external.tls.caSecret=ca",
             ],
-            "tls.caSecret needs a rediss:// URL",
+            "tls.caSecret needs a rediss:// or rediss+sentinel:// URL",
             id="CA without TLS",
+        ),
+        pytest.param(
+            [
+                "sharedState.mode=external",
+                "sharedState.external.url=redis+sentinel://s:26379/fleet",
+                "sharedState.external.tls.caSecret=ca",
+            ],
+            "tls.caSecret needs a rediss:// or rediss+sentinel:// URL",
+            id="CA without TLS, sentinel",
+        ),
+        pytest.param(
+            [
+                "sharedState.mode=external",
+                "sharedState.external.url=redis+sentinel://:pw@s1/fleet",
+            ],
+            "put the password in a Secret",
+            id="password in the sentinel url",
+        ),
+        pytest.param(
+            [
+                "sharedState.mode=external",
+                "sharedState.external.url=redis://r:6379",
+                "sharedState.external.sentinel.existingSecret=s",
+            ],
+            "sentinel.existingSecret needs a redis+sentinel://",
+            id="sentinel password without sentinel",
         ),
     ],
 )

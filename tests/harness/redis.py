@@ -12,12 +12,18 @@ from pathlib import Path
 
 from bench.redis_server import RedisServer
 
+from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.store import RedisState
 
-__all__ = ["StoreFactory", "running_redis"]
+__all__ = ["StateFactory", "StoreFactory", "running_redis"]
 
 StoreFactory = Callable[..., RedisState]
 """``make_store(url=None, **RedisState options)``: a connected store ("a replica")."""
+
+StateFactory = Callable[..., FallbackState]
+"""``make_state(replica="r1", metrics=None, lease_ttl=2.0, **FallbackState options)``: a
+replica's shared state (not started) on the test's own redis-server, with short intervals
+and TTLs."""
 
 
 @contextmanager

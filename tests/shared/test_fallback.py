@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,58 +11,15 @@ from bench.redis_server import RedisServer
 from prometheus_client import CollectorRegistry
 
 from ollama_balancer.core.auth import ApiKey
-from ollama_balancer.core.ledger import Ledger
-from ollama_balancer.core.shared.address import parse_store_url
-from ollama_balancer.core.shared.keys import Keys
-from ollama_balancer.core.shared.local import LocalState
 from ollama_balancer.shared.fallback import FallbackState
 from ollama_balancer.shared.metrics import SharedMetrics
-from ollama_balancer.shared.store import RedisState
 from tests.harness.eventually import eventually
-from tests.harness.redis import running_redis
+from tests.harness.redis import StateFactory
 
 pytestmark = pytest.mark.timeout(60)
 
 POD, MODEL = "gpu-0", "llama3:latest"
 LEASES = f"t:lease:{POD}|{MODEL}"
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
-
-
-Make = Callable[..., FallbackState]
-
-
-@pytest.fixture
-async def make_state(own_redis: RedisServer) -> AsyncIterator[Make]:
-    made: list[FallbackState] = []
-
-    def make(replica: str = "r1", metrics: SharedMetrics | None = None) -> FallbackState:
-        store = RedisState(
-            parse_store_url(own_redis.url),
-            replica=replica,
-            keys=Keys("t"),
-            op_timeout=0.2,
-            lease_ttl=2.0,
-        )
-        state = FallbackState(
-            store,
-            LocalState(Ledger(), replica=replica),
-            renew_interval=0.5,
-            refresh_interval=0.2,
-            health_interval=0.2,
-            reconnect_interval=0.2,
-            observer=metrics,
-        )
-        made.append(state)
-        return state
-
-    yield make
-    for state in made:
-        await state.close()
 
 
 async def raw_count(server: RedisServer, key: str) -> int:
@@ -79,7 +34,9 @@ def gauge(registry: CollectorRegistry, name: str) -> float | None:
     return registry.get_sample_value(name)
 
 
-async def test_store_down_mid_run_then_back(own_redis: RedisServer, make_state: Make) -> None:
+async def test_store_down_mid_run_then_back(
+    own_redis: RedisServer, make_state: StateFactory
+) -> None:
     registry = CollectorRegistry()
     metrics = SharedMetrics(registry)
     a, b = make_state("a", metrics), make_state("b")
@@ -103,9 +60,11 @@ async def test_store_down_mid_run_then_back(own_redis: RedisServer, make_state: 
     assert a.status()["mode"] == "fallback"
     assert gauge(registry, "ollama_fleet_shared_state_up") == 0.0
     assert gauge(registry, "ollama_fleet_shared_state_fallbacks_total") == 1.0
-    # Local state counts this replica's own requests (the two it holds).
+    # Local state counts this replica's own requests (the two it holds); b, degraded to
+    # "remember", still counts the two of a's the store last showed (until a lease TTL).
     assert a.occupancy().inflight(POD, MODEL) == 2
-    assert b.occupancy().inflight(POD, MODEL) == 0
+    assert b.local.occupancy().inflight(POD, MODEL) == 0
+    assert b.occupancy().inflight(POD, MODEL) == 2
 
     own_redis.start()  # same port, empty: as after a restart
     await eventually(lambda: a.up and b.up)
@@ -123,7 +82,7 @@ async def test_store_down_mid_run_then_back(own_redis: RedisServer, make_state: 
 
 
 async def test_given_back_during_the_outage_is_removed_on_return(
-    own_redis: RedisServer, make_state: Make
+    own_redis: RedisServer, make_state: StateFactory
 ) -> None:
     """The store did not restart (a network partition): leases released meanwhile are
     removed when it answers again, instead of holding their slot until the TTL."""
@@ -147,7 +106,7 @@ async def test_given_back_during_the_outage_is_removed_on_return(
 
 
 async def test_unreachable_at_start_serves_locally_then_connects(
-    own_redis: RedisServer, make_state: Make
+    own_redis: RedisServer, make_state: StateFactory
 ) -> None:
     own_redis.stop()
     registry = CollectorRegistry()
@@ -169,7 +128,7 @@ async def test_unreachable_at_start_serves_locally_then_connects(
 
 
 async def test_leases_are_renewed_while_requests_run(
-    own_redis: RedisServer, make_state: Make
+    own_redis: RedisServer, make_state: StateFactory
 ) -> None:
     a, b = make_state("a"), make_state("b")
     await a.start()
@@ -182,7 +141,9 @@ async def test_leases_are_renewed_while_requests_run(
     assert (await b.acquire(POD, MODEL, slots=1, request_id="3")).lease is not None
 
 
-async def test_clean_close_gives_leases_back(own_redis: RedisServer, make_state: Make) -> None:
+async def test_clean_close_gives_leases_back(
+    own_redis: RedisServer, make_state: StateFactory
+) -> None:
     a = make_state("a")
     await a.start()
     assert (await a.acquire(POD, MODEL, slots=2, request_id="1")).lease is not None
@@ -191,7 +152,9 @@ async def test_clean_close_gives_leases_back(own_redis: RedisServer, make_state:
     assert await raw_count(own_redis, LEASES) == 0
 
 
-async def test_metrics_of_a_sharing_replica(own_redis: RedisServer, make_state: Make) -> None:
+async def test_metrics_of_a_sharing_replica(
+    own_redis: RedisServer, make_state: StateFactory
+) -> None:
     registry = CollectorRegistry()
     holder: list[FallbackState] = []
     metrics = SharedMetrics(registry, held=lambda: holder[0].own_leases())
@@ -227,3 +190,29 @@ async def test_metrics_of_a_sharing_replica(own_redis: RedisServer, make_state: 
         timeout=5,
     )
     assert a.occupancy().inflight(POD, MODEL) == 0
+
+
+async def test_an_unload_forgets_a_finished_load_on_every_replica(
+    own_redis: RedisServer, make_state: StateFactory
+) -> None:
+    """A copy a load made is counted as resident before the polls show it; once the
+    balancer unloaded it, no replica may count it any more (#24 item 5)."""
+    a, b = make_state("a"), make_state("b")
+    await a.start()
+    await b.start()
+    lease = (await a.acquire(POD, MODEL, slots=2, request_id="1", cold=True)).lease
+    assert lease is not None
+    await a.first_byte(lease)
+    await a.release(lease)
+    await eventually(lambda: b.occupancy().loaded_at(POD, MODEL) is not None)
+    await a.forget_loaded(POD, MODEL)
+    assert a.occupancy().loaded_at(POD, MODEL) is None
+    assert a.local.occupancy().loaded_at(POD, MODEL) is None
+    await eventually(lambda: b.occupancy().loaded_at(POD, MODEL) is None, "the forget event")
+    client = aioredis.Redis(host="127.0.0.1", port=own_redis.port, decode_responses=True)
+    try:
+        assert await client.hlen("t:loaded") == 0
+    finally:
+        await client.aclose()
+    await b.refresh()  # a refresh does not bring it back
+    assert b.occupancy().loaded_at(POD, MODEL) is None

@@ -3,6 +3,7 @@ verdicts, the mirror's ordering rules, the affinity map, and routing on a fleet-
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from dataclasses import replace
 
@@ -21,7 +22,7 @@ from ollama_balancer.core.shared.model import Lease, QuotaTicket, SlotFreed
 from ollama_balancer.core.shared.quota import CONCURRENCY, REQUESTS, TOKENS, refusal
 from ollama_balancer.core.shared.resync import Entry, plan_resync
 from ollama_balancer.core.shared.signals import AffinityMap
-from ollama_balancer.settings import SettingsError, load_settings
+from ollama_balancer.settings import SettingsError, add_arguments, load_settings
 from tests.harness import routing_cases
 
 
@@ -41,6 +42,35 @@ from tests.harness import routing_cases
             StoreAddress("::1", 7000, username="fleet", password="pw"),
             id="ACL user, IPv6",
         ),
+        pytest.param(
+            "redis+sentinel://sentinel-0:26379,sentinel-1,[::1]:5000/fleet",
+            StoreAddress(
+                "sentinel-0",
+                26379,
+                sentinels=(("sentinel-0", 26379), ("sentinel-1", 26379), ("::1", 5000)),
+                service="fleet",
+            ),
+            id="sentinel: three sentinels, default port, IPv6",
+        ),
+        pytest.param(
+            "rediss+sentinel://app:p%40ss@s.example:26380/my-primary/3",
+            StoreAddress(
+                "s.example",
+                26380,
+                3,
+                tls=True,
+                username="app",
+                password="p@ss",
+                sentinels=(("s.example", 26380),),
+                service="my-primary",
+            ),
+            id="sentinel: TLS, data nodes' user and password, db",
+        ),
+        pytest.param(
+            "REDIS+SENTINEL://:pw@s/fleet/",
+            StoreAddress("s", 26379, password="pw", sentinels=(("s", 26379),), service="fleet"),
+            id="sentinel: scheme in capitals, trailing slash",
+        ),
     ],
 )
 def test_parse_store_url(url: str, expected: StoreAddress) -> None:
@@ -57,6 +87,13 @@ def test_parse_store_url(url: str, expected: StoreAddress) -> None:
         pytest.param("redis://r:port", "not a redis", id="bad port"),
         pytest.param("redis://r/db1", "database must be a number", id="bad db"),
         pytest.param("redis://r?ssl_cert_reqs=none", "query options", id="query"),
+        pytest.param("redis+sentinel://s1,s2", "names its service", id="sentinel: no service"),
+        pytest.param("redis+sentinel:///fleet", "at least one sentinel", id="sentinel: none"),
+        pytest.param("redis+sentinel://s:x/fleet", "sentinel 's:x'", id="sentinel: bad port"),
+        pytest.param("redis+sentinel://s/fleet/one", "must be a number", id="sentinel: bad db"),
+        pytest.param("redis+sentinel://s/fleet/0/x", "only a database", id="sentinel: extra"),
+        pytest.param("redis+sentinel://s/fleet?x=1", "query options", id="sentinel: query"),
+        pytest.param("sentinel://s/fleet", "redis\\+sentinel://", id="sentinel: kombu scheme"),
     ],
 )
 def test_parse_store_url_refuses(url: str, message: str) -> None:
@@ -68,6 +105,10 @@ def test_redacted_url_hides_the_password() -> None:
     a = parse_store_url("rediss://user:hunter2@r:1/3")
     assert a.redacted() == "rediss://user:***@r:1/3"
     assert "hunter2" not in repr(a)
+    s = parse_store_url("rediss+sentinel://:hunter2@a,[::1]:7/fleet")
+    assert s.redacted() == "rediss+sentinel://:***@a:26379,[::1]:7/fleet/0"
+    assert "hunter2" not in repr(s)
+    assert parse_store_url(s.redacted().replace("***", "x")).sentinels == s.sentinels
 
 
 @pytest.mark.parametrize(
@@ -87,6 +128,22 @@ def test_redacted_url_hides_the_password() -> None:
             "only with a rediss",
             id="CA without TLS",
         ),
+        pytest.param(
+            {
+                "OLLAMA_FLEET_SHARED_STATE": "redis+sentinel://s/fleet",
+                "OLLAMA_FLEET_SHARED_STATE_CA_FILE": "/ca",
+            },
+            "only with a rediss:// or rediss\\+sentinel://",
+            id="CA without TLS, sentinel",
+        ),
+        pytest.param(
+            {
+                "OLLAMA_FLEET_SHARED_STATE": "redis://x",
+                "OLLAMA_FLEET_SHARED_STATE_SENTINEL_PASSWORD_FILE": "/p",
+            },
+            "only with a redis\\+sentinel:// URL",
+            id="sentinel password without sentinel",
+        ),
         pytest.param({"OLLAMA_FLEET_LEASE_TTL": "15"}, "at most half of lease_ttl", id="renew"),
         pytest.param({"OLLAMA_FLEET_SHARED_STATE_TIMEOUT": "0"}, "must be > 0", id="timeout"),
     ],
@@ -94,6 +151,12 @@ def test_redacted_url_hides_the_password() -> None:
 def test_settings_refuse(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(environ=environ)
+
+
+def _flags(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def test_settings_from_yaml_env_and_flags() -> None:
@@ -104,6 +167,16 @@ def test_settings_from_yaml_env_and_flags() -> None:
     assert s.shared.url == "rediss://valkey:6380/0"
     assert (s.shared.lease_ttl, s.shared.lease_renew_interval, s.shared.timeout) == (60, 20, 0.25)
     assert load_settings().shared.url == ""  # per-replica by default
+    s = load_settings(
+        environ={
+            "OLLAMA_FLEET_SHARED_STATE": "rediss+sentinel://s0,s1/fleet",
+            "OLLAMA_FLEET_SHARED_STATE_CA_FILE": "/ca.pem",
+            "OLLAMA_FLEET_SHARED_STATE_PASSWORD_FILE": "/run/secrets/redis/password",
+        },
+        args=_flags("--shared-state-sentinel-password-file", "/run/secrets/sentinel/password"),
+    )
+    assert s.shared.sentinel_password_file == "/run/secrets/sentinel/password"
+    assert s.shared.ca_file == "/ca.pem"
 
 
 # ------------------------------------------------------------------ resync plans

@@ -293,7 +293,7 @@ def _cold_pin(choice: Choice, fleet: FleetState, model: str) -> bool:
     """A pinned request to a pod without the model: the client asked for that load."""
     state = fleet.get(choice.backend)
     return (
-        choice.reason is Reason.PINNED
+        choice.reason is Reason.NAMED
         and state is not None
         and not _warm(state, model, fleet.occupancy)
     )

@@ -23,6 +23,10 @@ once, in the shape the client of the path expects (Ollama's ``{"error": ...}`` o
 
 Routing never picks statuses: it returns :data:`Unroutable` outcomes and
 :func:`for_outcome` maps them here.
+
+An error whose message names pods also carries the same message with none named
+(``anonymous``): what a balancer set to keep pod names off its answers
+(``hide_pod_names``) renders instead.  Logs keep the names.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ANY_POD",
     "AttemptFailed",
     "BackendAnswer",
     "BadRequest",
@@ -57,7 +62,8 @@ __all__ = [
 
 class BalancerError(Exception):
     """An answer of the balancer's own.  ``close``: drop the connection after answering
-    (the client's unread body must not be parsed as its next request)."""
+    (the client's unread body must not be parsed as its next request); ``anonymous``:
+    the message with no pod named, when it names some."""
 
     status = 500
 
@@ -69,6 +75,7 @@ class BalancerError(Exception):
         headers: dict[str, str] | None = None,
         close: bool = False,
         native: bool = False,
+        anonymous: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -78,6 +85,11 @@ class BalancerError(Exception):
         #: Ollama's own ``{"error": ...}`` shape on every path: errors Ollama raises before
         #: its OpenAI and Anthropic writers run (an undecodable zstd body).
         self.native = native
+        self.anonymous = anonymous
+
+    def public(self, hide_pods: bool) -> str:
+        """The message a client gets: without pod names when ``hide_pods``."""
+        return self.anonymous if hide_pods and self.anonymous is not None else self.message
 
 
 class ClientError(BalancerError):
@@ -143,8 +155,15 @@ class BadGateway(ServerError):
 class BackendAnswer(BalancerError):
     """A backend's own error (e.g. Ollama's 500 when a load fails), with its status."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        anonymous: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, anonymous=anonymous, headers=headers)
         self.status = status
 
 
@@ -217,6 +236,8 @@ Unroutable = NoSuchModel | HoldersDown | NoBackend | PinUnknown | PinDown
 
 #: Seconds a client is told to wait when the fleet (or a part of it) is down.
 RETRY_DOWN = 5
+#: What an anonymous message says instead of a pod's name.
+ANY_POD = "a pod"
 
 
 def for_outcome(outcome: Unroutable) -> BalancerError:
@@ -225,16 +246,18 @@ def for_outcome(outcome: Unroutable) -> BalancerError:
         case NoSuchModel(model):
             return NotFound(f"model '{model}' not found")
         case HoldersDown(model, down):
+            unavailable = f"model '{model}' is unavailable: every pod holding it is down"
             return Unavailable(
-                f"model '{model}' is unavailable: every pod holding it is down "
-                f"({', '.join(sorted(down))})",
+                f"{unavailable} ({', '.join(sorted(down))})",
                 retry_after=RETRY_DOWN,
+                anonymous=unavailable,
             )
         case NoBackend():
             return Unavailable("no Ollama backend is available", retry_after=RETRY_DOWN)
         case PinUnknown(pin, known):
             names = ", ".join(known) or "none"
-            return NotFound(f"backend '{pin}' is not in the fleet (known: {names})")
+            unknown = f"backend '{pin}' is not in the fleet"
+            return NotFound(f"{unknown} (known: {names})", anonymous=unknown)
         case PinDown(pin):
             return Unavailable(f"backend '{pin}' is not available", retry_after=RETRY_DOWN)
     raise AssertionError(outcome)  # pragma: no cover - the match is exhaustive
@@ -250,6 +273,9 @@ def give_up(model: str, failures: list[AttemptFailed]) -> BalancerError:
         return BackendAnswer(last.status, last.answer)
     tried = "; ".join(str(f) for f in failures)
     message = f"all backends failed for model '{model}': {tried}"
+    anonymous = f"all backends failed for model '{model}': " + "; ".join(
+        f"{ANY_POD}: {f.message}" for f in failures
+    )
     if last.timeout:
-        return GatewayTimeout(message, retry_after=RETRY_DOWN)
-    return Unavailable(message, retry_after=RETRY_DOWN)
+        return GatewayTimeout(message, retry_after=RETRY_DOWN, anonymous=anonymous)
+    return Unavailable(message, retry_after=RETRY_DOWN, anonymous=anonymous)

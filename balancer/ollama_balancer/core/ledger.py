@@ -93,6 +93,11 @@ class Ledger:
         self._cached = None
         return now - record.started
 
+    def forget_loaded(self, backend: str, model: str) -> None:
+        """The copy a finished load made is gone (the balancer unloaded it)."""
+        if self._loaded.pop((backend, model), None) is not None:
+            self._cached = None
+
     def end(self, backend: str, model: str, *, request_id: str) -> None:
         key = (backend, model)
         n = self._inflight.get(key, 0) - 1

@@ -54,7 +54,7 @@ class Reason(StrEnum):
     RESIDENT = "resident"
     LOADING = "loading"
     COLD_LOAD = "cold-load"
-    PINNED = "pinned"
+    NAMED = "named"  # the pod a client named (model@pod, X-Ollama-Backend); was "pinned"
     AFFINITY = "affinity"
     PULL = "pull"
     RELOAD = "reload"  # resident with other runner options (num_ctx): Ollama reloads it

@@ -49,6 +49,7 @@ class RequestRecord:
     chunks: int = 0  # NDJSON lines / SSE events relayed (what a stream without figures made)
     slot_seconds: float = 0.0  # held a pod's slot: from each send to the end of its answer
     usage: Usage = NO_USAGE  # prompt and generated tokens, and how they were counted
+    outcomes: dict[str, str] = field(default_factory=dict)  # pod -> what a fan-out did there
 
     def tokens_used(self) -> int:
         """Prompt + generated tokens of the answer (0 when nothing was counted): its usage

@@ -164,4 +164,4 @@ def _pinned(pin: str, fleet: FleetState) -> Decision:
         return Decision(unroutable=PinUnknown(pin, tuple(fleet.snapshot.names())))
     if not fleet.is_routable(pin):
         return Decision(unroutable=PinDown(pin))
-    return Decision(ranked=(Choice(state.name, Reason.PINNED),))
+    return Decision(ranked=(Choice(state.name, Reason.NAMED),))

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 
 from ollama_wire.backend import Backend
+from ollama_wire.names import canonical
 
 from ..core.errors import AttemptFailed
 from ..upstream import ErrorAnswer, Sender, UpstreamError, describe
 from ..upstream.calls import progress
+from ..witness import Witness
 
 __all__ = ["AutoPull"]
 
@@ -17,9 +19,12 @@ __all__ = ["AutoPull"]
 class AutoPull:
     """The pulls under way, per (pod, model)."""
 
-    def __init__(self, transport: Sender, *, idle_timeout: float) -> None:
+    def __init__(
+        self, transport: Sender, *, idle_timeout: float, witness: Witness | None = None
+    ) -> None:
         self.transport = transport
         self.idle_timeout = idle_timeout
+        self.witness = witness
         self._pulls: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def under_way(self, pod: str, model: str) -> bool:
@@ -57,3 +62,5 @@ class AutoPull:
             idle_timeout=self.idle_timeout,
         ):
             pass
+        if self.witness is not None:  # the pod has it now: routing need not wait for a poll
+            self.witness.pulled(backend.name, canonical(model), model)

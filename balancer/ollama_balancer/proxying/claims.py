@@ -44,7 +44,7 @@ from .resumable import Resumable
 __all__ = ["WARM", "Charged", "Claim", "Route", "SlotClaims"]
 
 #: Reasons whose pod has (or is loading) the model: a slot there is worth a lease attempt.
-WARM = frozenset({Reason.RESIDENT, Reason.LOADING, Reason.AFFINITY, Reason.PINNED})
+WARM = frozenset({Reason.RESIDENT, Reason.LOADING, Reason.AFFINITY, Reason.NAMED})
 
 #: The routing function: a request to its ranked choices (raises when unroutable).
 Route = Callable[[RouteRequest], tuple[Choice, ...]]

@@ -1,5 +1,9 @@
 """What crosses the proxy besides the body: the client's headers that go to the pod, and the
-pod's that come back (with the balancer's own: request id, pod, route reason, queue wait)."""
+pod's that come back (with the balancer's own: request id, pod, route reason, queue wait).
+
+The pod and the route reason stay off the answer when the balancer keeps pod names from
+clients (``hide_pod_names``, docs/security.md): front ends pass such headers on to browsers.
+"""
 
 from __future__ import annotations
 
@@ -48,14 +52,14 @@ def forwarded(request: web.BaseRequest) -> dict[str, str]:
     return headers
 
 
-def balancer_headers(at: Attempt) -> dict[str, str]:
-    """The balancer's own headers on an answer: who served it, why, how long it waited."""
+def balancer_headers(at: Attempt, *, hide_pods: bool = False) -> dict[str, str]:
+    """The balancer's own headers on an answer: who served it, why (not when ``hide_pods``),
+    how long it waited."""
     record = at.record
-    out = {
-        "X-Request-ID": record.request_id,
-        "X-Ollama-Backend": at.backend.name,
-        "X-Route-Reason": f"{at.choice.reason}; {at.note}" if at.note else at.choice.reason,
-    }
+    out = {"X-Request-ID": record.request_id}
+    if not hide_pods:
+        out["X-Ollama-Backend"] = at.backend.name
+        out["X-Route-Reason"] = f"{at.choice.reason}; {at.note}" if at.note else at.choice.reason
     if record.queue_wait is not None:
         out["X-Queue-Wait"] = f"{record.queue_wait:.3f}"
     if record.queue_estimate is not None:
@@ -63,15 +67,15 @@ def balancer_headers(at: Attempt) -> dict[str, str]:
     return out
 
 
-def response_head(at: Attempt, upstream: Response) -> web.StreamResponse:
+def response_head(at: Attempt, upstream: Response, *, hide_pods: bool) -> web.StreamResponse:
     """The client's response to ``upstream`` (not yet prepared): the pod's status and
-    end-to-end headers, and the balancer's."""
+    end-to-end headers, and the balancer's (without the pod's name when ``hide_pods``)."""
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     out = resp.headers
     for name, value in upstream.header_items:
         if name.lower() not in _DROP_RESPONSE:
             out.add(name, value)
-    out.update(balancer_headers(at))
+    out.update(balancer_headers(at, hide_pods=hide_pods))
     length = upstream.content_length
     if length is not None and not upstream.chunked:
         resp.content_length = length

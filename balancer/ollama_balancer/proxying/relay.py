@@ -7,7 +7,8 @@ reads).  Silence is watched by :class:`IdleWatchdog`, a timer that fires a few t
 per ``idle_timeout`` instead of one re-armed per chunk.
 
 The relay does not end the client's stream: the proxy does, once it knows what comes
-next — ``write_eof`` after a complete answer, :func:`end_broken` after a break.
+next — ``write_eof`` after a complete answer, :func:`end_broken` after a break (the
+connection cut, so a broken answer never looks complete).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiohttp import web
 from ..core.usage import chunk_separator
 from ..upstream import Response, UpstreamError
 
-__all__ = ["AT_HAND", "Ending", "IdleWatchdog", "Relay", "end_broken"]
+__all__ = ["AT_HAND", "Ending", "IdleWatchdog", "Relay", "cut", "end_broken"]
 
 #: A body this small that is complete when its headers arrive is relayed without an
 #: idle watchdog: it fits the client socket's write buffer (aiohttp's 64 KiB high water).
@@ -229,26 +230,38 @@ class IdleWatchdog:
 
 
 async def end_broken(
-    resp: web.StreamResponse, content_type: str, last: bytes, message: str
+    request: web.BaseRequest,
+    resp: web.StreamResponse,
+    content_type: str,
+    last: bytes,
+    message: str,
 ) -> None:
-    """End a stream that broke after its first byte, the way Ollama does (``last``: the
-    last chunk relayed, to start the error line on a line of its own)."""
-    try:
-        if content_type == "application/x-ndjson":
-            # Ollama's own mid-stream failure is a final {"error": ...} line (status stays
-            # 200).  "done" and a done_reason end it the way front ends expect a stream to
-            # end, so they show the message instead of waiting for more.
-            prefix = b"" if not last or last.endswith(b"\n") else b"\n"
-            end = {"error": message, "done": True, "done_reason": "error"}
-            await resp.write(prefix + orjson.dumps(end) + b"\n")
-            await resp.write_eof()
-        elif content_type == "text/event-stream":
-            await resp.write_eof()  # no [DONE]: OpenAI clients see an incomplete stream
-        else:
-            # A fixed-length JSON body cannot be completed: abort the connection so
-            # the client sees a truncated response instead of a silently short one.
-            if resp.task is not None:
-                resp.force_close()
-            raise ConnectionAbortedError(message)
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one too
-        pass
+    """End a stream that broke after its first byte so that every client sees it broke
+    (``last``: the last chunk relayed, to start the error line on a line of its own).
+
+    NDJSON first gets Ollama's own mid-stream failure, a final ``{"error": ...}`` line, for
+    the clients that read it (ollama-python raises it).  Then, whatever the body, the
+    connection is cut the way a dying pod cuts it: no final empty chunk, no ``[DONE]`` or
+    ``message_stop``, no short fixed-length body.  A clean end after an error line reads
+    as a complete answer to clients that skip the line (Open WebUI's converter did: the
+    cut-off text with a normal finish); a cut reads as a failure to every HTTP client
+    (aiohttp: "Response payload is not completed"; httpx: "incomplete chunked read").
+    """
+    if content_type == "application/x-ndjson":
+        prefix = b"" if not last or last.endswith(b"\n") else b"\n"
+        try:
+            await resp.write(prefix + orjson.dumps({"error": message}) + b"\n")
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one too
+            return
+    cut(request, resp)
+
+
+def cut(request: web.BaseRequest, resp: web.StreamResponse) -> None:
+    """Close the client's connection once what was written is flushed, before aiohttp
+    ends the response: its own end (the last chunk) then finds the connection closing and
+    gives up quietly, so the client sees the answer cut short and our log no traceback
+    (raising from the handler instead would log one)."""
+    resp.force_close()
+    transport = request.transport
+    if transport is not None:
+        transport.close()  # flushes the buffered bytes (the error line) first

@@ -33,7 +33,7 @@ import orjson
 from aiohttp import web
 
 from ..context import TRACE
-from ..core.errors import AttemptFailed, BadGateway, give_up
+from ..core.errors import ANY_POD, AttemptFailed, BadGateway, give_up
 from ..core.queueing import Waiting
 from ..core.rankers import Choice
 from ..core.resume import (
@@ -47,6 +47,7 @@ from ..core.resume import (
 )
 from ..core.tokens import RateBook
 from ..upstream import Response, Sender, UpstreamError, describe
+from ..witness import Witness
 from .attempt import Attempt
 from .claims import SlotClaims
 from .headers import balancer_headers, forwarded, response_head
@@ -92,8 +93,12 @@ class Resumer:
         rates: RateBook,
         clock: Callable[[], float] = time.monotonic,
         observe: Callable[[str, str, float], None] | None = None,
+        witness: Witness | None = None,
+        hide_pods: bool = False,
     ) -> None:
         self.rates = rates
+        #: No pod names in the client's answer (``hide_pod_names``).
+        self.hide_pods = hide_pods
         self.claims = claims
         self.transport = transport
         self.idle_timeout = idle_timeout
@@ -103,6 +108,8 @@ class Resumer:
         self.preemptions = Preemptions()
         #: (model, outcome, waste seconds) per preempted request: the resume metrics.
         self.observe = observe
+        #: Told when a continuation's pod answers: it may have loaded the model for it.
+        self.witness = witness
         claims.shared.on_preempt(self.preemptions.preempt)
 
     def prepare(
@@ -150,7 +157,7 @@ class Resumer:
     async def _open(
         self, at: Attempt, upstream: Response, state: Resumable
     ) -> Callable[[bytes], Any]:
-        resp = state.resp = response_head(at, upstream)
+        resp = state.resp = response_head(at, upstream, hide_pods=self.hide_pods)
         at.record.status = upstream.status
         await resp.prepare(at.request)
         return resp.write
@@ -230,6 +237,9 @@ class Resumer:
             return AttemptFailed(
                 backend.name, f"continuation answered {upstream.status}", status=upstream.status
             )
+        if self.witness is not None:
+            keep_alive = at.req.doc.get("keep_alive")
+            self.witness.answered(backend.name, at.req.key, at.req.model, keep_alive)
         self._observed(at.req.key, "resumed", self.clock() - t0)
         at.request[TRACE].resumed(backend.name, partial.tokens)
         stitch = stitcher(partial, state.doc, clock=self.clock, started=at.record.started)
@@ -259,13 +269,13 @@ class Resumer:
         if state.assembled:
             if ending is not Ending.COMPLETE:
                 cause = describe(relay.error) if relay.error is not None else ending
-                raise BadGateway(f"{at.backend.name}: answer broken: {cause}")
+                raise _broken(at.backend.name, cause)
             try:
                 answer = assemble(state.dialect, relay.kept)
             except IncompleteStream as exc:
-                raise BadGateway(f"{at.backend.name}: answer broken: {exc}") from None
+                raise _broken(at.backend.name, exc) from None
             whole = web.Response(body=answer.body, headers={"Content-Type": answer.content_type})
-            whole.headers.update(balancer_headers(at))
+            whole.headers.update(balancer_headers(at, hide_pods=self.hide_pods))
             record.status = 200
             record.bytes_out += len(answer.body)
             record.complete = True
@@ -280,13 +290,21 @@ class Resumer:
         else:
             record.broken_stream = True
             cause = describe(relay.error) if relay.error is not None else ending
-            record.error = f"{at.backend.name}: stream broken: {cause}"
-            await end_broken(resp, relay.content_type, relay.last, record.error)
+            broken = f"stream broken: {cause}"
+            record.error = f"{at.backend.name}: {broken}"
+            told = f"{ANY_POD}: {broken}" if self.hide_pods else record.error
+            await end_broken(at.request, resp, relay.content_type, relay.last, told)
         return resp
 
     def _observed(self, model: str, outcome: str, waste: float) -> None:
         if self.observe is not None:
             self.observe(model, outcome, waste)
+
+
+def _broken(pod: str, cause: object) -> BadGateway:
+    return BadGateway(
+        f"{pod}: answer broken: {cause}", anonymous=f"{ANY_POD}: answer broken: {cause}"
+    )
 
 
 async def _discard(_chunk: bytes) -> None:

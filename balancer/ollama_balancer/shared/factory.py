@@ -50,6 +50,7 @@ def create_shared_state(
         # A load is over by its first byte, and no later than the first-byte timeout.
         load_ttl=settings.proxy.first_byte_timeout,
         password_file=settings.shared.password_file,
+        sentinel_password_file=settings.shared.sentinel_password_file,
         ca_file=settings.shared.ca_file,
         default_load_seconds=settings.routing.default_load_seconds,
         default_service_seconds=settings.routing.default_service_seconds,
@@ -58,6 +59,8 @@ def create_shared_state(
         store,
         local,
         renew_interval=settings.shared.lease_renew_interval,
+        degrade=settings.shared.degrade,
+        degraded_hold=settings.shared.degraded_hold,
         observer=observer,
         log=log,
     )

@@ -8,14 +8,18 @@
 * **Down** at the first failure anywhere — an operation run through :meth:`StoreLink.run`,
   the channel, a ping — and the failed operation is the caller's to serve locally.
 * **Back**: what this replica still holds is re-registered and what it gave back
-  meanwhile removed (:mod:`~ollama_balancer.core.shared.resync`), the channel
-  subscribed, the mirror refreshed; then it is up.
+  meanwhile removed (:mod:`~ollama_balancer.core.shared.resync`), what a store that came
+  back empty lacks written back (:mod:`.rebuild`), the scheduler's board re-asserted, the
+  channel subscribed, the mirror refreshed; then it is up.  A store emptied under a live
+  connection (a flush, a failover that kept the address) is told by its epoch at the next
+  refresh and gets the same re-assertion (:meth:`StoreLink._reassert`, one path for both).
 
 The scheduler's board rides along: this replica's holders and waiting requests (as
 local state shadows them) are re-asserted with every renewal and on the way back
 (:meth:`~.boardstore.BoardStore.reassert`); going down, local state takes over the
 fair-share counters the mirror last showed, and coming back re-asserts them (the
-store keeps the higher of its value and this replica's).
+store keeps the higher of its value and this replica's).  The refresh that reads a new
+epoch puts back the counters it last saw itself (only that read still holds them).
 """
 
 from __future__ import annotations
@@ -24,24 +28,34 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from ..core.shared.board import SlotHolder, Waiter
+from ..core.shared.board import CounterKey, SlotHolder, Waiter
 from ..core.shared.local import LocalState
 from ..core.shared.model import Lease, QuotaTicket
 from ..core.shared.protocol import StoreUnavailable
 from ..core.shared.resync import Entry, entries_of, plan_resync
+from .rebuild import Memory, settle
 from .store import RedisState
 
-__all__ = ["EVENT_DOWN", "EVENT_UNREACHABLE", "EVENT_UP", "Held", "SharedObserver", "StoreLink"]
+__all__ = [
+    "EVENT_DOWN",
+    "EVENT_REBUILT",
+    "EVENT_UNREACHABLE",
+    "EVENT_UP",
+    "Held",
+    "SharedObserver",
+    "StoreLink",
+]
 
 T = TypeVar("T")
 
 EVENT_UP = "shared_state_up"
 EVENT_DOWN = "shared_state_down"
 EVENT_UNREACHABLE = "shared_state_unreachable"
+EVENT_REBUILT = "shared_state_rebuilt"
 
 
 class SharedObserver(Protocol):
@@ -51,6 +65,8 @@ class SharedObserver(Protocol):
     def fallback(self) -> None: ...
     def acquire_seconds(self, seconds: float, granted: bool) -> None: ...
     def reclaimed(self, count: int) -> None: ...
+    def reconnected(self, count: int) -> None: ...
+    def rebuilt(self) -> None: ...
 
 
 class _Quiet:
@@ -58,6 +74,8 @@ class _Quiet:
     def fallback(self) -> None: ...
     def acquire_seconds(self, seconds: float, granted: bool) -> None: ...
     def reclaimed(self, count: int) -> None: ...
+    def reconnected(self, count: int) -> None: ...
+    def rebuilt(self) -> None: ...
 
 
 @dataclass
@@ -68,6 +86,11 @@ class Held:
     leases: dict[str, Lease] = field(default_factory=dict)
     tickets: dict[str, QuotaTicket] = field(default_factory=dict)
     given_back: set[Entry] = field(default_factory=set)
+    #: Members of the leases whose first byte came (a load they wait for is over).
+    answered: set[str] = field(default_factory=set)
+    #: Loads this replica started that finished (True) or were abandoned (False) while the
+    #: store could not hear it: the store still lists them as under way.
+    settle: dict[str, tuple[Lease, bool]] = field(default_factory=dict)
 
 
 class StoreLink:
@@ -101,9 +124,27 @@ class StoreLink:
         self.last_error = ""
         self._last_ok = 0.0
         self._reclaimed_seen = 0
+        self._reconnects_seen = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        #: Set while the store serves (a held cold-load decision waits for it).
+        self.back = asyncio.Event()
+        self.memory = Memory()
+
+    def status(self) -> dict[str, object]:
+        """The link's part of ``/-/fleet``'s ``shared_state``."""
+        return {
+            "mode": "shared" if self.up else "fallback",
+            "store": self.store.address.redacted(),
+            "replica": self.store.replica,
+            "up": self.up,
+            "since": self.since,
+            "fallbacks": self.fallbacks,
+            "last_error": self.last_error,
+            "leases_reclaimed": self.store.reclaimed,
+            "rebuilds": self.memory.rebuilds,
+        }
 
     # ------------------------------------------------------------ up and down
     async def run(self, op: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
@@ -124,6 +165,7 @@ class StoreLink:
         if not self.up:
             return
         self.up = False
+        self.back.clear()
         self.fallbacks += 1
         self.since = self.local.clock()
         if self.store.mirror.synced:
@@ -131,6 +173,7 @@ class StoreLink:
             # tenant's counter would be this replica's alone).
             for key, value in self.store.board().counters.items():
                 self.local.book.set_counter(key, value)
+        self.memory.forget_store(self.store, self.local, self.since)
         self.store.mirror.reset()
         self.observer.state_up(False)
         self.observer.fallback()
@@ -139,12 +182,22 @@ class StoreLink:
             self._listener.cancel()
         self._wake.set()
 
+    async def wait_back(self, seconds: float) -> None:
+        """Until the store serves again, or ``seconds`` passed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.back.wait()
+
     def _ok(self) -> None:
         self._last_ok = self.local.clock()
         gone = self.store.reclaimed - self._reclaimed_seen
         if gone:
             self._reclaimed_seen = self.store.reclaimed
             self.observer.reclaimed(gone)
+        reconnects = self.store.connection.reconnects
+        if reconnects > self._reconnects_seen:
+            self.observer.reconnected(reconnects - self._reconnects_seen)
+            self._reconnects_seen = reconnects
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -189,17 +242,10 @@ class StoreLink:
         await self.store.connect()
         plan = plan_resync(self.store.keys, held.leases, held.tickets, held.given_back)
         await self.store.remove(plan.remove)
-        await self.store.renew(plan.register)
-        held.given_back.clear()
-        for member, lease in list(held.leases.items()):
-            held.leases[member] = dataclasses.replace(lease, shared=True)
-        for member, ticket in list(held.tickets.items()):
-            held.tickets[member] = dataclasses.replace(ticket, shared=True)
-        # The board's part: counters at least as far as this replica saw them (a store that
+        # The board's counters at least as far as this replica saw them (a store that
         # restarted empty gets them back; one that lived on keeps its higher values).
-        await self.store.boards.reassert(
-            self._own_holders(), self._own_waiters(), self.local.book.board().counters
-        )
+        await self._reassert(plan.register, self.local.book.board().counters)
+        held.given_back.clear()
         subscribed = asyncio.Event()
         listener = asyncio.create_task(self._listen(subscribed), name="shared-state-events")
         try:
@@ -212,6 +258,7 @@ class StoreLink:
             raise StoreUnavailable(f"events channel: {exc or 'no subscription'}") from exc
         self._listener = listener
         self.up = True
+        self.back.set()
         self._ok()
         self.since = self.local.clock()
         self.observer.state_up(True)
@@ -222,6 +269,55 @@ class StoreLink:
             len(plan.register),
             len(plan.remove),
         )
+
+    async def _reassert(
+        self, register: Sequence[Entry], counters: Mapping[CounterKey, float] | None = None
+    ) -> None:
+        """Before granting anything new, put back what the store lacks of what this replica
+        holds and knows: its leases and tickets (``register``, a fresh expiry), the loads it
+        ended while the store could not hear, what an emptied store lost (loads in progress,
+        finished loads, learned times), then the board's part (its holders, waiting requests
+        and ``counters``).  A no-op on a store that kept everything."""
+        held = self.held
+        await self.store.renew(register)
+        await settle(self.store, held.settle.values())
+        held.settle.clear()
+        await self._write_back(len(register))
+        for member, lease in list(held.leases.items()):
+            held.leases[member] = dataclasses.replace(lease, shared=True)
+        for member, ticket in list(held.tickets.items()):
+            held.tickets[member] = dataclasses.replace(ticket, shared=True)
+        # after the leases: a holder document is kept only while its lease lives
+        await self.store.boards.reassert(self._own_holders(), self._own_waiters(), counters)
+
+    async def _write_back(self, leases: int) -> None:
+        """Before granting anything new: what the store lacks of this replica's knowledge
+        (a no-op for a store that kept it); say so if the store had lost its contents."""
+        done = await self.memory.write_back(
+            self.store, self.local, self.held.leases, self.held.answered
+        )
+        if done.lost:
+            self.observer.rebuilt()
+            self.log.warning(
+                "%s: the store came back without its contents; re-asserted %d leases/tickets, "
+                "%d loads in progress, %d finished loads, %d learned times",
+                EVENT_REBUILT,
+                leases,
+                done.loads,
+                done.loaded,
+                done.learned,
+            )
+
+    async def _rebuild_if_lost(self) -> None:
+        """A store emptied under a live connection (a flush, a failover that kept the
+        address): the epoch the last refresh read says so; write everything back."""
+        if not self.memory.lost(self.store):
+            return
+        self.store.mirror.reset()  # its sequence numbers belong to the lost contents
+        plan = plan_resync(self.store.keys, self.held.leases, self.held.tickets, ())
+        # the board's counters: the refresh that read the new epoch put them back
+        await self._reassert(plan.register)
+        await self.store.refresh()
 
     async def _listen(self, subscribed: asyncio.Event) -> None:
         try:
@@ -257,6 +353,7 @@ class StoreLink:
             if not self.up:
                 continue
             await self.run(self.store.refresh)
+            await self.run(self._rebuild_if_lost)
             if self.local.clock() >= next_renew:
                 next_renew = self.local.clock() + self.renew_interval
                 entries = entries_of(

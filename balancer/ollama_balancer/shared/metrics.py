@@ -28,6 +28,8 @@ __all__ = [
     "LEASES_RECLAIMED",
     "LEASE_ACQUIRE",
     "STATE_UP",
+    "STORE_REBUILDS",
+    "STORE_RECONNECTS",
     "SharedMetrics",
 ]
 
@@ -36,6 +38,8 @@ FALLBACKS = "ollama_fleet_shared_state_fallbacks_total"
 LEASE_ACQUIRE = "ollama_fleet_shared_lease_acquire_seconds"
 LEASES_HELD = "ollama_fleet_shared_leases_held"
 LEASES_RECLAIMED = "ollama_fleet_shared_leases_reclaimed_total"
+STORE_RECONNECTS = "ollama_fleet_shared_store_reconnects_total"
+STORE_REBUILDS = "ollama_fleet_shared_store_rebuilds_total"
 
 _ACQUIRE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
@@ -86,6 +90,19 @@ class SharedMetrics:
             "expired leases of dead (or partitioned) replicas that this replica reclaimed",
             registry=registry,
         )
+        self.reconnects = Counter(
+            STORE_RECONNECTS,
+            "connections to the shared store opened again: one redis-py dropped (a command "
+            "timed out, the server went away) or a new client after an outage or a failover",
+            registry=registry,
+        )
+        self.rebuilds = Counter(
+            STORE_REBUILDS,
+            "times this replica found the shared store without its contents (restarted "
+            "without persistence, flushed, failed over to a replica that lagged) and wrote "
+            "back its leases, loads in progress and learned times",
+            registry=registry,
+        )
         self.up.set(0)
         if held is not None:
             registry.register(_HeldCollector(held))
@@ -101,3 +118,9 @@ class SharedMetrics:
 
     def reclaimed(self, count: int) -> None:
         self.reclaimed_total.inc(count)
+
+    def reconnected(self, count: int) -> None:
+        self.reconnects.inc(count)
+
+    def rebuilt(self) -> None:
+        self.rebuilds.inc()

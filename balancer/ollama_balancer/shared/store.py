@@ -40,7 +40,7 @@ from ..core.shared.signals import AffinityMap, FreedSignal
 from .boardstore import BoardStore, charge_args
 from .connection import Call, StoreConnection
 
-__all__ = ["RedisState"]
+__all__ = ["EWMA", "LEARN_TTL_MS", "RedisState", "loaded_call", "release_call", "seconds_arg"]
 
 #: EWMA weight of a new measurement (the Ledger's).
 EWMA = 0.3
@@ -68,6 +68,7 @@ class RedisState:
         affinity_ttl: float = 1800.0,
         password_file: str = "",
         ca_file: str = "",
+        sentinel_password_file: str = "",
         default_load_seconds: float = 20.0,
         default_service_seconds: float = 5.0,
         signal: FreedSignal | None = None,
@@ -87,12 +88,15 @@ class RedisState:
             op_timeout=op_timeout,
             password_file=password_file,
             ca_file=ca_file,
+            sentinel_password_file=sentinel_password_file,
         )
         self.signal = signal or FreedSignal()
         self.affinities = affinities or AffinityMap(clock, ttl=affinity_ttl)
         self.mirror = Mirror(clock, default_load_seconds, default_service_seconds)
         #: Leases this replica's scripts found expired and removed (dead replicas').
         self.reclaimed = 0
+        #: The store's epoch as last read (None: none; see ``resync.store_lost``).
+        self.epoch: str | None = None
         #: The scheduler's board: its waiting list, reclaims and re-assertion.
         self.boards = BoardStore(
             self.connection,
@@ -166,7 +170,7 @@ class RedisState:
         board = self.boards.first_byte_call(lease)
         calls = [] if board is None else [board]
         if lease.loads:
-            calls.append(_loaded_call(self.keys, lease))
+            calls.append(loaded_call(self.keys, lease))
         replies = await self.connection.batch(calls) if calls else []
         if board is not None:
             self.boards.apply_reply(replies[0])
@@ -189,7 +193,7 @@ class RedisState:
         charge: Charge | None = None,
     ) -> None:
         k = self.keys
-        calls = [_release_call(k, lease, charge)]
+        calls = [release_call(k, lease, charge)]
         if learned is not None:
             calls.append(_learn_call(k, lease.model, learned))
         if quota is not None:
@@ -237,23 +241,21 @@ class RedisState:
             S.UNLOCK, [self.keys.load_lock(model)], [owner, self.keys.channel, model]
         )
 
+    async def forget_loaded(self, pod: str, model: str) -> None:
+        if await self.connection.eval(*_forget_call(self.keys, pod, model)):
+            self._on_event(Event("forget", 0, 0, pod, model))
+
     async def refresh(self) -> None:
+        """Read everything into the mirror (one round trip, the store's epoch with it)."""
         k = self.keys
-        reply, board = await self.connection.batch(
-            [
-                (
-                    S.SNAPSHOT,
-                    [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
-                    [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
-                ),
-                self.boards.refresh_call(),
-            ]
-        )
+        reply, board = await self.connection.batch([_snapshot_call(k), self.boards.refresh_call()])
         r = parse_refresh(reply)
         self.reclaimed += r.reclaimed
         for freed in self.mirror.apply_refresh(r):
             self.signal.notify(freed)
         await self.boards.refreshed(board)
+        # the board's read carries the epoch (and sets one on a store that has none)
+        self.epoch = self.mirror.board.epoch
 
     # ------------------------------------------------------- learning, memory
     async def learn(self, model: str, learned: Learned) -> None:
@@ -344,6 +346,18 @@ class RedisState:
         await self.connect()
 
 
+def _snapshot_call(k: Keys) -> Call:
+    return (
+        S.SNAPSHOT,
+        [k.index, k.loads, k.loaded, k.penalties, k.learn_load, k.learn_service, k.seq],
+        [k.lease_prefix, k.channel, int(LOADED_MEMORY * 1000)],
+    )
+
+
+def _forget_call(k: Keys, pod: str, model: str) -> Call:
+    return (S.FORGET, [k.loaded, k.seq], [field_of(pod, model), pod, model, k.channel])
+
+
 def _acquire_call(
     k: Keys,
     pod: str,
@@ -366,7 +380,8 @@ def _acquire_call(
     )
 
 
-def _loaded_call(k: Keys, lease: Lease) -> Call:
+def loaded_call(k: Keys, lease: Lease) -> Call:
+    """The load ``lease`` started is over (its first byte came)."""
     return (
         S.LOADED,
         [k.loads, k.loaded, k.seq],
@@ -374,7 +389,9 @@ def _loaded_call(k: Keys, lease: Lease) -> Call:
     )
 
 
-def _release_call(k: Keys, lease: Lease, charge: Charge | None = None) -> Call:
+def release_call(k: Keys, lease: Lease, charge: Charge | None = None) -> Call:
+    """``lease`` given back (the load it started, if still under way, abandoned with it; its
+    holder document with it, its tenant charged ``charge``)."""
     pod, model = lease.key
     return (
         S.RELEASE,
@@ -389,14 +406,22 @@ def _release_call(k: Keys, lease: Lease, charge: Charge | None = None) -> Call:
     )
 
 
-def _learn_call(k: Keys, model: str, learned: Learned) -> Call:
-    def arg(x: float | None) -> str:
-        return "" if x is None else repr(float(x))
+def seconds_arg(x: float | None) -> str:
+    """A number of seconds as a script argument; '' for none."""
+    return "" if x is None else repr(float(x))
 
+
+def _learn_call(k: Keys, model: str, learned: Learned) -> Call:
     return (
         S.LEARN,
         [k.learn_load, k.learn_service],
-        [model, arg(learned.load_seconds), arg(learned.service_seconds), EWMA, LEARN_TTL_MS],
+        [
+            model,
+            seconds_arg(learned.load_seconds),
+            seconds_arg(learned.service_seconds),
+            EWMA,
+            LEARN_TTL_MS,
+        ],
     )
 
 

@@ -221,11 +221,14 @@ own Ollama StatefulSet it is always kubernetes (pods by label, Ready only).
 {{- end }}
 {{- $shared := .Values.sharedState }}
 {{- if eq $shared.mode "external" }}
-{{- if regexMatch "^rediss?://[^/@]*:[^/@]*@" $shared.external.url }}
+{{- if regexMatch "^rediss?(\\+sentinel)?://[^/@]*:[^/@]*@" $shared.external.url }}
 {{- fail "sharedState.external.url: put the password in a Secret (sharedState.external.existingSecret), not in the URL" }}
 {{- end }}
-{{- if and $shared.external.tls.caSecret (not (hasPrefix "rediss://" $shared.external.url)) }}
-{{- fail "sharedState.external.tls.caSecret needs a rediss:// URL (TLS)" }}
+{{- if and $shared.external.tls.caSecret (not (regexMatch "^rediss(\\+sentinel)?://" $shared.external.url)) }}
+{{- fail "sharedState.external.tls.caSecret needs a rediss:// or rediss+sentinel:// URL (TLS)" }}
+{{- end }}
+{{- if and $shared.external.sentinel.existingSecret (not (regexMatch "^rediss?\\+sentinel://" $shared.external.url)) }}
+{{- fail "sharedState.external.sentinel.existingSecret needs a redis+sentinel:// or rediss+sentinel:// URL" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -316,6 +319,10 @@ topologySpreadConstraints:
 {{/* Whether the balancer reads a password file / a CA file for the shared store. */}}
 {{- define "ollama-fleet.sharedStatePassword" -}}
 {{- if or (eq .Values.sharedState.mode "bundled") (and (eq .Values.sharedState.mode "external") .Values.sharedState.external.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{- define "ollama-fleet.sharedStateSentinelPassword" -}}
+{{- if and (eq .Values.sharedState.mode "external") .Values.sharedState.external.sentinel.existingSecret }}true{{ end }}
 {{- end }}
 
 {{- define "ollama-fleet.sharedStateCA" -}}

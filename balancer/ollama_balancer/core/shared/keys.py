@@ -98,7 +98,9 @@ class Keys:
 
     @property
     def epoch(self) -> str:
-        """Set once by a refresh; missing means the store lost its data since."""
+        """An id set when missing (by a refresh, or a replica's write-back): another id
+        than the one a replica last read means the store lost its contents
+        (``resync.store_lost``, the board's ``apply_refresh``)."""
         return f"{self.prefix}:epoch"
 
     # ---- ordering and events

@@ -213,6 +213,9 @@ class LocalState:
         if held is not None and held[0] == owner:
             del self._locks[model]
 
+    async def forget_loaded(self, pod: str, model: str) -> None:
+        self.ledger.forget_loaded(pod, model)
+
     async def refresh(self) -> None:
         return None  # the ledger is always current
 

@@ -44,7 +44,8 @@ LOADED_MEMORY = 120.0
 class Event:
     """One message of the events channel (see ``scripts.py`` for who sends which)."""
 
-    kind: str  # acq | rel | rec | load | loaded | unload | pen | unpen | aff | unlock | board
+    #: acq | rel | rec | load | loaded | unload | forget | pen | unpen | aff | unlock | board
+    kind: str
     seq: int
     t: int  # server time, ms
     pod: str = ""
@@ -216,6 +217,9 @@ class Mirror:
                 self._loads.pop(key, None)
                 if ev.kind == "loaded":
                     self._loaded[key] = self.local_time(ev.t)
+        elif ev.kind == "forget":
+            self._loaded.pop(key, None)  # a finished load's copy was unloaded
+            self._cached = None
         elif ev.kind == "pen":
             if self._newer(("p", ev.pod), ev.seq):
                 self._penalties[ev.pod] = self.local_time(ev.until)

@@ -123,6 +123,11 @@ class SharedState(Protocol):
 
     async def unlock_load(self, model: str, owner: str) -> None: ...
 
+    async def forget_loaded(self, pod: str, model: str) -> None:
+        """The copy a finished load made on ``pod`` is gone (the balancer unloaded it):
+        fleet-wide, it is no longer counted as resident before the polls show it."""
+        ...
+
     async def refresh(self) -> None:
         """Bring :meth:`occupancy` up to date now (one round trip)."""
         ...

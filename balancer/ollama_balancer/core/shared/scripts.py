@@ -27,8 +27,9 @@ The scheduler's board (:mod:`.board`) is kept beside the leases:
   until); ``reclaiming`` — the victims' members;
 * ``fair`` — the fair-share counters, stored as text of doubles, raised to a
   charge's floor before it is added (an idle tenant banks no credit);
-* ``epoch`` — set by a refresh when missing: a new value means the store lost
-  its data.
+* ``epoch`` — an id set when missing, by a refresh (the board's read) or a
+  replica's write-back after a reconnect (``rebuild``, a random id): another value
+  than the one a replica last read means the store lost its data.
 
 Times a replica sends inside documents are relative to the server's now (ms
 ago for a start, a first byte or an arrival; ms ahead for a deadline), so that
@@ -659,6 +660,59 @@ return {back, text}
 """,
 )
 
+# KEYS: loads, loaded, learn:load, learn:service, epoch
+# ARGV: epoch candidate, learn ttl ms, load ttl ms, n loads, n loaded,
+#       then (field, member, age ms) per load, (field, age ms) per loaded,
+#       then (model, load seconds or '', service seconds or '') per learned model
+# -> {epoch created 0|1, epoch, loads written, loaded written, learned written}
+# Writes only what the store lacks (a live record, a later finish, a learned time stay).
+REBUILD = _script(
+    "rebuild",
+    """
+local now = now_ms()
+local created = redis.call('SET', KEYS[5], ARGV[1], 'NX') and 1 or 0
+local nloads, nloaded = tonumber(ARGV[4]), tonumber(ARGV[5])
+local i = 6
+local loads, loaded, learned = 0, 0, 0
+for _ = 1, nloads do
+  local rec = redis.call('HGET', KEYS[1], ARGV[i])
+  if (not rec) or cjson.decode(rec).e <= now then
+    redis.call('HSET', KEYS[1], ARGV[i], cjson.encode(
+      {r=ARGV[i + 1], t=now - tonumber(ARGV[i + 2]), e=now + tonumber(ARGV[3])}))
+    loads = loads + 1
+  end
+  i = i + 3
+end
+for _ = 1, nloaded do
+  loaded = loaded + redis.call('HSETNX', KEYS[2], ARGV[i], now - tonumber(ARGV[i + 1]))
+  i = i + 2
+end
+while i <= #ARGV do
+  for k = 1, 2 do
+    if ARGV[i + k] ~= '' and redis.call('HSETNX', KEYS[2 + k], ARGV[i], ARGV[i + k]) == 1 then
+      redis.call('PEXPIRE', KEYS[2 + k], ARGV[2])
+      learned = learned + 1
+    end
+  end
+  i = i + 3
+end
+return {created, redis.call('GET', KEYS[5]), loads, loaded, learned}
+""",
+)
+
+# KEYS: loaded, seq
+# ARGV: field, pod, model, channel
+# -> seq of the event, or 0 when there was nothing to forget
+FORGET = _script(
+    "forget",
+    """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[4], cjson.encode({k='forget', s=seq, t=now_ms(), p=ARGV[2], m=ARGV[3]}))
+return seq
+""",
+)
+
 SCRIPTS: tuple[Script, ...] = (
     ACQUIRE,
     RELEASE,
@@ -677,4 +731,6 @@ SCRIPTS: tuple[Script, ...] = (
     RECLAIM,
     BOARD,
     REASSERT,
+    REBUILD,
+    FORGET,
 )
