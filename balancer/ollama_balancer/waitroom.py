@@ -114,6 +114,9 @@ class WaitRoom:
         )
         #: Requests bound to a slot whose handler has not taken the lease yet.
         self._bound: dict[str, _Bound] = {}
+        #: Waiting requests a pump already kept waiting: their spill was decided on arrival
+        #: (dispatch's ``stayed``).
+        self._stayed: set[str] = set()
         self._futures: dict[str, asyncio.Future[Outcome]] = {}
         self._posted: set[str] = set()
         #: Victims (lease members) this replica asked to take back and has no answer for yet.
@@ -235,6 +238,7 @@ class WaitRoom:
             )
         waiting = self.queue.ordered(now)
         if not waiting:
+            self._stayed.clear()
             self._arm(now)
             return
         fleet = self._fleet(now)
@@ -251,10 +255,14 @@ class WaitRoom:
             w = self.queue.take(reject.id)
             self._resolve(w, for_outcome(reject.outcome), "rejected", now)
         expected: dict[str, float] = {}
+        stayed: set[str] = set()
         for w in self.queue.ordered(now):
             if w.model not in expected:
                 expected[w.model] = waits.get(w.id, 0.0)
+            if w.id in waits or w.id in self._stayed:
+                stayed.add(w.id)
         self.expected_wait = expected
+        self._stayed = stayed
         self._arm(now)
 
     def _dispatch(
@@ -267,6 +275,7 @@ class WaitRoom:
             binding=Binding.LATE,
             policy=self.policy,
             hold_unavailable=self.hold_unavailable,
+            stayed=self._stayed,
         )
         return list(decided.binds), list(decided.rejects), dict(decided.expected_wait)
 
