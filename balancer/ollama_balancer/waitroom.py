@@ -182,10 +182,13 @@ class WaitRoom:
         future: asyncio.Future[Outcome] = loop.create_future()
         self._futures[request.id] = future
         self.pump()
-        if not future.done() and self.scheduler is not None and self.shared is not None:
-            # Still waiting after the first pump: every replica's scheduler must see it.
+        queued = self.queue.get(request.id)
+        if queued is not None and self.scheduler is not None and self.shared is not None:
+            # Still waiting after the first pump: every replica's scheduler must see it, with
+            # the arrival the queue gave it (this replica plans its own requests with that
+            # one, the others with the board's: a different one puts one side first).
             self._posted.add(request.id)
-            self._spawn(self.shared.post_waiter(_waiter(request, self.replica)))
+            self._spawn(self.shared.post_waiter(_waiter(queued, self.replica)))
         try:
             outcome = await future
         except asyncio.CancelledError:
@@ -503,6 +506,7 @@ def _candidate(w: Waiting, replica: str, now: float) -> Candidate:
 
 
 def _waiter(w: Waiting, replica: str) -> Waiter:
+    """The board's entry of ``w``, a request as its queue holds it (``enqueued`` set)."""
     return Waiter(
         request_id=w.id,
         model=w.model,

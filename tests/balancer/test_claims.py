@@ -12,7 +12,7 @@ import pytest
 
 from ollama_balancer.context import QuotaHold
 from ollama_balancer.core.fleet import PollResult
-from ollama_balancer.core.queueing import QueueSettings, Waiting
+from ollama_balancer.core.queueing import QueuePolicy, QueueSettings, Waiting
 from ollama_balancer.core.rankers import Choice, Reason
 from ollama_balancer.core.record import RequestRecord
 from ollama_balancer.core.routing import RouteRequest
@@ -203,3 +203,30 @@ async def test_late_binding_waits_for_a_freed_slot() -> None:
     assert ranked[0].backend == "a"
     assert claim.lease is not None and claim.lease.pod == "a" and held(shared, "a") == 1
     assert rec.queue_wait is not None and rec.queue_wait >= 0
+
+
+async def test_a_waiting_request_is_on_the_board_at_its_arrival() -> None:
+    """Every replica plans with the board's entries of the others' requests and with its own
+    queue's: an entry must carry the arrival its queue gave the request (not the clock's
+    zero, which made every replica put the others' requests first and bind none)."""
+    now = [1000.0]
+    shared = LocalState(clock=lambda: now[0])
+    view = fleet("a")
+    settings = BalancerSettings()
+    room = WaitRoom(
+        QueueSettings(enabled=True, max_per_model=8, max_wait=10.0, policy=QueuePolicy.RECLAIM),
+        view,
+        shared.occupancy,
+        settings.routing,
+        rng=random.Random(0),
+        clock=lambda: now[0],
+        shared=shared,
+    )
+    await occupy(shared, "a")
+    waiting = asyncio.create_task(room.wait(Waiting("r2", K, "tenant")))
+    try:
+        await eventually(lambda: "r2" in shared.board().waiters)
+        assert shared.board().waiters["r2"].arrival == 1000.0
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)

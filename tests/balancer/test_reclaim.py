@@ -21,6 +21,7 @@ import ollama
 import openai
 
 from ollama_balancer.core.auth import hash_key
+from ollama_balancer.core.queueing import Waiting
 from ollama_emulator import default_catalogue
 from tests.harness.eventually import eventually
 from tests.harness.fleet import Rig, RigFactory, node
@@ -115,6 +116,37 @@ async def test_a_light_request_takes_a_slot_back_and_the_heavy_one_resumes(
             await c._client.aclose()
         await settled(rig)
     assert bal is not None
+
+
+async def test_a_continuation_waits_in_its_requests_place(rig_factory: RigFactory) -> None:
+    """The rest of a request taken back waits with the time the request reached the balancer:
+    its place among its tenant's requests, the same on every replica's board.  (It once
+    carried the clock's zero: first of everything, and hours old on the board.)"""
+    rig = await reclaiming(rig_factory)
+    room = rig.bal.proxy.waitroom
+    assert room is not None
+    left: list[tuple[Waiting, str]] = []
+    room.listeners.append(lambda w, how, _now: left.append((w, how)))
+    heavy = ollama.AsyncClient(host=rig.url, headers=HEAVY)
+    light = ollama.AsyncClient(host=rig.url, headers=LIGHT)
+    try:
+        sent = rig.bal.clock()
+        one = asyncio.create_task(stream_text(heavy, ask("write a long story", LONG)))
+        two = asyncio.create_task(stream_text(heavy, ask("write another long story", LONG)))
+        a = rig.fleet.nodes[0]
+        await eventually(lambda: a.stats.generations_started >= 2, "both heavy streams running")
+        await light.chat(**ask("hi", SHORT))
+        await asyncio.gather(one, two)
+        cut = max(w.enqueued for w, _ in left)
+    finally:
+        for c in (heavy, light):
+            await c._client.aclose()
+        await settled(rig)
+    continued = [w for w, how in left if "~" in w.id and how == "dispatched"]
+    assert len(continued) == 1
+    (rest,) = continued
+    (first,) = [w for w, _ in left if w.id == rest.id.split("~")[0]]
+    assert sent <= rest.arrived <= first.enqueued < rest.enqueued <= cut
 
 
 async def test_an_openai_stream_resumes_as_one(rig_factory: RigFactory) -> None:

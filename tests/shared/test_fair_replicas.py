@@ -144,3 +144,68 @@ async def test_a_dead_replicas_waiters_leave_the_board_and_the_others_keep_their
         for task in (*holders, *doomed, *live):
             task.cancel()
         await asyncio.gather(*holders, *doomed, *live, return_exceptions=True)
+
+
+async def test_one_tenants_requests_waiting_on_two_replicas_are_served_in_arrival_order(
+    stack: tuple[AsyncExitStack, common.Procs], redis_url: str
+) -> None:
+    """Each replica plans the pool with its own waiting requests as its queue has them and
+    the others' as the board has them: both must carry the same arrival.  (A board entry
+    posted before its request was enqueued said it arrived when the host's clock started:
+    every replica then put the others' requests, hours "older", ahead of its own and left
+    the free slots to them, while the others did the same: nobody bound, everyone waited
+    for the wait room's expiry.)"""
+    exits, procs = stack
+    f = await start(
+        exits,
+        procs,
+        nodes([("a", [WARM], [WARM])], 1),
+        replicas=2,
+        slots=1,
+        redis_url=redis_url,
+        extra=FLAGS,
+    )
+    raw = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    exits.push_async_callback(raw.aclose)
+    node = f.node("a")
+    node.faults.slow(2000.0)  # the holder outlasts the test until it is let go
+    holder = asyncio.ensure_future(_hold(f, f.urls[0], 0))
+    waiting: list[asyncio.Future[Any]] = []
+    try:
+        async with asyncio.timeout(15):
+            while node.stats.generations_started < 1:
+                await asyncio.sleep(0.02)
+        # One tenant's requests, the first on one replica, the second on the other.
+        for i, url in enumerate(f.urls):
+            waiting.append(
+                asyncio.ensure_future(
+                    f.post(url + "/api/chat", chat(WARM, f"queued {i}"),
+                           headers={"X-Tenant": "one"})
+                )
+            )  # fmt: skip
+            await eventually(lambda: _waiting(raw, "one"), accept=lambda n: n == i + 1)  # noqa: B023
+        # The board has each at its arrival (the store's clock, ms): moments ago.
+        seconds, micros = await raw.time()
+        now_ms = seconds * 1000 + micros // 1000
+        docs = await cast(Awaitable[dict[str, str]], raw.hgetall(WAITERS))
+        ages = [now_ms - json.loads(d)["a"] for d in docs.values()]
+        assert len(ages) == 2
+        assert all(0 <= age < 15_000 for age in ages), ages
+
+        node.faults.clear()
+        holder.cancel()  # the slot is free: the earlier request's replica binds it
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 20)
+        assert [status for status, _, _ in answers] == [200, 200]
+        started = sorted(
+            (g["started_at"], g["prompt_head"])
+            for g in node.stats.records()
+            if "queued" in g["prompt_head"]
+        )
+        assert [("queued 0" in h, "queued 1" in h) for _, h in started] == [
+            (True, False),
+            (False, True),
+        ]
+    finally:
+        for task in (holder, *waiting):
+            task.cancel()
+        await asyncio.gather(holder, *waiting, return_exceptions=True)

@@ -183,7 +183,9 @@ class Resumer:
             state.waiting,
             id=f"{state.waiting.id}~{state.preemptions}",
             preemptions=state.preemptions,
-            arrival=state.waiting.arrived,
+            # Its place among its tenant's requests: when it reached the balancer (the entry
+            # it was prepared from was never queued, so it has no time of its own).
+            arrival=record.started if state.waiting.arrival is None else state.waiting.arrival,
             affinity_backend=victim,  # the slot's prompt cache holds the partial answer
             pin=None,
             expected_seconds=max(
