@@ -929,17 +929,18 @@ def test_tracing_renders_the_standard_otel_variables(
     ("values", "expect"),
     [
         pytest.param(
-            {}, {"enabled": True, "policy": "reclaim", "critical_share": 0.2}, id="defaults"
+            {}, {"enabled": False, "policy": "reclaim", "critical_share": 0.2}, id="defaults"
         ),
         pytest.param(
-            {"scheduler": {"classes": {"critical": {"share": 0.3, "lendable": 0.5,
+            {"scheduler": {"enabled": True,
+                           "classes": {"critical": {"share": 0.3, "lendable": 0.5,
                                                     "maxWait": 30}}}},
             {"enabled": True, "policy": "reclaim", "critical_share": 0.3, "critical_lendable": 0.5,
              "critical_max_wait": 30.0},
             id="a class's share",
         ),
         pytest.param(
-            {"scheduler": {"policy": "order", "maxPreemptions": 0}},
+            {"scheduler": {"enabled": True, "policy": "order", "maxPreemptions": 0}},
             {"enabled": True, "policy": "order", "max_preemptions": 0},
             id="order only",
         ),
@@ -947,6 +948,11 @@ def test_tracing_renders_the_standard_otel_variables(
             {"scheduler": {"enabled": False}, "config": {"queue": True}},
             {"enabled": True},
             id="config wins",
+        ),
+        pytest.param(
+            {"scheduler": {"enabled": True}, "config": {"queue": False}},
+            {"enabled": False},
+            id="config wins over enabled",
         ),
     ],
 )  # fmt: skip
@@ -972,6 +978,7 @@ def test_the_scheduler_block_reaches_the_balancer(
     assert {k: seen[k] for k in expect} == expect
     if not values:  # the chart's defaults are the balancer's
         assert policy == BalancerSettings.build().queue.scheduler()
+        assert queue.enabled == BalancerSettings.build().queue.enabled
 
 
 def test_a_bad_scheduler_class_fails_the_render(tmp_path: Path) -> None:
