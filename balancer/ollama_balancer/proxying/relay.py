@@ -125,15 +125,8 @@ class Relay:
                             last = chunk
                     finally:
                         watchdog.stop()
-        except UpstreamError as exc:
-            self.ending, self.error = Ending.BROKEN, exc
-        except TimeoutError as exc:
-            self.ending, self.error = Ending.IDLE, exc
-        except OSError as exc:  # a write: the client's side
-            if isinstance(exc, ConnectionResetError) and request.transport is None:
-                self.ending = Ending.CLIENT_GONE
-            else:
-                self.ending, self.error = Ending.BROKEN, exc
+        except (UpstreamError, TimeoutError, OSError) as exc:
+            self._failed(exc, request)
         else:
             self.ending = Ending.COMPLETE
         finally:
@@ -182,18 +175,23 @@ class Relay:
                             return self.ending
                 finally:
                     watchdog.stop()
-        except UpstreamError as exc:
-            self.ending, self.error = Ending.BROKEN, exc
-        except TimeoutError as exc:
-            self.ending, self.error = Ending.IDLE, exc
-        except OSError as exc:  # a write: the client's side
-            if isinstance(exc, ConnectionResetError) and request.transport is None:
-                self.ending = Ending.CLIENT_GONE
-            else:
-                self.ending, self.error = Ending.BROKEN, exc
+        except (UpstreamError, TimeoutError, OSError) as exc:
+            self._failed(exc, request)
         else:
             self.ending = Ending.COMPLETE
         return self.ending
+
+    def _failed(self, exc: Exception, request: web.BaseRequest) -> None:
+        """How a relay that raised ``exc`` ended: the pod broke it (an upstream error, or a
+        write that failed for another reason), it went idle, or the client left."""
+        if isinstance(exc, UpstreamError):
+            self.ending, self.error = Ending.BROKEN, exc
+        elif isinstance(exc, TimeoutError):
+            self.ending, self.error = Ending.IDLE, exc
+        elif isinstance(exc, ConnectionResetError) and request.transport is None:
+            self.ending = Ending.CLIENT_GONE  # a write: the client's side
+        else:
+            self.ending, self.error = Ending.BROKEN, exc
 
 
 class IdleWatchdog:
