@@ -438,38 +438,31 @@ def render(doc: dict[str, Any]) -> str:
         row += [r.get("run", 1), r.get("store_cpu_s", float("nan")), r.get("fallbacks", 0)]
     table = common.table([*HEADERS, "run", "redis CPU s", "fallbacks"], rows)
     if c.get("policies"):
-        summary = common.table(
-            ["scenario", "set-up", "runs", "cold loads / early's", "TTFT p99 / early's",
-             "no worse?"],
-            [[x["scenario"], x["setup"], x.get("runs", 1), x["cold_loads_ratio"],
-              x["ttft_p99_ratio"], "yes" if x["met"] else "**no**"]
-             for x in doc["replica_summary"]],
-        )  # fmt: skip
-        return (
-            head
-            + "Our balancer (residency) with each binding policy, behind one nginx round-robin "
-            + "front when replicated; values are medians over the runs (min–max).\n\n"
-            + medians_table(doc)
-            + "\n\nTarget (issue #23): cold loads and TTFT p99 (medians) no worse than early "
-            + "binding's.\n\n"
-            + summary
-            + "\n\nEvery run:\n\n"
-            + table
-        )
+        against, verdict = "early's", "no worse?"
+        intro = "Our balancer (residency) with each binding policy, behind one nginx round-robin "
+        intro += "front when replicated"
+        target = "Target (issue #23): cold loads and TTFT p99 (medians) no worse than early "
+        target += "binding's."
+    else:
+        against, verdict = "1 replica", "within 10%?"
+        intro = "All set-ups behind one nginx round-robin front; proxy CPU s = the replicas' sum"
+        target = "Target (issue #12): with shared state, cold loads and TTFT p99 (medians) within "
+        target += "10% of one replica's."
     summary = common.table(
-        ["scenario", "set-up", "runs", "cold loads / 1 replica", "TTFT p99 / 1 replica",
-         "within 10%?"],
+        ["scenario", "set-up", "runs", f"cold loads / {against}", f"TTFT p99 / {against}",
+         verdict],
         [[x["scenario"], x["setup"], x.get("runs", 1), x["cold_loads_ratio"],
           x["ttft_p99_ratio"], "yes" if x["met"] else "**no**"]
          for x in doc["replica_summary"]],
     )  # fmt: skip
     return (
         head
-        + "All set-ups behind one nginx round-robin front; proxy CPU s = the replicas' sum; "
-        + "values are medians over the runs (min–max).\n\n"
+        + intro
+        + "; values are medians over the runs (min–max).\n\n"
         + medians_table(doc)
-        + "\n\nTarget (issue #12): with shared state, cold loads and TTFT p99 (medians) within "
-        + "10% of one replica's.\n\n"
+        + "\n\n"
+        + target
+        + "\n\n"
         + summary
         + "\n\nEvery run:\n\n"
         + table
