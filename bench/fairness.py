@@ -44,7 +44,7 @@ from typing import Any
 import redis
 import yaml
 
-from . import bindings, common, slot_time
+from . import bindings, common, fleets, slot_time
 
 __all__ = ["MODES", "QUICK", "SMOKE", "Config", "render", "run", "summarise"]
 
@@ -99,23 +99,10 @@ SMOKE = Config(
 
 
 def fleet(cfg: Config) -> dict[str, Any]:
-    spec = {
-        "name": f"{MODEL}:latest",
-        "size_bytes": "4GB",
-        "load_seconds": 10,
-        "tokens_per_second": cfg.tokens_per_second,
-        "prompt_tokens_per_second": cfg.prompt_tokens_per_second,
-        "response_tokens": 100_000,  # answers end at max_tokens
-    }
-    return {
-        "time_scale": cfg.time_scale,
-        "catalogue": [spec],
-        "nodes": [
-            {"name": f"node-{i}", "host": "127.0.0.1", "port": 0, "vram": "24GiB",
-             "num_parallel": cfg.slots, "max_queue": 4096, "loaded": [MODEL]}
-            for i in range(cfg.pods)
-        ],
-    }  # fmt: skip
+    return fleets.resident_fleet(
+        MODEL, cfg.pods, cfg.slots, cfg.time_scale, cfg.tokens_per_second,
+        cfg.prompt_tokens_per_second,
+    )  # fmt: skip
 
 
 def keys_file(cfg: Config) -> str:

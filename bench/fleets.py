@@ -84,26 +84,57 @@ def routing_catalogue(models: int, seed: int = 7) -> list[dict[str, Any]]:
     return out
 
 
+def resident_fleet(
+    model: str,
+    pods: int,
+    slots: int,
+    time_scale: float,
+    tokens_per_second: float,
+    prompt_tokens_per_second: float,
+) -> dict[str, Any]:
+    """``pods`` pods of ``slots`` slots, each with ``model`` (4 GB) resident, answering until
+    the request's ``max_tokens``: the saturated pools of ``bench saturation`` and ``fairness``."""
+    spec = {
+        "name": f"{model}:latest",
+        "size_bytes": "4GB",
+        "load_seconds": 10,
+        "tokens_per_second": tokens_per_second,
+        "prompt_tokens_per_second": prompt_tokens_per_second,
+        "response_tokens": 100_000,  # answers end at max_tokens
+    }
+    return {
+        "time_scale": time_scale,
+        "catalogue": [spec],
+        "nodes": [
+            {"name": f"node-{i}", "host": "127.0.0.1", "port": 0, "vram": "24GiB",
+             "num_parallel": slots, "max_queue": 4096, "loaded": [model]}
+            for i in range(pods)
+        ],
+    }  # fmt: skip
+
+
+def _disk_node(i: int, slots: int, keep_alive: str, installed: list[str]) -> dict[str, Any]:
+    """A 16 GiB pod with ``installed`` on disk, room for three loaded models."""
+    return {
+        "name": f"node-{i}",
+        "host": "127.0.0.1",
+        "port": 0,
+        "vram": "16GiB",
+        "num_parallel": slots,
+        "max_loaded_models": 3,
+        "keep_alive": keep_alive,
+        "max_queue": 512,
+        "installed": installed,
+    }
+
+
 def routing_fleet(nodes: int, models: int, time_scale: float, slots: int = 4) -> dict[str, Any]:
     """Every node has every model on disk and VRAM for about two of them; nothing loaded."""
     catalogue = routing_catalogue(models)
     return {
         "time_scale": time_scale,
         "catalogue": catalogue,
-        "nodes": [
-            {
-                "name": f"node-{i}",
-                "host": "127.0.0.1",
-                "port": 0,
-                "vram": "16GiB",
-                "num_parallel": slots,
-                "max_loaded_models": 3,
-                "keep_alive": "5m",
-                "max_queue": 512,
-                "installed": [m["name"] for m in catalogue],
-            }
-            for i in range(nodes)
-        ],
+        "nodes": [_disk_node(i, slots, "5m", [m["name"] for m in catalogue]) for i in range(nodes)],
     }
 
 
@@ -149,18 +180,7 @@ def faults_fleet(
         "time_scale": time_scale,
         "catalogue": catalogue,
         "nodes": [
-            {
-                "name": f"node-{i}",
-                "host": "127.0.0.1",
-                "port": 0,
-                "vram": "16GiB",
-                "num_parallel": slots,
-                "max_loaded_models": 3,
-                "keep_alive": "30s",
-                "max_queue": 512,
-                "installed": names,
-                "loaded": [names[i % pinned]] if pinned else [],
-            }
+            {**_disk_node(i, slots, "30s", names), "loaded": [names[i % pinned]] if pinned else []}
             for i in range(pods)
         ],
     }

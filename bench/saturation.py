@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from . import bindings, common
+from . import bindings, common, fleets
 from . import saturation_report as report
 from .saturation_report import CLASSES, TENANTS
 
@@ -96,23 +96,10 @@ SMOKE = Config(
 
 
 def fleet(cfg: Config) -> dict[str, Any]:
-    spec = {
-        "name": f"{MODEL}:latest",
-        "size_bytes": "4GB",
-        "load_seconds": 10,
-        "tokens_per_second": cfg.tokens_per_second,
-        "prompt_tokens_per_second": cfg.prompt_tokens_per_second,
-        "response_tokens": 100_000,  # answers end at max_tokens
-    }
-    return {
-        "time_scale": cfg.time_scale,
-        "catalogue": [spec],
-        "nodes": [
-            {"name": f"node-{i}", "host": "127.0.0.1", "port": 0, "vram": "24GiB",
-             "num_parallel": cfg.slots, "max_queue": 4096, "loaded": [MODEL]}
-            for i in range(cfg.pods)
-        ],
-    }  # fmt: skip
+    return fleets.resident_fleet(
+        MODEL, cfg.pods, cfg.slots, cfg.time_scale, cfg.tokens_per_second,
+        cfg.prompt_tokens_per_second,
+    )  # fmt: skip
 
 
 def make_trace(cfg: Config) -> list[dict[str, Any]]:
