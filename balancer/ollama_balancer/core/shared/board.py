@@ -415,20 +415,36 @@ class BoardBook:
 
 
 # ---- documents for the store (compact keys; times are the store's, in ms)
-def holder_doc(h: SlotHolder, started_ms: int, first_byte_ms: int | None = None) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "p": h.pod,
-        "m": h.model,
-        "x": h.replica,
-        "q": h.request_id,
-        "c": h.cls.value,
-        "t": h.tenant,
-        "w": h.weight,
-        "s": started_ms,
-        "e": round(h.expected_seconds, 3),
-        "n": h.preemptions,
-        "r": 1 if h.resumable else 0,
+def _who_doc(e: SlotHolder | Waiter) -> dict[str, Any]:
+    """What a holder's and a waiter's documents share: whose request it is and its work."""
+    return {
+        "m": e.model,
+        "x": e.replica,
+        "c": e.cls.value,
+        "t": e.tenant,
+        "w": e.weight,
+        "e": round(e.expected_seconds, 3),
+        "n": e.preemptions,
+        "r": 1 if e.resumable else 0,
     }
+
+
+def _who(doc: Mapping[str, Any], expected: float) -> dict[str, Any]:
+    """:func:`_who_doc` read back, as keyword arguments (``expected``: when it has none)."""
+    return {
+        "model": str(doc["m"]),
+        "replica": str(doc["x"]),
+        "cls": parse_priority(str(doc.get("c", "standard"))),
+        "tenant": str(doc.get("t", "-")),
+        "weight": float(doc.get("w", 1.0)),
+        "expected_seconds": float(doc.get("e", expected)),
+        "preemptions": int(doc.get("n", 0)),
+        "resumable": bool(doc.get("r", 0)),
+    }
+
+
+def holder_doc(h: SlotHolder, started_ms: int, first_byte_ms: int | None = None) -> dict[str, Any]:
+    doc = {"p": h.pod, "q": h.request_id, "s": started_ms, **_who_doc(h)}
     if first_byte_ms is not None:
         doc["f"] = first_byte_ms
     return doc
@@ -441,34 +457,17 @@ def holder_of(member: str, doc: Mapping[str, Any], to_local: Any) -> SlotHolder 
         return SlotHolder(
             member=member,
             pod=str(doc["p"]),
-            model=str(doc["m"]),
-            replica=str(doc["x"]),
             request_id=str(doc["q"]),
-            cls=parse_priority(str(doc.get("c", "standard"))),
-            tenant=str(doc.get("t", "-")),
-            weight=float(doc.get("w", 1.0)),
             started=to_local(int(doc["s"])),
             first_byte=None if fb is None else to_local(int(fb)),
-            expected_seconds=float(doc.get("e", 0.0)),
-            preemptions=int(doc.get("n", 0)),
-            resumable=bool(doc.get("r", 0)),
+            **_who(doc, 0.0),
         )
     except (KeyError, ValueError, TypeError):
         return None
 
 
 def waiter_doc(w: Waiter, arrival_ms: int, deadline_ms: int | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "m": w.model,
-        "x": w.replica,
-        "c": w.cls.value,
-        "t": w.tenant,
-        "w": w.weight,
-        "a": arrival_ms,
-        "e": round(w.expected_seconds, 3),
-        "n": w.preemptions,
-        "r": 1 if w.resumable else 0,
-    }
+    doc = {"a": arrival_ms, **_who_doc(w)}
     if deadline_ms is not None:
         doc["d"] = deadline_ms
     if w.pinned:
@@ -481,17 +480,10 @@ def waiter_of(request_id: str, doc: Mapping[str, Any], to_local: Any) -> Waiter 
         d = doc.get("d")
         return Waiter(
             request_id=request_id,
-            model=str(doc["m"]),
-            replica=str(doc["x"]),
-            cls=parse_priority(str(doc.get("c", "standard"))),
-            tenant=str(doc.get("t", "-")),
-            weight=float(doc.get("w", 1.0)),
             arrival=to_local(int(doc["a"])),
-            expected_seconds=float(doc.get("e", 1.0)),
             deadline=None if d is None else to_local(int(d)),
-            preemptions=int(doc.get("n", 0)),
-            resumable=bool(doc.get("r", 0)),
             pinned=bool(doc.get("i", 0)),
+            **_who(doc, 1.0),
         )
     except (KeyError, ValueError, TypeError):
         return None
