@@ -87,6 +87,7 @@ class Proxy:
         self.route = Router(view, self.shared.occupancy, settings.routing, rng=rng, clock=clock)
         #: Late binding (``queue``): requests wait here for a slot instead of inside Ollama.
         self.waitroom: WaitRoom | None = None
+        self.lessons = Lessons(clock)
         if settings.queue.enabled:
             self.waitroom = WaitRoom(
                 settings.queue,
@@ -98,9 +99,9 @@ class Proxy:
                 hold_unavailable=settings.queue.hold_unavailable,
                 shared=self.shared,
                 replica=str(self.shared.status().get("replica") or "local"),
+                rates=self.lessons.rates,
             )
         self.claims = SlotClaims(self.shared, view, self.route, self.waitroom, clock=clock)
-        self.lessons = Lessons(clock)
         #: What the proxy caused or saw, counted in the fleet view at once.
         self.witness = Witness(view, self.shared, clock)
         #: Relays the scheduler may take back, and their resumes (``queue_policy=reclaim``).

@@ -37,7 +37,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .core.dispatch import Bind, Binding, dispatch
@@ -59,6 +59,7 @@ from .core.scheduling import (
 )
 from .core.shared.board import Board, Reservation, Waiter
 from .core.shared.protocol import SharedState
+from .core.tokens import RateBook
 from .polling import FleetTracker
 
 __all__ = ["RESERVATION_SECONDS", "WaitRoom"]
@@ -95,6 +96,7 @@ class WaitRoom:
         hold_unavailable: float = 0.0,
         shared: SharedState | None = None,
         replica: str = "local",
+        rates: RateBook | None = None,
     ) -> None:
         self.settings = settings
         self.queue = WaitQueue(settings)
@@ -106,6 +108,9 @@ class WaitRoom:
         self.hold_unavailable = hold_unavailable
         self.shared = shared
         self.replica = replica
+        #: The models' learned token rates: a request that arrived before its model's were
+        #: learned has its expected slot-seconds made again from them (:meth:`_current`).
+        self.rates = rates
         #: The scheduler's policy when it decides (``queue_policy=reclaim`` with a board).
         self.scheduler = (
             settings.scheduler()
@@ -154,7 +159,7 @@ class WaitRoom:
             # Its slot-seconds are the defaults' guess (no answer of the model was timed
             # yet: a model just loading, or one seldom asked for): estimate, never refuse.
             policy = policy.with_max_wait(request.priority, math.inf)
-        return admit(pool, policy, _candidate(request, self.replica, now))
+        return admit(pool, policy, _candidate(self._current(request), self.replica, now))
 
     async def wait(self, request: Waiting) -> Bind:
         """Queue ``request`` until it is bound (returns the bind, its slot reserved) or refused."""
@@ -188,7 +193,7 @@ class WaitRoom:
             # the arrival the queue gave it (this replica plans its own requests with that
             # one, the others with the board's: a different one puts one side first).
             self._posted.add(request.id)
-            self._spawn(self.shared.post_waiter(_waiter(queued, self.replica)))
+            self._spawn(self.shared.post_waiter(_waiter(self._current(queued), self.replica)))
         try:
             outcome = await future
         except asyncio.CancelledError:
@@ -394,7 +399,7 @@ class WaitRoom:
         base = board.pool(model, _warm_slots(fleet, model), now)
         if mine is None:
             mine = [w for w in self.queue.ordered(now) if w.model == model and w.pin is None]
-        own = tuple(_candidate(w, self.replica, now) for w in mine)
+        own = tuple(_candidate(self._current(w), self.replica, now) for w in mine)
         others = tuple(c for c in base.waiting if c.replica != self.replica)
         leased = {h.request_id for h in board.holders.values() if h.model == model}
         # A beneficiary bound to its promised seat holds it in the board's pool already.
@@ -425,6 +430,21 @@ class WaitRoom:
         return max(0, free)
 
     # ------------------------------------------------------------------ helpers
+    def _current(self, w: Waiting) -> Waiting:
+        """``w`` with its expected slot-seconds from its model's learned rates, when it
+        arrived before they were learned.
+
+        The default rates are a guess that can be off several times over (a fast model,
+        a slow GPU); kept, the guess orders the requests that arrived before the first
+        answer against those after with the wrong scale: with shortest-work-first and
+        aging, a request due at ``arrival + expected`` waited behind every later arrival
+        of the next tens of seconds (in ``bench routing``'s bursty trace, the first burst
+        of a model whose rate was 10x the default waited up to 50 s longer than FIFO)."""
+        rates, estimate = self.rates, w.estimate
+        if w.rates_learned or rates is None or estimate is None or not rates.knows(w.model):
+            return w
+        return replace(w, expected_seconds=rates.seconds(w.model, estimate), rates_learned=True)
+
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a store operation to its end even if the request that asked is cancelled."""
         task = asyncio.ensure_future(coro)

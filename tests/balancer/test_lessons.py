@@ -92,7 +92,11 @@ def relayed(tail: bytes, content_type: str = "application/x-ndjson") -> Relay:
         pytest.param(
             Reason.RESIDENT, b"data: [DONE]\n\n", "text/event-stream", None,
             Learned(service_seconds=7.0),
-            id="no metrics, warm: the whole request",
+            id="no metrics, warm, one body: since it was sent",
+        ),
+        pytest.param(
+            Reason.LOADING, b"data: [DONE]\n\n", "text/event-stream", None, None,
+            id="no metrics, not timed, waited for a load: nothing",
         ),
         pytest.param(
             Reason.COLD_LOAD, b"data: [DONE]\n\n", "text/event-stream", None, None,
@@ -108,6 +112,49 @@ def test_what_an_answer_taught(
     assert lessons.learn(attempt(reason, record), relayed(tail, content_type)) == expected
     if content_type != "text/event-stream":
         assert record.metrics["eval_count"] == 30
+
+
+@pytest.mark.parametrize(
+    ("reason", "cold", "queue_wait", "since", "expected"),
+    [
+        pytest.param(Reason.RESIDENT, None, 4.0, None, 3.0, id="one go: without the wait room"),
+        pytest.param(Reason.RESIDENT, None, 4.0, 8.0, 2.0 + 12 / 2000, id="stream: its events"),
+        pytest.param(Reason.LOADING, None, 0.0, 8.0, 2.0 + 12 / 2000, id="stream after a load"),
+        pytest.param(Reason.LOADING, None, 0.0, None, None, id="one go after a load: nothing"),
+    ],
+)  # fmt: skip
+def test_the_service_time_is_the_slots_not_the_requests(
+    reason: Reason, cold: float | None, queue_wait: float, since: float | None, expected: float
+) -> None:
+    """A request that waited (in the wait room, for a load) teaches only its hold on the slot:
+    from its first streamed event (plus the prompt's time at the default rate), else since
+    it was sent."""
+    record = RequestRecord("r", "POST", "/v1/chat/completions", started=3.0, ttfb=5.0)
+    record.queue_wait, record.cold_load_seconds = queue_wait, cold
+    record.usage = Usage(12, 40, Counted.CHUNKS)
+    lessons = Lessons(clock=lambda: 10.0)
+    got = lessons.learn(
+        attempt(reason, record), relayed(b"data: [DONE]\n\n", "text/event-stream"), since
+    )
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and got.service_seconds == pytest.approx(expected)
+        assert got.load_seconds is None
+
+
+def test_a_streamed_cold_load_teaches_the_load_and_the_service() -> None:
+    record = RequestRecord("r", "POST", "/v1/chat/completions", started=3.0, ttfb=4.5)
+    record.cold_load_seconds = 4.0
+    record.usage = Usage(12, 40, Counted.CHUNKS)
+    lessons = Lessons(clock=lambda: 10.0)
+    got = lessons.learn(
+        attempt(Reason.COLD_LOAD, record),
+        relayed(b"data: [DONE]\n\n", "text/event-stream"),
+        streamed_since=8.0,
+    )
+    assert got is not None and got.load_seconds == 4.5
+    assert got.service_seconds == pytest.approx(2.0 + 12 / 2000)
 
 
 def test_the_tenants_token_estimate_is_corrected_by_the_metrics() -> None:

@@ -141,3 +141,23 @@ def test_a_load_finished_after_the_last_poll_takes_vram() -> None:
     d = route(RouteRequest(mistral, "mistral"), at(fleet, led), Policy(), random.Random(1))
     # 4 of a's 16 GiB hold llama3 now (12 free): mistral goes to b (14 free)
     assert d.ranked[0].backend == "b"
+
+
+@pytest.mark.parametrize(
+    ("inflight", "slots", "expected"),
+    [
+        pytest.param(1, 2, 15.0, id="a free slot: the load's remaining time"),
+        pytest.param(2, 2, 20.0, id="every slot taken: one service round after the load"),
+        pytest.param(3, 2, 20.0, id="one queued, a slot frees in the same round"),
+        pytest.param(4, 2, 25.0, id="two rounds"),
+        pytest.param(1, 1, 20.0, id="one slot, the loader's own request ahead"),
+    ],
+)
+def test_a_loading_pods_expected_wait_counts_the_rounds_as_a_resident_one(
+    inflight: int, slots: int, expected: float
+) -> None:
+    """Remaining load (20 s load started 5 s ago) + the rounds a resident pod would need."""
+    fleet = snap(Pod("a", ["llama3"], slots=slots))
+    led = ledger({("a", "llama3"): inflight - 1}, loading={("a", "llama3"): NOW - 5}, service_s=5)
+    d = route(RouteRequest(M, "llama3"), at(fleet, led), Policy(), random.Random(1))
+    assert [(c.backend, c.reason, c.wait) for c in d.ranked] == [("a", "loading", expected)]

@@ -57,6 +57,7 @@ from .scheduling.policy import (
     class_policy_text,
     parse_class_policy,
 )
+from .tokens import TokenEstimate
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -263,6 +264,9 @@ class Waiting:
     rates_learned: bool = True
     """``expected_seconds`` comes from the model's learned token rates, not the defaults
     (a model no answer has timed yet): admission refuses no one on a default guess."""
+    estimate: TokenEstimate | None = None
+    """The tokens ``expected_seconds`` was computed from, so that a guess made on the
+    default rates is made again once the model's rates are learned."""
     finish_by: float | None = None
     """Absolute time (the wait room's clock) it should be done by: ``X-Request-Deadline``."""
     resumable: bool = False

@@ -8,7 +8,8 @@ Residency scores expected wait in seconds:
 
 * resident with a free slot: 0;
 * resident and busy: the queued rounds ahead × the model's service time;
-* loading (a load this replica started): the load's remaining time, plus queue;
+* loading (a load this replica started): the load's remaining time, plus the rounds ahead
+  as if resident;
 * installed only: the model's load time (a cold load).
 
 A warm pod wins unless its expected wait exceeds the model's load time (twice
@@ -133,7 +134,8 @@ def residency(r: Ranking) -> tuple[Choice, ...]:
             warm.append(_Candidate(s, Reason.RESIDENT, wait, 2, free, n / slots, tie))
         elif (rec := occ.loading(s.name, req_model)) is not None:
             remaining = max(0.0, load_time - (now - rec.started))
-            wait = remaining + (max(0, n - slots) // slots) * service
+            # Once loaded, the pod serves like a resident one: the same rounds ahead.
+            wait = remaining + (0.0 if n < slots else ((n - slots) // slots + 1) * service)
             warm.append(_Candidate(s, Reason.LOADING, wait, 2, free, n / slots, tie))
         elif s.resident_model(req_model) is not None:
             # Another num_ctx: Ollama drains this copy's requests, then reloads it.  Like a

@@ -1,5 +1,6 @@
 """What an answer taught, read once when its relay is complete: the model's load and
-service times (for routing and the wait queue's estimates), how far the tenant's token
+service times (for routing and the wait queue's estimates; the service time is the answer's
+hold on its slot, never the time it waited before), how far the tenant's token
 estimate was off (from Ollama's final metrics line), and the model's seconds per token.
 
 Ollama's own API ends with its metrics (``eval_duration``, ``eval_count``).  Its OpenAI and
@@ -19,7 +20,7 @@ from typing import Any
 import orjson
 
 from ..core.ledger import COLD_LOAD_THRESHOLD
-from ..core.rankers import Reason
+from ..core.rankers import COLD_REASONS, Reason
 from ..core.shared.model import Learned
 from ..core.tokens import RateBook, TokenCorrection, TokenEstimate
 from ..core.usage import Counted
@@ -43,6 +44,8 @@ METRIC_KEYS = (
 _WITH_METRICS = frozenset({"application/x-ndjson", "application/json"})
 #: Streams without them (OpenAI, Anthropic): one event per generated token.
 _TIMED = "text/event-stream"
+#: Choices whose answer also waited for the model to load.
+_LOADS = frozenset({*COLD_REASONS, Reason.LOADING})
 
 
 class Lessons:
@@ -87,11 +90,33 @@ class Lessons:
                 load_seconds=load_ns / 1e9 if load_ns / 1e9 > COLD_LOAD_THRESHOLD else None,
                 service_seconds=max(0.0, (total_ns - load_ns) / 1e9) if total_ns else None,
             )
+        service = self._slot_seconds(at, relay, streamed_since)
         if record.cold_load_seconds is not None and record.ttfb is not None:
-            return Learned(load_seconds=record.ttfb)
-        if at.choice.reason is not Reason.COLD_LOAD:
-            return Learned(service_seconds=self._clock() - record.started)
+            return Learned(load_seconds=record.ttfb, service_seconds=service)
+        if service is not None:
+            return Learned(service_seconds=service)
         return None
+
+    def _slot_seconds(
+        self, at: Attempt, relay: Relay, streamed_since: float | None
+    ) -> float | None:
+        """How long the answer held its slot, without metrics to say so.
+
+        The request's lifetime is no measure: it includes the wait room, Ollama's own
+        queue, and a load the request waited for (tens of seconds against a service of a
+        few), and the expected waits built on it send requests to a loading pod rather
+        than to a busy warm one that frees a slot every few seconds.  A stream is timed
+        from its first event, sent once the prompt is read (the prompt's time added from
+        the learned rates); an answer in one body from its sending, unless it waited for
+        a load."""
+        record = at.record
+        now = self._clock()
+        if streamed_since is not None and relay.content_type == _TIMED:
+            prompt = self.rates.seconds(at.req.key, TokenEstimate(record.usage.prompt, 0))
+            return max(0.0, now - streamed_since) + prompt
+        if at.choice.reason in _LOADS or record.cold_load_seconds is not None:
+            return None
+        return max(0.0, now - record.started - (record.queue_wait or 0.0))
 
     def _time_tokens(self, at: Attempt, seconds: float) -> None:
         usage = at.record.usage

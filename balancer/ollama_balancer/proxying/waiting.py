@@ -66,6 +66,7 @@ def waiting_for(
         affinity_backend=affinity_backend,
         expected_seconds=rates.seconds(req.key, estimate) if rates is not None else 1.0,
         rates_learned=rates is not None and rates.knows(req.key),
+        estimate=estimate,
         finish_by=finish_by,
         resumable=rates is not None and bool(resumable(request.path, req.doc)),
         max_wait=key.max_wait if key else None,
