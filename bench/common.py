@@ -209,7 +209,10 @@ def workspace(name: str) -> Iterator[tuple[Path, Procs]]:
         yield tmp, procs
     finally:
         procs.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"{name}: logs kept in {tmp} (BENCH_KEEP)", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def wait_until(pred: Any, timeout: float, what: str, proc: Proc | None = None) -> None:

@@ -124,11 +124,15 @@ def test_what_an_answer_taught(
     ],
 )  # fmt: skip
 def test_the_service_time_is_the_slots_not_the_requests(
-    reason: Reason, cold: float | None, queue_wait: float, since: float | None, expected: float
+    reason: Reason,
+    cold: float | None,
+    queue_wait: float,
+    since: float | None,
+    expected: float,
 ) -> None:
     """A request that waited (in the wait room, for a load) teaches only its hold on the slot:
-    from its first streamed event (plus the prompt's time at the default rate), else since
-    it was sent."""
+    from its first streamed event (plus the prompt's time at the default rate, at most the
+    first byte's), else since it was sent."""
     record = RequestRecord("r", "POST", "/v1/chat/completions", started=3.0, ttfb=5.0)
     record.queue_wait, record.cold_load_seconds = queue_wait, cold
     record.usage = Usage(12, 40, Counted.CHUNKS)
@@ -141,6 +145,27 @@ def test_the_service_time_is_the_slots_not_the_requests(
     else:
         assert got is not None and got.service_seconds == pytest.approx(expected)
         assert got.load_seconds is None
+
+
+@pytest.mark.parametrize(
+    ("prompt", "ttfb", "expected"),
+    [
+        pytest.param(400, 5.0, 2.0 + 400 / 2000, id="the rate's guess, when the first byte took longer"),
+        pytest.param(400, 0.01, 2.0 + 0.01, id="at most the first byte's time (a fast pod)"),
+    ],
+)  # fmt: skip
+def test_the_prompts_time_is_at_most_the_first_bytes(
+    prompt: int, ttfb: float, expected: float
+) -> None:
+    """The default prefill rate can be many times a fast pod's: a service time inflated by
+    it makes a warm pod's wait look like a load (bench autoscale's smoke cold-loaded a
+    pinned model's second copy that way)."""
+    record = RequestRecord("r", "POST", "/v1/chat/completions", started=3.0, ttfb=ttfb)
+    record.usage = Usage(prompt, 40, Counted.CHUNKS)
+    got = Lessons(clock=lambda: 10.0).learn(
+        attempt(Reason.RESIDENT, record), relayed(b"data: [DONE]\n\n", "text/event-stream"), 8.0
+    )
+    assert got is not None and got.service_seconds == pytest.approx(expected)
 
 
 def test_a_streamed_cold_load_teaches_the_load_and_the_service() -> None:

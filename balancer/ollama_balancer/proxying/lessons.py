@@ -106,13 +106,17 @@ class Lessons:
         queue, and a load the request waited for (tens of seconds against a service of a
         few), and the expected waits built on it send requests to a loading pod rather
         than to a busy warm one that frees a slot every few seconds.  A stream is timed
-        from its first event, sent once the prompt is read (the prompt's time added from
-        the learned rates); an answer in one body from its sending, unless it waited for
-        a load."""
+        from its first event, sent once the prompt is read, plus the prompt's time: the
+        learned (or default) rate's, but never more than the first byte took since the
+        request was sent (the default rate is a guess that can be many times a fast pod's
+        real prefill, and a service time inflated by it makes a warm pod's wait look like a
+        load); an answer in one body from its sending, unless it waited for a load."""
         record = at.record
         now = self._clock()
         if streamed_since is not None and relay.content_type == _TIMED:
             prompt = self.rates.seconds(at.req.key, TokenEstimate(record.usage.prompt, 0))
+            if record.ttfb is not None:
+                prompt = min(prompt, record.ttfb)
             return max(0.0, now - streamed_since) + prompt
         if at.choice.reason in _LOADS or record.cold_load_seconds is not None:
             return None
