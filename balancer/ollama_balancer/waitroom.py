@@ -36,7 +36,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -274,7 +274,10 @@ class WaitRoom:
         self._arm(now)
 
     def _dispatch(
-        self, waiting: tuple[Waiting, ...], fleet: FleetState
+        self,
+        waiting: tuple[Waiting, ...],
+        fleet: FleetState,
+        ahead: Mapping[str, int] | None = None,
     ) -> tuple[list[Bind], list[Any], dict[str, float]]:
         decided = dispatch(
             waiting,
@@ -284,6 +287,7 @@ class WaitRoom:
             policy=self.policy,
             hold_unavailable=self.hold_unavailable,
             stayed=self._stayed,
+            ahead=ahead or {},
         )
         return list(decided.binds), list(decided.rejects), dict(decided.expected_wait)
 
@@ -334,7 +338,7 @@ class WaitRoom:
                 # Those without a grant may still start a cold load (more slots for all),
                 # never take a warm slot the plan gave to someone else.
                 full = fleet.with_occupancy(_warm_full(fleet, model))
-                b, r, x = self._dispatch(stay, full)
+                b, r, x = self._dispatch(stay, full, decided.others_ahead(self.replica))
                 binds += b
                 rejects += r
                 waits.update(x)

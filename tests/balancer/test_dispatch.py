@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -351,3 +352,36 @@ def test_past_the_scan_limit_the_first_spill_is_found_by_bisection(
     assert [(b.id, b.backend) for b in probed.binds if b.cold] == first_cold
     assert all(b.cold for b in probed.binds)  # the new pod's other slot goes on the next call
     assert len(probed.binds) + len(probed.held) == waiting
+
+
+@pytest.mark.parametrize(
+    ("waiting", "ahead", "scan_limit", "spill"),
+    [
+        pytest.param(8, lambda i: 0, 10_000, None, id="alone: 8 queued spill nothing"),
+        pytest.param(8, lambda i: 10, 10_000, "w7", id="10 elsewhere ahead of all: w7 at 16"),
+        pytest.param(12, lambda i: i - 1, 10_000, "w9", id="interleaved: w9 at 8 + 8"),
+        pytest.param(12, lambda i: i - 1, 2, "w9", id="interleaved, bisected"),
+        pytest.param(8, lambda i: 10, 2, "w7", id="10 elsewhere, bisected"),
+    ],
+)
+def test_other_replicas_waiters_count_ahead(
+    waiting: int, ahead: Callable[[int], int], scan_limit: int, spill: str | None
+) -> None:
+    """With several balancer replicas, the requests the others hold (the shared board's) wait
+    ahead too: a spill weighs the whole fleet's queue (spill at place 16, as above)."""
+    o = occ({"a": 2, "b": 2}, load_s=20, service_s=5.0)
+    d = dispatch(
+        queue(waiting),
+        at(TWO_WARM_ONE_COLD, o),
+        random.Random(7),
+        scan_limit=scan_limit,
+        ahead={f"w{i}": ahead(i) for i in range(1, waiting + 1)},
+    )
+    assert [(b.id, b.backend) for b in d.binds if b.cold][:1] == ([(spill, "c")] if spill else [])
+
+
+def test_the_expected_wait_counts_other_replicas_waiters_ahead() -> None:
+    o = occ({"a": 2, "b": 2}, service_s=4)
+    d = dispatch(queue(2), at(TWO_WARM, o), random.Random(7), ahead={"w1": 4, "w2": 5})
+    # 4 warm slots of 4 s: one frees every second; w1 has 4 ahead, w2 w1 and 5 more.
+    assert (d.expected_wait["w1"], d.expected_wait["w2"]) == (5.0, 7.0)

@@ -150,7 +150,7 @@ def test_the_service_time_is_the_slots_not_the_requests(
 @pytest.mark.parametrize(
     ("prompt", "ttfb", "expected"),
     [
-        pytest.param(400, 5.0, 2.0 + 400 / 2000, id="the rate's guess, when the first byte took longer"),
+        pytest.param(400, 5.0, 2.0 + 400 / 2000, id="the guess, the first byte took longer"),
         pytest.param(400, 0.01, 2.0 + 0.01, id="at most the first byte's time (a fast pod)"),
     ],
 )  # fmt: skip

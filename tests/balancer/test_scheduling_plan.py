@@ -17,6 +17,7 @@ from ollama_balancer.core.scheduling import (
     Holder,
     PoolView,
     Reason,
+    SchedulePlan,
     SchedulerPolicy,
     admit,
     lift,
@@ -192,3 +193,21 @@ def test_replicas_that_merge_in_another_order_decide_the_same(
     rng.shuffle(ws)
     shuffled = PoolView(pool.model, pool.slots, tuple(hs), tuple(ws), pool.counters, pool.now)
     assert plan(shuffled, policy, free) == plan(pool, policy, free)
+
+
+@pytest.mark.parametrize(
+    ("order", "granted", "expected"),
+    [
+        pytest.param("", "", {}, id="nobody waits"),
+        pytest.param("m1 m2", "", {"m1": 0, "m2": 0}, id="only mine"),
+        pytest.param("o1 m1 o2 m2", "", {"m1": 1, "m2": 2}, id="interleaved"),
+        pytest.param("o1 m1 o2 m2", "o1", {"m1": 0, "m2": 1}, id="a granted one takes a slot"),
+        pytest.param("o1 m1 o2 m2", "m1", {"m2": 2}, id="mine granted: not waiting"),
+    ],
+)
+def test_others_ahead(order: str, granted: str, expected: dict[str, int]) -> None:
+    """Per request of one replica left waiting: the other replicas' requests ahead of it."""
+    cands = [cand(x, replica="mine" if x.startswith("m") else "other") for x in order.split()]
+    grants = [c for c in cands if c.id in granted.split()]
+    p = SchedulePlan(order=tuple(cands), grants=tuple(grants), preemptions=(), shares=())
+    assert p.others_ahead("mine") == expected

@@ -83,6 +83,7 @@ __all__ = [
 
 _NO_FLOATS: Mapping[str, float] = MappingProxyType({})
 _NO_LOADS: Mapping[Key, LoadRecord] = MappingProxyType({})
+_NO_INTS: Mapping[str, int] = MappingProxyType({})
 
 
 class Binding(StrEnum):
@@ -143,11 +144,16 @@ def dispatch(
     hold_unavailable: float = 0.0,
     scan_limit: int = 32,
     stayed: AbstractSet[str] = frozenset(),
+    ahead: Mapping[str, int] = _NO_INTS,
 ) -> Dispatch:
     """Decide for every waiting request (in the given order): bind, reject or keep waiting.
 
     ``stayed``: ids of requests an earlier call kept waiting; they bind only to a warm
     slot, or to a cold load when no warm pod of their model is left (the module docstring).
+    ``ahead``: per request, how many requests of its model that other balancer replicas
+    hold wait ahead of it in the fleet-wide order (the shared board's).  They are placed
+    on the warm pods as early binding would have placed them, so that a spill weighs the
+    whole fleet's queue, not only this replica's share of it.
     """
     policy = policy or Policy()
     now, base = fleet.now, fleet.occupancy
@@ -163,6 +169,15 @@ def dispatch(
     scanned: dict[str, int] = {}  # model -> held requests routed one by one
     deferred: dict[str, list[Waiting]] = {}  # model -> held past scan_limit, not yet routed
     warm_slots: dict[str, int] = {}  # model -> slots on warm pods (a bind may add a pod)
+    others: dict[str, int] = {}  # model -> other replicas' waiters placed in scratch so far
+
+    def place_others(w: Waiting) -> None:
+        """Queue on the warm pods the other replicas' requests waiting ahead of ``w``."""
+        nonlocal scratch
+        more = ahead.get(w.id, 0) - others.get(w.model, 0)
+        if more > 0:
+            scratch = _spread(scratch, w.model, more)
+            others[w.model] = others.get(w.model, 0) + more
 
     def begin(backend: str, model: str, cold: bool, rid: str) -> None:
         nonlocal scratch
@@ -186,7 +201,7 @@ def dispatch(
         if slots is None:
             slots = warm_slots[w.model] = _warm_slots(scratch, w.model)
         waits[w.id] = (
-            expected_wait(k, base.service_seconds(w.model), slots)
+            expected_wait(k + ahead.get(w.id, 0), base.service_seconds(w.model), slots)
             if slots
             else base.load_seconds(w.model)
         )
@@ -199,6 +214,8 @@ def dispatch(
             hold(w)
             deferred.setdefault(w.model, []).append(w)
             continue
+        if binding is Binding.LATE and w.pin is None:
+            place_others(w)
         req = RouteRequest(w.model, w.display or w.model, w.pin, w.affinity_backend)
         decision = route(req, scratch, policy, rng)
         if decision.unroutable is not None or not decision.ranked:
@@ -246,7 +263,8 @@ def dispatch(
             """Routing's decision for ``rest[j]`` with everything ahead of it queued."""
             w = rest[j]
             req = RouteRequest(w.model, w.display or w.model, None, w.affinity_backend)
-            return route(req, _spread(scratch, model, j), policy, rng)
+            queued = j + max(0, ahead.get(w.id, 0) - others.get(model, 0))
+            return route(req, _spread(scratch, model, queued), policy, rng)
 
         def spills(d: Decision) -> bool:
             return d.unroutable is None and bool(d.ranked) and d.ranked[0].reason in COLD_REASONS

@@ -53,6 +53,22 @@ class SchedulePlan:
         """The grants ``replica`` binds (it holds those requests)."""
         return tuple(c for c in self.grants if c.replica == replica)
 
+    def others_ahead(self, replica: str) -> dict[str, int]:
+        """Per request of ``replica`` left waiting: how many requests other replicas hold
+        wait ahead of it in the order (the granted take free slots instead), so that its
+        replica weighs a cold load against the whole fleet's queue."""
+        granted = {c.id for c in self.grants}
+        out: dict[str, int] = {}
+        others = 0
+        for c in self.order:
+            if c.id in granted:
+                continue
+            if c.replica == replica:
+                out[c.id] = others
+            else:
+                others += 1
+        return out
+
     def preempted_by(self, replica: str) -> tuple[Preemption, ...]:
         """The preemptions ``replica`` carries out (it relays the victims)."""
         return tuple(p for p in self.preemptions if p.victim.replica == replica)
