@@ -281,7 +281,7 @@ def start_balancer(
     cpus: str | None = None,
     name: str = "balancer",
     source: Path | None = None,
-    log_level: str = "warning",
+    log_level: str | None = None,
     wrapper: Sequence[str] = (),
     env: dict[str, str] | None = None,
     ready_timeout: float = 60,
@@ -295,7 +295,8 @@ def start_balancer(
     argv = [
         *wrapper, python, "-m", "ollama_fleet", "balancer", "--host", "127.0.0.1",
         "--port", str(port), "--backends", backends, "--routing-policy", policy,
-        "--log-level", log_level, "--log-format", "json", *extra,
+        "--log-level", log_level or os.environ.get("BENCH_LOG_LEVEL", "warning"),
+        "--log-format", "json", *extra,
     ]  # fmt: skip
     env = dict(env or {})
     if source is not None:

@@ -257,7 +257,8 @@ class WaitRoom:
         for bind in binds:
             w = self.queue.take(bind.id)
             # Hold the slot until the handler has its lease: the next pump must see it taken.
-            self._bound[bind.id] = _Bound(w, bind.backend, now)
+            held = w if bind.cls is None else replace(w, priority=bind.cls)
+            self._bound[bind.id] = _Bound(held, bind.backend, now)
             self._resolve(w, bind, "dispatched", now)
         for reject in rejects:
             w = self.queue.take(reject.id)
@@ -331,7 +332,10 @@ class WaitRoom:
             stay = tuple(w for w in ordered if w.id not in granted)
             if go:
                 b, r, x = self._dispatch(go, fleet)
-                binds += b
+                # A batch request that aged competed as standard: it holds a standard seat.
+                own = {w.id: w.priority for w in go}
+                aged = {c.id: c.cls for c in decided.grants if own.get(c.id, c.cls) is not c.cls}
+                binds += [replace(bd, cls=aged[bd.id]) if bd.id in aged else bd for bd in b]
                 rejects += r
                 waits.update(x)
             if stay:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from ollama_balancer.core.priority import Priority
 from ollama_balancer.core.scheduling import SchedulerPolicy, plan
-from ollama_balancer.core.scheduling.order import due, may_borrow
+from ollama_balancer.core.scheduling.order import competing, due, may_borrow
 from ollama_balancer.core.scheduling.view import Candidate, Holder
-from tests.harness.scheduling_cases import B, C, S, cand, holder, many, view, waiting
+from tests.harness.scheduling_cases import NOW, B, C, S, cand, holder, many, view, waiting
 
 
 def order(
@@ -136,3 +139,35 @@ def test_holders_do_not_reorder_a_class() -> None:
     """Only the counts of holders matter to the order, not who they are."""
     queue = waiting("s", 3, S)
     assert order(queue, 10, [holder("x", S, "other")]) == order(queue, 10, [])
+
+
+@pytest.mark.parametrize(
+    ("waiting", "aging", "expected"),
+    [
+        pytest.param([cand("b", B, arrival=NOW - 31)], 30.0, [S], id="batch past its aging"),
+        pytest.param([cand("b", B, arrival=NOW - 29)], 30.0, [B], id="batch not yet"),
+        pytest.param([cand("b", B, arrival=NOW - 1e6)], math.inf, [B], id="no aging"),
+        pytest.param([cand("c", C, arrival=NOW - 99)], 30.0, [C], id="only batch ages"),
+        pytest.param(
+            [cand("s", S, arrival=NOW - 99), cand("b", B, arrival=NOW - 30)],
+            30.0,
+            [S, S],
+            id="at the limit",
+        ),
+    ],
+)
+def test_competing(waiting: list[Candidate], aging: float, expected: list[Priority]) -> None:
+    """A batch request that waited ``batch_aging`` since it arrived competes as standard."""
+    policy = SchedulerPolicy(batch_aging=aging)
+    assert [w.cls for w in competing(view(4, (), waiting), policy).waiting] == expected
+
+
+def test_an_aged_batch_request_takes_a_standard_seat() -> None:
+    """A batch request taken back twice may not borrow; while batch's own seat is held it
+    waits however long, unless it ages into standard, whose seats are idle."""
+    held = [holder("h", B, "t", preemptions=2)]
+    spent = cand("b", B, arrival=NOW - 40, preemptions=2, expected=40.0)
+    for aging, granted in [(math.inf, []), (30.0, ["b"])]:
+        p = plan(view(5, held, [spent]), SchedulerPolicy(batch_aging=aging), 4)
+        assert [c.id for c in p.grants] == granted
+        assert [c.cls for c in p.grants] == [S] * len(granted)

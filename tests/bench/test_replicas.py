@@ -136,6 +136,9 @@ EARLY, RECLAIM = routing.binding_setups(("early", "reclaim"), 3)
             ],
             [(RECLAIM, 1.0, 1.0, True)],
         ),
+        # TTFT p99 within the bind bubble's 1%: no worse; beyond it: worse.
+        ([_row(EARLY, 10, 30.0), _row(RECLAIM, 10, 30.2)], [(RECLAIM, 1.0, 1.01, True)]),
+        ([_row(EARLY, 10, 30.0), _row(RECLAIM, 10, 30.6)], [(RECLAIM, 1.0, 1.02, False)]),
         # Without early binding's run there is nothing to compare against.
         ([_row(RECLAIM, 10, 1.0)], []),
     ],

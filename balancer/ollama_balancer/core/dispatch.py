@@ -69,6 +69,7 @@ from .errors import NoBackend, NotFound, Unroutable, for_outcome
 from .fleet import BackendState
 from .fleetstate import FleetState
 from .occupancy import Key, LoadRecord, Occupancy
+from .priority import Priority
 from .queueing import Waiting, expected_wait
 from .rankers import COLD_REASONS, Choice, Reason, resident
 from .routing import Decision, Policy, RouteRequest, route
@@ -103,6 +104,7 @@ class Bind:
     reason: Reason  # routing's
     ranked: tuple[Choice, ...]
     waited: float  # seconds it spent queued (X-Queue-Wait)
+    cls: Priority | None = None  # the class it was bound in, if not its own (a batch one aged)
 
     @property
     def cold(self) -> bool:

@@ -238,6 +238,7 @@ class QueueSettings(Group):
                 standard=parsed["queue_standard"],
                 batch=parsed["queue_batch"],
                 max_preemptions=self.max_preemptions,
+                batch_aging=self.batch_aging,
             )
         except ValueError as exc:
             raise SettingsError(f"queue classes: {exc}") from None

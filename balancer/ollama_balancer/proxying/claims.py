@@ -155,7 +155,9 @@ class SlotClaims:
         while True:
             bound = await self.waitroom.wait(waiting)
             state = self.view.snapshot.get(bound.backend)
-            holder, charge = self._charge(waiting, claim) if self.scheduling else (None, None)
+            # A batch request that aged was bound as standard: it holds (and is charged) so.
+            seat = waiting if bound.cls is None else replace(waiting, priority=bound.cls)
+            holder, charge = self._charge(seat, claim) if self.scheduling else (None, None)
             try:
                 grant = await self.shared.acquire(
                     bound.backend,

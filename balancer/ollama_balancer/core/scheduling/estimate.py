@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from ..priority import Priority
-from .order import dispatch_order, may_borrow
+from .order import competing, dispatch_order, may_borrow
 from .policy import SchedulerPolicy
 from .reclaim import Reason
 from .shares import CLASSES, Tally
@@ -186,7 +186,8 @@ def admit(
     if any(w.id == candidate.id for w in view.waiting):
         raise ValueError(f"request {candidate.id!r} is already waiting")
     free = max(0, view.slots - len(view.holders)) if free_slots is None else free_slots
-    view = replace(view, waiting=(*view.waiting, candidate))
+    view = competing(replace(view, waiting=(*view.waiting, candidate)), policy)
+    candidate = next(w for w in view.waiting if w.id == candidate.id)
     tally = Tally(view, policy)
     order = dispatch_order(view, policy, tally)
     position = next(i for i, x in enumerate(order) if x.id == candidate.id)

@@ -19,6 +19,9 @@ Across classes, requests that fill their class's own seats come first
 order: a class below its nominal share is never kept waiting by another
 class's borrowing.  Within a class the order is the same in both parts.
 
+:func:`competing` moves a batch request that has waited ``batch_aging`` seconds since it
+arrived into standard, where it takes its turn and standard's seats.
+
 :func:`may_borrow` says which requests may take another class's seats:
 work that can be taken back (resumable, preempted fewer than the maximum
 times) or that is short enough to end about as soon as reclaim would free
@@ -28,7 +31,9 @@ its slot.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import replace
 
 from ..priority import Priority
 from .fairness import start_counter
@@ -36,7 +41,7 @@ from .policy import SchedulerPolicy
 from .shares import CLASSES, Tally
 from .view import Candidate, PoolView, TenantKey
 
-__all__ = ["class_sequence", "dispatch_order", "due", "may_borrow"]
+__all__ = ["class_sequence", "competing", "dispatch_order", "due", "may_borrow"]
 
 
 def due(candidate: Candidate, aging: float) -> float:
@@ -44,6 +49,25 @@ def due(candidate: Candidate, aging: float) -> float:
     if candidate.deadline is not None:
         return candidate.deadline - candidate.expected_seconds
     return candidate.arrival + aging * candidate.expected_seconds
+
+
+def competing(view: PoolView, policy: SchedulerPolicy) -> PoolView:
+    """``view`` with each batch request that has waited ``policy.batch_aging`` seconds since
+    it arrived in the class it competes in: standard."""
+    limit = policy.batch_aging
+    if math.isinf(limit) or not any(
+        w.cls is Priority.BATCH and view.now - w.arrival >= limit for w in view.waiting
+    ):
+        return view
+    return replace(
+        view,
+        waiting=tuple(
+            replace(w, cls=Priority.STANDARD)
+            if w.cls is Priority.BATCH and view.now - w.arrival >= limit
+            else w
+            for w in view.waiting
+        ),
+    )
 
 
 def may_borrow(candidate: Candidate, policy: SchedulerPolicy) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .estimate import estimate_waits
-from .order import dispatch_order, may_borrow
+from .order import competing, dispatch_order, may_borrow
 from .policy import SchedulerPolicy
 from .reclaim import Preemption, reclaim
 from .shares import ClassShare, Tally
@@ -82,6 +82,7 @@ def plan(
     ``estimate=False`` leaves :attr:`SchedulePlan.waits` empty: the estimates are about
     a third of the cost, and a pump that only binds and preempts does not need them.
     """
+    view = competing(view, policy)
     tally = Tally(view, policy)
     shares = tally.shares()
     order = dispatch_order(view, policy, tally)

@@ -45,6 +45,11 @@ Why the defaults are what they are (they must work with no configuration):
   expected to hold a slot longer than the standard wait budget, waits for its
   own class's seats; a lender would otherwise wait for it to end or throw its
   whole work away.
+* **Batch aging** (the queue's ``queue_batch_aging``, 30 s): a batch request that
+  has waited that long since it arrived competes as standard — in standard's order,
+  for standard's seats — so that batch's own fifth of the pool is not all it gets for
+  the length of an overload: without it, batch's tail (and with it the whole pool's
+  TTFT p99) was 1.5–1.7× early binding's in ``bench saturation``.
 * **Cancel latency 0.2 s**: Ollama stops a generating request within about one
   token of the client closing, plus the teardown; the admission estimate of a
   request that reclaims a seat adds it to the wait budget.
@@ -117,6 +122,9 @@ class SchedulerPolicy:
     """Seconds: non-resumable work expected to hold a slot longer may not borrow seats."""
     cancel_latency: float = 0.2
     """Seconds from a preemption to the victim's slot being free (admission estimates)."""
+    batch_aging: float = math.inf
+    """Seconds after its arrival at which a waiting batch request competes as standard (its
+    order, its seats; bound so, it holds a standard seat): the queue's ``batch_aging``."""
 
     def __post_init__(self) -> None:
         if sum(self.of(c).nominal for c in Priority) <= 0.0:
@@ -129,6 +137,8 @@ class SchedulerPolicy:
             raise ValueError("unresumable_borrow must be >= 0 (math.inf: lend to all)")
         if not (self.cancel_latency >= 0.0 and math.isfinite(self.cancel_latency)):
             raise ValueError("cancel_latency must be a finite number >= 0")
+        if not self.batch_aging >= 0.0:
+            raise ValueError("batch_aging must be >= 0 (math.inf: never)")
 
     def with_max_wait(self, cls: Priority, seconds: float) -> SchedulerPolicy:
         """This policy with class ``cls``'s admission limit set to ``seconds`` (a key's own)."""
