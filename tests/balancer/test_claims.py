@@ -230,3 +230,50 @@ async def test_a_waiting_request_is_on_the_board_at_its_arrival() -> None:
     finally:
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
+
+
+class _Racing(LocalState):
+    """Local state where another replica takes the slot just before the first acquire."""
+
+    def __init__(self, now: list[float]) -> None:
+        super().__init__(clock=lambda: now[0])
+        self.now, self.raced = now, False
+
+    async def acquire(self, pod: str, model: str, **kw: Any) -> Any:
+        if not self.raced:
+            self.raced = True
+            self.now[0] += 5.0  # the lease is asked for a little later
+            await super().acquire(pod, model, slots=1, request_id="the-other-replicas")
+        return await super().acquire(pod, model, **kw)
+
+
+async def test_a_request_that_loses_the_race_for_its_slot_keeps_its_place() -> None:
+    """Bound to a slot another replica took first, a request queues again with the arrival
+    it first had, not as a newcomer behind everyone who came since."""
+    now = [1000.0]
+    shared = _Racing(now)
+    view = fleet("a")
+    settings = BalancerSettings()
+    room = WaitRoom(
+        QueueSettings(enabled=True, max_per_model=8, max_wait=60.0, policy=QueuePolicy.RECLAIM),
+        view,
+        shared.occupancy,
+        settings.routing,
+        rng=random.Random(0),
+        clock=lambda: now[0],
+        shared=shared,
+    )
+    route = Router(
+        view, shared.occupancy, settings.routing, rng=random.Random(0), clock=lambda: now[0]
+    )
+    claims = SlotClaims(shared, view, route, room, clock=lambda: now[0])
+    task = asyncio.create_task(
+        claims.late(Waiting("r2", K, "tenant"), record("r2"), Claim(K), pinned=False)
+    )
+    try:
+        await eventually(lambda: room.queue.get("r2+") is not None)
+        again = room.queue.get("r2+")
+        assert again is not None and again.arrived == 1000.0 and again.enqueued == 1005.0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -38,10 +38,13 @@ from ..core.shared.local import LocalState
 from ..core.shared.model import Learned, Lease
 from ..core.shared.protocol import SharedState
 from ..polling import FleetTracker
+from ..telemetry import get_logger
 from ..waitroom import WaitRoom
 from .resumable import Resumable
 
 __all__ = ["WARM", "Charged", "Claim", "Route", "SlotClaims"]
+
+log = get_logger("ollama_fleet.balancer")
 
 #: Reasons whose pod has (or is loading) the model: a slot there is worth a lease attempt.
 WARM = frozenset({Reason.RESIDENT, Reason.LOADING, Reason.AFFINITY, Reason.NAMED})
@@ -154,6 +157,9 @@ class SlotClaims:
         assert self.waitroom is not None
         while True:
             bound = await self.waitroom.wait(waiting)
+            arrived = waiting.arrival
+            if arrived is None:
+                arrived = self._clock() - bound.waited  # when it was queued
             state = self.view.snapshot.get(bound.backend)
             # A batch request that aged was bound as standard: it holds (and is charged) so.
             seat = waiting if bound.cls is None else replace(waiting, priority=bound.cls)
@@ -177,7 +183,16 @@ class SlotClaims:
                 claim.lease = grant.lease
                 return bound.ranked
             claim.charged = None
-            waiting = replace(waiting, id=f"{waiting.id}+")  # lost the race: queue again
+            # Lost the race for the slot (another replica bound a request to it first): queue
+            # again in the same place, its first arrival kept (the fleet-wide order's).
+            log.info(
+                "lease_race_lost",
+                request_id=record.request_id,
+                pod=bound.backend,
+                model=claim.model,
+                waited=round(bound.waited, 4),
+            )
+            waiting = replace(waiting, id=f"{waiting.id}+", arrival=arrived)
 
     def _charge(self, w: Waiting, claim: Claim) -> tuple[SlotHolder, Charge]:
         """What a lease of ``w`` puts on the scheduler's board, and its fair-share charge (the
