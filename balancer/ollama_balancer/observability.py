@@ -305,15 +305,20 @@ def install(app: web.Application) -> None:
     queue_metrics = QueueMetrics(metrics.registry, lambda: demand_view(bal))
     room = bal.proxy.waitroom
     if room is not None:
+        # Only models the fleet holds become labels (a 404'd name from a client is "other").
         room.listeners.append(
             lambda w, how, now: queue_metrics.left_queue(
-                model_display(w.model), str(w.priority), how, w.waited(now)
+                model_label(bal.view.snapshot, w.model), str(w.priority), how, w.waited(now)
             )
         )
         if room.scheduler is not None:
             scheduler = SchedulerMetrics(
                 metrics.registry,
-                lambda: {model_display(m): p.shares for m, p in room.plans.items()},
+                lambda: {
+                    label: p.shares
+                    for m, p in room.plans.items()
+                    if (label := model_label(bal.view.snapshot, m)) != OTHER
+                },
             )
             resumer = bal.proxy.resumer
             if resumer is not None:

@@ -29,7 +29,7 @@ from aiohttp import web
 from .context import PARSED, QUOTA, RECORD, TRACE
 from .core.errors import ANY_POD, AttemptFailed, give_up
 from .core.ledger import Ledger
-from .core.rankers import Choice, Reason
+from .core.rankers import Choice, Reason, Strategy
 from .core.record import RequestRecord
 from .core.requests import Intent, ParsedRequest, affinity_key, session_header, with_num_ctx
 from .core.routes import spec_for
@@ -88,7 +88,9 @@ class Proxy:
         #: Late binding (``queue``): requests wait here for a slot instead of inside Ollama.
         self.waitroom: WaitRoom | None = None
         self.lessons = Lessons(clock)
-        if settings.queue.enabled:
+        # The model-unaware baselines (least-connections, ...) bind early: late binding waits
+        # for a warm slot, and they know of none.
+        if settings.queue.enabled and settings.routing.strategy is Strategy.RESIDENCY:
             self.waitroom = WaitRoom(
                 settings.queue,
                 view,
@@ -339,7 +341,8 @@ class Proxy:
     async def _relay(self, at: Attempt, upstream: Response) -> web.StreamResponse:
         """Relay the answer to the client and end its stream as the relay's ending says."""
         state = at.claim.resume
-        if self.resumer is not None and state is not None:
+        # Only an answer can be resumed: a pod's refusal (a 4xx) is relayed as it is.
+        if self.resumer is not None and state is not None and upstream.status == 200:
             since = self.clock()
             try:
                 return await self.resumer.relay(at, upstream)

@@ -320,11 +320,16 @@ class WaitRoom:
         for w in rest:
             if w.pin is None:
                 by_model.setdefault(w.model, []).append(w)
+        # A plan is kept (for the metrics) while its model waits or has warm slots: a name
+        # no pod holds (a client's typo, answered 404) leaves no plan behind.
+        for model in [m for m in self.plans if m not in by_model and not _warm_slots(fleet, m)]:
+            del self.plans[model]
         for model, mine in by_model.items():
             pool = self._pool(model, board, fleet, now, mine)
             free = self._free(model, fleet, board)
             decided = plan(pool, self.scheduler, free, estimate=False)
-            self.plans[model] = decided
+            if pool.slots:
+                self.plans[model] = decided
             granted = {c.id for c in decided.granted_to(self.replica)}
             ids = {c.id: i for i, c in enumerate(decided.order)}
             ordered = sorted(mine, key=lambda w: ids.get(w.id, len(ids)))

@@ -385,3 +385,15 @@ def test_the_expected_wait_counts_other_replicas_waiters_ahead() -> None:
     d = dispatch(queue(2), at(TWO_WARM, o), random.Random(7), ahead={"w1": 4, "w2": 5})
     # 4 warm slots of 4 s: one frees every second; w1 has 4 ahead, w2 w1 and 5 more.
     assert (d.expected_wait["w1"], d.expected_wait["w2"]) == (5.0, 7.0)
+
+
+def test_a_copy_of_another_num_ctx_is_no_free_slot() -> None:
+    """A request with its own num_ctx is not bound to a free slot of a copy loaded with another
+    one (Ollama would drain and reload it): it goes where routing sends it."""
+    fleet = snap(
+        Pod("a", ["llama3"], ["llama3"], slots=2),
+        Pod("b", ["llama3"], slots=2, vram_gb=24),
+    )
+    w = [Waiting("w1", M, "t", display="llama3", enqueued=NOW - 1.0, num_ctx=2048)]
+    d = dispatch(w, at(fleet, occ({"a": 1})), random.Random(7))
+    assert [(b.backend, b.reason) for b in d.binds] == [("b", "cold-load")]

@@ -443,8 +443,10 @@ async def test_auto_pull_holds_requests_until_the_model_is_there(rig_factory: Ri
         *(rig.post("/api/chat", {**CHAT, "model": M2}) for _ in range(2))
     )
     assert [r.status for r in results] == [200, 200]
-    assert {r.headers["X-Route-Reason"] for r in results} <= {"pull", "loading"}
-    assert "pull" in {r.headers["X-Route-Reason"] for r in results}
+    # One pulls; the other waits for it: bound to the loading pod (early binding), or held in
+    # the balancer until the model is there (late binding, the default).
+    reasons = sorted(r.headers["X-Route-Reason"] for r in results)
+    assert reasons in (["loading", "pull"], ["pull", "resident"]), reasons
     # one pull for both requests, onto the pod with the most free room (b holds nothing)
     assert rig.node("b").stats.pulls_started == 1 and rig.node("a").stats.pulls_started == 0
     await rig.poll()

@@ -929,7 +929,7 @@ def test_tracing_renders_the_standard_otel_variables(
     ("values", "expect"),
     [
         pytest.param(
-            {}, {"enabled": False, "policy": "reclaim", "critical_share": 0.2}, id="defaults"
+            {}, {"enabled": True, "policy": "reclaim", "critical_share": 0.2}, id="defaults"
         ),
         pytest.param(
             {"scheduler": {"enabled": True,

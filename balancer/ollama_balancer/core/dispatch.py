@@ -218,7 +218,9 @@ def dispatch(
             continue
         if binding is Binding.LATE and w.pin is None:
             place_others(w)
-        req = RouteRequest(w.model, w.display or w.model, w.pin, w.affinity_backend)
+        req = RouteRequest(
+            w.model, w.display or w.model, w.pin, w.affinity_backend, num_ctx=w.num_ctx
+        )
         decision = route(req, scratch, policy, rng)
         if decision.unroutable is not None or not decision.ranked:
             outcome = decision.unroutable or NoBackend()
@@ -264,7 +266,9 @@ def dispatch(
         def probe(j: int, rest: list[Waiting] = rest, model: str = model) -> Decision:
             """Routing's decision for ``rest[j]`` with everything ahead of it queued."""
             w = rest[j]
-            req = RouteRequest(w.model, w.display or w.model, None, w.affinity_backend)
+            req = RouteRequest(
+                w.model, w.display or w.model, None, w.affinity_backend, num_ctx=w.num_ctx
+            )
             queued = j + max(0, ahead.get(w.id, 0) - others.get(model, 0))
             return route(req, _spread(scratch, model, queued), policy, rng)
 
@@ -333,6 +337,8 @@ def _first_free(
     for c in ranked:
         if no_later_than_first and c.wait > ranked[0].wait:
             continue
+        if c.reason is Reason.RELOAD:  # a copy of another num_ctx: Ollama would reload it
+            continue
         state = fleet.get(c.backend)
         if state is None or not _warm(state, model, occ):
             continue
@@ -348,7 +354,7 @@ def _first_warm(ranked: Sequence[Choice], fleet: FleetState, model: str) -> Choi
     occ = fleet.occupancy
     for c in ranked:
         state = fleet.get(c.backend)
-        if state is not None and _warm(state, model, occ):
+        if c.reason is not Reason.RELOAD and state is not None and _warm(state, model, occ):
             return c
     return None
 

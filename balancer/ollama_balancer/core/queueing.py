@@ -147,9 +147,10 @@ class QueueSettings(Group):
     admission bounds, aging and fair share (docs/queueing.md)."""
 
     enabled: bool = setting(
-        False,
+        True,
         "late binding: hold a request in the balancer until a warm slot frees (or a cold load "
-        "is the better deal) instead of queueing it inside Ollama",
+        "is the better deal) instead of queueing it inside Ollama; off (--no-queue): every "
+        "request is bound to a pod on arrival",
         key="queue",
     )
     max_per_model: int = setting(
@@ -259,6 +260,7 @@ class Waiting:
     display: str = ""  # the model as the client named it, for messages
     pin: str | None = None  # X-Ollama-Backend / model@pod
     affinity_backend: str | None = None  # where this conversation went last
+    num_ctx: int | None = None  # options.num_ctx: a copy loaded with another one reloads
     # ---- what the scheduler of queue_policy=reclaim needs besides (docs/scheduling.md)
     expected_seconds: float = 1.0
     """Estimated slot-seconds the request will hold (for a continuation: what is left)."""

@@ -50,7 +50,7 @@ class Policy(Group):
     strategy: Strategy = setting(
         Strategy.RESIDENCY,
         "residency | least-connections | round-robin | random (the last three are "
-        "model-unaware baselines for benchmarks)",
+        "model-unaware baselines for benchmarks; they bind early whatever queue says)",
         key="routing_policy",
     )
     penalty_seconds: float = setting(

@@ -28,6 +28,8 @@ from dataclasses import dataclass, replace
 from ollama_wire.backend import Backend
 
 from ..context import QuotaHold
+from ..core.dispatch import Bind
+from ..core.errors import BalancerError
 from ..core.queueing import Waiting
 from ..core.rankers import COLD_REASONS, Choice, Reason
 from ..core.record import RequestRecord
@@ -160,39 +162,64 @@ class SlotClaims:
             arrived = waiting.arrival
             if arrived is None:
                 arrived = self._clock() - bound.waited  # when it was queued
-            state = self.view.snapshot.get(bound.backend)
             # A batch request that aged was bound as standard: it holds (and is charged) so.
             seat = waiting if bound.cls is None else replace(waiting, priority=bound.cls)
-            holder, charge = self._charge(seat, claim) if self.scheduling else (None, None)
             try:
-                grant = await self.shared.acquire(
-                    bound.backend,
-                    claim.model,
-                    slots=max(1, state.backend.slots) if state else 1,
-                    request_id=waiting.id,
-                    cold=bound.cold,
-                    # a pinned request, or one bound to a cold load, goes there regardless
-                    overflow=bound.cold or pinned,
-                    holder=holder,
-                    charge=charge,
-                )
+                if bound.cold and not pinned and self.shared.status().get("mode") != "local":
+                    # One replica at a time decides a model's cold load, as early binding
+                    # does: under the lock, with the store's fresh view, a load another
+                    # replica has just started is seen, and this request waits for its copy.
+                    async with load_decision(self.shared, claim.model, waiting.id):
+                        fresh = self._still_cold(waiting)
+                        got = await self._lease(bound, seat, claim, pinned) if fresh else None
+                        why = "load_started_elsewhere"
+                else:
+                    got = await self._lease(bound, seat, claim, pinned)
+                    why = "lease_race_lost"
             finally:
                 self.waitroom.settle(bound)
             record.queue_wait = (record.queue_wait or 0.0) + bound.waited
-            if grant.lease is not None:
-                claim.lease = grant.lease
+            if got is not None:
+                claim.lease = got
                 return bound.ranked
             claim.charged = None
-            # Lost the race for the slot (another replica bound a request to it first): queue
-            # again in the same place, its first arrival kept (the fleet-wide order's).
+            # Lost the race for the slot (another replica bound a request to it first), or
+            # another replica started the load: queue again in the same place, its first
+            # arrival kept (the fleet-wide order's).
             log.info(
-                "lease_race_lost",
+                why,
                 request_id=record.request_id,
                 pod=bound.backend,
                 model=claim.model,
                 waited=round(bound.waited, 4),
             )
             waiting = replace(waiting, id=f"{waiting.id}+", arrival=arrived)
+
+    async def _lease(self, bound: Bind, seat: Waiting, claim: Claim, pinned: bool) -> Lease | None:
+        """The lease of the slot ``bound`` names, or None when another request took it."""
+        state = self.view.snapshot.get(bound.backend)
+        holder, charge = self._charge(seat, claim) if self.scheduling else (None, None)
+        grant = await self.shared.acquire(
+            bound.backend,
+            claim.model,
+            slots=max(1, state.backend.slots) if state else 1,
+            request_id=seat.id,
+            cold=bound.cold,
+            # a pinned request, or one bound to a cold load, goes there regardless
+            overflow=bound.cold or pinned,
+            holder=holder,
+            charge=charge,
+        )
+        return grant.lease
+
+    def _still_cold(self, w: Waiting) -> bool:
+        """Whether routing, on the store's fresh view, still starts a load for ``w``."""
+        req = RouteRequest(w.model, w.display or w.model, w.pin, w.affinity_backend, w.num_ctx)
+        try:
+            ranked = self._route(req)
+        except BalancerError:  # unroutable now: the bind goes ahead and fails as it would
+            return True
+        return bool(ranked) and ranked[0].reason in COLD_REASONS
 
     def _charge(self, w: Waiting, claim: Claim) -> tuple[SlotHolder, Charge]:
         """What a lease of ``w`` puts on the scheduler's board, and its fair-share charge (the

@@ -64,6 +64,7 @@ def waiting_for(
         display=req.model,
         pin=req.pin,
         affinity_backend=affinity_backend,
+        num_ctx=req.num_ctx,
         expected_seconds=rates.seconds(req.key, estimate) if rates is not None else 1.0,
         rates_learned=rates is not None and rates.knows(req.key),
         estimate=estimate,
