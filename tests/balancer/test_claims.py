@@ -205,23 +205,26 @@ async def test_late_binding_waits_for_a_freed_slot() -> None:
     assert rec.queue_wait is not None and rec.queue_wait >= 0
 
 
+def reclaiming_room(shared: LocalState, view: FleetTracker, now: list[float]) -> WaitRoom:
+    """A wait room of ``queue_policy=reclaim`` on ``shared``, its clock ``now[0]``."""
+    return WaitRoom(
+        QueueSettings(enabled=True, max_per_model=8, max_wait=60.0, policy=QueuePolicy.RECLAIM),
+        view,
+        shared.occupancy,
+        BalancerSettings().routing,
+        rng=random.Random(0),
+        clock=lambda: now[0],
+        shared=shared,
+    )
+
+
 async def test_a_waiting_request_is_on_the_board_at_its_arrival() -> None:
     """Every replica plans with the board's entries of the others' requests and with its own
     queue's: an entry must carry the arrival its queue gave the request (not the clock's
     zero, which made every replica put the others' requests first and bind none)."""
     now = [1000.0]
     shared = LocalState(clock=lambda: now[0])
-    view = fleet("a")
-    settings = BalancerSettings()
-    room = WaitRoom(
-        QueueSettings(enabled=True, max_per_model=8, max_wait=10.0, policy=QueuePolicy.RECLAIM),
-        view,
-        shared.occupancy,
-        settings.routing,
-        rng=random.Random(0),
-        clock=lambda: now[0],
-        shared=shared,
-    )
+    room = reclaiming_room(shared, fleet("a"), now)
     await occupy(shared, "a")
     waiting = asyncio.create_task(room.wait(Waiting("r2", K, "tenant")))
     try:
@@ -254,15 +257,7 @@ async def test_a_request_that_loses_the_race_for_its_slot_keeps_its_place() -> N
     shared = _Racing(now)
     view = fleet("a")
     settings = BalancerSettings()
-    room = WaitRoom(
-        QueueSettings(enabled=True, max_per_model=8, max_wait=60.0, policy=QueuePolicy.RECLAIM),
-        view,
-        shared.occupancy,
-        settings.routing,
-        rng=random.Random(0),
-        clock=lambda: now[0],
-        shared=shared,
-    )
+    room = reclaiming_room(shared, view, now)
     route = Router(
         view, shared.occupancy, settings.routing, rng=random.Random(0), clock=lambda: now[0]
     )
