@@ -40,7 +40,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .core.dispatch import Bind, Binding, dispatch
+from .core.dispatch import Bind, Binding, dispatch, warm_pods
 from .core.errors import BalancerError, TooManyRequests, for_outcome
 from .core.fleet import FleetSnapshot
 from .core.fleetstate import FleetState
@@ -225,6 +225,10 @@ class WaitRoom:
 
     def waiting(self) -> int:
         return len(self.queue)
+
+    def warm_pods(self, model: str) -> int:
+        """Pods holding ``model`` warm (resident or loading) as dispatch sees them now."""
+        return warm_pods(self._fleet(self.clock()), model)
 
     # ------------------------------------------------------------------ decisions
     def _poked_pump(self) -> None:

@@ -397,3 +397,13 @@ def test_a_copy_of_another_num_ctx_is_no_free_slot() -> None:
     w = [Waiting("w1", M, "t", display="llama3", enqueued=NOW - 1.0, num_ctx=2048)]
     d = dispatch(w, at(fleet, occ({"a": 1})), random.Random(7))
     assert [(b.backend, b.reason) for b in d.binds] == [("b", "cold-load")]
+
+
+def test_a_cold_bind_carries_the_warm_pods_it_was_decided_on() -> None:
+    """The lease of a cold load is taken under the model's load lock; a copy another replica
+    started meanwhile shows as one warm pod more than the bind was decided on."""
+    o = occ({"a": 2, "b": 2}, load_s=20, service_s=5.0)
+    d = run(TWO_WARM_ONE_COLD, o, queue(17))
+    cold = [b for b in d.binds if b.cold]
+    assert [(b.backend, b.warm) for b in cold] == [("c", 2)]
+    assert all(b.warm == 0 for b in d.binds if not b.cold)

@@ -80,6 +80,7 @@ __all__ = [
     "Dispatch",
     "Reject",
     "dispatch",
+    "warm_pods",
 ]
 
 _NO_FLOATS: Mapping[str, float] = MappingProxyType({})
@@ -105,6 +106,7 @@ class Bind:
     ranked: tuple[Choice, ...]
     waited: float  # seconds it spent queued (X-Queue-Wait)
     cls: Priority | None = None  # the class it was bound in, if not its own (a batch one aged)
+    warm: int = 0  # pods warm for its model (resident or loading) when a cold load was decided
 
     @property
     def cold(self) -> bool:
@@ -189,7 +191,16 @@ def dispatch(
 
     def bind(w: Waiting, choice: Choice, ranked: Sequence[Choice]) -> None:
         others = tuple(c for c in ranked if c.backend != choice.backend)
-        b = Bind(w.id, w.model, choice.backend, choice.reason, (choice, *others), w.waited(now))
+        warm = warm_pods(scratch, w.model) if choice.reason in COLD_REASONS else 0
+        b = Bind(
+            w.id,
+            w.model,
+            choice.backend,
+            choice.reason,
+            (choice, *others),
+            w.waited(now),
+            warm=warm,
+        )
         binds.append(b)
         begin(b.backend, w.model, b.cold, w.id)
         key = (b.backend, w.model)
@@ -367,6 +378,11 @@ def _cold_pin(choice: Choice, fleet: FleetState, model: str) -> bool:
         and state is not None
         and not _warm(state, model, fleet.occupancy)
     )
+
+
+def warm_pods(fleet: FleetState, model: str) -> int:
+    """How many routable pods hold ``model`` warm: resident, or a load under way."""
+    return sum(1 for s in fleet.routable if _warm(s, model, fleet.occupancy))
 
 
 def _warm_slots(fleet: FleetState, model: str) -> int:

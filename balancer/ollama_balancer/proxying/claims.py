@@ -29,7 +29,6 @@ from ollama_wire.backend import Backend
 
 from ..context import QuotaHold
 from ..core.dispatch import Bind
-from ..core.errors import BalancerError
 from ..core.queueing import Waiting
 from ..core.rankers import COLD_REASONS, Choice, Reason
 from ..core.record import RequestRecord
@@ -167,10 +166,11 @@ class SlotClaims:
             try:
                 if bound.cold and not pinned and self.shared.status().get("mode") != "local":
                     # One replica at a time decides a model's cold load, as early binding
-                    # does: under the lock, with the store's fresh view, a load another
-                    # replica has just started is seen, and this request waits for its copy.
+                    # does: under the lock, with the store's fresh view, a copy another
+                    # replica started since this decision is seen, and the request is
+                    # decided again in its place (it will most often wait for that copy).
                     async with load_decision(self.shared, claim.model, waiting.id):
-                        fresh = self._still_cold(waiting)
+                        fresh = self.waitroom.warm_pods(claim.model) <= bound.warm
                         got = await self._lease(bound, seat, claim, pinned) if fresh else None
                         why = "load_started_elsewhere"
                 else:
@@ -211,15 +211,6 @@ class SlotClaims:
             charge=charge,
         )
         return grant.lease
-
-    def _still_cold(self, w: Waiting) -> bool:
-        """Whether routing, on the store's fresh view, still starts a load for ``w``."""
-        req = RouteRequest(w.model, w.display or w.model, w.pin, w.affinity_backend, w.num_ctx)
-        try:
-            ranked = self._route(req)
-        except BalancerError:  # unroutable now: the bind goes ahead and fails as it would
-            return True
-        return bool(ranked) and ranked[0].reason in COLD_REASONS
 
     def _charge(self, w: Waiting, claim: Claim) -> tuple[SlotHolder, Charge]:
         """What a lease of ``w`` puts on the scheduler's board, and its fair-share charge (the
