@@ -167,6 +167,8 @@ def request_fields(record: RequestRecord, sample: RequestSample) -> dict[str, An
         "tenant_header": record.tenant_header,
         "priority": record.priority,
         "queue_wait": _r(record.queue_wait),
+        "queue_estimate": _r(record.queue_estimate),
+        "preemptions": record.preemptions,
         "method": record.method,
         "path": record.path,
         "model": record.model[:_MAX_LOGGED_MODEL],

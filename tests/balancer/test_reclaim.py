@@ -22,6 +22,7 @@ import openai
 
 from ollama_balancer.core.auth import hash_key
 from ollama_balancer.core.queueing import Waiting
+from ollama_balancer.observability import request_fields, request_sample
 from ollama_emulator import default_catalogue
 from tests.harness.eventually import eventually
 from tests.harness.fleet import Rig, RigFactory, node
@@ -91,6 +92,8 @@ async def test_a_light_request_takes_a_slot_back_and_the_heavy_one_resumes(
     rig_factory: RigFactory,
 ) -> None:
     rig = await reclaiming(rig_factory)
+    records: list[Any] = []
+    rig.bal.records.append(records.append)
     heavy = ollama.AsyncClient(host=rig.url, headers=HEAVY)
     light = ollama.AsyncClient(host=rig.url, headers=LIGHT)
     alone = ollama.AsyncClient(host=rig.fleet.nodes[0].url)
@@ -111,6 +114,11 @@ async def test_a_light_request_takes_a_slot_back_and_the_heavy_one_resumes(
             direct = await alone.chat(**ask(prompt, LONG))
             assert text == direct.message.content  # token for token, as if uninterrupted
             assert final.prompt_eval_count == direct.prompt_eval_count
+        # the request log says which answer was taken back, and what each one was promised
+        lines = [request_fields(r, request_sample(r, rig.bal.view.snapshot)) for r in records]
+        chats = [line for line in lines if line["path"] == "/api/chat"]
+        assert sorted(line["preemptions"] for line in chats) == [0, 0, 1]
+        assert all(line["queue_estimate"] is not None for line in chats)
     finally:
         for c in (heavy, light, alone):
             await c._client.aclose()
